@@ -1,0 +1,1 @@
+"""dspy_actors: the DSPy programming model on a supervised actor runtime."""

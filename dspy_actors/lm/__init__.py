@@ -1,0 +1,1 @@
+"""LM clients over httpx: providers, errors, retries, cache, usage."""

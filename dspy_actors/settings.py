@@ -1,0 +1,99 @@
+"""Process-wide defaults and per-thread/per-task overrides.
+
+``configure(...)`` sets defaults for the whole process; ``with context(...)`` overlays
+overrides for the current thread or asyncio task only (a ``contextvars`` layer), so two
+threads can run with different LMs or temperatures at the same time.
+
+Recognised keys: ``lm``, ``adapter``, ``cache`` (bool, per-call cache switch) and the LM
+sampling parameters in :data:`SAMPLING_KEYS`, which an LM applies over its own defaults
+(per-call keyword arguments still win over both).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import MappingProxyType
+from typing import Any
+
+SAMPLING_KEYS: frozenset[str] = frozenset(
+    {
+        "temperature",
+        "max_tokens",
+        "top_p",
+        "top_k",
+        "stop",
+        "seed",
+        "n",
+        "presence_penalty",
+        "frequency_penalty",
+    }
+)
+SETTING_KEYS: frozenset[str] = frozenset({"lm", "adapter", "cache"}) | SAMPLING_KEYS
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_defaults: Mapping[str, Any] = _EMPTY
+_defaults_lock = threading.Lock()
+_overrides: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "dspy_actors_settings_overrides", default=_EMPTY
+)
+
+
+def _check_keys(where: str, values: Mapping[str, Any]) -> None:
+    unknown = sorted(set(values) - SETTING_KEYS)
+    if unknown:
+        raise TypeError(
+            f"{where}() got unknown setting(s) {unknown}; known settings are {sorted(SETTING_KEYS)}"
+        )
+
+
+def configure(**values: Any) -> None:
+    """Set process-wide defaults, e.g. ``configure(lm=LM(...), adapter=ChatAdapter())``.
+
+    Values given here replace earlier defaults of the same name; others are kept.
+    """
+    global _defaults
+    _check_keys("configure", values)
+    with _defaults_lock:
+        _defaults = MappingProxyType({**_defaults, **values})
+
+
+@contextmanager
+def context(**values: Any) -> Iterator[None]:
+    """Override settings for the current thread or asyncio task, inside the ``with`` block."""
+    _check_keys("context", values)
+    token = _overrides.set(MappingProxyType({**_overrides.get(), **values}))
+    try:
+        yield
+    finally:
+        _overrides.reset(token)
+
+
+def get(name: str, default: Any = None) -> Any:
+    """The effective value of one setting: context override, else configured default."""
+    overrides = _overrides.get()
+    if name in overrides:
+        return overrides[name]
+    return _defaults.get(name, default)
+
+
+def current() -> Mapping[str, Any]:
+    """All effective settings as one read-only mapping (overrides over defaults)."""
+    overrides = _overrides.get()
+    if not overrides:
+        return _defaults
+    return MappingProxyType({**_defaults, **overrides})
+
+
+def sampling_overrides() -> dict[str, Any]:
+    """The sampling parameters set by ``configure``/``context``, for an LM to apply."""
+    return {k: v for k, v in current().items() if k in SAMPLING_KEYS}
+
+
+def reset() -> None:
+    """Forget all configured defaults (tests use this; context overrides are untouched)."""
+    global _defaults
+    with _defaults_lock:
+        _defaults = _EMPTY

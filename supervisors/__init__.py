@@ -1,0 +1,1 @@
+"""supervisors: Erlang/OTP supervision trees for Pykka actors."""

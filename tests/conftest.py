@@ -1,0 +1,58 @@
+"""Suite-wide guards: every test runs under a timeout (pytest-timeout, see pyproject) and
+fails if it leaves Pykka actors or threads behind.
+
+A fixture or helper that owns a long-lived thread on purpose (a session-scoped loopback
+server, say) names its threads with a prefix listed in ``ALLOWED_THREAD_PREFIXES``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pykka
+import pytest
+
+# Threads that legitimately outlive a single test (session-scoped fixtures).
+ALLOWED_THREAD_PREFIXES: tuple[str, ...] = ("sim-lm-session",)
+
+# Actors and threads stop asynchronously: give them this long to finish before calling it a leak.
+LEAK_GRACE_SECONDS = 5.0
+
+
+def _live_threads() -> set[threading.Thread]:
+    return {
+        t
+        for t in threading.enumerate()
+        if t.is_alive() and not t.name.startswith(ALLOWED_THREAD_PREFIXES)
+    }
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_actors_or_threads() -> Iterator[None]:
+    """Fail the test if it leaves running Pykka actors or extra threads behind."""
+    actors_before = set(pykka.ActorRegistry.get_all())
+    threads_before = _live_threads()
+    yield
+    deadline = time.monotonic() + LEAK_GRACE_SECONDS
+    while True:
+        leaked_actors = [r for r in pykka.ActorRegistry.get_all() if r not in actors_before]
+        leaked_threads = [t for t in _live_threads() - threads_before if t.is_alive()]
+        if not leaked_actors and not leaked_threads:
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    # Clean up so one leaking test does not make every later test fail too.
+    for ref in leaked_actors:
+        try:
+            ref.stop(block=True, timeout=1.0)
+        except Exception:  # noqa: BLE001 - best effort cleanup of a leak already reported
+            pass
+    names = sorted(t.name for t in leaked_threads)
+    pytest.fail(
+        f"test leaked {len(leaked_actors)} actor(s) {[str(r) for r in leaked_actors][:10]} "
+        f"and {len(names)} thread(s) {names[:10]}",
+        pytrace=False,
+    )
