@@ -1,0 +1,266 @@
+"""SupervisedActor: a Pykka actor that reports why it exited, on every path Pykka takes.
+
+Pykka's sharp edges, and what this class does about each:
+
+- A failing ``on_start`` goes to ``_handle_failure`` only (``on_failure`` is not called):
+  we record the crash there, so the reason is ``crash`` with the exception.
+- An exception inside an ``ask`` is returned to the caller and the actor keeps running.
+  With ``crash_on_ask_error = True`` the caller still gets the exception *and* the actor
+  crashes (``on_failure`` runs), as an OTP ``gen_server:call`` that crashes the server.
+- A ``BaseException`` in a handler makes Pykka stop *every* actor in the process. Here it
+  crashes only this actor (its supervisor decides), and an ``ask`` caller gets
+  :class:`ActorCrashed`.
+- ``actor_stopped`` is set before ``on_stop``/``on_failure`` run: the exit is reported only
+  when the loop has fully finished (after the inbox was drained).
+- An ``ask`` racing with the actor's death can be queued after Pykka drained the inbox:
+  :func:`ask` never waits on such a message forever (see ``fail_stranded_messages``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import TracebackType
+from typing import Any, ClassVar, TypeVar
+
+import pykka
+
+from supervisors._errors import ActorCrashed
+from supervisors._exit import KILLED, NORMAL, SHUTDOWN, Down, ExitReason, MonitorRef
+from supervisors._lifecycle import (
+    DownCallback,
+    Lifecycle,
+    fail_stranded_messages,
+    lifecycle_of,
+    register_lifecycle,
+)
+
+# How often a waiting ask re-checks whether its actor died (only on the slow path).
+_LIVENESS_POLL_SECONDS = 0.05
+
+
+class _ExitRequested:
+    """Wake-up message: an exit was requested from outside (see ``request_exit``)."""
+
+    __slots__ = ()
+
+
+_EXIT_REQUESTED = _ExitRequested()
+
+
+class SupervisedActor(pykka.ThreadingActor):
+    """Base class for actors whose exit (and its reason) supervisors and monitors can see.
+
+    Use it exactly like ``pykka.ThreadingActor``; override ``on_start``, ``on_stop``,
+    ``on_failure``, ``on_receive`` and methods as usual (call ``super().__init__()``).
+    """
+
+    crash_on_ask_error: ClassVar[bool] = False
+    """If True, an exception raised while answering an ``ask`` also crashes the actor."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lifecycle: Lifecycle = register_lifecycle(self.actor_ref)
+        self._crash: BaseException | None = None
+
+    # Pykka internals we hook (pinned to pykka 4.x in pyproject). -----------------------
+
+    def _actor_loop(self) -> None:
+        try:
+            super()._actor_loop()
+        finally:
+            self._lifecycle.exit(self._exit_reason())
+            fail_stranded_messages(self.actor_ref)
+
+    def _actor_loop_setup(self) -> None:
+        super()._actor_loop_setup()
+        if not self.actor_stopped.is_set():
+            self._lifecycle.mark_started()
+
+    def _actor_loop_running(self) -> None:
+        lifecycle = self._lifecycle
+        while not self.actor_stopped.is_set():
+            envelope = self.actor_inbox.get()
+            if lifecycle.exit_requested is not None:
+                # Shutdown/kill: stop now; queued asks (this one included) get ActorDeadError.
+                self.actor_inbox.put(envelope)
+                self._stop()
+                return
+            reply_to = envelope.reply_to
+            try:
+                response = self._handle_receive(envelope.message)
+            except Exception:
+                exc_info = sys.exc_info()
+                if reply_to is not None:
+                    reply_to.set_exception(exc_info)
+                    if not self.crash_on_ask_error:
+                        continue
+                self._crash_now(exc_info)
+            except BaseException as exc:
+                exc_info = sys.exc_info()
+                if reply_to is not None:
+                    crashed = ActorCrashed(f"{self} crashed while handling the message: {exc!r}")
+                    crashed.__cause__ = exc
+                    reply_to.set_exception((ActorCrashed, crashed, exc.__traceback__))
+                self._crash_now(exc_info)
+            else:
+                if reply_to is not None:
+                    reply_to.set(response)
+
+    def _handle_receive(self, message: Any) -> Any:
+        if message is _EXIT_REQUESTED:
+            return None
+        return super()._handle_receive(message)
+
+    def _handle_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._crash is None and exception_value is not None:
+            self._crash = exception_value
+        super()._handle_failure(exception_type, exception_value, traceback)
+
+    # Our own. ---------------------------------------------------------------------------
+
+    def _crash_now(
+        self, exc_info: tuple[type[BaseException], BaseException, TracebackType | None] | Any
+    ) -> None:
+        self._handle_failure(*exc_info)
+        try:
+            self.on_failure(*exc_info)
+        except Exception:
+            self._handle_failure(*sys.exc_info())
+
+    def _exit_reason(self) -> ExitReason:
+        if self._crash is not None:
+            return ExitReason.crash(self._crash)
+        requested = self._lifecycle.exit_requested
+        return requested if requested is not None else NORMAL
+
+
+A = TypeVar("A", bound=pykka.Actor)
+
+_supervised_classes: dict[type[Any], type[Any]] = {}
+
+
+def supervised(actor_class: type[A]) -> type[A]:
+    """Return a subclass of a plain ``pykka.ThreadingActor`` class that reports its exit.
+
+    Supervisors apply this automatically to a child spec's actor class, so any Pykka actor
+    class can be supervised; a factory must return a ref of a supervised actor.
+    """
+    if issubclass(actor_class, SupervisedActor):
+        return actor_class
+    if not issubclass(actor_class, pykka.ThreadingActor):
+        raise TypeError(
+            f"{actor_class.__name__} is not a pykka.ThreadingActor subclass; only threading "
+            "actors can be supervised"
+        )
+    cached = _supervised_classes.get(actor_class)
+    if cached is None:
+        cached = type(actor_class.__name__, (SupervisedActor, actor_class), {})
+        cached.__qualname__ = actor_class.__qualname__
+        cached.__module__ = actor_class.__module__
+        _supervised_classes[actor_class] = cached
+    return cached
+
+
+def monitor(
+    ref: pykka.ActorRef[Any],
+    notify: DownCallback | pykka.ActorRef[Any],
+) -> MonitorRef:
+    """Get a :class:`Down` when ``ref``'s actor exits (at once, if it already has).
+
+    ``notify`` is a callback (called in the exiting actor's thread: keep it short and never
+    block in it) or an actor ref, which is sent the ``Down`` as a message.
+    """
+    lifecycle = lifecycle_of(ref)
+    if isinstance(notify, pykka.ActorRef):
+        target = notify
+
+        def tell_target(down: Down) -> None:
+            if target.is_alive():
+                try:
+                    target.tell(down)
+                except pykka.ActorDeadError:
+                    pass  # The monitoring actor is gone too; nobody left to tell.
+
+        return lifecycle.add_monitor(tell_target)
+    return lifecycle.add_monitor(notify)
+
+
+def demonitor(ref: pykka.ActorRef[Any], mref: MonitorRef) -> bool:
+    """Remove a monitor. Returns False if it was not active (already fired or removed)."""
+    return lifecycle_of(ref).remove_monitor(mref)
+
+
+def request_exit(ref: pykka.ActorRef[Any], reason: ExitReason = SHUTDOWN) -> None:
+    """Ask a supervised actor to exit with ``reason`` after the message it is handling.
+
+    Messages still queued are not handled: their ``ask`` callers get ``ActorDeadError``.
+    """
+    lifecycle = lifecycle_of(ref)
+    if lifecycle.exit_requested is None:
+        lifecycle.exit_requested = reason
+    try:
+        ref.tell(_EXIT_REQUESTED)
+    except pykka.ActorDeadError:
+        pass  # Already stopping: nothing to wake up.
+
+
+def kill(ref: pykka.ActorRef[Any]) -> None:
+    """Request an exit with reason ``killed`` (what ``brutal_kill`` does), without waiting."""
+    request_exit(ref, KILLED)
+
+
+def ask(ref: pykka.ActorRef[Any], message: Any, *, timeout: float) -> Any:
+    """``ref.ask(message)`` that never hangs on an actor dying under it.
+
+    Raises ``pykka.ActorDeadError`` if the actor is dead or dies before answering,
+    ``pykka.Timeout`` after ``timeout`` seconds, or whatever the actor raised.
+    """
+    future = ref.ask(message, block=False)
+    try:
+        return future.get(timeout=min(timeout, _LIVENESS_POLL_SECONDS))
+    except pykka.Timeout:
+        if timeout <= _LIVENESS_POLL_SECONDS:
+            raise
+    deadline = time.monotonic() + timeout - _LIVENESS_POLL_SECONDS
+    while True:
+        if ref.actor_stopped.is_set():
+            fail_stranded_messages(ref)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return future.get(timeout=0)
+        try:
+            return future.get(timeout=min(remaining, _LIVENESS_POLL_SECONDS))
+        except pykka.Timeout:
+            continue
+
+
+def exit_reason(ref: pykka.ActorRef[Any]) -> ExitReason | None:
+    """The actor's exit reason, or None while it runs."""
+    return lifecycle_of(ref).reason
+
+
+def wait_for_exit(ref: pykka.ActorRef[Any], timeout: float) -> ExitReason | None:
+    """Wait up to ``timeout`` seconds for the actor to exit; its reason, or None if it did not."""
+    lifecycle = lifecycle_of(ref)
+    lifecycle.finished.wait(timeout)
+    return lifecycle.reason
+
+
+__all__ = [
+    "Down",
+    "SupervisedActor",
+    "ask",
+    "demonitor",
+    "exit_reason",
+    "kill",
+    "monitor",
+    "request_exit",
+    "supervised",
+    "wait_for_exit",
+]

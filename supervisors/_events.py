@@ -1,0 +1,97 @@
+"""Supervision events: every start, exit, restart, escalation and abandonment.
+
+Each event is logged with structlog (logger ``supervisors``) and delivered to subscribers.
+Subscribers run in the supervisor's thread: keep them short and never block in them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import structlog
+
+EventKind = Literal[
+    "supervisor_started",
+    "supervisor_stopped",
+    "child_started",
+    "child_exited",
+    "child_restarted",
+    "restart_failed",
+    "child_terminated",
+    "child_abandoned",
+    "escalated",
+]
+
+log = structlog.get_logger("supervisors")
+
+_LEVELS: dict[str, str] = {
+    "child_exited": "warning",
+    "restart_failed": "error",
+    "child_abandoned": "error",
+    "escalated": "error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorEvent:
+    """One supervision event. ``supervisor`` is the path of the supervisor it happened in."""
+
+    kind: EventKind
+    supervisor: str
+    child_id: str | None = None
+    reason: str | None = None
+    restart_count: int = 0
+    timestamp: float = 0.0
+
+
+Subscriber = Callable[[SupervisorEvent], None]
+
+_subscribers: tuple[Subscriber, ...] = ()
+_subscribers_lock = threading.Lock()
+
+
+def subscribe(subscriber: Subscriber) -> Callable[[], None]:
+    """Deliver every supervision event to ``subscriber``; returns a function that unsubscribes."""
+    global _subscribers
+    with _subscribers_lock:
+        _subscribers = (*_subscribers, subscriber)
+
+    def unsubscribe() -> None:
+        global _subscribers
+        with _subscribers_lock:
+            _subscribers = tuple(s for s in _subscribers if s is not subscriber)
+
+    return unsubscribe
+
+
+def emit(
+    kind: EventKind,
+    supervisor: str,
+    child_id: str | None = None,
+    reason: object = None,
+    restart_count: int = 0,
+) -> None:
+    event = SupervisorEvent(
+        kind,
+        supervisor,
+        child_id,
+        None if reason is None else str(reason),
+        restart_count,
+        time.time(),
+    )
+    getattr(log, _LEVELS.get(kind, "info"))(
+        kind,
+        supervisor=supervisor,
+        child=child_id,
+        reason=event.reason,
+        restart_count=restart_count,
+    )
+    for subscriber in _subscribers:
+        try:
+            subscriber(event)
+        except Exception:  # A failing subscriber must not break supervision.
+            log.exception("event_subscriber_failed", subscriber=repr(subscriber))

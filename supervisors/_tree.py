@@ -1,0 +1,61 @@
+"""A tree view of a running supervision hierarchy, as data and as text."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True, slots=True)
+class TreeNode:
+    """One node of a supervision tree: a supervisor (with children) or a worker."""
+
+    id: str
+    kind: Literal["supervisor", "worker"]
+    state: str
+    restart_count: int = 0
+    last_exit: str | None = None
+    strategy: str | None = None
+    children: tuple[TreeNode, ...] = ()
+
+    def walk(self) -> Iterator[TreeNode]:
+        """This node, then every descendant, depth first."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "restart_count": self.restart_count,
+            "last_exit": self.last_exit,
+            "strategy": self.strategy,
+            "children": [c.to_dict() for c in self.children],
+        }
+
+    def _label(self) -> str:
+        kind = f"supervisor, {self.strategy}" if self.strategy else self.kind
+        text = f"{self.id} ({kind}) {self.state}"
+        if self.restart_count:
+            text += f" restarts={self.restart_count}"
+        if self.last_exit is not None:
+            text += f" last_exit={self.last_exit}"
+        return text
+
+    def render(self) -> str:
+        """The tree as text, one node a line, drawn with box characters."""
+        lines = [self._label()]
+        self._render_children("", lines)
+        return "\n".join(lines)
+
+    def _render_children(self, prefix: str, lines: list[str]) -> None:
+        for index, child in enumerate(self.children):
+            last = index == len(self.children) - 1
+            lines.append(f"{prefix}{'└── ' if last else '├── '}{child._label()}")
+            child._render_children(prefix + ("    " if last else "│   "), lines)
+
+    def __str__(self) -> str:
+        return self.render()
