@@ -16,7 +16,7 @@ import pykka
 
 from supervisors._actor import ask, kill, monitor, request_exit
 from supervisors._dynamic import DynamicSupervisorActor, TaskRecord, TaskSupervisorActor
-from supervisors._errors import StartError, SupervisorExited
+from supervisors._errors import ChildNotFound, StartError, SupervisorExited
 from supervisors._exit import SHUTDOWN, Down, ExitReason
 from supervisors._lifecycle import Lifecycle, lifecycle_of
 from supervisors._registry import Registry, registry
@@ -77,13 +77,18 @@ class Supervisor:
     _actor_class: type[SupervisorActor] = SupervisorActor
 
     def __init__(self, ref: pykka.ActorRef[Any], *, call_timeout: float = 60.0) -> None:
-        actor = ref.actor_class
-        if not issubclass(actor, SupervisorActor):
-            raise TypeError(f"{ref} is not a supervisor")
+        """Wrap the ref of a running supervisor actor (``start`` does this for you)."""
+        if not issubclass(ref.actor_class, self._actor_class):
+            raise TypeError(f"{ref} is not a {self._actor_class.__name__}")
         self.ref = ref
-        self.name: str = ref.actor_urn
         self.call_timeout = call_timeout
         self._lifecycle = lifecycle_of(ref)
+        self.name: str = ref.actor_urn
+        if ref.is_alive():
+            try:
+                self.name = self._call("name")
+            except SupervisorExited:
+                pass  # Died meanwhile: keep the urn as its name.
 
     @classmethod
     def _from_started(
@@ -96,7 +101,6 @@ class Supervisor:
     ) -> Self:
         _await_started(ref, name, start_timeout)
         handle = cls(ref, call_timeout=call_timeout)
-        handle.name = name
         if on_exit is not None:
             callback = on_exit
             monitor(ref, lambda down: callback(down.reason))
@@ -235,15 +239,17 @@ class Supervisor:
         return None
 
     def supervisor(self, child_id: str) -> Supervisor:
-        """A handle to a running child supervisor (ChildNotFound if not running)."""
-        from supervisors._errors import ChildNotFound
+        """A handle to a running child supervisor (ChildNotFound if not running).
 
+        The handle is of the child's kind: Supervisor, DynamicSupervisor or TaskSupervisor.
+        """
         ref = self.child(child_id)
         if ref is None:
             raise ChildNotFound(child_id, self.name)
-        handle = Supervisor(ref, call_timeout=self.call_timeout)
-        handle.name = child_id
-        return handle
+        for kind in (TaskSupervisor, DynamicSupervisor, Supervisor):
+            if issubclass(ref.actor_class, kind._actor_class):
+                return kind(ref, call_timeout=self.call_timeout)
+        raise TypeError(f"child {child_id!r} of {self.name!r} is not a supervisor")
 
     def tree(self) -> TreeNode:
         """The live tree under this supervisor: ids, kinds, states, restarts, last exits."""
@@ -282,6 +288,8 @@ def _text(reason: ExitReason | None) -> str | None:
 
 class DynamicSupervisor(Supervisor):
     """Handle to a DynamicSupervisor: one_for_one, children added with ``start_child``."""
+
+    _actor_class = DynamicSupervisorActor
 
     @classmethod
     def start(  # type: ignore[override]
@@ -336,6 +344,8 @@ class TaskSupervisor(Supervisor):
     beyond that :meth:`submit` raises :class:`TaskQueueFull` at once.
     """
 
+    _actor_class = TaskSupervisorActor
+
     @classmethod
     def start(  # type: ignore[override]
         cls,
@@ -354,6 +364,31 @@ class TaskSupervisor(Supervisor):
         options = _options(name, "one_for_one", intensity, period, None, clock, None)
         ref = TaskSupervisorActor.start(options, max_concurrency, max_pending, task_shutdown)
         return cls._from_started(ref, name, start_timeout, call_timeout, on_exit)
+
+    @staticmethod
+    def child_spec(  # type: ignore[override]
+        id: str,
+        *,
+        max_concurrency: int = 64,
+        max_pending: int = 10_000,
+        task_shutdown: ShutdownType = 5.0,
+        intensity: int = 3,
+        period: float = 5.0,
+        restart: RestartType = "permanent",
+        shutdown: ShutdownType = "infinity",
+        name: str | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> ChildSpec:
+        """A ChildSpec that starts a nested TaskSupervisor."""
+        options = _options(id, "one_for_one", intensity, period, None, clock, None)
+        return ChildSpec(
+            id,
+            lambda: TaskSupervisorActor.start(options, max_concurrency, max_pending, task_shutdown),
+            restart=restart,
+            shutdown=shutdown,
+            type="supervisor",
+            name=name,
+        )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Run ``fn(*args, **kwargs)`` as a temporary task; its future gets the outcome."""

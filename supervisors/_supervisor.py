@@ -463,6 +463,9 @@ class SupervisorActor(SupervisedActor):
             abandoned=len(self._live_abandoned()),
         )
 
+    def api_name(self) -> str:
+        return self.path
+
     def api_describe(self) -> tuple[str, list[ChildInfo], list[str]]:
         """Strategy, children and the ids of abandoned children still running (for trees)."""
         return (

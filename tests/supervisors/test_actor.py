@@ -221,24 +221,25 @@ def test_ask_on_a_dead_actor_fails_fast() -> None:
 
 def test_ask_racing_with_a_crash_never_hangs() -> None:
     """Many callers ask while the actor crashes: each gets an answer or ActorDeadError."""
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def caller(target: pykka.ActorRef[Any], start: threading.Barrier, index: int) -> None:
+        start.wait(timeout=5.0)
+        for n in range(50):
+            try:
+                sup.ask(target, (index, n), timeout=30.0)
+                result = "answered"
+            except pykka.ActorDeadError:
+                result = "dead"
+            with lock:
+                outcomes.append(result)
+
     for _round in range(20):
+        outcomes.clear()
         ref = Worker.start()
-        outcomes: list[str] = []
-        lock = threading.Lock()
         start = threading.Barrier(9)
-
-        def caller(index: int, target: pykka.ActorRef[Any] = ref) -> None:
-            start.wait(timeout=5.0)
-            for n in range(50):
-                try:
-                    sup.ask(target, (index, n), timeout=30.0)
-                    result = "answered"
-                except pykka.ActorDeadError:
-                    result = "dead"
-                with lock:
-                    outcomes.append(result)
-
-        threads = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
+        threads = [threading.Thread(target=caller, args=(ref, start, i)) for i in range(8)]
         for t in threads:
             t.start()
         start.wait(timeout=5.0)

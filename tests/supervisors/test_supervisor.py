@@ -23,7 +23,7 @@ from tests.supervisors.actors import (
     wait_until,
 )
 
-# --- restart type x exit kind --------------------------------------------------------------
+# --- restart type x exit kind --------------------------------------------------------------------
 
 
 def _exit(ref: Any, how: str) -> None:
@@ -84,7 +84,7 @@ def test_restart_type_decides_on_each_exit_kind(restart: Any, how: str, restarte
         root.stop()
 
 
-# --- strategies ------------------------------------------------------------------------------
+# --- strategies ----------------------------------------------------------------------------------
 
 
 def _start_three(strategy: Any, journal: Journal) -> sup.Supervisor:
@@ -165,7 +165,7 @@ def test_unknown_strategy_is_refused_with_a_clear_error() -> None:
         sup.Supervisor.start([], strategy="all_for_none")  # type: ignore[arg-type]
 
 
-# --- shutdown kinds and order ----------------------------------------------------------------
+# --- shutdown kinds and order --------------------------------------------------------------------
 
 
 def test_shutdown_stops_children_in_reverse_start_order() -> None:
@@ -238,7 +238,7 @@ def test_child_spec_validation_errors_name_the_child() -> None:
     assert sup.ChildSpec("s", Worker, type="supervisor").shutdown == "infinity"
 
 
-# --- start order and start failures ------------------------------------------------------------
+# --- start order and start failures --------------------------------------------------------------
 
 
 def test_a_child_failing_to_start_stops_those_started_and_names_itself() -> None:
@@ -256,7 +256,7 @@ def test_a_child_failing_to_start_stops_those_started_and_names_itself() -> None
 
 def test_a_factory_returning_something_else_is_a_start_error() -> None:
     bad = sup.ChildSpec("f", lambda: "not a ref")
-    with pytest.raises(sup.StartError, match="'f'.*not an ActorRef"):
+    with pytest.raises(sup.StartError, match=r"'f'.*not an ActorRef"):
         sup.Supervisor.start([bad])
 
 
@@ -282,7 +282,7 @@ def test_a_factory_child_and_a_plain_pykka_class_are_both_supervised() -> None:
         root.stop()
 
 
-# --- the child API and its errors --------------------------------------------------------------
+# --- the child API and its errors ----------------------------------------------------------------
 
 
 def test_start_terminate_restart_delete_child_with_otp_errors() -> None:
@@ -363,7 +363,7 @@ def test_which_children_and_count_children() -> None:
         root.stop()
 
 
-# --- names survive restarts ------------------------------------------------------------------------
+# --- names survive restarts ----------------------------------------------------------------------
 
 
 def test_a_name_resolves_to_the_new_actor_after_a_restart_and_never_to_a_dead_one() -> None:
@@ -385,7 +385,7 @@ def test_a_name_resolves_to_the_new_actor_after_a_restart_and_never_to_a_dead_on
         root.stop()
 
 
-# --- restart intensity and escalation ---------------------------------------------------------------
+# --- restart intensity and escalation ------------------------------------------------------------
 
 
 def test_intensity_exceeded_stops_children_in_reverse_and_tells_the_owner() -> None:
@@ -525,7 +525,7 @@ def test_a_child_that_keeps_failing_its_restart_escalates() -> None:
     assert len(events.of("restart_failed")) == 3
 
 
-# --- backoff -----------------------------------------------------------------------------------------
+# --- backoff -------------------------------------------------------------------------------------
 
 
 def test_backoff_delays_restarts_exponentially() -> None:
@@ -559,7 +559,7 @@ def test_backoff_delay_formula() -> None:
         sup.Backoff(min_delay=2.0, max_delay=1.0)
 
 
-# --- introspection and events -------------------------------------------------------------------------
+# --- introspection and events --------------------------------------------------------------------
 
 
 def test_tree_as_data_and_text() -> None:
