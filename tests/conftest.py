@@ -7,12 +7,17 @@ server, say) names its threads with a prefix listed in ``ALLOWED_THREAD_PREFIXES
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 
 import pykka
 import pytest
+
+# Tests never write to the user's real LM cache directory.
+os.environ["DSPY_ACTORS_CACHE_DIR"] = tempfile.mkdtemp(prefix="dspy-actors-test-cache-")
 
 # Threads that legitimately outlive a single test (session-scoped fixtures).
 ALLOWED_THREAD_PREFIXES: tuple[str, ...] = ("sim-lm-session",)
