@@ -87,6 +87,11 @@ def current() -> Mapping[str, Any]:
     return MappingProxyType({**_defaults, **overrides})
 
 
+def current_overrides() -> Mapping[str, Any]:
+    """Only the ``context(...)`` overrides active here (what a call carries to other threads)."""
+    return _overrides.get()
+
+
 def sampling_overrides() -> dict[str, Any]:
     """The sampling parameters set by ``configure``/``context``, for an LM to apply."""
     return {k: v for k, v in current().items() if k in SAMPLING_KEYS}

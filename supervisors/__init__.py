@@ -52,7 +52,7 @@ from supervisors._handle import DynamicSupervisor, Supervisor, TaskSupervisor
 from supervisors._intensity import RestartIntensity
 from supervisors._registry import Registry, registry
 from supervisors._spec import Backoff, ChildSpec
-from supervisors._supervisor import ChildCounts, ChildInfo
+from supervisors._supervisor import ChildCounts, ChildInfo, Strategy
 from supervisors._tree import TreeNode
 
 __all__ = [
@@ -80,6 +80,7 @@ __all__ = [
     "RestartIntensity",
     "RestartIntensityExceeded",
     "StartError",
+    "Strategy",
     "SupervisedActor",
     "Supervisor",
     "SupervisorError",

@@ -1,0 +1,612 @@
+"""LM: one language-model deployment behind an OpenAI-compatible or Anthropic endpoint.
+
+    lm = LM("openai/gpt-4o-mini", api_base="http://127.0.0.1:8000/v1", api_key="...",
+            temperature=0.0, max_tokens=1000)
+    lm("Say hi")                                   # -> ["Hi!"]
+    lm.complete(messages, n=3).outputs             # three completions
+    for event in lm.stream(messages): ...          # text deltas, then a final event
+
+One LM holds one shared, thread-safe ``httpx.Client`` (a sync client driven by many
+threads scaled far better than ``AsyncClient`` in our measurements), so it can be called
+from any number of threads at once. Sampling parameters resolve as: per-call keyword
+arguments > ``settings`` overrides (``configure``/``context``) > the LM's own defaults.
+
+Caching: a response is stored under a key covering provider, endpoint, model, messages,
+response format and every sampling parameter (never the API key). A cache hit costs no
+tokens: its usage is zero and it is not sent to any meter.
+
+The API key comes from the argument or from ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``.
+It is kept only in the request headers: not in ``repr``, history, cache keys, error
+messages, logs, or ``dump_state()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Generator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import httpx
+
+from dspy_actors import settings
+from dspy_actors.lm.cache import Cache, cache_key, default_cache
+from dspy_actors.lm.errors import (
+    BadRequest,
+    LMConnectionError,
+    LMError,
+    LMTimeout,
+    MalformedResponse,
+)
+from dspy_actors.lm.providers import resolve_model
+from dspy_actors.lm.providers.base import iter_sse
+from dspy_actors.lm.retry import RetryPolicy, call_with_retries, retry_delay
+from dspy_actors.lm.types import Completion, LMResponse, StreamEvent
+from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter, record_usage
+
+__all__ = ["LM", "LMStats"]
+
+_ENV_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+# Sized for many threads sharing one client: a pool smaller than the number of callers
+# would serialise them on connection checkout.
+_LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=512, keepalive_expiry=30.0)
+_SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+_MAX_HISTORY = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class LMStats:
+    """Counters of one LM: HTTP attempts, retries among them, cache hits, failed calls."""
+
+    requests: int
+    retries: int
+    cache_hits: int
+    failures: int
+
+
+class _Counters:
+    __slots__ = ("cache_hits", "failures", "lock", "requests", "retries")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests = self.retries = self.cache_hits = self.failures = 0
+
+
+class LM:
+    """A client for one model at one endpoint. See the module docstring."""
+
+    max_history: int = _MAX_HISTORY
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        cache: bool = True,
+        cache_store: Cache | None = None,
+        num_retries: int = 3,
+        timeout: float = 60.0,
+        retry_policy: RetryPolicy | None = None,
+        **defaults: Any,
+    ) -> None:
+        provider, model_name, default_base = resolve_model(model)
+        self.model = model
+        self._provider = provider
+        self.provider = cast(Literal["openai", "anthropic"], provider.name)
+        self.model_name = model_name
+        self.api_base = (api_base or default_base).rstrip("/")
+        self.endpoint = provider.endpoint(self.api_base)
+        self.supports_json_schema = provider.supports_json_schema
+        self.cache = cache
+        self.cache_store = cache_store
+        self.num_retries = num_retries
+        self.retry_policy = retry_policy or RetryPolicy(max_retries=num_retries)
+        self.timeout = timeout
+        self.defaults: dict[str, Any] = dict(defaults)
+        self._api_key = api_key or os.environ.get(_ENV_KEYS[provider.name]) or None
+        self._headers = provider.headers(self._api_key)
+        self._meter = UsageMeter()
+        self.history: deque[dict[str, Any]] = deque(maxlen=self.max_history)
+        self._counters = _Counters()
+        self._rng = random.Random()
+        self._client: httpx.Client | None = None
+        self._client_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- public API
+    def __call__(
+        self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kw: Any
+    ) -> list[str]:
+        """Complete a prompt (as one user message) or a message list; return the outputs."""
+        if messages is None:
+            if prompt is None:
+                raise TypeError("LM() needs a prompt or messages")
+            messages = [{"role": "user", "content": prompt}]
+        return self.complete(messages, **kw).outputs
+
+    def complete(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        response_format: dict[str, Any] | None = None,
+        cache: bool | None = None,
+        timeout: float | None = None,
+        **sampling: Any,
+    ) -> LMResponse:
+        """One chat completion (``n`` of them with ``n=...``), retried on transient errors.
+
+        Raises an :class:`~dspy_actors.lm.errors.LMError` subclass when it cannot succeed.
+        """
+        start = time.perf_counter()
+        params = self._params(sampling)
+        key = None
+        found = (
+            self._cache_lookup(messages, params, response_format)
+            if self._use_cache(cache)
+            else None
+        )
+        if found is not None:
+            store, key = found
+            hit = store.get(key)
+            if hit is not None:
+                response = self._from_cache(hit, start)
+                if response is not None:
+                    self._note(messages, params, response_format, response)
+                    return response
+        try:
+            completion = self._complete_uncached(messages, params, response_format, timeout)
+        except LMError:
+            self._count("failures")
+            raise
+        response = self._finish(completion, start)
+        if key is not None:
+            self._cache_put(key, completion)
+        self._note(messages, params, response_format, response)
+        return response
+
+    def stream(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        response_format: dict[str, Any] | None = None,
+        cache: bool | None = None,
+        timeout: float | None = None,
+        **sampling: Any,
+    ) -> Iterator[StreamEvent]:
+        """Stream a completion: text deltas (``StreamEvent.text``, ``.index``) as they
+        arrive, then one final event whose ``response`` has the outputs and usage.
+
+        Transient failures are retried only until the first delta has been yielded."""
+        start = time.perf_counter()
+        params = self._params(sampling)
+        key = None
+        found = (
+            self._cache_lookup(messages, params, response_format)
+            if self._use_cache(cache)
+            else None
+        )
+        if found is not None:
+            store, key = found
+            hit = store.get(key)
+            response = self._from_cache(hit, start) if hit is not None else None
+            if response is not None:
+                for index, text in enumerate(response.outputs):
+                    yield StreamEvent(text, index)
+                self._note(messages, params, response_format, response)
+                yield StreamEvent(index=0, response=response)
+                return
+        n = params.get("n") or 1
+        try:
+            if n > 1 and not self._provider.supports_n:
+                one = {k: v for k, v in params.items() if k != "n"}
+                parts: list[Completion] = []
+                for i in range(n):
+                    parts.append(
+                        (yield from self._stream_once(messages, one, response_format, timeout, i))
+                    )
+                completion = _merge(parts)
+            else:
+                completion = yield from self._stream_once(
+                    messages, params, response_format, timeout, 0
+                )
+        except LMError:
+            self._count("failures")
+            raise
+        response = self._finish(completion, start)
+        if key is not None:
+            self._cache_put(key, completion)
+        self._note(messages, params, response_format, response)
+        yield StreamEvent(index=0, response=response)
+
+    @property
+    def usage(self) -> Usage:
+        """Total usage of every call this LM made (cache hits add nothing)."""
+        return self._meter.total
+
+    @property
+    def meter(self) -> UsageMeter:
+        return self._meter
+
+    @property
+    def stats(self) -> LMStats:
+        c = self._counters
+        with c.lock:
+            return LMStats(c.requests, c.retries, c.cache_hits, c.failures)
+
+    def inspect_history(self, n: int = 1) -> str:
+        """The last ``n`` calls, formatted for reading: messages by role, then outputs."""
+        entries = list(self.history)[-n:] if n > 0 else []
+        blocks: list[str] = []
+        for entry in entries:
+            when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(entry["timestamp"]))
+            hit = " (cache hit)" if entry["cache_hit"] else ""
+            lines = [f"[{when}] {entry['model']}{hit}"]
+            for msg in entry["messages"]:
+                lines.append(f"\n{str(msg.get('role', '?')).capitalize()} message:\n")
+                lines.append(_content_text(msg.get("content")))
+            for i, out in enumerate(entry["outputs"]):
+                label = "Response" if len(entry["outputs"]) == 1 else f"Response {i + 1}"
+                lines.append(f"\n{label}:\n\n{out}")
+            blocks.append("\n".join(lines))
+        return "\n\n\n".join(blocks)
+
+    def copy(self, **defaults: Any) -> LM:
+        """A new LM for the same deployment (same key) with some defaults changed."""
+        return LM(
+            self.model,
+            api_base=self.api_base,
+            api_key=self._api_key,
+            cache=self.cache,
+            cache_store=self.cache_store,
+            num_retries=self.num_retries,
+            timeout=self.timeout,
+            retry_policy=self.retry_policy,
+            **{**self.defaults, **defaults},
+        )
+
+    def dump_state(self) -> dict[str, Any]:
+        """The LM's configuration as JSON-able data, without the API key."""
+        return {
+            "model": self.model,
+            "api_base": self.api_base,
+            "cache": self.cache,
+            "num_retries": self.num_retries,
+            "timeout": self.timeout,
+            **self.defaults,
+        }
+
+    def close(self) -> None:
+        """Close the HTTP connections. The LM stays usable (it reconnects on demand)."""
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def __enter__(self) -> LM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in self.defaults.items())
+        return f"LM({self.model!r}, api_base={self.api_base!r}{extra})"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LM:
+        # An LM is a shared client, not program state: copies of a program share it.
+        return self
+
+    def __copy__(self) -> LM:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickling must not carry the API key: rebuild from the key-free state (the
+        # unpickled LM reads its key from the environment).
+        return (_lm_from_state, (self.dump_state(),))
+
+    # ---------------------------------------------------------------- internals
+    def _params(self, sampling: Mapping[str, Any]) -> dict[str, Any]:
+        overrides = settings.sampling_overrides()
+        if not overrides and not sampling:
+            return self.defaults
+        return {**self.defaults, **overrides, **sampling}
+
+    def _use_cache(self, per_call: bool | None) -> bool:
+        if per_call is not None:
+            return per_call
+        return self.cache and settings.get("cache", True) is not False
+
+    def _cache_lookup(
+        self,
+        messages: list[dict[str, Any]],
+        params: Mapping[str, Any],
+        response_format: Mapping[str, Any] | None,
+    ) -> tuple[Cache, str] | None:
+        """The cache and this request's key, or None if the request cannot be keyed
+        (a parameter that is not JSON data): such a call simply goes uncached."""
+        store = self.cache_store
+        if store is None:
+            store = self.cache_store = default_cache()
+        request = {
+            "provider": self.provider,
+            "api_base": self.api_base,
+            "model": self.model_name,
+            "messages": messages,
+            "response_format": response_format,
+            "params": params,
+        }
+        try:
+            return store, cache_key(request)
+        except (TypeError, ValueError):
+            return None
+
+    def _cache_put(self, key: str, completion: Completion) -> None:
+        assert self.cache_store is not None
+        self.cache_store.put(
+            key,
+            {
+                "outputs": completion.outputs,
+                "finish_reasons": completion.finish_reasons,
+                "model": completion.model,
+                "prompt_tokens": completion.prompt_tokens,
+                "completion_tokens": completion.completion_tokens,
+            },
+        )
+
+    def _from_cache(self, hit: Mapping[str, Any], start: float) -> LMResponse | None:
+        try:
+            outputs = list(hit["outputs"])
+            finish = list(hit.get("finish_reasons") or [None] * len(outputs))
+            model = str(hit.get("model") or self.model_name)
+        except (KeyError, TypeError):
+            return None  # an entry we cannot read is a miss
+        self._count("cache_hits")
+        return LMResponse(outputs, ZERO_USAGE, model, finish, True, time.perf_counter() - start)
+
+    def _finish(self, completion: Completion, start: float) -> LMResponse:
+        calls = max(1, len(completion.outputs)) if not self._provider.supports_n else 1
+        usage = Usage(completion.prompt_tokens, completion.completion_tokens, calls)
+        self._meter.add(usage)
+        record_usage(usage)
+        return LMResponse(
+            completion.outputs,
+            usage,
+            completion.model,
+            completion.finish_reasons,
+            False,
+            time.perf_counter() - start,
+        )
+
+    def _note(
+        self,
+        messages: list[dict[str, Any]],
+        params: Mapping[str, Any],
+        response_format: Mapping[str, Any] | None,
+        response: LMResponse,
+    ) -> None:
+        kwargs = dict(params)
+        if response_format is not None:
+            kwargs["response_format"] = response_format
+        self.history.append(
+            {
+                "model": self.model,
+                "messages": messages,
+                "kwargs": kwargs,
+                "outputs": response.outputs,
+                "finish_reasons": response.finish_reasons,
+                "usage": response.usage,
+                "cost": response.usage.cost,
+                "cache_hit": response.cache_hit,
+                "latency_s": response.latency_s,
+                "timestamp": time.time(),
+            }
+        )
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        c = self._counters
+        with c.lock:
+            setattr(c, name, getattr(c, name) + amount)
+
+    def _on_retry(self, error: LMError, delay: float) -> None:
+        self._count("retries")
+
+    def _http(self) -> httpx.Client:
+        client = self._client
+        if client is not None:
+            return client
+        with self._client_lock:
+            if self._client is None:
+                transport = httpx.HTTPTransport(
+                    limits=_LIMITS, retries=0, socket_options=_SOCKET_OPTIONS
+                )
+                self._client = httpx.Client(
+                    transport=transport, headers=self._headers, timeout=self.timeout
+                )
+            return self._client
+
+    def _body(
+        self,
+        messages: list[dict[str, Any]],
+        params: Mapping[str, Any],
+        response_format: Mapping[str, Any] | None,
+        stream: bool,
+    ) -> bytes:
+        try:
+            body = self._provider.build_body(
+                self.model_name, messages, params, response_format, stream
+            )
+        except BadRequest as exc:
+            if exc.endpoint is None:
+                raise BadRequest(str(exc), endpoint=self.endpoint, model=self.model) from exc
+            raise
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def _complete_uncached(
+        self,
+        messages: list[dict[str, Any]],
+        params: Mapping[str, Any],
+        response_format: Mapping[str, Any] | None,
+        timeout: float | None,
+    ) -> Completion:
+        n = params.get("n") or 1
+        if n > 1 and not self._provider.supports_n:
+            one = {k: v for k, v in params.items() if k != "n"}
+            content = self._body(messages, one, response_format, False)
+            return _merge([self._post_with_retries(content, timeout) for _ in range(n)])
+        return self._post_with_retries(
+            self._body(messages, params, response_format, False), timeout
+        )
+
+    def _post_with_retries(self, content: bytes, timeout: float | None) -> Completion:
+        return call_with_retries(
+            lambda: self._post(content, timeout),
+            self.retry_policy,
+            rng=self._rng,
+            on_retry=self._on_retry,
+        )
+
+    def _post(self, content: bytes, timeout: float | None) -> Completion:
+        self._count("requests")
+        try:
+            r = self._http().post(
+                self.endpoint,
+                content=content,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, timeout) from exc
+        if r.status_code >= 300:
+            raise self._scrub(
+                self._provider.error(
+                    r.status_code, r.headers, r.content, endpoint=self.endpoint, model=self.model
+                )
+            )
+        try:
+            data = json.loads(r.content)
+        except ValueError as exc:
+            raise MalformedResponse(
+                f"HTTP {r.status_code} with a body that is not JSON: {r.content[:200]!r}",
+                endpoint=self.endpoint,
+                model=self.model,
+            ) from exc
+        return self._provider.parse(data, endpoint=self.endpoint, model=self.model)
+
+    def _stream_once(
+        self,
+        messages: list[dict[str, Any]],
+        params: Mapping[str, Any],
+        response_format: Mapping[str, Any] | None,
+        timeout: float | None,
+        index_offset: int,
+    ) -> Generator[StreamEvent, None, Completion]:
+        """Yield StreamEvents of one streamed request; return its Completion. Retries
+        transient failures while nothing has been yielded yet."""
+        content = self._body(messages, params, response_format, True)
+        policy = self.retry_policy
+        attempt = 0
+        while True:
+            yielded = False
+            try:
+                self._count("requests")
+                acc = self._provider.accumulator(endpoint=self.endpoint, model=self.model)
+                try:
+                    with self._http().stream(
+                        "POST",
+                        self.endpoint,
+                        content=content,
+                        timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                    ) as r:
+                        if r.status_code >= 300:
+                            r.read()
+                            raise self._scrub(
+                                self._provider.error(
+                                    r.status_code,
+                                    r.headers,
+                                    r.content,
+                                    endpoint=self.endpoint,
+                                    model=self.model,
+                                )
+                            )
+                        for event, data in iter_sse(r.iter_lines()):
+                            for index, text in acc.feed(event, data):
+                                yielded = True
+                                yield StreamEvent(text, index + index_offset)
+                            if acc.finished:
+                                break
+                except httpx.HTTPError as exc:
+                    raise self._transport_error(exc, timeout) from exc
+                if not acc.finished:
+                    raise LMConnectionError(
+                        "stream ended before its end marker",
+                        endpoint=self.endpoint,
+                        model=self.model,
+                    )
+                return acc.completion()
+            except LMError as exc:
+                if yielded or not exc.retryable or attempt >= policy.max_retries:
+                    raise
+                delay = retry_delay(exc, attempt, policy, self._rng)
+                self._on_retry(exc, delay)
+                time.sleep(delay)
+                attempt += 1
+
+    def _transport_error(self, exc: httpx.HTTPError, timeout: float | None) -> LMError:
+        if isinstance(exc, httpx.TimeoutException):
+            limit = timeout if timeout is not None else self.timeout
+            return LMTimeout(
+                f"no answer within {limit:g}s ({type(exc).__name__})",
+                endpoint=self.endpoint,
+                model=self.model,
+            )
+        return self._scrub(
+            LMConnectionError(
+                f"connection failed: {type(exc).__name__}: {exc}",
+                endpoint=self.endpoint,
+                model=self.model,
+            )
+        )
+
+    def _scrub(self, error: LMError) -> LMError:
+        """Make sure no error message can carry the API key (servers sometimes echo it)."""
+        key = self._api_key
+        if key and any(key in str(a) for a in error.args):
+            error.args = tuple(str(a).replace(key, "***") for a in error.args)
+        return error
+
+
+def _merge(parts: list[Completion]) -> Completion:
+    """One Completion out of several single-output ones (``n`` emulated by repetition)."""
+    return Completion(
+        [o for p in parts for o in p.outputs],
+        [f for p in parts for f in p.finish_reasons],
+        sum(p.prompt_tokens for p in parts),
+        sum(p.completion_tokens for p in parts),
+        parts[0].model if parts else "",
+    )
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    out: list[str] = []
+    for part in content or ():
+        ptype = part.get("type")
+        if ptype == "text":
+            out.append(str(part.get("text", "")))
+        elif ptype == "image_url":
+            out.append("<image_url>")
+        else:
+            out.append(f"<{ptype}>")
+    return "\n".join(out)
+
+
+def _lm_from_state(state: dict[str, Any]) -> LM:
+    state = dict(state)
+    model = state.pop("model")
+    return LM(model, **state)

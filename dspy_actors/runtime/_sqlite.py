@@ -1,0 +1,563 @@
+"""One SQLite file shared by many threads and processes, that survives being deleted or broken.
+
+Shared by the parameter store and the dead-letter store. How it stays correct:
+
+* WAL journal mode (readers never block the writer; processes share the file) and a
+  ``busy_timeout`` on every connection. Writes take the write lock up front (``BEGIN
+  IMMEDIATE``), so two writers never deadlock upgrading a read lock.
+* A pool of connections, each used by one thread at a time (``check_same_thread`` is off only
+  so a connection can move between threads *between* uses, never during one). After a fork
+  the child never touches its parent's connections.
+* Before every operation the file at ``path`` is checked (inode and SQLite header): an open
+  connection keeps working on a deleted file and never re-reads pages it has cached, so
+  without this check a deleted store would go on "working" on a ghost.
+
+What happens on failure (no raw ``sqlite3`` error ever reaches a caller):
+
+* File deleted: a new, empty file is created. File corrupt (bad header, ``SQLITE_CORRUPT``,
+  ``SQLITE_NOTADB``): it is *moved aside* (``<path>.corrupt-<time>``, never deleted: it may
+  hold the only copy of someone's optimized program) and a new one created. File replaced by
+  another process (which rebuilt it): reopened. Each is a structlog warning, counted in
+  :meth:`SqliteFile.health`, and -- since the rows are gone -- reported as lost history.
+* Lock held by another process longer than ``busy_timeout``, an unwritable disk, a file from
+  a newer schema, or a closed store: :class:`StoreError` with what happened and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import structlog
+
+__all__ = ["SqliteFile", "StoreError", "StoreHealth"]
+
+T = TypeVar("T")
+
+_log = structlog.get_logger("dspy_actors.runtime.store")
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
+_CORRUPT_CODES = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+# Idle connections kept for reuse; more are opened under load and closed when returned.
+_MAX_IDLE = 8
+
+_META_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS dspy_actors_meta (
+        store TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (store, name)
+    )""",
+)
+
+StoreStatus = Literal["ok", "closed"]
+
+
+class StoreError(RuntimeError):
+    """A store could not do what was asked: its file stayed locked by another process for
+    longer than the busy timeout, the disk refused a write, the file belongs to a newer
+    version, or the store was closed. The message says which, and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """How a store's file is doing.
+
+    ``history_lost`` is True once this store found its file deleted, corrupt or rebuilt by
+    another process: what was saved before is gone (a corrupt file is kept aside, see
+    ``quarantined``). ``rebuilds`` counts new files created in place of a lost one, and
+    ``reopens`` files that another process had rebuilt. ``errors`` counts every failed
+    attempt (recovered or not); ``last_error`` describes the latest.
+    """
+
+    path: str
+    status: StoreStatus
+    history_lost: bool
+    rebuilds: int
+    reopens: int
+    errors: int
+    last_error: str | None
+    quarantined: tuple[str, ...]
+    created_at: float | None
+
+
+class _FileProblem(Exception):
+    def __init__(self, kind: Literal["missing", "replaced", "corrupt", "unopened"], detail: str):
+        super().__init__(detail)
+        self.kind = kind
+
+
+class _Incompatible(Exception):
+    """A healthy file written by a newer schema: never moved, never rebuilt."""
+
+
+def _code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def _is_busy(exc: BaseException) -> bool:
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = _code(exc)
+    if code is not None:
+        return code in _BUSY_CODES
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    if isinstance(exc, _FileProblem):
+        return exc.kind == "corrupt"
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = _code(exc)
+    if code is not None:
+        return code in _CORRUPT_CODES
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message [SQLITE_CODE]`` for logs and error messages."""
+    if isinstance(exc, _FileProblem):
+        return f"file {exc.kind}: {exc}"
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{type(exc).__name__}: {exc}" + (f" [{name}]" if name else "")
+
+
+@contextlib.contextmanager
+def _write_tx(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        conn.close()
+
+
+class SqliteFile:
+    """The file of one store (``store`` names it in the shared meta table and in logs).
+
+    ``schema`` is a list of idempotent statements (``CREATE ... IF NOT EXISTS``) run when a
+    file is opened or created; ``schema_version`` is recorded and checked, so a file written
+    by a newer version is refused rather than misread. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        store: str,
+        schema: Sequence[str],
+        schema_version: int,
+        busy_timeout: float = 5.0,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+    ) -> None:
+        if busy_timeout < 0:
+            raise ValueError(f"busy_timeout must be >= 0, got {busy_timeout!r}")
+        self.path = Path(path)
+        self.store = store
+        self._schema = tuple(schema)
+        self._schema_version = schema_version
+        self._busy_timeout = busy_timeout
+        self._synchronous = synchronous
+        # Guards the fields below; never held across SQLite calls.
+        self._lock = threading.Lock()
+        # One recovery at a time; the others wait and then retry on the recovered file.
+        self._recover_lock = threading.Lock()
+        self._generation = 0
+        self._idle: list[sqlite3.Connection] = []
+        self._identity: tuple[int, int] | None = None
+        self._fd: int | None = None
+        self._file_id: str | None = None
+        self._created_at: float | None = None
+        self._pid = os.getpid()
+        self._inherited: list[sqlite3.Connection] = []
+        self._closed = False
+        self._history_lost = False
+        self._rebuilds = 0
+        self._reopens = 0
+        self._errors = 0
+        self._last_error: str | None = None
+        self._quarantined: list[str] = []
+        self._open_first()
+
+    # ----------------------------------------------------------------------------- public
+
+    def read(self, op: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on a connection (autocommit: each statement sees the latest commit)."""
+        return self._run(op, fn)
+
+    def write(self, op: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` inside one write transaction (all or nothing)."""
+
+        def in_tx(conn: sqlite3.Connection) -> T:
+            with _write_tx(conn):
+                return fn(conn)
+
+        return self._run(op, in_tx)
+
+    def note_error(self, detail: str) -> None:
+        """Count a problem the store found in its data (a damaged row, say)."""
+        with self._lock:
+            self._errors += 1
+            self._last_error = detail
+
+    def health(self) -> StoreHealth:
+        with self._lock:
+            return StoreHealth(
+                path=str(self.path),
+                status="closed" if self._closed else "ok",
+                history_lost=self._history_lost,
+                rebuilds=self._rebuilds,
+                reopens=self._reopens,
+                errors=self._errors,
+                last_error=self._last_error,
+                quarantined=tuple(self._quarantined),
+                created_at=self._created_at,
+            )
+
+    def close(self) -> None:
+        """Close every connection (ones in use close when returned). Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._generation += 1
+            idle, self._idle = self._idle, []
+            fd, self._fd = self._fd, None
+        for conn in idle:
+            _close_quietly(conn)
+        # Our descriptor goes last: closing any descriptor of a file drops this process's
+        # POSIX locks on it, which SQLite's connections needed until now.
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -------------------------------------------------------------------------- internals
+
+    def _run(self, op: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        # Two attempts: the second runs on the file a recovery just reopened or rebuilt.
+        for attempt in (1, 2):
+            if self._closed:
+                raise StoreError(f"{self.store} at {self.path} is closed")
+            generation = self._generation
+            try:
+                self._check_file()
+                conn = self._acquire()
+                try:
+                    return fn(conn)
+                finally:
+                    self._release(conn, generation)
+            except (sqlite3.Error, OSError, _FileProblem, _Incompatible) as exc:
+                self._count(exc)
+                if isinstance(exc, _Incompatible):
+                    raise StoreError(str(exc)) from None
+                if _is_busy(exc):
+                    raise StoreError(
+                        f"{self.store} at {self.path}: {op} gave up after waiting "
+                        f"{self._busy_timeout:g} s for a lock held by another connection "
+                        f"({describe(exc)}); try again, or raise busy_timeout"
+                    ) from exc
+                if isinstance(exc, sqlite3.ProgrammingError | sqlite3.InterfaceError):
+                    # Misuse (e.g. a connection closed under us by close()): not a disk fault.
+                    raise StoreError(f"{self.store} at {self.path}: {describe(exc)}") from exc
+                if attempt == 2:
+                    raise StoreError(
+                        f"{self.store} at {self.path}: {op} failed even after recovering the "
+                        f"file ({describe(exc)})"
+                    ) from exc
+                self._recover(op, exc, generation)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _count(self, exc: BaseException) -> None:
+        with self._lock:
+            self._errors += 1
+            self._last_error = describe(exc)
+
+    def _check_file(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise _FileProblem("missing", f"{self.path} was deleted") from None
+        identity, fd = self._identity, self._fd
+        if identity is None:
+            raise _FileProblem("unopened", f"{self.path} is not open")
+        if (st.st_dev, st.st_ino) != identity:
+            raise _FileProblem("replaced", f"{self.path} was replaced by another file")
+        if fd is not None:
+            header = os.pread(fd, len(_SQLITE_MAGIC), 0)
+            if header != _SQLITE_MAGIC:
+                raise _FileProblem("corrupt", f"{self.path} no longer has an SQLite header")
+
+    def _acquire(self) -> sqlite3.Connection:
+        with self._lock:
+            if os.getpid() != self._pid:
+                # Forked: the parent's connections must never be used (or closed) here; keep
+                # them referenced so garbage collection does not close them either.
+                self._pid = os.getpid()
+                self._generation += 1
+                self._inherited.extend(self._idle)
+                self._idle = []
+            if self._idle:
+                return self._idle.pop()
+        return self._connect()
+
+    def _release(self, conn: sqlite3.Connection, generation: int) -> None:
+        with self._lock:
+            keep = (
+                generation == self._generation
+                and not self._closed
+                and len(self._idle) < _MAX_IDLE
+                and not conn.in_transaction
+            )
+            if keep:
+                self._idle.append(conn)
+        if not keep:
+            _close_quietly(conn)
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: autocommit; write transactions are explicit (BEGIN IMMEDIATE).
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _attach(self) -> bool:
+        """Open (creating if needed) the file at ``path`` and make it current.
+
+        Returns True if this is the file we had before (same file id), False if it is another.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        last: BaseException | None = None
+        # A brand-new file switching to WAL can report "locked" at once while another
+        # process creates the same file: a few short retries cover that race.
+        for attempt in range(5):
+            try:
+                return self._attach_once()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                last = exc
+                time.sleep(0.02 * (attempt + 1))
+        assert last is not None
+        raise last
+
+    def _attach_once(self) -> bool:
+        conn = self._connect()
+        fd: int | None = None
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            with _write_tx(conn):
+                for statement in (*_META_SCHEMA, *self._schema):
+                    conn.execute(statement)
+                meta = self._ensure_meta(conn)
+            fd = os.open(self.path, os.O_RDONLY)
+            st = os.fstat(fd)
+        except BaseException:
+            conn.close()
+            if fd is not None:
+                os.close(fd)
+            raise
+        file_id, created_at = meta
+        with self._lock:
+            same = self._file_id is None or self._file_id == file_id
+            self._generation += 1
+            old_idle, self._idle = self._idle, [conn]
+            old_fd, self._fd = self._fd, fd
+            self._identity = (st.st_dev, st.st_ino)
+            self._file_id = file_id
+            self._created_at = created_at
+        for old in old_idle:
+            _close_quietly(old)
+        if old_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(old_fd)
+        return same
+
+    def _ensure_meta(self, conn: sqlite3.Connection) -> tuple[str, float]:
+        rows = dict(
+            conn.execute(
+                "SELECT name, value FROM dspy_actors_meta WHERE store = ?", (self.store,)
+            ).fetchall()
+        )
+        if not rows:
+            rows = {
+                "schema_version": str(self._schema_version),
+                "file_id": uuid.uuid4().hex,
+                "created_at": repr(time.time()),
+            }
+            conn.executemany(
+                "INSERT INTO dspy_actors_meta (store, name, value) VALUES (?, ?, ?)",
+                [(self.store, k, v) for k, v in rows.items()],
+            )
+        version = rows.get("schema_version")
+        if version != str(self._schema_version):
+            raise _Incompatible(
+                f"{self.path} holds a {self.store} of schema version {version}, this version "
+                f"reads {self._schema_version}; use another path, or move that file away"
+            )
+        try:
+            return str(rows["file_id"]), float(rows["created_at"])
+        except (KeyError, ValueError) as exc:
+            raise _FileProblem("corrupt", f"{self.path}: bad {self.store} metadata") from exc
+
+    def _open_first(self) -> None:
+        try:
+            self._attach()
+            return
+        except _Incompatible as exc:
+            self.close()
+            raise StoreError(str(exc)) from None
+        except (sqlite3.Error, OSError, _FileProblem) as exc:
+            self._count(exc)
+            if _is_busy(exc):
+                # Locked by another process past the timeout: not a broken file. The first
+                # operation opens it (and recovers then if it really is broken).
+                _log.warning(
+                    "store.busy",
+                    store=self.store,
+                    path=str(self.path),
+                    op="open",
+                    error=describe(exc),
+                    action="deferred",
+                )
+                return
+            if not _is_corrupt(exc):
+                self.close()
+                raise StoreError(
+                    f"cannot open {self.store} at {self.path}: {describe(exc)}"
+                ) from exc
+            first = exc
+        try:
+            self._rebuild("open", first, None)
+        except (sqlite3.Error, OSError, _FileProblem, _Incompatible) as exc:
+            self.close()
+            raise StoreError(
+                f"cannot open {self.store} at {self.path}: {describe(first)}; creating a new "
+                f"file failed too: {describe(exc)}"
+            ) from exc
+
+    def _recover(self, op: str, exc: BaseException, generation: int) -> None:
+        """Make a working file current again after ``exc``; raise StoreError if impossible."""
+        with self._recover_lock:
+            if generation != self._generation or self._closed:
+                return  # Another thread recovered (or we closed) since this operation began.
+            bad_identity = self._identity
+            kind = exc.kind if isinstance(exc, _FileProblem) else "error"
+            try:
+                if _is_corrupt(exc):
+                    # Move the file aside *before* closing our connections: the last one to
+                    # close would checkpoint its WAL into the broken file, unless SQLite sees
+                    # that the file has moved (then it leaves both alone, as evidence).
+                    self._quarantine(bad_identity)
+                    self._drop_connections()
+                    self._attach()
+                    self._lost(op, exc, "rebuilt")
+                    return
+                self._drop_connections()
+                if kind == "missing":
+                    self._remove_orphan_sidecars()
+                    self._attach()
+                    self._lost(op, exc, "rebuilt")
+                else:
+                    # Replaced, never opened, or some other error: first try whatever file is
+                    # at the path now; only one that fails to open is moved aside.
+                    try:
+                        same = self._attach()
+                    except (sqlite3.DatabaseError, _FileProblem) as reopen_exc:
+                        if _is_busy(reopen_exc) or not _is_corrupt(reopen_exc):
+                            raise
+                        self._rebuild(op, reopen_exc, None)
+                    else:
+                        if not same:
+                            self._lost(op, exc, "reopened")
+            except _Incompatible as bad:
+                raise StoreError(str(bad)) from None
+            except (sqlite3.Error, OSError, _FileProblem) as failed:
+                self._count(failed)
+                raise StoreError(
+                    f"{self.store} at {self.path}: {op} failed ({describe(exc)}) and so did "
+                    f"reopening the file ({describe(failed)})"
+                ) from failed
+
+    def _rebuild(self, op: str, exc: BaseException, bad_identity: tuple[int, int] | None) -> None:
+        self._quarantine(bad_identity)
+        self._attach()
+        self._lost(op, exc, "rebuilt")
+
+    def _lost(self, op: str, exc: BaseException, action: Literal["rebuilt", "reopened"]) -> None:
+        with self._lock:
+            self._history_lost = True
+            if action == "rebuilt":
+                self._rebuilds += 1
+            else:
+                self._reopens += 1
+        _log.warning(
+            "store.history_lost",
+            store=self.store,
+            path=str(self.path),
+            op=op,
+            error=describe(exc),
+            action=action,
+        )
+
+    def _drop_connections(self) -> None:
+        with self._lock:
+            self._generation += 1
+            idle, self._idle = self._idle, []
+            fd, self._fd = self._fd, None
+            self._identity = None
+        for conn in idle:
+            _close_quietly(conn)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _quarantine(self, bad_identity: tuple[int, int] | None) -> None:
+        """Move the broken file (and its WAL sidecars) aside, unless already replaced."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._remove_orphan_sidecars()
+            return
+        if bad_identity is not None and (st.st_dev, st.st_ino) != bad_identity:
+            return  # Another process already put a fresh file in its place.
+        target = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        os.replace(self.path, target)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{target}{suffix}")
+        with self._lock:
+            self._quarantined.append(target)
+
+    def _remove_orphan_sidecars(self) -> None:
+        # The WAL and shared-memory files of a deleted file belong to no file any more.
+        if self.path.exists():
+            return
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{self.path}{suffix}")

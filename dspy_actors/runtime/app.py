@@ -1,0 +1,613 @@
+"""The application: ``dsa.start(...)`` builds the supervision tree and serves programs.
+
+    root (one_for_one)
+    ├── store      parameter store + dead letters (SQLite): opened on start, closed on stop
+    ├── events     event bus (publish/subscribe by topic)
+    ├── lm         rest_for_one: the LM router, then its pool of workers
+    ├── modules    DynamicSupervisor: one subtree per served program (per version)
+    └── runs       DynamicSupervisor: evaluation and optimization runs
+
+Children start in that order (each one's dependencies first) and stop in reverse.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+import platformdirs
+
+import supervisors
+from dspy_actors import settings
+from dspy_actors.lm.breaker import CircuitBreaker
+from dspy_actors.lm.rate_limit import RateLimiter
+from dspy_actors.primitives.module import Module
+from dspy_actors.runtime import events as ev
+from dspy_actors.runtime.dead_letters import DeadLetter, DeadLetterStore
+from dspy_actors.runtime.errors import ModuleCrashed
+from dspy_actors.runtime.handle import ProgramHandle, _Gate
+from dspy_actors.runtime.lm_pool import LMPoolConfig, LMRouter, LMWorker, deployment_key
+from dspy_actors.runtime.module_actor import ModuleServices
+from dspy_actors.runtime.parameter_store import ParameterStore
+from dspy_actors.runtime.poison import PoisonTracker, fingerprint
+from dspy_actors.runtime.tree_build import (
+    PipelineActor,
+    TreeOptions,
+    instantiate_step,
+    module_subtree,
+)
+
+if TYPE_CHECKING:
+    from dspy_actors.lm.lm import LM
+
+_app_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class ServedProgram:
+    """The app's record of one served program; handles read it on every call."""
+
+    name: str
+    kind: str  # "module" | "pipeline"
+    version: int
+    entry_name: str
+    child_id: str
+    gate: _Gate
+    idempotent: bool
+    call_timeout: float
+    options: TreeOptions
+    template: Any  # the Module (kind "module") or the list of (step id, Module)
+    state_version: int | None = None
+    max_crash_retries: int = 2
+    stopped: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Stores:
+    """The app's SQLite stores; reopened by the ``store`` actor when it restarts."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.params: ParameterStore | None = None
+        self.dead_letters: DeadLetterStore | None = None
+
+    def open(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.params = ParameterStore(self.data_dir / "parameters.sqlite3")
+        self.dead_letters = DeadLetterStore(self.data_dir / "dead_letters.sqlite3")
+
+    def close(self) -> None:
+        for store in (self.params, self.dead_letters):
+            if store is not None:
+                store.close()
+
+
+class StoreOwner(supervisors.SupervisedActor):
+    """The ``store`` node: owns the stores' lifetime (they are thread-safe objects)."""
+
+    def __init__(self, stores: _Stores) -> None:
+        super().__init__()
+        self.stores = stores
+
+    def on_start(self) -> None:
+        self.stores.open()
+
+    def on_stop(self) -> None:
+        self.stores.close()
+
+    def on_failure(self, *_exc: object) -> None:
+        self.stores.close()
+
+
+def substate(state: Mapping[str, Any] | None, path: str) -> dict[str, Any] | None:
+    """The part of a program's state (keys are parameter paths) that belongs at ``path``."""
+    if state is None:
+        return None
+    if not path:
+        return dict(state)
+    found: dict[str, Any] = {}
+    for key, value in state.items():
+        if key == path:
+            found["self"] = value
+        elif key.startswith(path + ".") or key.startswith(path + "["):
+            rest = key[len(path) :]
+            found[rest[1:] if rest.startswith(".") else rest] = value
+    return found or None
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    """Settings of an app; see :func:`start` for what each means."""
+
+    name: str
+    data_dir: Path
+    lm: LM | None
+    fallbacks: tuple[LM, ...]
+    lm_workers: int
+    lm_max_queue: int
+    breaker: Mapping[str, Any]
+    rate_limit: Mapping[str, Any] | None
+    max_in_flight: int
+    module_max_in_flight: int
+    poison_threshold: int
+    call_timeout: float
+    submit_threads: int
+    log: Literal["json", "console"] | None
+
+
+class App:
+    """A running application tree. Create it with :func:`dspy_actors.start`."""
+
+    def __init__(self, config: AppConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.lm = config.lm
+        self.registry = supervisors.Registry()
+        self.poison = PoisonTracker(config.poison_threshold)
+        self.stores = _Stores(config.data_dir)
+        self.events = ev.EventBus(name=f"{self.name}/events", registry=self.registry)
+        self.router_name = f"{self.name}/lm/router"
+        self.executor = ThreadPoolExecutor(
+            max_workers=config.submit_threads, thread_name_prefix=f"{self.name}-submit"
+        )
+        self._programs: dict[str, ServedProgram] = {}
+        self._programs_lock = threading.Lock()
+        self._unsubscribe_supervision: Any = None
+        if config.log is not None:
+            self.events.subscribe("*", ev.structlog_subscriber(renderer=config.log))
+        self.root = supervisors.Supervisor.start(
+            [
+                supervisors.ChildSpec("store", StoreOwner, args=(self.stores,), shutdown=10.0),
+                self.events.child_spec("events"),
+                self._lm_spec(),
+                supervisors.DynamicSupervisor.child_spec(
+                    "modules", intensity=1000, period=5.0, registry=self.registry
+                ),
+                supervisors.DynamicSupervisor.child_spec("runs", registry=self.registry),
+            ],
+            name=self.name,
+            registry=self.registry,
+        )
+        self._unsubscribe_supervision = supervisors.subscribe(self._supervision_event)
+
+    # The tree. ------------------------------------------------------------------------
+
+    def _lm_spec(self) -> supervisors.ChildSpec:
+        config = self.config
+        fallbacks: dict[str, Sequence[LM]] = {}
+        if config.lm is not None and config.fallbacks:
+            fallbacks[deployment_key(config.lm)] = config.fallbacks
+        limits: dict[str, RateLimiter] = {}
+        if config.rate_limit is not None:
+            for lm in (config.lm, *config.fallbacks):
+                if lm is not None:
+                    limits[deployment_key(lm)] = RateLimiter(**config.rate_limit)
+        breaker_options = dict(config.breaker)
+
+        def make_breaker(key: str) -> CircuitBreaker:
+            return CircuitBreaker(
+                name=key, on_transition=self._breaker_transition, **breaker_options
+            )
+
+        pool = LMPoolConfig(
+            workers=config.lm_workers,
+            max_queue=config.lm_max_queue,
+            fallbacks=fallbacks,
+            breaker_factory=make_breaker,
+            rate_limits=limits,
+        )
+        workers = [
+            supervisors.ChildSpec(
+                f"worker-{i}", LMWorker, args=(self.router_name, self.registry), shutdown=2.0
+            )
+            for i in range(config.lm_workers)
+        ]
+        return supervisors.Supervisor.child_spec(
+            "lm",
+            [
+                supervisors.ChildSpec("router", LMRouter, args=(pool,), name=self.router_name),
+                supervisors.Supervisor.child_spec(
+                    "workers", workers, intensity=100, period=5.0, registry=self.registry
+                ),
+            ],
+            strategy="rest_for_one",
+            registry=self.registry,
+        )
+
+    def _modules(self) -> supervisors.DynamicSupervisor:
+        handle = self.root.supervisor("modules")
+        assert isinstance(handle, supervisors.DynamicSupervisor)
+        return handle
+
+    def tree(self) -> supervisors.TreeNode:
+        """The live supervision tree of the whole app (served programs show their version)."""
+        return self.root.tree()
+
+    # Serving. ---------------------------------------------------------------------------
+
+    def serve(
+        self,
+        name: str,
+        module: Module,
+        *,
+        idempotent: bool = False,
+        timeout: float | None = None,
+        max_in_flight: int | None = None,
+        strategy: supervisors.Strategy = "one_for_one",
+        load_saved_state: bool = True,
+    ) -> ProgramHandle:
+        """Serve any Module as a supervised subtree mirroring its composition.
+
+        With ``load_saved_state``, the latest learned state saved for ``name`` in the
+        parameter store (by an earlier upgrade or optimization, even in an earlier process)
+        is loaded into it: the program comes back optimized.
+        """
+        if not isinstance(module, Module):
+            raise TypeError(f"app.serve({name!r}, ...) needs a Module, got {type(module).__name__}")
+        template = module.deepcopy()
+        params = self._params()
+        saved = params.load(name) if load_saved_state else None
+        if saved is not None:
+            template.load_state(saved)
+            state_version = params.latest_version(name)
+        else:
+            state_version = params.save(name, template.dump_state())
+        program = self._new_program(
+            name, "module", template, idempotent, timeout, max_in_flight, strategy
+        )
+        program.state_version = state_version
+        return self._launch(program)
+
+    def program(
+        self,
+        name: str,
+        steps: Sequence[Sequence[Any]],
+        *,
+        strategy: supervisors.Strategy = "one_for_one",
+        idempotent: bool = False,
+        timeout: float | None = None,
+        max_in_flight: int | None = None,
+    ) -> ProgramHandle:
+        """Serve a pipeline: each ``(id, ModuleClass, kwargs)`` step is a supervised actor
+        (or subtree), and each step's outputs are merged into the next step's inputs."""
+        if not steps:
+            raise ValueError(f"app.program({name!r}, ...) needs at least one step")
+        built = [instantiate_step(step) for step in steps]
+        ids = [sid for sid, _ in built]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"app.program({name!r}, ...): duplicate step ids in {ids}")
+        program = self._new_program(
+            name, "pipeline", built, idempotent, timeout, max_in_flight, strategy
+        )
+        return self._launch(program)
+
+    def _new_program(
+        self,
+        name: str,
+        kind: str,
+        template: Any,
+        idempotent: bool,
+        timeout: float | None,
+        max_in_flight: int | None,
+        strategy: supervisors.Strategy,
+    ) -> ServedProgram:
+        if not name or "/" in name or "@" in name:
+            raise ValueError(f"a program name is non-empty, without '/' or '@': {name!r}")
+        with self._programs_lock:
+            if name in self._programs:
+                raise ValueError(f"a program named {name!r} is already served")
+        call_timeout = self.config.call_timeout if timeout is None else timeout
+        options = TreeOptions(
+            strategy=strategy,
+            max_in_flight=self.config.module_max_in_flight,
+            call_timeout=call_timeout,
+        )
+        return ServedProgram(
+            name=name,
+            kind=kind,
+            version=1,
+            entry_name="",
+            child_id="",
+            gate=_Gate(max_in_flight or self.config.max_in_flight),
+            idempotent=idempotent,
+            call_timeout=call_timeout,
+            options=options,
+            template=template,
+        )
+
+    def _version_spec(self, program: ServedProgram, version: int) -> supervisors.ChildSpec:
+        child_id = f"{program.name}@v{version}"
+        prefix = f"{self.name}/{child_id}/"
+        services = ModuleServices(
+            registry=self.registry,
+            router_name=self.router_name,
+            load_state=partial(self._load_state, program, program.state_version),
+            on_event=self._module_event,
+        )
+        if program.kind == "module":
+            return module_subtree(child_id, "", program.template, prefix, services, program.options)
+        children = [
+            module_subtree(sid, sid, module, prefix, services, program.options)
+            for sid, module in program.template
+        ]
+        children.append(
+            supervisors.ChildSpec(
+                "pipeline",
+                PipelineActor,
+                args=(
+                    program.name,
+                    [(sid, prefix + sid) for sid, _ in program.template],
+                    self.registry,
+                    program.options.max_in_flight,
+                ),
+                name=prefix,
+            )
+        )
+        return supervisors.Supervisor.child_spec(
+            child_id,
+            children,
+            strategy=program.options.strategy,
+            intensity=program.options.intensity,
+            period=program.options.period,
+            registry=self.registry,
+        )
+
+    def _launch(self, program: ServedProgram) -> ProgramHandle:
+        spec = self._version_spec(program, program.version)
+        self._modules().start_child(spec)
+        program.child_id = spec.id
+        program.entry_name = f"{self.name}/{spec.id}/"
+        with self._programs_lock:
+            self._programs[program.name] = program
+        return ProgramHandle(self, program)
+
+    def handle(self, name: str) -> ProgramHandle:
+        """A handle to a served program, by name (KeyError with the names served if not)."""
+        with self._programs_lock:
+            program = self._programs.get(name)
+            if program is None:
+                raise KeyError(f"no program named {name!r}; served: {sorted(self._programs)}")
+        return ProgramHandle(self, program)
+
+    def upgrade(
+        self, program: ServedProgram, state_or_module: Any, *, drain_timeout: float = 60.0
+    ) -> int:
+        """Blue/green: start the new version beside the old, switch new calls to it, let the
+        old version's calls in flight finish, then stop the old version."""
+        with program.lock:
+            params = self._params()
+            template: Any
+            if program.kind == "module":
+                if isinstance(state_or_module, Module):
+                    template = state_or_module.deepcopy()
+                else:
+                    template = program.template.deepcopy()
+                    template.load_state(dict(state_or_module))
+                state = template.dump_state()
+            else:
+                if not isinstance(state_or_module, Mapping):
+                    raise TypeError("a pipeline is upgraded with a state dict")
+                steps = []
+                for sid, module in program.template:
+                    copy_ = module.deepcopy()
+                    part = substate(state_or_module, sid)
+                    if part is not None:
+                        copy_.load_state(part)
+                    steps.append((sid, copy_))
+                template, state = steps, dict(state_or_module)
+            program.state_version = params.save(program.name, state)
+            old_version, old_child = program.version, program.child_id
+            program.template = template
+            new_version = old_version + 1
+            spec = self._version_spec(program, new_version)
+            self._modules().start_child(spec)
+            # The switch: from here on, calls resolve the new entry.
+            program.entry_name = f"{self.name}/{spec.id}/"
+            program.child_id = spec.id
+            program.version = new_version
+            deadline = time.monotonic() + drain_timeout
+            while program.gate.in_flight(old_version) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            self._modules().terminate_child(old_child)
+            return new_version
+
+    def stop_program(self, name: str) -> None:
+        with self._programs_lock:
+            program = self._programs.pop(name, None)
+        if program is None:
+            raise KeyError(f"no program named {name!r}")
+        program.stopped = True
+        self._modules().terminate_child(program.child_id)
+
+    # State and dead letters. ---------------------------------------------------------------
+
+    def _params(self) -> ParameterStore:
+        store = self.stores.params
+        if store is None:
+            raise RuntimeError(f"app {self.name!r}: the parameter store is not open")
+        return store
+
+    def _load_state(
+        self, program: ServedProgram, version: int | None, path: str
+    ) -> dict[str, Any] | None:
+        if version is None or self.stores.params is None:
+            return None
+        return substate(self.stores.params.load(program.name, version), path)
+
+    @property
+    def parameters(self) -> ParameterStore:
+        """The parameter store (learned state of served programs, by version)."""
+        return self._params()
+
+    def dead_letter(
+        self, program: str, inputs: Mapping[str, Any], crash: ModuleCrashed, crashes: int
+    ) -> str:
+        """Quarantine ``inputs`` of ``program`` (called by handles); returns the letter's id."""
+        store = self.stores.dead_letters
+        cause = crash.__cause__ or crash
+        if store is None:
+            raise crash
+        letter = store.add(
+            program=program,
+            module_path=crash.module_path,
+            inputs=inputs,
+            exception=cause,
+            attempts=crashes,
+        )
+        self.poison.quarantine(fingerprint(program, inputs), letter.id)
+        self.events.publish(
+            ev.DeadLetterEvent(
+                dead_letter_id=letter.id,
+                program=program,
+                module_path=crash.module_path,
+                exception_type=letter.exception_type,
+                attempts=crashes,
+            )
+        )
+        return letter.id
+
+    def dead_letters(self, program: str | None = None) -> list[DeadLetter]:
+        """Quarantined inputs not yet replayed (of one program, if given)."""
+        store = self.stores.dead_letters
+        return [] if store is None else store.list(program)
+
+    def replay_dead_letter(self, letter_id: str) -> Any:
+        """Release a quarantined input and call its program with it again."""
+        store = self.stores.dead_letters
+        letter = None if store is None else store.get(letter_id)
+        if letter is None or store is None:
+            raise KeyError(f"no dead letter {letter_id!r}")
+        self.poison.release(fingerprint(letter.program, letter.inputs))
+        store.mark_replayed(letter_id)
+        return self.handle(letter.program).call_with(letter.inputs)
+
+    # Context and events. ------------------------------------------------------------------
+
+    def default_overrides(self) -> dict[str, Any]:
+        """Settings every call through this app carries unless the caller set them."""
+        if self.lm is None or "lm" in settings.current_overrides():
+            return {}
+        return {"lm": self.lm}
+
+    def subscribe(self, pattern: str, callback: Any) -> ev.Subscription:
+        """Subscribe to app events by topic (``"lm.*"``, ``"module.end"``, ``"*"``)."""
+        return self.events.subscribe(pattern, callback)
+
+    def _module_event(self, topic: str, path: str, data: dict[str, Any]) -> None:
+        if not self.events.subscriptions():
+            return  # nobody listens: keep the hot path free
+        trace = data.get("trace_id")
+        event: ev.Event
+        if topic == "module.start":
+            event = ev.ModuleStart(trace_id=trace, module_path=path)
+        elif topic == "module.end":
+            event = ev.ModuleEnd(trace_id=trace, module_path=path)
+        else:
+            event = ev.ModuleError(
+                trace_id=trace, module_path=path, error_type=str(data.get("error", ""))
+            )
+        self.events.publish(event)
+
+    def _breaker_transition(self, transition: Any) -> None:
+        self.events.publish(
+            ev.BreakerTransition(
+                deployment=transition.name,
+                from_state=transition.from_state,
+                to_state=transition.to_state,
+                failure_rate=transition.failure_rate,
+                slow_call_rate=getattr(transition, "slow_rate", None),
+            )
+        )
+
+    def _supervision_event(self, event: supervisors.SupervisorEvent) -> None:
+        if event.kind == "child_restarted" and self.events.subscriptions():
+            self.events.publish(
+                ev.RuntimeRestart(
+                    supervisor=event.supervisor,
+                    child_id=event.child_id or "",
+                    restart_count=event.restart_count,
+                )
+            )
+
+    # Lifecycle. ------------------------------------------------------------------------------
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Shut the tree down in reverse order; no thread is left behind."""
+        if self._unsubscribe_supervision is not None:
+            self._unsubscribe_supervision()
+            self._unsubscribe_supervision = None
+        with self._programs_lock:
+            for program in self._programs.values():
+                program.stopped = True
+        self.root.stop(timeout)
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def start(
+    *,
+    lm: LM | None = None,
+    fallbacks: Sequence[LM] = (),
+    name: str | None = None,
+    data_dir: str | Path | None = None,
+    lm_workers: int = 64,
+    lm_max_queue: int = 4096,
+    breaker: Mapping[str, Any] | None = None,
+    rate_limit: Mapping[str, Any] | None = None,
+    max_in_flight: int = 1024,
+    module_max_in_flight: int = 1024,
+    poison_threshold: int = 3,
+    call_timeout: float = 120.0,
+    submit_threads: int = 64,
+    log: Literal["json", "console"] | None = None,
+) -> App:
+    """Start an application tree (also a context manager: ``with dsa.start(...) as app``).
+
+    - ``lm``: the default LM of every call through the app; ``fallbacks``: LMs tried, in
+      order, while its circuit breaker is open.
+    - ``data_dir``: where the SQLite stores live (default: the user data dir / ``name``).
+    - ``lm_workers``: LM calls in flight at once (each worker does one blocking call);
+      ``lm_max_queue``: LM requests waiting beyond that before ``Overloaded``.
+    - ``breaker``: CircuitBreaker options (``failure_rate_threshold``, ``wait_in_open``, ...);
+      ``rate_limit``: RateLimiter options per deployment.
+    - ``max_in_flight`` per program and ``module_max_in_flight`` per module actor: past
+      them, calls fail fast with ``Overloaded``.
+    - ``poison_threshold``: crashes by one input before it is dead-lettered.
+    - ``call_timeout``: the default deadline of a call, in seconds.
+    - ``log``: ``"json"`` or ``"console"`` to log every event through structlog.
+    """
+    app_name = name or f"app{next(_app_ids)}"
+    directory = (
+        Path(data_dir)
+        if data_dir is not None
+        else Path(platformdirs.user_data_dir("dspy_actors")) / app_name
+    )
+    config = AppConfig(
+        name=app_name,
+        data_dir=directory,
+        lm=lm,
+        fallbacks=tuple(fallbacks),
+        lm_workers=lm_workers,
+        lm_max_queue=lm_max_queue,
+        breaker=dict(breaker or {}),
+        rate_limit=None if rate_limit is None else dict(rate_limit),
+        max_in_flight=max_in_flight,
+        module_max_in_flight=module_max_in_flight,
+        poison_threshold=poison_threshold,
+        call_timeout=call_timeout,
+        submit_threads=submit_threads,
+        log=log,
+    )
+    return App(config)

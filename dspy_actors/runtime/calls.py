@@ -1,0 +1,68 @@
+"""Sending a call to a module actor by name, and waiting for its reply without ever hanging."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import pykka
+
+import supervisors
+from dspy_actors.runtime._futures import reject
+from dspy_actors.runtime.context import CallContext
+from dspy_actors.runtime.errors import DeadlineExceeded, ModuleCrashed, ModuleUnavailable
+from dspy_actors.runtime.messages import Call
+
+# How often a waiting caller re-checks that the actor it waits on is alive (slow path only).
+_LIVENESS_POLL_SECONDS = 0.1
+
+
+def send_call(
+    registry: supervisors.Registry, name: str, inputs: Mapping[str, Any], ctx: CallContext
+) -> tuple[Future[Any], pykka.ActorRef[Any] | None]:
+    """Send ``Call`` to the actor registered as ``name`` now; its reply future and ref."""
+    reply: Future[Any] = Future()
+    ref = registry.whereis(name)
+    if ref is None:
+        reject(reply, ModuleUnavailable(name))
+        return reply, None
+    try:
+        ref.tell(Call(inputs, ctx, reply))
+    except pykka.ActorDeadError:
+        reject(reply, ModuleUnavailable(name))
+    return reply, ref
+
+
+def wait_reply(
+    reply: Future[Any],
+    ref: pykka.ActorRef[Any] | None,
+    ctx: CallContext,
+    where: str,
+    timeout: float | None,
+) -> Any:
+    """The call's result, waiting at most until the deadline (or ``timeout``).
+
+    If the actor dies without answering (it answers its in-flight calls when it crashes,
+    but a message can be stranded in a dying inbox), the wait ends with ModuleCrashed.
+    """
+    while True:
+        remaining = ctx.remaining()
+        if remaining is not None and timeout is not None:
+            remaining = min(remaining, timeout)
+        elif remaining is None:
+            remaining = timeout
+        if remaining is not None and remaining <= 0:
+            # The actor's late answer, if any, is dropped (the future is already done).
+            reject(reply, DeadlineExceeded(ctx.trace_id, where))
+            return reply.result(timeout=0)
+        wait = (
+            _LIVENESS_POLL_SECONDS if remaining is None else min(remaining, _LIVENESS_POLL_SECONDS)
+        )
+        try:
+            return reply.result(timeout=wait)
+        except FutureTimeout:
+            if ref is not None and ref.actor_stopped.is_set():
+                supervisors.wait_for_exit(ref, _LIVENESS_POLL_SECONDS)
+                reject(reply, ModuleCrashed(where, "the module actor stopped without answering"))

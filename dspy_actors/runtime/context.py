@@ -1,0 +1,88 @@
+"""Request context: trace id, deadline and settings overrides that travel with every call.
+
+A caller's context is captured when a call is made (``capture``), carried inside every
+message, and restored (``restored``) wherever the message is handled: in a module actor,
+in the thread that runs a composite module's ``forward``, in an LM worker. A call made
+while a context is active (a sub-module call inside ``forward``) inherits its trace id and
+deadline, so a deadline set at the edge bounds every hop beneath it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from dspy_actors import settings
+from dspy_actors.runtime.errors import DeadlineExceeded
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What travels with a call. ``deadline`` is a ``time.monotonic()`` instant or None."""
+
+    trace_id: str
+    deadline: float | None = None
+    overrides: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (may be negative), or None without one."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def check(self, where: str) -> None:
+        """Raise :class:`DeadlineExceeded` naming ``where`` if the deadline has passed."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineExceeded(self.trace_id, where)
+
+
+_current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
+    "dspy_actors_call_context", default=None
+)
+
+
+def current() -> CallContext | None:
+    """The context of the call being handled in this thread/task, if any."""
+    return _current.get()
+
+
+def capture(
+    *, timeout: float | None = None, trace_id: str | None = None, **overrides: Any
+) -> CallContext:
+    """The context for a new call made from here.
+
+    Inherits the trace id, the (earlier) deadline and the settings overrides of the call
+    being handled, if any, then applies ``timeout`` (seconds from now), ``trace_id`` and
+    extra ``overrides`` (settings such as ``lm`` or ``temperature``).
+    """
+    parent = _current.get()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if parent is not None and parent.deadline is not None:
+        deadline = parent.deadline if deadline is None else min(deadline, parent.deadline)
+    active = settings.current_overrides()
+    merged = {**active, **overrides} if overrides else active
+    return CallContext(
+        trace_id or (parent.trace_id if parent is not None else uuid.uuid4().hex),
+        deadline,
+        MappingProxyType(dict(merged)) if merged else _EMPTY,
+    )
+
+
+@contextmanager
+def restored(ctx: CallContext) -> Iterator[CallContext]:
+    """Run a block as the call ``ctx`` belongs to: its settings overrides and its context."""
+    token = _current.set(ctx)
+    try:
+        if ctx.overrides:
+            with settings.context(**ctx.overrides):
+                yield ctx
+        else:
+            yield ctx
+    finally:
+        _current.reset(token)

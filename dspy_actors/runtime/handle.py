@@ -1,0 +1,184 @@
+"""ProgramHandle: how callers use a served program, from any thread or from asyncio.
+
+A handle holds a program *name*, never an actor ref: every call resolves the program's
+current entry actor, so handles keep working across restarts and upgrades.
+
+- ``call(**inputs)`` blocks for the Prediction; ``submit`` returns a future; ``acall`` is
+  awaitable; ``batch`` runs many inputs at a bounded concurrency.
+- A call never hangs: it ends by its deadline (``timeout``) at the latest.
+- A call that could not reach the module (restarting) is retried until it can. A call in
+  flight when the module crashed fails with ``ModuleCrashed``, or is retried if the call is
+  idempotent. An input that itself crashes the module ``poison_threshold`` times is
+  quarantined as a dead letter (``DeadLettered``).
+- At most ``max_in_flight`` calls per program: past it, ``Overloaded`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from dspy_actors.runtime.calls import send_call, wait_reply
+from dspy_actors.runtime.context import capture
+from dspy_actors.runtime.errors import DeadLettered, ModuleCrashed, ModuleUnavailable, Overloaded
+from dspy_actors.runtime.poison import fingerprint
+
+if TYPE_CHECKING:
+    from dspy_actors.runtime.app import App, ServedProgram
+
+# While a module restarts, calls that could not reach it are retried this often.
+_UNAVAILABLE_RETRY_SECONDS = 0.002
+_UNAVAILABLE_RETRY_LIMIT_SECONDS = 5.0
+
+
+class _Gate:
+    """Counts calls in flight per program (and per version, for draining upgrades)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self.total = 0
+        self.by_version: dict[int, int] = {}
+
+    def enter(self, version: int) -> bool:
+        with self._lock:
+            if self.total >= self.limit:
+                return False
+            self.total += 1
+            self.by_version[version] = self.by_version.get(version, 0) + 1
+            return True
+
+    def leave(self, version: int) -> None:
+        with self._lock:
+            self.total -= 1
+            self.by_version[version] -= 1
+
+    def in_flight(self, version: int) -> int:
+        with self._lock:
+            return self.by_version.get(version, 0)
+
+
+class ProgramHandle:
+    """A served program, by name. Created by ``app.program`` / ``app.serve``."""
+
+    def __init__(self, app: App, program: ServedProgram) -> None:
+        self._app = app
+        self._program = program
+        self.name = program.name
+
+    @property
+    def version(self) -> int:
+        return self._program.version
+
+    # Calls. ------------------------------------------------------------------------------
+
+    def call(self, **inputs: Any) -> Any:
+        """Run the program on ``inputs`` and return its Prediction (or raise its error)."""
+        return self.call_with(inputs)
+
+    def call_with(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        trace_id: str | None = None,
+        **overrides: Any,
+    ) -> Any:
+        """``call`` with options: ``timeout`` (seconds; the deadline for every hop beneath),
+        ``idempotent`` (retry after a crash), ``trace_id``, and settings ``overrides``
+        such as ``lm=`` or ``temperature=`` for this call only."""
+        program = self._program
+        app = self._app
+        ctx = capture(
+            timeout=program.call_timeout if timeout is None else timeout,
+            trace_id=trace_id,
+            **{**app.default_overrides(), **overrides},
+        )
+        retry_crashes = program.idempotent if idempotent is None else idempotent
+        key = fingerprint(program.name, inputs)
+        dead = app.poison.quarantined(key)
+        if dead is not None:
+            raise DeadLettered(program.name, dead, app.poison.threshold)
+        crashes_seen = 0
+        unavailable_since: float | None = None
+        while True:
+            version, entry = program.version, program.entry_name
+            if not program.gate.enter(version):
+                raise Overloaded(f"program {program.name!r}", program.gate.limit)
+            try:
+                reply, ref = send_call(app.registry, entry, inputs, ctx)
+                return wait_reply(reply, ref, ctx, f"program {program.name!r}", None)
+            except ModuleUnavailable:
+                # Never reached a module: safe to retry, until it is back or time runs out.
+                now = time.monotonic()
+                unavailable_since = unavailable_since or now
+                remaining = ctx.remaining()
+                if program.stopped or now - unavailable_since > _UNAVAILABLE_RETRY_LIMIT_SECONDS:
+                    raise
+                if remaining is not None and remaining <= _UNAVAILABLE_RETRY_SECONDS:
+                    raise
+                time.sleep(_UNAVAILABLE_RETRY_SECONDS)
+            except ModuleCrashed as crash:
+                if crash.caused_by_call:
+                    count = app.poison.crashed(key)
+                    if count >= app.poison.threshold:
+                        letter = app.dead_letter(program.name, inputs, crash, count)
+                        raise DeadLettered(program.name, letter, count) from crash
+                crashes_seen += 1
+                if not retry_crashes or crashes_seen > program.max_crash_retries:
+                    raise
+            finally:
+                program.gate.leave(version)
+
+    def submit(self, **inputs: Any) -> Future[Any]:
+        """Start a call; the future gets its Prediction or error."""
+        return self._app.executor.submit(self.call_with, inputs)
+
+    async def acall(self, **inputs: Any) -> Any:
+        """``await handle.acall(...)`` from asyncio code."""
+        return await asyncio.wrap_future(self.submit(**inputs))
+
+    def batch(
+        self,
+        inputs: Iterable[Mapping[str, Any]],
+        *,
+        concurrency: int = 16,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Run every input, at most ``concurrency`` at once; results in input order.
+
+        With ``return_exceptions=True`` a failed input's slot holds its exception;
+        otherwise the first failure (in input order) is raised after all have finished.
+        """
+        from dspy_actors.runtime.stream import Stream
+
+        results = (
+            Stream.from_iterable(list(inputs))
+            .through(self, concurrency=concurrency, return_exceptions=True)
+            .to_list()
+        )
+        if not return_exceptions:
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        return results
+
+    # Changes. ----------------------------------------------------------------------------
+
+    def upgrade(self, state_or_module: Any, *, drain_timeout: float = 60.0) -> int:
+        """Hot-swap the program: new learned state (a dict from ``dump_state``) or a new
+        module. Calls in flight finish on the old version; later calls run the new one.
+        Returns the new version number."""
+        return self._app.upgrade(self._program, state_or_module, drain_timeout=drain_timeout)
+
+    def stop(self) -> None:
+        """Stop serving this program (its calls in flight are answered first)."""
+        self._app.stop_program(self.name)
+
+    def __repr__(self) -> str:
+        return f"ProgramHandle({self.name!r}, version={self.version})"

@@ -1,0 +1,313 @@
+"""ModuleActor: hosts one module instance and serves many calls in flight.
+
+Two ways a call runs, chosen by what the module is:
+
+- A *predictor* (it has ``steps``, as Predict and ChainOfThought do): the actor runs the
+  steps in its own thread, up to the first LM call; answers it from the cache at once, or
+  sends it to the LM pool and goes on serving other calls. When the LM reply arrives (as a
+  later message), the steps resume. No thread waits on the LM on the actor's behalf.
+- Any other module (a composite, or user code with its own I/O): its ``forward`` runs in a
+  short-lived call thread, with the call's context restored; its sub-modules are proxies
+  that send calls to their own actors. The actor itself never blocks.
+
+Errors: an LM error, a parse error, a deadline or an overload is the call's answer. Any
+other exception is a bug: the caller gets :class:`ModuleCrashed` (with the exception as
+its cause), then the actor crashes and its supervisor restarts it, fresh, with its learned
+parameters reloaded. Calls still in flight on a crashed actor get ``ModuleCrashed`` too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Generator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import pykka
+
+import supervisors
+from dspy_actors.lm.errors import LMError
+from dspy_actors.lm.steps import LMCall
+from dspy_actors.primitives.module import Module
+from dspy_actors.runtime._futures import reject, resolve
+from dspy_actors.runtime.context import restored
+from dspy_actors.runtime.errors import ModuleCrashed, Overloaded, RuntimeCallError
+from dspy_actors.runtime.lm_pool import submit_lm_request
+from dspy_actors.runtime.messages import Call, Upgrade
+
+# Exceptions that answer a call without crashing the module: the caller's input or the
+# LM's output was bad, not the module's state. Everything else lets the actor crash.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    LMError,
+    RuntimeCallError,
+    ValueError,
+    TypeError,
+)
+
+# Joining call threads at stop: they end once their sub-calls fail, which is quick.
+_CALL_THREAD_JOIN_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleServices:
+    """What a module actor reaches besides its module: the LM pool and the hooks."""
+
+    registry: supervisors.Registry
+    router_name: str
+    load_state: Callable[[str], dict[str, Any] | None] = lambda _path: None
+    on_event: Callable[[str, str, dict[str, Any]], None] = lambda _t, _p, _d: None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _LMDone:
+    call_id: int
+    reply: Future[Any]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _ForwardDone:
+    call_id: int
+    result: Any
+    error: BaseException | None
+
+
+@dataclass(slots=True, eq=False)
+class _InFlight:
+    call: Call
+    module: Any
+    steps: Generator[LMCall, Any, Any] | None = None
+    thread: threading.Thread | None = None
+
+
+@dataclass(slots=True)
+class _Counters:
+    calls: int = 0
+    errors: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def is_predictor(module: Any) -> bool:
+    """Modules the actor can run step by step (their LM calls become messages)."""
+    return callable(getattr(module, "steps", None))
+
+
+class ModuleActor(supervisors.SupervisedActor):
+    """Serves calls of one module; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str,
+        make_module: Callable[[], Any],
+        services: ModuleServices,
+        max_in_flight: int = 256,
+    ) -> None:
+        super().__init__()
+        self.path = path
+        self._make_module = make_module
+        self.services = services
+        self.max_in_flight = max_in_flight
+        self.module: Any = None
+        self.version = 0
+        self._inflight: dict[int, _InFlight] = {}
+        self._ids = itertools.count(1)
+        self.counters = _Counters()
+
+    def on_start(self) -> None:
+        self.module = self._make_module()
+        state = self.services.load_state(self.path)
+        if state is not None:
+            # The base method: a predictor's own load_state takes its bare state, while
+            # program states are keyed by parameter path ("self" for the module itself).
+            Module.load_state(self.module, state)
+        self._predictor = is_predictor(self.module)
+
+    # Messages. ------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Call):
+            self._accept(message)
+        elif isinstance(message, _LMDone):
+            self._lm_done(message)
+        elif isinstance(message, _ForwardDone):
+            self._forward_done(message)
+        elif isinstance(message, Upgrade):
+            self._upgrade(message)
+        else:
+            return super().on_receive(message)
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": self.path, "version": self.version, "in_flight": len(self._inflight)}
+
+    def _accept(self, call: Call) -> None:
+        if len(self._inflight) >= self.max_in_flight:
+            reject(call.reply, Overloaded(f"module {self.path!r}", self.max_in_flight))
+            return
+        try:
+            call.ctx.check(f"module {self.path!r}")
+        except RuntimeCallError as error:
+            reject(call.reply, error)
+            return
+        call_id = next(self._ids)
+        self.counters.calls += 1
+        record = _InFlight(call, self.module)  # in-flight calls finish on this version
+        self._inflight[call_id] = record
+        self.services.on_event("module.start", self.path, {"trace_id": call.ctx.trace_id})
+        if self._predictor:
+            with restored(call.ctx):
+                try:
+                    record.steps = record.module.steps(**call.inputs)
+                except BaseException as error:
+                    self._fail(call_id, error)
+                    return
+            self._resume(call_id, None, None, first=True)
+        else:
+            thread = threading.Thread(
+                target=self._run_forward,
+                args=(call_id, record),
+                name=f"call-{self.path}-{call_id}",
+                daemon=True,
+            )
+            record.thread = thread
+            thread.start()
+
+    # Predictors: steps driven by messages. -------------------------------------------
+
+    def _resume(
+        self, call_id: int, response: Any, error: BaseException | None, first: bool = False
+    ) -> None:
+        record = self._inflight.get(call_id)
+        if record is None or record.steps is None:
+            return
+        steps = record.steps
+        with restored(record.call.ctx):
+            while True:
+                try:
+                    if first:
+                        lm_call = next(steps)
+                    elif error is not None:
+                        lm_call = steps.throw(error)
+                    else:
+                        lm_call = steps.send(response)
+                except StopIteration as done:
+                    self._finish(call_id, done.value)
+                    return
+                except BaseException as step_error:
+                    self._fail(call_id, step_error)
+                    return
+                first, error = False, None
+                cached = _cached(lm_call)
+                if cached is not None:
+                    response = cached
+                    continue
+                reply = submit_lm_request(
+                    self.services.registry.whereis(self.services.router_name),
+                    lm_call.lm,
+                    lm_call.messages,
+                    lm_call.kwargs,
+                    record.call.ctx,
+                )
+                reply.add_done_callback(partial(_tell_lm_done, self.actor_ref, call_id))
+                return
+
+    def _lm_done(self, message: _LMDone) -> None:
+        reply = message.reply
+        error = reply.exception()
+        self._resume(message.call_id, None if error is not None else reply.result(), error)
+
+    # Other modules: forward in a call thread. ----------------------------------------
+
+    def _run_forward(self, call_id: int, record: _InFlight) -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            with restored(record.call.ctx):
+                result = record.module(**record.call.inputs)
+        except BaseException as exc:
+            error = exc
+        try:
+            self.actor_ref.tell(_ForwardDone(call_id, result, error))
+        except pykka.ActorDeadError:
+            # The actor died meanwhile; its on_failure/on_stop already answered the call.
+            reject(record.call.reply, ModuleCrashed(self.path, "the module actor stopped"))
+
+    def _forward_done(self, message: _ForwardDone) -> None:
+        if message.error is not None:
+            self._fail(message.call_id, message.error)
+        else:
+            self._finish(message.call_id, message.result)
+
+    # Outcomes. ------------------------------------------------------------------------
+
+    def _finish(self, call_id: int, prediction: Any) -> None:
+        record = self._inflight.pop(call_id, None)
+        if record is None:
+            return
+        resolve(record.call.reply, prediction)
+        self.services.on_event("module.end", self.path, {"trace_id": record.call.ctx.trace_id})
+
+    def _fail(self, call_id: int, error: BaseException) -> None:
+        record = self._inflight.pop(call_id, None)
+        if record is None:
+            return
+        self.counters.errors += 1
+        self.services.on_event(
+            "module.error",
+            self.path,
+            {"trace_id": record.call.ctx.trace_id, "error": type(error).__name__},
+        )
+        if isinstance(error, EXPECTED_ERRORS):
+            reject(record.call.reply, error)
+            return
+        crashed = ModuleCrashed(self.path, f"{type(error).__name__}: {error}", caused_by_call=True)
+        crashed.__cause__ = error
+        reject(record.call.reply, crashed)
+        raise error  # let it crash: the supervisor restarts this actor, fresh
+
+    def _upgrade(self, message: Upgrade) -> None:
+        if message.module is not None:
+            self.module = message.module
+            self._predictor = is_predictor(self.module)
+        if message.state is not None:
+            # A new instance, so calls in flight keep the parameters they started with.
+            module = self.module.deepcopy() if hasattr(self.module, "deepcopy") else self.module
+            Module.load_state(module, dict(message.state))
+            self.module = module
+        self.version = message.version
+
+    # Exit: no call is left unanswered. --------------------------------------------------
+
+    def _abandon_inflight(self, reason: str) -> None:
+        records = list(self._inflight.values())
+        self._inflight.clear()
+        for record in records:
+            reject(record.call.reply, ModuleCrashed(self.path, reason))
+            if record.steps is not None:
+                record.steps.close()
+        for record in records:
+            if record.thread is not None and record.thread is not threading.current_thread():
+                record.thread.join(timeout=_CALL_THREAD_JOIN_SECONDS)
+
+    def on_stop(self) -> None:
+        self._abandon_inflight("the module actor was stopped")
+
+    def on_failure(self, _type: Any, value: Any, _tb: Any) -> None:
+        self._abandon_inflight(f"the module actor crashed: {value!r}")
+
+
+def _cached(lm_call: LMCall) -> Any:
+    """The cached response for this LM call, if the LM can answer it without I/O."""
+    lookup = getattr(lm_call.lm, "cached", None)
+    if lookup is None:
+        return None
+    return lookup(lm_call.messages, **lm_call.kwargs)
+
+
+def _tell_lm_done(ref: pykka.ActorRef[Any], call_id: int, reply: Future[Any]) -> None:
+    try:
+        ref.tell(_LMDone(call_id, reply))
+    except pykka.ActorDeadError:
+        pass  # The actor died; its on_failure answered the call already.

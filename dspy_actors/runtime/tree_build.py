@@ -1,0 +1,296 @@
+"""Turning a program into a supervision subtree: one actor per module, mirroring composition.
+
+- ``app.serve(name, module)``: a predictor is one actor; a composite module becomes a
+  supervisor whose children are its sub-modules (recursively), plus an actor for the
+  composite itself, which runs the user's ``forward`` with each sub-module replaced by a
+  :class:`ModuleProxy` that calls the sub-module's actor. ``forward`` works unchanged.
+- ``app.program(name, steps)``: a pipeline: one actor per step and a
+  :class:`PipelineActor` that feeds each step's outputs into the next step's inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pykka
+
+import supervisors
+from dspy_actors.primitives.module import Module
+from dspy_actors.runtime._futures import reject, resolve
+from dspy_actors.runtime.calls import send_call, wait_reply
+from dspy_actors.runtime.context import capture
+from dspy_actors.runtime.errors import Overloaded
+from dspy_actors.runtime.messages import Call
+from dspy_actors.runtime.module_actor import ModuleActor, ModuleServices, is_predictor
+
+ENTRY = "entry"  # the child id of a program's entry actor
+
+
+@dataclass(frozen=True, slots=True)
+class TreeOptions:
+    """How a served program's subtree behaves."""
+
+    strategy: supervisors.Strategy = "one_for_one"
+    intensity: int = 10
+    period: float = 5.0
+    max_in_flight: int = 256
+    call_timeout: float = 300.0
+
+
+class ModuleProxy:
+    """Stands in for a sub-module inside a served composite: calling it calls its actor.
+
+    The call inherits the running call's context (trace id, deadline, overrides).
+    """
+
+    def __init__(self, registry: supervisors.Registry, name: str, path: str, timeout: float):
+        self._registry = registry
+        self._name = name
+        self.path = path
+        self._timeout = timeout
+
+    def __call__(self, **inputs: Any) -> Any:
+        ctx = capture()
+        reply, ref = send_call(self._registry, self._name, inputs, ctx)
+        return wait_reply(reply, ref, ctx, f"module {self.path!r}", self._timeout)
+
+    forward = __call__
+
+    def __repr__(self) -> str:
+        return f"ModuleProxy({self.path!r})"
+
+
+def direct_sub_modules(module: Module) -> list[tuple[str, Module]]:
+    """The sub-modules directly beneath ``module`` (attribute paths like ``retrieve``,
+    ``hops[0]``), not those nested inside them."""
+    found = module.named_sub_modules()[1:]
+    direct: list[tuple[str, Module]] = []
+    for path, sub in found:
+        if not any(path.startswith(p + ".") or path.startswith(p + "[") for p, _ in direct):
+            direct.append((path, sub))
+    return direct
+
+
+def _replace_at(shell: Any, path: str, value: Any) -> None:
+    """Set the attribute (or list/dict item) at ``path`` (as Module walks name them)."""
+    head, _, rest = path.partition("[")
+    if not rest:
+        setattr(shell, head, value)
+        return
+    container = getattr(shell, head)
+    keys = ["[" + part for part in ("[" + rest).split("[")[1:]]
+    for key in keys[:-1]:
+        container = container[_index(key)]
+    last = _index(keys[-1])
+    if isinstance(container, tuple):
+        raise TypeError(f"cannot serve sub-module at {path!r}: it sits in a tuple; use a list")
+    container[last] = value
+
+
+def _index(key: str) -> Any:
+    inner = key[1:-1]
+    if inner.isdigit():
+        return int(inner)
+    import ast
+
+    return ast.literal_eval(inner)  # dict keys are written with repr(): literals only
+
+
+def _shell(module: Module, proxies: Mapping[str, ModuleProxy]) -> Module:
+    """A copy of ``module`` whose direct sub-modules are proxies to their actors."""
+    shell = copy.copy(module)
+    for name, value in vars(module).items():
+        if isinstance(value, list | dict):
+            setattr(shell, name, copy.copy(value))
+    for path, proxy in proxies.items():
+        _replace_at(shell, path, proxy)
+    return shell
+
+
+def module_subtree(
+    child_id: str,
+    path: str,
+    module: Module,
+    name_prefix: str,
+    services: ModuleServices,
+    options: TreeOptions,
+) -> supervisors.ChildSpec:
+    """A ChildSpec serving ``module`` at ``path``: one actor, or a subtree for a composite.
+
+    The serving actor is registered as ``name_prefix + path`` (``path`` "" for the root).
+    """
+    registry = services.registry
+    entry_name = name_prefix + path
+    subs = [] if is_predictor(module) else direct_sub_modules(module)
+    template = module.deepcopy()
+    if not subs:
+        return supervisors.ChildSpec(
+            child_id,
+            ModuleActor,
+            args=(path or "<root>", template.deepcopy, services, options.max_in_flight),
+            name=entry_name,
+        )
+    children = []
+    proxies: dict[str, ModuleProxy] = {}
+    for sub_path, sub in subs:
+        full = f"{path}.{sub_path}" if path else sub_path
+        children.append(module_subtree(sub_path, full, sub, name_prefix, services, options))
+        proxies[sub_path] = ModuleProxy(registry, name_prefix + full, full, options.call_timeout)
+    shell = _shell(template, proxies)
+    children.append(
+        supervisors.ChildSpec(
+            ENTRY if not path else "forward",
+            ModuleActor,
+            args=(path or "<root>", partial(copy.copy, shell), services, options.max_in_flight),
+            name=entry_name,
+        )
+    )
+    return supervisors.Supervisor.child_spec(
+        child_id,
+        children,
+        strategy=options.strategy,
+        intensity=options.intensity,
+        period=options.period,
+        registry=registry,
+    )
+
+
+# --- pipelines ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _StepDone:
+    call_id: int
+    step: int
+    reply: Future[Any]
+
+
+@dataclass(slots=True, eq=False)
+class _PipelineCall:
+    call: Call
+    values: dict[str, Any]
+
+
+def prediction_items(result: Any) -> dict[str, Any]:
+    """A step's outputs as a dict (a Prediction, a mapping, or an object with items())."""
+    if isinstance(result, Mapping):
+        return dict(result)
+    items = getattr(result, "items", None)
+    if callable(items):
+        return dict(items())
+    raise TypeError(
+        f"a pipeline step must return a Prediction or a mapping of outputs, got "
+        f"{type(result).__name__}"
+    )
+
+
+class PipelineActor(supervisors.SupervisedActor):
+    """Runs a call through the steps in order; each step's outputs join the next's inputs.
+
+    It never waits: each step's reply comes back as a later message.
+    """
+
+    def __init__(
+        self,
+        program: str,
+        steps: Sequence[tuple[str, str]],
+        registry: supervisors.Registry,
+        max_in_flight: int,
+    ) -> None:
+        super().__init__()
+        self.program = program
+        self.steps = list(steps)  # (step id, registry name)
+        self.registry = registry
+        self.max_in_flight = max_in_flight
+        self._calls: dict[int, _PipelineCall] = {}
+        self._ids = itertools.count(1)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Call):
+            if len(self._calls) >= self.max_in_flight:
+                reject(message.reply, Overloaded(f"program {self.program!r}", self.max_in_flight))
+                return None
+            call_id = next(self._ids)
+            self._calls[call_id] = _PipelineCall(message, dict(message.inputs))
+            self._run_step(call_id, 0)
+        elif isinstance(message, _StepDone):
+            self._step_done(message)
+        else:
+            return super().on_receive(message)
+        return None
+
+    def _run_step(self, call_id: int, step: int) -> None:
+        record = self._calls[call_id]
+        _, name = self.steps[step]
+        reply, _ref = send_call(self.registry, name, record.values, record.call.ctx)
+        reply.add_done_callback(partial(_tell_step_done, self.actor_ref, call_id, step))
+
+    def _step_done(self, message: _StepDone) -> None:
+        record = self._calls.get(message.call_id)
+        if record is None:
+            return
+        error = message.reply.exception()
+        if error is None:
+            try:
+                outputs = prediction_items(message.reply.result())
+            except TypeError as bad:
+                error = bad
+        if error is not None:
+            del self._calls[message.call_id]
+            reject(record.call.reply, error)
+            return
+        if message.step + 1 == len(self.steps):
+            del self._calls[message.call_id]
+            resolve(record.call.reply, message.reply.result())
+            return
+        record.values.update(outputs)
+        self._run_step(message.call_id, message.step + 1)
+
+    def _abandon(self) -> None:
+        from dspy_actors.runtime.errors import ModuleCrashed
+
+        for record in self._calls.values():
+            reject(record.call.reply, ModuleCrashed(self.program, "the pipeline stopped"))
+        self._calls.clear()
+
+    def on_stop(self) -> None:
+        self._abandon()
+
+    def on_failure(self, *_exc: object) -> None:
+        self._abandon()
+
+
+def _tell_step_done(ref: pykka.ActorRef[Any], call_id: int, step: int, reply: Future[Any]) -> None:
+    try:
+        ref.tell(_StepDone(call_id, step, reply))
+    except pykka.ActorDeadError:
+        pass  # The pipeline died; it answered its calls on the way down.
+
+
+StepSpec = tuple[str, Any, Mapping[str, Any]] | tuple[str, Any]
+
+
+def instantiate_step(step: Sequence[Any]) -> tuple[str, Module]:
+    """``(id, ModuleClass, kwargs)``, ``(id, factory, kwargs)`` or ``(id, module)``."""
+    if not isinstance(step, tuple | list) or len(step) not in (2, 3):
+        raise TypeError(f"a program step is (id, module class or instance[, kwargs]), got {step!r}")
+    step_id, target = step[0], step[1]
+    kwargs: Mapping[str, Any] = step[2] if len(step) == 3 else {}
+    if not isinstance(step_id, str) or not step_id or "/" in step_id:
+        raise ValueError(f"a step id is a non-empty string without '/', got {step_id!r}")
+    if isinstance(target, Module):
+        if kwargs:
+            raise TypeError(f"step {step_id!r}: kwargs given for a module instance")
+        return step_id, target
+    if callable(target):
+        module = target(**kwargs)
+        if not isinstance(module, Module):
+            raise TypeError(f"step {step_id!r}: {target!r} made {module!r}, not a Module")
+        return step_id, module
+    raise TypeError(f"step {step_id!r}: expected a Module class, factory or instance")

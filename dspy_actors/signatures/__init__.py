@@ -1,0 +1,29 @@
+"""Signatures: typed input/output declarations of LM tasks, and custom field types."""
+
+from dspy_actors.signatures.custom_types import Audio, CustomType, History, Image, Tool
+from dspy_actors.signatures.field import Field, InputField, OutputField
+from dspy_actors.signatures.signature import (
+    Signature,
+    SignatureMeta,
+    ensure_signature,
+    make_signature,
+)
+from dspy_actors.signatures.string_form import SignatureSyntaxError
+from dspy_actors.signatures.type_names import annotation_name
+
+__all__ = [
+    "Audio",
+    "CustomType",
+    "Field",
+    "History",
+    "Image",
+    "InputField",
+    "OutputField",
+    "Signature",
+    "SignatureMeta",
+    "SignatureSyntaxError",
+    "Tool",
+    "annotation_name",
+    "ensure_signature",
+    "make_signature",
+]

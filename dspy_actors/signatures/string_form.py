@@ -1,0 +1,279 @@
+"""Parse the string form of a signature: ``"context: list[str], question -> answer: int"``.
+
+A small tokenizer and recursive-descent parser. Nothing is ever ``eval``-ed: type names are
+looked up in an allow-list (builtins, ``typing`` names, this package's custom types) plus
+the ``custom_types`` the caller passes. A malformed string raises
+:class:`SignatureSyntaxError`, which quotes the string and puts a caret under the problem.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, Union
+
+__all__ = ["ParsedField", "SignatureSyntaxError", "allowed_type_names", "parse_signature_string"]
+
+
+class SignatureSyntaxError(ValueError):
+    """A signature string that cannot be parsed. ``column`` is 1-based."""
+
+    def __init__(self, text: str, position: int, problem: str) -> None:
+        self.text = text
+        self.column = position + 1
+        self.problem = problem
+        caret = " " * (position + 1) + "^"
+        super().__init__(
+            f'invalid signature string at column {self.column}: {problem}\n  "{text}"\n  {caret}'
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedField:
+    name: str
+    annotation: Any
+    annotated: bool  # False when the string gave no type (defaults to str)
+
+
+def allowed_type_names() -> dict[str, Any]:
+    """Names a signature string may use without passing ``custom_types``."""
+    from dspy_actors.signatures.custom_types import Audio, History, Image, Tool
+
+    return {
+        "str": str,
+        "int": int,
+        "float": float,
+        "bool": bool,
+        "bytes": bytes,
+        "list": list,
+        "dict": dict,
+        "tuple": tuple,
+        "set": set,
+        "frozenset": frozenset,
+        "None": None,
+        "Any": Any,
+        "Optional": Optional,
+        "Union": Union,
+        "Literal": Literal,
+        "List": list,
+        "Dict": dict,
+        "Tuple": tuple,
+        "Set": set,
+        "Image": Image,
+        "Audio": Audio,
+        "History": History,
+        "Tool": Tool,
+    }
+
+
+_TOKEN = re.compile(
+    r"""
+    (?P<space>\s+)
+  | (?P<arrow>->)
+  | (?P<string>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
+  | (?P<number>-?\d+(?:\.\d+)?)
+  | (?P<name>[A-Za-z_][A-Za-z_0-9]*(?:\.[A-Za-z_][A-Za-z_0-9]*)*)
+  | (?P<punct>[:,\[\]|])
+    """,
+    re.VERBOSE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    kind: str  # arrow, string, number, name, punct, end
+    text: str
+    pos: int
+
+
+def _tokenize(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            ch = text[pos]
+            hint = " (unterminated string?)" if ch in "'\"" else ""
+            raise SignatureSyntaxError(text, pos, f"unexpected character {ch!r}{hint}")
+        kind = m.lastgroup or ""
+        if kind != "space":
+            tokens.append(_Token(kind, m.group(), pos))
+        pos = m.end()
+    tokens.append(_Token("end", "", len(text)))
+    return tokens
+
+
+class _Parser:
+    def __init__(self, text: str, types: Mapping[str, Any]) -> None:
+        self.text = text
+        self.types = types
+        self.tokens = _tokenize(text)
+        self.i = 0
+
+    # -- token helpers ------------------------------------------------------------------
+    @property
+    def tok(self) -> _Token:
+        return self.tokens[self.i]
+
+    def fail(self, problem: str, token: _Token | None = None) -> typing.NoReturn:
+        raise SignatureSyntaxError(self.text, (token or self.tok).pos, problem)
+
+    def at(self, text: str) -> bool:
+        return self.tok.kind in ("punct", "arrow") and self.tok.text == text
+
+    def expect(self, text: str, problem: str) -> _Token:
+        if not self.at(text):
+            self.fail(problem)
+        return self.advance()
+
+    def advance(self) -> _Token:
+        tok = self.tok
+        self.i += 1
+        return tok
+
+    def describe(self, tok: _Token) -> str:
+        return "the end of the string" if tok.kind == "end" else repr(tok.text)
+
+    # -- grammar ------------------------------------------------------------------------
+    def signature(self) -> tuple[list[ParsedField], list[ParsedField]]:
+        arrows = [t for t in self.tokens if t.kind == "arrow"]
+        if not arrows:
+            self.fail("expected '->' between the input and output fields", self.tokens[-1])
+        if len(arrows) > 1:
+            self.fail("more than one '->' (a signature is 'inputs -> outputs')", arrows[1])
+        inputs = self.fields(stop="->")
+        self.expect("->", f"expected ',' or '->' but found {self.describe(self.tok)}")
+        outputs = self.fields(stop="")
+        if self.tok.kind != "end":
+            self.fail(f"expected ',' or the end of the string but found {self.describe(self.tok)}")
+        if not outputs:
+            self.fail("expected at least one output field after '->'")
+        seen: dict[str, int] = {}
+        for f, tok in self._name_tokens:
+            if f in seen:
+                self.fail(f"duplicate field name {f!r}", tok)
+            seen[f] = tok.pos
+        return inputs, outputs
+
+    _name_tokens: list[tuple[str, _Token]]
+
+    def fields(self, stop: str) -> list[ParsedField]:
+        if not hasattr(self, "_name_tokens"):
+            self._name_tokens = []
+        out: list[ParsedField] = []
+        if (stop and self.at(stop)) or (not stop and self.tok.kind == "end"):
+            return out
+        while True:
+            out.append(self.field())
+            if not self.at(","):
+                return out
+            self.advance()
+            if (stop and self.at(stop)) or self.tok.kind == "end":
+                self.fail("expected a field name after ','")
+
+    def field(self) -> ParsedField:
+        tok = self.tok
+        if tok.kind != "name" or "." in tok.text:
+            self.fail(f"expected a field name but found {self.describe(tok)}")
+        if keyword.iskeyword(tok.text):
+            self.fail(f"{tok.text!r} is a Python keyword and cannot be a field name")
+        if tok.text.startswith("_"):
+            self.fail("field names cannot start with '_'")
+        self.advance()
+        self._name_tokens.append((tok.text, tok))
+        if not self.at(":"):
+            return ParsedField(tok.text, str, annotated=False)
+        self.advance()
+        return ParsedField(tok.text, self.type_expr(), annotated=True)
+
+    def type_expr(self) -> Any:
+        start = self.tok
+        options = [self.primary()]
+        while self.at("|"):
+            self.advance()
+            options.append(self.primary())
+        if len(options) == 1:
+            return options[0]
+        try:
+            return Union[tuple(options)]  # noqa: UP007 - built from runtime values
+        except TypeError as exc:
+            self.fail(f"invalid union: {exc}", start)
+
+    def primary(self) -> Any:
+        tok = self.tok
+        if tok.kind != "name":
+            self.fail(f"expected a type name but found {self.describe(tok)}")
+        self.advance()
+        if tok.text not in self.types:
+            known = ", ".join(sorted(k for k in self.types if "." not in k))
+            self.fail(
+                f"unknown type {tok.text!r}; known types are {known} "
+                "(pass custom_types={...} for your own)",
+                tok,
+            )
+        base = self.types[tok.text]
+        if not self.at("["):
+            if base is Optional or base is Union or base is Literal:
+                self.fail(f"{tok.text} needs arguments, e.g. {tok.text}[...]")
+            return type(None) if base is None else base
+        open_tok = self.advance()
+        args = self.literal_args() if base is Literal else self.type_args()
+        if not self.at("]"):
+            self.fail(
+                f"expected ',' or ']' to close the '[' at column {open_tok.pos + 1} "
+                f"but found {self.describe(self.tok)}"
+            )
+        self.advance()
+        try:
+            return base[args[0] if len(args) == 1 else tuple(args)]
+        except TypeError as exc:
+            self.fail(f"invalid type arguments for {tok.text}: {exc}", tok)
+
+    def type_args(self) -> list[Any]:
+        args = [self.type_expr()]
+        while self.at(","):
+            self.advance()
+            args.append(self.type_expr())
+        return args
+
+    def literal_args(self) -> list[Any]:
+        args = [self.literal_value()]
+        while self.at(","):
+            self.advance()
+            args.append(self.literal_value())
+        return args
+
+    def literal_value(self) -> Any:
+        tok = self.tok
+        if tok.kind == "string":
+            self.advance()
+            return _unquote(tok.text)
+        if tok.kind == "number":
+            self.advance()
+            return float(tok.text) if "." in tok.text else int(tok.text)
+        if tok.kind == "name" and tok.text in ("True", "False", "None"):
+            self.advance()
+            return {"True": True, "False": False, "None": None}[tok.text]
+        self.fail(
+            "Literal values must be strings, numbers, True, False or None, "
+            f"not {self.describe(tok)}"
+        )
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", "'": "'", '"': '"'}
+
+
+def _unquote(text: str) -> str:
+    body = text[1:-1]
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), "\\" + m.group(1)), body)
+
+
+def parse_signature_string(
+    text: str, custom_types: Mapping[str, Any] | None = None
+) -> tuple[list[ParsedField], list[ParsedField]]:
+    """Parse ``"a: int, b -> c: list[str]"`` into (input fields, output fields)."""
+    types = {**allowed_type_names(), **(custom_types or {})}
+    return _Parser(text, types).signature()

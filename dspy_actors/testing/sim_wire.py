@@ -1,0 +1,251 @@
+"""The wire formats the simulated LM server speaks: OpenAI chat completions and Anthropic
+messages, as JSON bodies, SSE frames and error bodies (server side of the protocol)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from dspy_actors.testing.faults import ErrorCode
+
+_IDS = itertools.count(1)
+
+
+def _new_id(prefix: str) -> str:
+    # A counter, not uuid4: ids only need to be unique per process, and this is hot.
+    return f"{prefix}{next(_IDS):024x}"
+
+
+_PIECES = re.compile(r"\s*\S+\s*|\s+")
+
+
+def count_tokens(text: str) -> int:
+    """The simulator's deterministic token count: whitespace-separated words (at least 1)."""
+    return max(1, len(text.split()))
+
+
+def message_text(message: Mapping[str, Any]) -> str:
+    """The text of an OpenAI-format message (string content or its text parts)."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(p.get("text", ""))
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    return max(1, sum(len(message_text(m).split()) for m in messages))
+
+
+def split_pieces(text: str) -> list[str]:
+    """Split ``text`` into stream deltas (word by word) whose concatenation is ``text``."""
+    return _PIECES.findall(text) or [""]
+
+
+def anthropic_to_openai_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Normalise an Anthropic request's ``system`` and content blocks to OpenAI messages."""
+    out: list[dict[str, Any]] = []
+    system = body.get("system")
+    if isinstance(system, str) and system:
+        out.append({"role": "system", "content": system})
+    elif isinstance(system, list):
+        text = "\n".join(str(b.get("text", "")) for b in system if isinstance(b, dict))
+        out.append({"role": "system", "content": text})
+    for msg in body.get("messages") or []:
+        content = msg.get("content")
+        if isinstance(content, list):
+            parts: list[dict[str, Any]] = []
+            for block in content:
+                btype = block.get("type")
+                if btype == "text":
+                    parts.append({"type": "text", "text": block.get("text", "")})
+                elif btype == "image":
+                    src = block.get("source") or {}
+                    if src.get("type") == "url":
+                        url = src.get("url", "")
+                    else:
+                        url = f"data:{src.get('media_type', '')};base64,{src.get('data', '')}"
+                    parts.append({"type": "image_url", "image_url": {"url": url}})
+                else:
+                    parts.append(dict(block))
+            content = parts
+        out.append({"role": msg.get("role", "user"), "content": content})
+    return out
+
+
+# ---------------------------------------------------------------- OpenAI chat completions
+
+
+def openai_completion(
+    model: str, texts: list[str], prompt_toks: int, finish_reason: str = "stop"
+) -> dict[str, Any]:
+    completion = sum(count_tokens(t) for t in texts)
+    return {
+        "id": _new_id("chatcmpl-"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+            for i, text in enumerate(texts)
+        ],
+        "usage": {
+            "prompt_tokens": prompt_toks,
+            "completion_tokens": completion,
+            "total_tokens": prompt_toks + completion,
+        },
+    }
+
+
+def sse(data: Mapping[str, Any] | str, event: str | None = None) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {payload}\n\n".encode()
+
+
+def openai_stream(
+    model: str,
+    texts: list[str],
+    prompt_toks: int,
+    include_usage: bool,
+    finish_reason: str = "stop",
+) -> Iterator[bytes]:
+    """SSE frames of a streamed chat completion: role, content deltas per choice, finish
+    reasons, the usage chunk (when asked for), then ``[DONE]``."""
+    cid = _new_id("chatcmpl-")
+    created = int(time.time())
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+        body: dict[str, Any] = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": choices,
+        }
+        if include_usage:
+            body["usage"] = usage
+        return sse(body)
+
+    for i in range(len(texts)):
+        delta = {"role": "assistant", "content": ""}
+        yield chunk([{"index": i, "delta": delta, "finish_reason": None}])
+    for i, text in enumerate(texts):
+        for piece in split_pieces(text):
+            yield chunk([{"index": i, "delta": {"content": piece}, "finish_reason": None}])
+    for i in range(len(texts)):
+        yield chunk([{"index": i, "delta": {}, "finish_reason": finish_reason}])
+    if include_usage:
+        completion = sum(count_tokens(t) for t in texts)
+        yield chunk(
+            [],
+            {
+                "prompt_tokens": prompt_toks,
+                "completion_tokens": completion,
+                "total_tokens": prompt_toks + completion,
+            },
+        )
+    yield sse("[DONE]")
+
+
+# ---------------------------------------------------------------- Anthropic messages
+
+
+def anthropic_message(
+    model: str, text: str, prompt_toks: int, stop_reason: str = "end_turn"
+) -> dict[str, Any]:
+    return {
+        "id": _new_id("msg_"),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {"input_tokens": prompt_toks, "output_tokens": count_tokens(text)},
+    }
+
+
+def anthropic_stream(
+    model: str, text: str, prompt_toks: int, stop_reason: str = "end_turn"
+) -> Iterator[bytes]:
+    """SSE events of a streamed Anthropic message, in the documented order."""
+    start = anthropic_message(model, "", prompt_toks, stop_reason)
+    start["content"] = []
+    start["stop_reason"] = None
+    start["usage"] = {"input_tokens": prompt_toks, "output_tokens": 1}
+    yield sse({"type": "message_start", "message": start}, "message_start")
+    yield sse(
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        "content_block_start",
+    )
+    yield sse({"type": "ping"}, "ping")
+    for piece in split_pieces(text):
+        delta = {"type": "text_delta", "text": piece}
+        yield sse(
+            {"type": "content_block_delta", "index": 0, "delta": delta}, "content_block_delta"
+        )
+    yield sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+    yield sse(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+            "usage": {"output_tokens": count_tokens(text)},
+        },
+        "message_delta",
+    )
+    yield sse({"type": "message_stop"}, "message_stop")
+
+
+# ---------------------------------------------------------------- errors
+
+_OPENAI_ERRORS: dict[ErrorCode, tuple[str, str | None, str]] = {
+    "rate_limit": ("requests", "rate_limit_exceeded", "Rate limit reached for requests."),
+    "server": ("server_error", None, "The server had an error while processing your request."),
+    "overloaded": ("server_error", None, "The engine is currently overloaded."),
+    "bad_request": ("invalid_request_error", None, "Invalid request."),
+    "auth": ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    "not_found": ("invalid_request_error", "model_not_found", "The model does not exist."),
+    "context_window": (
+        "invalid_request_error",
+        "context_length_exceeded",
+        "This model's maximum context length is 8192 tokens. However, your messages resulted "
+        "in 9000 tokens. Please reduce the length of the messages.",
+    ),
+}
+
+_ANTHROPIC_ERRORS: dict[ErrorCode, tuple[str, str]] = {
+    "rate_limit": ("rate_limit_error", "Number of requests has exceeded your rate limit."),
+    "server": ("api_error", "Internal server error."),
+    "overloaded": ("overloaded_error", "Overloaded"),
+    "bad_request": ("invalid_request_error", "Invalid request."),
+    "auth": ("authentication_error", "invalid x-api-key"),
+    "not_found": ("not_found_error", "model not found"),
+    "context_window": (
+        "invalid_request_error",
+        "prompt is too long: 210000 tokens > 200000 maximum",
+    ),
+}
+
+
+def error_body(provider: str, code: ErrorCode, message: str | None = None) -> dict[str, Any]:
+    """The JSON error body ``provider`` sends for an error of kind ``code``."""
+    if provider == "anthropic":
+        etype, default = _ANTHROPIC_ERRORS[code]
+        return {"type": "error", "error": {"type": etype, "message": message or default}}
+    otype, ocode, default = _OPENAI_ERRORS[code]
+    return {"error": {"message": message or default, "type": otype, "param": None, "code": ocode}}
