@@ -53,7 +53,7 @@ def no_leaked_actors_or_threads() -> Iterator[None]:
     for ref in leaked_actors:
         try:
             ref.stop(block=True, timeout=1.0)
-        except Exception:  # noqa: BLE001 - best effort cleanup of a leak already reported
+        except Exception:
             pass
     names = sorted(t.name for t in leaked_threads)
     pytest.fail(
