@@ -18,6 +18,7 @@ Pykka's sharp edges, and what this class does about each:
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from types import TracebackType
@@ -32,6 +33,7 @@ from supervisors._lifecycle import (
     Lifecycle,
     fail_stranded_messages,
     lifecycle_of,
+    log,
     register_lifecycle,
 )
 
@@ -106,6 +108,29 @@ class SupervisedActor(pykka.ThreadingActor):
             else:
                 if reply_to is not None:
                     reply_to.set(response)
+
+    def _actor_loop_teardown(self) -> None:
+        # Messages left in the inbox at exit: asks get ActorDeadError (as Pykka does), and
+        # every message goes to on_dropped, so an actor that carries its own reply futures
+        # in messages can answer them too.
+        inbox = self.actor_inbox
+        while not inbox.empty():
+            envelope = inbox.get()
+            if envelope.reply_to is not None:
+                error = pykka.ActorDeadError(f"{self.actor_ref} stopped before handling it")
+                with contextlib.suppress(Exception):
+                    envelope.reply_to.set_exception((pykka.ActorDeadError, error, None))
+            if envelope.message is not _EXIT_REQUESTED:
+                try:
+                    self.on_dropped(envelope.message)
+                except Exception:
+                    log.exception("on_dropped_failed", actor=str(self))
+
+    def on_dropped(self, message: Any) -> None:
+        """Called (in the actor's thread, as it exits) for each message it will never handle.
+
+        Override to answer messages that carry their own reply (a future in the message).
+        """
 
     def _handle_receive(self, message: Any) -> Any:
         if message is _EXIT_REQUESTED:

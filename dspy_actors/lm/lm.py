@@ -6,10 +6,11 @@
     lm.complete(messages, n=3).outputs             # three completions
     for event in lm.stream(messages): ...          # text deltas, then a final event
 
-One LM holds one shared, thread-safe ``httpx.Client`` (a sync client driven by many
-threads scaled far better than ``AsyncClient`` in our measurements), so it can be called
-from any number of threads at once. Sampling parameters resolve as: per-call keyword
-arguments > ``settings`` overrides (``configure``/``context``) > the LM's own defaults.
+One LM holds a small pool of sync ``httpx.Client`` shards (see ``transport``: sync clients
+driven by threads scale far better than ``AsyncClient``, and sharding keeps them scaling
+past a few dozen threads), so it can be called from any number of threads at once.
+Sampling parameters resolve as: per-call keyword arguments > ``settings`` overrides
+(``configure``/``context``) > the LM's own defaults.
 
 Caching: a response is stored under a key covering provider, endpoint, model, messages,
 response format and every sampling parameter (never the API key). A cache hit costs no
@@ -25,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import threading
 import time
 from collections import deque
@@ -47,16 +47,13 @@ from dspy_actors.lm.errors import (
 from dspy_actors.lm.providers import resolve_model
 from dspy_actors.lm.providers.base import iter_sse
 from dspy_actors.lm.retry import RetryPolicy, call_with_retries, retry_delay
+from dspy_actors.lm.transport import ClientPool
 from dspy_actors.lm.types import Completion, LMResponse, StreamEvent
 from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter, record_usage
 
 __all__ = ["LM", "LMStats"]
 
 _ENV_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
-# Sized for many threads sharing one client: a pool smaller than the number of callers
-# would serialise them on connection checkout.
-_LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=512, keepalive_expiry=30.0)
-_SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 _MAX_HISTORY = 1000
 
 
@@ -103,7 +100,11 @@ class LM:
         self.model_name = model_name
         self.api_base = (api_base or default_base).rstrip("/")
         self.endpoint = provider.endpoint(self.api_base)
-        self.supports_json_schema = provider.supports_json_schema
+        # Not a sampling parameter: whether JSONAdapter may send a json_schema format
+        # (some OpenAI-compatible servers accept only json_object).
+        self.supports_json_schema = bool(
+            defaults.pop("supports_json_schema", provider.supports_json_schema)
+        )
         self.cache = cache
         self.cache_store = cache_store
         self.num_retries = num_retries
@@ -116,8 +117,7 @@ class LM:
         self.history: deque[dict[str, Any]] = deque(maxlen=self.max_history)
         self._counters = _Counters()
         self._rng = random.Random()
-        self._client: httpx.Client | None = None
-        self._client_lock = threading.Lock()
+        self._clients = ClientPool(headers=self._headers, timeout=timeout)
 
     # ---------------------------------------------------------------- public API
     def __call__(
@@ -283,10 +283,7 @@ class LM:
 
     def close(self) -> None:
         """Close the HTTP connections. The LM stays usable (it reconnects on demand)."""
-        with self._client_lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._clients.close()
 
     def __enter__(self) -> LM:
         return self
@@ -416,20 +413,6 @@ class LM:
     def _on_retry(self, error: LMError, delay: float) -> None:
         self._count("retries")
 
-    def _http(self) -> httpx.Client:
-        client = self._client
-        if client is not None:
-            return client
-        with self._client_lock:
-            if self._client is None:
-                transport = httpx.HTTPTransport(
-                    limits=_LIMITS, retries=0, socket_options=_SOCKET_OPTIONS
-                )
-                self._client = httpx.Client(
-                    transport=transport, headers=self._headers, timeout=self.timeout
-                )
-            return self._client
-
     def _body(
         self,
         messages: list[dict[str, Any]],
@@ -474,7 +457,7 @@ class LM:
     def _post(self, content: bytes, timeout: float | None) -> Completion:
         self._count("requests")
         try:
-            r = self._http().post(
+            r = self._clients.client().post(
                 self.endpoint,
                 content=content,
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
@@ -516,7 +499,7 @@ class LM:
                 self._count("requests")
                 acc = self._provider.accumulator(endpoint=self.endpoint, model=self.model)
                 try:
-                    with self._http().stream(
+                    with self._clients.client().stream(
                         "POST",
                         self.endpoint,
                         content=content,

@@ -300,7 +300,7 @@ class SqliteFile:
             raise _FileProblem("unopened", f"{self.path} is not open")
         if (st.st_dev, st.st_ino) != identity:
             raise _FileProblem("replaced", f"{self.path} was replaced by another file")
-        if fd is not None:
+        if fd is not None and hasattr(os, "pread"):  # no pread on Windows: inode check only
             header = os.pread(fd, len(_SQLITE_MAGIC), 0)
             if header != _SQLITE_MAGIC:
                 raise _FileProblem("corrupt", f"{self.path} no longer has an SQLite header")

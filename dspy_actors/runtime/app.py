@@ -40,6 +40,7 @@ from dspy_actors.runtime.poison import PoisonTracker, fingerprint
 from dspy_actors.runtime.tree_build import (
     PipelineActor,
     TreeOptions,
+    accepted_inputs,
     instantiate_step,
     module_subtree,
 )
@@ -104,6 +105,12 @@ class StoreOwner(supervisors.SupervisedActor):
 
     def on_failure(self, *_exc: object) -> None:
         self.stores.close()
+
+
+def program_state(module: Module) -> dict[str, Any]:
+    """A program's learned state keyed by parameter path ("self" for a predictor served
+    on its own): the base Module form, whatever a subclass's own dump_state returns."""
+    return Module.dump_state(module)
 
 
 def substate(state: Mapping[str, Any] | None, path: str) -> dict[str, Any] | None:
@@ -255,10 +262,10 @@ class App:
         params = self._params()
         saved = params.load(name) if load_saved_state else None
         if saved is not None:
-            template.load_state(saved)
+            Module.load_state(template, saved)
             state_version = params.latest_version(name)
         else:
-            state_version = params.save(name, template.dump_state())
+            state_version = params.save(name, program_state(template))
         program = self._new_program(
             name, "module", template, idempotent, timeout, max_in_flight, strategy
         )
@@ -332,9 +339,11 @@ class App:
             on_event=self._module_event,
         )
         if program.kind == "module":
-            return module_subtree(child_id, "", program.template, prefix, services, program.options)
+            return module_subtree(
+                child_id, "", program.template, prefix, services, program.options, program.name
+            )
         children = [
-            module_subtree(sid, sid, module, prefix, services, program.options)
+            module_subtree(sid, sid, module, prefix, services, program.options, program.name)
             for sid, module in program.template
         ]
         children.append(
@@ -343,7 +352,7 @@ class App:
                 PipelineActor,
                 args=(
                     program.name,
-                    [(sid, prefix + sid) for sid, _ in program.template],
+                    [(sid, prefix + sid, accepted_inputs(m)) for sid, m in program.template],
                     self.registry,
                     program.options.max_in_flight,
                 ),
@@ -389,8 +398,8 @@ class App:
                     template = state_or_module.deepcopy()
                 else:
                     template = program.template.deepcopy()
-                    template.load_state(dict(state_or_module))
-                state = template.dump_state()
+                    Module.load_state(template, dict(state_or_module))
+                state = program_state(template)
             else:
                 if not isinstance(state_or_module, Mapping):
                     raise TypeError("a pipeline is upgraded with a state dict")
@@ -399,7 +408,7 @@ class App:
                     copy_ = module.deepcopy()
                     part = substate(state_or_module, sid)
                     if part is not None:
-                        copy_.load_state(part)
+                        Module.load_state(copy_, part)
                     steps.append((sid, copy_))
                 template, state = steps, dict(state_or_module)
             program.state_version = params.save(program.name, state)

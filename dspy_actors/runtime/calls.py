@@ -12,7 +12,7 @@ import pykka
 import supervisors
 from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime.context import CallContext
-from dspy_actors.runtime.errors import DeadlineExceeded, ModuleCrashed, ModuleUnavailable
+from dspy_actors.runtime.errors import DeadlineExceeded, ModuleUnavailable
 from dspy_actors.runtime.messages import Call
 
 # How often a waiting caller re-checks that the actor it waits on is alive (slow path only).
@@ -44,8 +44,9 @@ def wait_reply(
 ) -> Any:
     """The call's result, waiting at most until the deadline (or ``timeout``).
 
-    If the actor dies without answering (it answers its in-flight calls when it crashes,
-    but a message can be stranded in a dying inbox), the wait ends with ModuleCrashed.
+    If the actor dies without answering, the call was never accepted (an actor answers
+    every call it accepted, and the calls left in its inbox, as it exits; only a message
+    put after that is left): the wait ends with ModuleUnavailable, which is safe to retry.
     """
     while True:
         remaining = ctx.remaining()
@@ -65,4 +66,4 @@ def wait_reply(
         except FutureTimeout:
             if ref is not None and ref.actor_stopped.is_set():
                 supervisors.wait_for_exit(ref, _LIVENESS_POLL_SECONDS)
-                reject(reply, ModuleCrashed(where, "the module actor stopped without answering"))
+                reject(reply, ModuleUnavailable(where))

@@ -87,6 +87,11 @@ class _WorkDone:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolStats:
+    """Ask the router with this message for its stats dict."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Retry:
     pass
 
@@ -119,8 +124,8 @@ class LMRouter(supervisors.SupervisedActor):
         self._breakers: dict[str, CircuitBreaker] = {}
         self._retry_timer: threading.Timer | None = None
 
-    # Introspection (asked by the app).
     def stats(self) -> dict[str, Any]:
+        """Queue, busy and idle counts and breaker states (ask the router for ``PoolStats``)."""
         return {
             "queued": len(self._queue),
             "busy": len(self._busy),
@@ -146,6 +151,8 @@ class LMRouter(supervisors.SupervisedActor):
             self._ready(message.worker)
         elif isinstance(message, supervisors.Down):
             self._worker_down(message)
+        elif isinstance(message, PoolStats):
+            return self.stats()
         elif isinstance(message, _Retry):
             self._retry_timer = None
             self._dispatch()
@@ -296,21 +303,27 @@ class LMWorker(supervisors.SupervisedActor):
             return super().on_receive(message)
         request, lm = message.request, message.lm
         started = time.monotonic()
-        outcome = "ignore"
         try:
             outcome = self._run(request, lm)
-        finally:
-            router = self._registry.whereis(self._router_name)
-            if router is not None:
-                router.tell(
-                    _WorkDone(
-                        self.actor_ref.actor_urn,
-                        deployment_key(lm),
-                        outcome,
-                        time.monotonic() - started,
-                    )
-                )
+        except Exception:
+            self._report(lm, "ignore", started)  # the caller has its error; we crash next
+            raise
+        # A BaseException (the thread torn down) skips the report on purpose: the router
+        # then learns of our death from the monitor and retries the unanswered request.
+        self._report(lm, outcome, started)
         return None
+
+    def _report(self, lm: LM, outcome: str, started: float) -> None:
+        router = self._registry.whereis(self._router_name)
+        if router is not None:
+            router.tell(
+                _WorkDone(
+                    self.actor_ref.actor_urn,
+                    deployment_key(lm),
+                    outcome,
+                    time.monotonic() - started,
+                )
+            )
 
     def _run(self, request: LMRequest, lm: LM) -> str:
         reply = request.reply

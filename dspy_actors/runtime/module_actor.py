@@ -34,7 +34,12 @@ from dspy_actors.lm.steps import LMCall
 from dspy_actors.primitives.module import Module
 from dspy_actors.runtime._futures import reject, resolve
 from dspy_actors.runtime.context import restored
-from dspy_actors.runtime.errors import ModuleCrashed, Overloaded, RuntimeCallError
+from dspy_actors.runtime.errors import (
+    ModuleCrashed,
+    ModuleUnavailable,
+    Overloaded,
+    RuntimeCallError,
+)
 from dspy_actors.runtime.lm_pool import submit_lm_request
 from dspy_actors.runtime.messages import Call, Upgrade
 
@@ -103,9 +108,14 @@ class ModuleActor(supervisors.SupervisedActor):
         make_module: Callable[[], Any],
         services: ModuleServices,
         max_in_flight: int = 256,
+        state_path: str | None = "",
     ) -> None:
+        """``path`` names the module in errors and events (``program.attr``); ``state_path``
+        is where its learned state sits in the program's state (``""`` for the root; None for
+        a composite's own actor, whose parameters live in its sub-modules' actors)."""
         super().__init__()
         self.path = path
+        self.state_path = state_path
         self._make_module = make_module
         self.services = services
         self.max_in_flight = max_in_flight
@@ -117,7 +127,7 @@ class ModuleActor(supervisors.SupervisedActor):
 
     def on_start(self) -> None:
         self.module = self._make_module()
-        state = self.services.load_state(self.path)
+        state = None if self.state_path is None else self.services.load_state(self.state_path)
         if state is not None:
             # The base method: a predictor's own load_state takes its bare state, while
             # program states are keyed by parameter path ("self" for the module itself).
@@ -291,8 +301,14 @@ class ModuleActor(supervisors.SupervisedActor):
             if record.thread is not None and record.thread is not threading.current_thread():
                 record.thread.join(timeout=_CALL_THREAD_JOIN_SECONDS)
 
+    def on_dropped(self, message: Any) -> None:
+        if isinstance(message, Call):  # never accepted: safe for the caller to retry
+            reject(message.reply, ModuleUnavailable(self.path))
+
     def on_stop(self) -> None:
-        self._abandon_inflight("the module actor was stopped")
+        requested = self._lifecycle.exit_requested
+        how = "killed" if requested is not None and requested.kind == "killed" else "stopped"
+        self._abandon_inflight(f"the module actor was {how}")
 
     def on_failure(self, _type: Any, value: Any, _tb: Any) -> None:
         self._abandon_inflight(f"the module actor crashed: {value!r}")

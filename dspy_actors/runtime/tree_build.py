@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -25,7 +26,7 @@ from dspy_actors.primitives.module import Module
 from dspy_actors.runtime._futures import reject, resolve
 from dspy_actors.runtime.calls import send_call, wait_reply
 from dspy_actors.runtime.context import capture
-from dspy_actors.runtime.errors import Overloaded
+from dspy_actors.runtime.errors import ModuleUnavailable, Overloaded
 from dspy_actors.runtime.messages import Call
 from dspy_actors.runtime.module_actor import ModuleActor, ModuleServices, is_predictor
 
@@ -120,11 +121,14 @@ def module_subtree(
     name_prefix: str,
     services: ModuleServices,
     options: TreeOptions,
+    program: str = "",
 ) -> supervisors.ChildSpec:
     """A ChildSpec serving ``module`` at ``path``: one actor, or a subtree for a composite.
 
-    The serving actor is registered as ``name_prefix + path`` (``path`` "" for the root).
+    The serving actor is registered as ``name_prefix + path`` (``path`` "" for the root);
+    errors name it as ``program.path``.
     """
+    label = f"{program}.{path}" if program and path else (path or program or "<root>")
     registry = services.registry
     entry_name = name_prefix + path
     subs = [] if is_predictor(module) else direct_sub_modules(module)
@@ -133,21 +137,23 @@ def module_subtree(
         return supervisors.ChildSpec(
             child_id,
             ModuleActor,
-            args=(path or "<root>", template.deepcopy, services, options.max_in_flight),
+            args=(label, template.deepcopy, services, options.max_in_flight, path),
             name=entry_name,
         )
     children = []
     proxies: dict[str, ModuleProxy] = {}
     for sub_path, sub in subs:
         full = f"{path}.{sub_path}" if path else sub_path
-        children.append(module_subtree(sub_path, full, sub, name_prefix, services, options))
+        children.append(
+            module_subtree(sub_path, full, sub, name_prefix, services, options, program)
+        )
         proxies[sub_path] = ModuleProxy(registry, name_prefix + full, full, options.call_timeout)
     shell = _shell(template, proxies)
     children.append(
         supervisors.ChildSpec(
             ENTRY if not path else "forward",
             ModuleActor,
-            args=(path or "<root>", partial(copy.copy, shell), services, options.max_in_flight),
+            args=(label, partial(copy.copy, shell), services, options.max_in_flight, None),
             name=entry_name,
         )
     )
@@ -199,13 +205,13 @@ class PipelineActor(supervisors.SupervisedActor):
     def __init__(
         self,
         program: str,
-        steps: Sequence[tuple[str, str]],
+        steps: Sequence[tuple[str, str, frozenset[str] | None]],
         registry: supervisors.Registry,
         max_in_flight: int,
     ) -> None:
         super().__init__()
         self.program = program
-        self.steps = list(steps)  # (step id, registry name)
+        self.steps = list(steps)  # (step id, registry name, accepted input names or None)
         self.registry = registry
         self.max_in_flight = max_in_flight
         self._calls: dict[int, _PipelineCall] = {}
@@ -227,8 +233,11 @@ class PipelineActor(supervisors.SupervisedActor):
 
     def _run_step(self, call_id: int, step: int) -> None:
         record = self._calls[call_id]
-        _, name = self.steps[step]
-        reply, _ref = send_call(self.registry, name, record.values, record.call.ctx)
+        _, name, accepted = self.steps[step]
+        values = record.values
+        if accepted is not None:
+            values = {k: v for k, v in values.items() if k in accepted}
+        reply, _ref = send_call(self.registry, name, values, record.call.ctx)
         reply.add_done_callback(partial(_tell_step_done, self.actor_ref, call_id, step))
 
     def _step_done(self, message: _StepDone) -> None:
@@ -259,6 +268,10 @@ class PipelineActor(supervisors.SupervisedActor):
             reject(record.call.reply, ModuleCrashed(self.program, "the pipeline stopped"))
         self._calls.clear()
 
+    def on_dropped(self, message: Any) -> None:
+        if isinstance(message, Call):
+            reject(message.reply, ModuleUnavailable(self.program))
+
     def on_stop(self) -> None:
         self._abandon()
 
@@ -274,6 +287,22 @@ def _tell_step_done(ref: pykka.ActorRef[Any], call_id: int, step: int, reply: Fu
 
 
 StepSpec = tuple[str, Any, Mapping[str, Any]] | tuple[str, Any]
+
+
+def accepted_inputs(module: Module) -> frozenset[str] | None:
+    """The input names a step takes: its signature's inputs for a predictor, the keyword
+    parameters of ``forward`` otherwise; None if it takes any (``**kwargs``)."""
+    signature = getattr(module, "signature", None)
+    if is_predictor(module) and signature is not None:
+        return frozenset(signature.input_fields)
+    params = inspect.signature(module.forward).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    )
 
 
 def instantiate_step(step: Sequence[Any]) -> tuple[str, Module]:

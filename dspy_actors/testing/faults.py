@@ -10,11 +10,14 @@ ordered, thread-safe list of rules; the first rule that fires decides the reques
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import format_datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -53,6 +56,22 @@ class Fault:
     seconds: float = 0.0  # hang duration
     after_chunks: int = 1  # truncated streams: frames sent before the connection drops
     text: str = "I am not sure what you mean."  # unparseable completion text
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Fault:
+        """A fault from data: ``{"type": <constructor>, **its arguments}``, e.g.
+        ``{"type": "rate_limited", "retry_after": 1}`` or ``{"type": "hang", "seconds": 30}``.
+        Types: status_error (or status), rate_limited, server_error, bad_request,
+        unauthorized, context_window, hang, reset, malformed_json, truncated, unparseable."""
+        args = dict(data)
+        kind = str(args.pop("type", ""))
+        kind = "status_error" if kind == "status" else kind
+        if kind not in _CONSTRUCTORS:
+            raise ValueError(f"unknown fault type {kind!r}; known: {sorted(_CONSTRUCTORS)}")
+        if kind == "status_error" and "status" in args:
+            return cls.status_error(int(args.pop("status")), **args)
+        factory: Callable[..., Fault] = getattr(cls, kind)
+        return factory(**args)
 
     @property
     def name(self) -> str:
@@ -143,6 +162,23 @@ class Fault:
         return cls("unparseable", text=text)
 
 
+_CONSTRUCTORS = frozenset(
+    {
+        "status_error",
+        "rate_limited",
+        "server_error",
+        "bad_request",
+        "unauthorized",
+        "context_window",
+        "hang",
+        "reset",
+        "malformed_json",
+        "truncated",
+        "unparseable",
+    }
+)
+
+
 def _format_seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
@@ -161,25 +197,95 @@ class FaultRule:
     end_s: float | None = None
     fired: int = 0
 
-    def applies(self, request: SimRequest, elapsed_s: float, rng: random.Random) -> bool:
+    def eligible(self, request: SimRequest, elapsed_s: float) -> bool:
+        """Whether the rule may fire for this request (uses left, time window, match)."""
         if self.times is not None and self.fired >= self.times:
             return False
         if self.start_s is not None and elapsed_s < self.start_s:
             return False
         if self.end_s is not None and elapsed_s >= self.end_s:
             return False
-        if self.match is not None and not self.match(request):
-            return False
-        return self.rate >= 1.0 or rng.random() < self.rate
+        return self.match is None or bool(self.match(request))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FaultRule:
+        """A rule from data, e.g. ``{"fault": {"type": "server_error"}, "rate": 0.2}``.
+
+        Data cannot hold functions, so matching is by ``model``, ``provider`` and/or
+        ``prompt_contains`` (a substring of the last user message)."""
+        known = {
+            "fault",
+            "rate",
+            "times",
+            "start_s",
+            "end_s",
+            "model",
+            "provider",
+            "prompt_contains",
+        }
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown fault rule key(s) {unknown}; known: {sorted(known)}")
+        if "fault" not in data:
+            raise ValueError(f"fault rule {dict(data)!r} has no 'fault'")
+        model, provider = data.get("model"), data.get("provider")
+        needle = data.get("prompt_contains")
+        match: Callable[[SimRequest], bool] | None = None
+        if model is not None or provider is not None or needle is not None:
+
+            def match(request: SimRequest) -> bool:
+                return (
+                    (model is None or request.model == model)
+                    and (provider is None or request.provider == provider)
+                    and (needle is None or str(needle) in request.last_user_text)
+                )
+
+        return cls(
+            fault=Fault.from_dict(data["fault"]),
+            rate=float(data.get("rate", 1.0)),
+            times=None if data.get("times") is None else int(data["times"]),
+            match=match,
+            start_s=None if data.get("start_s") is None else float(data["start_s"]),
+            end_s=None if data.get("end_s") is None else float(data["end_s"]),
+        )
 
 
 class FaultPlan:
-    """An ordered, thread-safe list of fault rules. The first rule that fires wins."""
+    """An ordered, thread-safe list of fault rules deciding each request's fault.
+
+    Rules are tried in order. A rule with ``rate`` 1 fires whenever it is eligible. Rules
+    with a lower rate share *one* random draw per request, each owning its own slice of
+    it, so rates of different rules add up instead of shadowing each other: rules at 0.2
+    (500s) and 0.1 (429s) fail 20% and 10% of the requests, 30% in all.
+    """
 
     def __init__(self, rules: list[FaultRule] | None = None, *, seed: int | None = None) -> None:
         self._lock = threading.Lock()
         self._rules: list[FaultRule] = list(rules or [])
         self._rng = random.Random(seed)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FaultPlan:
+        """A plan from data: ``{"seed": 1, "rules": [{"fault": {...}, "rate": 0.2}, ...]}``."""
+        rules = [FaultRule.from_dict(r) for r in data.get("rules") or []]
+        seed = data.get("seed")
+        return cls(rules, seed=None if seed is None else int(seed))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> FaultPlan:
+        """A plan from a JSON file, or a YAML file (``.yaml``/``.yml``, needs PyYAML)."""
+        text = Path(path).read_text(encoding="utf-8")
+        if str(path).endswith((".yaml", ".yml")):
+            try:
+                import yaml
+            except ImportError as exc:  # pragma: no cover - PyYAML ships with the dev extra
+                raise RuntimeError(f"reading {path} needs PyYAML (pip install pyyaml)") from exc
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a fault plan is a mapping with 'rules', got {data!r}")
+        return cls.from_dict(data)
 
     def add(self, rule: FaultRule) -> FaultRule:
         with self._lock:
@@ -205,8 +311,13 @@ class FaultPlan:
         with self._lock:
             if not self._rules:
                 return None
+            draw = self._rng.random()
+            floor = 0.0
             for rule in self._rules:
-                if rule.applies(request, elapsed_s, self._rng):
+                if not rule.eligible(request, elapsed_s):
+                    continue
+                if rule.rate >= 1.0 or floor <= draw < floor + rule.rate:
                     rule.fired += 1
                     return rule.fault
+                floor += rule.rate
             return None

@@ -279,8 +279,10 @@ class SimLM:
     ``responder`` maps a :class:`SimRequest` to the completion text (a ``str``), a
     :class:`SimReply` (per-choice texts, finish reason) or a :class:`Fault`; by default the
     answers follow the adapters' formats (see ``sim_responder``). ``latency`` (seconds, or a
-    function of the request) delays every answer. ``api_key``, if given, is required
-    (``Authorization: Bearer`` or ``x-api-key``); a wrong or missing key gets a 401.
+    function of the request) delays every answer. ``faults`` is the fault plan to start
+    with (``FaultPlan.load("plan.yaml")``, say; ``seed`` seeds an empty one otherwise).
+    ``api_key``, if given, is required (``Authorization: Bearer`` or ``x-api-key``); a
+    wrong or missing key gets a 401.
     """
 
     def __init__(
@@ -289,6 +291,7 @@ class SimLM:
         *,
         latency: Latency = 0.0,
         api_key: str | None = None,
+        faults: FaultPlan | None = None,
         seed: int | None = None,
         record_requests: bool = True,
         thread_name_prefix: str = "sim-lm",
@@ -297,7 +300,7 @@ class SimLM:
     ) -> None:
         self._responder: Responder = responder or default_responder
         self.latency: Latency = latency
-        self.faults = FaultPlan(seed=seed)
+        self.faults = faults if faults is not None else FaultPlan(seed=seed)
         self._api_key = api_key
         self._record = record_requests
         self._prefix = thread_name_prefix
@@ -511,9 +514,16 @@ class SimLM:
                 self._injected[fault.name] += 1
             reply = fault.text
         assert not isinstance(reply, Fault)
-        self._answer(h, req, reply)
+        # Count before writing: a client that has its answer must see it counted.
         with self._lock:
             self._served += 1
+        try:
+            self._answer(h, req, reply)
+        except OSError:
+            with self._lock:
+                self._served -= 1
+                self._errors["client_gone"] += 1
+            raise
 
     def _authorized(self, headers: Mapping[str, str]) -> bool:
         bearer = headers.get("authorization", "")
@@ -608,8 +618,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
+    parser.add_argument("--faults", help="a fault plan file (JSON, or YAML with PyYAML)")
     args = parser.parse_args(argv)
-    sim = SimLM(latency=args.latency, host=args.host, port=args.port, record_requests=False)
+    plan = FaultPlan.load(args.faults) if args.faults else None
+    sim = SimLM(
+        latency=args.latency, faults=plan, host=args.host, port=args.port, record_requests=False
+    )
     with sim:
         print(sim.url, flush=True)
         with contextlib.suppress(KeyboardInterrupt):

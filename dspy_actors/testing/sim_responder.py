@@ -17,7 +17,7 @@ import ast
 import json
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -208,3 +208,33 @@ def default_responder(request: SimRequest) -> str:
     parts = [f"[[ ## {n} ## ]]\n{_as_chat_text(typed_value(n, h, arith))}" for n, h in fields]
     parts.append("[[ ## completed ## ]]")
     return "\n\n".join(parts)
+
+
+Reply = Any  # str | SimReply | Fault, or a function of the SimRequest returning one
+
+
+def scripted(
+    rules: Sequence[tuple[str | re.Pattern[str], Reply]],
+    default: Callable[[SimRequest], Any] | None = None,
+) -> Callable[[SimRequest], Any]:
+    """A responder answering by matching the prompt: the first rule whose pattern is found
+    in the last user message decides (a plain string is a substring, a compiled pattern
+    is searched); its reply is a completion text, a ``SimReply``, a ``Fault``, or a
+    function of the request returning one. Unmatched requests go to ``default``
+    (the adapter-format default responder unless given).
+
+        sim.respond_with(scripted([("capital of France", "[[ ## answer ## ]]\\nParis..."),
+                                   (re.compile(r"\\bcrash\\b"), Fault.server_error())]))
+    """
+    fallback = default or default_responder
+    compiled = [(p if isinstance(p, re.Pattern) else None, p, r) for p, r in rules]
+
+    def respond(request: SimRequest) -> Any:
+        text = request.last_user_text
+        for regex, pattern, reply in compiled:
+            hit = regex.search(text) if regex is not None else str(pattern) in text
+            if hit:
+                return reply(request) if callable(reply) else reply
+        return fallback(request)
+
+    return respond

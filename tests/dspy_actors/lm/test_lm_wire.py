@@ -260,3 +260,28 @@ def test_sim_request_records_per_request_metadata(sim_lm: SimLM, make_lm: MakeLM
     lm("b")
     assert [r.index for r in seen] == [0, 1]
     assert seen[0].elapsed_s <= seen[1].elapsed_s
+
+
+def test_supports_json_schema_can_be_switched_off(sim_lm: SimLM, make_lm: MakeLM) -> None:
+    lm = make_lm(api_base=sim_lm.openai_base, supports_json_schema=False)
+    assert not lm.supports_json_schema
+    lm("hi")
+    assert "supports_json_schema" not in sim_lm.requests[0].body
+
+
+def test_anthropic_stream_with_n_streams_each_choice(sim_lm: SimLM, make_lm: MakeLM) -> None:
+    answers = iter(["first answer", "second answer"])
+    sim_lm.respond_with(lambda req: next(answers))
+    lm = make_lm("anthropic/claude-sim", api_base=sim_lm.anthropic_base)
+
+    events = list(lm.stream(QUESTION, n=2))
+
+    by_index: dict[int, str] = {0: "", 1: ""}
+    for event in events[:-1]:
+        by_index[event.index] += event.text
+    assert by_index == {0: "first answer", 1: "second answer"}
+    final = events[-1].response
+    assert final is not None
+    assert final.outputs == ["first answer", "second answer"]
+    assert final.usage.calls == 2
+    assert sim_lm.request_count == 2

@@ -83,17 +83,18 @@ def test_bad_call_arguments_are_rejected_clearly() -> None:
 
 
 def test_burst_then_the_rate() -> None:
-    clock = FakeClock()
-    rl = limiter(clock, requests_per_second=10, burst=5)
-    assert [rl.try_acquire() for _ in range(6)] == [True] * 5 + [False]
-    assert rl.time_until_available() == pytest.approx(0.1)
-    clock.advance(0.05)
+    # Times and rates are powers of two so that the float arithmetic is exact.
+    clock = FakeClock(0.0)
+    rl = limiter(clock, requests_per_second=8, burst=4)
+    assert [rl.try_acquire() for _ in range(5)] == [True] * 4 + [False]
+    assert rl.time_until_available() == 0.125
+    clock.advance(0.0625)
     assert not rl.try_acquire()
-    assert rl.time_until_available() == pytest.approx(0.05)
-    clock.advance(0.05)
+    assert rl.time_until_available() == 0.0625
+    clock.advance(0.0625)
     assert rl.try_acquire()
-    clock.advance(60.0)  # idle time refills only up to the burst
-    assert sum(rl.try_acquire() for _ in range(20)) == 5
+    clock.advance(64.0)  # idle time refills only up to the burst
+    assert sum(rl.try_acquire() for _ in range(20)) == 4
 
 
 def test_default_burst_is_one_second_of_requests() -> None:
@@ -110,6 +111,9 @@ def test_the_rate_holds_over_simulated_time() -> None:
     rl = limiter(clock, requests_per_second=rate, burst=burst)
     step = 1 / 64  # exact in binary, so the sums below are exact too
     granted = 0
+    while rl.try_acquire():  # the burst, at time 0
+        granted += 1
+    assert granted == burst
     for tick in range(1, 64 * 10 + 1):
         clock.advance(step)
         while rl.try_acquire():

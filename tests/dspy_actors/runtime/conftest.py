@@ -1,0 +1,56 @@
+"""Fixtures for runtime tests: a SimLM per test and apps started on it (stopped after)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dspy_actors.lm import LM, RetryPolicy
+from dspy_actors.runtime.app import App, start
+from dspy_actors.testing.sim_lm import SimLM
+
+FAST_RETRY = RetryPolicy(max_retries=1, base_delay=0.001, max_delay=0.005)
+StartApp = Callable[..., App]
+
+
+@pytest.fixture
+def sim() -> Iterator[SimLM]:
+    with SimLM() as server:
+        yield server
+
+
+@pytest.fixture
+def make_lm(sim: SimLM) -> Iterator[Callable[..., LM]]:
+    made: list[LM] = []
+
+    def make(**kw: Any) -> LM:
+        kw.setdefault("cache", False)
+        kw.setdefault("retry_policy", FAST_RETRY)
+        lm = LM("openai/sim-model", api_base=sim.openai_base, api_key="test-key", **kw)
+        made.append(lm)
+        return lm
+
+    yield make
+    for lm in made:
+        lm.close()
+
+
+@pytest.fixture
+def start_app(tmp_path: Path, make_lm: Callable[..., LM]) -> Iterator[StartApp]:
+    """Start apps on the test's SimLM; every app is stopped when the test ends."""
+    apps: list[App] = []
+
+    def make(**kw: Any) -> App:
+        kw.setdefault("lm", make_lm())
+        kw.setdefault("data_dir", tmp_path / f"app{len(apps)}")
+        kw.setdefault("lm_workers", 8)
+        app = start(**kw)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.stop()

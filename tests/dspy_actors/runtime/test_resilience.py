@@ -1,0 +1,210 @@
+"""Crashes mid-flight, LM worker deaths, breakers, overload, deadlines and poison inputs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import supervisors
+from dspy_actors.lm import LM
+from dspy_actors.lm.breaker import CircuitOpen
+from dspy_actors.lm.errors import ServerError
+from dspy_actors.modules.predict import Predict
+from dspy_actors.runtime.errors import DeadLettered, DeadlineExceeded, ModuleCrashed, Overloaded
+from dspy_actors.runtime.lm_pool import PoolStats
+from dspy_actors.testing.faults import Fault
+from dspy_actors.testing.sim_lm import SimLM, SimRequest
+from dspy_actors.testing.sim_responder import default_responder
+from tests.dspy_actors.runtime.conftest import StartApp
+from tests.dspy_actors.runtime.programs import RAG, Poisonable, Retriever
+
+
+def _slow_responder(seconds: float) -> Any:
+    def respond(request: SimRequest) -> Any:
+        time.sleep(seconds)
+        return default_responder(request)
+
+    return respond
+
+
+def _actor(app: Any, child_path: str) -> Any:
+    """The live ref registered for a module path of a served program."""
+    return app.registry.lookup(f"{app.name}/{child_path}")
+
+
+def test_killing_a_module_actor_mid_flight_fails_its_calls_clearly(
+    start_app: StartApp, sim: SimLM
+) -> None:
+    sim.respond_with(_slow_responder(0.3))
+    app = start_app()
+    qa = app.serve("qa", Predict("question -> answer"))
+    futures = [qa.submit(question=f"q{i}") for i in range(6)]
+    time.sleep(0.1)  # let them reach the actor and the LM
+    supervisors.kill(_actor(app, "qa@v1/"))
+    outcomes = [f.exception(timeout=30.0) for f in futures]
+    assert all(e is None or isinstance(e, ModuleCrashed) for e in outcomes)
+    crashes = [str(e) for e in outcomes if e is not None]
+    assert crashes, "the calls in flight on the killed actor must fail"
+    assert all("module 'qa' crashed" in c and "was killed" in c for c in crashes)
+    # The supervisor restarted it: the next call is answered.
+    assert qa.call(question="after").answer
+
+
+def test_idempotent_calls_are_retried_after_a_crash(start_app: StartApp, sim: SimLM) -> None:
+    sim.respond_with(_slow_responder(0.3))
+    app = start_app()
+    qa = app.serve("qa", Predict("question -> answer"), idempotent=True)
+    futures = [qa.submit(question=f"q{i}") for i in range(6)]
+    time.sleep(0.1)
+    supervisors.kill(_actor(app, "qa@v1/"))
+    assert all(f.result(timeout=30.0).answer for f in futures)
+
+
+def test_lm_workers_killed_mid_call_finish_it_and_are_replaced(
+    start_app: StartApp, sim: SimLM
+) -> None:
+    """Python cannot interrupt the HTTP call: the call is answered, the workers replaced."""
+    entered = threading.Event()
+
+    def respond(request: SimRequest) -> Any:
+        entered.set()
+        time.sleep(0.3)
+        return default_responder(request)
+
+    sim.respond_with(respond)
+    app = start_app(lm_workers=2)
+    qa = app.serve("qa", Predict("question -> answer"))
+    future = qa.submit(question="survive")
+    assert entered.wait(10.0)
+    workers = app.root.supervisor("lm").supervisor("workers")
+    router = app.registry.lookup(app.router_name)
+    assert supervisors.ask(router, PoolStats(), timeout=5.0)["busy"] == 1
+    before = [info.ref for info in workers.which_children()]
+    for ref in before:
+        assert ref is not None
+        supervisors.kill(ref)
+    assert future.result(timeout=30.0).answer
+    supervisors_ready = lambda: supervisors.ask(router, PoolStats(), timeout=5.0)["idle"] == 2  # noqa: E731
+    deadline = time.monotonic() + 10.0
+    while not supervisors_ready() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    after = [info.ref for info in workers.which_children()]
+    assert all(a is not None and a not in before for a in after)
+    assert qa.call(question="next").answer
+
+
+class DiesOnce(LM):
+    """An LM client whose first call kills its worker thread's handler outright."""
+
+    died = 0
+
+    def complete(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        if DiesOnce.died == 0:
+            DiesOnce.died += 1
+            raise SystemExit("worker thread torn down mid-call")
+        return super().complete(messages, **kwargs)
+
+
+def test_a_worker_dying_without_answering_has_its_request_retried(
+    start_app: StartApp, sim: SimLM
+) -> None:
+    DiesOnce.died = 0
+    lm = DiesOnce("openai/sim-model", api_base=sim.openai_base, api_key="k", cache=False)
+    try:
+        app = start_app(lm=lm, lm_workers=2)
+        qa = app.serve("qa", Predict("question -> answer"))
+        assert qa.call(question="retried").answer
+        assert DiesOnce.died == 1
+        assert len(sim.requests) == 1
+    finally:
+        lm.close()
+
+
+def test_overload_fails_fast_instead_of_queueing(start_app: StartApp, sim: SimLM) -> None:
+    sim.respond_with(_slow_responder(0.5))
+    app = start_app(max_in_flight=3)
+    qa = app.serve("qa", Predict("question -> answer"))
+    futures = [qa.submit(question=f"q{i}") for i in range(3)]
+    time.sleep(0.1)
+    with pytest.raises(Overloaded, match="3 calls already in flight"):
+        qa.call(question="one too many")
+    assert all(f.result(timeout=30.0).answer for f in futures)
+
+
+def test_a_deadline_bounds_every_hop_beneath_the_call(start_app: StartApp, sim: SimLM) -> None:
+    sim.respond_with(_slow_responder(2.0))
+    app = start_app()
+    rag = app.serve("rag", RAG())  # entry -> answer (predictor) -> LM pool: three hops
+    began = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        rag.call_with({"question": "slow"}, timeout=0.3)
+    # The LM request carried the deadline as its HTTP timeout, so no worker stays stuck.
+    assert sim.requests, "the call should have reached the LM"
+    assert time.monotonic() - began < 30.0
+
+
+def test_breaker_opens_on_a_dead_server_fails_fast_then_closes_when_it_returns(
+    start_app: StartApp, sim: SimLM
+) -> None:
+    app = start_app(
+        breaker={
+            "window_size": 4,
+            "minimum_calls": 4,
+            "failure_rate_threshold": 0.5,
+            "wait_in_open": 0.5,
+            "half_open_permitted_calls": 1,
+        },
+    )
+    transitions: list[tuple[str, str]] = []
+    app.subscribe("breaker.transition", lambda e: transitions.append((e.from_state, e.to_state)))
+    qa = app.serve("qa", Predict("question -> answer"))
+    sim.inject(Fault.server_error(500), times=1000)
+    for i in range(4):
+        with pytest.raises(ServerError):
+            qa.call(question=f"down {i}")
+    seen = len(sim.requests)
+    with pytest.raises(CircuitOpen):
+        qa.call(question="fails fast")
+    assert len(sim.requests) == seen, "an open breaker must not send requests"
+    sim.clear_faults()
+    time.sleep(0.6)
+    assert qa.call(question="back").answer
+    assert app.events.flush(5.0)
+    assert transitions == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+def test_a_poison_input_is_dead_lettered_without_escalating(start_app: StartApp) -> None:
+    Poisonable.crashes = 0
+    app = start_app(poison_threshold=3)
+    letters: list[Any] = []
+    app.subscribe("dead_letter", letters.append)
+    svc = app.serve("svc", Poisonable(), idempotent=True)
+    with pytest.raises(DeadLettered, match="crashed module") as quarantined:
+        svc.call(question="poison")
+    assert Poisonable.crashes == 3
+    # Quarantined: refused at once, without touching the module again.
+    with pytest.raises(DeadLettered):
+        svc.call(question="poison")
+    assert Poisonable.crashes == 3
+    assert svc.call(question="fine").answer
+    assert app.root.is_alive
+    (letter,) = app.dead_letters("svc")
+    assert letter.inputs == {"question": "poison"}
+    assert letter.exception_type.endswith("RuntimeError")
+    assert "cannot digest this input" in letter.traceback
+    assert letter.id in str(quarantined.value)
+    assert app.events.flush(5.0)
+    assert [e.dead_letter_id for e in letters] == [letter.id]
+    with pytest.raises(DeadLettered):  # replaying a still-poisonous input quarantines it again
+        app.replay_dead_letter(letter.id)
+
+
+def test_a_crash_in_a_pipeline_step_reaches_the_caller(start_app: StartApp) -> None:
+    app = start_app()
+    pipe = app.program("p", [("retrieve", Retriever), ("svc", Poisonable)])
+    with pytest.raises(ModuleCrashed, match="cannot digest"):
+        pipe.call(question="poison")
+    assert pipe.call(question="fine").answer
