@@ -67,6 +67,21 @@ class LMStats:
     failures: int
 
 
+class _Secret:
+    """Holds the API key so that printing the LM's attributes cannot show it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError("an API key is not picklable")
+
+
 class _Counters:
     __slots__ = ("cache_hits", "failures", "lock", "requests", "retries")
 
@@ -111,13 +126,13 @@ class LM:
         self.retry_policy = retry_policy or RetryPolicy(max_retries=num_retries)
         self.timeout = timeout
         self.defaults: dict[str, Any] = dict(defaults)
-        self._api_key = api_key or os.environ.get(_ENV_KEYS[provider.name]) or None
-        self._headers = provider.headers(self._api_key)
+        key = api_key or os.environ.get(_ENV_KEYS[provider.name]) or None
+        self._api_key = _Secret(key) if key else None
         self._meter = UsageMeter()
         self.history: deque[dict[str, Any]] = deque(maxlen=self.max_history)
         self._counters = _Counters()
         self._rng = random.Random()
-        self._clients = ClientPool(headers=self._headers, timeout=timeout)
+        self._clients = ClientPool(headers=provider.headers(key), timeout=timeout)
 
     # ---------------------------------------------------------------- public API
     def __call__(
@@ -261,7 +276,7 @@ class LM:
         return LM(
             self.model,
             api_base=self.api_base,
-            api_key=self._api_key,
+            api_key=self._api_key.value if self._api_key else None,
             cache=self.cache,
             cache_store=self.cache_store,
             num_retries=self.num_retries,
@@ -460,7 +475,7 @@ class LM:
             r = self._clients.client().post(
                 self.endpoint,
                 content=content,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                timeout=timeout if timeout is not None else self.timeout,
             )
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, timeout) from exc
@@ -503,7 +518,7 @@ class LM:
                         "POST",
                         self.endpoint,
                         content=content,
-                        timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                        timeout=timeout if timeout is not None else self.timeout,
                     ) as r:
                         if r.status_code >= 300:
                             r.read()
@@ -557,7 +572,7 @@ class LM:
 
     def _scrub(self, error: LMError) -> LMError:
         """Make sure no error message can carry the API key (servers sometimes echo it)."""
-        key = self._api_key
+        key = self._api_key.value if self._api_key else None
         if key and any(key in str(a) for a in error.args):
             error.args = tuple(str(a).replace(key, "***") for a in error.args)
         return error

@@ -212,7 +212,10 @@ class App:
         )
         workers = [
             supervisors.ChildSpec(
-                f"worker-{i}", LMWorker, args=(self.router_name, self.registry), shutdown=2.0
+                f"worker-{i}",
+                LMWorker,
+                args=(self.router_name, self.registry, self._publish_if_wanted),
+                shutdown=2.0,
             )
             for i in range(config.lm_workers)
         ]
@@ -508,6 +511,10 @@ class App:
     def subscribe(self, pattern: str, callback: Any) -> ev.Subscription:
         """Subscribe to app events by topic (``"lm.*"``, ``"module.end"``, ``"*"``)."""
         return self.events.subscribe(pattern, callback)
+
+    def _publish_if_wanted(self, event: ev.Event) -> None:
+        if self.events.subscriptions():  # nobody listens: keep the hot path free
+            self.events.publish(event)
 
     def _module_event(self, topic: str, path: str, data: dict[str, Any]) -> None:
         if not self.events.subscriptions():

@@ -34,6 +34,7 @@ from dspy_actors.lm.rate_limit import RateLimiter
 from dspy_actors.runtime._futures import reject, resolve
 from dspy_actors.runtime.context import restored
 from dspy_actors.runtime.errors import DeadlineExceeded, ModuleUnavailable, Overloaded
+from dspy_actors.runtime.events import LMEnd, LMStart
 from dspy_actors.runtime.messages import LMRequest
 
 if TYPE_CHECKING:
@@ -290,10 +291,17 @@ class LMRouter(supervisors.SupervisedActor):
 class LMWorker(supervisors.SupervisedActor):
     """Runs one LM request at a time (the blocking HTTP call), then reports to the router."""
 
-    def __init__(self, router_name: str, registry: supervisors.Registry) -> None:
+    def __init__(
+        self,
+        router_name: str,
+        registry: supervisors.Registry,
+        publish: Callable[[Any], None] | None = None,
+    ) -> None:
+        """``publish`` gets ``lm.start``/``lm.end`` events (None: no events)."""
         super().__init__()
         self._router_name = router_name
         self._registry = registry
+        self._publish = publish
 
     def on_start(self) -> None:
         self._registry.lookup(self._router_name).tell(_WorkerReady(self.actor_ref))
@@ -338,16 +346,43 @@ class LMWorker(supervisors.SupervisedActor):
                 return "ignore"
             limit = kwargs.get("timeout")
             kwargs["timeout"] = remaining if limit is None else min(limit, remaining)
+        publish = self._publish
+        key = deployment_key(lm)
+        if publish is not None:
+            publish(LMStart(trace_id=ctx.trace_id, deployment=key, model=lm.model))
+        started = time.monotonic()
         try:
             with restored(ctx):
                 response = lm.complete(request.messages, **kwargs)
         except LMError as error:
             reject(reply, error)
+            if publish is not None:
+                publish(
+                    LMEnd(
+                        trace_id=ctx.trace_id,
+                        deployment=key,
+                        model=lm.model,
+                        latency_s=time.monotonic() - started,
+                        error_type=type(error).__name__,
+                    )
+                )
             return "failure" if type(error).__name__ in _UNHEALTHY else "ignore"
         except Exception as error:  # A bug below us: answer the caller, then crash.
             reject(reply, error)
             raise
         resolve(reply, response)
+        if publish is not None:
+            publish(
+                LMEnd(
+                    trace_id=ctx.trace_id,
+                    deployment=key,
+                    model=lm.model,
+                    latency_s=time.monotonic() - started,
+                    prompt_tokens=response.usage.prompt_tokens,
+                    completion_tokens=response.usage.completion_tokens,
+                    cache_hit=response.cache_hit,
+                )
+            )
         return "success"
 
 

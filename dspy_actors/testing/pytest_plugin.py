@@ -7,7 +7,8 @@ entry point).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -29,3 +30,19 @@ def sim_lm_session() -> Iterator[SimLM]:
     ``clear_faults()``."""
     with SimLM(thread_name_prefix="sim-lm-session") as sim:
         yield sim
+
+
+@pytest.fixture
+def make_sim_lm() -> Iterator[Callable[..., SimLM]]:
+    """A factory of started SimLMs (same arguments as ``SimLM``), all stopped at the end
+    of the test: ``sim = make_sim_lm(latency=0.05, responder=...)``."""
+    started: list[SimLM] = []
+
+    def make(*args: Any, **kwargs: Any) -> SimLM:
+        sim = SimLM(*args, **kwargs).start()
+        started.append(sim)
+        return sim
+
+    yield make
+    for sim in reversed(started):
+        sim.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -181,4 +183,35 @@ def test_hits_survive_a_new_cache_on_the_same_file(
     with Cache(disk_path=path) as second_store:
         lm = make_lm(api_base=sim_lm.openai_base, cache=True, cache_store=second_store)
         assert lm.complete([{"role": "user", "content": "persist"}]).cache_hit
+    assert sim_lm.request_count == 1
+
+
+_CHILD = """
+import sys
+from dspy_actors.lm import LM
+from dspy_actors.lm.cache import Cache
+url, path = sys.argv[1], sys.argv[2]
+with Cache(disk_path=path) as store, LM("openai/sim", api_base=url, api_key="k",
+                                         cache_store=store) as lm:
+    response = lm.complete([{"role": "user", "content": "shared across processes"}])
+    print(response.cache_hit, response.outputs[0])
+"""
+
+
+def test_a_hit_across_two_processes_sharing_the_file(sim_lm: SimLM, tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite3"
+
+    def child() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD, sim_lm.openai_base, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    sim_lm.respond_with(lambda req: "from the server")
+    assert child() == "False from the server"
+    assert child() == "True from the server"
     assert sim_lm.request_count == 1

@@ -184,6 +184,20 @@ def test_lm_default_timeout_applies_without_a_per_call_one(sim_lm: SimLM, make_l
         lm.complete(MESSAGES)
 
 
+def test_changing_the_timeout_applies_to_later_calls(sim_lm: SimLM) -> None:
+    sim_lm.inject(Fault.hang(30.0))
+    with LM(
+        "openai/sim",
+        api_base=sim_lm.openai_base,
+        cache=False,
+        timeout=60.0,
+        retry_policy=RetryPolicy(max_retries=0),
+    ) as lm:
+        lm.timeout = 0.2
+        with pytest.raises(LMTimeout):
+            lm("hi")
+
+
 def test_connection_reset_is_retried(sim_lm: SimLM, make_lm: MakeLM) -> None:
     sim_lm.inject(Fault.reset(), times=2)
     lm = make_lm(api_base=sim_lm.openai_base)

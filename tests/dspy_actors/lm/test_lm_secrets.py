@@ -31,7 +31,7 @@ def test_key_reaches_the_server_but_not_repr_history_or_state(
     assert SECRET not in str(list(lm.history))
     assert SECRET not in lm.inspect_history(5)
     assert SECRET not in json.dumps(lm.dump_state())
-    assert SECRET not in str(vars(lm).get("defaults"))
+    assert SECRET not in repr(vars(lm))
     assert SECRET.encode() not in pickle.dumps(lm)
 
 

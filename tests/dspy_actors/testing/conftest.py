@@ -1,3 +1,3 @@
 """The harness's own tests use its pytest plugin's fixtures."""
 
-from dspy_actors.testing.pytest_plugin import sim_lm, sim_lm_session  # noqa: F401
+from dspy_actors.testing.pytest_plugin import make_sim_lm, sim_lm, sim_lm_session  # noqa: F401

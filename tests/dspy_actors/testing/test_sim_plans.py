@@ -6,7 +6,7 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -141,3 +141,18 @@ def test_cli_serves_with_a_fault_plan(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_plugin_fixtures(
+    make_sim_lm: Callable[..., SimLM], sim_lm_session: SimLM, client: httpx.Client
+) -> None:
+    slow = make_sim_lm(latency=0.05, responder=lambda req: "slow")
+    assert _ask(slow, client).json()["choices"][0]["message"]["content"] == "slow"
+    assert _ask(sim_lm_session, client, "What is 1 + 1?").status_code == 200
+    assert all(t.startswith("sim-lm-session") for t in _thread_names(sim_lm_session.port))
+
+
+def _thread_names(port: int) -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if f"-{port}" in t.name]
