@@ -29,6 +29,7 @@ class Doubler:
 
     def submit(self, **inputs: Any) -> Future[Any]:
         future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()  # running from now: cancel() cannot race us
 
         def run() -> None:
             with self.lock:
