@@ -46,7 +46,7 @@ from supervisors._errors import (
     SupervisorExited,
     TaskQueueFull,
 )
-from supervisors._events import SupervisorEvent, subscribe
+from supervisors._events import SupervisorEvent, set_log_level, subscribe
 from supervisors._exit import KILLED, NORMAL, SHUTDOWN, Down, ExitReason, MonitorRef
 from supervisors._handle import DynamicSupervisor, Supervisor, TaskSupervisor
 from supervisors._intensity import RestartIntensity
@@ -96,6 +96,7 @@ __all__ = [
     "monitor",
     "registry",
     "request_exit",
+    "set_log_level",
     "subscribe",
     "supervised",
     "wait_for_exit",

@@ -34,6 +34,18 @@ _LEVELS: dict[str, str] = {
     "child_abandoned": "error",
     "escalated": "error",
 }
+_RANK = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+_log_threshold = _RANK["warning"]
+
+
+def set_log_level(level: str) -> None:
+    """Log supervision events at ``level`` and above (default ``"warning"``: exits, failed
+    restarts, abandonments and escalations; ``"info"`` adds every start, stop and restart).
+    Subscribers get every event whatever the level."""
+    global _log_threshold
+    if level not in _RANK:
+        raise ValueError(f"level must be one of {sorted(_RANK)}, got {level!r}")
+    _log_threshold = _RANK[level]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +95,15 @@ def emit(
         restart_count,
         time.time(),
     )
-    getattr(log, _LEVELS.get(kind, "info"))(
-        kind,
-        supervisor=supervisor,
-        child=child_id,
-        reason=event.reason,
-        restart_count=restart_count,
-    )
+    level = _LEVELS.get(kind, "info")
+    if _RANK[level] >= _log_threshold:
+        getattr(log, level)(
+            kind,
+            supervisor=supervisor,
+            child=child_id,
+            reason=event.reason,
+            restart_count=restart_count,
+        )
     for subscriber in _subscribers:
         try:
             subscriber(event)

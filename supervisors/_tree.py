@@ -45,17 +45,48 @@ class TreeNode:
             text += f" last_exit={self.last_exit}"
         return text
 
-    def render(self) -> str:
-        """The tree as text, one node a line, drawn with box characters."""
+    def render(self, fold: int = 8) -> str:
+        """The tree as text, one node a line, drawn with box characters.
+
+        Runs of more than ``fold`` sibling workers that are running and were never restarted
+        are shown as one line (``worker-0 .. worker-63: 64 workers running``); 0 never folds.
+        """
         lines = [self._label()]
-        self._render_children("", lines)
+        self._render_children("", lines, fold)
         return "\n".join(lines)
 
-    def _render_children(self, prefix: str, lines: list[str]) -> None:
-        for index, child in enumerate(self.children):
-            last = index == len(self.children) - 1
-            lines.append(f"{prefix}{'└── ' if last else '├── '}{child._label()}")
-            child._render_children(prefix + ("    " if last else "│   "), lines)
+    @property
+    def _plain(self) -> bool:
+        return (
+            self.kind == "worker"
+            and self.state == "running"
+            and not self.restart_count
+            and self.last_exit is None
+        )
+
+    def _render_children(self, prefix: str, lines: list[str], fold: int) -> None:
+        rows: list[tuple[str, TreeNode | None]] = []
+        run: list[TreeNode] = []
+
+        def flush() -> None:
+            if fold and len(run) > fold:
+                rows.append((f"{run[0].id} .. {run[-1].id}: {len(run)} workers running", None))
+            else:
+                rows.extend((child._label(), child) for child in run)
+            run.clear()
+
+        for child in self.children:
+            if child._plain:
+                run.append(child)
+                continue
+            flush()
+            rows.append((child._label(), child))
+        flush()
+        for index, (label, node) in enumerate(rows):
+            last = index == len(rows) - 1
+            lines.append(f"{prefix}{'└── ' if last else '├── '}{label}")
+            if node is not None:
+                node._render_children(prefix + ("    " if last else "│   "), lines, fold)
 
     def __str__(self) -> str:
         return self.render()

@@ -628,3 +628,26 @@ def test_supervisor_as_a_context_manager() -> None:
         assert ref is not None
         assert ref.is_alive()
     assert not ref.is_alive()
+
+
+def test_render_folds_long_runs_of_healthy_workers_only() -> None:
+    root = sup.Supervisor.start([spec(f"w{i}") for i in range(12)], name="many")
+    try:
+        old = root.child("w5")
+        crash(old)
+        new_ref(root, "w5", old)
+        lines = root.tree().render().splitlines()
+        # 5 healthy before w5 and 6 after: neither run is longer than 8, so none folds.
+        assert len(lines) == 13
+        assert "w5 (worker) running restarts=1" in lines[6]
+        assert len(root.tree().render(fold=0).splitlines()) == 13
+        assert root.tree().render(fold=3).splitlines()[1] == "├── w0 .. w4: 5 workers running"
+    finally:
+        root.stop()
+
+
+def test_log_level_is_validated() -> None:
+    with pytest.raises(ValueError, match="level must be one of"):
+        sup.set_log_level("loud")
+    sup.set_log_level("info")
+    sup.set_log_level("warning")
