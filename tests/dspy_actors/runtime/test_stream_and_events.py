@@ -152,5 +152,6 @@ def test_lm_calls_publish_lm_events(start_app: StartApp, sim: SimLM) -> None:
     end = events[1]
     assert end.trace_id == "t-lm"
     assert end.error_type is None
-    assert end.prompt_tokens is not None and end.prompt_tokens > 0
+    assert end.prompt_tokens is not None
+    assert end.prompt_tokens > 0
     assert end.latency_s > 0
