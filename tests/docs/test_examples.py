@@ -1,0 +1,44 @@
+"""Every ```python block in the README and docs runs, as a newcomer would paste it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+
+
+def _blocks() -> list[tuple[str, str]]:
+    found = []
+    for doc in DOCS:
+        for index, code in enumerate(BLOCK.findall(doc.read_text(encoding="utf-8"))):
+            found.append((f"{doc.name}#{index}", code))
+    return found
+
+
+@pytest.mark.parametrize(("where", "code"), _blocks(), ids=[w for w, _ in _blocks()])
+def test_documented_example_runs(where: str, code: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert result.returncode == 0, f"{where} failed:\n{result.stderr[-3000:]}"
+
+
+def test_readme_opens_with_the_two_newcomer_commands() -> None:
+    lines = [line for line in (ROOT / "README.md").read_text().splitlines() if line.strip()]
+    commands = [line for line in lines[:8] if line.startswith("python3 -m venv .venv")]
+    assert len(commands) == 2
+    assert commands[1].endswith(".venv/bin/pytest")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert commands[1] in ci, ".ci/run must run exactly the README's test command"
