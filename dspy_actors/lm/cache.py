@@ -70,14 +70,19 @@ def cache_key(request: Mapping[str, Any]) -> str:
 
 
 def _canonical(value: Any) -> Any:
-    if isinstance(value, Mapping):
+    # Exact-type checks first: this runs on every cached LM call (the hot path), and the
+    # values are almost always plain str/dict/list; isinstance against ABCs is much slower.
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict or isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
-            if not isinstance(key, str):
+            if type(key) is not str and not isinstance(key, str):
                 raise TypeError(f"cache_key: mapping keys must be str, got {key!r}")
             out[key] = _canonical(item)
         return out
-    if isinstance(value, list | tuple):
+    if kind is list or kind is tuple or isinstance(value, list | tuple):
         return [_canonical(item) for item in value]
     if isinstance(value, float) and value.is_integer():
         return int(value)

@@ -160,20 +160,9 @@ class LM:
         """
         start = time.perf_counter()
         params = self._params(sampling)
-        key = None
-        found = (
-            self._cache_lookup(messages, params, response_format)
-            if self._use_cache(cache)
-            else None
-        )
-        if found is not None:
-            store, key = found
-            hit = store.get(key)
-            if hit is not None:
-                response = self._from_cache(hit, start)
-                if response is not None:
-                    self._note(messages, params, response_format, response)
-                    return response
+        response, key = self._try_cache(messages, params, response_format, cache, start)
+        if response is not None:
+            return response
         try:
             completion = self._complete_uncached(messages, params, response_format, timeout)
         except LMError:
@@ -184,6 +173,47 @@ class LM:
             self._cache_put(key, completion)
         self._note(messages, params, response_format, response)
         return response
+
+    def cached(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        response_format: dict[str, Any] | None = None,
+        cache: bool | None = None,
+        timeout: float | None = None,
+        **sampling: Any,
+    ) -> LMResponse | None:
+        """The cached response to exactly this ``complete(...)`` call, or None: never any
+        I/O beyond the cache. The actor runtime answers cache hits with it in the module's
+        own thread, and sends only misses to its LM workers."""
+        start = time.perf_counter()
+        response, _key = self._try_cache(
+            messages, self._params(sampling), response_format, cache, start
+        )
+        return response
+
+    def _try_cache(
+        self,
+        messages: list[dict[str, Any]],
+        params: Mapping[str, Any],
+        response_format: dict[str, Any] | None,
+        cache: bool | None,
+        start: float,
+    ) -> tuple[LMResponse | None, str | None]:
+        """(the cached response or None, the request's cache key or None if uncached)."""
+        if not self._use_cache(cache):
+            return None, None
+        found = self._cache_lookup(messages, params, response_format)
+        if found is None:
+            return None, None
+        store, key = found
+        hit = store.get(key)
+        if hit is not None:
+            response = self._from_cache(hit, start)
+            if response is not None:
+                self._note(messages, params, response_format, response)
+                return response, key
+        return None, key
 
     def stream(
         self,

@@ -178,3 +178,22 @@ def test_unknown_program_and_bad_names_are_clear_errors(start_app: StartApp) -> 
         app.program("p", [("s", Retriever), ("s", Retriever)])
     with pytest.raises(TypeError, match="a program step is"):
         app.program("p2", ["just a string"])  # type: ignore[list-item]
+
+
+def test_cache_hits_are_answered_in_the_module_actor_without_the_lm_pool(
+    start_app: StartApp, make_lm: Any, sim: SimLM, tmp_path: Any
+) -> None:
+    from dspy_actors.lm.cache import Cache
+
+    cache = Cache(disk_path=None)
+    app = start_app(lm=make_lm(cache=True, cache_store=cache))
+    pool_requests: list[Any] = []
+    app.subscribe("lm.start", pool_requests.append)
+    qa = app.serve("qa", Predict("question -> answer"))
+    first = qa.call(question="same")
+    second = qa.call(question="same")
+    assert first.answer == second.answer
+    assert len(sim.requests) == 1
+    assert app.events.flush(5.0)
+    assert len(pool_requests) == 1, "the hit must not go through an LM worker"
+    cache.close()
