@@ -562,6 +562,7 @@ class App:
         with self._programs_lock:
             for program in self._programs.values():
                 program.stopped = True
+        self.events.flush(2.0)  # deliver what was published before the stop
         self.root.stop(timeout)
         self.executor.shutdown(wait=True, cancel_futures=True)
 
@@ -586,7 +587,7 @@ def start(
     module_max_in_flight: int = 1024,
     poison_threshold: int = 3,
     call_timeout: float = 120.0,
-    submit_threads: int = 64,
+    submit_threads: int = 256,
     log: Literal["json", "console"] | None = None,
 ) -> App:
     """Start an application tree (also a context manager: ``with dsa.start(...) as app``).
@@ -602,6 +603,8 @@ def start(
       them, calls fail fast with ``Overloaded``.
     - ``poison_threshold``: crashes by one input before it is dead-lettered.
     - ``call_timeout``: the default deadline of a call, in seconds.
+    - ``submit_threads``: threads behind ``handle.submit``/``acall``/``batch`` (calls in
+      flight through those at once; ``call`` from your own threads is not limited by it).
     - ``log``: ``"json"`` or ``"console"`` to log every event through structlog.
     """
     app_name = name or f"app{next(_app_ids)}"
