@@ -146,9 +146,14 @@ class Supervisor:
         registry: Registry | None = None,
         clock: Callable[[], float] | None = None,
         start_timeout: float = 60.0,
+        label: str | None = None,
     ) -> ChildSpec:
-        """A ChildSpec that starts a nested supervisor (type ``supervisor``)."""
-        options = _options(id, strategy, intensity, period, registry, clock, None)
+        """A ChildSpec that starts a nested supervisor (type ``supervisor``).
+
+        ``name`` registers the nested supervisor's ref in ``registry``; ``label`` is the
+        name it goes by in events and logs (default: ``id``).
+        """
+        options = _options(label or id, strategy, intensity, period, registry, clock, None)
         specs = list(children)
         return ChildSpec(
             id,
@@ -324,9 +329,10 @@ class DynamicSupervisor(Supervisor):
         name: str | None = None,
         registry: Registry | None = None,
         clock: Callable[[], float] | None = None,
+        label: str | None = None,
     ) -> ChildSpec:
-        """A ChildSpec that starts a nested DynamicSupervisor."""
-        options = _options(id, "one_for_one", intensity, period, registry, clock, None)
+        """A ChildSpec that starts a nested DynamicSupervisor (``label``: see Supervisor)."""
+        options = _options(label or id, "one_for_one", intensity, period, registry, clock, None)
         return ChildSpec(
             id,
             lambda: DynamicSupervisorActor.start(options, max_children, tuple(extra_args)),

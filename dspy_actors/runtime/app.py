@@ -175,9 +175,15 @@ class App:
                 self.events.child_spec("events"),
                 self._lm_spec(),
                 supervisors.DynamicSupervisor.child_spec(
-                    "modules", intensity=1000, period=5.0, registry=self.registry
+                    "modules",
+                    intensity=1000,
+                    period=5.0,
+                    registry=self.registry,
+                    label=f"{self.name}/modules",
                 ),
-                supervisors.DynamicSupervisor.child_spec("runs", registry=self.registry),
+                supervisors.DynamicSupervisor.child_spec(
+                    "runs", registry=self.registry, label=f"{self.name}/runs"
+                ),
             ],
             name=self.name,
             registry=self.registry,
@@ -224,11 +230,17 @@ class App:
             [
                 supervisors.ChildSpec("router", LMRouter, args=(pool,), name=self.router_name),
                 supervisors.Supervisor.child_spec(
-                    "workers", workers, intensity=100, period=5.0, registry=self.registry
+                    "workers",
+                    workers,
+                    intensity=100,
+                    period=5.0,
+                    registry=self.registry,
+                    label=f"{self.name}/lm/workers",
                 ),
             ],
             strategy="rest_for_one",
             registry=self.registry,
+            label=f"{self.name}/lm",
         )
 
     def _modules(self) -> supervisors.DynamicSupervisor:
@@ -369,6 +381,7 @@ class App:
             intensity=program.options.intensity,
             period=program.options.period,
             registry=self.registry,
+            label=f"{self.name}/{child_id}",
         )
 
     def _launch(self, program: ServedProgram) -> ProgramHandle:
@@ -543,7 +556,8 @@ class App:
         )
 
     def _supervision_event(self, event: supervisors.SupervisorEvent) -> None:
-        if event.kind == "child_restarted" and self.events.subscriptions():
+        ours = event.supervisor == self.name or event.supervisor.startswith(self.name + "/")
+        if ours and event.kind == "child_restarted" and self.events.subscriptions():
             self.events.publish(
                 ev.RuntimeRestart(
                     supervisor=event.supervisor,

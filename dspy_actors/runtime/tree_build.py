@@ -164,6 +164,7 @@ def module_subtree(
         intensity=options.intensity,
         period=options.period,
         registry=registry,
+        label=name_prefix + path if path else name_prefix.rstrip("/"),
     )
 
 

@@ -208,3 +208,39 @@ def test_a_crash_in_a_pipeline_step_reaches_the_caller(start_app: StartApp) -> N
     with pytest.raises(ModuleCrashed, match="cannot digest"):
         pipe.call(question="poison")
     assert pipe.call(question="fine").answer
+
+
+def test_fallback_deployment_serves_while_the_primary_breaker_is_open(
+    start_app: StartApp, make_lm: Any, sim: SimLM
+) -> None:
+    with SimLM() as backup:
+        backup_lm = LM("openai/backup", api_base=backup.openai_base, api_key="k", cache=False)
+        try:
+            app = start_app(
+                fallbacks=[backup_lm],
+                breaker={"window_size": 2, "minimum_calls": 2, "wait_in_open": 30.0},
+            )
+            qa = app.serve("qa", Predict("question -> answer"))
+            sim.inject(Fault.server_error(500), times=1000)
+            for i in range(2):
+                with pytest.raises(ServerError):
+                    qa.call(question=f"primary fails {i}")
+            assert qa.call(question="served by the backup").answer
+            assert len(backup.requests) == 1
+            assert backup.requests[0].model == "backup"
+        finally:
+            backup_lm.close()
+
+
+def test_restarts_are_published_as_runtime_events(start_app: StartApp) -> None:
+    app = start_app()
+    restarts: list[Any] = []
+    app.subscribe("runtime.restart", restarts.append)
+    qa = app.serve("qa", Predict("question -> answer"))
+    qa.call(question="warm")
+    supervisors.kill(_actor(app, "qa@v1/"))
+    deadline = time.monotonic() + 10.0
+    while not restarts and time.monotonic() < deadline:
+        app.events.flush(1.0)
+        time.sleep(0.01)
+    assert [(e.supervisor, e.child_id) for e in restarts] == [(f"{app.name}/modules", "qa@v1")]
