@@ -16,9 +16,19 @@ Served by the supervised runtime, from many threads, across crashes::
 """
 
 from dspy_actors.adapters import Adapter, AdapterParseError, ChatAdapter, JSONAdapter
+from dspy_actors.evaluate import Evaluate, EvaluationError, EvaluationResult, answer_exact_match
 from dspy_actors.lm import LM, LMError, LMResponse, RetryPolicy, Usage
 from dspy_actors.lm.breaker import CircuitOpen
 from dspy_actors.modules import ChainOfThought, NoLMConfiguredError, Predict
+from dspy_actors.optimizers import (
+    COPRO,
+    BootstrapFewShot,
+    BootstrapFewShotWithRandomSearch,
+    Ensemble,
+    KNNFewShot,
+    LabeledFewShot,
+    MIPROv2,
+)
 from dspy_actors.primitives import Example, Module, Prediction, StateError
 from dspy_actors.runtime.app import App, start
 from dspy_actors.runtime.errors import (
@@ -30,6 +40,7 @@ from dspy_actors.runtime.errors import (
 )
 from dspy_actors.runtime.events import Callback
 from dspy_actors.runtime.handle import ProgramHandle
+from dspy_actors.runtime.runs import RunCancelled, RunFailed, RunHandle
 from dspy_actors.runtime.stream import Stream
 from dspy_actors.settings import configure, context
 from dspy_actors.signatures import (
@@ -44,24 +55,34 @@ from dspy_actors.signatures import (
 )
 
 __all__ = [
+    "COPRO",
     "LM",
     "Adapter",
     "AdapterParseError",
     "App",
     "Audio",
+    "BootstrapFewShot",
+    "BootstrapFewShotWithRandomSearch",
     "Callback",
     "ChainOfThought",
     "ChatAdapter",
     "CircuitOpen",
     "DeadLettered",
     "DeadlineExceeded",
+    "Ensemble",
+    "Evaluate",
+    "EvaluationError",
+    "EvaluationResult",
     "Example",
     "History",
     "Image",
     "InputField",
     "JSONAdapter",
+    "KNNFewShot",
     "LMError",
     "LMResponse",
+    "LabeledFewShot",
+    "MIPROv2",
     "Module",
     "ModuleCrashed",
     "ModuleUnavailable",
@@ -72,12 +93,16 @@ __all__ = [
     "Prediction",
     "ProgramHandle",
     "RetryPolicy",
+    "RunCancelled",
+    "RunFailed",
+    "RunHandle",
     "Signature",
     "SignatureSyntaxError",
     "StateError",
     "Stream",
     "Tool",
     "Usage",
+    "answer_exact_match",
     "configure",
     "context",
     "start",

@@ -443,6 +443,27 @@ class App:
             self._modules().terminate_child(old_child)
             return new_version
 
+    def optimize(
+        self,
+        optimizer: Any,
+        student: Module,
+        *,
+        trainset: Sequence[Any],
+        valset: Sequence[Any] | None = None,
+        run_id: str | None = None,
+        seed: int = 0,
+    ) -> Any:
+        """Start an optimization run as a supervised subtree under ``runs`` and return its
+        ``RunHandle`` (``progress()``, ``result(timeout)``, ``cancel()``). It checkpoints
+        after every step; starting again with the ``run_id`` of an earlier run (even one
+        whose process was killed) resumes it from its last checkpoint. See runtime/runs.py.
+        """
+        from dspy_actors.runtime.runs import start_run
+
+        return start_run(
+            self, optimizer, student, trainset=trainset, valset=valset, run_id=run_id, seed=seed
+        )
+
     def stop_program(self, name: str) -> None:
         with self._programs_lock:
             program = self._programs.pop(name, None)
@@ -570,6 +591,11 @@ class App:
 
     def stop(self, timeout: float = 60.0) -> None:
         """Shut the tree down in reverse order; no thread is left behind."""
+        from dspy_actors.runtime.runs import cancel_all
+
+        # A run's driver stops between examples when cancelled; stopping the tree without
+        # this could abandon one busy in a long step.
+        cancel_all(self, timeout=min(timeout, 30.0))
         if self._unsubscribe_supervision is not None:
             self._unsubscribe_supervision()
             self._unsubscribe_supervision = None

@@ -1,0 +1,284 @@
+"""``Evaluate``: run a program over a devset in parallel and score it with a metric.
+
+    evaluate = Evaluate(devset=dev, metric=answer_exact_match, concurrency=16, timeout=30)
+    result = evaluate(program)          # a Module, or a served ProgramHandle
+    print(result.score)                 # percent, as in DSPy
+    result.to_csv("results.csv")
+
+Examples run on at most ``concurrency`` threads. An example still running ``timeout``
+seconds after it started is a straggler: it is failed (``TimeoutError``), or with
+``retry_stragglers`` started once more first. Python cannot stop a thread, so a straggler's
+call is abandoned, not killed: its thread ends when its LM call returns, and its late answer
+is ignored. Errors (from the program or the metric) score ``failure_score``; more than
+``max_errors`` of them stop the run with :class:`EvaluationError`, which carries what was
+finished. Ctrl-C stops the run cleanly and returns what finished (``interrupted`` is True).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from dspy_actors.evaluate.metrics import Metric, call_metric, metric_score
+from dspy_actors.evaluate.result import EvaluationResult, ExampleResult
+from dspy_actors.primitives.example import Example
+from dspy_actors.primitives.module import Module
+
+__all__ = ["Evaluate", "EvaluationError", "ProgressCallback"]
+
+_POLL_SECONDS = 0.02
+
+ProgressCallback = Callable[[int, int, float], None]
+"""``on_progress(completed, total, score_so_far_percent)``."""
+
+
+class EvaluationError(RuntimeError):
+    """Too many examples failed; ``result`` holds what was finished before stopping."""
+
+    def __init__(self, message: str, result: EvaluationResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class _Task:
+    index: int
+    attempt: int
+    started: float | None = None
+
+
+def program_caller(program: Any, timeout: float | None) -> Callable[[Mapping[str, Any]], Any]:
+    """How to call ``program`` with an input dict: a Module or any callable with
+    ``**inputs``; a served handle through ``call_with`` (so the runtime enforces the
+    timeout as its deadline) or ``submit``."""
+    if isinstance(program, Module):
+        return lambda inputs: program(**inputs)
+    call_with = getattr(program, "call_with", None)
+    if callable(call_with):
+        if timeout is None:
+            return lambda inputs: call_with(inputs)
+        return lambda inputs: call_with(inputs, timeout=timeout)
+    submit = getattr(program, "submit", None)
+    if callable(submit):
+        wait_s = 3600.0 if timeout is None else timeout * 2
+        return lambda inputs: submit(**inputs).result(timeout=wait_s)
+    if callable(program):
+        return lambda inputs: program(**inputs)
+    raise TypeError(
+        f"cannot evaluate a {type(program).__name__}: pass a Module, a served ProgramHandle, "
+        "or a callable taking the inputs as keyword arguments"
+    )
+
+
+class Evaluate:
+    """Score a program on ``devset`` with ``metric``; see the module docstring.
+
+    ``concurrency`` (alias ``num_threads``) bounds examples in flight; ``max_errors`` =
+    None allows any number of errors; ``timeout`` is seconds per example (None: no limit);
+    ``progress`` prints a progress line to stderr; ``display_table`` prints the results
+    table (True, or the number of rows) when the run ends.
+    """
+
+    def __init__(
+        self,
+        *,
+        devset: Sequence[Example],
+        metric: Metric,
+        concurrency: int = 8,
+        max_errors: int | None = None,
+        failure_score: float = 0.0,
+        timeout: float | None = None,
+        retry_stragglers: bool = False,
+        progress: bool = True,
+        display_table: bool | int = False,
+        num_threads: int | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.devset = list(devset)
+        self.metric = metric
+        self.concurrency = max(1, num_threads if num_threads is not None else concurrency)
+        self.max_errors = max_errors
+        self.failure_score = float(failure_score)
+        self.timeout = timeout
+        self.retry_stragglers = retry_stragglers
+        self.progress = progress
+        self.display_table = display_table
+        self.stream = stream
+
+    def __call__(
+        self,
+        program: Any,
+        *,
+        devset: Sequence[Example] | None = None,
+        cancel: threading.Event | None = None,
+        on_progress: ProgressCallback | None = None,
+        limiter: threading.Semaphore | None = None,
+    ) -> EvaluationResult:
+        """Evaluate ``program`` (a Module or served handle) and return the result.
+
+        ``cancel`` stops the run as Ctrl-C does; ``limiter`` (a semaphore shared with other
+        work, as an optimizer's candidates share one) is held while an example runs."""
+        examples = list(devset) if devset is not None else self.devset
+        result = self._run(program, examples, cancel, on_progress, limiter)
+        if self.display_table:
+            rows = None if self.display_table is True else int(self.display_table)
+            print(result.table(max_rows=rows), file=self._out())
+        return result
+
+    # -- the run ------------------------------------------------------------------------
+    def _out(self) -> TextIO:
+        return self.stream if self.stream is not None else sys.stderr
+
+    def _work(
+        self,
+        call: Callable[[Mapping[str, Any]], Any],
+        example: Example,
+        task: _Task,
+        limiter: threading.Semaphore | None,
+    ) -> tuple[Any, float]:
+        if limiter is None:
+            return self._one(call, example, task)
+        with limiter:
+            return self._one(call, example, task)
+
+    def _one(
+        self, call: Callable[[Mapping[str, Any]], Any], example: Example, task: _Task
+    ) -> tuple[Any, float]:
+        task.started = time.monotonic()
+        prediction = call(example.inputs().to_dict())
+        return prediction, metric_score(call_metric(self.metric, example, prediction))
+
+    def _run(
+        self,
+        program: Any,
+        examples: list[Example],
+        cancel: threading.Event | None,
+        on_progress: ProgressCallback | None,
+        limiter: threading.Semaphore | None = None,
+    ) -> EvaluationResult:
+        call = program_caller(program, self.timeout)
+        n = len(examples)
+        slots: list[ExampleResult | None] = [None] * n
+        pending: deque[_Task] = deque(_Task(i, 0) for i in range(n))
+        live: dict[Future[tuple[Any, float]], _Task] = {}
+        counts = {"done": 0, "errors": 0, "timed_out": 0}
+        total_score = 0.0
+        interrupted = False
+        # Room for abandoned stragglers: they hold a thread until their call returns.
+        workers = self.concurrency * (2 if self.timeout is not None else 1)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dsa-evaluate")
+
+        def finish(index: int, prediction: Any, score: float, error: BaseException | None) -> None:
+            nonlocal total_score
+            slots[index] = ExampleResult(examples[index], prediction, score, error)
+            counts["done"] += 1
+            total_score += score
+            if error is not None:
+                counts["errors"] += 1
+            self._report(counts["done"], n, total_score, on_progress)
+
+        try:
+            while pending or live:
+                if cancel is not None and cancel.is_set():
+                    interrupted = True
+                    break
+                while pending and len(live) < self.concurrency:
+                    task = pending.popleft()
+                    ctx = contextvars.copy_context()
+                    fut = pool.submit(
+                        ctx.run, self._work, call, examples[task.index], task, limiter
+                    )
+                    live[fut] = task
+                done, _ = wait(list(live), timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    task = live.pop(fut)
+                    exc = fut.exception()
+                    if exc is not None:
+                        finish(task.index, None, self.failure_score, exc)
+                    else:
+                        prediction, score = fut.result()
+                        finish(task.index, prediction, score, None)
+                if self.timeout is not None:
+                    self._fail_stragglers(live, pending, finish, counts)
+                if self.max_errors is not None and counts["errors"] > self.max_errors:
+                    partial = self._result(slots, n, counts, total_score, interrupted=True)
+                    raise EvaluationError(
+                        f"evaluation stopped: {counts['errors']} examples failed "
+                        f"(max_errors={self.max_errors}); last error: {self._last_error(slots)}",
+                        partial,
+                    )
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            # Never wait here: a straggler or an interrupted call may still be running.
+            pool.shutdown(wait=False, cancel_futures=True)
+            if self.progress:
+                print(file=self._out())
+        return self._result(slots, n, counts, total_score, interrupted)
+
+    def _fail_stragglers(
+        self,
+        live: dict[Future[tuple[Any, float]], _Task],
+        pending: deque[_Task],
+        finish: Callable[[int, Any, float, BaseException | None], None],
+        counts: dict[str, int],
+    ) -> None:
+        assert self.timeout is not None
+        now = time.monotonic()
+        for fut, task in list(live.items()):
+            if task.started is None or now - task.started <= self.timeout:
+                continue
+            del live[fut]  # abandoned: its late answer is ignored
+            if self.retry_stragglers and task.attempt == 0:
+                pending.appendleft(_Task(task.index, 1))
+                continue
+            counts["timed_out"] += 1
+            error = TimeoutError(
+                f"example {task.index} took longer than {self.timeout}s"
+                + (" (twice)" if task.attempt else "")
+            )
+            finish(task.index, None, self.failure_score, error)
+
+    @staticmethod
+    def _last_error(slots: list[ExampleResult | None]) -> str:
+        for slot in reversed(slots):
+            if slot is not None and slot.error is not None:
+                return f"{type(slot.error).__name__}: {slot.error}"
+        return "none"
+
+    def _report(
+        self, done: int, total: int, score: float, on_progress: ProgressCallback | None
+    ) -> None:
+        percent = 100.0 * score / done if done else 0.0
+        if on_progress is not None:
+            on_progress(done, total, percent)
+        if self.progress:
+            out = self._out()
+            out.write(f"\rEvaluated {done}/{total}  score {percent:.1f}%")
+            out.flush()
+
+    def _result(
+        self,
+        slots: list[ExampleResult | None],
+        total: int,
+        counts: dict[str, int],
+        total_score: float,
+        interrupted: bool,
+    ) -> EvaluationResult:
+        results = [s for s in slots if s is not None]
+        score = round(100.0 * total_score / len(results), 2) if results else 0.0
+        return EvaluationResult(
+            score=score,
+            results=results,
+            total=total,
+            interrupted=interrupted,
+            errors=counts["errors"],
+            timed_out=counts["timed_out"],
+        )

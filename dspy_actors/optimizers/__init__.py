@@ -1,0 +1,48 @@
+"""Optimizers: compile a program against a metric (DSPy's names), as resumable step plans."""
+
+from dspy_actors.optimizers.base import (
+    Cancelled,
+    Checkpointer,
+    MemoryCheckpointer,
+    NullCheckpointer,
+    Optimizer,
+    Plan,
+    PlanRunner,
+    RunContext,
+    Step,
+    StepEvent,
+    execute,
+    step_rng,
+)
+from dspy_actors.optimizers.bootstrap import BootstrapFewShot, LabeledFewShot
+from dspy_actors.optimizers.copro import COPRO
+from dspy_actors.optimizers.ensemble import Ensemble, EnsembledProgram, majority
+from dspy_actors.optimizers.knn import Embedder, KNNFewShot, KNNFewShotProgram
+from dspy_actors.optimizers.mipro import MIPROv2
+from dspy_actors.optimizers.random_search import BootstrapFewShotWithRandomSearch
+
+__all__ = [
+    "COPRO",
+    "BootstrapFewShot",
+    "BootstrapFewShotWithRandomSearch",
+    "Cancelled",
+    "Checkpointer",
+    "Embedder",
+    "Ensemble",
+    "EnsembledProgram",
+    "KNNFewShot",
+    "KNNFewShotProgram",
+    "LabeledFewShot",
+    "MIPROv2",
+    "MemoryCheckpointer",
+    "NullCheckpointer",
+    "Optimizer",
+    "Plan",
+    "PlanRunner",
+    "RunContext",
+    "Step",
+    "StepEvent",
+    "execute",
+    "majority",
+    "step_rng",
+]

@@ -1,0 +1,465 @@
+"""Optimization runs: supervised, checkpointed to SQLite after every step, resumable.
+
+    run = start_run(app, BootstrapFewShotWithRandomSearch(metric), student,
+                    trainset=train, valset=dev, run_id="qa-rs-1", seed=0)
+    run.progress()              # RunStatus: steps done / restored, best score, attempts
+    program = run.result(600)   # the compiled Module
+    run.cancel()
+
+A run is a subtree under the app's ``runs`` DynamicSupervisor::
+
+    runs
+    └── run-<run_id>        supervisor (temporary: a finished or failed run is not restarted)
+        └── driver          RunActor (transient: restarted after a crash or a kill)
+
+The driver runs the optimizer's plan one step per message (so a cancel, or a supervisor's
+stop, is handled between steps) and saves each step's JSON result to
+``<data_dir>/runs.sqlite3`` (run_id, step, data) before the next. A restarted driver, or a
+new ``start_run`` with the same ``run_id`` (even in another process, after ``kill -9``),
+builds the plan again and replays the saved steps without running them: the same seed
+gives the same program, and the finished steps' LM calls are not made again. Inside a
+step, bootstrapping and candidate evaluation run in parallel on bounded threads.
+Progress is published on the app's event bus as ``RunProgress`` events (topic
+``run.progress``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+
+import supervisors
+from dspy_actors import settings
+from dspy_actors.optimizers.base import (
+    Cancelled,
+    Optimizer,
+    PlanRunner,
+    StepEvent,
+)
+from dspy_actors.primitives.example import Example
+from dspy_actors.primitives.module import Module
+from dspy_actors.runtime._sqlite import SqliteFile
+from dspy_actors.runtime.events import RunProgress
+
+if TYPE_CHECKING:
+    from dspy_actors.runtime.app import App
+
+__all__ = [
+    "RunCancelled",
+    "RunFailed",
+    "RunHandle",
+    "RunStatus",
+    "RunStore",
+    "SqliteCheckpointer",
+    "cancel_all",
+    "start_run",
+]
+
+_log = structlog.get_logger("dspy_actors.runtime.runs")
+
+# The unfinished runs of each app, for cancel_all (the app itself keeps no run state).
+_active: weakref.WeakKeyDictionary[Any, dict[str, _Shared]] = weakref.WeakKeyDictionary()
+_active_lock = threading.Lock()
+
+RunState = Literal["running", "done", "failed", "cancelled"]
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS run_steps (
+        run_id TEXT NOT NULL,
+        step TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        saved_at REAL NOT NULL,
+        PRIMARY KEY (run_id, step)
+    )""",
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY,
+        optimizer TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        result TEXT,
+        updated_at REAL NOT NULL
+    )""",
+)
+
+
+class RunCancelled(RuntimeError):
+    """The run was cancelled before it finished."""
+
+
+class RunFailed(RuntimeError):
+    """The run's supervisor gave up on it (its driver kept crashing)."""
+
+
+class RunStore:
+    """Step checkpoints of runs in one SQLite file (thread- and process-safe)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file = SqliteFile(self.path, store="runs", schema=_SCHEMA, schema_version=1)
+
+    def load(self, run_id: str, step: str) -> dict[str, Any] | None:
+        def op(conn: sqlite3.Connection) -> Any:
+            return conn.execute(
+                "SELECT data FROM run_steps WHERE run_id = ? AND step = ?", (run_id, step)
+            ).fetchone()
+
+        row = self._file.read("load step", op)
+        if row is None:
+            return None
+        data: dict[str, Any] = json.loads(row[0])
+        return data
+
+    def save(self, run_id: str, step: str, data: dict[str, Any]) -> None:
+        text = json.dumps(data)
+
+        def op(conn: sqlite3.Connection) -> None:
+            (seq,) = conn.execute(
+                "SELECT COUNT(*) FROM run_steps WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            conn.execute(
+                "INSERT OR REPLACE INTO run_steps (run_id, step, seq, data, saved_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (run_id, step, seq, text, time.time()),
+            )
+
+        self._file.write("save step", op)
+
+    def steps(self, run_id: str) -> list[str]:
+        """The names of the run's saved steps, in the order they were saved."""
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT step FROM run_steps WHERE run_id = ? ORDER BY seq", (run_id,)
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        return self._file.read("list steps", op)
+
+    def set_status(
+        self, run_id: str, optimizer: str, seed: int, status: str, result: Any = None
+    ) -> None:
+        payload = None if result is None else json.dumps(result)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO runs (run_id, optimizer, seed, status, result, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, optimizer, seed, status, payload, time.time()),
+            )
+
+        self._file.write("set status", op)
+
+    def status(self, run_id: str) -> str | None:
+        def op(conn: sqlite3.Connection) -> Any:
+            return conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+
+        row = self._file.read("status", op)
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class SqliteCheckpointer:
+    """The :class:`~dspy_actors.optimizers.Checkpointer` of one run in a :class:`RunStore`."""
+
+    def __init__(self, store: RunStore, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+
+    def load(self, step: str) -> dict[str, Any] | None:
+        return self.store.load(self.run_id, step)
+
+    def save(self, step: str, data: dict[str, Any]) -> None:
+        self.store.save(self.run_id, step, data)
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """A run's progress: ``steps_run`` were computed by this run (in any attempt),
+    ``steps_restored`` came from checkpoints; ``attempts`` counts driver starts (1 +
+    restarts); ``best_score`` is the best candidate score seen so far (if any)."""
+
+    run_id: str
+    state: RunState
+    steps_run: int = 0
+    steps_restored: int = 0
+    last_step: str | None = None
+    best_score: float | None = None
+    attempts: int = 0
+    error: str | None = None
+
+
+class _Shared:
+    """What a run's handle and its (restartable) driver share."""
+
+    def __init__(self, run_id: str) -> None:
+        self.lock = threading.Lock()
+        self.status = RunStatus(run_id, "running")
+        self.future: Future[Module] = Future()
+        self.cancel = threading.Event()
+
+    def update(self, **changes: Any) -> RunStatus:
+        with self.lock:
+            self.status = replace(self.status, **changes)
+            return self.status
+
+    def finish(self, state: RunState, result: Module | None, error: BaseException | None) -> bool:
+        with self.lock:
+            if self.future.done():
+                return False
+            self.status = replace(
+                self.status, state=state, error=None if error is None else str(error)
+            )
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            assert result is not None
+            self.future.set_result(result)
+        return True
+
+
+class RunActor(supervisors.SupervisedActor):
+    """A run's driver: one plan step per message, checkpointed; see the module docstring."""
+
+    def __init__(
+        self,
+        app: App,
+        optimizer: Optimizer,
+        student: Module,
+        trainset: list[Example],
+        valset: list[Example] | None,
+        seed: int,
+        shared: _Shared,
+        store: RunStore,
+    ) -> None:
+        super().__init__()
+        self.app = app
+        self.optimizer = optimizer
+        self.student = student
+        self.trainset = trainset
+        self.valset = valset
+        self.seed = seed
+        self.shared = shared
+        self.store = store
+        self.runner: PlanRunner | None = None
+
+    def on_start(self) -> None:
+        status = self.shared.update(attempts=self.shared.status.attempts + 1)
+        ctx = self.optimizer.run_context(self.seed, self.shared.cancel)
+        plan = self.optimizer.plan(self.student, self.trainset, self.valset, ctx)
+        self.runner = PlanRunner(
+            plan, SqliteCheckpointer(self.store, status.run_id), self._on_step, ctx=ctx
+        )
+        self.actor_ref.tell("step")
+
+    def _on_step(self, event: StepEvent) -> None:
+        status = self.shared.status
+        score = event.data.get("score") if isinstance(event.data, dict) else None
+        best = status.best_score
+        if isinstance(score, int | float) and (best is None or score > best):
+            best = float(score)
+        status = self.shared.update(
+            steps_run=status.steps_run + (0 if event.restored else 1),
+            steps_restored=status.steps_restored + (1 if event.restored else 0),
+            last_step=event.step,
+            best_score=best,
+        )
+        self.app.events.publish(
+            RunProgress(
+                run_id=status.run_id,
+                kind="optimize",
+                completed=event.completed,
+                score=best,
+                message=("restored " if event.restored else "finished ") + event.step,
+            )
+        )
+
+    def on_receive(self, message: Any) -> Any:
+        if message != "step" or self.runner is None:
+            return None
+        run_id = self.shared.status.run_id
+        name = type(self.optimizer).__name__
+        try:
+            if self.shared.cancel.is_set():
+                raise Cancelled("the run was cancelled")
+            with settings.context(**self.app.default_overrides()):
+                done = self.runner.advance()
+        except Cancelled:
+            self.store.set_status(run_id, name, self.seed, "cancelled")
+            self.shared.finish("cancelled", None, RunCancelled(f"run {run_id!r} was cancelled"))
+            return None
+        if not done:
+            self.actor_ref.tell("step")
+            return None
+        result = self.runner.result
+        assert result is not None
+        self.store.set_status(run_id, name, self.seed, "done", Module.dump_state(result))
+        # The subtree is then terminated from outside (see start_run): the driver idles.
+        self.shared.finish("done", result, None)
+        return None
+
+    def on_stop(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+
+
+class RunHandle:
+    """A run started by :func:`start_run` (``app.optimize``)."""
+
+    def __init__(self, app: App, run_id: str, child_id: str, shared: _Shared) -> None:
+        self._app = app
+        self.run_id = run_id
+        self.child_id = child_id
+        self._shared = shared
+
+    def progress(self) -> RunStatus:
+        """Where the run is (a snapshot)."""
+        return self._shared.status
+
+    def done(self) -> bool:
+        return self._shared.future.done()
+
+    def result(self, timeout: float) -> Module:
+        """The compiled program; raises :class:`RunCancelled`, :class:`RunFailed`, or
+        ``TimeoutError`` if it is not done within ``timeout`` seconds."""
+        return self._shared.future.result(timeout=timeout)
+
+    def cancel(self, timeout: float = 30.0) -> bool:
+        """Stop the run (between steps, or inside an evaluation between examples); True
+        once it has stopped within ``timeout``. Its finished steps stay checkpointed."""
+        self._shared.cancel.set()
+        try:
+            self._shared.future.exception(timeout=timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def driver(self) -> Any:
+        """The driver actor's current ref (None while it restarts): for fault injection."""
+        return self._app.registry.whereis(_driver_name(self._app, self.run_id))
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.run_id!r}, {self._shared.status.state})"
+
+
+def _driver_name(app: App, run_id: str) -> str:
+    return f"{app.name}/runs/{run_id}/driver"
+
+
+def _runs(app: App) -> supervisors.DynamicSupervisor:
+    handle = app.root.supervisor("runs")
+    assert isinstance(handle, supervisors.DynamicSupervisor)
+    return handle
+
+
+def start_run(
+    app: App,
+    optimizer: Optimizer,
+    student: Module,
+    *,
+    trainset: Sequence[Example],
+    valset: Sequence[Example] | None = None,
+    run_id: str | None = None,
+    seed: int = 0,
+    intensity: int = 3,
+    period: float = 5.0,
+) -> RunHandle:
+    """Start (or resume, with the ``run_id`` of an earlier run) an optimization run as a
+    supervised subtree of ``app``'s ``runs`` supervisor. See the module docstring."""
+    run_id = run_id or uuid.uuid4().hex[:12]
+    child_id = f"run-{run_id}"
+    runs = _runs(app)
+    with _active_lock:
+        running = _active.get(app, {}).get(run_id)
+    if running is not None and not running.future.done():
+        raise ValueError(f"run {run_id!r} is already running in app {app.name!r}")
+    if any(c.id == child_id for c in runs.which_children()):
+        # A finished run whose subtree is still being removed: remove it now.
+        try:
+            runs.terminate_child(child_id)
+        except supervisors.SupervisorError:
+            pass  # removed in the meantime
+    app.config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = RunStore(app.config.data_dir / "runs.sqlite3")
+    shared = _Shared(run_id)
+    store.set_status(run_id, type(optimizer).__name__, seed, "running")
+    driver = supervisors.ChildSpec(
+        "driver",
+        RunActor,
+        args=(
+            app, optimizer, student.deepcopy(), list(trainset),
+            None if valset is None else list(valset), seed, shared, store,
+        ),
+        restart="transient",
+        shutdown=30.0,
+        name=_driver_name(app, run_id),
+    )  # fmt: skip
+    spec = supervisors.Supervisor.child_spec(
+        child_id,
+        [driver],
+        intensity=intensity,
+        period=period,
+        restart="temporary",
+        registry=app.registry,
+    )
+    ref = runs.start_child(spec)
+
+    def on_down(down: supervisors.Down) -> None:
+        # The subtree is gone (finished and removed, app stopped, or gave up): whatever
+        # has not finished by now never will.
+        if shared.finish("failed", None, RunFailed(f"run {run_id!r} stopped: {down.reason}")):
+            _log.warning("run stopped before finishing", run_id=run_id, reason=str(down.reason))
+        store.close()
+
+    supervisors.monitor(ref, on_down)
+
+    def remove(_: Future[Module]) -> None:
+        with _active_lock:
+            _active.get(app, {}).pop(run_id, None)
+
+        # Off the driver's thread: terminating the subtree waits for the driver to exit.
+        def terminate() -> None:
+            try:
+                runs.terminate_child(child_id)
+            except Exception:
+                pass  # already gone (the app is stopping)
+
+        try:
+            app.executor.submit(terminate)
+        except RuntimeError:
+            pass  # the app's executor is shut down: the app is stopping anyway
+
+    with _active_lock:
+        _active.setdefault(app, {})[run_id] = shared
+    shared.future.add_done_callback(remove)
+    return RunHandle(app, run_id, child_id, shared)
+
+
+def cancel_all(app: App, timeout: float = 30.0) -> int:
+    """Cancel every unfinished run of ``app`` and wait (up to ``timeout`` overall) until
+    they stop; returns how many were cancelled. Call before stopping the app, so a driver
+    busy with a long step stops at the next example rather than being abandoned."""
+    with _active_lock:
+        shared = [s for s in _active.get(app, {}).values() if not s.future.done()]
+    for s in shared:
+        s.cancel.set()
+    deadline = time.monotonic() + timeout
+    for s in shared:
+        try:
+            s.future.exception(timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            pass
+    return len(shared)
