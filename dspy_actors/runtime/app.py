@@ -33,7 +33,13 @@ from dspy_actors.runtime import events as ev
 from dspy_actors.runtime.dead_letters import DeadLetter, DeadLetterStore
 from dspy_actors.runtime.errors import ModuleCrashed
 from dspy_actors.runtime.handle import ProgramHandle, _Gate
-from dspy_actors.runtime.lm_pool import LMPoolConfig, LMRouter, LMWorker, deployment_key
+from dspy_actors.runtime.lm_pool import (
+    Dispatcher,
+    LMPoolConfig,
+    LMRouter,
+    LMWorker,
+    deployment_key,
+)
 from dspy_actors.runtime.module_actor import ModuleServices
 from dspy_actors.runtime.parameter_store import ParameterStore
 from dspy_actors.runtime.poison import PoisonTracker, fingerprint
@@ -209,18 +215,20 @@ class App:
                 name=key, on_transition=self._breaker_transition, **breaker_options
             )
 
-        pool = LMPoolConfig(
-            workers=config.lm_workers,
-            max_queue=config.lm_max_queue,
-            fallbacks=fallbacks,
-            breaker_factory=make_breaker,
-            rate_limits=limits,
+        self.dispatcher = Dispatcher(
+            LMPoolConfig(
+                workers=config.lm_workers,
+                max_queue=config.lm_max_queue,
+                fallbacks=fallbacks,
+                breaker_factory=make_breaker,
+                rate_limits=limits,
+            )
         )
         workers = [
             supervisors.ChildSpec(
                 f"worker-{i}",
                 LMWorker,
-                args=(self.router_name, self.registry, self._publish_if_wanted),
+                args=(self.router_name, self.registry, self.dispatcher, self._publish_if_wanted),
                 shutdown=2.0,
             )
             for i in range(config.lm_workers)
@@ -228,7 +236,9 @@ class App:
         return supervisors.Supervisor.child_spec(
             "lm",
             [
-                supervisors.ChildSpec("router", LMRouter, args=(pool,), name=self.router_name),
+                supervisors.ChildSpec(
+                    "router", LMRouter, args=(self.dispatcher,), name=self.router_name
+                ),
                 supervisors.Supervisor.child_spec(
                     "workers",
                     workers,
@@ -349,7 +359,7 @@ class App:
         prefix = f"{self.name}/{child_id}/"
         services = ModuleServices(
             registry=self.registry,
-            router_name=self.router_name,
+            dispatcher=self.dispatcher,
             load_state=partial(self._load_state, program, program.state_version),
             on_event=self._module_event,
         )

@@ -1,18 +1,23 @@
-"""The LM pool: a router actor and a pool of worker actors that do the blocking HTTP calls.
+"""The LM pool: worker actors that do the blocking HTTP calls, and the dispatch between them.
 
-Module actors never wait on the LM: they send an :class:`LMRequest` to the router and go on
-serving; the request's future is completed by a worker, later. The router owns the flow
-control of every deployment (an LM's provider + endpoint + model):
+Module actors never wait on the LM: they hand an :class:`LMRequest` to the pool and go on
+serving; the request's future is completed by a worker, later. Flow control is per
+deployment (an LM's provider + endpoint + model):
 
 - a bounded queue: past ``max_queue`` waiting requests, new ones fail fast (``Overloaded``);
 - a circuit breaker per deployment: while it is open, requests go to the next fallback
   deployment, or fail fast with ``CircuitOpen``;
 - an optional rate limiter per deployment;
-- a worker that crashes mid-call is replaced by its supervisor, and its request is retried
-  once on another worker (an LM completion is safe to repeat), then failed clearly.
+- a worker that dies without answering is replaced by its supervisor, and its request is
+  retried once on another worker (an LM completion is safe to repeat), then failed clearly.
 
-Blocking I/O lives only in the workers (one in-flight request each), so ``workers`` is the
-pool's concurrency.
+The hot path (hand a request to an idle worker; a worker takes the next queued request
+when it finishes) is a short critical section in :class:`Dispatcher`, run by the sending
+and the finishing threads themselves: it costs no extra message hop. The :class:`LMRouter`
+actor owns the dispatcher's lifetime: it registers workers, monitors them (a dead worker's
+request is retried), wakes the queue when a rate limit allows, and, when it restarts,
+fails what was queued. Blocking I/O lives only in the workers (one request each), so
+``workers`` is the pool's concurrency.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from dspy_actors.lm.breaker import CircuitBreaker, CircuitOpen, Permit
 from dspy_actors.lm.errors import LMError
 from dspy_actors.lm.rate_limit import RateLimiter
 from dspy_actors.runtime._futures import reject, resolve
-from dspy_actors.runtime.context import restored
+from dspy_actors.runtime.context import CallContext, restored
 from dspy_actors.runtime.errors import DeadlineExceeded, ModuleUnavailable, Overloaded
 from dspy_actors.runtime.events import LMEnd, LMStart
 from dspy_actors.runtime.messages import LMRequest
@@ -51,7 +56,7 @@ def deployment_key(lm: LM) -> str:
 
 
 class LMWorkerCrashed(LMError):
-    """The LM worker running the request crashed twice; the request was not completed."""
+    """The LM worker running the request died twice; the request was not completed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,77 +70,137 @@ class LMPoolConfig:
     rate_limits: Mapping[str, RateLimiter] = field(default_factory=dict)
 
 
-# Messages between router and workers.
-
-
-@dataclass(frozen=True, slots=True)
-class _WorkerReady:
-    worker: pykka.ActorRef[Any]
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class _Work:
-    request: LMRequest
-    lm: LM
-
-
-@dataclass(frozen=True, slots=True)
-class _WorkDone:
-    worker_urn: str
-    key: str
-    outcome: str  # "success" | "failure" | "ignore"
-    duration: float
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStats:
-    """Ask the router with this message for its stats dict."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Retry:
-    pass
-
-
 @dataclass(slots=True, eq=False)
 class _Pending:
     request: LMRequest
     attempts: int = 0
 
 
-@dataclass(slots=True, eq=False)
-class _Busy:
-    worker: pykka.ActorRef[Any]
+@dataclass(frozen=True, slots=True, eq=False)
+class _Work:
     pending: _Pending
+    lm: LM
     key: str
     breaker: CircuitBreaker
     permit: Permit
 
 
-class LMRouter(supervisors.SupervisedActor):
-    """Queues LM requests and hands each to an idle worker, through breakers and limits."""
+class Dispatcher:
+    """The pool's shared state: queue, idle workers, busy workers, breakers. Thread-safe.
+
+    ``submit`` runs in the sender's thread, ``finished`` in the worker's: each hands work
+    straight to a worker (a tell) while holding the lock only for bookkeeping.
+    """
 
     def __init__(self, config: LMPoolConfig) -> None:
-        super().__init__()
         self.config = config
+        self._lock = threading.Lock()
         self._queue: deque[_Pending] = deque()
         self._idle: deque[pykka.ActorRef[Any]] = deque()
-        self._busy: dict[str, _Busy] = {}
+        self._busy: dict[str, _Work] = {}
         self._workers: set[str] = set()
         self._breakers: dict[str, CircuitBreaker] = {}
-        self._retry_timer: threading.Timer | None = None
+        self._wake: Callable[[float], None] = lambda _delay: None
 
-    def stats(self) -> dict[str, Any]:
-        """Queue, busy and idle counts and breaker states (ask the router for ``PoolStats``)."""
-        return {
-            "queued": len(self._queue),
-            "busy": len(self._busy),
-            "idle": len(self._idle),
-            "workers": len(self._workers),
-            "breakers": {k: b.state for k, b in self._breakers.items()},
-        }
+    # Called by anyone. ---------------------------------------------------------------
+
+    def submit(self, request: LMRequest) -> None:
+        with self._lock:
+            if len(self._queue) >= self.config.max_queue:
+                reject(request.reply, Overloaded("the LM pool", self.config.max_queue))
+                return
+            self._queue.append(_Pending(request))
+            handoffs = self._assign()
+        _tell_all(handoffs)
 
     def breaker(self, key: str) -> CircuitBreaker:
+        with self._lock:
+            return self._breaker(key)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "queued": len(self._queue),
+                "busy": len(self._busy),
+                "idle": len(self._idle),
+                "workers": len(self._workers),
+                "breakers": {k: b.state for k, b in self._breakers.items()},
+            }
+
+    # Called by workers. --------------------------------------------------------------
+
+    def finished(self, worker: pykka.ActorRef[Any], outcome: str, duration: float) -> None:
+        """A worker finished its request (``outcome``: success, failure or ignore)."""
+        with self._lock:
+            work = self._busy.pop(worker.actor_urn, None)
+            if work is not None and worker.actor_urn in self._workers:
+                self._idle.append(worker)
+            handoffs = self._assign()
+        if work is not None:
+            if outcome == "success":
+                work.breaker.record_success(duration, work.permit)
+            elif outcome == "failure":
+                work.breaker.record_failure(duration, work.permit)
+            else:
+                work.breaker.release(work.permit)
+        _tell_all(handoffs)
+
+    # Called by the router actor. -----------------------------------------------------
+
+    def add_worker(self, worker: pykka.ActorRef[Any]) -> bool:
+        with self._lock:
+            if worker.actor_urn in self._workers:
+                return False
+            self._workers.add(worker.actor_urn)
+            self._idle.append(worker)
+            handoffs = self._assign()
+        _tell_all(handoffs)
+        return True
+
+    def worker_died(self, worker: pykka.ActorRef[Any], reason: object) -> None:
+        """Forget a dead worker; retry its request once (it may never have been answered)."""
+        urn = worker.actor_urn
+        with self._lock:
+            self._workers.discard(urn)
+            self._idle = deque(w for w in self._idle if w.actor_urn != urn)
+            work = self._busy.pop(urn, None)
+            if work is not None and not work.pending.request.reply.done():
+                work.pending.attempts += 1
+                if work.pending.attempts >= 2:
+                    reject(
+                        work.pending.request.reply,
+                        LMWorkerCrashed(f"the LM worker died twice on this request ({reason})"),
+                    )
+                else:
+                    self._queue.appendleft(work.pending)
+            handoffs = self._assign()
+        if work is not None:
+            work.breaker.release(work.permit)
+        _tell_all(handoffs)
+
+    def set_waker(self, wake: Callable[[float], None]) -> None:
+        """How to schedule another ``assign`` after a rate limiter said "not yet"."""
+        self._wake = wake
+
+    def wake(self) -> None:
+        with self._lock:
+            handoffs = self._assign()
+        _tell_all(handoffs)
+
+    def fail_all(self, error: BaseException) -> None:
+        """Fail every queued and in-flight request (the pool is going away)."""
+        with self._lock:
+            pending = [*self._queue, *(w.pending for w in self._busy.values())]
+            self._queue.clear()
+            self._busy.clear()
+            self._idle.clear()
+            self._workers.clear()
+        for item in pending:
+            reject(item.request.reply, error)
+
+    # Internals (lock held). --------------------------------------------------------------
+
+    def _breaker(self, key: str) -> CircuitBreaker:
         breaker = self._breakers.get(key)
         if breaker is None:
             factory = self.config.breaker_factory
@@ -143,44 +208,13 @@ class LMRouter(supervisors.SupervisedActor):
             self._breakers[key] = breaker
         return breaker
 
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, LMRequest):
-            self._accept(message)
-        elif isinstance(message, _WorkDone):
-            self._done(message)
-        elif isinstance(message, _WorkerReady):
-            self._ready(message.worker)
-        elif isinstance(message, supervisors.Down):
-            self._worker_down(message)
-        elif isinstance(message, PoolStats):
-            return self.stats()
-        elif isinstance(message, _Retry):
-            self._retry_timer = None
-            self._dispatch()
-        else:
-            return super().on_receive(message)
-        return None
-
-    def _accept(self, request: LMRequest) -> None:
-        if len(self._queue) >= self.config.max_queue:
-            reject(request.reply, Overloaded("the LM pool", self.config.max_queue))
-            return
-        self._queue.append(_Pending(request))
-        self._dispatch()
-
-    def _ready(self, worker: pykka.ActorRef[Any]) -> None:
-        if worker.actor_urn in self._workers:
-            return
-        self._workers.add(worker.actor_urn)
-        supervisors.monitor(worker, self.actor_ref)
-        self._idle.append(worker)
-        self._dispatch()
-
-    def _dispatch(self) -> None:
+    def _assign(self) -> list[tuple[pykka.ActorRef[Any], _Work]]:
+        """Pair queued requests with idle workers; the tells happen after the lock."""
+        handoffs: list[tuple[pykka.ActorRef[Any], _Work]] = []
         while self._queue and self._idle:
             pending = self._queue[0]
             request = pending.request
-            if request.reply.done():  # cancelled by its caller
+            if request.reply.done():  # answered meanwhile (a deadline, a cancel)
                 self._queue.popleft()
                 continue
             remaining = request.ctx.remaining()
@@ -196,12 +230,14 @@ class LMRouter(supervisors.SupervisedActor):
             limiter = self.config.rate_limits.get(key)
             if limiter is not None and not limiter.try_acquire():
                 breaker.release(permit)
-                self._schedule_retry(limiter.time_until_available())
-                return
+                self._wake(limiter.time_until_available())
+                break
             self._queue.popleft()
             worker = self._idle.popleft()
-            self._busy[worker.actor_urn] = _Busy(worker, pending, key, breaker, permit)
-            worker.tell(_Work(request, lm))
+            work = _Work(pending, lm, key, breaker, permit)
+            self._busy[worker.actor_urn] = work
+            handoffs.append((worker, work))
+        return handoffs
 
     def _choose(self, request: LMRequest) -> tuple[LM, str, CircuitBreaker, Permit] | None:
         """The first deployment whose breaker admits the request, or None (request failed)."""
@@ -210,7 +246,7 @@ class LMRouter(supervisors.SupervisedActor):
         error: CircuitOpen | None = None
         for lm in candidates:
             key = deployment_key(lm)
-            breaker = self.breaker(key)
+            breaker = self._breaker(key)
             try:
                 permit = breaker.acquire()
             except CircuitOpen as exc:
@@ -221,86 +257,105 @@ class LMRouter(supervisors.SupervisedActor):
         reject(request.reply, error)
         return None
 
-    def _schedule_retry(self, delay: float) -> None:
-        if self._retry_timer is not None:
-            return
-        ref = self.actor_ref
 
-        def wake() -> None:
-            try:
-                ref.tell(_Retry())
-            except pykka.ActorDeadError:
-                pass  # Stopped meanwhile.
+def _tell_all(handoffs: list[tuple[pykka.ActorRef[Any], _Work]]) -> None:
+    for worker, work in handoffs:
+        try:
+            worker.tell(work)
+        except pykka.ActorDeadError:
+            pass  # Died just now: the router's monitor retries its request.
 
-        self._retry_timer = threading.Timer(max(delay, 0.001), wake)
-        self._retry_timer.daemon = True
-        self._retry_timer.start()
 
-    def _done(self, message: _WorkDone) -> None:
-        busy = self._busy.pop(message.worker_urn, None)
-        if busy is None:
-            return
-        breaker, permit = busy.breaker, busy.permit
-        if message.outcome == "success":
-            breaker.record_success(message.duration, permit)
-        elif message.outcome == "failure":
-            breaker.record_failure(message.duration, permit)
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """Ask the router with this message for its stats dict."""
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerReady:
+    worker: pykka.ActorRef[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Wake:
+    pass
+
+
+class LMRouter(supervisors.SupervisedActor):
+    """Owns the dispatcher: registers and monitors workers, wakes rate-limited queues."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        super().__init__()
+        self.dispatcher = dispatcher
+        self._timer: threading.Timer | None = None
+        self._timer_lock = threading.Lock()
+
+    def on_start(self) -> None:
+        # A restarted router starts over: whatever was queued before is failed clearly
+        # (the workers restart after us, rest_for_one, and register again).
+        self.dispatcher.fail_all(ModuleUnavailable("lm pool (restarted)"))
+        self.dispatcher.set_waker(self._schedule_wake)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _WorkerReady):
+            if self.dispatcher.add_worker(message.worker):
+                supervisors.monitor(message.worker, self.actor_ref)
+        elif isinstance(message, supervisors.Down):
+            self.dispatcher.worker_died(message.actor, message.reason)
+        elif isinstance(message, _Wake):
+            self.dispatcher.wake()
+        elif isinstance(message, PoolStats):
+            return self.dispatcher.stats()
         else:
-            breaker.release(permit)
-        if message.worker_urn in self._workers:
-            self._idle.append(busy.worker)
-        self._dispatch()
+            return super().on_receive(message)
+        return None
 
-    def _worker_down(self, down: supervisors.Down) -> None:
-        urn = down.actor.actor_urn
-        self._workers.discard(urn)
-        self._idle = deque(w for w in self._idle if w.actor_urn != urn)
-        busy = self._busy.pop(urn, None)
-        if busy is None:
-            return
-        busy.breaker.release(busy.permit)
-        pending = busy.pending
-        if pending.request.reply.done():
-            return
-        pending.attempts += 1
-        if pending.attempts >= 2:
-            reject(
-                pending.request.reply,
-                LMWorkerCrashed(f"the LM worker crashed twice on this request ({down.reason})"),
-            )
-        else:
-            self._queue.appendleft(pending)
-        self._dispatch()
+    def _schedule_wake(self, delay: float) -> None:
+        with self._timer_lock:
+            if self._timer is not None and self._timer.is_alive():
+                return
+            ref = self.actor_ref
 
-    def _fail_all(self, error: BaseException) -> None:
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
-        for pending in [*self._queue, *(b.pending for b in self._busy.values())]:
-            if not pending.request.reply.done():
-                reject(pending.request.reply, error)
-        self._queue.clear()
-        self._busy.clear()
+            def wake() -> None:
+                try:
+                    ref.tell(_Wake())
+                except pykka.ActorDeadError:
+                    pass  # Stopped meanwhile.
+
+            self._timer = threading.Timer(max(delay, 0.001), wake)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _shutdown(self) -> None:
+        self.dispatcher.set_waker(lambda _delay: None)
+        with self._timer_lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer.join(timeout=1.0)
+        self.dispatcher.fail_all(ModuleUnavailable("lm pool"))
 
     def on_stop(self) -> None:
-        self._fail_all(ModuleUnavailable("lm pool"))
+        self._shutdown()
 
     def on_failure(self, *_exc: object) -> None:
-        self._fail_all(ModuleUnavailable("lm pool"))
+        self._shutdown()
 
 
 class LMWorker(supervisors.SupervisedActor):
-    """Runs one LM request at a time (the blocking HTTP call), then reports to the router."""
+    """Runs one LM request at a time (the blocking HTTP call), then takes the next."""
 
     def __init__(
         self,
         router_name: str,
         registry: supervisors.Registry,
+        dispatcher: Dispatcher,
         publish: Callable[[Any], None] | None = None,
     ) -> None:
         """``publish`` gets ``lm.start``/``lm.end`` events (None: no events)."""
         super().__init__()
         self._router_name = router_name
         self._registry = registry
+        self._dispatcher = dispatcher
         self._publish = publish
 
     def on_start(self) -> None:
@@ -309,33 +364,21 @@ class LMWorker(supervisors.SupervisedActor):
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, _Work):
             return super().on_receive(message)
-        request, lm = message.request, message.lm
         started = time.monotonic()
         try:
-            outcome = self._run(request, lm)
+            outcome = self._run(message.pending.request, message.lm, message.key)
         except Exception:
-            self._report(lm, "ignore", started)  # the caller has its error; we crash next
+            # The caller has its error; we crash next (a bug below us), our slot is freed.
+            self._dispatcher.finished(self.actor_ref, "ignore", time.monotonic() - started)
             raise
-        # A BaseException (the thread torn down) skips the report on purpose: the router
-        # then learns of our death from the monitor and retries the unanswered request.
-        self._report(lm, outcome, started)
+        # A BaseException (the thread torn down) skips this on purpose: the router then
+        # learns of our death from its monitor and retries the unanswered request.
+        self._dispatcher.finished(self.actor_ref, outcome, time.monotonic() - started)
         return None
 
-    def _report(self, lm: LM, outcome: str, started: float) -> None:
-        router = self._registry.whereis(self._router_name)
-        if router is not None:
-            router.tell(
-                _WorkDone(
-                    self.actor_ref.actor_urn,
-                    deployment_key(lm),
-                    outcome,
-                    time.monotonic() - started,
-                )
-            )
-
-    def _run(self, request: LMRequest, lm: LM) -> str:
+    def _run(self, request: LMRequest, lm: LM, key: str) -> str:
         reply = request.reply
-        if reply.done():  # cancelled by its caller meanwhile
+        if reply.done():  # answered meanwhile (cancelled, deadline)
             return "ignore"
         ctx = request.ctx
         kwargs = dict(request.kwargs)
@@ -347,7 +390,6 @@ class LMWorker(supervisors.SupervisedActor):
             limit = kwargs.get("timeout")
             kwargs["timeout"] = remaining if limit is None else min(limit, remaining)
         publish = self._publish
-        key = deployment_key(lm)
         if publish is not None:
             publish(LMStart(trace_id=ctx.trace_id, deployment=key, model=lm.model))
         started = time.monotonic()
@@ -387,19 +429,13 @@ class LMWorker(supervisors.SupervisedActor):
 
 
 def submit_lm_request(
-    router: pykka.ActorRef[Any] | None,
+    dispatcher: Dispatcher,
     lm: LM,
     messages: list[dict[str, Any]],
     kwargs: Mapping[str, Any],
-    ctx: Any,
+    ctx: CallContext,
 ) -> Future[Any]:
-    """Send an LM request to the pool; the returned future completes with the response."""
+    """Hand an LM request to the pool; the returned future completes with the response."""
     reply: Future[Any] = Future()
-    if router is None:
-        reject(reply, ModuleUnavailable("lm pool"))
-        return reply
-    try:
-        router.tell(LMRequest(lm, messages, kwargs, ctx, reply))
-    except pykka.ActorDeadError:
-        reject(reply, ModuleUnavailable("lm pool"))
+    dispatcher.submit(LMRequest(lm, messages, kwargs, ctx, reply))
     return reply

@@ -40,7 +40,7 @@ from dspy_actors.runtime.errors import (
     Overloaded,
     RuntimeCallError,
 )
-from dspy_actors.runtime.lm_pool import submit_lm_request
+from dspy_actors.runtime.lm_pool import Dispatcher, submit_lm_request
 from dspy_actors.runtime.messages import Call, Upgrade
 
 # Exceptions that answer a call without crashing the module: the caller's input or the
@@ -61,7 +61,7 @@ class ModuleServices:
     """What a module actor reaches besides its module: the LM pool and the hooks."""
 
     registry: supervisors.Registry
-    router_name: str
+    dispatcher: Dispatcher
     load_state: Callable[[str], dict[str, Any] | None] = lambda _path: None
     on_event: Callable[[str, str, dict[str, Any]], None] = lambda _t, _p, _d: None
 
@@ -214,7 +214,7 @@ class ModuleActor(supervisors.SupervisedActor):
                     response = cached
                     continue
                 reply = submit_lm_request(
-                    self.services.registry.whereis(self.services.router_name),
+                    self.services.dispatcher,
                     lm_call.lm,
                     lm_call.messages,
                     lm_call.kwargs,
