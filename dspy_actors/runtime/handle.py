@@ -100,10 +100,12 @@ class ProgramHandle:
             **{**app.default_overrides(), **overrides},
         )
         retry_crashes = program.idempotent if idempotent is None else idempotent
-        key = fingerprint(program.name, inputs)
-        dead = app.poison.quarantined(key)
-        if dead is not None:
-            raise DeadLettered(program.name, dead, app.poison.threshold)
+        key: str | None = None  # the input's fingerprint: computed only when it matters
+        if app.poison.any_quarantined():
+            key = fingerprint(program.name, inputs)
+            dead = app.poison.quarantined(key)
+            if dead is not None:
+                raise DeadLettered(program.name, dead, app.poison.threshold)
         crashes_seen = 0
         unavailable_since: float | None = None
         while True:
@@ -125,6 +127,7 @@ class ProgramHandle:
                 time.sleep(_UNAVAILABLE_RETRY_SECONDS)
             except ModuleCrashed as crash:
                 if crash.caused_by_call:
+                    key = key or fingerprint(program.name, inputs)
                     count = app.poison.crashed(key)
                     if count >= app.poison.threshold:
                         letter = app.dead_letter(program.name, inputs, crash, count)

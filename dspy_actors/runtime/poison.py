@@ -43,6 +43,10 @@ class PoisonTracker:
             self._quarantined[key] = dead_letter_id
             self._crashes.pop(key, None)
 
+    def any_quarantined(self) -> bool:
+        """Whether any input is quarantined (lets callers skip fingerprinting)."""
+        return bool(self._quarantined)
+
     def quarantined(self, key: str) -> str | None:
         """The dead letter id if this input is quarantined."""
         return self._quarantined.get(key)
