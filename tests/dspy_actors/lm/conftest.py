@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from dspy_actors import settings
 from dspy_actors.lm import LM, RetryPolicy
 from dspy_actors.testing.pytest_plugin import sim_lm  # noqa: F401 - re-exported fixture
 
@@ -29,11 +28,3 @@ def make_lm() -> Iterator[Callable[..., LM]]:
     yield make
     for lm in made:
         lm.close()
-
-
-@pytest.fixture(autouse=True)
-def clean_settings() -> Iterator[None]:
-    """No test sees another's configure(...)."""
-    settings.reset()
-    yield
-    settings.reset()

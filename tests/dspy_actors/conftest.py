@@ -1,4 +1,6 @@
-"""Fixtures: a fresh SimLM per test, LMs pointed at it (closed afterwards), clean settings."""
+"""Fixtures shared by the dspy_actors tests (a subfolder's conftest may override them):
+LMs pointed at the test's SimLM (our plugin's ``sim_lm``), closed afterwards, and clean
+settings for every test."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import pytest
 
 from dspy_actors import settings
 from dspy_actors.lm import LM, RetryPolicy
-from dspy_actors.testing.pytest_plugin import sim_lm  # noqa: F401 - re-exported fixture
 from dspy_actors.testing.sim_lm import SimLM
 
 MakeLM = Callable[..., LM]
@@ -19,7 +20,7 @@ FAST_RETRY = RetryPolicy(max_retries=1, base_delay=0.001, max_delay=0.005)
 
 
 @pytest.fixture
-def make_lm(sim_lm: SimLM) -> Iterator[MakeLM]:  # noqa: F811 - the fixture above
+def make_lm(sim_lm: SimLM) -> Iterator[MakeLM]:
     """LMs on the test's SimLM (uncached unless told otherwise); all closed at the end."""
     made: list[LM] = []
 
