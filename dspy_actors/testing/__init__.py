@@ -1,18 +1,44 @@
 """Fault-injection harness: a simulated LM server (SimLM), the faults it injects and the
-plans that schedule them, and responders that script its answers."""
+plans that schedule them, responders that script its answers, a chaos monkey that kills
+actors of a running app, and invariants that prove nothing was lost.
 
+The pytest plugin (``dspy_actors.testing.pytest_plugin``, enabled by installing the
+package) gives tests the ``sim_lm``, ``app`` and ``chaos`` fixtures.
+"""
+
+from dspy_actors.testing.chaos import ChaosMonkey, ChaosRun, CrashRule, Kill
 from dspy_actors.testing.faults import Fault, FaultPlan, FaultRule
+from dspy_actors.testing.invariants import (
+    CLEAR_ERRORS,
+    CallLedger,
+    CallOutcome,
+    assert_all_accounted,
+    assert_no_leaked_threads,
+    assert_tree_healthy,
+    thread_snapshot,
+)
 from dspy_actors.testing.sim_lm import SimLM, SimReply, SimRequest, SimStats
 from dspy_actors.testing.sim_responder import default_responder, scripted
 
 __all__ = [
+    "CLEAR_ERRORS",
+    "CallLedger",
+    "CallOutcome",
+    "ChaosMonkey",
+    "ChaosRun",
+    "CrashRule",
     "Fault",
     "FaultPlan",
     "FaultRule",
+    "Kill",
     "SimLM",
     "SimReply",
     "SimRequest",
     "SimStats",
+    "assert_all_accounted",
+    "assert_no_leaked_threads",
+    "assert_tree_healthy",
     "default_responder",
     "scripted",
+    "thread_snapshot",
 ]

@@ -1,18 +1,30 @@
-"""pytest fixtures for testing programs against the simulated LM server.
+"""pytest fixtures for testing programs against the simulated LM server, under chaos.
 
-Enable with ``pytest_plugins = ["dspy_actors.testing.pytest_plugin"]`` in a root
-``conftest.py`` (or, once the package registers it, automatically via the ``pytest11``
-entry point).
+Installing the package enables them in every test suite (a ``pytest11`` entry point named
+``dspy_actors``); nothing to add to a ``conftest.py``:
+
+- ``sim_lm``: a fresh :class:`SimLM` per test; ``sim_lm_session``: one per session;
+  ``make_sim_lm``: a factory of servers.
+- ``app``: a running app on ``sim_lm`` with its data in ``tmp_path``, stopped after.
+- ``chaos``: a :class:`ChaosMonkey` on ``app``, stopped after.
+
+A test's own fixture of the same name overrides these.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from dspy_actors.testing.sim_lm import SimLM
+
+if TYPE_CHECKING:
+    # Imported lazily in the fixtures: loading the plugin must stay cheap for every suite.
+    from dspy_actors.runtime.app import App
+    from dspy_actors.testing.chaos import ChaosMonkey
 
 
 @pytest.fixture
@@ -46,3 +58,40 @@ def make_sim_lm() -> Iterator[Callable[..., SimLM]]:
     yield make
     for sim in reversed(started):
         sim.stop()
+
+
+@pytest.fixture
+def app(sim_lm: SimLM, tmp_path: Path) -> Iterator[App]:
+    """An app (``dsa.start``) on this test's ``sim_lm``, with its stores in ``tmp_path``,
+    8 LM workers and fast LM retries (the LM cache is off, so every call reaches the
+    server); stopped, with every thread it started, when the test ends."""
+    from dspy_actors.lm import LM, RetryPolicy
+    from dspy_actors.runtime.app import start
+
+    lm = LM(
+        "openai/sim-model",
+        api_base=sim_lm.openai_base,
+        api_key="sim",
+        cache=False,
+        timeout=10.0,
+        retry_policy=RetryPolicy(max_retries=3, base_delay=0.005, max_delay=0.05),
+    )
+    running = start(lm=lm, data_dir=tmp_path / "dspy-actors-app", lm_workers=8)
+    try:
+        yield running
+    finally:
+        running.stop()
+        lm.close()
+
+
+@pytest.fixture
+def chaos(app: App) -> Iterator[ChaosMonkey]:
+    """A :class:`~dspy_actors.testing.ChaosMonkey` on this test's ``app`` (seed 0), stopped
+    (its threads joined, its event subscriptions removed) when the test ends."""
+    from dspy_actors.testing.chaos import ChaosMonkey
+
+    monkey = ChaosMonkey(app, seed=0)
+    try:
+        yield monkey
+    finally:
+        monkey.stop()

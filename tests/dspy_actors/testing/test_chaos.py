@@ -1,0 +1,138 @@
+"""The chaos monkey: kills by pattern at a rate, on the k-th call, reproducibly, and stops."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dspy_actors as dsa
+from dspy_actors.runtime.app import App
+from dspy_actors.testing import ChaosMonkey, SimLM, assert_tree_healthy
+
+STEPS: list[tuple[str, Any, dict[str, Any]]] = [
+    ("first", dsa.Predict, {"signature": "question -> draft"}),
+    ("answer", dsa.Predict, {"signature": "question, draft -> answer"}),
+]
+
+
+def _restarts(app: App, program: str) -> dict[str, int]:
+    sub = app.root.supervisor("modules").supervisor(program)
+    return {info.id: info.restart_count for info in sub.which_children()}
+
+
+def test_kill_every_kills_matching_actors_in_a_named_thread_until_max_kills(
+    app: App, chaos: ChaosMonkey
+) -> None:
+    qa = app.program("qa", STEPS, idempotent=True)
+    run = chaos.kill_every(f"{app.name}/qa@v1/?*", every_s=0.02, max_kills=4)
+    assert run.thread is not None
+    assert run.thread.name.startswith("chaos-")
+    run.thread.join(10.0)
+    assert not run.running
+    assert run.kills == 4
+    assert chaos.kills == 4
+    assert {k.target for k in chaos.log} <= {f"{app.name}/qa@v1/first", f"{app.name}/qa@v1/answer"}
+    assert_tree_healthy(app, within_s=10.0)
+    assert sum(_restarts(app, "qa@v1").values()) == 4
+    assert qa.call(question="still served?").answer
+
+
+def test_kill_every_stops_after_its_duration_and_on_stop(app: App, chaos: ChaosMonkey) -> None:
+    app.program("qa", STEPS)
+    timed = chaos.kill_every(f"{app.name}/qa@v1/first", every_s=0.02, duration_s=0.2)
+    assert timed.thread is not None
+    timed.thread.join(10.0)
+    assert not timed.running
+    assert timed.kills >= 1
+    endless = chaos.kill_every("no such actor", every_s=0.01, duration_s=None)
+    time.sleep(0.1)
+    assert endless.thread is not None
+    assert endless.thread.is_alive()
+    chaos.stop()
+    assert not endless.thread.is_alive()
+    assert endless.kills == 0
+    assert endless.idle_ticks >= 1
+
+
+def test_same_seed_same_victims(sim_lm: SimLM, tmp_path: Path) -> None:
+    def victims(seed: int, run_index: int) -> list[str]:
+        lm = dsa.LM("openai/sim-model", api_base=sim_lm.openai_base, api_key="k", cache=False)
+        with dsa.start(lm=lm, name="repro", data_dir=tmp_path / f"r{run_index}") as app:
+            app.program("qa", STEPS)
+            with ChaosMonkey(app, seed=seed) as monkey:
+                run = monkey.kill_every("repro/qa@v1/?*", every_s=0.1, max_kills=6)
+                assert run.thread is not None
+                run.thread.join(10.0)
+                assert run.kills == 6
+                return [k.target for k in monkey.log]
+
+    first, again, other = victims(3, 0), victims(3, 1), victims(4, 2)
+    assert first == again
+    assert len(set(first)) == 2  # it did pick among both steps
+    assert first != other or victims(5, 3) != first
+
+
+def test_crash_on_message_kills_the_module_on_its_kth_call(app: App, chaos: ChaosMonkey) -> None:
+    qa = app.program("qa", STEPS)
+    rule = chaos.crash_on_message("qa.answer", 3)
+    for i in range(2):
+        assert qa.call(question=f"call {i}").answer
+    assert not rule.fired.wait(0.3), "fired before the 3rd call"
+    try:
+        qa.call(question="the third")
+    except dsa.ModuleCrashed:
+        pass  # the kill may land while this call is still in flight
+    assert rule.fired.wait(5.0)
+    assert rule.crashes == 1
+    assert chaos.log[-1].target == f"{app.name}/qa@v1/answer"
+    assert_tree_healthy(app, within_s=10.0)
+    assert _restarts(app, "qa@v1")["answer"] == 1
+    assert _restarts(app, "qa@v1")["first"] == 0
+    # times=1: the rule is spent; more calls are answered.
+    for i in range(4):
+        assert qa.call(question=f"later {i}").answer
+    assert rule.crashes == 1
+
+
+def test_crash_on_message_matches_registry_names_too(app: App, chaos: ChaosMonkey) -> None:
+    qa = app.program("qa", STEPS, idempotent=True)
+    rule = chaos.crash_on_message(f"{app.name}/qa@v*/first", 1, times=2)
+    for i in range(6):
+        qa.call(question=f"call {i}")
+        if rule.done:
+            break
+        rule.fired.wait(1.0)
+    deadline = time.monotonic() + 5.0
+    while not rule.done and time.monotonic() < deadline:
+        qa.call(question="more")
+        time.sleep(0.05)
+    assert rule.crashes == 2
+
+
+def test_kill_by_tree_path_reaches_lm_workers(app: App, chaos: ChaosMonkey) -> None:
+    killed = chaos.kill(f"{app.name}/lm/workers/worker-1", by="tree")
+    assert killed == [f"{app.name}/lm/workers/worker-1"]
+    assert_tree_healthy(app, within_s=10.0)
+    workers = app.root.supervisor("lm").supervisor("workers").which_children()
+    assert {w.id: w.restart_count for w in workers}["worker-1"] == 1
+    assert f"{app.name}/lm/workers" in chaos.targets(f"{app.name}/lm/*", by="tree")
+
+
+def test_bad_arguments_are_refused(app: App, chaos: ChaosMonkey) -> None:
+    with pytest.raises(ValueError, match="every_s"):
+        chaos.kill_every("*", every_s=0)
+    with pytest.raises(ValueError, match="k must be"):
+        chaos.crash_on_message("*", 0)
+
+
+def test_stop_leaves_no_chaos_thread(app: App) -> None:
+    monkey = ChaosMonkey(app, seed=1)
+    for _ in range(3):
+        monkey.kill_every("nothing", every_s=0.01, duration_s=None)
+    monkey.stop()
+    assert not [t for t in threading.enumerate() if t.name.startswith("chaos-")]
+    assert all(not run.running for run in monkey.runs)

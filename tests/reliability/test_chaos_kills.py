@@ -1,0 +1,70 @@
+"""(1) Thousands of calls while the chaos monkey kills module actors every 50 ms."""
+
+from __future__ import annotations
+
+import pytest
+
+from dspy_actors.lm.cache import Cache
+from dspy_actors.runtime.app import App
+from dspy_actors.runtime.errors import ModuleCrashed, ModuleUnavailable
+from dspy_actors.testing import (
+    CallLedger,
+    ChaosMonkey,
+    SimLM,
+    assert_all_accounted,
+    assert_tree_healthy,
+)
+from tests.reliability.programs import PIPELINE, StartApp, make_lm
+
+IN_FLIGHT = 64
+
+
+def _run_under_kills(start_app: StartApp, sim_lm: SimLM, calls: int) -> tuple[CallLedger, int, App]:
+    # 1,000 distinct questions, each asked 5 times: one call in five goes to the LM pool, the
+    # others are answered from the (memory) cache inside the module actor. Every call still
+    # crosses the pipeline and both step actors, which is what the kills hit.
+    lm = make_lm(sim_lm, cache=True, cache_store=Cache(disk_path=None))
+    app = start_app(lm=lm, submit_threads=IN_FLIGHT)
+    qa = app.program("qa", PIPELINE, idempotent=True, timeout=30.0)
+    ledger = CallLedger(qa, hang_after_s=45.0)
+    with ChaosMonkey(app, seed=5) as monkey:
+        # Every actor of the program: its pipeline entry ("app1/qa@v1/") and both steps.
+        run = monkey.kill_every(f"{app.name}/qa@v1/*", every_s=0.05, duration_s=None)
+        ledger.run(
+            ({"question": f"question {i % 1000}"} for i in range(calls)), concurrency=IN_FLIGHT
+        )
+        monkey.stop()
+    assert run.error is None
+    print(ledger.summary(), f"kills={run.kills}")
+    lm.close()
+    return ledger, run.kills, app
+
+
+def test_5000_calls_at_64_in_flight_under_kills_every_50ms_none_lost_none_hung(
+    start_app: StartApp, sim_lm: SimLM
+) -> None:
+    ledger, kills, app = _run_under_kills(start_app, sim_lm, 5_000)
+    assert kills >= 20, f"the monkey must really have killed actors; it killed {kills}"
+    assert ledger.sent == 5_000
+    # None lost, none hung: each call answered, or failed with the runtime's clear error
+    # naming the module (retries of idempotent calls are bounded, see the test below).
+    assert_all_accounted(ledger, clear_errors=(ModuleCrashed, ModuleUnavailable))
+    assert ledger.answered > 0
+    assert_tree_healthy(app, within_s=15.0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "runtime gap: an idempotent call is retried after at most 2 crashes "
+        "(ServedProgram.max_crash_retries, not configurable) and a program subtree allows "
+        "10 restarts in 5 s (TreeOptions.intensity, not configurable from app.program/serve): "
+        "at 20 kills/s most calls exhaust their retries with ModuleCrashed"
+    ),
+)
+def test_idempotent_calls_all_answered_under_kills_every_50ms(
+    start_app: StartApp, sim_lm: SimLM
+) -> None:
+    ledger, _kills, app = _run_under_kills(start_app, sim_lm, 2_000)
+    assert_all_accounted(ledger, max_failed=0)
+    assert_tree_healthy(app, within_s=15.0)

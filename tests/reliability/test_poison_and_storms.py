@@ -1,0 +1,166 @@
+"""(3) A poison input is quarantined without escalating the tree. (4) A crash storm beyond
+the restart intensity escalates as designed, and the app tells its owner."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import dspy_actors as dsa
+import supervisors
+from dspy_actors.testing import CallLedger, assert_all_accounted, assert_tree_healthy
+from tests.reliability.programs import Poison, StartApp
+
+
+@pytest.fixture
+def supervision_events() -> Iterator[list[supervisors.SupervisorEvent]]:
+    seen: list[supervisors.SupervisorEvent] = []
+    lock = threading.Lock()
+
+    def record(event: supervisors.SupervisorEvent) -> None:
+        with lock:
+            seen.append(event)
+
+    unsubscribe = supervisors.subscribe(record)
+    yield seen
+    unsubscribe()
+
+
+def _children(handle: supervisors.Supervisor) -> dict[str, supervisors.ChildInfo]:
+    return {info.id: info for info in handle.which_children()}
+
+
+def test_poison_input_is_dead_lettered_without_escalating(
+    start_app: StartApp, supervision_events: list[supervisors.SupervisorEvent]
+) -> None:
+    app = start_app(poison_threshold=3)
+    qa = app.serve("qa", Poison(), idempotent=True)
+    ledger = CallLedger(qa, hang_after_s=30.0)
+    before = Poison.crashes
+    # Healthy traffic around the poison input keeps being answered.
+    for i in range(5):
+        ledger.call(question=f"healthy {i}")
+    with pytest.raises(dsa.DeadLettered) as quarantined:
+        ledger.call(question="poison")
+    assert "crashed module 'qa'" in str(quarantined.value)
+    assert Poison.crashes - before == 3, "exactly poison_threshold crashes, then quarantine"
+    with pytest.raises(dsa.DeadLettered):  # refused at once: no further crash
+        ledger.call(question="poison")
+    assert Poison.crashes - before == 3
+    for i in range(5):
+        ledger.call(question=f"after {i}")
+    assert_all_accounted(ledger)
+    assert ledger.answered == 10
+    assert ledger.errors() == {"DeadLettered": 2}
+
+    letters = app.dead_letters("qa")
+    assert [dict(letter.inputs) for letter in letters] == [{"question": "poison"}]
+    assert letters[0].exception_type.endswith("RuntimeError")
+    # Nothing escalated: the program's subtree restarted its entry actor 3 times, no more.
+    assert not [e for e in supervision_events if e.kind == "escalated"]
+    program = app.root.supervisor("modules").supervisor("qa@v1")
+    assert sum(info.restart_count for info in program.which_children()) == 3
+    assert _children(app.root.supervisor("modules"))["qa@v1"].restart_count == 0
+    assert_tree_healthy(app, within_s=10.0)
+
+
+class Storm(dsa.Module):
+    """A composite whose forward crashes on every input (a bug that no input avoids)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qa = dsa.Predict("question -> answer")
+
+    def forward(self, question: str) -> Any:
+        raise RuntimeError(f"bug triggered by {question!r}")
+
+
+def test_crash_storm_escalates_the_program_subtree_and_the_modules_supervisor_restarts_it(
+    start_app: StartApp, supervision_events: list[supervisors.SupervisorEvent]
+) -> None:
+    app = start_app()
+    restarts: list[Any] = []
+    app.subscribe("runtime.restart", restarts.append)
+    storm = app.serve("storm", Storm())
+    healthy = app.serve("healthy", dsa.Predict("question -> answer"))
+    ledger = CallLedger(storm, hang_after_s=30.0)
+    # Distinct inputs (none is poison on its own), more crashes than 10 in 5 s.
+    for i in range(16):
+        try:
+            ledger.call(question=f"storm {i}")
+        except dsa.ModuleCrashed:
+            pass
+        except dsa.ModuleUnavailable:
+            pass
+    assert_all_accounted(ledger)
+    assert ledger.answered == 0
+    assert set(ledger.errors()) <= {"ModuleCrashed", "ModuleUnavailable"}
+
+    # As designed: the program's supervisor (intensity 10 in 5 s) gave up and crashed with
+    # RestartIntensityExceeded; its parent, `modules`, restarted the whole program subtree.
+    escalated = [e for e in supervision_events if e.kind == "escalated"]
+    assert escalated, "the program subtree never escalated"
+    assert {e.supervisor for e in escalated} == {f"{app.name}/storm@v1"}
+    assert "RestartIntensityExceeded" in " ".join(
+        str(e.reason) for e in supervision_events if e.kind == "child_exited"
+    ) or any("gave up" in str(e.reason) for e in escalated)
+    modules = _children(app.root.supervisor("modules"))
+    assert modules["storm@v1"].restart_count >= 1
+    assert "RestartIntensityExceeded" in str(modules["storm@v1"].last_exit)
+    assert modules["healthy@v1"].restart_count == 0
+    # The owner is told: a runtime.restart event names the restarted program.
+    app.events.flush(5.0)
+    assert any(
+        r.supervisor == f"{app.name}/modules" and r.child_id == "storm@v1" for r in restarts
+    ), restarts
+    # Escalation stopped there: the root and the other program are untouched.
+    assert app.root.is_alive
+    assert healthy.call(question="still there?").answer
+    assert_tree_healthy(app, within_s=10.0)
+
+
+class Fragile(dsa.Module):
+    """A leaf module that cannot be started again once ``broken`` is set."""
+
+    broken = False
+
+    def forward(self, question: str) -> Any:
+        return dsa.Prediction(answer=question)
+
+    def deepcopy(self) -> Fragile:
+        if Fragile.broken:
+            raise RuntimeError("this module cannot start")
+        return super().deepcopy()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "runtime bug: a served leaf program whose restarts all fail is restarted by `modules` "
+        "(intensity 1000 in 5 s, no backoff) 1000 times in well under a second; `modules` "
+        "then escalates and the root restarts it *empty* (a DynamicSupervisor's children "
+        "are not restored), so every other served program is gone too: their calls end "
+        "with ModuleUnavailable after 5 s, and the app tells its owner nothing but one "
+        "runtime.restart of `modules`"
+    ),
+)
+def test_a_program_that_cannot_restart_does_not_take_the_other_programs_down(
+    start_app: StartApp,
+) -> None:
+    app = start_app()
+    fragile = app.serve("fragile", Fragile())
+    healthy = app.serve("healthy", dsa.Predict("question -> answer"))
+    assert fragile.call(question="hi").answer == "hi"
+    Fragile.broken = True
+    try:
+        supervisors.kill(app.registry.lookup(f"{app.name}/fragile@v1/"))
+        deadline = time.monotonic() + 10.0
+        while _children(app.root)["modules"].restart_count == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)  # the storm of failed restarts takes well under a second
+        assert healthy.call_with({"question": "still there?"}, timeout=3.0).answer
+    finally:
+        Fragile.broken = False
