@@ -12,10 +12,11 @@ Children start in that order (each one's dependencies first) and stop in reverse
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import platformdirs
+import structlog
 
 import supervisors
 from dspy_actors import settings
@@ -55,6 +57,10 @@ if TYPE_CHECKING:
     from dspy_actors.lm.lm import LM
 
 _app_ids = itertools.count(1)
+supervisors_log = structlog.get_logger("dspy_actors.runtime")
+
+# Restart delays of a whole program subtree under ``modules``: 10 ms doubling to 2 s.
+_PROGRAM_BACKOFF = supervisors.Backoff(min_delay=0.01, max_delay=2.0, jitter=0.1)
 
 
 @dataclass(eq=False)
@@ -153,6 +159,7 @@ class AppConfig:
     call_timeout: float
     submit_threads: int
     log: Literal["json", "console"] | None
+    on_exit: Callable[[supervisors.ExitReason], None] | None = None
 
 
 class App:
@@ -193,6 +200,7 @@ class App:
             ],
             name=self.name,
             registry=self.registry,
+            on_exit=config.on_exit,
         )
         self._unsubscribe_supervision = supervisors.subscribe(self._supervision_event)
 
@@ -274,12 +282,17 @@ class App:
         max_in_flight: int | None = None,
         strategy: supervisors.Strategy = "one_for_one",
         load_saved_state: bool = True,
+        intensity: int = 10,
+        period: float = 5.0,
+        max_crash_retries: int = 3,
     ) -> ProgramHandle:
         """Serve any Module as a supervised subtree mirroring its composition.
 
         With ``load_saved_state``, the latest learned state saved for ``name`` in the
         parameter store (by an earlier upgrade or optimization, even in an earlier process)
-        is loaded into it: the program comes back optimized.
+        is loaded into it: the program comes back optimized. ``intensity``/``period``: the
+        restart intensity of the program's subtree; ``max_crash_retries``: how many crashes
+        an idempotent call rides out before it fails.
         """
         if not isinstance(module, Module):
             raise TypeError(f"app.serve({name!r}, ...) needs a Module, got {type(module).__name__}")
@@ -292,7 +305,16 @@ class App:
         else:
             state_version = params.save(name, program_state(template))
         program = self._new_program(
-            name, "module", template, idempotent, timeout, max_in_flight, strategy
+            name,
+            "module",
+            template,
+            idempotent,
+            timeout,
+            max_in_flight,
+            strategy,
+            intensity,
+            period,
+            max_crash_retries,
         )
         program.state_version = state_version
         return self._launch(program)
@@ -306,6 +328,9 @@ class App:
         idempotent: bool = False,
         timeout: float | None = None,
         max_in_flight: int | None = None,
+        intensity: int = 10,
+        period: float = 5.0,
+        max_crash_retries: int = 3,
     ) -> ProgramHandle:
         """Serve a pipeline: each ``(id, ModuleClass, kwargs)`` step is a supervised actor
         (or subtree), and each step's outputs are merged into the next step's inputs."""
@@ -316,7 +341,16 @@ class App:
         if len(set(ids)) != len(ids):
             raise ValueError(f"app.program({name!r}, ...): duplicate step ids in {ids}")
         program = self._new_program(
-            name, "pipeline", built, idempotent, timeout, max_in_flight, strategy
+            name,
+            "pipeline",
+            built,
+            idempotent,
+            timeout,
+            max_in_flight,
+            strategy,
+            intensity,
+            period,
+            max_crash_retries,
         )
         return self._launch(program)
 
@@ -329,6 +363,9 @@ class App:
         timeout: float | None,
         max_in_flight: int | None,
         strategy: supervisors.Strategy,
+        intensity: int,
+        period: float,
+        max_crash_retries: int,
     ) -> ServedProgram:
         if not name or "/" in name or "@" in name:
             raise ValueError(f"a program name is non-empty, without '/' or '@': {name!r}")
@@ -336,8 +373,12 @@ class App:
             if name in self._programs:
                 raise ValueError(f"a program named {name!r} is already served")
         call_timeout = self.config.call_timeout if timeout is None else timeout
+        if max_crash_retries < 0:
+            raise ValueError(f"max_crash_retries must be >= 0, got {max_crash_retries!r}")
         options = TreeOptions(
             strategy=strategy,
+            intensity=intensity,
+            period=period,
             max_in_flight=self.config.module_max_in_flight,
             call_timeout=call_timeout,
         )
@@ -352,7 +393,14 @@ class App:
             call_timeout=call_timeout,
             options=options,
             template=template,
+            max_crash_retries=max_crash_retries,
         )
+
+    def _program_spec(self, program: ServedProgram, version: int) -> supervisors.ChildSpec:
+        """The program's subtree as a child of ``modules``. Its restarts back off, so a
+        program that cannot start again retries slowly instead of exhausting the
+        ``modules`` supervisor's intensity and taking the other programs down with it."""
+        return dataclasses.replace(self._version_spec(program, version), backoff=_PROGRAM_BACKOFF)
 
     def _version_spec(self, program: ServedProgram, version: int) -> supervisors.ChildSpec:
         child_id = f"{program.name}@v{version}"
@@ -395,7 +443,7 @@ class App:
         )
 
     def _launch(self, program: ServedProgram) -> ProgramHandle:
-        spec = self._version_spec(program, program.version)
+        spec = self._program_spec(program, program.version)
         self._modules().start_child(spec)
         program.child_id = spec.id
         program.entry_name = f"{self.name}/{spec.id}/"
@@ -441,7 +489,7 @@ class App:
             old_version, old_child = program.version, program.child_id
             program.template = template
             new_version = old_version + 1
-            spec = self._version_spec(program, new_version)
+            spec = self._program_spec(program, new_version)
             self._modules().start_child(spec)
             # The switch: from here on, calls resolve the new entry.
             program.entry_name = f"{self.name}/{spec.id}/"
@@ -588,14 +636,42 @@ class App:
 
     def _supervision_event(self, event: supervisors.SupervisorEvent) -> None:
         ours = event.supervisor == self.name or event.supervisor.startswith(self.name + "/")
-        if ours and event.kind == "child_restarted" and self.events.subscriptions():
+        if not ours:
+            return
+        if event.kind == "child_restarted":
+            if event.supervisor == self.name and event.child_id == "modules":
+                # A DynamicSupervisor comes back empty: serve every program again.
+                self.executor.submit(self._relaunch_programs)
+            if self.events.subscriptions():
+                self.events.publish(
+                    ev.RuntimeRestart(
+                        supervisor=event.supervisor,
+                        child_id=event.child_id or "",
+                        restart_count=event.restart_count,
+                    )
+                )
+        elif event.kind == "escalated":
             self.events.publish(
-                ev.RuntimeRestart(
+                ev.RuntimeEscalation(
                     supervisor=event.supervisor,
                     child_id=event.child_id or "",
-                    restart_count=event.restart_count,
+                    reason=event.reason or "",
                 )
             )
+
+    def _relaunch_programs(self) -> None:
+        with self._programs_lock:
+            programs = [p for p in self._programs.values() if not p.stopped]
+        for program in programs:
+            with program.lock:
+                try:
+                    self._modules().start_child(self._program_spec(program, program.version))
+                except supervisors.AlreadyStarted:
+                    continue
+                except supervisors.SupervisorError as error:
+                    supervisors_log.error(
+                        "program_relaunch_failed", program=program.name, error=repr(error)
+                    )
 
     # Lifecycle. ------------------------------------------------------------------------------
 
@@ -639,6 +715,7 @@ def start(
     call_timeout: float = 120.0,
     submit_threads: int = 256,
     log: Literal["json", "console"] | None = None,
+    on_exit: Callable[[supervisors.ExitReason], None] | None = None,
 ) -> App:
     """Start an application tree (also a context manager: ``with dsa.start(...) as app``).
 
@@ -656,6 +733,9 @@ def start(
     - ``submit_threads``: threads behind ``handle.submit``/``acall``/``batch`` (calls in
       flight through those at once; ``call`` from your own threads is not limited by it).
     - ``log``: ``"json"`` or ``"console"`` to log every event through structlog.
+    - ``on_exit``: called with the root's exit reason when the app's tree exits (after
+      ``stop()``: shutdown; after a crash storm beyond the root's intensity: a crash with
+      RestartIntensityExceeded, and every call then fails clearly).
     """
     app_name = name or f"app{next(_app_ids)}"
     directory = (
@@ -678,5 +758,6 @@ def start(
         call_timeout=call_timeout,
         submit_threads=submit_threads,
         log=log,
+        on_exit=on_exit,
     )
     return App(config)

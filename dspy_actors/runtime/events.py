@@ -52,6 +52,7 @@ __all__ = [
     "ModuleError",
     "ModuleStart",
     "RunProgress",
+    "RuntimeEscalation",
     "RuntimeRestart",
     "Subscription",
     "callback_subscriber",
@@ -162,6 +163,18 @@ class RuntimeRestart(Event):
     child_id: str
     reason: str = ""
     restart_count: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeEscalation(Event):
+    """A supervisor of the runtime exceeded its restart intensity and gave up: its parent
+    now decides (for the root: the app is down, see ``dsa.start(on_exit=...)``)."""
+
+    topic: ClassVar[str] = "runtime.escalation"
+    level: ClassVar[str] = "error"
+    supervisor: str
+    child_id: str
+    reason: str = ""
 
 
 BreakerState = Literal["closed", "open", "half_open"]

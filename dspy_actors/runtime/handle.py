@@ -126,6 +126,7 @@ class ProgramHandle:
                     raise
                 time.sleep(_UNAVAILABLE_RETRY_SECONDS)
             except ModuleCrashed as crash:
+                unavailable_since = None  # it reached a module: a fresh wait if it retries
                 if crash.caused_by_call:
                     key = key or fingerprint(program.name, inputs)
                     count = app.poison.crashed(key)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from dspy_actors.primitives.module import Module
 from dspy_actors.runtime._futures import reject, resolve
 from dspy_actors.runtime.calls import send_call, wait_reply
 from dspy_actors.runtime.context import capture
-from dspy_actors.runtime.errors import ModuleUnavailable, Overloaded
+from dspy_actors.runtime.errors import ModuleCrashed, ModuleUnavailable, Overloaded
 from dspy_actors.runtime.messages import Call
 from dspy_actors.runtime.module_actor import ModuleActor, ModuleServices, is_predictor
 
@@ -58,8 +60,22 @@ class ModuleProxy:
 
     def __call__(self, **inputs: Any) -> Any:
         ctx = capture()
-        reply, ref = send_call(self._registry, self._name, inputs, ctx)
-        return wait_reply(reply, ref, ctx, f"module {self.path!r}", self._timeout)
+        since = time.monotonic()
+        while True:
+            reply, ref = send_call(self._registry, self._name, inputs, ctx)
+            try:
+                return wait_reply(reply, ref, ctx, f"module {self.path!r}", self._timeout)
+            except ModuleUnavailable:
+                # Restarting: the sub-module never ran this call, so resending is safe.
+                remaining = ctx.remaining()
+                waited = time.monotonic() - since
+                if waited > _STEP_RETRY_LIMIT_SECONDS or (
+                    remaining is not None and remaining <= _STEP_RETRY_SECONDS
+                ):
+                    raise ModuleCrashed(
+                        self.path, f"the sub-module stayed unavailable for {waited:.1f} s"
+                    ) from None
+                time.sleep(_STEP_RETRY_SECONDS)
 
     forward = __call__
 
@@ -178,10 +194,24 @@ class _StepDone:
     reply: Future[Any]
 
 
+@dataclass(frozen=True, slots=True)
+class _RetryStep:
+    call_id: int
+    step: int
+
+
 @dataclass(slots=True, eq=False)
 class _PipelineCall:
     call: Call
     values: dict[str, Any]
+    unavailable_since: float | None = None
+
+
+# A step that is restarting is retried this often, for at most this long: the step never
+# ran, so resending is safe, while failing the whole call would make a retrying caller
+# re-run the steps before it.
+_STEP_RETRY_SECONDS = 0.005
+_STEP_RETRY_LIMIT_SECONDS = 5.0
 
 
 def prediction_items(result: Any) -> dict[str, Any]:
@@ -228,6 +258,9 @@ class PipelineActor(supervisors.SupervisedActor):
             self._run_step(call_id, 0)
         elif isinstance(message, _StepDone):
             self._step_done(message)
+        elif isinstance(message, _RetryStep):
+            if message.call_id in self._calls:
+                self._run_step(message.call_id, message.step)
         else:
             return super().on_receive(message)
         return None
@@ -251,10 +284,13 @@ class PipelineActor(supervisors.SupervisedActor):
                 outputs = prediction_items(message.reply.result())
             except TypeError as bad:
                 error = bad
+        if isinstance(error, ModuleUnavailable) and self._retry_later(record, message):
+            return
         if error is not None:
             del self._calls[message.call_id]
             reject(record.call.reply, error)
             return
+        record.unavailable_since = None
         if message.step + 1 == len(self.steps):
             del self._calls[message.call_id]
             resolve(record.call.reply, message.reply.result())
@@ -262,9 +298,35 @@ class PipelineActor(supervisors.SupervisedActor):
         record.values.update(outputs)
         self._run_step(message.call_id, message.step + 1)
 
-    def _abandon(self) -> None:
-        from dspy_actors.runtime.errors import ModuleCrashed
+    def _retry_later(self, record: _PipelineCall, message: _StepDone) -> bool:
+        """Resend a step that was restarting; False (and the call's error set) past the
+        limit or the deadline."""
+        now = time.monotonic()
+        since = record.unavailable_since = record.unavailable_since or now
+        remaining = record.call.ctx.remaining()
+        if now - since < _STEP_RETRY_LIMIT_SECONDS and (
+            remaining is None or remaining > _STEP_RETRY_SECONDS
+        ):
+            timer = threading.Timer(
+                _STEP_RETRY_SECONDS,
+                _tell_retry,
+                args=(self.actor_ref, _RetryStep(message.call_id, message.step)),
+            )
+            timer.daemon = True
+            timer.start()
+            return True
+        step_id = self.steps[message.step][0]
+        del self._calls[message.call_id]
+        reject(
+            record.call.reply,
+            ModuleCrashed(
+                f"{self.program}.{step_id}",
+                f"the step stayed unavailable for {now - since:.1f} s",
+            ),
+        )
+        return True
 
+    def _abandon(self) -> None:
         for record in self._calls.values():
             reject(record.call.reply, ModuleCrashed(self.program, "the pipeline stopped"))
         self._calls.clear()
@@ -278,6 +340,13 @@ class PipelineActor(supervisors.SupervisedActor):
 
     def on_failure(self, *_exc: object) -> None:
         self._abandon()
+
+
+def _tell_retry(ref: pykka.ActorRef[Any], message: _RetryStep) -> None:
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        pass  # The pipeline died; it answered its calls on the way down.
 
 
 def _tell_step_done(ref: pykka.ActorRef[Any], call_id: int, step: int, reply: Future[Any]) -> None:

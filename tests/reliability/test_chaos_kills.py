@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
 from dspy_actors.lm.cache import Cache
 from dspy_actors.runtime.app import App
@@ -19,13 +19,15 @@ from tests.reliability.programs import PIPELINE, StartApp, make_lm
 IN_FLIGHT = 64
 
 
-def _run_under_kills(start_app: StartApp, sim_lm: SimLM, calls: int) -> tuple[CallLedger, int, App]:
+def _run_under_kills(
+    start_app: StartApp, sim_lm: SimLM, calls: int, **program: Any
+) -> tuple[CallLedger, int, App]:
     # 1,000 distinct questions, each asked 5 times: one call in five goes to the LM pool, the
     # others are answered from the (memory) cache inside the module actor. Every call still
     # crosses the pipeline and both step actors, which is what the kills hit.
     lm = make_lm(sim_lm, cache=True, cache_store=Cache(disk_path=None))
     app = start_app(lm=lm, submit_threads=IN_FLIGHT)
-    qa = app.program("qa", PIPELINE, idempotent=True, timeout=30.0)
+    qa = app.program("qa", PIPELINE, idempotent=True, timeout=30.0, **program)
     ledger = CallLedger(qa, hang_after_s=45.0)
     with ChaosMonkey(app, seed=5) as monkey:
         # Every actor of the program: its pipeline entry ("app1/qa@v1/") and both steps.
@@ -53,18 +55,14 @@ def test_5000_calls_at_64_in_flight_under_kills_every_50ms_none_lost_none_hung(
     assert_tree_healthy(app, within_s=15.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "runtime gap: an idempotent call is retried after at most 2 crashes "
-        "(ServedProgram.max_crash_retries, not configurable) and a program subtree allows "
-        "10 restarts in 5 s (TreeOptions.intensity, not configurable from app.program/serve): "
-        "at 20 kills/s most calls exhaust their retries with ModuleCrashed"
-    ),
-)
 def test_idempotent_calls_all_answered_under_kills_every_50ms(
     start_app: StartApp, sim_lm: SimLM
 ) -> None:
-    ledger, _kills, app = _run_under_kills(start_app, sim_lm, 2_000)
+    # A program meant to live through 20 kills a second says so: a restart intensity and a
+    # crash-retry budget sized for it (the defaults, 10 restarts in 5 s and 3 retries, are
+    # for programs that should rarely crash).
+    ledger, _kills, app = _run_under_kills(
+        start_app, sim_lm, 2_000, intensity=1000, period=5.0, max_crash_retries=100
+    )
     assert_all_accounted(ledger, max_failed=0)
     assert_tree_healthy(app, within_s=15.0)

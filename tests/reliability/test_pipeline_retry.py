@@ -11,8 +11,6 @@ import threading
 import time
 from typing import Any
 
-import pytest
-
 import dspy_actors as dsa
 import supervisors
 from dspy_actors.runtime.app import App
@@ -53,14 +51,6 @@ class SlowStart(dsa.Module):
         return super().deepcopy()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "runtime bug: ProgramHandle.call_with retries ModuleUnavailable as 'never reached a "
-        "module', but a pipeline answers ModuleUnavailable when a later step is restarting, "
-        "after earlier steps ran: a non-idempotent program runs its first step twice"
-    ),
-)
 def test_a_restarting_second_step_does_not_rerun_the_first(start_app: StartApp) -> None:
     app = start_app()
     SideEffect.runs, SideEffect.app, SlowStart.slow = 0, app, False

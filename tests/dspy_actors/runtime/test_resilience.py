@@ -244,3 +244,28 @@ def test_restarts_are_published_as_runtime_events(start_app: StartApp) -> None:
         app.events.flush(1.0)
         time.sleep(0.01)
     assert [(e.supervisor, e.child_id) for e in restarts] == [(f"{app.name}/modules", "qa@v1")]
+
+
+def test_programs_are_served_again_when_the_modules_supervisor_restarts(
+    start_app: StartApp,
+) -> None:
+    app = start_app()
+    qa = app.serve("qa", Predict("question -> answer"))
+    assert qa.call(question="before").answer
+    modules = app.root.child("modules")
+    assert modules is not None
+    supervisors.kill(modules)
+    # The root restarts `modules` (empty, as any DynamicSupervisor); the app serves its
+    # programs again, and calls in the gap are retried until they can reach them.
+    assert qa.call_with({"question": "after"}, timeout=30.0).answer
+    assert [n.id for n in app.tree().walk() if n.id.startswith("qa@")] == ["qa@v1"]
+
+
+def test_the_owner_learns_how_the_app_exited(start_app: StartApp) -> None:
+    exits: list[Any] = []
+    app = start_app(on_exit=exits.append)
+    app.stop()
+    deadline = time.monotonic() + 5.0
+    while not exits and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert exits == [supervisors.SHUTDOWN]
