@@ -71,6 +71,17 @@ def context(**values: Any) -> Iterator[None]:
         _overrides.reset(token)
 
 
+def push_overrides(values: Mapping[str, Any]) -> contextvars.Token[Mapping[str, Any]]:
+    """``context(**values)`` without the key check, for overrides already checked (the
+    runtime restores a call's captured overrides this way); undo with ``pop_overrides``."""
+    current_layer = _overrides.get()
+    return _overrides.set(values if not current_layer else {**current_layer, **values})
+
+
+def pop_overrides(token: contextvars.Token[Mapping[str, Any]]) -> None:
+    _overrides.reset(token)
+
+
 def get(name: str, default: Any = None) -> Any:
     """The effective value of one setting: context override, else configured default."""
     overrides = _overrides.get()

@@ -15,8 +15,8 @@ from dspy_actors.runtime.context import CallContext
 from dspy_actors.runtime.errors import DeadlineExceeded, ModuleUnavailable
 from dspy_actors.runtime.messages import Call
 
-# How often a waiting caller re-checks that the actor it waits on is alive (slow path only).
-_LIVENESS_POLL_SECONDS = 0.1
+# A wait with no deadline still wakes this often (every wait in actor code is bounded).
+_MAX_WAIT_SLICE_SECONDS = 5.0
 
 
 def send_call(
@@ -46,24 +46,36 @@ def wait_reply(
 
     If the actor dies without answering, the call was never accepted (an actor answers
     every call it accepted, and the calls left in its inbox, as it exits; only a message
-    put after that is left): the wait ends with ModuleUnavailable, which is safe to retry.
+    put after that is left): a monitor on the actor then ends the wait with
+    ModuleUnavailable, which is safe to retry. No polling: the caller sleeps until the
+    reply, the actor's death or the deadline, whichever comes first.
     """
-    while True:
-        remaining = ctx.remaining()
-        if remaining is not None and timeout is not None:
-            remaining = min(remaining, timeout)
-        elif remaining is None:
-            remaining = timeout
-        if remaining is not None and remaining <= 0:
-            # The actor's late answer, if any, is dropped (the future is already done).
-            reject(reply, DeadlineExceeded(ctx.trace_id, where))
-            return reply.result(timeout=0)
-        wait = (
-            _LIVENESS_POLL_SECONDS if remaining is None else min(remaining, _LIVENESS_POLL_SECONDS)
-        )
+    monitor_ref = None
+    if ref is not None and not reply.done():
+
+        def never_answered(_down: supervisors.Down) -> None:
+            reject(reply, ModuleUnavailable(where))
+
         try:
-            return reply.result(timeout=wait)
-        except FutureTimeout:
-            if ref is not None and ref.actor_stopped.is_set():
-                supervisors.wait_for_exit(ref, _LIVENESS_POLL_SECONDS)
-                reject(reply, ModuleUnavailable(where))
+            monitor_ref = supervisors.monitor(ref, never_answered)
+        except TypeError:
+            monitor_ref = None  # not a supervised actor: only the deadline bounds the wait
+    try:
+        while True:
+            remaining = ctx.remaining()
+            if remaining is not None and timeout is not None:
+                remaining = min(remaining, timeout)
+            elif remaining is None:
+                remaining = timeout
+            if remaining is not None and remaining <= 0:
+                # The actor's late answer, if any, is dropped (the future is already done).
+                reject(reply, DeadlineExceeded(ctx.trace_id, where))
+                return reply.result(timeout=0)
+            wait = _MAX_WAIT_SLICE_SECONDS if remaining is None else remaining
+            try:
+                return reply.result(timeout=min(wait, _MAX_WAIT_SLICE_SECONDS))
+            except FutureTimeout:
+                continue
+    finally:
+        if monitor_ref is not None and ref is not None:
+            supervisors.demonitor(ref, monitor_ref)

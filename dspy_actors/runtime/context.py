@@ -10,8 +10,9 @@ deadline, so a deadline set at the edge bounds every hop beneath it.
 from __future__ import annotations
 
 import contextvars
+import itertools
+import os
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +43,16 @@ class CallContext:
             raise DeadlineExceeded(self.trace_id, where)
 
 
+# Trace ids: a per-process random prefix and a counter (uuid4 cost more than the rest of a
+# cached call's bookkeeping together).
+_TRACE_PREFIX = os.urandom(6).hex()
+_trace_counter = itertools.count(1)
+
+
+def new_trace_id() -> str:
+    return f"{_TRACE_PREFIX}-{next(_trace_counter):x}"
+
+
 _current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
     "dspy_actors_call_context", default=None
 )
@@ -68,7 +79,7 @@ def capture(
     active = settings.current_overrides()
     merged = {**active, **overrides} if overrides else active
     return CallContext(
-        trace_id or (parent.trace_id if parent is not None else uuid.uuid4().hex),
+        trace_id or (parent.trace_id if parent is not None else new_trace_id()),
         deadline,
         MappingProxyType(dict(merged)) if merged else _EMPTY,
     )
@@ -78,11 +89,11 @@ def capture(
 def restored(ctx: CallContext) -> Iterator[CallContext]:
     """Run a block as the call ``ctx`` belongs to: its settings overrides and its context."""
     token = _current.set(ctx)
+    # The overrides were checked when the call captured them: push them as they are.
+    overrides_token = settings.push_overrides(ctx.overrides) if ctx.overrides else None
     try:
-        if ctx.overrides:
-            with settings.context(**ctx.overrides):
-                yield ctx
-        else:
-            yield ctx
+        yield ctx
     finally:
+        if overrides_token is not None:
+            settings.pop_overrides(overrides_token)
         _current.reset(token)

@@ -167,12 +167,13 @@ class ModuleActor(supervisors.SupervisedActor):
         self._inflight[call_id] = record
         self.services.on_event("module.start", self.path, {"trace_id": call.ctx.trace_id})
         if self._predictor:
-            with restored(call.ctx):
-                try:
-                    record.steps = record.module.steps(**call.inputs)
-                except BaseException as error:
-                    self._fail(call_id, error)
-                    return
+            # Making the generator runs none of the steps' code: the call's context is
+            # restored where they run (_resume).
+            try:
+                record.steps = record.module.steps(**call.inputs)
+            except BaseException as error:
+                self._fail(call_id, error)
+                return
             self._resume(call_id, None, None, first=True)
         else:
             thread = threading.Thread(
