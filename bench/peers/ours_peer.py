@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 import threading
 import time
@@ -203,7 +205,19 @@ def _group(filename: str, func: str) -> str:
     if "/dspy_actors/" in filename:
         sub = filename.split("/dspy_actors/", 1)[1].split("/", 1)[0]
         return f"dspy_actors.{sub.removesuffix('.py')}"
-    for pkg in ("httpx", "httpcore", "h11", "pydantic", "json", "hashlib", "threading"):
+    for pkg in (
+        "httpx",
+        "httpcore",
+        "h11",
+        "pydantic",
+        "json",
+        "hashlib",
+        "threading",
+        "pykka",
+        "supervisors",
+        "queue",
+        "concurrent",
+    ):
         if f"/{pkg}/" in filename or filename.endswith(f"/{pkg}.py"):
             return pkg
     if filename == "~":
@@ -405,7 +419,9 @@ def main() -> None:
             )
         raise ValueError(f"unknown profile scenario {scenario!r}")
 
+    rt_ops, rt_close = runtime_ops(args.url, args.slow_url, model, key)
     ops: dict[str, Op] = {
+        **rt_ops,
         "cached": op_cached,
         "uncached": op_uncached,
         "raw": op_raw,
@@ -423,9 +439,245 @@ def main() -> None:
     try:
         serve(ops, ready)
     finally:
+        rt_close()
         for lm in (cached_lm, uncached_lm):
             lm.close()
         raw_fast.close()
+
+
+# ------------------------------------------------------------------ the runtime (bench_runtime)
+
+
+def runtime_ops(
+    url: str, slow_url: str, model: str, key: str
+) -> tuple[dict[str, Op], Callable[[], None]]:
+    """The ops of ``bench/bench_runtime.py``: calls through ``dsa.start(...)`` handles.
+
+    - ``rt_throughput``: a fresh app (fresh LM, ``lm_workers`` = in flight, cache off) on the
+      100 ms server, ``kind`` ``program`` (a one-step ``app.program`` of a Predict) or
+      ``serve`` (``app.serve`` of a Predict); threads calling ``handle.call``.
+    - ``rt_warm``: one call per cached path, so that the LM cache holds the answer.
+    - ``rt_cached``: one thread, back to back; ``mode`` ``raw`` (a bare Pykka ask to a
+      trivial actor), ``actor`` (``handle.call`` on a served Predict whose memory-only
+      cache holds the answer) or ``inproc`` (the same cached Predict, no actor).
+    - ``rt_profile``: cProfile of the calling thread plus, if yappi is importable (an
+      investigation tool, not a dependency), CPU time of every thread.
+    Returns the ops and a function that stops what they started.
+    """
+    import shutil
+    import tempfile
+
+    import pykka
+
+    import dspy_actors as dsa
+    from dspy_actors.lm.cache import Cache
+
+    signature = "question -> answer"
+    dirs: list[str] = []
+    closers: list[Callable[[], object]] = []
+    state: dict[str, Any] = {}
+
+    class Constant(pykka.ThreadingActor):
+        def on_receive(self, message: Any) -> Any:
+            return 42
+
+    def new_app(lm: Any, workers: int) -> Any:
+        data_dir = tempfile.mkdtemp(prefix="bench-rt-")
+        dirs.append(data_dir)
+        return dsa.start(lm=lm, data_dir=data_dir, lm_workers=workers)
+
+    def cached_setup() -> dict[str, Any]:
+        if not state:
+            lm = dsa.LM(model, api_base=url + "/v1", api_key=key, cache_store=Cache(disk_path=None))
+            app = new_app(lm, 4)
+            handle = app.serve("cached", dsa.Predict(signature))
+            inproc = dsa.Predict(signature)
+            inproc.lm = lm
+            raw = Constant.start()
+            state.update(lm=lm, app=app, handle=handle, inproc=inproc, raw=raw)
+            closers.append(lambda: raw.stop(timeout=10))
+            closers.append(app.stop)
+            closers.append(lm.close)
+        return state
+
+    def cached_call(mode: str) -> Call:
+        st = cached_setup()
+        if mode == "raw":
+            ref = st["raw"]
+            return lambda q: ref.ask(q, timeout=10.0)
+        if mode == "actor":
+            handle = st["handle"]
+            return lambda q: handle.call(question=q).answer
+        if mode == "inproc":
+            inproc = st["inproc"]
+            return lambda q: inproc(question=q).answer
+        raise ValueError(f"unknown mode {mode!r}")
+
+    def op_warm(cmd: dict[str, Any]) -> dict[str, Any]:
+        q = cmd["question"]
+        answers = {m: cached_call(m)(q) for m in ("raw", "actor", "inproc")}
+        return {"answers": {m: str(a) for m, a in answers.items()}}
+
+    def op_cached(cmd: dict[str, Any]) -> dict[str, Any]:
+        call = cached_call(cmd["mode"])
+        return {**time_loop(call, [cmd["question"]] * int(cmd["n"])), "mode": cmd["mode"]}
+
+    def with_app(
+        kind: str,
+        in_flight: int,
+        run: Callable[[Call], dict[str, Any]],
+        liveness_poll_s: float | None = None,
+    ) -> dict[str, Any]:
+        import dspy_actors.runtime.calls as calls_module
+
+        lm = dsa.LM(model, api_base=slow_url + "/v1", api_key=key, cache=False)
+        app = new_app(lm, in_flight)
+        default_poll = calls_module._LIVENESS_POLL_SECONDS
+        try:
+            if kind == "program":
+                steps = [("answer", dsa.Predict, {"signature": signature})]
+                handle = app.program(f"{kind}{in_flight}", steps)
+            elif kind == "serve":
+                handle = app.serve(f"{kind}{in_flight}", dsa.Predict(signature))
+            else:
+                raise ValueError(f"unknown kind {kind!r}")
+            if liveness_poll_s is not None:
+                # An experiment, not a setting: what the callers' periodic liveness
+                # wake-ups in wait_reply cost under load.
+                calls_module._LIVENESS_POLL_SECONDS = liveness_poll_s
+            before = thread_cpu_s()
+            result = run(lambda q: handle.call(question=q).answer)
+            result["cpu_us_per_call_by_thread"] = cpu_by_thread(
+                before, thread_cpu_s(), int(result["calls"]) + in_flight
+            )
+            result["kind"] = kind
+            result["lm_workers"] = in_flight
+            result["liveness_poll_s"] = calls_module._LIVENESS_POLL_SECONDS
+            return result
+        finally:
+            calls_module._LIVENESS_POLL_SECONDS = default_poll
+            app.stop()
+            lm.close()
+
+    def op_throughput(cmd: dict[str, Any]) -> dict[str, Any]:
+        k, per_thread, prefix = int(cmd["in_flight"]), int(cmd["per_thread"]), cmd["prefix"]
+        poll = cmd.get("liveness_poll_s")
+        return with_app(
+            cmd["kind"],
+            k,
+            lambda call: run_threads(call, k, per_thread, prefix),
+            None if poll is None else float(poll),
+        )
+
+    def op_profile(cmd: dict[str, Any]) -> dict[str, Any]:
+        scenario, top = cmd["scenario"], int(cmd.get("top", 25))
+        if scenario == "throughput":
+            k, per_thread = int(cmd["in_flight"]), int(cmd["per_thread"])
+            return with_app(
+                cmd["kind"],
+                k,
+                lambda call: yappi_profile(
+                    lambda: run_threads(call, k, per_thread, "prof"), k * (per_thread + 1), top
+                ),
+            )
+        call = cached_call(scenario)
+        q = cmd["question"]
+        call(q)
+        n = int(cmd["n"])
+        out = {"cprofile_caller_thread": profile_loop(call, [q] * n, top)}
+        out["yappi_all_threads"] = yappi_profile(lambda: time_loop(call, [q] * n), n, top)
+        return out
+
+    def close() -> None:
+        for closer in reversed(closers):
+            closer()
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+    ops: dict[str, Op] = {
+        "rt_warm": op_warm,
+        "rt_cached": op_cached,
+        "rt_throughput": op_throughput,
+        "rt_profile": op_profile,
+    }
+    return ops, close
+
+
+def thread_cpu_s() -> dict[int, tuple[str, float]]:
+    """CPU seconds of every live thread of this process, by native id, with its kind (the
+    Python thread name without its number: ``LMWorker``, ``ModuleActor``, ...). Read from
+    /proc/self/task/*/schedstat (exact run time, no profiler); empty where unavailable."""
+    names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+    out: dict[int, tuple[str, float]] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", encoding="ascii") as f:
+                ns = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        name = names.get(int(tid), "?")
+        out[int(tid)] = (re.sub(r"[-_ ]?\d+$", "", name), ns / 1e9)
+    return out
+
+
+def cpu_by_thread(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], calls: int
+) -> dict[str, float]:
+    """CPU us per call by thread kind between two :func:`thread_cpu_s` readings. Threads
+    that ended in between (the benchmark's caller threads) are missing from ``after``: their
+    share is the process's CPU per call minus the sum of these."""
+    kinds: dict[str, float] = {}
+    for tid, (kind, cpu) in after.items():
+        spent = cpu - before.get(tid, (kind, 0.0))[1]
+        kinds[kind] = kinds.get(kind, 0.0) + spent / max(1, calls) * 1e6
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+
+
+def yappi_profile(run: Callable[[], dict[str, Any]], n: int, top: int) -> dict[str, Any]:
+    """CPU time of every thread while ``run()`` runs, per function, in us per call; with
+    yappi (installed in .venv for investigation only). Without yappi: just ``run()``."""
+    try:
+        import yappi  # type: ignore[import-untyped, unused-ignore]
+    except ImportError:
+        return {"run": run(), "note": "yappi not installed: no all-thread profile"}
+    yappi.clear_stats()
+    yappi.set_clock_type("cpu")
+    yappi.start(builtins=True, profile_threads=True)
+    try:
+        result = run()
+    finally:
+        yappi.stop()
+    rows: list[dict[str, Any]] = []
+    groups: dict[str, float] = {}
+    for stat in yappi.get_func_stats():
+        rows.append(
+            {
+                "function": f"{_short_path(stat.module)}:{stat.lineno}({stat.name})",
+                "calls_per_call": stat.ncall / n,
+                "own_us_per_call": stat.tsub / n * 1e6,
+                "cum_us_per_call": stat.ttot / n * 1e6,
+            }
+        )
+        group = _group(stat.module, stat.name)
+        groups[group] = groups.get(group, 0.0) + stat.tsub / n * 1e6
+    threads = sorted(
+        ({"thread": t.name, "cpu_us_per_call": t.ttot / n * 1e6} for t in yappi.get_thread_stats()),
+        key=lambda r: -float(r["cpu_us_per_call"]),
+    )
+    yappi.clear_stats()
+    return {
+        "calls": n,
+        "run": result,
+        "top_own": sorted(rows, key=lambda r: r["own_us_per_call"], reverse=True)[:top],
+        "top_cumulative": sorted(rows, key=lambda r: r["cum_us_per_call"], reverse=True)[:top],
+        "own_us_per_call_by_group": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+        "threads_top": threads[:12],
+        "threads_cpu_us_per_call_total": sum(float(t["cpu_us_per_call"]) for t in threads),
+    }
 
 
 def _version(dist: str) -> str | None:
