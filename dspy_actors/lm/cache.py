@@ -59,19 +59,47 @@ def cache_key(request: Mapping[str, Any]) -> str:
     and every provider read ``1.0`` and ``1`` alike). Keys must be strings; values must be
     JSON types (``TypeError``/``ValueError`` otherwise, NaN included).
     """
-    canonical = json.dumps(
-        _canonical(request),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
+    # Most requests are plain JSON already (str/int/bool/None leaves, no integral float, no
+    # Mapping other than dict): JSON-encoding them as they are gives exactly the text the
+    # canonical copy would, so the copy is skipped (this runs on every cached LM call).
+    canonical = _ENCODER.encode(request if _is_plain(request) else _canonical(request))
     return hashlib.sha256(_KEY_NAMESPACE + canonical.encode()).hexdigest()
 
 
+# One encoder for every key: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+_LEAVES = frozenset({str, int, bool, type(None)})
+
+
+def _is_plain(value: Any) -> bool:
+    """Whether ``_canonical(value)`` would encode to the same JSON as ``value`` itself:
+    only exact dicts (str keys), lists, tuples, str, int, bool, None and non-integral floats.
+    Leaves are checked inline, without a call each, because this is the hot path."""
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            if type(item) not in _LEAVES and not _is_plain(item):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        for item in value:  # noqa: SIM110 - a plain loop: all() over a generator is slower
+            if type(item) not in _LEAVES and not _is_plain(item):
+                return False
+        return True
+    if kind in _LEAVES:
+        return True
+    # NaN and infinities are not integral: they stay as they are and the encoder rejects
+    # them either way.
+    return kind is float and not value.is_integer()
+
+
 def _canonical(value: Any) -> Any:
-    # Exact-type checks first: this runs on every cached LM call (the hot path), and the
-    # values are almost always plain str/dict/list; isinstance against ABCs is much slower.
+    # Exact-type checks first: the values are almost always plain str/dict/list, and
+    # isinstance against ABCs is much slower.
     kind = type(value)
     if kind is str or kind is int or kind is bool or value is None:
         return value
@@ -80,10 +108,10 @@ def _canonical(value: Any) -> Any:
         for key, item in value.items():
             if type(key) is not str and not isinstance(key, str):
                 raise TypeError(f"cache_key: mapping keys must be str, got {key!r}")
-            out[key] = _canonical(item)
+            out[key] = item if type(item) in _LEAVES else _canonical(item)
         return out
     if kind is list or kind is tuple or isinstance(value, list | tuple):
-        return [_canonical(item) for item in value]
+        return [item if type(item) in _LEAVES else _canonical(item) for item in value]
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value

@@ -6,7 +6,7 @@
     lm.complete(messages, n=3).outputs             # three completions
     for event in lm.stream(messages): ...          # text deltas, then a final event
 
-One LM holds a small pool of sync ``httpx.Client`` shards (see ``transport``: sync clients
+One LM holds a small pool of sync httpx transport shards (see ``transport``: sync clients
 driven by threads scale far better than ``AsyncClient``, and sharding keeps them scaling
 past a few dozen threads), so it can be called from any number of threads at once.
 Sampling parameters resolve as: per-call keyword arguments > ``settings`` overrides
@@ -55,6 +55,8 @@ __all__ = ["LM", "LMStats"]
 
 _ENV_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 _MAX_HISTORY = 1000
+# Built once: json.dumps with options builds a new encoder on every call.
+_BODY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,7 +475,7 @@ class LM:
             if exc.endpoint is None:
                 raise BadRequest(str(exc), endpoint=self.endpoint, model=self.model) from exc
             raise
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        return _BODY_ENCODER.encode(body).encode()
 
     def _complete_uncached(
         self,
@@ -502,10 +504,8 @@ class LM:
     def _post(self, content: bytes, timeout: float | None) -> Completion:
         self._count("requests")
         try:
-            r = self._clients.client().post(
-                self.endpoint,
-                content=content,
-                timeout=timeout if timeout is not None else self.timeout,
+            r = self._clients.post(
+                self.endpoint, content, timeout if timeout is not None else self.timeout
             )
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, timeout) from exc
@@ -544,11 +544,8 @@ class LM:
                 self._count("requests")
                 acc = self._provider.accumulator(endpoint=self.endpoint, model=self.model)
                 try:
-                    with self._clients.client().stream(
-                        "POST",
-                        self.endpoint,
-                        content=content,
-                        timeout=timeout if timeout is not None else self.timeout,
+                    with self._clients.stream(
+                        self.endpoint, content, timeout if timeout is not None else self.timeout
                     ) as r:
                         if r.status_code >= 300:
                             r.read()

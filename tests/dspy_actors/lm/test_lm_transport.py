@@ -1,16 +1,28 @@
-"""The LM's sharded client pool: threads share a bounded set of clients; close() closes all."""
+"""The LM's sharded transport pool: threads share a bounded set of shards; close() closes all;
+requests go out as an ``httpx.Client`` would send them (headers, auth, cookies, keep-alive)."""
 
 from __future__ import annotations
 
+import base64
+import http.server
+import json
+import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
 
+import httpx
 import pytest
 
 from dspy_actors.lm import LM
+from dspy_actors.lm.providers.openai import OpenAIProvider
 from dspy_actors.lm.transport import ClientPool
 from dspy_actors.testing import SimLM
+
+MakeLM = Callable[..., LM]
+_BODY = {"model": "sim", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def _server_connections(sim: SimLM) -> int:
@@ -77,3 +89,132 @@ def test_shard_count_bounds_the_clients(sim_lm: SimLM) -> None:
 def test_shards_must_be_positive() -> None:
     with pytest.raises(ValueError, match="shards must be >= 1"):
         ClientPool(headers={}, timeout=1.0, shards=0)
+
+
+# ------------------------------------------------ the Client layers the shards replace
+
+
+def test_requests_carry_the_headers_an_httpx_client_would_send(
+    sim_lm: SimLM, make_lm: MakeLM
+) -> None:
+    lm = make_lm("openai/sim", api_base=sim_lm.openai_base, api_key="k-123")
+    lm("hello")
+    sent = sim_lm.requests[-1].headers
+    with httpx.Client(headers=OpenAIProvider().headers("k-123")) as client:
+        expected = client.build_request("POST", lm.endpoint, content=b"{}").headers
+    for name, value in expected.items():
+        if name != "content-length":
+            assert sent[name.lower()] == value, name
+    assert int(sent["content-length"]) > 2
+    assert sent["authorization"] == "Bearer k-123"
+    assert sent["host"] == f"127.0.0.1:{sim_lm.port}"
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth(sim_lm: SimLM) -> None:
+    base = sim_lm.openai_base.replace("http://", "http://user:p%40ss@")
+    pool = ClientPool(headers={"Authorization": "Bearer other"}, timeout=5.0)
+    try:
+        r = pool.post(base + "/chat/completions", json.dumps(_BODY).encode())
+    finally:
+        pool.close()
+    assert r.status_code == 200
+    sent = sim_lm.requests[-1].headers
+    assert sent["authorization"] == "Basic " + base64.b64encode(b"user:p@ss").decode()
+    assert sent["host"] == f"127.0.0.1:{sim_lm.port}"
+
+
+def test_one_thread_reuses_one_kept_alive_connection_with_tcp_nodelay(sim_lm: SimLM) -> None:
+    pool = ClientPool(headers={}, timeout=5.0, shards=1)
+    url = sim_lm.openai_base + "/chat/completions"
+    body = json.dumps(_BODY).encode()
+    try:
+        sockets = set()
+        for _ in range(5):
+            with pool.stream(url, body) as r:
+                sock = r.extensions["network_stream"].get_extra_info("socket")
+                sockets.add(id(sock))
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+                assert json.loads(r.read())["choices"]
+        assert len(sockets) == 1
+        assert _server_connections(sim_lm) == 1
+    finally:
+        pool.close()
+    assert _wait_for(lambda: _server_connections(sim_lm) == 0), "connections left open"
+
+
+def test_a_shard_opens_concurrent_connections_then_keeps_them(sim_lm: SimLM) -> None:
+    sim_lm.latency = 0.05
+    pool = ClientPool(headers={}, timeout=5.0, shards=1)
+    url = sim_lm.openai_base + "/chat/completions"
+    body = json.dumps(_BODY).encode()
+    barrier = threading.Barrier(6, timeout=5)
+
+    def call(_i: int) -> int:
+        barrier.wait()
+        return pool.post(url, body).status_code
+
+    try:
+        with ThreadPoolExecutor(6, thread_name_prefix="shard-conc") as ex:
+            assert list(ex.map(call, range(6))) == [200] * 6
+        opened = _server_connections(sim_lm)
+        assert opened == 6  # 6 in flight on one shard: one connection each
+        for _ in range(3):
+            assert pool.post(url, body).status_code == 200
+        assert _server_connections(sim_lm) == opened  # kept alive and reused
+    finally:
+        pool.close()
+    assert _wait_for(lambda: _server_connections(sim_lm) == 0), "connections left open"
+
+
+def test_timeouts_and_refusals_raise_httpx_errors(sim_lm: SimLM) -> None:
+    pool = ClientPool(headers={}, timeout=5.0)
+    body = json.dumps(_BODY).encode()
+    sim_lm.latency = 0.5
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            pool.post(sim_lm.openai_base + "/chat/completions", body, timeout=0.05)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with pytest.raises(httpx.ConnectError):
+            pool.post(f"http://127.0.0.1:{port}/v1/chat/completions", body)
+    finally:
+        pool.close()
+
+
+class _CookieHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[list[str | None]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).seen.append(self.headers.get("Cookie"))
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if len(type(self).seen) == 1:
+            self.send_header("Set-Cookie", "session=abc; Path=/")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_cookies_the_server_sets_are_sent_back_like_a_client_would() -> None:
+    _CookieHandler.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CookieHandler)
+    thread = threading.Thread(target=server.serve_forever, name="cookie-server")
+    thread.start()
+    pool = ClientPool(headers={}, timeout=5.0, shards=1)
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
+    try:
+        for _ in range(3):
+            assert pool.post(url, b"{}").status_code == 200
+    finally:
+        pool.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert _CookieHandler.seen == [None, "session=abc", "session=abc"]
