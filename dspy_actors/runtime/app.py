@@ -40,6 +40,7 @@ from dspy_actors.runtime.lm_pool import (
     LMPoolConfig,
     LMRouter,
     LMWorker,
+    PooledLM,
     deployment_key,
 )
 from dspy_actors.runtime.module_actor import ModuleServices
@@ -599,6 +600,15 @@ class App:
         if self.lm is None or "lm" in settings.current_overrides():
             return {}
         return {"lm": self.lm}
+
+    def pooled_overrides(self) -> dict[str, Any]:
+        """Like :meth:`default_overrides`, for code running outside actors (optimization
+        runs): the LM (the caller's ``context(lm=...)``, else the app's) is wrapped so that
+        its calls go through the app's LM pool and are bounded by it."""
+        lm = settings.current_overrides().get("lm", self.lm)
+        if lm is None or isinstance(lm, PooledLM):
+            return {}
+        return {"lm": PooledLM(lm, self.dispatcher)}
 
     def subscribe(self, pattern: str, callback: Any) -> ev.Subscription:
         """Subscribe to app events by topic (``"lm.*"``, ``"module.end"``, ``"*"``)."""

@@ -439,3 +439,34 @@ def submit_lm_request(
     reply: Future[Any] = Future()
     dispatcher.submit(LMRequest(lm, messages, kwargs, ctx, reply))
     return reply
+
+
+class PooledLM:
+    """Stands in for an LM where code runs outside actors (an optimization run's
+    evaluation threads): each completion goes through the app's LM pool, so it counts
+    against the pool's concurrency, queue bound and circuit breakers, and the caller's
+    thread waits for the worker's answer. Cache hits are answered in place. Every other
+    attribute is the wrapped LM's.
+    """
+
+    def __init__(self, lm: LM, dispatcher: Dispatcher, timeout: float = 600.0) -> None:
+        self._lm = lm
+        self._dispatcher = dispatcher
+        self._timeout = timeout
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lm, name)
+
+    def complete(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        from dspy_actors.runtime.context import capture
+
+        hit = self._lm.cached(messages, **kwargs)
+        if hit is not None:
+            return hit
+        ctx = capture(timeout=self._timeout)
+        reply = submit_lm_request(self._dispatcher, self._lm, messages, kwargs, ctx)
+        remaining = ctx.remaining()
+        return reply.result(timeout=self._timeout if remaining is None else max(remaining, 0.0))
+
+    def __repr__(self) -> str:
+        return f"PooledLM({self._lm!r})"

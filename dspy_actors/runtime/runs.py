@@ -295,7 +295,7 @@ class RunActor(supervisors.SupervisedActor):
         try:
             if self.shared.cancel.is_set():
                 raise Cancelled("the run was cancelled")
-            with settings.context(**self.app.default_overrides()):
+            with settings.context(**self.app.pooled_overrides()):
                 done = self.runner.advance()
         except Cancelled:
             self.store.set_status(run_id, name, self.seed, "cancelled")

@@ -90,6 +90,9 @@ def test_run_reports_progress_checkpoints_and_matches_compile(
     state, _ = reference
     events: list[Any] = []
     app.subscribe("run.progress", events.append)
+    pool_calls: list[Any] = []
+    app.subscribe("lm.start", pool_calls.append)
+    requests_before = sim.request_count
     run = start_run(app, make_optimizer(), student(), trainset=TRAIN, valset=DEV, seed=SEED,
                     run_id="r1")  # fmt: skip
     program = run.result(60)
@@ -106,6 +109,8 @@ def test_run_reports_progress_checkpoints_and_matches_compile(
     finally:
         store.close()
     app.events.flush(timeout=5.0)
+    # The run's LM calls went through the app's LM pool (bounded by its workers).
+    assert len(pool_calls) == sim.request_count - requests_before > 0
     assert [e.message for e in events] == [f"finished {s}" for s in STEPS]
     assert events[-1].completed == len(STEPS)
     assert events[-1].run_id == "r1"
