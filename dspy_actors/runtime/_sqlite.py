@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, Self, TypeVar
 
 import structlog
 
@@ -561,3 +561,30 @@ class SqliteFile:
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(f"{self.path}{suffix}")
+
+
+class SqliteStore:
+    """What every store built on one :class:`SqliteFile` shares: health, close, ``with``.
+
+    Subclasses set ``self._file`` (and ``self.path``) in ``__init__``.
+    """
+
+    _file: SqliteFile
+    path: Path
+
+    def health(self) -> StoreHealth:
+        """The file's state: rebuilds, lost history, errors (see :class:`StoreHealth`)."""
+        return self._file.health()
+
+    def close(self) -> None:
+        """Close the file's connections; later calls raise StoreError. Idempotent."""
+        self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"

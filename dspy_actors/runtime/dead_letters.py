@@ -27,12 +27,12 @@ import traceback as traceback_module
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import structlog
 from pydantic import BaseModel
 
-from dspy_actors.runtime._sqlite import SqliteFile, StoreError, StoreHealth
+from dspy_actors.runtime._sqlite import SqliteFile, SqliteStore, StoreError
 from dspy_actors.runtime.parameter_store import looks_like_secret
 
 __all__ = ["REDACTED", "REPR_MARKER", "DeadLetter", "DeadLetterStore", "StoreError", "jsonify"]
@@ -153,7 +153,7 @@ def _clip(text: str, limit: int) -> str:
     return f"{text[:half]}\n... [{len(text) - limit} characters cut] ...\n{text[-half:]}"
 
 
-class DeadLetterStore:
+class DeadLetterStore(SqliteStore):
     """Dead letters in one SQLite file. Thread-safe; several processes may share the file.
 
     ``max_letters``: past this many, the oldest letters are dropped (replayed ones first), so
@@ -298,23 +298,6 @@ class DeadLetterStore:
             lambda conn: conn.execute(f"SELECT count(*) FROM dead_letters{where}", args).fetchone(),
         )
         return int(row[0])
-
-    def health(self) -> StoreHealth:
-        """The file's state: rebuilds, lost history, errors (see :class:`StoreHealth`)."""
-        return self._file.health()
-
-    def close(self) -> None:
-        """Close the file's connections; later calls raise StoreError. Idempotent."""
-        self._file.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"DeadLetterStore({str(self.path)!r})"
 
     def _letter(self, row: tuple[Any, ...]) -> DeadLetter | None:
         try:

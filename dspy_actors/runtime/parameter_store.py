@@ -26,11 +26,11 @@ import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import structlog
 
-from dspy_actors.runtime._sqlite import SqliteFile, StoreError, StoreHealth
+from dspy_actors.runtime._sqlite import SqliteFile, SqliteStore, StoreError, StoreHealth
 
 __all__ = [
     "ParameterStore",
@@ -141,7 +141,7 @@ class VersionInfo:
     size: int
 
 
-class ParameterStore:
+class ParameterStore(SqliteStore):
     """Versioned learned parameters per program name, in one SQLite file. Thread-safe.
 
     ``keep_versions``: keep only this many latest versions per program (None: keep all).
@@ -287,23 +287,6 @@ class ParameterStore:
             ).fetchall(),
         )
         return [str(r[0]) for r in rows]
-
-    def health(self) -> StoreHealth:
-        """The file's state: rebuilds, lost history, errors (see :class:`StoreHealth`)."""
-        return self._file.health()
-
-    def close(self) -> None:
-        """Close the file's connections; later calls raise StoreError. Idempotent."""
-        self._file.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"ParameterStore({str(self.path)!r})"
 
 
 def _check_program(program: str) -> None:
