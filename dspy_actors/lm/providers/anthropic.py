@@ -14,7 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from dspy_actors.lm.errors import BadRequest, LMError, MalformedResponse, ServerError
-from dspy_actors.lm.providers.base import Provider, StreamAccumulator, http_error
+from dspy_actors.lm.providers.base import (
+    Provider,
+    StreamAccumulator,
+    decode_event,
+    http_error,
+)
 from dspy_actors.lm.types import Completion
 
 __all__ = ["AnthropicProvider"]
@@ -86,20 +91,9 @@ class _AnthropicStream(StreamAccumulator):
         self._done = False
 
     def feed(self, event: str, data: str) -> list[tuple[int, str]]:
-        try:
-            msg = json.loads(data)
-        except ValueError as exc:
-            raise MalformedResponse(
-                f"invalid JSON in stream event {event!r}: {data[:200]!r}",
-                endpoint=self._endpoint,
-                model=self._model,
-            ) from exc
-        if not isinstance(msg, dict):
-            raise MalformedResponse(
-                f"stream event is not an object: {data[:200]!r}",
-                endpoint=self._endpoint,
-                model=self._model,
-            )
+        msg = decode_event(
+            data, f"stream event {event!r}", endpoint=self._endpoint, model=self._model
+        )
         mtype = msg.get("type") or event
         if mtype == "content_block_delta":
             delta = msg.get("delta") or {}

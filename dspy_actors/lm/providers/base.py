@@ -3,6 +3,7 @@ from an HTTP error status (and body) to the error taxonomy."""
 
 from __future__ import annotations
 
+import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
@@ -14,6 +15,7 @@ from dspy_actors.lm.errors import (
     ContextWindowExceeded,
     LMError,
     LMTimeout,
+    MalformedResponse,
     RateLimited,
     ServerError,
 )
@@ -76,6 +78,21 @@ def iter_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
         # "id:", "retry:" and ":" comments carry nothing we need.
     if data:
         yield event, "\n".join(data)
+
+
+def decode_event(data: str, what: str, *, endpoint: str, model: str) -> dict[str, Any]:
+    """One SSE event's data as a JSON object; MalformedResponse naming ``what`` otherwise."""
+    try:
+        decoded = json.loads(data)
+    except ValueError as exc:
+        raise MalformedResponse(
+            f"invalid JSON in {what}: {data[:200]!r}", endpoint=endpoint, model=model
+        ) from exc
+    if not isinstance(decoded, dict):
+        raise MalformedResponse(
+            f"{what} is not an object: {data[:200]!r}", endpoint=endpoint, model=model
+        )
+    return decoded
 
 
 class StreamAccumulator(ABC):

@@ -12,7 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from dspy_actors.lm.errors import LMError, MalformedResponse
-from dspy_actors.lm.providers.base import Provider, StreamAccumulator, http_error
+from dspy_actors.lm.providers.base import (
+    Provider,
+    StreamAccumulator,
+    decode_event,
+    http_error,
+)
 from dspy_actors.lm.types import Completion
 
 __all__ = ["OpenAIProvider"]
@@ -56,20 +61,7 @@ class _OpenAIStream(StreamAccumulator):
         if data.strip() == "[DONE]":
             self._done = True
             return []
-        try:
-            chunk = json.loads(data)
-        except ValueError as exc:
-            raise MalformedResponse(
-                f"invalid JSON in stream chunk: {data[:200]!r}",
-                endpoint=self._endpoint,
-                model=self._model,
-            ) from exc
-        if not isinstance(chunk, dict):
-            raise MalformedResponse(
-                f"stream chunk is not an object: {data[:200]!r}",
-                endpoint=self._endpoint,
-                model=self._model,
-            )
+        chunk = decode_event(data, "stream chunk", endpoint=self._endpoint, model=self._model)
         if "error" in chunk:
             message, _ = _error_fields(data.encode())
             raise MalformedResponse(
