@@ -365,20 +365,23 @@ def _summarize(
         ideal = k / SLOW_LATENCY_S
         row: dict[str, Any] = {"ideal": ideal}
         for n, runs in by_name.items():
-            eps = median(x["examples_per_s"] for x in runs)
-            row[n] = {
-                "examples_per_s": eps,
-                "examples_per_s_best": max(x["examples_per_s"] for x in runs),
-                "fraction_of_ideal": eps / ideal,
-                "errors": sum(x["errors"] for x in runs),
-                "client_cpu_us_per_call": median(x["client_cpu_us_per_call"] for x in runs),
-                "server_cpu_us_per_request": median(
-                    x["server_cpu_us_per_request"] or 0.0 for x in runs
-                ),
-            }
+            row[n] = throughput_row(runs, ideal)
         tp[str(k)] = row
     out["throughput"] = tp
     return out
+
+
+def throughput_row(runs: list[dict[str, Any]], ideal: float) -> dict[str, Any]:
+    """One party's throughput at one concurrency, as medians over its rounds."""
+    eps = median(x["examples_per_s"] for x in runs)
+    return {
+        "examples_per_s": eps,
+        "examples_per_s_best": max(x["examples_per_s"] for x in runs),
+        "fraction_of_ideal": eps / ideal,
+        "errors": sum(x["errors"] for x in runs),
+        "client_cpu_us_per_call": median(x["client_cpu_us_per_call"] for x in runs),
+        "server_cpu_us_per_request": median(x["server_cpu_us_per_request"] or 0.0 for x in runs),
+    }
 
 
 def _targets(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:

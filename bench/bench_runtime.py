@@ -45,7 +45,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_info, machine_load, median, write_results
-from bench_core import CACHED_QUESTION, DSPY_PY, OURS_PY, ROOT, Peer, Server, measured
+from bench_core import (
+    CACHED_QUESTION,
+    DSPY_PY,
+    OURS_PY,
+    ROOT,
+    Peer,
+    Server,
+    measured,
+    throughput_row,
+)
 
 SLOW_LATENCY_S = 0.1
 IN_FLIGHT = (16, 64, 256)
@@ -228,17 +237,7 @@ def _summarize(
         ideal = k / SLOW_LATENCY_S
         row: dict[str, Any] = {"ideal": ideal}
         for n, runs in by_name.items():
-            eps = median(x["examples_per_s"] for x in runs)
-            row[n] = {
-                "examples_per_s": eps,
-                "examples_per_s_best": max(x["examples_per_s"] for x in runs),
-                "fraction_of_ideal": eps / ideal,
-                "errors": sum(x["errors"] for x in runs),
-                "client_cpu_us_per_call": median(x["client_cpu_us_per_call"] for x in runs),
-                "server_cpu_us_per_request": median(
-                    x["server_cpu_us_per_request"] or 0.0 for x in runs
-                ),
-            }
+            row[n] = throughput_row(runs, ideal)
             if runs and "cpu_us_per_call_by_thread" in runs[0]:
                 kinds = {kind for x in runs for kind in x["cpu_us_per_call_by_thread"]}
                 row[n]["cpu_us_per_call_by_thread"] = {
