@@ -41,9 +41,12 @@ class DynamicSupervisorActor(SupervisorActor):
         return _Child(spec, extra_args=self.extra_args)
 
     def api_start_child(self, spec: ChildSpec) -> pykka.ActorRef[Any]:
-        if self.max_children is not None and len(self._children) >= self.max_children:
-            raise MaxChildrenReached(self.path, self.max_children)
+        self._check_room(1)
         return super().api_start_child(spec)
+
+    def _check_room(self, count: int) -> None:
+        if self.max_children is not None and len(self._children) + count > self.max_children:
+            raise MaxChildrenReached(self.path, self.max_children)
 
     def _child_done(self, child: _Child, reason: ExitReason) -> None:
         self._children.pop(child.spec.id, None)

@@ -8,7 +8,7 @@ gone" into :class:`SupervisorExited` carrying the exit reason (for a root that g
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any, Self
 
@@ -216,6 +216,19 @@ class Supervisor:
     def start_child(self, spec: ChildSpec) -> pykka.ActorRef[Any]:
         """Add a child at the end and start it (AlreadyStarted / AlreadyPresent / StartError)."""
         return self._call("start_child", spec)  # type: ignore[no-any-return]
+
+    def start_children(
+        self, specs: Iterable[ChildSpec], *, timeout: float | None = None
+    ) -> list[pykka.ActorRef[Any]]:
+        """Start many children in one message to the supervisor, in order; their refs.
+
+        All or none: if one fails to start (any error :meth:`start_child` raises), the
+        children this call already started are stopped again, in reverse order, and the
+        error is raised. Starting 10,000 children this way costs about what starting as
+        many plain Pykka actors does; one ``start_child`` each adds a round trip per child.
+        ``timeout`` (default: the handle's ``call_timeout``) bounds the whole batch.
+        """
+        return self._call("start_children", tuple(specs), timeout=timeout)  # type: ignore[no-any-return]
 
     def terminate_child(self, child_id: str) -> None:
         """Stop a child per its ``shutdown``; its spec stays (unless temporary)."""

@@ -417,6 +417,33 @@ class SupervisorActor(SupervisedActor):
             del self._children[spec.id]
             raise
 
+    def api_start_children(self, specs: tuple[ChildSpec, ...]) -> list[pykka.ActorRef[Any]]:
+        """Start ``specs`` in order, all or none: a failure stops the ones this call started."""
+        seen: set[str] = set()
+        for spec in specs:
+            if not isinstance(spec, ChildSpec):
+                raise TypeError(f"supervisor {self.path!r}: expected ChildSpec, got {spec!r}")
+            if spec.id in seen:
+                raise ValueError(
+                    f"supervisor {self.path!r}: child id {spec.id!r} appears twice in the batch"
+                )
+            seen.add(spec.id)
+        self._check_room(len(specs))
+        refs: list[pykka.ActorRef[Any]] = []
+        try:
+            for spec in specs:
+                refs.append(self.api_start_child(spec))
+        except Exception:
+            for spec in reversed(specs[: len(refs)]):
+                child = self._children.pop(spec.id, None)
+                if child is not None:
+                    self._terminate(child)
+            raise
+        return refs
+
+    def _check_room(self, count: int) -> None:
+        """Raise if ``count`` more children would exceed a limit (DynamicSupervisor's)."""
+
     def _new_child(self, spec: ChildSpec) -> _Child:
         return _Child(spec)
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import supervisors as sup
-from tests.supervisors.actors import Worker, crash, new_ref, spec, wait_until
+from tests.supervisors.actors import Journal, Worker, crash, new_ref, spec, wait_until
 
 
 class Tagged(sup.SupervisedActor):
@@ -42,6 +42,78 @@ def test_max_children_is_enforced() -> None:
         assert [i.id for i in dyn.which_children()] == ["b", "c"]
     finally:
         dyn.stop()
+
+
+def test_start_children_starts_a_batch_in_order_with_names() -> None:
+    journal = Journal()
+    dyn = sup.DynamicSupervisor.start(name="batch")
+    try:
+        specs = [spec(f"w{i}", journal, name=f"batch-w{i}") for i in range(50)]
+        refs = dyn.start_children(specs)
+        assert journal.of("start") == [f"w{i}" for i in range(50)]
+        assert [i.id for i in dyn.which_children()] == [f"w{i}" for i in range(50)]
+        assert [i.ref for i in dyn.which_children()] == refs
+        assert sup.registry.ask("batch-w49", "hi", timeout=5.0) == ("w49", "hi")
+        # Batch children are ordinary children: they restart under their names.
+        crash(refs[7])
+        new_ref(dyn, "w7", refs[7])
+        assert sup.registry.ask("batch-w7", "again", timeout=5.0) == ("w7", "again")
+    finally:
+        dyn.stop()
+
+
+def test_start_children_is_all_or_none_when_one_fails_to_start() -> None:
+    journal = Journal()
+    dyn = sup.DynamicSupervisor.start(name="batch")
+    try:
+        dyn.start_child(spec("before"))
+        specs = [
+            spec("a", journal, name="batch-a"),
+            spec("b", journal),
+            spec("bad", journal, fail_start=lambda: True),
+            spec("c", journal),
+        ]
+        with pytest.raises(sup.StartError, match="'bad' failed to start") as caught:
+            dyn.start_children(specs)
+        assert caught.value.child_id == "bad"
+        assert journal.of("start") == ["a", "b"]
+        assert journal.of("stop") == ["b", "a"]  # the ones it started, stopped in reverse
+        assert [i.id for i in dyn.which_children()] == ["before"]
+        assert sup.registry.whereis("batch-a") is None
+        assert dyn.count_children().active == 1
+    finally:
+        dyn.stop()
+
+
+def test_start_children_rejects_bad_batches_before_starting_anything() -> None:
+    journal = Journal()
+    dyn = sup.DynamicSupervisor.start(name="batch", max_children=3)
+    try:
+        dyn.start_child(spec("x"))
+        with pytest.raises(ValueError, match="'dup' appears twice"):
+            dyn.start_children([spec("dup", journal), spec("dup", journal)])
+        with pytest.raises(sup.MaxChildrenReached, match="max_children=3"):
+            dyn.start_children([spec("a", journal), spec("b", journal), spec("c", journal)])
+        with pytest.raises(sup.AlreadyStarted):
+            dyn.start_children([spec("a", journal), spec("x", journal)])
+        with pytest.raises(TypeError, match="expected ChildSpec"):
+            dyn.start_children(["not a spec"])  # type: ignore[list-item]
+        assert journal.of("start") == ["a"]  # only the AlreadyStarted batch got going
+        assert journal.of("stop") == ["a"]
+        assert [i.id for i in dyn.which_children()] == ["x"]
+        assert dyn.start_children([]) == []
+    finally:
+        dyn.stop()
+
+
+def test_static_supervisor_start_children_appends_in_order() -> None:
+    root = sup.Supervisor.start([spec("first")], strategy="rest_for_one")
+    try:
+        root.start_children([spec("second"), spec("third")])
+        assert [i.id for i in root.which_children()] == ["first", "second", "third"]
+        assert root.count_children().active == 3
+    finally:
+        root.stop()
 
 
 def test_dynamic_children_restart_and_are_removed_when_done() -> None:
