@@ -14,8 +14,7 @@ interleaved and rotated, and the numbers reported are medians over rounds.
     reference our Predict called from the same threads without the runtime; DSPy: threads
     calling ``dspy.Predict``; the server ceiling: a minimal keep-alive socket client. The
     runtime's threads' CPU per call (LM workers, module and pipeline actors) is read from
-    /proc/self/task/*/schedstat. ``--poll-experiment`` adds ``app.program`` with the
-    callers' liveness poll (``dspy_actors.runtime.calls``) at 5 s instead of 0.1 s.
+    /proc/self/task/*/schedstat.
     examples/s against the ideal ``in_flight / 0.1 s``.
 (2) a cached call, one thread, us/call: a raw Pykka ``ask`` to a trivial actor; our
     ``handle.call`` on a served Predict whose memory-only LM cache holds the answer; the same
@@ -104,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if use_dspy:
             argv = [str(DSPY_PY), "dspy_peer.py", *urls, "--engine", "auto"]
             dspy = Peer("dspy", argv, env, logdir)
-        return _run_rounds(cfg, fast, slow, ours, dspy, args.profile, args.poll_experiment)
+        return _run_rounds(cfg, fast, slow, ours, dspy, args.profile)
     finally:
         for p in (ours, dspy):
             if p is not None:
@@ -123,15 +122,13 @@ def _run_rounds(
     ours: Peer,
     dspy: Peer | None,
     force_profile: bool,
-    poll_experiment: bool = False,
 ) -> dict[str, Any]:
     # The socket ceiling posts exactly the body our Predict sends.
     ours.call(op="uncached", prefix="body", n=1, warm=0)
     body = json.dumps(fast.stats()["last_body"])
     warm = measured(fast, partial(ours.call, op="rt_warm", question=CACHED_QUESTION))
 
-    extra = ["program_poll5"] if poll_experiment else []
-    names = [*KINDS, *extra, "predict", *(["dspy"] if dspy else []), "server"]
+    names = [*KINDS, "predict", *(["dspy"] if dspy else []), "server"]
     tput: dict[int, dict[str, list[dict[str, Any]]]] = {
         k: {n: [] for n in names} for k in IN_FLIGHT
     }
@@ -158,20 +155,6 @@ def _run_rounds(
                 )
                 for kind in KINDS
             ]
-            if poll_experiment:
-                slots.append(
-                    (
-                        "program_poll5",
-                        partial(
-                            ours.call,
-                            op="rt_throughput",
-                            kind="program",
-                            prefix=f"r{r}k{k}poll",
-                            liveness_poll_s=5.0,
-                            **shape,
-                        ),
-                    )
-                )
             # Reference: our Predict called from the same threads, no runtime.
             slots.append(
                 ("predict", partial(ours.call, op="throughput", prefix=f"r{r}k{k}pred", **shape))
@@ -306,12 +289,11 @@ def _profile(ours: Peer, cfg: dict[str, Any]) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     s = result["summary"]
     tp = s["throughput"]
-    order = ("program", "serve", "program_poll5", "predict", "dspy", "server")
+    order = ("program", "serve", "predict", "dspy", "server")
     cols = [n for n in order if n in tp["16"]]
     heads = {
         "program": "ours: app.program",
         "serve": "ours: app.serve",
-        "program_poll5": "ours: app.program, poll 5 s (experiment)",
         "predict": "ours: Predict, no runtime",
         "dspy": "DSPy 3.4.1",
         "server": "server ceiling",
@@ -408,11 +390,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--profile", action="store_true", help="profile ours even if targets met")
     parser.add_argument("--no-dspy", action="store_true", help="measure ours only")
-    parser.add_argument(
-        "--poll-experiment",
-        action="store_true",
-        help="also run app.program with the callers' liveness poll at 5 s instead of 0.1 s",
-    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     info = machine_info(packages=("dspy-actors", "pykka", "httpx", "httpcore"))

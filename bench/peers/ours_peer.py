@@ -526,13 +526,9 @@ def runtime_ops(
         kind: str,
         in_flight: int,
         run: Callable[[Call], dict[str, Any]],
-        liveness_poll_s: float | None = None,
     ) -> dict[str, Any]:
-        import dspy_actors.runtime.calls as calls_module
-
         lm = dsa.LM(model, api_base=slow_url + "/v1", api_key=key, cache=False)
         app = new_app(lm, in_flight)
-        default_poll = calls_module._LIVENESS_POLL_SECONDS
         try:
             if kind == "program":
                 steps = [("answer", dsa.Predict, {"signature": signature})]
@@ -541,10 +537,6 @@ def runtime_ops(
                 handle = app.serve(f"{kind}{in_flight}", dsa.Predict(signature))
             else:
                 raise ValueError(f"unknown kind {kind!r}")
-            if liveness_poll_s is not None:
-                # An experiment, not a setting: what the callers' periodic liveness
-                # wake-ups in wait_reply cost under load.
-                calls_module._LIVENESS_POLL_SECONDS = liveness_poll_s
             before = thread_cpu_s()
             result = run(lambda q: handle.call(question=q).answer)
             result["cpu_us_per_call_by_thread"] = cpu_by_thread(
@@ -552,22 +544,14 @@ def runtime_ops(
             )
             result["kind"] = kind
             result["lm_workers"] = in_flight
-            result["liveness_poll_s"] = calls_module._LIVENESS_POLL_SECONDS
             return result
         finally:
-            calls_module._LIVENESS_POLL_SECONDS = default_poll
             app.stop()
             lm.close()
 
     def op_throughput(cmd: dict[str, Any]) -> dict[str, Any]:
         k, per_thread, prefix = int(cmd["in_flight"]), int(cmd["per_thread"]), cmd["prefix"]
-        poll = cmd.get("liveness_poll_s")
-        return with_app(
-            cmd["kind"],
-            k,
-            lambda call: run_threads(call, k, per_thread, prefix),
-            None if poll is None else float(poll),
-        )
+        return with_app(cmd["kind"], k, lambda call: run_threads(call, k, per_thread, prefix))
 
     def op_profile(cmd: dict[str, Any]) -> dict[str, Any]:
         scenario, top = cmd["scenario"], int(cmd.get("top", 25))
