@@ -1,4 +1,9 @@
-"""The LM's HTTP transport: a few ``httpx.HTTPTransport`` shards shared by all calling threads.
+"""The LM's HTTP transport: a few transport shards shared by all calling threads.
+
+Which transport: an ``httpx`` transport backed by urllib3 (``backend="urllib3"``, the
+default, see :mod:`dspy_actors.lm._urllib3_transport` for why and what it measured), or
+httpx's own ``httpx.HTTPTransport`` (``backend="httpx"``: httpcore and h11). Both take and
+return ``httpx.Request``/``httpx.Response`` and raise httpx's exceptions.
 
 Why shards: one httpx connection pool is thread-safe, but it does work proportional to its
 open connections under one lock on every request. Measured on 2 cores against a loopback
@@ -6,19 +11,19 @@ server with 100 ms latency, 256 threads sharing one client reached ~135 req/s, w
 same threads spread over 8 clients reached ~600 and over 32 ~1,090 (and ``AsyncClient``
 collapsed past ~16 in flight, see DESIGN.md). So each calling thread sticks to one of
 ``shards`` shards (assigned round-robin on its first call); the shards share one TLS context,
-so creating them is cheap, and they are created only when first needed.
+so creating them is cheap, and they are created only when first needed. (urllib3's pool does
+constant work per request; it is sharded the same way, which costs it nothing measurable.)
 
 Why transports rather than ``httpx.Client``: an LM sends one kind of request, a POST of a
 JSON body to one URL with fixed headers, yet ``Client.post`` re-parses and merges the URL,
 merges headers and cookies, builds the body stream and runs the auth and redirect machinery
 on every call: about 100 us of CPU per request on this machine, a quarter of a whole call.
 A shard prepares the URL and headers once and hands each ``httpx.Request`` straight to its
-``httpx.HTTPTransport`` (still httpx and httpcore underneath: the same connection pool,
-timeouts, keep-alive and exception types). What a ``Client`` would do that matters here is
-kept: the same default headers, Basic auth from credentials in the URL, and cookies the
-server sets are sent back on later requests of the shard. Redirects are not followed (nor
-were they: ``Client`` does not follow them by default), and httpx's per-request INFO log line
-is not written.
+transport (the same timeouts, keep-alive and exception types). What a ``Client`` would do
+that matters here is kept: the same default headers, Basic auth from credentials in the URL,
+and cookies the server sets are sent back on later requests of the shard. Redirects are not
+followed (nor were they: ``Client`` does not follow them by default), and httpx's
+per-request INFO log line is not written.
 """
 
 from __future__ import annotations
@@ -31,18 +36,27 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import httpx
+
+from dspy_actors.lm._urllib3_transport import Urllib3Transport
 
 __all__ = ["ClientPool", "HTTPShard"]
 
 DEFAULT_SHARDS = 32
 # Per shard. With threads spread over the shards, a shard rarely holds more than a few.
-_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30.0)
+_LIMITS_KEEPALIVE = 64
+_LIMITS = httpx.Limits(
+    max_connections=256, max_keepalive_connections=_LIMITS_KEEPALIVE, keepalive_expiry=30.0
+)
 # Requests go out as a header write then a body write: without TCP_NODELAY the second
 # one can wait for a delayed ACK.
 _SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 _MAX_TARGETS = 16
+
+Backend = Literal["urllib3", "httpx"]
+BACKENDS: tuple[Backend, ...] = ("urllib3", "httpx")
 
 
 def client_headers(headers: Mapping[str, str]) -> httpx.Headers:
@@ -62,11 +76,11 @@ class _Target:
 
 
 class HTTPShard:
-    """One ``httpx.HTTPTransport`` (a connection pool) and the cookies its server set."""
+    """One transport (a connection pool) and the cookies its server set."""
 
     __slots__ = ("_cookies", "_has_cookies", "transport")
 
-    def __init__(self, transport: httpx.HTTPTransport) -> None:
+    def __init__(self, transport: httpx.BaseTransport) -> None:
         self.transport = transport
         self._cookies = httpx.Cookies()
         # Set once a response has set a cookie: until then requests skip the cookie jar.
@@ -93,10 +107,18 @@ class ClientPool:
     Thread-safe; :meth:`close` closes them all (later calls open new ones)."""
 
     def __init__(
-        self, *, headers: Mapping[str, str], timeout: float, shards: int = DEFAULT_SHARDS
+        self,
+        *,
+        headers: Mapping[str, str],
+        timeout: float,
+        shards: int = DEFAULT_SHARDS,
+        backend: Backend = "urllib3",
     ) -> None:
         if shards < 1:
             raise ValueError(f"shards must be >= 1, got {shards}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         self._headers = client_headers(headers)
         self._timeout = timeout
         self._clients: list[HTTPShard | None] = [None] * shards
@@ -184,6 +206,9 @@ class ClientPool:
         if self._ssl is None:
             # Loading the CA bundle takes ~25 ms: once per pool, not once per shard.
             self._ssl = httpx.create_ssl_context()
+        if self.backend == "urllib3":
+            # urllib3 sets TCP_NODELAY on its sockets by default.
+            return HTTPShard(Urllib3Transport(ssl_context=self._ssl, maxsize=_LIMITS_KEEPALIVE))
         return HTTPShard(
             httpx.HTTPTransport(
                 verify=self._ssl, limits=_LIMITS, retries=0, socket_options=_SOCKET_OPTIONS

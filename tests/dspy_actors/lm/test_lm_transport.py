@@ -18,10 +18,19 @@ import pytest
 
 from dspy_actors.lm import LM
 from dspy_actors.lm.providers.openai import OpenAIProvider
-from dspy_actors.lm.transport import ClientPool
+from dspy_actors.lm.transport import BACKENDS, Backend, ClientPool
 from dspy_actors.testing import SimLM
 
 MakeLM = Callable[..., LM]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each pool-level test runs on both transports: they must behave alike."""
+    value: Backend = request.param
+    return value
+
+
 _BODY = {"model": "sim", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -110,9 +119,9 @@ def test_requests_carry_the_headers_an_httpx_client_would_send(
     assert sent["host"] == f"127.0.0.1:{sim_lm.port}"
 
 
-def test_credentials_in_the_url_are_sent_as_basic_auth(sim_lm: SimLM) -> None:
+def test_credentials_in_the_url_are_sent_as_basic_auth(sim_lm: SimLM, backend: Backend) -> None:
     base = sim_lm.openai_base.replace("http://", "http://user:p%40ss@")
-    pool = ClientPool(headers={"Authorization": "Bearer other"}, timeout=5.0)
+    pool = ClientPool(headers={"Authorization": "Bearer other"}, timeout=5.0, backend=backend)
     try:
         r = pool.post(base + "/chat/completions", json.dumps(_BODY).encode())
     finally:
@@ -123,8 +132,10 @@ def test_credentials_in_the_url_are_sent_as_basic_auth(sim_lm: SimLM) -> None:
     assert sent["host"] == f"127.0.0.1:{sim_lm.port}"
 
 
-def test_one_thread_reuses_one_kept_alive_connection_with_tcp_nodelay(sim_lm: SimLM) -> None:
-    pool = ClientPool(headers={}, timeout=5.0, shards=1)
+def test_one_thread_reuses_one_kept_alive_connection_with_tcp_nodelay(
+    sim_lm: SimLM, backend: Backend
+) -> None:
+    pool = ClientPool(headers={}, timeout=5.0, shards=1, backend=backend)
     url = sim_lm.openai_base + "/chat/completions"
     body = json.dumps(_BODY).encode()
     try:
@@ -142,9 +153,11 @@ def test_one_thread_reuses_one_kept_alive_connection_with_tcp_nodelay(sim_lm: Si
     assert _wait_for(lambda: _server_connections(sim_lm) == 0), "connections left open"
 
 
-def test_a_shard_opens_concurrent_connections_then_keeps_them(sim_lm: SimLM) -> None:
+def test_a_shard_opens_concurrent_connections_then_keeps_them(
+    sim_lm: SimLM, backend: Backend
+) -> None:
     sim_lm.latency = 0.05
-    pool = ClientPool(headers={}, timeout=5.0, shards=1)
+    pool = ClientPool(headers={}, timeout=5.0, shards=1, backend=backend)
     url = sim_lm.openai_base + "/chat/completions"
     body = json.dumps(_BODY).encode()
     barrier = threading.Barrier(6, timeout=5)
@@ -166,8 +179,8 @@ def test_a_shard_opens_concurrent_connections_then_keeps_them(sim_lm: SimLM) -> 
     assert _wait_for(lambda: _server_connections(sim_lm) == 0), "connections left open"
 
 
-def test_timeouts_and_refusals_raise_httpx_errors(sim_lm: SimLM) -> None:
-    pool = ClientPool(headers={}, timeout=5.0)
+def test_timeouts_and_refusals_raise_httpx_errors(sim_lm: SimLM, backend: Backend) -> None:
+    pool = ClientPool(headers={}, timeout=5.0, backend=backend)
     body = json.dumps(_BODY).encode()
     sim_lm.latency = 0.5
     try:
@@ -202,12 +215,12 @@ class _CookieHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_cookies_the_server_sets_are_sent_back_like_a_client_would() -> None:
+def test_cookies_the_server_sets_are_sent_back_like_a_client_would(backend: Backend) -> None:
     _CookieHandler.seen = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CookieHandler)
     thread = threading.Thread(target=server.serve_forever, name="cookie-server")
     thread.start()
-    pool = ClientPool(headers={}, timeout=5.0, shards=1)
+    pool = ClientPool(headers={}, timeout=5.0, shards=1, backend=backend)
     url = f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
     try:
         for _ in range(3):
