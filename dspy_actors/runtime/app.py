@@ -45,9 +45,9 @@ from dspy_actors.runtime.lm_pool import (
 )
 from dspy_actors.runtime.module_actor import ModuleServices
 from dspy_actors.runtime.parameter_store import ParameterStore
+from dspy_actors.runtime.pipeline import PipelineStep
 from dspy_actors.runtime.poison import PoisonTracker, fingerprint
 from dspy_actors.runtime.tree_build import (
-    PipelineActor,
     TreeOptions,
     accepted_inputs,
     instantiate_step,
@@ -71,6 +71,8 @@ class ServedProgram:
     name: str
     kind: str  # "module" | "pipeline"
     version: int
+    # The current version's registry name prefix ("app/qa@v2/"): the entry actor of a
+    # "module" program is registered as it, the steps of a "pipeline" as it + step id.
     entry_name: str
     child_id: str
     gate: _Gate
@@ -78,6 +80,9 @@ class ServedProgram:
     call_timeout: float
     options: TreeOptions
     template: Any  # the Module (kind "module") or the list of (step id, Module)
+    # A pipeline's steps, in order (empty for kind "module"): the caller drives a call
+    # through them (runtime/pipeline.py). Upgrades change their state, never the steps.
+    steps: tuple[PipelineStep, ...] = ()
     state_version: int | None = None
     max_crash_retries: int = 2
     stopped: bool = False
@@ -334,7 +339,10 @@ class App:
         max_crash_retries: int = 3,
     ) -> ProgramHandle:
         """Serve a pipeline: each ``(id, ModuleClass, kwargs)`` step is a supervised actor
-        (or subtree), and each step's outputs are merged into the next step's inputs."""
+        (or subtree), and each step's outputs are merged into the next step's inputs.
+
+        The steps sit side by side under the program's supervisor; a call goes from the
+        caller to each step's actor in turn and back (see runtime/pipeline.py)."""
         if not steps:
             raise ValueError(f"app.program({name!r}, ...) needs at least one step")
         built = [instantiate_step(step) for step in steps]
@@ -353,6 +361,7 @@ class App:
             period,
             max_crash_retries,
         )
+        program.steps = tuple(PipelineStep(sid, accepted_inputs(m)) for sid, m in built)
         return self._launch(program)
 
     def _new_program(
@@ -416,23 +425,12 @@ class App:
             return module_subtree(
                 child_id, "", program.template, prefix, services, program.options, program.name
             )
+        # A pipeline: its steps only (registered as prefix + step id); callers drive calls
+        # through them.
         children = [
             module_subtree(sid, sid, module, prefix, services, program.options, program.name)
             for sid, module in program.template
         ]
-        children.append(
-            supervisors.ChildSpec(
-                "pipeline",
-                PipelineActor,
-                args=(
-                    program.name,
-                    [(sid, prefix + sid, accepted_inputs(m)) for sid, m in program.template],
-                    self.registry,
-                    program.options.max_in_flight,
-                ),
-                name=prefix,
-            )
-        )
         return supervisors.Supervisor.child_spec(
             child_id,
             children,

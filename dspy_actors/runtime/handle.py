@@ -3,13 +3,19 @@
 A handle holds a program *name*, never an actor ref: every call resolves the program's
 current entry actor, so handles keep working across restarts and upgrades.
 
+The calling thread does the work of a call: it sends the ``Call`` to the module's entry
+actor and waits for the reply; for a pipeline (``app.program``) it drives the call through
+the steps' actors itself, one after the other (runtime/pipeline.py), all on the version
+current when the attempt started. No actor sits between the caller and the modules.
+
 - ``call(**inputs)`` blocks for the Prediction; ``submit`` returns a future; ``acall`` is
   awaitable; ``batch`` runs many inputs at a bounded concurrency.
 - A call never hangs: it ends by its deadline (``timeout``) at the latest.
-- A call that could not reach the module (restarting) is retried until it can. A call in
-  flight when the module crashed fails with ``ModuleCrashed``, or is retried if the call is
-  idempotent. An input that itself crashes the module ``poison_threshold`` times is
-  quarantined as a dead letter (``DeadLettered``).
+- A call that could not reach the module (restarting) is retried until it can (a later
+  step of a pipeline is resent by itself, so the steps before it do not run again). A call
+  in flight when a module crashed fails with ``ModuleCrashed``, or is retried (from the
+  first step) if the call is idempotent. An input that itself crashes the module
+  ``poison_threshold`` times is quarantined as a dead letter (``DeadLettered``).
 - At most ``max_in_flight`` calls per program: past it, ``Overloaded`` at once.
 """
 
@@ -25,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from dspy_actors.runtime.calls import send_call, wait_reply
 from dspy_actors.runtime.context import capture
 from dspy_actors.runtime.errors import DeadLettered, ModuleCrashed, ModuleUnavailable, Overloaded
+from dspy_actors.runtime.pipeline import run_pipeline
 from dspy_actors.runtime.poison import fingerprint
 
 if TYPE_CHECKING:
@@ -109,14 +116,27 @@ class ProgramHandle:
         crashes_seen = 0
         unavailable_since: float | None = None
         while True:
+            # (Upgrades switch entry_name before version: never an old entry with a new
+            # version, so the version's drain counts this call.)
             version, entry = program.version, program.entry_name
             if not program.gate.enter(version):
                 raise Overloaded(f"program {program.name!r}", program.gate.limit)
             try:
+                if program.steps:
+                    return run_pipeline(
+                        app.registry,
+                        program.name,
+                        entry,
+                        program.steps,
+                        inputs,
+                        ctx,
+                        lambda: program.stopped,
+                    )
                 reply, ref = send_call(app.registry, entry, inputs, ctx)
                 return wait_reply(reply, ref, ctx, f"program {program.name!r}", None)
             except ModuleUnavailable:
-                # Never reached a module: safe to retry, until it is back or time runs out.
+                # Never reached a module (a pipeline: its first step): safe to retry, until
+                # it is back or time runs out.
                 now = time.monotonic()
                 unavailable_since = unavailable_since or now
                 remaining = ctx.remaining()

@@ -4,33 +4,30 @@
   supervisor whose children are its sub-modules (recursively), plus an actor for the
   composite itself, which runs the user's ``forward`` with each sub-module replaced by a
   :class:`ModuleProxy` that calls the sub-module's actor. ``forward`` works unchanged.
-- ``app.program(name, steps)``: a pipeline: one actor per step and a
-  :class:`PipelineActor` that feeds each step's outputs into the next step's inputs.
+- ``app.program(name, steps)``: one actor (or subtree) per step, side by side under the
+  program's supervisor, and nothing else: no actor sits between the steps. The caller's
+  thread drives a call through them (see :mod:`dspy_actors.runtime.pipeline`). Here:
+  :func:`instantiate_step` makes each step's module, :func:`accepted_inputs` says which of
+  the values so far each step takes.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-import itertools
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import pykka
-
 import supervisors
 from dspy_actors.primitives.module import Module
-from dspy_actors.runtime._futures import reject, resolve
 from dspy_actors.runtime.calls import send_call, wait_reply
 from dspy_actors.runtime.context import capture
-from dspy_actors.runtime.errors import ModuleCrashed, ModuleUnavailable, Overloaded
-from dspy_actors.runtime.messages import Call
+from dspy_actors.runtime.errors import ModuleCrashed, ModuleUnavailable
 from dspy_actors.runtime.module_actor import ModuleActor, ModuleServices, is_predictor
+from dspy_actors.runtime.pipeline import _STEP_RETRY_LIMIT_SECONDS, _STEP_RETRY_SECONDS
 
 ENTRY = "entry"  # the child id of a program's entry actor
 
@@ -184,176 +181,7 @@ def module_subtree(
     )
 
 
-# --- pipelines ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class _StepDone:
-    call_id: int
-    step: int
-    reply: Future[Any]
-
-
-@dataclass(frozen=True, slots=True)
-class _RetryStep:
-    call_id: int
-    step: int
-
-
-@dataclass(slots=True, eq=False)
-class _PipelineCall:
-    call: Call
-    values: dict[str, Any]
-    unavailable_since: float | None = None
-
-
-# A step that is restarting is retried this often, for at most this long: the step never
-# ran, so resending is safe, while failing the whole call would make a retrying caller
-# re-run the steps before it.
-_STEP_RETRY_SECONDS = 0.005
-_STEP_RETRY_LIMIT_SECONDS = 5.0
-
-
-def prediction_items(result: Any) -> dict[str, Any]:
-    """A step's outputs as a dict (a Prediction, a mapping, or an object with items())."""
-    if isinstance(result, Mapping):
-        return dict(result)
-    items = getattr(result, "items", None)
-    if callable(items):
-        return dict(items())
-    raise TypeError(
-        f"a pipeline step must return a Prediction or a mapping of outputs, got "
-        f"{type(result).__name__}"
-    )
-
-
-class PipelineActor(supervisors.SupervisedActor):
-    """Runs a call through the steps in order; each step's outputs join the next's inputs.
-
-    It never waits: each step's reply comes back as a later message.
-    """
-
-    def __init__(
-        self,
-        program: str,
-        steps: Sequence[tuple[str, str, frozenset[str] | None]],
-        registry: supervisors.Registry,
-        max_in_flight: int,
-    ) -> None:
-        super().__init__()
-        self.program = program
-        self.steps = list(steps)  # (step id, registry name, accepted input names or None)
-        self.registry = registry
-        self.max_in_flight = max_in_flight
-        self._calls: dict[int, _PipelineCall] = {}
-        self._ids = itertools.count(1)
-
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Call):
-            if len(self._calls) >= self.max_in_flight:
-                reject(message.reply, Overloaded(f"program {self.program!r}", self.max_in_flight))
-                return None
-            call_id = next(self._ids)
-            self._calls[call_id] = _PipelineCall(message, dict(message.inputs))
-            self._run_step(call_id, 0)
-        elif isinstance(message, _StepDone):
-            self._step_done(message)
-        elif isinstance(message, _RetryStep):
-            if message.call_id in self._calls:
-                self._run_step(message.call_id, message.step)
-        else:
-            return super().on_receive(message)
-        return None
-
-    def _run_step(self, call_id: int, step: int) -> None:
-        record = self._calls[call_id]
-        _, name, accepted = self.steps[step]
-        values = record.values
-        if accepted is not None:
-            values = {k: v for k, v in values.items() if k in accepted}
-        reply, _ref = send_call(self.registry, name, values, record.call.ctx)
-        reply.add_done_callback(partial(_tell_step_done, self.actor_ref, call_id, step))
-
-    def _step_done(self, message: _StepDone) -> None:
-        record = self._calls.get(message.call_id)
-        if record is None:
-            return
-        error = message.reply.exception()
-        if error is None:
-            try:
-                outputs = prediction_items(message.reply.result())
-            except TypeError as bad:
-                error = bad
-        if isinstance(error, ModuleUnavailable) and self._retry_later(record, message):
-            return
-        if error is not None:
-            del self._calls[message.call_id]
-            reject(record.call.reply, error)
-            return
-        record.unavailable_since = None
-        if message.step + 1 == len(self.steps):
-            del self._calls[message.call_id]
-            resolve(record.call.reply, message.reply.result())
-            return
-        record.values.update(outputs)
-        self._run_step(message.call_id, message.step + 1)
-
-    def _retry_later(self, record: _PipelineCall, message: _StepDone) -> bool:
-        """Resend a step that was restarting; False (and the call's error set) past the
-        limit or the deadline."""
-        now = time.monotonic()
-        since = record.unavailable_since = record.unavailable_since or now
-        remaining = record.call.ctx.remaining()
-        if now - since < _STEP_RETRY_LIMIT_SECONDS and (
-            remaining is None or remaining > _STEP_RETRY_SECONDS
-        ):
-            timer = threading.Timer(
-                _STEP_RETRY_SECONDS,
-                _tell_retry,
-                args=(self.actor_ref, _RetryStep(message.call_id, message.step)),
-            )
-            timer.daemon = True
-            timer.start()
-            return True
-        step_id = self.steps[message.step][0]
-        del self._calls[message.call_id]
-        reject(
-            record.call.reply,
-            ModuleCrashed(
-                f"{self.program}.{step_id}",
-                f"the step stayed unavailable for {now - since:.1f} s",
-            ),
-        )
-        return True
-
-    def _abandon(self) -> None:
-        for record in self._calls.values():
-            reject(record.call.reply, ModuleCrashed(self.program, "the pipeline stopped"))
-        self._calls.clear()
-
-    def on_dropped(self, message: Any) -> None:
-        if isinstance(message, Call):
-            reject(message.reply, ModuleUnavailable(self.program))
-
-    def on_stop(self) -> None:
-        self._abandon()
-
-    def on_failure(self, *_exc: object) -> None:
-        self._abandon()
-
-
-def _tell_retry(ref: pykka.ActorRef[Any], message: _RetryStep) -> None:
-    try:
-        ref.tell(message)
-    except pykka.ActorDeadError:
-        pass  # The pipeline died; it answered its calls on the way down.
-
-
-def _tell_step_done(ref: pykka.ActorRef[Any], call_id: int, step: int, reply: Future[Any]) -> None:
-    try:
-        ref.tell(_StepDone(call_id, step, reply))
-    except pykka.ActorDeadError:
-        pass  # The pipeline died; it answered its calls on the way down.
+# --- program steps ---------------------------------------------------------------------
 
 
 StepSpec = tuple[str, Any, Mapping[str, Any]] | tuple[str, Any]

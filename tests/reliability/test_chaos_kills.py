@@ -24,13 +24,13 @@ def _run_under_kills(
 ) -> tuple[CallLedger, int, App]:
     # 1,000 distinct questions, each asked 5 times: one call in five goes to the LM pool, the
     # others are answered from the (memory) cache inside the module actor. Every call still
-    # crosses the pipeline and both step actors, which is what the kills hit.
+    # crosses both step actors, which is what the kills hit.
     lm = make_lm(sim_lm, cache=True, cache_store=Cache(disk_path=None))
     app = start_app(lm=lm, submit_threads=IN_FLIGHT)
     qa = app.program("qa", PIPELINE, idempotent=True, timeout=30.0, **program)
     ledger = CallLedger(qa, hang_after_s=45.0)
     with ChaosMonkey(app, seed=5) as monkey:
-        # Every actor of the program: its pipeline entry ("app1/qa@v1/") and both steps.
+        # Every actor of the program: its two steps (a pipeline has no entry actor).
         run = monkey.kill_every(f"{app.name}/qa@v1/*", every_s=0.05, duration_s=None)
         ledger.run(
             ({"question": f"question {i % 1000}"} for i in range(calls)), concurrency=IN_FLIGHT

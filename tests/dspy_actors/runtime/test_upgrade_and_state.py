@@ -11,6 +11,8 @@ import supervisors
 from dspy_actors.modules.chain_of_thought import ChainOfThought
 from dspy_actors.modules.predict import Predict
 from dspy_actors.primitives.example import Example
+from dspy_actors.primitives.module import Module
+from dspy_actors.primitives.prediction import Prediction
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
 from tests.dspy_actors.runtime.conftest import StartApp
@@ -125,6 +127,50 @@ def test_pipeline_upgrade_with_state(start_app: StartApp, sim: SimLM) -> None:
     pipe.upgrade({"answer": _with_demo(Predict("question -> answer"))["self"]})
     pipe.call(question="x")
     assert _saw_demo(sim.requests[-1])
+
+
+class Holds(Module):
+    """Step 1: holds the call with the question "hold" until released."""
+
+    entered = threading.Event()
+    release = threading.Event()
+
+    def forward(self, question: str) -> Prediction:
+        if question == "hold":
+            Holds.entered.set()
+            Holds.release.wait(10.0)
+        return Prediction(held=question == "hold")
+
+
+def test_a_pipeline_call_in_flight_finishes_its_steps_on_its_own_version(
+    start_app: StartApp, sim: SimLM
+) -> None:
+    Holds.entered.clear()
+    Holds.release.clear()
+    app = start_app()
+    pipe = app.program(
+        "p", [("hold", Holds), ("answer", Predict, {"signature": "question -> answer"})]
+    )
+    held = pipe.submit(question="hold")
+    assert Holds.entered.wait(10.0)
+    upgrading = threading.Thread(
+        target=pipe.upgrade, args=({"answer": _with_demo(Predict("question -> answer"))["self"]},)
+    )
+    upgrading.start()  # it drains: waits for the held call
+    deadline = time.monotonic() + 10.0
+    while pipe.version != 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert pipe.version == 2
+    assert pipe.call(question="new").answer  # new calls run v2: its step 2 has the demo
+    assert _saw_demo(sim.requests[-1])
+    Holds.release.set()
+    assert held.result(timeout=10.0).answer
+    upgrading.join(timeout=10.0)
+    assert not upgrading.is_alive()
+    # The held call's step 2 ran on v1 (no demo), though v2 was current by then.
+    (request,) = [r for r in sim.requests if "hold" in r.last_user_text]
+    assert not _saw_demo(request)
+    assert [n.id for n in app.tree().walk() if n.id.startswith("p@")] == ["p@v2"]
 
 
 def test_demos_given_as_examples_survive_the_store(start_app: StartApp, sim: SimLM) -> None:

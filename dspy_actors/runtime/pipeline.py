@@ -1,0 +1,148 @@
+"""Running a call through a program's steps, driven from the calling thread.
+
+``app.program(name, steps)`` serves each step as its own actor (or subtree, for a
+composite step) under the program's supervisor; no actor sits between the steps. The
+caller's thread (``ProgramHandle.call_with``, which blocks anyway, and runs on the app's
+executor for ``submit``/``acall``) drives the call, step by step::
+
+    caller ──Call──▶ step 1 actor ──reply──▶ caller ──Call──▶ step 2 actor ──reply──▶ caller
+
+For each step it sends a ``Call`` to the step's actor by registry name, waits for the
+reply, and merges the step's outputs into the values so far; the next step gets the values
+it takes (its signature's inputs, or the keyword parameters of its ``forward``). The last
+step's Prediction is the call's answer. A one-step program costs the same two hops as
+``app.serve`` of that module.
+
+- Every step's ``Call`` carries the call's context (trace id, deadline, overrides); each
+  wait ends by the deadline at the latest.
+- All the steps of one call go to the actors of one program version: the caller passes the
+  version's registry name prefix, read once when the attempt starts.
+- A later step that is restarting (``ModuleUnavailable``: the call never reached it) is
+  resent every ``_STEP_RETRY_SECONDS``, for at most ``_STEP_RETRY_LIMIT_SECONDS`` or until
+  the deadline; then the call fails with ``ModuleCrashed`` naming the step. Never by
+  re-running the steps before it: they ran, and may not be idempotent.
+- The *first* step's ``ModuleUnavailable`` is raised as it is: nothing ran yet, so the
+  handle's own retry (which also resolves the program's current version again) is safe.
+- A step's error is the call's error (``ModuleCrashed`` of a step names it, as
+  ``program.step``); a step answering something other than a Prediction or a mapping of
+  outputs fails the call with ``TypeError``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import supervisors
+from dspy_actors.runtime.calls import send_call, wait_reply
+from dspy_actors.runtime.context import CallContext
+from dspy_actors.runtime.errors import ModuleCrashed, ModuleUnavailable
+
+# A step (or sub-module) that is restarting is resent this often, for at most this long:
+# it never ran the call, so resending is safe, while failing the whole call would make a
+# retrying caller re-run the steps before it.
+_STEP_RETRY_SECONDS = 0.005
+_STEP_RETRY_LIMIT_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStep:
+    """One step of a served program: its id (its actor is registered as the version's
+    prefix + id) and the input names it takes (None: any, it has ``**kwargs``)."""
+
+    id: str
+    accepted: frozenset[str] | None
+
+
+def prediction_items(result: Any) -> dict[str, Any]:
+    """A step's outputs as a dict (a Prediction, a mapping, or an object with items())."""
+    if isinstance(result, Mapping):
+        return dict(result)
+    items = getattr(result, "items", None)
+    if callable(items):
+        return dict(items())
+    raise TypeError(
+        f"a pipeline step must return a Prediction or a mapping of outputs, got "
+        f"{type(result).__name__}"
+    )
+
+
+def _not_stopped() -> bool:
+    return False
+
+
+def run_pipeline(
+    registry: supervisors.Registry,
+    program: str,
+    prefix: str,
+    steps: Sequence[PipelineStep],
+    inputs: Mapping[str, Any],
+    ctx: CallContext,
+    stopped: Callable[[], bool] = _not_stopped,
+) -> Any:
+    """Run one call of ``program`` through ``steps`` (actors named ``prefix + step.id``)
+    in this thread; the last step's Prediction, or the first error. ``stopped`` tells a
+    step's retry to give up at once (the program was stopped)."""
+    values = dict(inputs)
+    result: Any = None
+    last = len(steps) - 1
+    for index, step in enumerate(steps):
+        accepted = step.accepted
+        if accepted is None:
+            step_inputs = dict(values)
+        else:
+            step_inputs = {k: v for k, v in values.items() if k in accepted}
+        if index == 0:
+            result = _call_once(registry, program, prefix, step, step_inputs, ctx)
+        else:
+            result = _call_retrying(registry, program, prefix, step, step_inputs, ctx, stopped)
+        outputs = prediction_items(result)  # checked for the last step too
+        if index < last:
+            values.update(outputs)
+    return result
+
+
+def _call_once(
+    registry: supervisors.Registry,
+    program: str,
+    prefix: str,
+    step: PipelineStep,
+    inputs: Mapping[str, Any],
+    ctx: CallContext,
+) -> Any:
+    reply, ref = send_call(registry, prefix + step.id, inputs, ctx)
+    label = f"{program}.{step.id}"
+    return wait_reply(reply, ref, ctx, f"module {label!r}", None)
+
+
+def _call_retrying(
+    registry: supervisors.Registry,
+    program: str,
+    prefix: str,
+    step: PipelineStep,
+    inputs: Mapping[str, Any],
+    ctx: CallContext,
+    stopped: Callable[[], bool],
+) -> Any:
+    """Call a step after the first: resent while it is restarting (see the module doc)."""
+    since: float | None = None
+    while True:
+        try:
+            return _call_once(registry, program, prefix, step, inputs, ctx)
+        except ModuleUnavailable:
+            now = time.monotonic()
+            if since is None:
+                since = now
+            where = f"{program}.{step.id}"
+            if stopped():
+                raise ModuleCrashed(where, "the program was stopped") from None
+            remaining = ctx.remaining()
+            if now - since >= _STEP_RETRY_LIMIT_SECONDS or (
+                remaining is not None and remaining <= _STEP_RETRY_SECONDS
+            ):
+                raise ModuleCrashed(
+                    where, f"the step stayed unavailable for {now - since:.1f} s"
+                ) from None
+            time.sleep(_STEP_RETRY_SECONDS)
