@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -12,11 +13,21 @@ import pykka
 import supervisors
 from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime.context import CallContext
-from dspy_actors.runtime.errors import DeadlineExceeded, ModuleUnavailable
+from dspy_actors.runtime.errors import DeadlineExceeded, ModuleCrashed, ModuleUnavailable
 from dspy_actors.runtime.messages import Call
 
 # A wait with no deadline still wakes this often (every wait in actor code is bounded).
 _MAX_WAIT_SLICE_SECONDS = 5.0
+
+# A module that is restarting is sent the call again this often, for at most this long: it
+# never ran the call, so resending is safe, while failing would make a retrying caller
+# re-run whatever already ran before it (earlier pipeline steps, a composite's forward).
+RESEND_SECONDS = 0.005
+RESEND_LIMIT_SECONDS = 5.0
+
+
+def _not_stopped() -> bool:
+    return False
 
 
 def send_call(
@@ -79,3 +90,41 @@ def wait_reply(
     finally:
         if monitor_ref is not None and ref is not None:
             supervisors.demonitor(ref, monitor_ref)
+
+
+def call_resending(
+    registry: supervisors.Registry,
+    name: str,
+    inputs: Mapping[str, Any],
+    ctx: CallContext,
+    path: str,
+    *,
+    timeout: float | None = None,
+    what: str = "module",
+    stopped: Callable[[], bool] = _not_stopped,
+) -> Any:
+    """Call the module actor registered as ``name`` and wait for its answer; while it is
+    restarting (``ModuleUnavailable``), send the call again every ``RESEND_SECONDS``.
+
+    Past ``RESEND_LIMIT_SECONDS``, the deadline, or once ``stopped()`` says the program
+    went away, the call fails with ``ModuleCrashed`` naming ``path`` (``what`` says what
+    it is in the message: "step", "sub-module").
+    """
+    since: float | None = None
+    while True:
+        reply, ref = send_call(registry, name, inputs, ctx)
+        try:
+            return wait_reply(reply, ref, ctx, f"module {path!r}", timeout)
+        except ModuleUnavailable:
+            now = time.monotonic()
+            since = now if since is None else since
+            if stopped():
+                raise ModuleCrashed(path, "the program was stopped") from None
+            remaining = ctx.remaining()
+            if now - since >= RESEND_LIMIT_SECONDS or (
+                remaining is not None and remaining <= RESEND_SECONDS
+            ):
+                raise ModuleCrashed(
+                    path, f"the {what} stayed unavailable for {now - since:.1f} s"
+                ) from None
+            time.sleep(RESEND_SECONDS)

@@ -18,7 +18,7 @@ step's Prediction is the call's answer. A one-step program costs the same two ho
 - All the steps of one call go to the actors of one program version: the caller passes the
   version's registry name prefix, read once when the attempt starts.
 - A later step that is restarting (``ModuleUnavailable``: the call never reached it) is
-  resent every ``_STEP_RETRY_SECONDS``, for at most ``_STEP_RETRY_LIMIT_SECONDS`` or until
+  resent every ``calls.RESEND_SECONDS``, for at most ``calls.RESEND_LIMIT_SECONDS`` or until
   the deadline; then the call fails with ``ModuleCrashed`` naming the step. Never by
   re-running the steps before it: they ran, and may not be idempotent.
 - The *first* step's ``ModuleUnavailable`` is raised as it is: nothing ran yet, so the
@@ -30,21 +30,13 @@ step's Prediction is the call's answer. A one-step program costs the same two ho
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import supervisors
-from dspy_actors.runtime.calls import send_call, wait_reply
+from dspy_actors.runtime.calls import call_resending, send_call, wait_reply
 from dspy_actors.runtime.context import CallContext
-from dspy_actors.runtime.errors import ModuleCrashed, ModuleUnavailable
-
-# A step (or sub-module) that is restarting is resent this often, for at most this long:
-# it never ran the call, so resending is safe, while failing the whole call would make a
-# retrying caller re-run the steps before it.
-_STEP_RETRY_SECONDS = 0.005
-_STEP_RETRY_LIMIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,55 +86,15 @@ def run_pipeline(
             step_inputs = dict(values)
         else:
             step_inputs = {k: v for k, v in values.items() if k in accepted}
+        name, path = prefix + step.id, f"{program}.{step.id}"
         if index == 0:
-            result = _call_once(registry, program, prefix, step, step_inputs, ctx)
+            reply, ref = send_call(registry, name, step_inputs, ctx)
+            result = wait_reply(reply, ref, ctx, f"module {path!r}", None)
         else:
-            result = _call_retrying(registry, program, prefix, step, step_inputs, ctx, stopped)
+            result = call_resending(
+                registry, name, step_inputs, ctx, path, what="step", stopped=stopped
+            )
         outputs = prediction_items(result)  # checked for the last step too
         if index < last:
             values.update(outputs)
     return result
-
-
-def _call_once(
-    registry: supervisors.Registry,
-    program: str,
-    prefix: str,
-    step: PipelineStep,
-    inputs: Mapping[str, Any],
-    ctx: CallContext,
-) -> Any:
-    reply, ref = send_call(registry, prefix + step.id, inputs, ctx)
-    label = f"{program}.{step.id}"
-    return wait_reply(reply, ref, ctx, f"module {label!r}", None)
-
-
-def _call_retrying(
-    registry: supervisors.Registry,
-    program: str,
-    prefix: str,
-    step: PipelineStep,
-    inputs: Mapping[str, Any],
-    ctx: CallContext,
-    stopped: Callable[[], bool],
-) -> Any:
-    """Call a step after the first: resent while it is restarting (see the module doc)."""
-    since: float | None = None
-    while True:
-        try:
-            return _call_once(registry, program, prefix, step, inputs, ctx)
-        except ModuleUnavailable:
-            now = time.monotonic()
-            if since is None:
-                since = now
-            where = f"{program}.{step.id}"
-            if stopped():
-                raise ModuleCrashed(where, "the program was stopped") from None
-            remaining = ctx.remaining()
-            if now - since >= _STEP_RETRY_LIMIT_SECONDS or (
-                remaining is not None and remaining <= _STEP_RETRY_SECONDS
-            ):
-                raise ModuleCrashed(
-                    where, f"the step stayed unavailable for {now - since:.1f} s"
-                ) from None
-            time.sleep(_STEP_RETRY_SECONDS)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -23,11 +22,9 @@ from typing import Any
 
 import supervisors
 from dspy_actors.primitives.module import Module
-from dspy_actors.runtime.calls import send_call, wait_reply
+from dspy_actors.runtime.calls import call_resending
 from dspy_actors.runtime.context import capture
-from dspy_actors.runtime.errors import ModuleCrashed, ModuleUnavailable
 from dspy_actors.runtime.module_actor import ModuleActor, ModuleServices, is_predictor
-from dspy_actors.runtime.pipeline import _STEP_RETRY_LIMIT_SECONDS, _STEP_RETRY_SECONDS
 
 ENTRY = "entry"  # the child id of a program's entry actor
 
@@ -56,23 +53,15 @@ class ModuleProxy:
         self._timeout = timeout
 
     def __call__(self, **inputs: Any) -> Any:
-        ctx = capture()
-        since = time.monotonic()
-        while True:
-            reply, ref = send_call(self._registry, self._name, inputs, ctx)
-            try:
-                return wait_reply(reply, ref, ctx, f"module {self.path!r}", self._timeout)
-            except ModuleUnavailable:
-                # Restarting: the sub-module never ran this call, so resending is safe.
-                remaining = ctx.remaining()
-                waited = time.monotonic() - since
-                if waited > _STEP_RETRY_LIMIT_SECONDS or (
-                    remaining is not None and remaining <= _STEP_RETRY_SECONDS
-                ):
-                    raise ModuleCrashed(
-                        self.path, f"the sub-module stayed unavailable for {waited:.1f} s"
-                    ) from None
-                time.sleep(_STEP_RETRY_SECONDS)
+        return call_resending(
+            self._registry,
+            self._name,
+            inputs,
+            capture(),
+            self.path,
+            timeout=self._timeout,
+            what="sub-module",
+        )
 
     forward = __call__
 

@@ -12,7 +12,7 @@ import supervisors
 from dspy_actors.modules.predict import Predict
 from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.prediction import Prediction
-from dspy_actors.runtime import pipeline
+from dspy_actors.runtime import calls
 from dspy_actors.runtime.errors import DeadlineExceeded, ModuleCrashed, ModuleUnavailable
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
@@ -166,7 +166,7 @@ class SlowRestart(Module):
 def test_a_step_unavailable_past_the_limit_fails_naming_it_without_rerunning_step_one(
     start_app: StartApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pipeline, "_STEP_RETRY_LIMIT_SECONDS", 0.2)
+    monkeypatch.setattr(calls, "RESEND_LIMIT_SECONDS", 0.2)
     app = start_app()
     KillsStepTwo.runs = 0
     p = app.program("p", [("first", KillsStepTwo), ("second", SlowRestart)])
