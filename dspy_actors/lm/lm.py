@@ -188,6 +188,8 @@ class LM:
         """The cached response to exactly this ``complete(...)`` call, or None: never any
         I/O beyond the cache. The actor runtime answers cache hits with it in the module's
         own thread, and sends only misses to its LM workers."""
+        if not self._use_cache(cache):
+            return None  # before _params: merging the settings is most of a miss's cost
         start = time.perf_counter()
         response, _key = self._try_cache(
             messages, self._params(sampling), response_format, cache, start

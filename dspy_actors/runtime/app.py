@@ -84,7 +84,7 @@ class ServedProgram:
     # through them (runtime/pipeline.py). Upgrades change their state, never the steps.
     steps: tuple[PipelineStep, ...] = ()
     state_version: int | None = None
-    max_crash_retries: int = 2
+    max_crash_retries: int = 3
     stopped: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 

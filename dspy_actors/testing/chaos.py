@@ -104,7 +104,7 @@ class ChaosMonkey:
     - :meth:`kill` kills every live actor matching a glob once, now.
 
     Patterns are ``fnmatch`` globs (``*`` also matches ``/``). With ``by="name"`` they match
-    registry names (``app1/qa@v1/answer``; ``app1/qa@v1/`` is a program's entry actor);
+    registry names (``app1/qa@v1/answer``; ``app1/qa@v1/`` is an ``app.serve``d module's own actor);
     with ``by="tree"`` they match tree paths from the root (``app1/lm/workers/worker-3``,
     ``app1/modules/qa@v1/answer``), which reaches unnamed actors and supervisors too.
 
