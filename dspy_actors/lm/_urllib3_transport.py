@@ -2,9 +2,11 @@
 
 Why: an LM call is one small JSON POST, and under many threads the client's CPU per request
 is what bounds throughput (the GIL). Measured on 2 cores against a loopback server with
-100 ms latency, 256 threads: httpx's own transport (httpcore + h11) ~890 us of CPU per
-request and ~940 req/s; urllib3 2.x ~430 us and ~1,780 req/s (``/tmp``-free reproduction:
-``bench/bench_transport.py``). httpx stays the interface: requests and responses are
+100 ms latency, 256 threads: a bare ``httpx.Client`` (httpcore + h11) ~890 us of CPU per
+request and ~940 req/s, bare urllib3 2.x ~430 us and ~1,780 req/s. Behind our sharded pool
+the gap is smaller (one thread, interleaved in one process: 447 vs 522 us per request,
+server included; ``bench/bench_transport.py`` compares the two backends under load).
+httpx stays the interface: requests and responses are
 ``httpx.Request``/``httpx.Response``, timeouts come from the request's ``timeout``
 extension, and failures are raised as the httpx exception a caller of httpx expects
 (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``ReadError``, ...), so code above
