@@ -6,7 +6,10 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -231,3 +234,74 @@ def test_cookies_the_server_sets_are_sent_back_like_a_client_would(backend: Back
         server.server_close()
         thread.join(5)
     assert _CookieHandler.seen == [None, "session=abc", "session=abc"]
+
+
+# ------------------------------------------------ TLS
+
+
+def _self_signed(tmp_path: Any) -> tuple[str, str]:
+    """A certificate and key for 127.0.0.1, made with the openssl command line tool."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+class _TLSHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+def test_https_verifies_the_server_certificate(
+    tmp_path: Any, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TLSHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, name="tls-server")
+    thread.start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
+    try:
+        # Not trusted: the handshake fails as a connect error, as httpx reports it.
+        untrusted = ClientPool(headers={}, timeout=5.0, backend=backend)
+        try:
+            with pytest.raises(httpx.ConnectError):
+                untrusted.post(url, b"{}")
+        finally:
+            untrusted.close()
+        # Trusted through SSL_CERT_FILE (httpx's trust_env): the request goes through.
+        monkeypatch.setenv("SSL_CERT_FILE", cert)
+        trusted = ClientPool(headers={}, timeout=5.0, backend=backend)
+        try:
+            response = trusted.post(url, b"{}")
+            assert response.status_code == 200
+            assert json.loads(response.content) == {"ok": True}
+        finally:
+            trusted.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
