@@ -50,10 +50,14 @@ def wait_reply(
     reply: Future[Any],
     ref: pykka.ActorRef[Any] | None,
     ctx: CallContext,
-    where: str,
+    path: str,
     timeout: float | None,
+    kind: str = "module",
 ) -> Any:
     """The call's result, waiting at most until the deadline (or ``timeout``).
+
+    ``path`` names what was called in errors (``kind`` ``path``: "module 'qa.answer'",
+    "program 'qa'").
 
     If the actor dies without answering, the call was never accepted (an actor answers
     every call it accepted, and the calls left in its inbox, as it exits; only a message
@@ -65,7 +69,7 @@ def wait_reply(
     if ref is not None and not reply.done():
 
         def never_answered(_down: supervisors.Down) -> None:
-            reject(reply, ModuleUnavailable(where))
+            reject(reply, ModuleUnavailable(path))
 
         try:
             monitor_ref = supervisors.monitor(ref, never_answered)
@@ -80,7 +84,7 @@ def wait_reply(
                 remaining = timeout
             if remaining is not None and remaining <= 0:
                 # The actor's late answer, if any, is dropped (the future is already done).
-                reject(reply, DeadlineExceeded(ctx.trace_id, where))
+                reject(reply, DeadlineExceeded(ctx.trace_id, f"{kind} {path!r}"))
                 return reply.result(timeout=0)
             wait = _MAX_WAIT_SLICE_SECONDS if remaining is None else remaining
             try:
@@ -114,7 +118,7 @@ def call_resending(
     while True:
         reply, ref = send_call(registry, name, inputs, ctx)
         try:
-            return wait_reply(reply, ref, ctx, f"module {path!r}", timeout)
+            return wait_reply(reply, ref, ctx, path, timeout)
         except ModuleUnavailable:
             now = time.monotonic()
             since = now if since is None else since

@@ -133,7 +133,7 @@ class ProgramHandle:
                         lambda: program.stopped,
                     )
                 reply, ref = send_call(app.registry, entry, inputs, ctx)
-                return wait_reply(reply, ref, ctx, f"program {program.name!r}", None)
+                return wait_reply(reply, ref, ctx, program.name, None, kind="program")
             except ModuleUnavailable:
                 # Never reached a module (a pipeline: its first step): safe to retry, until
                 # it is back or time runs out.

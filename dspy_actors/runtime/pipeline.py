@@ -89,7 +89,7 @@ def run_pipeline(
         name, path = prefix + step.id, f"{program}.{step.id}"
         if index == 0:
             reply, ref = send_call(registry, name, step_inputs, ctx)
-            result = wait_reply(reply, ref, ctx, f"module {path!r}", None)
+            result = wait_reply(reply, ref, ctx, path, None)
         else:
             result = call_resending(
                 registry, name, step_inputs, ctx, path, what="step", stopped=stopped
