@@ -50,6 +50,7 @@ from supervisors._events import SupervisorEvent, set_log_level, subscribe
 from supervisors._exit import KILLED, NORMAL, SHUTDOWN, Down, ExitReason, MonitorRef
 from supervisors._handle import DynamicSupervisor, Supervisor, TaskSupervisor
 from supervisors._intensity import RestartIntensity
+from supervisors._lifecycle import drain_stranded
 from supervisors._registry import Registry, registry
 from supervisors._spec import Backoff, ChildSpec
 from supervisors._supervisor import ChildCounts, ChildInfo, Strategy
@@ -91,6 +92,7 @@ __all__ = [
     "TreeNode",
     "ask",
     "demonitor",
+    "drain_stranded",
     "exit_reason",
     "kill",
     "monitor",

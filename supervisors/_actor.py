@@ -18,7 +18,6 @@ Pykka's sharp edges, and what this class does about each:
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from types import TracebackType
@@ -31,9 +30,9 @@ from supervisors._exit import KILLED, NORMAL, SHUTDOWN, Down, ExitReason, Monito
 from supervisors._lifecycle import (
     DownCallback,
     Lifecycle,
+    drain_stranded,
     fail_stranded_messages,
     lifecycle_of,
-    log,
     register_lifecycle,
 )
 
@@ -118,19 +117,12 @@ class SupervisedActor(pykka.ThreadingActor):
     def _actor_loop_teardown(self) -> None:
         # Messages left in the inbox at exit: asks get ActorDeadError (as Pykka does), and
         # every message goes to on_dropped, so an actor that carries its own reply futures
-        # in messages can answer them too.
-        inbox = self.actor_inbox
-        while not inbox.empty():
-            envelope = inbox.get()
-            if envelope.reply_to is not None:
-                error = pykka.ActorDeadError(f"{self.actor_ref} stopped before handling it")
-                with contextlib.suppress(Exception):
-                    envelope.reply_to.set_exception((pykka.ActorDeadError, error, None))
-            if envelope.message is not _EXIT_REQUESTED:
-                try:
-                    self.on_dropped(envelope.message)
-                except Exception:
-                    log.exception("on_dropped_failed", actor=str(self))
+        # in messages can answer them too. Senders may be draining at the same time.
+        drain_stranded(self.actor_ref, self._dropped)
+
+    def _dropped(self, message: Any) -> None:
+        if message is not _EXIT_REQUESTED:
+            self.on_dropped(message)
 
     def on_dropped(self, message: Any) -> None:
         """Called (in the actor's thread, as it exits) for each message it will never handle.

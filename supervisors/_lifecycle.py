@@ -8,6 +8,7 @@ actor, so we key on the ref object, which every holder of the actor shares).
 
 from __future__ import annotations
 
+import queue
 import threading
 import weakref
 from collections.abc import Callable
@@ -112,24 +113,39 @@ def lifecycle_of(ref: pykka.ActorRef[Any]) -> Lifecycle:
     return lifecycle
 
 
-def fail_stranded_messages(ref: pykka.ActorRef[Any]) -> None:
-    """Answer every ask still queued in a stopped actor's inbox with ``ActorDeadError``.
+def drain_stranded(
+    ref: pykka.ActorRef[Any], on_message: Callable[[Any], None] | None = None
+) -> None:
+    """Take every message still queued in a stopped actor's inbox: an ask gets
+    ``ActorDeadError``, and every message (asks included) goes to ``on_message``.
 
     Pykka drains the inbox when an actor stops, but a message put between the sender's
-    ``is_alive()`` check and the drain would wait forever. Anyone who sees the actor
-    stopped may call this; each envelope is taken from the queue exactly once.
+    ``is_alive()`` check and that drain would wait forever. So anyone who sees the actor
+    stopped after sending may drain it too: the actor's own teardown and any number of
+    senders can drain at once, and each message is taken exactly once (never a blocking
+    ``get``, which could wait forever for a message another drainer took).
     """
     inbox = ref.actor_inbox
-    while not inbox.empty():
+    while True:
         try:
-            envelope = inbox.get_nowait() if hasattr(inbox, "get_nowait") else inbox.get()
-        except Exception:  # queue.Empty: someone else drained it first
+            envelope = inbox.get_nowait()  # type: ignore[attr-defined]
+        except queue.Empty:
             return
         reply_to = envelope.reply_to
-        if reply_to is None:
-            continue
-        error = pykka.ActorDeadError(f"{ref} stopped before handling the message")
-        try:
-            reply_to.set_exception(exc_info=(pykka.ActorDeadError, error, None))
-        except Exception:  # queue.Full: already answered
-            pass
+        if reply_to is not None:
+            error = pykka.ActorDeadError(f"{ref} stopped before handling the message")
+            try:
+                reply_to.set_exception(exc_info=(pykka.ActorDeadError, error, None))
+            except Exception:  # queue.Full: already answered
+                pass
+        if on_message is not None:
+            try:
+                on_message(envelope.message)
+            except Exception:  # one bad handler must not strand the rest
+                log.exception("stranded_message_handler_failed", actor=str(ref))
+
+
+def fail_stranded_messages(ref: pykka.ActorRef[Any]) -> None:
+    """Answer every ask still queued in a stopped actor's inbox with ``ActorDeadError``
+    (see :func:`drain_stranded`)."""
+    drain_stranded(ref)

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
 from typing import Any
 
 import pykka
@@ -33,7 +34,15 @@ def _not_stopped() -> bool:
 def send_call(
     registry: supervisors.Registry, name: str, inputs: Mapping[str, Any], ctx: CallContext
 ) -> tuple[Future[Any], pykka.ActorRef[Any] | None]:
-    """Send ``Call`` to the actor registered as ``name`` now; its reply future and ref."""
+    """Send ``Call`` to the actor registered as ``name`` now; its reply future and ref.
+
+    The reply is always completed, even if the actor dies around the send: a module actor
+    answers every call it accepted, and every call left in its inbox, as it exits. The one
+    gap is a call put after that last look at the inbox; so if the actor is stopped once
+    the call is in, this sender drains the inbox itself (whoever drains, each call is
+    answered exactly once). That costs one flag read per call, where a monitor per call
+    cost a lock round trip on the actor's lifecycle shared by every caller.
+    """
     reply: Future[Any] = Future()
     ref = registry.whereis(name)
     if ref is None:
@@ -43,7 +52,15 @@ def send_call(
         ref.tell(Call(inputs, ctx, reply))
     except pykka.ActorDeadError:
         reject(reply, ModuleUnavailable(name))
+        return reply, ref
+    if ref.actor_stopped.is_set():
+        supervisors.drain_stranded(ref, partial(_never_accepted, name))
     return reply, ref
+
+
+def _never_accepted(name: str, message: Any) -> None:
+    if isinstance(message, Call):  # never reached the module: safe for the caller to retry
+        reject(message.reply, ModuleUnavailable(name))
 
 
 def wait_reply(
@@ -59,41 +76,26 @@ def wait_reply(
     ``path`` names what was called in errors (``kind`` ``path``: "module 'qa.answer'",
     "program 'qa'").
 
-    If the actor dies without answering, the call was never accepted (an actor answers
-    every call it accepted, and the calls left in its inbox, as it exits; only a message
-    put after that is left): a monitor on the actor then ends the wait with
-    ModuleUnavailable, which is safe to retry. No polling: the caller sleeps until the
-    reply, the actor's death or the deadline, whichever comes first.
+    The reply always comes (see :func:`send_call`): the answer, the module's error,
+    ``ModuleCrashed`` if the actor died with the call in hand, or ``ModuleUnavailable`` if
+    it died before taking it (safe to retry). No polling: the caller sleeps until then or
+    until the deadline, whichever comes first. ``ref`` is kept for callers' bookkeeping.
     """
-    monitor_ref = None
-    if ref is not None and not reply.done():
-
-        def never_answered(_down: supervisors.Down) -> None:
-            reject(reply, ModuleUnavailable(path))
-
+    while True:
+        remaining = ctx.remaining()
+        if remaining is not None and timeout is not None:
+            remaining = min(remaining, timeout)
+        elif remaining is None:
+            remaining = timeout
+        if remaining is not None and remaining <= 0:
+            # The actor's late answer, if any, is dropped (the future is already done).
+            reject(reply, DeadlineExceeded(ctx.trace_id, f"{kind} {path!r}"))
+            return reply.result(timeout=0)
+        wait = _MAX_WAIT_SLICE_SECONDS if remaining is None else remaining
         try:
-            monitor_ref = supervisors.monitor(ref, never_answered)
-        except TypeError:
-            monitor_ref = None  # not a supervised actor: only the deadline bounds the wait
-    try:
-        while True:
-            remaining = ctx.remaining()
-            if remaining is not None and timeout is not None:
-                remaining = min(remaining, timeout)
-            elif remaining is None:
-                remaining = timeout
-            if remaining is not None and remaining <= 0:
-                # The actor's late answer, if any, is dropped (the future is already done).
-                reject(reply, DeadlineExceeded(ctx.trace_id, f"{kind} {path!r}"))
-                return reply.result(timeout=0)
-            wait = _MAX_WAIT_SLICE_SECONDS if remaining is None else remaining
-            try:
-                return reply.result(timeout=min(wait, _MAX_WAIT_SLICE_SECONDS))
-            except FutureTimeout:
-                continue
-    finally:
-        if monitor_ref is not None and ref is not None:
-            supervisors.demonitor(ref, monitor_ref)
+            return reply.result(timeout=min(wait, _MAX_WAIT_SLICE_SECONDS))
+        except FutureTimeout:
+            continue
 
 
 def call_resending(

@@ -7,6 +7,8 @@ from typing import Any
 
 import pykka
 import pytest
+from pykka import ThreadingFuture
+from pykka._envelope import Envelope
 
 import supervisors as sup
 from supervisors._lifecycle import fail_stranded_messages
@@ -270,3 +272,38 @@ def test_exit_reason_strings_are_readable() -> None:
     assert str(sup.ExitReason.crash(ValueError("x"))) == "crash: ValueError('x')"
     assert not sup.SHUTDOWN.abnormal
     assert sup.KILLED.abnormal
+
+
+def test_stranded_messages_are_taken_once_however_many_threads_drain() -> None:
+    """Messages put in a stopped actor's inbox (past tell's alive check) are each handled
+    exactly once while several senders drain at once; an ask among them gets
+    ActorDeadError and never waits forever."""
+    ref = Worker.start()
+    ref.stop(timeout=5.0)
+    assert sup.wait_for_exit(ref, 5.0) is not None
+    ask_reply = ThreadingFuture[Any]()
+    ref.actor_inbox.put(Envelope("asked", reply_to=ask_reply))
+    for i in range(200):
+        ref.actor_inbox.put(Envelope(i))
+    seen: list[Any] = []
+    seen_lock = threading.Lock()
+
+    def record(message: Any) -> None:
+        with seen_lock:
+            seen.append(message)
+
+    barrier = threading.Barrier(4, timeout=5.0)
+
+    def drain() -> None:
+        barrier.wait()
+        sup.drain_stranded(ref, record)
+
+    drainers = [threading.Thread(target=drain, name=f"drainer-{i}") for i in range(4)]
+    for thread in drainers:
+        thread.start()
+    for thread in drainers:
+        thread.join(5.0)
+    assert sorted(m for m in seen if m != "asked") == list(range(200))
+    assert seen.count("asked") == 1
+    with pytest.raises(pykka.ActorDeadError):
+        ask_reply.get(timeout=1.0)

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 import pytest
+from pykka._envelope import Envelope
 
 import supervisors
-from dspy_actors.runtime.calls import send_call, wait_reply
+from dspy_actors.runtime._futures import reject
+from dspy_actors.runtime.calls import _never_accepted, send_call, wait_reply
 from dspy_actors.runtime.context import capture
 from dspy_actors.runtime.errors import DeadlineExceeded, ModuleUnavailable
 from dspy_actors.runtime.messages import Call
 
 
 class Silent(supervisors.SupervisedActor):
-    """Takes calls and never answers them (as if its thread were stuck elsewhere)."""
+    """Takes calls and never answers them; ("hold", event) keeps its thread until set.
+    Calls it never took are answered as a module actor answers them (on_dropped)."""
 
     def __init__(self, taken: threading.Event) -> None:
         super().__init__()
@@ -25,21 +29,44 @@ class Silent(supervisors.SupervisedActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Call):
             self.taken.set()
+        elif isinstance(message, tuple) and message[0] == "hold":
+            message[1].wait(10.0)
         return None
 
+    def on_dropped(self, message: Any) -> None:
+        if isinstance(message, Call):
+            reject(message.reply, ModuleUnavailable("qa.answer"))
 
-def test_an_actor_dying_unanswered_ends_the_wait_with_a_clean_unavailable_error() -> None:
-    taken = threading.Event()
-    ref = Silent.start(taken)
+
+def test_a_call_queued_behind_an_actor_that_dies_ends_with_a_clean_unavailable_error() -> None:
+    registry = supervisors.Registry()
+    ref = Silent.start(threading.Event())
+    registry.register("qa", ref)
+    release = threading.Event()
+    ref.tell(("hold", release))
+    ctx = capture(timeout=30.0)
+    reply, sent_to = send_call(registry, "qa", {"q": 1}, ctx)
+    supervisors.kill(ref)  # acted on after the message in hand: the call stays queued
+    release.set()
+    with pytest.raises(ModuleUnavailable) as caught:
+        wait_reply(reply, sent_to, ctx, "qa.answer", None)
+    assert str(caught.value) == "module 'qa.answer' is not available (restarting or stopped)"
+    assert supervisors.wait_for_exit(ref, 5.0) is not None
+
+
+def test_a_call_put_after_the_actor_drained_its_inbox_is_answered_by_its_sender() -> None:
+    """The race send_call closes: the actor is stopped and drained, then the call lands."""
+    ref = Silent.start(threading.Event())
+    ref.stop(timeout=5.0)
+    assert supervisors.wait_for_exit(ref, 5.0) is not None
+    registry = supervisors.Registry()
+    registry.register("qa", ref)
     ctx = capture(timeout=30.0)
     reply: Future[Any] = Future()
-    ref.tell(Call({"q": 1}, ctx, reply))
-    assert taken.wait(5.0)
-    threading.Timer(0.1, supervisors.kill, args=(ref,)).start()
-    with pytest.raises(ModuleUnavailable) as caught:
-        wait_reply(reply, ref, ctx, "qa.answer", None)
-    assert str(caught.value) == ("module 'qa.answer' is not available (restarting or stopped)")
-    assert supervisors.wait_for_exit(ref, 5.0) is not None
+    ref.actor_inbox.put(Envelope(Call({"q": 1}, ctx, reply)))  # past tell's alive check
+    supervisors.drain_stranded(ref, partial(_never_accepted, "qa"))
+    with pytest.raises(ModuleUnavailable, match="'qa' is not available"):
+        wait_reply(reply, ref, ctx, "qa", 5.0)
 
 
 def test_a_deadline_names_what_was_called() -> None:
