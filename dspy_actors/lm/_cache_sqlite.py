@@ -30,11 +30,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import structlog
+
+from dspy_actors._sqlite_file import FileProblem, PooledSqliteFile, close_quietly, write_tx
 
 _log = structlog.get_logger("dspy_actors.lm.cache")
 
@@ -54,7 +56,6 @@ MAX_PENDING_TOUCHES = 4096
 MAX_RECOVERIES = 3
 RECOVERY_WINDOW_S = 60.0
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 
@@ -86,16 +87,6 @@ _UPSERT = (
 DiskStatus = Literal["ok", "degraded", "closed"]
 
 
-class FileProblem(Exception):
-    """The cache file is gone, was replaced, is no SQLite file any more, or is not open."""
-
-    def __init__(
-        self, kind: Literal["missing", "replaced", "corrupt", "unopened"], detail: str
-    ) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-
-
 class IncompatibleFile(Exception):
     """A healthy SQLite file whose schema this version does not know: never deleted."""
 
@@ -119,7 +110,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{suffix}"
 
 
-class SqliteStore:
+class SqliteStore(PooledSqliteFile):
     """The SQLite tier. Thread-safe; every public method is total (never raises)."""
 
     def __init__(self, path: Path, *, max_bytes: int, busy_timeout: float) -> None:
@@ -127,20 +118,17 @@ class SqliteStore:
             raise ValueError(f"disk_max_bytes must be > 0, got {max_bytes}")
         if busy_timeout < 0:
             raise ValueError(f"busy_timeout must be >= 0, got {busy_timeout}")
-        self.path = path
+        # NORMAL is durable enough in WAL mode for a cache and avoids an fsync per commit.
+        super().__init__(
+            path,
+            busy_timeout=busy_timeout,
+            synchronous="NORMAL",
+            max_idle=MAX_IDLE_CONNECTIONS,
+        )
         self.max_bytes = max_bytes
         self._low_water = int(max_bytes * LOW_WATER_FRACTION)
-        self._busy_timeout = busy_timeout
-        # Guards the fields below; never held across SQLite calls.
-        self._lock = threading.Lock()
         # Serialises recoveries so one thread rebuilds while the others skip.
         self._recover_lock = threading.Lock()
-        self._generation = 0
-        self._idle: list[sqlite3.Connection] = []
-        self._fd: int | None = None
-        self._identity: tuple[int, int] | None = None
-        self._pid = os.getpid()
-        self._forked_connections: list[sqlite3.Connection] = []
         self._pending_touches: dict[str, int] = {}
         self._recoveries: collections.deque[float] = collections.deque()
         self.status: DiskStatus = "ok"
@@ -198,7 +186,7 @@ class SqliteStore:
             self._pending_touches.clear()
 
         def wipe(conn: sqlite3.Connection) -> None:
-            with _write_tx(conn):
+            with write_tx(conn):
                 conn.execute("DELETE FROM entries")
 
         self._run("clear", wipe, retry=False)
@@ -214,7 +202,7 @@ class SqliteStore:
             idle, self._idle = self._idle, []
             fd, self._fd = self._fd, None
         for conn in idle:
-            _close_quietly(conn)
+            close_quietly(conn)
         # Our own descriptor goes last: closing any descriptor of a file drops the process's
         # POSIX locks on it, which SQLite's connections still needed until now.
         if fd is not None:
@@ -252,64 +240,8 @@ class SqliteStore:
                     return None
         return None
 
-    def _check_file(self) -> None:
-        """Raise ``FileProblem`` if the file we opened is no longer the healthy file at path."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            raise FileProblem("missing", f"{self.path} was deleted") from None
-        fd, identity = self._fd, self._identity
-        if identity is None:
-            # An earlier open or recovery was skipped (a lock held too long): open it now.
-            raise FileProblem("unopened", f"{self.path} is not open yet")
-        if (st.st_dev, st.st_ino) != identity:
-            raise FileProblem("replaced", f"{self.path} was replaced by another file")
-        if fd is not None and hasattr(os, "pread"):
-            header = os.pread(fd, len(_SQLITE_MAGIC), 0)
-            if header != _SQLITE_MAGIC:
-                raise FileProblem("corrupt", f"{self.path} no longer has an SQLite header")
-
-    def _acquire(self) -> sqlite3.Connection:
-        with self._lock:
-            if os.getpid() != self._pid:
-                # Forked: connections inherited from the parent must never be used (or even
-                # closed) here. Keep them referenced so garbage collection does not close them.
-                self._pid = os.getpid()
-                self._generation += 1
-                self._forked_connections.extend(self._idle)
-                self._idle = []
-            if self._idle:
-                return self._idle.pop()
-        return self._connect()
-
-    def _release(self, conn: sqlite3.Connection, generation: int) -> None:
-        with self._lock:
-            keep = (
-                generation == self._generation
-                and self.status == "ok"
-                and len(self._idle) < MAX_IDLE_CONNECTIONS
-                and not conn.in_transaction
-            )
-            if keep:
-                self._idle.append(conn)
-        if not keep:
-            _close_quietly(conn)
-
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: autocommit; write transactions are explicit (BEGIN IMMEDIATE).
-        conn = sqlite3.connect(
-            self.path,
-            timeout=self._busy_timeout,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        try:
-            # NORMAL is durable enough in WAL mode for a cache and avoids an fsync per commit.
-            conn.execute("PRAGMA synchronous=NORMAL")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+    def _accepts_connections(self) -> bool:
+        return self.status == "ok"
 
     def _attach_with_retries(self) -> None:
         # Switching a brand-new file to WAL can report "locked" without waiting while another
@@ -330,7 +262,7 @@ class SqliteStore:
         fd: int | None = None
         try:
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
-            with _write_tx(conn):
+            with write_tx(conn):
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'")
@@ -355,23 +287,10 @@ class SqliteStore:
             self.status = "ok"
             self.detail = f"SQLite file {self.path}"
         for old in old_idle:
-            _close_quietly(old)
+            close_quietly(old)
         if old_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(old_fd)
-
-    def _drop_connections(self) -> None:
-        """Retire every pooled connection and our descriptor (in-use ones close on return)."""
-        with self._lock:
-            self._generation += 1
-            idle, self._idle = self._idle, []
-            fd, self._fd = self._fd, None
-            self._identity = None
-        for conn in idle:
-            _close_quietly(conn)
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
     def _recover(self, op: str, exc: BaseException, generation: int) -> bool:
         """Reopen or rebuild the file after ``exc``; False if the disk tier is now disabled."""
@@ -470,7 +389,7 @@ class SqliteStore:
     ) -> Literal["reopened", "rebuilt"]:
         """Make a working file current again after a problem of ``kind``; raise if impossible."""
         if kind == "missing":
-            self._remove_stale_sidecars()
+            self._remove_orphan_sidecars()
             self._attach_with_retries()
             return "rebuilt"
         if kind == "corrupt":
@@ -500,20 +419,11 @@ class SqliteStore:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            self._remove_stale_sidecars()
+            self._remove_orphan_sidecars()
             return
         if bad_identity is not None and (st.st_dev, st.st_ino) != bad_identity:
             return
         for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(f"{self.path}{suffix}")
-
-    def _remove_stale_sidecars(self) -> None:
-        # The WAL and shared-memory files of a deleted file belong to no file now: remove them
-        # so the new file starts clean (SQLite also discards a WAL next to an empty file).
-        if self.path.exists():
-            return
-        for suffix in ("-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(f"{self.path}{suffix}")
 
@@ -538,7 +448,7 @@ class SqliteStore:
         with self._lock:
             touches, self._pending_touches = self._pending_touches, {}
         now = time.time_ns()
-        with _write_tx(conn):
+        with write_tx(conn):
             if touches:
                 conn.executemany(_TOUCH, [(t, k, t) for k, t in touches.items()])
             conn.execute(_UPSERT, (key, payload, size, now))
@@ -551,7 +461,7 @@ class SqliteStore:
         with self._lock:
             touches, self._pending_touches = self._pending_touches, {}
         if touches:
-            with _write_tx(conn):
+            with write_tx(conn):
                 conn.executemany(_TOUCH, [(t, k, t) for k, t in touches.items()])
 
     def _count_error(self) -> None:
@@ -565,19 +475,6 @@ class SqliteStore:
 
 _TOUCH = "UPDATE entries SET accessed = ? WHERE key = ? AND accessed < ?"
 _DELETE_ONE = "DELETE FROM entries WHERE key = ?"
-
-
-@contextlib.contextmanager
-def _write_tx(conn: sqlite3.Connection) -> Iterator[None]:
-    """A write transaction that takes the write lock up front (no deadlock on upgrade)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def _total_bytes(conn: sqlite3.Connection) -> int:
@@ -606,8 +503,3 @@ def _evict(conn: sqlite3.Connection, need: int, keep: str) -> int:
         cursor.close()
     conn.executemany(_DELETE_ONE, victims)
     return len(victims)
-
-
-def _close_quietly(conn: sqlite3.Connection) -> None:
-    with contextlib.suppress(sqlite3.Error):
-        conn.close()

@@ -31,12 +31,14 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Self, TypeVar
 
 import structlog
+
+from dspy_actors._sqlite_file import FileProblem, PooledSqliteFile, close_quietly, write_tx
 
 __all__ = ["SqliteFile", "StoreError", "StoreHealth"]
 
@@ -44,7 +46,6 @@ T = TypeVar("T")
 
 _log = structlog.get_logger("dspy_actors.runtime.store")
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
 _CORRUPT_CODES = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
 # Idle connections kept for reuse; more are opened under load and closed when returned.
@@ -90,12 +91,6 @@ class StoreHealth:
     created_at: float | None
 
 
-class _FileProblem(Exception):
-    def __init__(self, kind: Literal["missing", "replaced", "corrupt", "unopened"], detail: str):
-        super().__init__(detail)
-        self.kind = kind
-
-
 class _Incompatible(Exception):
     """A healthy file written by a newer schema: never moved, never rebuilt."""
 
@@ -116,7 +111,7 @@ def _is_busy(exc: BaseException) -> bool:
 
 
 def _is_corrupt(exc: BaseException) -> bool:
-    if isinstance(exc, _FileProblem):
+    if isinstance(exc, FileProblem):
         return exc.kind == "corrupt"
     if not isinstance(exc, sqlite3.DatabaseError):
         return False
@@ -129,30 +124,13 @@ def _is_corrupt(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     """``Type: message [SQLITE_CODE]`` for logs and error messages."""
-    if isinstance(exc, _FileProblem):
+    if isinstance(exc, FileProblem):
         return f"file {exc.kind}: {exc}"
     name = getattr(exc, "sqlite_errorname", None)
     return f"{type(exc).__name__}: {exc}" + (f" [{name}]" if name else "")
 
 
-@contextlib.contextmanager
-def _write_tx(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def _close_quietly(conn: sqlite3.Connection) -> None:
-    with contextlib.suppress(sqlite3.Error):
-        conn.close()
-
-
-class SqliteFile:
+class SqliteFile(PooledSqliteFile):
     """The file of one store (``store`` names it in the shared meta table and in logs).
 
     ``schema`` is a list of idempotent statements (``CREATE ... IF NOT EXISTS``) run when a
@@ -172,24 +150,16 @@ class SqliteFile:
     ) -> None:
         if busy_timeout < 0:
             raise ValueError(f"busy_timeout must be >= 0, got {busy_timeout!r}")
-        self.path = Path(path)
+        super().__init__(
+            Path(path), busy_timeout=busy_timeout, synchronous=synchronous, max_idle=_MAX_IDLE
+        )
         self.store = store
         self._schema = tuple(schema)
         self._schema_version = schema_version
-        self._busy_timeout = busy_timeout
-        self._synchronous = synchronous
-        # Guards the fields below; never held across SQLite calls.
-        self._lock = threading.Lock()
         # One recovery at a time; the others wait and then retry on the recovered file.
         self._recover_lock = threading.Lock()
-        self._generation = 0
-        self._idle: list[sqlite3.Connection] = []
-        self._identity: tuple[int, int] | None = None
-        self._fd: int | None = None
         self._file_id: str | None = None
         self._created_at: float | None = None
-        self._pid = os.getpid()
-        self._inherited: list[sqlite3.Connection] = []
         self._closed = False
         self._history_lost = False
         self._rebuilds = 0
@@ -209,7 +179,7 @@ class SqliteFile:
         """Run ``fn`` inside one write transaction (all or nothing)."""
 
         def in_tx(conn: sqlite3.Connection) -> T:
-            with _write_tx(conn):
+            with write_tx(conn):
                 return fn(conn)
 
         return self._run(op, in_tx)
@@ -242,7 +212,7 @@ class SqliteFile:
             idle, self._idle = self._idle, []
             fd, self._fd = self._fd, None
         for conn in idle:
-            _close_quietly(conn)
+            close_quietly(conn)
         # Our descriptor goes last: closing any descriptor of a file drops this process's
         # POSIX locks on it, which SQLite's connections needed until now.
         if fd is not None:
@@ -264,7 +234,7 @@ class SqliteFile:
                     return fn(conn)
                 finally:
                     self._release(conn, generation)
-            except (sqlite3.Error, OSError, _FileProblem, _Incompatible) as exc:
+            except (sqlite3.Error, OSError, FileProblem, _Incompatible) as exc:
                 self._count(exc)
                 if isinstance(exc, _Incompatible):
                     raise StoreError(str(exc)) from None
@@ -290,61 +260,8 @@ class SqliteFile:
             self._errors += 1
             self._last_error = describe(exc)
 
-    def _check_file(self) -> None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            raise _FileProblem("missing", f"{self.path} was deleted") from None
-        identity, fd = self._identity, self._fd
-        if identity is None:
-            raise _FileProblem("unopened", f"{self.path} is not open")
-        if (st.st_dev, st.st_ino) != identity:
-            raise _FileProblem("replaced", f"{self.path} was replaced by another file")
-        if fd is not None and hasattr(os, "pread"):  # no pread on Windows: inode check only
-            header = os.pread(fd, len(_SQLITE_MAGIC), 0)
-            if header != _SQLITE_MAGIC:
-                raise _FileProblem("corrupt", f"{self.path} no longer has an SQLite header")
-
-    def _acquire(self) -> sqlite3.Connection:
-        with self._lock:
-            if os.getpid() != self._pid:
-                # Forked: the parent's connections must never be used (or closed) here; keep
-                # them referenced so garbage collection does not close them either.
-                self._pid = os.getpid()
-                self._generation += 1
-                self._inherited.extend(self._idle)
-                self._idle = []
-            if self._idle:
-                return self._idle.pop()
-        return self._connect()
-
-    def _release(self, conn: sqlite3.Connection, generation: int) -> None:
-        with self._lock:
-            keep = (
-                generation == self._generation
-                and not self._closed
-                and len(self._idle) < _MAX_IDLE
-                and not conn.in_transaction
-            )
-            if keep:
-                self._idle.append(conn)
-        if not keep:
-            _close_quietly(conn)
-
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: autocommit; write transactions are explicit (BEGIN IMMEDIATE).
-        conn = sqlite3.connect(
-            self.path,
-            timeout=self._busy_timeout,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        try:
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+    def _accepts_connections(self) -> bool:
+        return not self._closed
 
     def _attach(self) -> bool:
         """Open (creating if needed) the file at ``path`` and make it current.
@@ -371,7 +288,7 @@ class SqliteFile:
         fd: int | None = None
         try:
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
-            with _write_tx(conn):
+            with write_tx(conn):
                 for statement in (*_META_SCHEMA, *self._schema):
                     conn.execute(statement)
                 meta = self._ensure_meta(conn)
@@ -392,7 +309,7 @@ class SqliteFile:
             self._file_id = file_id
             self._created_at = created_at
         for old in old_idle:
-            _close_quietly(old)
+            close_quietly(old)
         if old_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(old_fd)
@@ -423,7 +340,7 @@ class SqliteFile:
         try:
             return str(rows["file_id"]), float(rows["created_at"])
         except (KeyError, ValueError) as exc:
-            raise _FileProblem("corrupt", f"{self.path}: bad {self.store} metadata") from exc
+            raise FileProblem("corrupt", f"{self.path}: bad {self.store} metadata") from exc
 
     def _open_first(self) -> None:
         try:
@@ -432,7 +349,7 @@ class SqliteFile:
         except _Incompatible as exc:
             self.close()
             raise StoreError(str(exc)) from None
-        except (sqlite3.Error, OSError, _FileProblem) as exc:
+        except (sqlite3.Error, OSError, FileProblem) as exc:
             self._count(exc)
             if _is_busy(exc):
                 # Locked by another process past the timeout: not a broken file. The first
@@ -454,7 +371,7 @@ class SqliteFile:
             first = exc
         try:
             self._rebuild("open", first, None)
-        except (sqlite3.Error, OSError, _FileProblem, _Incompatible) as exc:
+        except (sqlite3.Error, OSError, FileProblem, _Incompatible) as exc:
             self.close()
             raise StoreError(
                 f"cannot open {self.store} at {self.path}: {describe(first)}; creating a new "
@@ -467,7 +384,7 @@ class SqliteFile:
             if generation != self._generation or self._closed:
                 return  # Another thread recovered (or we closed) since this operation began.
             bad_identity = self._identity
-            kind = exc.kind if isinstance(exc, _FileProblem) else "error"
+            kind = exc.kind if isinstance(exc, FileProblem) else "error"
             try:
                 if _is_corrupt(exc):
                     # Move the file aside *before* closing our connections: the last one to
@@ -488,7 +405,7 @@ class SqliteFile:
                     # at the path now; only one that fails to open is moved aside.
                     try:
                         same = self._attach()
-                    except (sqlite3.DatabaseError, _FileProblem) as reopen_exc:
+                    except (sqlite3.DatabaseError, FileProblem) as reopen_exc:
                         if _is_busy(reopen_exc) or not _is_corrupt(reopen_exc):
                             raise
                         self._rebuild(op, reopen_exc, None)
@@ -497,7 +414,7 @@ class SqliteFile:
                             self._lost(op, exc, "reopened")
             except _Incompatible as bad:
                 raise StoreError(str(bad)) from None
-            except (sqlite3.Error, OSError, _FileProblem) as failed:
+            except (sqlite3.Error, OSError, FileProblem) as failed:
                 self._count(failed)
                 raise StoreError(
                     f"{self.store} at {self.path}: {op} failed ({describe(exc)}) and so did "
@@ -525,18 +442,6 @@ class SqliteFile:
             action=action,
         )
 
-    def _drop_connections(self) -> None:
-        with self._lock:
-            self._generation += 1
-            idle, self._idle = self._idle, []
-            fd, self._fd = self._fd, None
-            self._identity = None
-        for conn in idle:
-            _close_quietly(conn)
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
     def _quarantine(self, bad_identity: tuple[int, int] | None) -> None:
         """Move the broken file (and its WAL sidecars) aside, unless already replaced."""
         try:
@@ -553,14 +458,6 @@ class SqliteFile:
                 os.replace(f"{self.path}{suffix}", f"{target}{suffix}")
         with self._lock:
             self._quarantined.append(target)
-
-    def _remove_orphan_sidecars(self) -> None:
-        # The WAL and shared-memory files of a deleted file belong to no file any more.
-        if self.path.exists():
-            return
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(f"{self.path}{suffix}")
 
 
 class SqliteStore:

@@ -1,0 +1,170 @@
+"""The part of "one SQLite file shared by threads and processes" that both of our SQLite
+users need: the LM cache's disk tier (``lm/_cache_sqlite.py``) and the runtime's stores
+(``runtime/_sqlite.py``). What they do when the file breaks differs (the cache deletes
+and starts over, a store moves the file aside and reports lost history), so that stays
+with each; what is here is the same for both:
+
+- a pool of connections, each used by one thread at a time (``check_same_thread`` is off
+  only so a connection can move between threads *between* uses). A generation number
+  retires every pooled connection at once; after a fork the child never touches (or
+  closes) its parent's connections;
+- the check, before each operation, that the file at ``path`` is still the file we opened
+  and still an SQLite file: an open connection keeps working on a deleted file and never
+  re-reads pages it cached, so without it a deleted file would go on "working";
+- explicit write transactions (``BEGIN IMMEDIATE``: two writers never deadlock upgrading
+  a read lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+FileProblemKind = Literal["missing", "replaced", "corrupt", "unopened"]
+
+
+class FileProblem(Exception):
+    """The file is gone, was replaced, is no SQLite file any more, or is not open."""
+
+    def __init__(self, kind: FileProblemKind, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+@contextlib.contextmanager
+def write_tx(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction that takes the write lock up front (no deadlock on upgrade)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def close_quietly(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        conn.close()
+
+
+class PooledSqliteFile:
+    """Connections to the SQLite file at ``path``, and the file's identity. Thread-safe.
+
+    Subclasses open the file (setting ``_identity`` and ``_fd``), decide what to do when
+    :meth:`_check_file` raises, and say with :meth:`_accepts_connections` whether returned
+    connections may be kept.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout: float,
+        synchronous: Literal["FULL", "NORMAL"],
+        max_idle: int,
+    ) -> None:
+        self.path = path
+        self._busy_timeout = busy_timeout
+        self._synchronous = synchronous
+        self._max_idle = max_idle
+        # Guards the fields below; never held across SQLite calls.
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._idle: list[sqlite3.Connection] = []
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
+        self._fd: int | None = None  # kept open to read the header cheaply
+        self._pid = os.getpid()
+        self._inherited: list[sqlite3.Connection] = []
+
+    def _accepts_connections(self) -> bool:
+        """Whether a connection handed back now may be kept for reuse."""
+        return True
+
+    def _check_file(self) -> None:
+        """Raise ``FileProblem`` if the file we opened is no longer the healthy file at path."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise FileProblem("missing", f"{self.path} was deleted") from None
+        identity, fd = self._identity, self._fd
+        if identity is None:
+            # An earlier open or recovery did not complete (a lock held too long, say).
+            raise FileProblem("unopened", f"{self.path} is not open")
+        if (st.st_dev, st.st_ino) != identity:
+            raise FileProblem("replaced", f"{self.path} was replaced by another file")
+        if fd is not None and hasattr(os, "pread"):  # no pread on Windows: inode check only
+            header = os.pread(fd, len(SQLITE_MAGIC), 0)
+            if header != SQLITE_MAGIC:
+                raise FileProblem("corrupt", f"{self.path} no longer has an SQLite header")
+
+    def _acquire(self) -> sqlite3.Connection:
+        with self._lock:
+            if os.getpid() != self._pid:
+                # Forked: the parent's connections must never be used (or closed) here; keep
+                # them referenced so garbage collection does not close them either.
+                self._pid = os.getpid()
+                self._generation += 1
+                self._inherited.extend(self._idle)
+                self._idle = []
+            if self._idle:
+                return self._idle.pop()
+        return self._connect()
+
+    def _release(self, conn: sqlite3.Connection, generation: int) -> None:
+        with self._lock:
+            keep = (
+                generation == self._generation
+                and self._accepts_connections()
+                and len(self._idle) < self._max_idle
+                and not conn.in_transaction
+            )
+            if keep:
+                self._idle.append(conn)
+        if not keep:
+            close_quietly(conn)
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: autocommit; write transactions are explicit (BEGIN IMMEDIATE).
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _drop_connections(self) -> None:
+        """Retire every pooled connection and our descriptor (in-use ones close on return)."""
+        with self._lock:
+            self._generation += 1
+            idle, self._idle = self._idle, []
+            fd, self._fd = self._fd, None
+            self._identity = None
+        for conn in idle:
+            close_quietly(conn)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _remove_orphan_sidecars(self) -> None:
+        # The WAL and shared-memory files of a deleted file belong to no file any more:
+        # remove them so a new file starts clean.
+        if self.path.exists():
+            return
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{self.path}{suffix}")
