@@ -27,7 +27,8 @@ RESEND_SECONDS = 0.005
 RESEND_LIMIT_SECONDS = 5.0
 
 
-def _not_stopped() -> bool:
+def never_stopped() -> bool:
+    """The default ``stopped`` check: nothing asks the call to give up early."""
     return False
 
 
@@ -107,7 +108,7 @@ def call_resending(
     *,
     timeout: float | None = None,
     what: str = "module",
-    stopped: Callable[[], bool] = _not_stopped,
+    stopped: Callable[[], bool] = never_stopped,
 ) -> Any:
     """Call the module actor registered as ``name`` and wait for its answer; while it is
     restarting (``ModuleUnavailable``), send the call again every ``RESEND_SECONDS``.

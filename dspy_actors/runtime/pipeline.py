@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import supervisors
-from dspy_actors.runtime.calls import call_resending, send_call, wait_reply
+from dspy_actors.runtime.calls import call_resending, never_stopped, send_call, wait_reply
 from dspy_actors.runtime.context import CallContext
 
 
@@ -61,10 +61,6 @@ def prediction_items(result: Any) -> dict[str, Any]:
     )
 
 
-def _not_stopped() -> bool:
-    return False
-
-
 def run_pipeline(
     registry: supervisors.Registry,
     program: str,
@@ -72,7 +68,7 @@ def run_pipeline(
     steps: Sequence[PipelineStep],
     inputs: Mapping[str, Any],
     ctx: CallContext,
-    stopped: Callable[[], bool] = _not_stopped,
+    stopped: Callable[[], bool] = never_stopped,
 ) -> Any:
     """Run one call of ``program`` through ``steps`` (actors named ``prefix + step.id``)
     in this thread; the last step's Prediction, or the first error. ``stopped`` tells a
