@@ -60,6 +60,14 @@ _BODY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
+class CacheMiss:
+    """A cache lookup that missed, and the key the answer belongs under (see ``LM.probe``)."""
+
+    lm: LM
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
 class LMStats:
     """Counters of one LM: HTTP attempts, retries among them, cache hits, failed calls."""
 
@@ -154,17 +162,26 @@ class LM:
         response_format: dict[str, Any] | None = None,
         cache: bool | None = None,
         timeout: float | None = None,
+        known_miss: CacheMiss | None = None,
         **sampling: Any,
     ) -> LMResponse:
         """One chat completion (``n`` of them with ``n=...``), retried on transient errors.
+
+        ``known_miss``: what :meth:`probe` returned for this very call, made just before (in
+        another thread, say): the cache is not looked up again, and the answer is stored
+        under the key the probe computed.
 
         Raises an :class:`~dspy_actors.lm.errors.LMError` subclass when it cannot succeed.
         """
         start = time.perf_counter()
         params = self._params(sampling)
-        response, key = self._try_cache(messages, params, response_format, cache, start)
-        if response is not None:
-            return response
+        key: str | None
+        if known_miss is not None and known_miss.lm is self:
+            key = known_miss.key
+        else:
+            response, key = self._try_cache(messages, params, response_format, cache, start)
+            if response is not None:
+                return response
         try:
             completion = self._complete_uncached(messages, params, response_format, timeout)
         except LMError:
@@ -188,13 +205,32 @@ class LM:
         """The cached response to exactly this ``complete(...)`` call, or None: never any
         I/O beyond the cache. The actor runtime answers cache hits with it in the module's
         own thread, and sends only misses to its LM workers."""
+        found = self.probe(
+            messages, response_format=response_format, cache=cache, timeout=timeout, **sampling
+        )
+        return found if isinstance(found, LMResponse) else None
+
+    def probe(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        response_format: dict[str, Any] | None = None,
+        cache: bool | None = None,
+        timeout: float | None = None,
+        **sampling: Any,
+    ) -> LMResponse | CacheMiss | None:
+        """Like :meth:`cached`, but a miss is a :class:`CacheMiss` carrying the request's
+        cache key, to hand to :meth:`complete` (``known_miss=``) so that it neither computes
+        the key nor looks the cache up a second time. None: this call is not cached."""
         if not self._use_cache(cache):
             return None  # before _params: merging the settings is most of a miss's cost
         start = time.perf_counter()
-        response, _key = self._try_cache(
+        response, key = self._try_cache(
             messages, self._params(sampling), response_format, cache, start
         )
-        return response
+        if response is not None:
+            return response
+        return None if key is None else CacheMiss(self, key)
 
     def _try_cache(
         self,

@@ -35,6 +35,7 @@ import pykka
 import supervisors
 from dspy_actors.lm.breaker import CircuitBreaker, CircuitOpen, Permit
 from dspy_actors.lm.errors import LMError
+from dspy_actors.lm.lm import LM
 from dspy_actors.lm.rate_limit import RateLimiter
 from dspy_actors.runtime._futures import reject, resolve
 from dspy_actors.runtime.context import CallContext, restored
@@ -43,7 +44,7 @@ from dspy_actors.runtime.events import LMEnd, LMStart
 from dspy_actors.runtime.messages import LMRequest
 
 if TYPE_CHECKING:
-    from dspy_actors.lm.lm import LM
+    from dspy_actors.lm.lm import CacheMiss
 
 # Errors that say the deployment is unhealthy (the breaker counts them); others, such as a
 # bad request, are the caller's problem and must not open the breaker.
@@ -394,6 +395,9 @@ class LMWorker(supervisors.SupervisedActor):
             publish(LMStart(trace_id=ctx.trace_id, deployment=key, model=lm.model))
         started = time.monotonic()
         try:
+            if request.known_miss is not None and isinstance(lm, LM):
+                # complete() itself ignores a miss probed on another LM (a fallback).
+                kwargs["known_miss"] = request.known_miss
             with restored(ctx):
                 response = lm.complete(request.messages, **kwargs)
         except LMError as error:
@@ -434,10 +438,12 @@ def submit_lm_request(
     messages: list[dict[str, Any]],
     kwargs: Mapping[str, Any],
     ctx: CallContext,
+    known_miss: CacheMiss | None = None,
 ) -> Future[Any]:
-    """Hand an LM request to the pool; the returned future completes with the response."""
+    """Hand an LM request to the pool; the returned future completes with the response.
+    ``known_miss``: the sender already looked the cache up (``LM.probe``) and missed."""
     reply: Future[Any] = Future()
-    dispatcher.submit(LMRequest(lm, messages, kwargs, ctx, reply))
+    dispatcher.submit(LMRequest(lm, messages, kwargs, ctx, reply, known_miss))
     return reply
 
 

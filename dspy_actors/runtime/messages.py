@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from dspy_actors.runtime.context import CallContext
 
 if TYPE_CHECKING:
-    from dspy_actors.lm.lm import LM
+    from dspy_actors.lm.lm import LM, CacheMiss
     from dspy_actors.lm.types import LMResponse
     from dspy_actors.primitives.prediction import Prediction
 
@@ -39,6 +39,8 @@ class LMRequest:
     kwargs: Mapping[str, Any]
     ctx: CallContext
     reply: Future[LMResponse]
+    # The sender's cache lookup missed: the worker neither repeats it nor recomputes the key.
+    known_miss: CacheMiss | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ import pykka
 
 import supervisors
 from dspy_actors.lm.errors import LMError
+from dspy_actors.lm.lm import CacheMiss
 from dspy_actors.lm.steps import LMCall
 from dspy_actors.primitives.module import Module
 from dspy_actors.runtime._futures import reject, resolve
@@ -210,9 +211,9 @@ class ModuleActor(supervisors.SupervisedActor):
                     self._fail(call_id, step_error)
                     return
                 first, error = False, None
-                cached = _cached(lm_call)
-                if cached is not None:
-                    response = cached
+                found = _probe(lm_call)
+                if found is not None and not isinstance(found, CacheMiss):
+                    response = found
                     continue
                 reply = submit_lm_request(
                     self.services.dispatcher,
@@ -220,6 +221,7 @@ class ModuleActor(supervisors.SupervisedActor):
                     lm_call.messages,
                     lm_call.kwargs,
                     record.call.ctx,
+                    found,
                 )
                 reply.add_done_callback(partial(_tell_lm_done, self.actor_ref, call_id))
                 return
@@ -315,12 +317,14 @@ class ModuleActor(supervisors.SupervisedActor):
         self._abandon_inflight(f"the module actor crashed: {value!r}")
 
 
-def _cached(lm_call: LMCall) -> Any:
-    """The cached response for this LM call, if the LM can answer it without I/O."""
+def _probe(lm_call: LMCall) -> Any:
+    """The cached response for this LM call if the LM can answer it without I/O; else a
+    ``CacheMiss`` to send along (the worker then skips the lookup), or None (uncached)."""
+    probe = getattr(lm_call.lm, "probe", None)
+    if probe is not None:
+        return probe(lm_call.messages, **lm_call.kwargs)
     lookup = getattr(lm_call.lm, "cached", None)
-    if lookup is None:
-        return None
-    return lookup(lm_call.messages, **lm_call.kwargs)
+    return None if lookup is None else lookup(lm_call.messages, **lm_call.kwargs)
 
 
 def _tell_lm_done(ref: pykka.ActorRef[Any], call_id: int, reply: Future[Any]) -> None:

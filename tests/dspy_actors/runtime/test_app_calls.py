@@ -197,3 +197,32 @@ def test_cache_hits_are_answered_in_the_module_actor_without_the_lm_pool(
     assert app.events.flush(5.0)
     assert len(pool_requests) == 1, "the hit must not go through an LM worker"
     cache.close()
+
+
+def test_a_miss_is_looked_up_once_and_stored_under_the_probed_key(
+    start_app: StartApp, make_lm: Any, sim: SimLM, tmp_path: Any
+) -> None:
+    """The module actor's probe misses; the LM worker neither looks the cache up again
+    nor recomputes the key, and what it stores is what the next identical call hits."""
+    from dspy_actors.lm.cache import Cache
+
+    cache = Cache(disk_path=tmp_path / "cache.sqlite3")
+    lm = make_lm(cache=True, cache_store=cache)
+    lookups: list[str] = []
+    original = cache.get
+
+    def counting_get(key: str) -> Any:
+        lookups.append(key)
+        return original(key)
+
+    cache.get = counting_get  # type: ignore[method-assign]
+    app = start_app(lm=lm)
+    qa = app.serve("qa", Predict("question -> answer"))
+    first = qa.call(question="once")
+    assert len(sim.requests) == 1
+    assert len(lookups) == 1, f"one lookup per miss, got {len(lookups)}"
+    second = qa.call(question="once")
+    assert second.answer == first.answer
+    assert len(sim.requests) == 1  # the stored answer was found under the probed key
+    assert lookups == [lookups[0], lookups[0]]
+    cache.close()
