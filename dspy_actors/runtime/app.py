@@ -242,7 +242,7 @@ class App:
             supervisors.ChildSpec(
                 f"worker-{i}",
                 LMWorker,
-                args=(self.router_name, self.registry, self.dispatcher, self._publish_if_wanted),
+                args=(self.router_name, self.registry, self.dispatcher, self._publisher_if_wanted),
                 shutdown=2.0,
             )
             for i in range(config.lm_workers)
@@ -612,9 +612,9 @@ class App:
         """Subscribe to app events by topic (``"lm.*"``, ``"module.end"``, ``"*"``)."""
         return self.events.subscribe(pattern, callback)
 
-    def _publish_if_wanted(self, event: ev.Event) -> None:
-        if self.events.subscriptions():  # nobody listens: keep the hot path free
-            self.events.publish(event)
+    def _publisher_if_wanted(self) -> Callable[[ev.Event], None] | None:
+        """How to publish, or None while nobody listens (then no event is even built)."""
+        return self.events.publish if self.events.subscriptions() else None
 
     def _module_event(self, topic: str, path: str, data: dict[str, Any]) -> None:
         if not self.events.subscriptions():

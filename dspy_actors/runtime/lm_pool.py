@@ -350,14 +350,15 @@ class LMWorker(supervisors.SupervisedActor):
         router_name: str,
         registry: supervisors.Registry,
         dispatcher: Dispatcher,
-        publish: Callable[[Any], None] | None = None,
+        publisher: Callable[[], Callable[[Any], None] | None] | None = None,
     ) -> None:
-        """``publish`` gets ``lm.start``/``lm.end`` events (None: no events)."""
+        """``publisher()`` gives what to publish ``lm.start``/``lm.end`` events with, asked
+        once per request; None (or a None answer): no events are built."""
         super().__init__()
         self._router_name = router_name
         self._registry = registry
         self._dispatcher = dispatcher
-        self._publish = publish
+        self._publisher = publisher
 
     def on_start(self) -> None:
         self._registry.lookup(self._router_name).tell(_WorkerReady(self.actor_ref))
@@ -390,7 +391,7 @@ class LMWorker(supervisors.SupervisedActor):
                 return "ignore"
             limit = kwargs.get("timeout")
             kwargs["timeout"] = remaining if limit is None else min(limit, remaining)
-        publish = self._publish
+        publish = self._publisher() if self._publisher is not None else None
         if publish is not None:
             publish(LMStart(trace_id=ctx.trace_id, deployment=key, model=lm.model))
         started = time.monotonic()
