@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import ssl
 import threading
 import time
 from collections import deque
@@ -116,8 +117,12 @@ class LM:
         num_retries: int = 3,
         timeout: float = 60.0,
         retry_policy: RetryPolicy | None = None,
+        verify: bool | str | ssl.SSLContext = True,
         **defaults: Any,
     ) -> None:
+        """``verify`` checks the server's TLS certificate: True (certifi's CAs, or the
+        bundle in ``SSL_CERT_FILE``), a CA bundle path (a self-hosted server behind an
+        internal CA), an ``ssl.SSLContext``, or False (no check: testing only)."""
         provider, model_name, default_base = resolve_model(model)
         self.model = model
         self._provider = provider
@@ -142,7 +147,7 @@ class LM:
         self.history: deque[dict[str, Any]] = deque(maxlen=self.max_history)
         self._counters = _Counters()
         self._rng = random.Random()
-        self._clients = ClientPool(headers=provider.headers(key), timeout=timeout)
+        self._clients = ClientPool(headers=provider.headers(key), timeout=timeout, verify=verify)
 
     # ---------------------------------------------------------------- public API
     def __call__(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import os
 import socket
 import ssl
 import threading
@@ -57,6 +58,16 @@ _MAX_TARGETS = 16
 
 Backend = Literal["urllib3", "httpx"]
 BACKENDS: tuple[Backend, ...] = ("urllib3", "httpx")
+
+
+def _ssl_context(verify: bool | str | ssl.SSLContext) -> ssl.SSLContext:
+    """The TLS context for ``verify`` (a CA bundle path is loaded here: httpx deprecates
+    ``verify=<str>``)."""
+    if isinstance(verify, str):
+        if os.path.isdir(verify):
+            return ssl.create_default_context(capath=verify)
+        return ssl.create_default_context(cafile=verify)
+    return httpx.create_ssl_context(verify=verify)
 
 
 def client_headers(headers: Mapping[str, str]) -> httpx.Headers:
@@ -113,12 +124,16 @@ class ClientPool:
         timeout: float,
         shards: int = DEFAULT_SHARDS,
         backend: Backend = "urllib3",
+        verify: bool | str | ssl.SSLContext = True,
     ) -> None:
+        """``verify``: as httpx's: True (certifi's CAs, or ``SSL_CERT_FILE``), a CA bundle
+        path, an ``ssl.SSLContext``, or False (no certificate check; testing only)."""
         if shards < 1:
             raise ValueError(f"shards must be >= 1, got {shards}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
+        self._verify = verify
         self._headers = client_headers(headers)
         self._timeout = timeout
         self._clients: list[HTTPShard | None] = [None] * shards
@@ -205,7 +220,7 @@ class ClientPool:
     def _make(self) -> HTTPShard:
         if self._ssl is None:
             # Loading the CA bundle takes ~25 ms: once per pool, not once per shard.
-            self._ssl = httpx.create_ssl_context()
+            self._ssl = _ssl_context(self._verify)
         if self.backend == "urllib3":
             # urllib3 sets TCP_NODELAY on its sockets by default.
             return HTTPShard(Urllib3Transport(ssl_context=self._ssl, maxsize=_LIMITS_KEEPALIVE))

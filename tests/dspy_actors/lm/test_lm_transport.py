@@ -305,3 +305,80 @@ def test_https_verifies_the_server_certificate(
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+@pytest.mark.parametrize("how", ["bundle", "context", "off"])
+def test_verify_takes_a_ca_bundle_a_context_or_false(
+    tmp_path: Any, backend: Backend, how: str
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TLSHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, name="tls-server")
+    thread.start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
+    verify: bool | str | ssl.SSLContext
+    if how == "bundle":
+        verify = cert
+    elif how == "context":
+        verify = ssl.create_default_context(cafile=cert)
+    else:
+        verify = False
+    pool = ClientPool(headers={}, timeout=5.0, backend=backend, verify=verify)
+    try:
+        assert pool.post(url, b"{}").status_code == 200
+    finally:
+        pool.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_an_lm_with_a_ca_bundle_talks_to_a_tls_server(tmp_path: Any) -> None:
+    cert, key = _self_signed(tmp_path)
+    with SimLM() as plain:
+        # A TLS front for the simulated LM: the same handler class over a TLS socket.
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TLSProxy)
+        _TLSProxy.upstream = plain.openai_base
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        thread = threading.Thread(target=server.serve_forever, name="tls-front")
+        thread.start()
+        base = f"https://127.0.0.1:{server.server_address[1]}/v1"
+        try:
+            with LM("openai/sim", api_base=base, api_key="k", cache=False, verify=cert) as lm:
+                assert lm("hello")  # a completion came back through TLS
+                assert plain.requests[-1].headers["authorization"] == "Bearer k"
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+
+
+class _TLSProxy(http.server.BaseHTTPRequestHandler):
+    """Forwards a POST to the plain SimLM and relays its answer (TLS terminates here)."""
+
+    protocol_version = "HTTP/1.1"
+    upstream: ClassVar[str] = ""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        path = self.path.removeprefix("/v1")
+        answer = httpx.post(
+            self.upstream + path,
+            content=body,
+            headers={"Authorization": self.headers.get("Authorization", "")},
+            timeout=5.0,
+        )
+        self.send_response(answer.status_code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    def log_message(self, *_args: Any) -> None:
+        pass
