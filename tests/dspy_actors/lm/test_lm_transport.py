@@ -4,6 +4,7 @@ requests go out as an ``httpx.Client`` would send them (headers, auth, cookies, 
 from __future__ import annotations
 
 import base64
+import gzip
 import http.server
 import json
 import shutil
@@ -382,3 +383,92 @@ class _TLSProxy(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *_args: Any) -> None:
         pass
+
+
+class _GzipHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = gzip.compress(b'{"ok": "compressed"}')
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+def test_a_gzip_encoded_answer_is_decoded(backend: Backend) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GzipHandler)
+    thread = threading.Thread(target=server.serve_forever, name="gzip-server")
+    thread.start()
+    pool = ClientPool(headers={}, timeout=5.0, shards=1, backend=backend)
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
+    try:
+        for _ in range(2):  # the second on the kept-alive connection
+            response = pool.post(url, b"{}")
+            assert json.loads(response.content) == {"ok": "compressed"}
+    finally:
+        pool.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+class _SlowSSEHandler(http.server.BaseHTTPRequestHandler):
+    """One SSE event at once, the next after a pause: chunked, or until the socket closes."""
+
+    protocol_version = "HTTP/1.1"
+    chunked: ClassVar[bool] = True
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        if self.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        for i, pause in enumerate((0.0, 0.5)):
+            time.sleep(pause)
+            event = f"data: {i}\n\n".encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event) if self.chunked else event)
+            self.wfile.flush()
+        if self.chunked:
+            self.wfile.write(b"0\r\n\r\n")
+        self.close_connection = True
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "until-close"])
+def test_a_stream_delivers_each_event_as_it_arrives(backend: Backend, chunked: bool) -> None:
+    _SlowSSEHandler.chunked = chunked
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowSSEHandler)
+    thread = threading.Thread(target=server.serve_forever, name="sse-server")
+    thread.start()
+    pool = ClientPool(headers={}, timeout=5.0, shards=1, backend=backend)
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
+    try:
+        started = time.monotonic()
+        arrivals = []
+        with pool.stream(url, b"{}") as response:
+            for line in response.iter_lines():
+                if line:
+                    arrivals.append((line, time.monotonic() - started))
+        assert [line for line, _ in arrivals] == ["data: 0", "data: 1"]
+        # Buffering would hand both over together; streamed, they are the server's pause
+        # apart (a gap, not a deadline: load delays both alike).
+        gap = arrivals[1][1] - arrivals[0][1]
+        assert gap >= 0.25, f"the first event waited for the second: {arrivals}"
+    finally:
+        pool.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
