@@ -3,10 +3,11 @@
     .venv/bin/python bench/bench_transport.py [--rounds N]
 
 Each runs the LM's real ``ClientPool`` (the sharded pool the LM posts through) against the
-simulated LM server in its own process: one thread at 0 ms latency (us per request), then
-64 and 256 threads at 100 ms latency (requests/s against the ideal ``threads / 0.1 s``).
-Client CPU per request is this process's CPU time over the requests. Rounds alternate the
-backends; medians over rounds are reported. Writes bench/results/transport.json.
+simulated LM server in its own process: one thread at 0 ms latency, the backends alternating
+call by call (us and thread CPU per request), then 64 and 256 threads at 100 ms latency
+(requests/s against the ideal ``threads / 0.1 s``; client CPU is this process's CPU time
+over the requests). Rounds alternate the backends; medians over rounds are reported.
+Writes bench/results/transport.json.
 """
 
 from __future__ import annotations
@@ -65,6 +66,41 @@ def run(backend: str, url: str, threads: int, per_thread: int) -> dict[str, Any]
     return {"requests_per_s": n / wall, "us_per_request": wall / n * 1e6, "cpu_us": cpu / n * 1e6}
 
 
+def run_interleaved(url: str, calls: int) -> dict[str, dict[str, Any]]:
+    """One thread, the backends alternating call by call (so load changes hit both alike);
+    wall and thread CPU time per request, each call timed on its own."""
+    pools = {
+        b: ClientPool(headers={"Authorization": "Bearer bench"}, timeout=30.0, backend=b)
+        for b in BACKENDS
+    }
+    wall: dict[str, float] = dict.fromkeys(BACKENDS, 0.0)
+    cpu: dict[str, float] = dict.fromkeys(BACKENDS, 0.0)
+    try:
+        for pool in pools.values():
+            pool.post(url, BODY)  # connect once outside the timing
+        for i in range(calls):
+            order = BACKENDS if i % 2 == 0 else tuple(reversed(BACKENDS))
+            for backend in order:
+                c0, t0 = time.thread_time(), time.perf_counter()
+                response = pools[backend].post(url, BODY)
+                json.loads(response.content)
+                wall[backend] += time.perf_counter() - t0
+                cpu[backend] += time.thread_time() - c0
+                if response.status_code != 200:
+                    raise RuntimeError(f"{backend}: HTTP {response.status_code}")
+    finally:
+        for pool in pools.values():
+            pool.close()
+    return {
+        b: {
+            "requests_per_s": calls / wall[b],
+            "us_per_request": wall[b] / calls * 1e6,
+            "cpu_us": cpu[b] / calls * 1e6,
+        }
+        for b in BACKENDS
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3)
@@ -81,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             loads.append(machine_load())
             order = BACKENDS if r % 2 == 0 else tuple(reversed(BACKENDS))
             for threads, latency, per_thread in SHAPES:
+                if threads == 1:
+                    pair = run_interleaved(servers[latency].endpoint, per_thread)
+                    for backend in BACKENDS:
+                        rows["1"][backend].append(pair[backend])
+                    continue
                 for backend in order:
                     result = run(backend, servers[latency].endpoint, threads, per_thread)
                     rows[str(threads)][backend].append(result)

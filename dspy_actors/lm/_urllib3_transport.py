@@ -4,8 +4,9 @@ Why: an LM call is one small JSON POST, and under many threads the client's CPU 
 is what bounds throughput (the GIL). Measured on 2 cores against a loopback server with
 100 ms latency, 256 threads: a bare ``httpx.Client`` (httpcore + h11) ~890 us of CPU per
 request and ~940 req/s, bare urllib3 2.x ~430 us and ~1,780 req/s. Behind our sharded pool
-the gap is smaller (one thread, interleaved in one process: 447 vs 522 us per request,
-server included; ``bench/bench_transport.py`` compares the two backends under load).
+the gap is smaller (``bench/bench_transport.py``): the same CPU on one thread (291 vs 293 us
+per request, interleaved call by call), 16% less under load (546 vs 654 us at 64 threads,
+669 vs 798 at 256) and 8% more requests/s at 256 threads.
 httpx stays the interface: requests and responses are
 ``httpx.Request``/``httpx.Response``, timeouts come from the request's ``timeout``
 extension, and failures are raised as the httpx exception a caller of httpx expects
