@@ -4,6 +4,7 @@ requests go out as an ``httpx.Client`` would send them (headers, auth, cookies, 
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import http.server
 import json
@@ -13,7 +14,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
@@ -219,21 +220,37 @@ class _CookieHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_cookies_the_server_sets_are_sent_back_like_a_client_would(backend: Backend) -> None:
-    _CookieHandler.seen = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CookieHandler)
-    thread = threading.Thread(target=server.serve_forever, name="cookie-server")
+@contextlib.contextmanager
+def _serving(
+    handler: type[http.server.BaseHTTPRequestHandler], tls: tuple[str, str] | None = None
+) -> Iterator[str]:
+    """A real HTTP(S) server on loopback running ``handler``; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    scheme = "http"
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    thread = threading.Thread(target=server.serve_forever, name=f"{handler.__name__}-server")
     thread.start()
-    pool = ClientPool(headers={}, timeout=5.0, shards=1, backend=backend)
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
     try:
-        for _ in range(3):
-            assert pool.post(url, b"{}").status_code == 200
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
     finally:
-        pool.close()
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_cookies_the_server_sets_are_sent_back_like_a_client_would(backend: Backend) -> None:
+    _CookieHandler.seen = []
+    pool = ClientPool(headers={}, timeout=5.0, shards=1, backend=backend)
+    with _serving(_CookieHandler) as base:
+        try:
+            for _ in range(3):
+                assert pool.post(base + "/v1/chat/completions", b"{}").status_code == 200
+        finally:
+            pool.close()
     assert _CookieHandler.seen == [None, "session=abc", "session=abc"]
 
 
@@ -278,14 +295,8 @@ def test_https_verifies_the_server_certificate(
     tmp_path: Any, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cert, key = _self_signed(tmp_path)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TLSHandler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, name="tls-server")
-    thread.start()
-    url = f"https://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
-    try:
+    with _serving(_TLSHandler, tls=(cert, key)) as base:
+        url = base + "/v1/chat/completions"
         # Not trusted: the handshake fails as a connect error, as httpx reports it.
         untrusted = ClientPool(headers={}, timeout=5.0, backend=backend)
         try:
@@ -302,10 +313,6 @@ def test_https_verifies_the_server_certificate(
             assert json.loads(response.content) == {"ok": True}
         finally:
             trusted.close()
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
@@ -314,13 +321,6 @@ def test_verify_takes_a_ca_bundle_a_context_or_false(
     tmp_path: Any, backend: Backend, how: str
 ) -> None:
     cert, key = _self_signed(tmp_path)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TLSHandler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, name="tls-server")
-    thread.start()
-    url = f"https://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
     verify: bool | str | ssl.SSLContext
     if how == "bundle":
         verify = cert
@@ -329,35 +329,24 @@ def test_verify_takes_a_ca_bundle_a_context_or_false(
     else:
         verify = False
     pool = ClientPool(headers={}, timeout=5.0, backend=backend, verify=verify)
-    try:
-        assert pool.post(url, b"{}").status_code == 200
-    finally:
-        pool.close()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with _serving(_TLSHandler, tls=(cert, key)) as base:
+        try:
+            assert pool.post(base + "/v1/chat/completions", b"{}").status_code == 200
+        finally:
+            pool.close()
 
 
 def test_an_lm_with_a_ca_bundle_talks_to_a_tls_server(tmp_path: Any) -> None:
     cert, key = _self_signed(tmp_path)
     with SimLM() as plain:
-        # A TLS front for the simulated LM: the same handler class over a TLS socket.
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TLSProxy)
+        # A TLS front for the simulated LM, relaying to its plain HTTP port.
         _TLSProxy.upstream = plain.openai_base
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        thread = threading.Thread(target=server.serve_forever, name="tls-front")
-        thread.start()
-        base = f"https://127.0.0.1:{server.server_address[1]}/v1"
-        try:
-            with LM("openai/sim", api_base=base, api_key="k", cache=False, verify=cert) as lm:
-                assert lm("hello")  # a completion came back through TLS
-                assert plain.requests[-1].headers["authorization"] == "Bearer k"
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
+        with (
+            _serving(_TLSProxy, tls=(cert, key)) as base,
+            LM("openai/sim", api_base=base + "/v1", api_key="k", cache=False, verify=cert) as lm,
+        ):
+            assert lm("hello")  # a completion came back through TLS
+            assert plain.requests[-1].headers["authorization"] == "Bearer k"
 
 
 class _TLSProxy(http.server.BaseHTTPRequestHandler):
@@ -403,20 +392,14 @@ class _GzipHandler(http.server.BaseHTTPRequestHandler):
 
 
 def test_a_gzip_encoded_answer_is_decoded(backend: Backend) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GzipHandler)
-    thread = threading.Thread(target=server.serve_forever, name="gzip-server")
-    thread.start()
     pool = ClientPool(headers={}, timeout=5.0, shards=1, backend=backend)
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
-    try:
-        for _ in range(2):  # the second on the kept-alive connection
-            response = pool.post(url, b"{}")
-            assert json.loads(response.content) == {"ok": "compressed"}
-    finally:
-        pool.close()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with _serving(_GzipHandler) as base:
+        try:
+            for _ in range(2):  # the second on the kept-alive connection
+                response = pool.post(base + "/v1/chat/completions", b"{}")
+                assert json.loads(response.content) == {"ok": "compressed"}
+        finally:
+            pool.close()
 
 
 class _SlowSSEHandler(http.server.BaseHTTPRequestHandler):
@@ -450,25 +433,19 @@ class _SlowSSEHandler(http.server.BaseHTTPRequestHandler):
 @pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "until-close"])
 def test_a_stream_delivers_each_event_as_it_arrives(backend: Backend, chunked: bool) -> None:
     _SlowSSEHandler.chunked = chunked
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowSSEHandler)
-    thread = threading.Thread(target=server.serve_forever, name="sse-server")
-    thread.start()
     pool = ClientPool(headers={}, timeout=5.0, shards=1, backend=backend)
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
-    try:
-        started = time.monotonic()
-        arrivals = []
-        with pool.stream(url, b"{}") as response:
-            for line in response.iter_lines():
-                if line:
-                    arrivals.append((line, time.monotonic() - started))
-        assert [line for line, _ in arrivals] == ["data: 0", "data: 1"]
-        # Buffering would hand both over together; streamed, they are the server's pause
-        # apart (a gap, not a deadline: load delays both alike).
-        gap = arrivals[1][1] - arrivals[0][1]
-        assert gap >= 0.25, f"the first event waited for the second: {arrivals}"
-    finally:
-        pool.close()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    arrivals = []
+    with _serving(_SlowSSEHandler) as base:
+        try:
+            started = time.monotonic()
+            with pool.stream(base + "/v1/chat/completions", b"{}") as response:
+                for line in response.iter_lines():
+                    if line:
+                        arrivals.append((line, time.monotonic() - started))
+        finally:
+            pool.close()
+    assert [line for line, _ in arrivals] == ["data: 0", "data: 1"]
+    # Buffering would hand both over together; streamed, they are the server's pause
+    # apart (a gap, not a deadline: load delays both alike).
+    gap = arrivals[1][1] - arrivals[0][1]
+    assert gap >= 0.25, f"the first event waited for the second: {arrivals}"
