@@ -21,7 +21,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -147,15 +147,23 @@ class PooledSqliteFile:
             raise
         return conn
 
-    def _drop_connections(self) -> None:
-        """Retire every pooled connection and our descriptor (in-use ones close on return)."""
+    def _drop_connections(self, mark_closed: Callable[[], None] | None = None) -> None:
+        """Retire every pooled connection and our descriptor (in-use ones close on return).
+
+        ``mark_closed``, if given, runs under the same lock first (a final close: nothing
+        can take an idle connection between the mark and the drop).
+        """
         with self._lock:
+            if mark_closed is not None:
+                mark_closed()
             self._generation += 1
             idle, self._idle = self._idle, []
             fd, self._fd = self._fd, None
             self._identity = None
         for conn in idle:
             close_quietly(conn)
+        # Our own descriptor goes last: closing any descriptor of a file drops the process's
+        # POSIX locks on it, which SQLite's connections still needed until now.
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -195,19 +195,11 @@ class SqliteStore(PooledSqliteFile):
         """Apply pending touches and close every connection (in-use ones when returned)."""
         if self.status == "ok":
             self._run("close", self._flush_touches_tx, retry=False)
-        with self._lock:
-            self.status = "closed"
-            self.detail = f"closed (was {self.path})"
-            self._generation += 1
-            idle, self._idle = self._idle, []
-            fd, self._fd = self._fd, None
-        for conn in idle:
-            close_quietly(conn)
-        # Our own descriptor goes last: closing any descriptor of a file drops the process's
-        # POSIX locks on it, which SQLite's connections still needed until now.
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._drop_connections(mark_closed=self._mark_closed)
+
+    def _mark_closed(self) -> None:
+        self.status = "closed"
+        self.detail = f"closed (was {self.path})"
 
     # -------------------------------------------------------------------------- internals
 

@@ -206,18 +206,10 @@ class SqliteFile(PooledSqliteFile):
 
     def close(self) -> None:
         """Close every connection (ones in use close when returned). Idempotent."""
-        with self._lock:
-            self._closed = True
-            self._generation += 1
-            idle, self._idle = self._idle, []
-            fd, self._fd = self._fd, None
-        for conn in idle:
-            close_quietly(conn)
-        # Our descriptor goes last: closing any descriptor of a file drops this process's
-        # POSIX locks on it, which SQLite's connections needed until now.
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._drop_connections(mark_closed=self._mark_closed)
+
+    def _mark_closed(self) -> None:
+        self._closed = True
 
     # -------------------------------------------------------------------------- internals
 
@@ -461,13 +453,26 @@ class SqliteFile(PooledSqliteFile):
 
 
 class SqliteStore:
-    """What every store built on one :class:`SqliteFile` shares: health, close, ``with``.
+    """What every store built on one :class:`SqliteFile` shares: the file, health, close,
+    ``with``. Subclasses pass their store name, schema and schema version."""
 
-    Subclasses set ``self._file`` (and ``self.path``) in ``__init__``.
-    """
-
-    _file: SqliteFile
-    path: Path
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        store: str,
+        schema: Sequence[str],
+        schema_version: int,
+        busy_timeout: float,
+    ) -> None:
+        self._file = SqliteFile(
+            path,
+            store=store,
+            schema=schema,
+            schema_version=schema_version,
+            busy_timeout=busy_timeout,
+        )
+        self.path: Path = self._file.path
 
     def health(self) -> StoreHealth:
         """The file's state: rebuilds, lost history, errors (see :class:`StoreHealth`)."""

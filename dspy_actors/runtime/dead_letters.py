@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel
 
-from dspy_actors.runtime._sqlite import SqliteFile, SqliteStore, StoreError
+from dspy_actors.runtime._sqlite import SqliteStore, StoreError
 from dspy_actors.runtime.parameter_store import looks_like_secret
 
 __all__ = ["REDACTED", "REPR_MARKER", "DeadLetter", "DeadLetterStore", "StoreError", "jsonify"]
@@ -170,14 +170,13 @@ class DeadLetterStore(SqliteStore):
         if max_letters is not None and max_letters < 1:
             raise ValueError(f"max_letters must be >= 1 or None, got {max_letters!r}")
         self.max_letters = max_letters
-        self._file = SqliteFile(
+        super().__init__(
             path,
             store=_STORE,
             schema=_SCHEMA,
             schema_version=SCHEMA_VERSION,
             busy_timeout=busy_timeout,
         )
-        self.path = self._file.path
 
     def add(
         self,

@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from dspy_actors.runtime._sqlite import SqliteFile, SqliteStore, StoreError, StoreHealth
+from dspy_actors.runtime._sqlite import SqliteStore, StoreError, StoreHealth
 
 __all__ = [
     "ParameterStore",
@@ -158,14 +158,13 @@ class ParameterStore(SqliteStore):
         if keep_versions is not None and keep_versions < 1:
             raise ValueError(f"keep_versions must be >= 1 or None, got {keep_versions!r}")
         self.keep_versions = keep_versions
-        self._file = SqliteFile(
+        super().__init__(
             path,
             store=_STORE,
             schema=_SCHEMA,
             schema_version=SCHEMA_VERSION,
             busy_timeout=busy_timeout,
         )
-        self.path = self._file.path
 
     def save(self, program: str, state: Mapping[str, Any]) -> int:
         """Save ``state`` as the next version of ``program``; returns its version number.
