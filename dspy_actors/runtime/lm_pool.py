@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -394,6 +395,7 @@ class LMWorker(supervisors.SupervisedActor):
         publish = self._publisher() if self._publisher is not None else None
         if publish is not None:
             publish(LMStart(trace_id=ctx.trace_id, deployment=key, model=lm.model))
+        ended = partial(LMEnd, trace_id=ctx.trace_id, deployment=key, model=lm.model)
         started = time.monotonic()
         try:
             if request.known_miss is not None and isinstance(lm, LM):
@@ -405,13 +407,7 @@ class LMWorker(supervisors.SupervisedActor):
             reject(reply, error)
             if publish is not None:
                 publish(
-                    LMEnd(
-                        trace_id=ctx.trace_id,
-                        deployment=key,
-                        model=lm.model,
-                        latency_s=time.monotonic() - started,
-                        error_type=type(error).__name__,
-                    )
+                    ended(latency_s=time.monotonic() - started, error_type=type(error).__name__)
                 )
             return "failure" if type(error).__name__ in _UNHEALTHY else "ignore"
         except Exception as error:  # A bug below us: answer the caller, then crash.
@@ -420,10 +416,7 @@ class LMWorker(supervisors.SupervisedActor):
         resolve(reply, response)
         if publish is not None:
             publish(
-                LMEnd(
-                    trace_id=ctx.trace_id,
-                    deployment=key,
-                    model=lm.model,
+                ended(
                     latency_s=time.monotonic() - started,
                     prompt_tokens=response.usage.prompt_tokens,
                     completion_tokens=response.usage.completion_tokens,
