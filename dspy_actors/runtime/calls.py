@@ -34,8 +34,8 @@ def never_stopped() -> bool:
 
 def send_call(
     registry: supervisors.Registry, name: str, inputs: Mapping[str, Any], ctx: CallContext
-) -> tuple[Future[Any], pykka.ActorRef[Any] | None]:
-    """Send ``Call`` to the actor registered as ``name`` now; its reply future and ref.
+) -> Future[Any]:
+    """Send ``Call`` to the actor registered as ``name`` now; its reply future.
 
     The reply is always completed, even if the actor dies around the send: a module actor
     answers every call it accepted, and every call left in its inbox, as it exits. The one
@@ -48,15 +48,15 @@ def send_call(
     ref = registry.whereis(name)
     if ref is None:
         reject(reply, ModuleUnavailable(name))
-        return reply, None
+        return reply
     try:
         ref.tell(Call(inputs, ctx, reply))
     except pykka.ActorDeadError:
         reject(reply, ModuleUnavailable(name))
-        return reply, ref
+        return reply
     if ref.actor_stopped.is_set():
         supervisors.drain_stranded(ref, partial(_never_accepted, name))
-    return reply, ref
+    return reply
 
 
 def _never_accepted(name: str, message: Any) -> None:
@@ -66,7 +66,6 @@ def _never_accepted(name: str, message: Any) -> None:
 
 def wait_reply(
     reply: Future[Any],
-    ref: pykka.ActorRef[Any] | None,
     ctx: CallContext,
     path: str,
     timeout: float | None,
@@ -80,7 +79,7 @@ def wait_reply(
     The reply always comes (see :func:`send_call`): the answer, the module's error,
     ``ModuleCrashed`` if the actor died with the call in hand, or ``ModuleUnavailable`` if
     it died before taking it (safe to retry). No polling: the caller sleeps until then or
-    until the deadline, whichever comes first. ``ref`` is kept for callers' bookkeeping.
+    until the deadline, whichever comes first.
     """
     while True:
         remaining = ctx.remaining()
@@ -119,9 +118,9 @@ def call_resending(
     """
     since: float | None = None
     while True:
-        reply, ref = send_call(registry, name, inputs, ctx)
+        reply = send_call(registry, name, inputs, ctx)
         try:
-            return wait_reply(reply, ref, ctx, path, timeout)
+            return wait_reply(reply, ctx, path, timeout)
         except ModuleUnavailable:
             now = time.monotonic()
             since = now if since is None else since

@@ -132,8 +132,8 @@ class ProgramHandle:
                         ctx,
                         lambda: program.stopped,
                     )
-                reply, ref = send_call(app.registry, entry, inputs, ctx)
-                return wait_reply(reply, ref, ctx, program.name, None, kind="program")
+                reply = send_call(app.registry, entry, inputs, ctx)
+                return wait_reply(reply, ctx, program.name, None, kind="program")
             except ModuleUnavailable:
                 # Never reached a module (a pipeline: its first step): safe to retry, until
                 # it is back or time runs out.

@@ -84,8 +84,8 @@ def run_pipeline(
             step_inputs = {k: v for k, v in values.items() if k in accepted}
         name, path = prefix + step.id, f"{program}.{step.id}"
         if index == 0:
-            reply, ref = send_call(registry, name, step_inputs, ctx)
-            result = wait_reply(reply, ref, ctx, path, None)
+            reply = send_call(registry, name, step_inputs, ctx)
+            result = wait_reply(reply, ctx, path, None)
         else:
             result = call_resending(
                 registry, name, step_inputs, ctx, path, what="step", stopped=stopped
