@@ -13,7 +13,7 @@ Pykka's sharp edges, and what this class does about each:
 - ``actor_stopped`` is set before ``on_stop``/``on_failure`` run: the exit is reported only
   when the loop has fully finished (after the inbox was drained).
 - An ``ask`` racing with the actor's death can be queued after Pykka drained the inbox:
-  :func:`ask` never waits on such a message forever (see ``fail_stranded_messages``).
+  :func:`ask` never waits on such a message forever (see ``drain_stranded``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from supervisors._lifecycle import (
     DownCallback,
     Lifecycle,
     drain_stranded,
-    fail_stranded_messages,
     lifecycle_of,
     register_lifecycle,
 )
@@ -68,6 +67,7 @@ class SupervisedActor(pykka.ThreadingActor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lifecycle: Lifecycle = register_lifecycle(self.actor_ref)
+        self._lifecycle.dropped = self._dropped
         self._crash: BaseException | None = None
 
     # Pykka internals we hook (pinned to pykka 4.x in pyproject). -----------------------
@@ -77,7 +77,7 @@ class SupervisedActor(pykka.ThreadingActor):
             super()._actor_loop()
         finally:
             self._lifecycle.exit(self._exit_reason())
-            fail_stranded_messages(self.actor_ref)
+            drain_stranded(self.actor_ref)
 
     def _actor_loop_setup(self) -> None:
         super()._actor_loop_setup()
@@ -118,7 +118,7 @@ class SupervisedActor(pykka.ThreadingActor):
         # Messages left in the inbox at exit: asks get ActorDeadError (as Pykka does), and
         # every message goes to on_dropped, so an actor that carries its own reply futures
         # in messages can answer them too. Senders may be draining at the same time.
-        drain_stranded(self.actor_ref, self._dropped)
+        drain_stranded(self.actor_ref)
 
     def _dropped(self, message: Any) -> None:
         if message is not _EXIT_REQUESTED:
@@ -253,7 +253,7 @@ def ask(ref: pykka.ActorRef[Any], message: Any, *, timeout: float) -> Any:
     deadline = time.monotonic() + timeout - _LIVENESS_POLL_SECONDS
     while True:
         if ref.actor_stopped.is_set():
-            fail_stranded_messages(ref)
+            drain_stranded(ref)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return future.get(timeout=0)

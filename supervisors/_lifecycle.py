@@ -31,6 +31,7 @@ class Lifecycle:
         "__weakref__",
         "_lock",
         "_monitors",
+        "dropped",
         "exit_requested",
         "finished",
         "reason",
@@ -51,6 +52,9 @@ class Lifecycle:
         self.reason: ExitReason | None = None
         # A shutdown/kill asked for from outside; the actor loop acts on it between messages.
         self.exit_requested: ExitReason | None = None
+        # The actor's handler for messages it will never handle (its on_dropped): whoever
+        # drains the dead inbox hands them to it.
+        self.dropped: Callable[[Any], None] | None = None
 
     def mark_started(self) -> None:
         self.started = True
@@ -117,7 +121,8 @@ def drain_stranded(
     ref: pykka.ActorRef[Any], on_message: Callable[[Any], None] | None = None
 ) -> None:
     """Take every message still queued in a stopped actor's inbox: an ask gets
-    ``ActorDeadError``, and every message (asks included) goes to ``on_message``.
+    ``ActorDeadError``, and every message (asks included) goes to ``on_message``, by
+    default the actor's own ``on_dropped`` (for a supervised actor; else nowhere).
 
     Pykka drains the inbox when an actor stops, but a message put between the sender's
     ``is_alive()`` check and that drain would wait forever. So anyone who sees the actor
@@ -125,6 +130,9 @@ def drain_stranded(
     senders can drain at once, and each message is taken exactly once (never a blocking
     ``get``, which could wait forever for a message another drainer took).
     """
+    if on_message is None:
+        lifecycle = _lifecycles.get(ref)
+        on_message = lifecycle.dropped if lifecycle is not None else None
     inbox = ref.actor_inbox
     while True:
         try:
@@ -143,9 +151,3 @@ def drain_stranded(
                 on_message(envelope.message)
             except Exception:  # one bad handler must not strand the rest
                 log.exception("stranded_message_handler_failed", actor=str(ref))
-
-
-def fail_stranded_messages(ref: pykka.ActorRef[Any]) -> None:
-    """Answer every ask still queued in a stopped actor's inbox with ``ActorDeadError``
-    (see :func:`drain_stranded`)."""
-    drain_stranded(ref)

@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from functools import partial
 from typing import Any
 
 import pykka
@@ -55,13 +54,8 @@ def send_call(
         reject(reply, ModuleUnavailable(name))
         return reply
     if ref.actor_stopped.is_set():
-        supervisors.drain_stranded(ref, partial(_never_accepted, name))
+        supervisors.drain_stranded(ref)  # the actor's on_dropped answers each call
     return reply
-
-
-def _never_accepted(name: str, message: Any) -> None:
-    if isinstance(message, Call):  # never reached the module: safe for the caller to retry
-        reject(message.reply, ModuleUnavailable(name))
 
 
 def wait_reply(

@@ -11,7 +11,6 @@ from pykka import ThreadingFuture
 from pykka._envelope import Envelope
 
 import supervisors as sup
-from supervisors._lifecycle import fail_stranded_messages
 from tests.supervisors.actors import Journal, Worker, wait_until
 
 
@@ -262,7 +261,7 @@ def test_a_message_stranded_in_a_dead_inbox_is_answered_with_actor_dead() -> Non
     from pykka._envelope import Envelope
 
     ref.actor_inbox.put(Envelope("late", reply_to=future))
-    fail_stranded_messages(ref)
+    sup.drain_stranded(ref)
     with pytest.raises(pykka.ActorDeadError):
         future.get(timeout=1.0)
 
