@@ -320,11 +320,8 @@ class ModuleActor(supervisors.SupervisedActor):
 def _probe(lm_call: LMCall) -> Any:
     """The cached response for this LM call if the LM can answer it without I/O; else a
     ``CacheMiss`` to send along (the worker then skips the lookup), or None (uncached)."""
-    probe = getattr(lm_call.lm, "probe", None)
-    if probe is not None:
-        return probe(lm_call.messages, **lm_call.kwargs)
-    lookup = getattr(lm_call.lm, "cached", None)
-    return None if lookup is None else lookup(lm_call.messages, **lm_call.kwargs)
+    probe = getattr(lm_call.lm, "probe", None)  # an LM-like object without a cache: None
+    return None if probe is None else probe(lm_call.messages, **lm_call.kwargs)
 
 
 def _tell_lm_done(ref: pykka.ActorRef[Any], call_id: int, reply: Future[Any]) -> None:
