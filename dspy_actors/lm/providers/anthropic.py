@@ -9,16 +9,15 @@ default is supplied. The API has no ``n``: the LM asks several times instead.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
-from dspy_actors.lm.errors import BadRequest, LMError, MalformedResponse, ServerError
+from dspy_actors.lm.errors import BadRequest, MalformedResponse, ServerError
 from dspy_actors.lm.providers.base import (
     Provider,
     StreamAccumulator,
     decode_event,
-    http_error,
+    int_or_zero,
 )
 from dspy_actors.lm.types import Completion
 
@@ -27,18 +26,6 @@ __all__ = ["AnthropicProvider"]
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 _PASSTHROUGH = ("temperature", "top_p", "top_k", "metadata", "tools", "tool_choice", "thinking")
-
-
-def _error_fields(body: bytes) -> tuple[str, str | None]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body[:500].decode("utf-8", "replace").strip(), None
-    err = data.get("error") if isinstance(data, dict) else None
-    if isinstance(err, dict):
-        etype = err.get("type")
-        return str(err.get("message") or ""), str(etype) if etype is not None else None
-    return body[:500].decode("utf-8", "replace").strip(), None
 
 
 def _image_block(url: str) -> dict[str, Any]:
@@ -75,10 +62,6 @@ def _text(content: Any) -> str:
     return "\n".join(p.get("text", "") for p in content or () if p.get("type") == "text")
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) else 0
-
-
 class _AnthropicStream(StreamAccumulator):
     def __init__(self, endpoint: str, model: str) -> None:
         self._endpoint = endpoint
@@ -104,15 +87,15 @@ class _AnthropicStream(StreamAccumulator):
             message = msg.get("message") or {}
             self._served_model = str(message.get("model") or self._served_model)
             usage = message.get("usage") or {}
-            self._input = _int(usage.get("input_tokens"))
-            self._output = _int(usage.get("output_tokens"))
+            self._input = int_or_zero(usage.get("input_tokens"))
+            self._output = int_or_zero(usage.get("output_tokens"))
         elif mtype == "message_delta":
             self._stop = (msg.get("delta") or {}).get("stop_reason", self._stop)
             usage = msg.get("usage") or {}
             if "output_tokens" in usage:
-                self._output = _int(usage.get("output_tokens"))
+                self._output = int_or_zero(usage.get("output_tokens"))
             if usage.get("input_tokens"):
-                self._input = _int(usage.get("input_tokens"))
+                self._input = int_or_zero(usage.get("input_tokens"))
         elif mtype == "message_stop":
             self._done = True
         elif mtype == "error":
@@ -202,16 +185,10 @@ class AnthropicProvider(Provider):
         return Completion(
             [text],
             [data.get("stop_reason")],
-            _int(usage.get("input_tokens")),
-            _int(usage.get("output_tokens")),
+            int_or_zero(usage.get("input_tokens")),
+            int_or_zero(usage.get("output_tokens")),
             str(data.get("model") or model),
         )
 
     def accumulator(self, *, endpoint: str, model: str) -> StreamAccumulator:
         return _AnthropicStream(endpoint, model)
-
-    def error(
-        self, status: int, headers: Mapping[str, str], body: bytes, *, endpoint: str, model: str
-    ) -> LMError:
-        message, code = _error_fields(body)
-        return http_error(status, headers, message, code, endpoint=endpoint, model=model)

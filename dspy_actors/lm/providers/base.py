@@ -62,6 +62,30 @@ def http_error(
     return BadRequest(f"bad request, {text}", **kw)
 
 
+def error_fields(body: bytes) -> tuple[str, str | None]:
+    """(message, code) from an error body, tolerating anything: OpenAI's and Anthropic's
+    ``{"error": {"message", "code" or "type"}}``, ``{"error": "..."}`` (llama.cpp,
+    Ollama), a top-level ``message``, or not JSON at all (its first 500 bytes)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:500].decode("utf-8", "replace").strip(), None
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        code = err.get("code") or err.get("type")
+        return str(err.get("message") or ""), str(code) if code is not None else None
+    if isinstance(err, str):
+        return err, None
+    if isinstance(data, dict) and "message" in data:
+        return str(data["message"]), None
+    return body[:500].decode("utf-8", "replace").strip(), None
+
+
+def int_or_zero(value: Any) -> int:
+    """A token count from a usage block: the int it is, or 0 for anything else."""
+    return value if isinstance(value, int) else 0
+
+
 def iter_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
     """(event, data) pairs of a server-sent-event stream, from its lines."""
     event = ""
@@ -147,8 +171,9 @@ class Provider(ABC):
     def accumulator(self, *, endpoint: str, model: str) -> StreamAccumulator:
         """A fresh accumulator for one streamed response."""
 
-    @abstractmethod
     def error(
         self, status: int, headers: Mapping[str, str], body: bytes, *, endpoint: str, model: str
     ) -> LMError:
         """The taxonomy error for an HTTP error response."""
+        message, code = error_fields(body)
+        return http_error(status, headers, message, code, endpoint=endpoint, model=model)

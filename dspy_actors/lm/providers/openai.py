@@ -7,16 +7,16 @@ usage chunk (``stream_options.include_usage``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
-from dspy_actors.lm.errors import LMError, MalformedResponse
+from dspy_actors.lm.errors import MalformedResponse
 from dspy_actors.lm.providers.base import (
     Provider,
     StreamAccumulator,
     decode_event,
-    http_error,
+    error_fields,
+    int_or_zero,
 )
 from dspy_actors.lm.types import Completion
 
@@ -24,27 +24,6 @@ __all__ = ["OpenAIProvider"]
 
 # Reasoning models take max_completion_tokens instead of max_tokens.
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
-
-
-def _error_fields(body: bytes) -> tuple[str, str | None]:
-    """(message, code) from an OpenAI-style error body, tolerating anything."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body[:500].decode("utf-8", "replace").strip(), None
-    err = data.get("error") if isinstance(data, dict) else None
-    if isinstance(err, dict):
-        code = err.get("code") or err.get("type")
-        return str(err.get("message") or ""), str(code) if code is not None else None
-    if isinstance(err, str):  # some servers (llama.cpp, Ollama) send {"error": "..."}
-        return err, None
-    if isinstance(data, dict) and "message" in data:
-        return str(data["message"]), None
-    return body[:500].decode("utf-8", "replace").strip(), None
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) else 0
 
 
 class _OpenAIStream(StreamAccumulator):
@@ -63,17 +42,20 @@ class _OpenAIStream(StreamAccumulator):
             return []
         chunk = decode_event(data, "stream chunk", endpoint=self._endpoint, model=self._model)
         if "error" in chunk:
-            message, _ = _error_fields(data.encode())
+            message, _ = error_fields(data.encode())
             raise MalformedResponse(
                 f"error inside stream: {message}", endpoint=self._endpoint, model=self._model
             )
         self._served_model = str(chunk.get("model") or self._served_model)
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            self._usage = (_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")))
+            self._usage = (
+                int_or_zero(usage.get("prompt_tokens")),
+                int_or_zero(usage.get("completion_tokens")),
+            )
         deltas: list[tuple[int, str]] = []
         for choice in chunk.get("choices") or ():
-            index = _int(choice.get("index"))
+            index = int_or_zero(choice.get("index"))
             parts = self._texts.setdefault(index, [])
             content = (choice.get("delta") or {}).get("content")
             if content:
@@ -157,16 +139,10 @@ class OpenAIProvider(Provider):
         return Completion(
             outputs,
             finish,
-            _int(usage.get("prompt_tokens")),
-            _int(usage.get("completion_tokens")),
+            int_or_zero(usage.get("prompt_tokens")),
+            int_or_zero(usage.get("completion_tokens")),
             str(data.get("model") or model),
         )
 
     def accumulator(self, *, endpoint: str, model: str) -> StreamAccumulator:
         return _OpenAIStream(endpoint, model)
-
-    def error(
-        self, status: int, headers: Mapping[str, str], body: bytes, *, endpoint: str, model: str
-    ) -> LMError:
-        message, code = _error_fields(body)
-        return http_error(status, headers, message, code, endpoint=endpoint, model=model)
