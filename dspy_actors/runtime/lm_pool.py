@@ -393,9 +393,10 @@ class LMWorker(supervisors.SupervisedActor):
             limit = kwargs.get("timeout")
             kwargs["timeout"] = remaining if limit is None else min(limit, remaining)
         publish = self._publisher() if self._publisher is not None else None
+        ended = None  # what builds the lm.end event, while someone listens
         if publish is not None:
             publish(LMStart(trace_id=ctx.trace_id, deployment=key, model=lm.model))
-        ended = partial(LMEnd, trace_id=ctx.trace_id, deployment=key, model=lm.model)
+            ended = partial(LMEnd, trace_id=ctx.trace_id, deployment=key, model=lm.model)
         started = time.monotonic()
         try:
             if request.known_miss is not None and isinstance(lm, LM):
@@ -405,7 +406,7 @@ class LMWorker(supervisors.SupervisedActor):
                 response = lm.complete(request.messages, **kwargs)
         except LMError as error:
             reject(reply, error)
-            if publish is not None:
+            if publish is not None and ended is not None:
                 publish(
                     ended(latency_s=time.monotonic() - started, error_type=type(error).__name__)
                 )
@@ -414,7 +415,7 @@ class LMWorker(supervisors.SupervisedActor):
             reject(reply, error)
             raise
         resolve(reply, response)
-        if publish is not None:
+        if publish is not None and ended is not None:
             publish(
                 ended(
                     latency_s=time.monotonic() - started,
