@@ -3,6 +3,7 @@ through a one-step ``app.program`` or a plain ``Predict`` (no runtime).
 
     .venv/bin/python bench/load_runtime.py 256 8 program
     .venv/bin/python bench/load_runtime.py 256 8 predict
+    .venv/bin/python bench/load_runtime.py 256 8 program 2     # LM HTTP in 2 worker processes
     py-spy record --gil -o prof.txt -f raw -- .venv/bin/python bench/load_runtime.py 64 40 program
 
 Prints calls/s and the process's CPU per call (the server runs in its own process, so its
@@ -31,9 +32,10 @@ import dspy_actors as dsa
 def main(argv: list[str]) -> int:
     threads, per_thread = int(argv[0]), int(argv[1])
     mode = argv[2] if len(argv) > 2 else "program"
+    processes = int(argv[3]) if len(argv) > 3 else 0
     server = Server("sim-slow", 0.1, dict(os.environ), Path(tempfile.mkdtemp()))
     lm = dsa.LM("openai/gpt-4o-mini", api_base=server.url + "/v1", api_key="k", cache=False)
-    app = dsa.start(lm=lm, data_dir=tempfile.mkdtemp(), lm_workers=threads)
+    app = dsa.start(lm=lm, data_dir=tempfile.mkdtemp(), lm_workers=threads, lm_processes=processes)
     try:
         call: Callable[[str], Any]
         if mode == "program":
@@ -61,7 +63,8 @@ def main(argv: list[str]) -> int:
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         n = threads * per_thread
         print(
-            f"{mode} {threads} in flight: {n / wall:.0f} calls/s, {cpu / n * 1e6:.0f} us CPU/call"
+            f"{mode} {threads} in flight, lm_processes={processes}: {n / wall:.0f} calls/s, "
+            f"{cpu / n * 1e6:.0f} us CPU/call (this process)"
         )
     finally:
         app.stop()

@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Generator, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import httpx
@@ -52,7 +52,7 @@ from dspy_actors.lm.transport import ClientPool
 from dspy_actors.lm.types import Completion, LMResponse, StreamEvent
 from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter, record_usage
 
-__all__ = ["LM", "LMStats"]
+__all__ = ["LM", "LMStats", "PreparedCall", "WorkerSpec"]
 
 _ENV_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 _MAX_HISTORY = 1000
@@ -66,6 +66,31 @@ class CacheMiss:
 
     lm: LM
     key: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCall:
+    """An uncached completion whose parameters are resolved (see ``LM.prepare``): what
+    ``LM.run`` sends, and where ``LM.settle`` stores the answer (``cache_key``)."""
+
+    messages: list[dict[str, Any]]
+    params: Mapping[str, Any]
+    response_format: dict[str, Any] | None
+    timeout: float | None
+    cache_key: str | None
+    start: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """An LM's HTTP configuration, to rebuild it in a worker process (``LM.worker_spec``)."""
+
+    model: str
+    api_base: str
+    api_key: str | None = field(repr=False)
+    timeout: float
+    retry_policy: RetryPolicy
+    verify: bool | str
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +172,7 @@ class LM:
         self.history: deque[dict[str, Any]] = deque(maxlen=self.max_history)
         self._counters = _Counters()
         self._rng = random.Random()
+        self._verify = verify
         self._clients = ClientPool(headers=provider.headers(key), timeout=timeout, verify=verify)
 
     # ---------------------------------------------------------------- public API
@@ -178,6 +204,38 @@ class LM:
 
         Raises an :class:`~dspy_actors.lm.errors.LMError` subclass when it cannot succeed.
         """
+        prepared = self.prepare(
+            messages,
+            response_format=response_format,
+            cache=cache,
+            timeout=timeout,
+            known_miss=known_miss,
+            **sampling,
+        )
+        if isinstance(prepared, LMResponse):
+            return prepared
+        try:
+            completion = self.run(prepared)
+        except LMError:
+            self._count("failures")
+            raise
+        return self.settle(prepared, completion)
+
+    def prepare(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        response_format: dict[str, Any] | None = None,
+        cache: bool | None = None,
+        timeout: float | None = None,
+        known_miss: CacheMiss | None = None,
+        **sampling: Any,
+    ) -> LMResponse | PreparedCall:
+        """The first of :meth:`complete`'s three phases, in the caller's context: resolve
+        the sampling parameters (with the ``settings`` overrides in force here) and look
+        the cache up. A hit is the answer; otherwise the :class:`PreparedCall` to
+        :meth:`run` (the blocking HTTP part, which may run in another thread or process)
+        and then :meth:`settle`."""
         start = time.perf_counter()
         params = self._params(sampling)
         key: str | None
@@ -187,16 +245,31 @@ class LM:
             response, key = self._try_cache(messages, params, response_format, cache, start)
             if response is not None:
                 return response
-        try:
-            completion = self._complete_uncached(messages, params, response_format, timeout)
-        except LMError:
-            self._count("failures")
-            raise
-        response = self._finish(completion, start)
-        if key is not None:
-            self._cache_put(key, completion)
-        self._note(messages, params, response_format, response)
+        return PreparedCall(messages, params, response_format, timeout, key, start)
+
+    def run(self, prepared: PreparedCall) -> Completion:
+        """The HTTP request(s) of a prepared call, retried on transient errors; no cache,
+        no usage accounting. Raises an :class:`~dspy_actors.lm.errors.LMError` subclass."""
+        return self._complete_uncached(
+            prepared.messages, prepared.params, prepared.response_format, prepared.timeout
+        )
+
+    def settle(self, prepared: PreparedCall, completion: Completion) -> LMResponse:
+        """The last phase: account the usage, store the answer in the cache, keep it in
+        the history. Run it in the caller's context (usage meters are context-bound)."""
+        response = self._finish(completion, prepared.start)
+        if prepared.cache_key is not None:
+            self._cache_put(prepared.cache_key, completion)
+        self._note(prepared.messages, prepared.params, prepared.response_format, response)
         return response
+
+    def count_remote(self, requests: int, retries: int, failed: bool) -> None:
+        """Count HTTP attempts made for this LM elsewhere (by a worker process's copy)."""
+        c = self._counters
+        with c.lock:
+            c.requests += requests
+            c.retries += retries
+            c.failures += int(failed)
 
     def cached(
         self,
@@ -357,7 +430,39 @@ class LM:
             num_retries=self.num_retries,
             timeout=self.timeout,
             retry_policy=self.retry_policy,
+            verify=self._verify,
             **{**self.defaults, **defaults},
+        )
+
+    def worker_spec(self) -> WorkerSpec:
+        """What another process needs to :meth:`run` this LM's calls (API key included:
+        hand it only to a process of your own, over a private pipe). Raises ValueError if
+        the LM cannot be rebuilt elsewhere (``verify`` is an ``ssl.SSLContext``)."""
+        if isinstance(self._verify, ssl.SSLContext):
+            raise ValueError(
+                f"{self!r} has verify=<ssl.SSLContext>, which cannot be sent to an LM worker "
+                "process: pass a CA bundle path instead"
+            )
+        return WorkerSpec(
+            model=self.model,
+            api_base=self.api_base,
+            api_key=self._api_key.value if self._api_key else None,
+            timeout=self.timeout,
+            retry_policy=self.retry_policy,
+            verify=self._verify,
+        )
+
+    @classmethod
+    def from_worker_spec(cls, spec: WorkerSpec) -> LM:
+        """The uncached LM a worker process runs calls with (see :meth:`worker_spec`)."""
+        return cls(
+            spec.model,
+            api_base=spec.api_base,
+            api_key=spec.api_key,
+            cache=False,
+            timeout=spec.timeout,
+            retry_policy=spec.retry_policy,
+            verify=spec.verify,
         )
 
     def dump_state(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pykka
 
@@ -72,6 +72,16 @@ class LMPoolConfig:
     rate_limits: Mapping[str, RateLimiter] = field(default_factory=dict)
 
 
+class PoolWorker(Protocol):
+    """What the dispatcher hands a request to (one at a time): an :class:`LMWorker`'s
+    actor ref, or a slot of an LM worker process (``runtime.lm_process``)."""
+
+    @property
+    def actor_urn(self) -> str: ...
+
+    def tell(self, message: Any) -> None: ...
+
+
 @dataclass(slots=True, eq=False)
 class _Pending:
     request: LMRequest
@@ -79,7 +89,9 @@ class _Pending:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class _Work:
+class Work:
+    """A request handed to one worker, with the deployment and breaker permit it runs on."""
+
     pending: _Pending
     lm: LM
     key: str
@@ -98,8 +110,8 @@ class Dispatcher:
         self.config = config
         self._lock = threading.Lock()
         self._queue: deque[_Pending] = deque()
-        self._idle: deque[pykka.ActorRef[Any]] = deque()
-        self._busy: dict[str, _Work] = {}
+        self._idle: deque[PoolWorker] = deque()
+        self._busy: dict[str, Work] = {}
         self._workers: set[str] = set()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._wake: Callable[[float], None] = lambda _delay: None
@@ -131,7 +143,7 @@ class Dispatcher:
 
     # Called by workers. --------------------------------------------------------------
 
-    def finished(self, worker: pykka.ActorRef[Any], outcome: str, duration: float) -> None:
+    def finished(self, worker: PoolWorker, outcome: str, duration: float) -> None:
         """A worker finished its request (``outcome``: success, failure or ignore)."""
         with self._lock:
             work = self._busy.pop(worker.actor_urn, None)
@@ -149,7 +161,7 @@ class Dispatcher:
 
     # Called by the router actor. -----------------------------------------------------
 
-    def add_worker(self, worker: pykka.ActorRef[Any]) -> bool:
+    def add_worker(self, worker: PoolWorker) -> bool:
         with self._lock:
             if worker.actor_urn in self._workers:
                 return False
@@ -159,7 +171,7 @@ class Dispatcher:
         _tell_all(handoffs)
         return True
 
-    def worker_died(self, worker: pykka.ActorRef[Any], reason: object) -> None:
+    def worker_died(self, worker: PoolWorker, reason: object) -> None:
         """Forget a dead worker; retry its request once (it may never have been answered)."""
         urn = worker.actor_urn
         with self._lock:
@@ -210,9 +222,9 @@ class Dispatcher:
             self._breakers[key] = breaker
         return breaker
 
-    def _assign(self) -> list[tuple[pykka.ActorRef[Any], _Work]]:
+    def _assign(self) -> list[tuple[PoolWorker, Work]]:
         """Pair queued requests with idle workers; the tells happen after the lock."""
-        handoffs: list[tuple[pykka.ActorRef[Any], _Work]] = []
+        handoffs: list[tuple[PoolWorker, Work]] = []
         while self._queue and self._idle:
             pending = self._queue[0]
             request = pending.request
@@ -236,7 +248,7 @@ class Dispatcher:
                 break
             self._queue.popleft()
             worker = self._idle.popleft()
-            work = _Work(pending, lm, key, breaker, permit)
+            work = Work(pending, lm, key, breaker, permit)
             self._busy[worker.actor_urn] = work
             handoffs.append((worker, work))
         return handoffs
@@ -260,7 +272,7 @@ class Dispatcher:
         return None
 
 
-def _tell_all(handoffs: list[tuple[pykka.ActorRef[Any], _Work]]) -> None:
+def _tell_all(handoffs: list[tuple[PoolWorker, Work]]) -> None:
     for worker, work in handoffs:
         try:
             worker.tell(work)
@@ -274,7 +286,7 @@ class PoolStats:
 
 
 @dataclass(frozen=True, slots=True)
-class _WorkerReady:
+class WorkerReady:
     worker: pykka.ActorRef[Any]
 
 
@@ -299,7 +311,7 @@ class LMRouter(supervisors.SupervisedActor):
         self.dispatcher.set_waker(self._schedule_wake)
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, _WorkerReady):
+        if isinstance(message, WorkerReady):
             if self.dispatcher.add_worker(message.worker):
                 supervisors.monitor(message.worker, self.actor_ref)
         elif isinstance(message, supervisors.Down):
@@ -362,10 +374,10 @@ class LMWorker(supervisors.SupervisedActor):
         self._publisher = publisher
 
     def on_start(self) -> None:
-        self._registry.lookup(self._router_name).tell(_WorkerReady(self.actor_ref))
+        self._registry.lookup(self._router_name).tell(WorkerReady(self.actor_ref))
 
     def on_receive(self, message: Any) -> Any:
-        if not isinstance(message, _Work):
+        if not isinstance(message, Work):
             return super().on_receive(message)
         started = time.monotonic()
         try:
@@ -380,51 +392,85 @@ class LMWorker(supervisors.SupervisedActor):
         return None
 
     def _run(self, request: LMRequest, lm: LM, key: str) -> str:
-        reply = request.reply
-        if reply.done():  # answered meanwhile (cancelled, deadline)
+        attempt = LMAttempt.begin(request, lm, key, self._publisher)
+        if attempt is None:
             return "ignore"
+        try:
+            with restored(request.ctx):
+                response = lm.complete(request.messages, **attempt.kwargs)
+        except LMError as error:
+            return attempt.failed(error)
+        except Exception as error:  # A bug below us: answer the caller, then crash.
+            reject(request.reply, error)
+            raise
+        return attempt.succeeded(response)
+
+
+@dataclass(slots=True, eq=False)
+class LMAttempt:
+    """One request run by a worker (a thread or a process slot): the deadline check and
+    timeout before it, the ``lm.start``/``lm.end`` events around it, the answer after it,
+    and the outcome the breaker counts."""
+
+    request: LMRequest
+    kwargs: dict[str, Any]
+    publish: Callable[[Any], None] | None
+    ended: Callable[..., LMEnd] | None
+    started: float
+
+    @classmethod
+    def begin(
+        cls,
+        request: LMRequest,
+        lm: LM,
+        key: str,
+        publisher: Callable[[], Callable[[Any], None] | None] | None,
+    ) -> LMAttempt | None:
+        """None: the request is answered already (cancelled, or past its deadline)."""
+        reply = request.reply
+        if reply.done():
+            return None
         ctx = request.ctx
         kwargs = dict(request.kwargs)
         remaining = ctx.remaining()
         if remaining is not None:
             if remaining <= 0:
                 reject(reply, DeadlineExceeded(ctx.trace_id, f"LM {lm.model}"))
-                return "ignore"
+                return None
             limit = kwargs.get("timeout")
             kwargs["timeout"] = remaining if limit is None else min(limit, remaining)
-        publish = self._publisher() if self._publisher is not None else None
+        if request.known_miss is not None and isinstance(lm, LM):
+            # complete()/prepare() ignore a miss probed on another LM (a fallback).
+            kwargs["known_miss"] = request.known_miss
+        publish = publisher() if publisher is not None else None
         ended = None  # what builds the lm.end event, while someone listens
         if publish is not None:
             publish(LMStart(trace_id=ctx.trace_id, deployment=key, model=lm.model))
             ended = partial(LMEnd, trace_id=ctx.trace_id, deployment=key, model=lm.model)
-        started = time.monotonic()
-        try:
-            if request.known_miss is not None and isinstance(lm, LM):
-                # complete() itself ignores a miss probed on another LM (a fallback).
-                kwargs["known_miss"] = request.known_miss
-            with restored(ctx):
-                response = lm.complete(request.messages, **kwargs)
-        except LMError as error:
-            reject(reply, error)
-            if publish is not None and ended is not None:
-                publish(
-                    ended(latency_s=time.monotonic() - started, error_type=type(error).__name__)
-                )
-            return "failure" if type(error).__name__ in _UNHEALTHY else "ignore"
-        except Exception as error:  # A bug below us: answer the caller, then crash.
-            reject(reply, error)
-            raise
-        resolve(reply, response)
-        if publish is not None and ended is not None:
-            publish(
-                ended(
-                    latency_s=time.monotonic() - started,
+        return cls(request, kwargs, publish, ended, time.monotonic())
+
+    def succeeded(self, response: Any) -> str:
+        resolve(self.request.reply, response)
+        if self.publish is not None and self.ended is not None:
+            self.publish(
+                self.ended(
+                    latency_s=time.monotonic() - self.started,
                     prompt_tokens=response.usage.prompt_tokens,
                     completion_tokens=response.usage.completion_tokens,
                     cache_hit=response.cache_hit,
                 )
             )
         return "success"
+
+    def failed(self, error: LMError) -> str:
+        reject(self.request.reply, error)
+        if self.publish is not None and self.ended is not None:
+            self.publish(
+                self.ended(
+                    latency_s=time.monotonic() - self.started, error_type=type(error).__name__
+                )
+            )
+        return "failure" if type(error).__name__ in _UNHEALTHY else "ignore"
 
 
 def submit_lm_request(

@@ -1,0 +1,131 @@
+"""An LM worker process: runs the HTTP part of LM calls (``LM.run``) for a parent process.
+
+Why processes: with a few hundred LM calls in flight, the HTTP client's own CPU (request
+building, socket I/O, response parsing: about 300 us a call on one thread, 500 once hundreds
+of threads share the GIL) is what limits a Python process. A worker process does that work
+under its own GIL; the parent only resolves parameters, checks the cache, and accounts the
+answer (see ``dspy_actors.runtime.lm_process``, which owns these processes).
+
+Started as ``python -m dspy_actors.lm._worker_main``. The protocol is length-prefixed
+pickles (``write_frame``/``read_frame``) over the child's stdin and stdout, between two
+processes of the same program (so pickle is safe here: nothing else writes to these pipes):
+
+- parent -> child: ``("hello", threads)`` once, then ``("lm", lm_id, WorkerSpec)`` before the
+  first call of each LM, and ``("call", call_id, lm_id, PreparedCall)`` per call;
+- child -> parent: ``("ready", pid)`` once, then per call ``("done", call_id, ok, value,
+  requests, retries)``: ``value`` is the ``Completion`` or the exception, ``requests`` and
+  ``retries`` the HTTP attempts the call made (for ``LM.stats``).
+
+The child exits when its stdin closes (the parent stopped or died), so it never outlives
+the parent. Anything the child prints goes to stderr: stdout carries frames only.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any
+
+_LENGTH = struct.Struct("!I")
+
+
+def encode_frame(value: object) -> bytes:
+    """One frame's bytes (raises what pickle raises for a value it cannot serialize)."""
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(data)) + data
+
+
+def write_frame(stream: IO[bytes], value: object) -> None:
+    """Write one frame (writers of one stream must take turns)."""
+    stream.write(encode_frame(value))
+    stream.flush()
+
+
+def read_frame(stream: IO[bytes]) -> Any:
+    """The next frame, or None at the end of the stream (a torn frame is an end too)."""
+    header = stream.read(_LENGTH.size)
+    if len(header) < _LENGTH.size:
+        return None
+    (size,) = _LENGTH.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)
+
+
+class _Tally(threading.local):
+    requests = 0
+    retries = 0
+
+
+def _counting_lm_class() -> Any:
+    # Imported here: the parent imports this module for the framing only.
+    from dspy_actors.lm.lm import LM
+
+    tally = _Tally()
+
+    class CountingLM(LM):
+        """Counts each call's HTTP attempts in the calling thread, to report them back."""
+
+        def _count(self, name: str, amount: int = 1) -> None:
+            if name == "requests":
+                tally.requests += amount
+            elif name == "retries":
+                tally.retries += amount
+
+    return CountingLM, tally
+
+
+def _picklable(error: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
+
+
+def serve(source: IO[bytes], sink: IO[bytes]) -> None:
+    """Answer calls read from ``source`` on ``sink`` until ``source`` ends."""
+    counting_lm, tally = _counting_lm_class()
+    hello = read_frame(source)
+    if hello is None:
+        return
+    _, threads = hello
+    lms: dict[int, Any] = {}
+    write_lock = threading.Lock()
+
+    def answer(frame: tuple[Any, ...]) -> None:
+        with write_lock:
+            write_frame(sink, frame)
+
+    def run(call_id: int, lm: Any, prepared: Any) -> None:
+        tally.requests = tally.retries = 0
+        try:
+            completion = lm.run(prepared)
+        except BaseException as error:  # every error is the call's answer, bugs included
+            answer(("done", call_id, False, _picklable(error), tally.requests, tally.retries))
+            return
+        answer(("done", call_id, True, completion, tally.requests, tally.retries))
+
+    answer(("ready", os.getpid()))
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lm-http")
+    while (frame := read_frame(source)) is not None:
+        if frame[0] == "lm":
+            _, lm_id, spec = frame
+            lms[lm_id] = counting_lm.from_worker_spec(spec)
+        elif frame[0] == "call":
+            _, call_id, lm_id, prepared = frame
+            executor.submit(run, call_id, lms[lm_id], prepared)
+    # The parent is gone or stopping: nobody waits for the calls still running, so do not
+    # wait for them either (os._exit: the executor's threads would be joined at exit).
+    os._exit(0)
+
+
+def main() -> None:
+    sink = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt frames
+    serve(sys.stdin.buffer, sink)

@@ -1,0 +1,356 @@
+"""LM worker processes: the LM pool's workers with ``dsa.start(lm_processes=N)``.
+
+With hundreds of LM calls in flight, the HTTP client's CPU under one GIL limits the whole
+service (see ``bench/bench_runtime.py``). With ``lm_processes``, the HTTP part of every LM
+call (``LM.run``: build the body, POST, retry, parse) runs in ``N`` worker processes, and
+this process keeps everything else. The call flow of DESIGN.md is unchanged: the module
+actor hands its request to the LM pool and resumes when the reply arrives as a message.
+Only the pool's workers differ:
+
+- Each worker process is owned by an :class:`LMProcess` actor under the pool's
+  supervisor, as an Erlang port is owned by the process that opened it. The process
+  offers ``slots`` workers to the pool's dispatcher, each running one request at a time,
+  so the pool's bounds, breakers, rate limits and fallbacks work as with threads.
+- A request handed to a slot is prepared in the sending thread (parameters resolved in
+  the caller's context, cache checked: ``LM.prepare``) and written to the process's pipe;
+  the process's reader thread settles the answer (usage, cache, history: ``LM.settle``)
+  in the caller's context and completes the reply. No thread waits on the request.
+- If the process dies, its owner crashes and is restarted with a new process; requests the
+  dead process held are retried once on another worker (an LM completion is safe to
+  repeat), as when an LM worker thread dies.
+
+Only plain :class:`~dspy_actors.lm.LM` objects can be sent (another LM-like object fails
+its call with a TypeError), and not with ``verify=<ssl.SSLContext>`` (pass a CA bundle
+path). Streaming (``LM.stream``) does not go through the pool and is not affected.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pykka
+
+import supervisors
+from dspy_actors.lm._worker_process import encode_frame, read_frame, write_frame
+from dspy_actors.lm.errors import LMError
+from dspy_actors.lm.lm import LM, PreparedCall
+from dspy_actors.lm.types import LMResponse
+from dspy_actors.runtime._futures import reject
+from dspy_actors.runtime.context import restored
+from dspy_actors.runtime.lm_pool import Dispatcher, LMAttempt, Work
+
+__all__ = ["LMProcess", "LMProcessExited", "WorkerProcess"]
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_READY_SECONDS = 60.0
+_STOP_SECONDS = 2.0
+
+Publisher = Callable[[], Callable[[Any], None] | None]
+
+
+class LMProcessExited(RuntimeError):
+    """An LM worker process ended while its owner still needed it."""
+
+
+@dataclass(slots=True, eq=False)
+class _Sent:
+    slot: _Slot
+    lm: LM
+    attempt: LMAttempt
+    prepared: PreparedCall
+
+
+class _Slot:
+    """One worker the dispatcher sees: runs one request at a time in its process."""
+
+    __slots__ = ("_process", "actor_urn")
+
+    def __init__(self, process: WorkerProcess, index: int) -> None:
+        self._process = process
+        self.actor_urn = f"{process.name}/slot-{index}"
+
+    def tell(self, message: Any) -> None:
+        self._process.send(self, message)
+
+    def __repr__(self) -> str:
+        return f"<LM process slot {self.actor_urn}>"
+
+
+class WorkerProcess:
+    """One LM worker process, its pipe and its reader thread. Thread-safe: the dispatcher
+    sends from any thread; the reader thread settles answers."""
+
+    def __init__(
+        self,
+        name: str,
+        dispatcher: Dispatcher,
+        slots: int,
+        publisher: Publisher | None = None,
+        on_exit: Callable[[int | None], None] = lambda _code: None,
+    ) -> None:
+        if slots < 1:
+            raise ValueError(f"an LM worker process needs at least 1 slot, got {slots}")
+        self.name = f"{name}-{uuid.uuid4().hex[:8]}"
+        self._dispatcher = dispatcher
+        self._publisher = publisher
+        self._on_exit = on_exit
+        self.slots = [_Slot(self, i) for i in range(slots)]
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Sent] = {}
+        self._pending_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._lm_ids: dict[int, int] = {}  # id(lm) -> the id the process knows it by
+        self._lms: list[LM] = []  # keeps every sent LM alive, so its id() stays unique
+        self._lm_lock = threading.Lock()
+        self._lms_sent: set[int] = set()  # (under the write lock)
+        self._ready = threading.Event()
+        self._stopping = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    # Life. ------------------------------------------------------------------------------
+
+    def start(self, timeout: float = _READY_SECONDS) -> None:
+        """Start the process and wait until it is ready to take calls."""
+        env = dict(os.environ)
+        # The child imports dspy_actors from where this process did, installed or not.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        proc = self._proc = subprocess.Popen(
+            [sys.executable, "-m", "dspy_actors.lm._worker_main"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        self._reader = threading.Thread(
+            target=self._read, args=(proc.stdout,), name=f"{self.name}-reader", daemon=True
+        )
+        self._reader.start()
+        try:
+            write_frame(proc.stdin, ("hello", len(self.slots)))
+        except OSError:
+            pass  # it died at once: reported below
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise LMProcessExited(f"LM worker process {self.name} not ready after {timeout:g}s")
+        if proc.poll() is not None and not self._ready.is_set():
+            self.stop()
+            raise LMProcessExited(
+                f"LM worker process {self.name} exited with code {proc.returncode} before "
+                "it was ready (see its stderr)"
+            )
+
+    def stop(self, timeout: float = _STOP_SECONDS) -> None:
+        """End the process (its stdin closes; killed if it lingers) and the reader."""
+        self._stopping = True
+        proc = self._proc
+        if proc is not None:
+            if proc.stdin is not None:
+                with self._write_lock:
+                    try:
+                        proc.stdin.close()
+                    except OSError:
+                        pass
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(timeout=timeout)
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
+
+    def abandon_requests(self, reason: str) -> None:
+        """Forget the requests this process held and withdraw its slots from the pool:
+        the dispatcher retries each unanswered request once on another worker."""
+        with self._pending_lock:
+            self._pending.clear()
+        for slot in self.slots:
+            self._dispatcher.worker_died(slot, reason)
+
+    # Sending (any thread). ----------------------------------------------------------------
+
+    def send(self, slot: _Slot, work: Work) -> None:
+        request = work.pending.request
+        lm = work.lm
+        attempt = LMAttempt.begin(request, lm, work.key, self._publisher)
+        if attempt is None:
+            self._dispatcher.finished(slot, "ignore", 0.0)
+            return
+        outcome = self._send(slot, lm, attempt)
+        if outcome is not None:  # answered here, without the process
+            self._dispatcher.finished(slot, outcome, time.monotonic() - attempt.started)
+
+    def _lm_id(self, lm: LM) -> int:
+        """The id the process knows ``lm`` by (checks once that it can be sent at all)."""
+        lm_id = self._lm_ids.get(id(lm))
+        if lm_id is None:
+            lm.worker_spec()  # raises ValueError for an LM that cannot be sent
+            with self._lm_lock:
+                lm_id = self._lm_ids.get(id(lm))
+                if lm_id is None:
+                    self._lms.append(lm)
+                    lm_id = self._lm_ids[id(lm)] = len(self._lms)
+        return lm_id
+
+    def _send(self, slot: _Slot, lm: Any, attempt: LMAttempt) -> str | None:
+        request = attempt.request
+        if not isinstance(lm, LM):
+            reject(
+                request.reply,
+                TypeError(f"an LM worker process can only run dspy_actors.LM calls, not {lm!r}"),
+            )
+            return "ignore"
+        try:
+            with restored(request.ctx):
+                prepared = lm.prepare(request.messages, **attempt.kwargs)
+            if isinstance(prepared, LMResponse):  # a cache hit (a fallback LM's cache)
+                return attempt.succeeded(prepared)
+            lm_id = self._lm_id(lm)
+            call_id = next(self._ids)
+            call_frame = encode_frame(("call", call_id, lm_id, prepared))
+        except LMError as error:
+            return attempt.failed(error)
+        except (pickle.PicklingError, TypeError, AttributeError, ValueError) as error:
+            reject(
+                request.reply,
+                TypeError(f"this LM call cannot be sent to an LM worker process: {error}"),
+            )
+            return "ignore"
+        with self._pending_lock:
+            self._pending[call_id] = _Sent(slot, lm, attempt, prepared)
+        proc = self._proc
+        assert proc is not None
+        assert proc.stdin is not None
+        with self._write_lock:
+            try:
+                if lm_id not in self._lms_sent:  # the LM's frame goes before its first call
+                    proc.stdin.write(encode_frame(("lm", lm_id, lm.worker_spec())))
+                    self._lms_sent.add(lm_id)
+                proc.stdin.write(call_frame)
+                proc.stdin.flush()
+            except (OSError, ValueError):
+                pass  # The process died: its owner's restart retries this request.
+        return None
+
+    # Answers (the reader thread). -----------------------------------------------------------
+
+    def _read(self, stream: IO[bytes]) -> None:
+        while (frame := read_frame(stream)) is not None:
+            if frame[0] == "ready":
+                self._ready.set()
+            elif frame[0] == "done":
+                _, call_id, ok, value, requests, retries = frame
+                with self._pending_lock:
+                    sent = self._pending.pop(call_id, None)
+                if sent is not None:
+                    self._settle(sent, ok, value, requests, retries)
+        self._ready.set()  # wakes start() if the process died before it was ready
+        if not self._stopping:
+            code = self._proc.poll() if self._proc is not None else None
+            if code is None and self._proc is not None:
+                try:
+                    code = self._proc.wait(timeout=_STOP_SECONDS)
+                except subprocess.TimeoutExpired:
+                    code = None
+            self._on_exit(code)
+
+    def _settle(self, sent: _Sent, ok: bool, value: Any, requests: int, retries: int) -> None:
+        attempt = sent.attempt
+        sent.lm.count_remote(requests, retries, failed=not ok)
+        if ok:
+            try:
+                with restored(attempt.request.ctx):
+                    response = sent.lm.settle(sent.prepared, value)
+            except Exception as error:  # a cache that cannot store: still the call's answer
+                reject(attempt.request.reply, error)
+                outcome = "ignore"
+            else:
+                outcome = attempt.succeeded(response)
+        elif isinstance(value, LMError):
+            outcome = attempt.failed(value)
+        else:
+            reject(attempt.request.reply, value)
+            outcome = "ignore"
+        self._dispatcher.finished(sent.slot, outcome, time.monotonic() - attempt.started)
+
+
+@dataclass(frozen=True, slots=True)
+class _Exited:
+    code: int | None
+
+
+class LMProcess(supervisors.SupervisedActor):
+    """Owns one :class:`WorkerProcess`: starts it, offers its slots to the pool, and
+    crashes (to be restarted with a new process) when the process dies."""
+
+    def __init__(
+        self,
+        name: str,
+        dispatcher: Dispatcher,
+        slots: int,
+        publisher: Publisher | None = None,
+    ) -> None:
+        super().__init__()
+        self._name = name
+        self._dispatcher = dispatcher
+        self._slots = slots
+        self._publisher = publisher
+        self.process: WorkerProcess | None = None
+
+    def on_start(self) -> None:
+        ref = self.actor_ref
+
+        def exited(code: int | None) -> None:
+            try:
+                ref.tell(_Exited(code))
+            except pykka.ActorDeadError:
+                pass  # stopping anyway
+
+        process = WorkerProcess(
+            self._name, self._dispatcher, self._slots, self._publisher, on_exit=exited
+        )
+        process.start()
+        self.process = process
+        for slot in process.slots:
+            self._dispatcher.add_worker(slot)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _Exited):
+            raise LMProcessExited(
+                f"LM worker process {self._name} exited (code {message.code}); restarting it"
+            )
+        return super().on_receive(message)
+
+    def describe(self) -> dict[str, Any]:
+        process = self.process
+        return {"pid": None if process is None else process.pid, "slots": self._slots}
+
+    def _end(self, reason: str) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            process.stop()
+            process.abandon_requests(reason)
+
+    def on_stop(self) -> None:
+        self._end("the LM worker process was stopped")
+
+    def on_failure(self, _type: Any, value: Any, _tb: Any) -> None:
+        self._end(f"the LM worker process died: {value}")

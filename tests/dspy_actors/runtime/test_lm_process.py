@@ -1,0 +1,215 @@
+"""LM worker processes (``dsa.start(lm_processes=N)``): real child processes doing the
+HTTP of LM calls against the test's loopback SimLM, killed with SIGKILL mid-flight."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import dspy_actors as dsa
+from dspy_actors.lm import LM
+from dspy_actors.lm._worker_process import encode_frame, read_frame
+from dspy_actors.lm.cache import Cache
+from dspy_actors.lm.errors import BadRequest, LMTimeout
+from dspy_actors.modules.predict import Predict
+from dspy_actors.runtime.app import App
+from dspy_actors.runtime.errors import DeadlineExceeded
+from dspy_actors.testing.faults import Fault
+from dspy_actors.testing.sim_lm import SimLM, SimRequest
+from dspy_actors.testing.sim_responder import default_responder
+from tests.dspy_actors.runtime.conftest import StartApp
+
+
+def _slow(seconds: float) -> Callable[[SimRequest], Any]:
+    def respond(request: SimRequest) -> Any:
+        time.sleep(seconds)
+        return default_responder(request)
+
+    return respond
+
+
+def _process_pids(app: App) -> list[int]:
+    """The pids of the app's live LM worker processes, by asking their owners."""
+    workers = app.root.supervisor("lm").supervisor("workers")
+    pids = []
+    for child in workers.which_children():
+        ref = child.ref
+        assert ref is not None
+        pid = ref.proxy().describe().get(timeout=10)["pid"]
+        assert isinstance(pid, int)
+        pids.append(pid)
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped) counts as gone.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_frames_round_trip_and_a_torn_frame_ends_the_stream() -> None:
+    stream = io.BytesIO(encode_frame(("call", 1, {"a": [1, 2]})) + encode_frame("next"))
+    assert read_frame(stream) == ("call", 1, {"a": [1, 2]})
+    assert read_frame(stream) == "next"
+    assert read_frame(stream) is None
+    torn = encode_frame("whole")[:-2]
+    assert read_frame(io.BytesIO(torn)) is None
+
+
+def test_calls_from_many_threads_are_answered_through_worker_processes(
+    start_app: StartApp, sim: SimLM
+) -> None:
+    sim.respond_with(_slow(0.05))
+    app = start_app(lm_processes=2, lm_workers=16)
+    assert len(_process_pids(app)) == 2
+    qa = app.program("qa", [("answer", Predict, {"signature": "question -> answer"})])
+    answers: dict[int, Any] = {}
+    errors: list[BaseException] = []
+
+    def caller(i: int) -> None:
+        try:
+            for j in range(5):
+                answers[i * 5 + j] = qa.call(question=f"What is {i} + {j}?").answer
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    assert len(answers) == 120
+    assert all(answers.values())
+    assert sim.request_count == 120
+    # The parent's LM accounted what the processes did.
+    lm = app.lm
+    assert lm is not None
+    assert lm.stats.requests == 120
+    assert lm.stats.failures == 0
+    assert lm.usage.calls == 120
+    assert lm.usage.prompt_tokens > 0
+    assert len(lm.history) == 120
+
+
+def test_the_cache_and_settings_stay_in_the_calling_process(
+    start_app: StartApp, make_lm: Callable[..., LM], sim: SimLM
+) -> None:
+    lm = make_lm(cache=True, cache_store=Cache(disk_path=None))
+    app = start_app(lm=lm, lm_processes=1, lm_workers=4)
+    qa = app.serve("qa", Predict("question -> answer"))
+    with dsa.context(temperature=0.25):
+        first = qa.call(question="What is 2 + 3?").answer
+    assert sim.requests[-1].body["temperature"] == 0.25
+    with dsa.context(temperature=0.25):
+        again = qa.call(question="What is 2 + 3?").answer
+    assert again == first
+    assert sim.request_count == 1, "the second call is a cache hit in this process"
+    assert lm.stats.cache_hits == 1
+
+
+def test_errors_keep_their_type_and_retries_are_counted(start_app: StartApp, sim: SimLM) -> None:
+    app = start_app(lm_processes=1, lm_workers=4)
+    qa = app.serve("qa", Predict("question -> answer"))
+    sim.inject(Fault.bad_request("no such parameter: frobnicate"))
+    with pytest.raises(BadRequest, match="frobnicate") as caught:
+        qa.call(question="q1")
+    assert caught.value.status == 400
+    assert caught.value.model == "openai/sim-model"
+    sim.inject(Fault.rate_limited(retry_after=0.01))
+    assert qa.call(question="q2").answer
+    lm = app.lm
+    assert lm is not None
+    stats = lm.stats
+    assert (stats.requests, stats.retries, stats.failures) == (3, 1, 1)
+
+
+def test_a_deadline_shorter_than_the_server_fails_the_call_clearly(
+    start_app: StartApp, sim: SimLM
+) -> None:
+    sim.respond_with(_slow(1.0))
+    app = start_app(lm_processes=1, lm_workers=4)
+    qa = app.serve("qa", Predict("question -> answer"))
+    started = time.monotonic()
+    with pytest.raises((DeadlineExceeded, LMTimeout)):
+        qa.call_with({"question": "slow"}, timeout=0.3)
+    assert time.monotonic() - started < 5.0
+
+
+def test_a_killed_worker_process_is_replaced_and_its_calls_retried(
+    start_app: StartApp, sim: SimLM
+) -> None:
+    sim.respond_with(_slow(0.4))
+    app = start_app(lm_processes=2, lm_workers=32)
+    qa = app.serve("qa", Predict("question -> answer"))
+    before = _process_pids(app)
+    futures = [qa.submit(question=f"q{i}") for i in range(32)]
+    time.sleep(0.2)  # the requests are in the processes, the server is sleeping on them
+    os.kill(before[0], signal.SIGKILL)
+    outcomes = [f.exception(timeout=60) for f in futures]
+    assert outcomes == [None] * 32, "every call is retried once on the other process"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        after = _process_pids(app)
+        if before[0] not in after and len(after) == 2:
+            break
+        time.sleep(0.05)
+    assert before[0] not in after
+    assert before[1] in after
+    assert len(after) == 2
+    assert not _alive(before[0])
+    # The new process serves too.
+    assert [qa.call(question=f"after {i}").answer for i in range(8)]
+
+
+def test_stopping_the_app_ends_its_worker_processes(start_app: StartApp) -> None:
+    app = start_app(lm_processes=2, lm_workers=4)
+    pids = _process_pids(app)
+    app.stop()
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_lms_that_cannot_be_sent_are_refused_clearly(
+    start_app: StartApp, make_lm: Callable[..., LM]
+) -> None:
+    pinned = make_lm(verify=ssl.create_default_context())
+    with pytest.raises(ValueError, match="cannot be sent to an LM worker process"):
+        start_app(lm=pinned, lm_processes=1)
+    with pytest.raises(ValueError, match="lm_processes"):
+        start_app(lm_processes=5, lm_workers=4)
+
+    class EchoLM:
+        model = "echo/echo"
+        provider = "openai"
+        api_base = "local"
+        model_name = "echo"
+
+        def complete(self, messages: list[dict[str, Any]], **_kw: Any) -> Any:
+            raise AssertionError("runs in no process")
+
+    app = start_app(lm_processes=1, lm_workers=2)
+    qa = app.serve("qa", Predict("question -> answer"))
+    with dsa.context(lm=EchoLM()), pytest.raises(TypeError, match=r"only run dspy_actors\.LM"):
+        qa.call(question="q")
+
+
+def test_the_tree_shows_the_worker_processes(start_app: StartApp) -> None:
+    app = start_app(lm_processes=2, lm_workers=4)
+    tree = str(app.tree())
+    assert "process-0 (worker) running" in tree
+    assert "process-1 (worker) running" in tree
+    pids = _process_pids(app)
+    assert len(set(pids)) == 2
+    assert os.getpid() not in pids
