@@ -9,8 +9,10 @@ own process (one with no latency, one with 100 ms), each peer is a long-lived su
 interleaved and rotated, and the numbers reported are medians over rounds.
 
 (1) throughput at 100 ms latency, 16, 64 and 256 calls in flight from threads, uncached:
-    ours through ``handle.call`` of a one-step ``app.program`` of a Predict and of an
-    ``app.serve`` of a Predict (a fresh app per run, ``lm_workers`` = in flight); for
+    ours through ``handle.call`` of a one-step ``app.program`` of a Predict (LM HTTP in
+    worker threads, the default, and in 2 worker processes: ``lm_processes=2``, whose CPU
+    is added to the client's) and of an ``app.serve`` of a Predict (a fresh app per run,
+    ``lm_workers`` = in flight); for
     reference our Predict called from the same threads without the runtime; DSPy: threads
     calling ``dspy.Predict``; the server ceiling: a minimal keep-alive socket client. The
     runtime's threads' CPU per call (LM workers, module and pipeline actors) is read from
@@ -57,7 +59,7 @@ from bench_core import (
 
 SLOW_LATENCY_S = 0.1
 IN_FLIGHT = (16, 64, 256)
-KINDS = ("program", "serve")
+KINDS = ("program", "program_procs", "serve")
 CACHED_MODES = ("raw", "actor", "inproc")
 TARGET_FRACTION_AT_64 = 0.90
 TARGET_RATIO_TO_DSPY_AT_256 = 2.0
@@ -289,10 +291,11 @@ def _profile(ours: Peer, cfg: dict[str, Any]) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     s = result["summary"]
     tp = s["throughput"]
-    order = ("program", "serve", "predict", "dspy", "server")
+    order = ("program", "program_procs", "serve", "predict", "dspy", "server")
     cols = [n for n in order if n in tp["16"]]
     heads = {
         "program": "ours: app.program",
+        "program_procs": "ours: app.program, lm_processes=2",
         "serve": "ours: app.serve",
         "predict": "ours: Predict, no runtime",
         "dspy": "DSPy 3.4.1",
@@ -316,16 +319,18 @@ def report(result: dict[str, Any]) -> str:
                 text += f", {cell['errors']} errors"
             cells.append(text)
         lines.append(f"| {k} ({row['ideal']:.0f}/s) | " + " | ".join(cells) + " |")
-    lines.append(
-        "| client CPU us/call at 64 | "
-        + " | ".join(f"{tp['64'][c]['client_cpu_us_per_call']:.0f}" for c in cols)
-        + " |"
-    )
     for k in ("64", "256"):
-        cpu = tp[k]["program"].get("cpu_us_per_call_by_thread")
-        if cpu:
-            parts = ", ".join(f"{kind} {v:.0f}" for kind, v in cpu.items() if v >= 1)
-            lines.append(f"\napp.program at {k} in flight, CPU us/call by runtime thread: {parts}")
+        lines.append(
+            f"| client CPU us/call at {k} | "
+            + " | ".join(f"{tp[k][c]['client_cpu_us_per_call']:.0f}" for c in cols)
+            + " |"
+        )
+    for kind in ("program", "program_procs"):
+        for k in ("64", "256"):
+            cpu = tp[k].get(kind, {}).get("cpu_us_per_call_by_thread")
+            if cpu:
+                parts = ", ".join(f"{name} {v:.0f}" for name, v in cpu.items() if v >= 1)
+                lines.append(f"\n{heads[kind]} at {k} in flight, CPU us/call by thread: {parts}")
     lines.append("")
     lines.append("| cached call, one thread | us/call median (best round) | client CPU us/call |")
     lines.append("|---|---|---|")

@@ -28,6 +28,10 @@ from typing import Any
 Call = Callable[[str], Any]
 Op = Callable[[dict[str, Any]], dict[str, Any]]
 
+# The runtime benchmark's "program_procs" kind: app.program with dsa.start(lm_processes=2),
+# one LM worker process per core of the 2-core benchmark machine.
+LM_PROCESSES = 2
+
 # ------------------------------------------------------------------ shared harness
 
 
@@ -481,10 +485,21 @@ def runtime_ops(
         def on_receive(self, message: Any) -> Any:
             return 42
 
-    def new_app(lm: Any, workers: int) -> Any:
+    def new_app(lm: Any, workers: int, processes: int = 0) -> Any:
         data_dir = tempfile.mkdtemp(prefix="bench-rt-")
         dirs.append(data_dir)
-        return dsa.start(lm=lm, data_dir=data_dir, lm_workers=workers)
+        return dsa.start(lm=lm, data_dir=data_dir, lm_workers=workers, lm_processes=processes)
+
+    def worker_process_cpu_s(app: Any) -> float:
+        """CPU seconds used so far by the app's LM worker processes (from /proc)."""
+        total = 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        for child in app.root.supervisor("lm").supervisor("workers").which_children():
+            pid = child.ref.proxy().describe().get(timeout=30)["pid"]
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        return total
 
     def cached_setup() -> dict[str, Any]:
         if not state:
@@ -528,9 +543,10 @@ def runtime_ops(
         run: Callable[[Call], dict[str, Any]],
     ) -> dict[str, Any]:
         lm = dsa.LM(model, api_base=slow_url + "/v1", api_key=key, cache=False)
-        app = new_app(lm, in_flight)
+        processes = LM_PROCESSES if kind == "program_procs" else 0
+        app = new_app(lm, in_flight, processes)
         try:
-            if kind == "program":
+            if kind in ("program", "program_procs"):
                 steps = [("answer", dsa.Predict, {"signature": signature})]
                 handle = app.program(f"{kind}{in_flight}", steps)
             elif kind == "serve":
@@ -538,10 +554,16 @@ def runtime_ops(
             else:
                 raise ValueError(f"unknown kind {kind!r}")
             before = thread_cpu_s()
+            children_before = worker_process_cpu_s(app) if processes else 0.0
             result = run(lambda q: handle.call(question=q).answer)
-            result["cpu_us_per_call_by_thread"] = cpu_by_thread(
-                before, thread_cpu_s(), int(result["calls"]) + in_flight
-            )
+            calls = int(result["calls"]) + in_flight
+            result["cpu_us_per_call_by_thread"] = cpu_by_thread(before, thread_cpu_s(), calls)
+            if processes:
+                # The worker processes' CPU is the client's too (warm-up calls included,
+                # hence divided by them too).
+                children = (worker_process_cpu_s(app) - children_before) / calls * 1e6
+                result["cpu_us_per_call_by_thread"]["LM worker processes"] = children
+                result["client_cpu_us_per_call"] += children
             result["kind"] = kind
             result["lm_workers"] = in_flight
             return result

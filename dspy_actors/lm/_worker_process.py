@@ -11,10 +11,14 @@ pickles (``write_frame``/``read_frame``) over the child's stdin and stdout, betw
 processes of the same program (so pickle is safe here: nothing else writes to these pipes):
 
 - parent -> child: ``("hello", threads)`` once, then ``("lm", lm_id, WorkerSpec)`` before the
-  first call of each LM, and ``("call", call_id, lm_id, PreparedCall)`` per call;
+  first call of each LM, and per call ``("call", call_id, lm_id, messages, params,
+  response_format, timeout)`` (a ``PreparedCall``'s fields);
 - child -> parent: ``("ready", pid)`` once, then per call ``("done", call_id, ok, value,
-  requests, retries)``: ``value`` is the ``Completion`` or the exception, ``requests`` and
-  ``retries`` the HTTP attempts the call made (for ``LM.stats``).
+  requests, retries)``: ``value`` is the ``Completion``'s fields as a tuple, or the
+  exception; ``requests`` and ``retries`` the HTTP attempts the call made (``LM.stats``).
+
+Frames carry tuples, not dataclasses: pickling a slotted dataclass walks its fields in
+Python, which cost more than the rest of a frame.
 
 The child exits when its stdin closes (the parent stopped or died), so it never outlives
 the parent. Anything the child prints goes to stderr: stdout carries frames only.
@@ -24,10 +28,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue
 import struct
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 _LENGTH = struct.Struct("!I")
@@ -90,6 +94,8 @@ def _picklable(error: BaseException) -> BaseException:
 
 def serve(source: IO[bytes], sink: IO[bytes]) -> None:
     """Answer calls read from ``source`` on ``sink`` until ``source`` ends."""
+    from dspy_actors.lm.lm import PreparedCall
+
     counting_lm, tally = _counting_lm_class()
     hello = read_frame(source)
     if hello is None:
@@ -102,26 +108,37 @@ def serve(source: IO[bytes], sink: IO[bytes]) -> None:
         with write_lock:
             write_frame(sink, frame)
 
-    def run(call_id: int, lm: Any, prepared: Any) -> None:
+    def run(call_id: int, lm: Any, prepared: PreparedCall) -> None:
         tally.requests = tally.retries = 0
         try:
-            completion = lm.run(prepared)
+            c = lm.run(prepared)
         except BaseException as error:  # every error is the call's answer, bugs included
             answer(("done", call_id, False, _picklable(error), tally.requests, tally.retries))
             return
-        answer(("done", call_id, True, completion, tally.requests, tally.retries))
+        fields = (c.outputs, c.finish_reasons, c.prompt_tokens, c.completion_tokens, c.model)
+        answer(("done", call_id, True, fields, tally.requests, tally.retries))
 
+    # Fixed threads on one SimpleQueue rather than a ThreadPoolExecutor: no Future and no
+    # work-item object per call, and a C queue between the reader and the threads.
+    work: queue.SimpleQueue[tuple[int, Any, PreparedCall]] = queue.SimpleQueue()
+
+    def http_thread() -> None:
+        while True:
+            run(*work.get())
+
+    for i in range(threads):
+        threading.Thread(target=http_thread, name=f"lm-http-{i}", daemon=True).start()
     answer(("ready", os.getpid()))
-    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lm-http")
     while (frame := read_frame(source)) is not None:
         if frame[0] == "lm":
             _, lm_id, spec = frame
             lms[lm_id] = counting_lm.from_worker_spec(spec)
         elif frame[0] == "call":
-            _, call_id, lm_id, prepared = frame
-            executor.submit(run, call_id, lms[lm_id], prepared)
+            _, call_id, lm_id, messages, params, response_format, timeout = frame
+            prepared = PreparedCall(messages, params, response_format, timeout, None, 0.0)
+            work.put((call_id, lms[lm_id], prepared))
     # The parent is gone or stopping: nobody waits for the calls still running, so do not
-    # wait for them either (os._exit: the executor's threads would be joined at exit).
+    # wait for them either.
     os._exit(0)
 
 

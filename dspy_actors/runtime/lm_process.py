@@ -45,7 +45,7 @@ import supervisors
 from dspy_actors.lm._worker_process import encode_frame, read_frame, write_frame
 from dspy_actors.lm.errors import LMError
 from dspy_actors.lm.lm import LM, PreparedCall
-from dspy_actors.lm.types import LMResponse
+from dspy_actors.lm.types import Completion, LMResponse
 from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime.context import restored
 from dspy_actors.runtime.lm_pool import Dispatcher, LMAttempt, Work
@@ -225,7 +225,17 @@ class WorkerProcess:
                 return attempt.succeeded(prepared)
             lm_id = self._lm_id(lm)
             call_id = next(self._ids)
-            call_frame = encode_frame(("call", call_id, lm_id, prepared))
+            call_frame = encode_frame(
+                (
+                    "call",
+                    call_id,
+                    lm_id,
+                    prepared.messages,
+                    prepared.params,
+                    prepared.response_format,
+                    prepared.timeout,
+                )
+            )
         except LMError as error:
             return attempt.failed(error)
         except (pickle.PicklingError, TypeError, AttributeError, ValueError) as error:
@@ -278,7 +288,7 @@ class WorkerProcess:
         if ok:
             try:
                 with restored(attempt.request.ctx):
-                    response = sent.lm.settle(sent.prepared, value)
+                    response = sent.lm.settle(sent.prepared, Completion(*value))
             except Exception as error:  # a cache that cannot store: still the call's answer
                 reject(attempt.request.reply, error)
                 outcome = "ignore"
