@@ -21,7 +21,8 @@ from dspy_actors.lm.cache import Cache
 from dspy_actors.lm.errors import BadRequest, LMTimeout
 from dspy_actors.modules.predict import Predict
 from dspy_actors.runtime.app import App
-from dspy_actors.runtime.errors import DeadlineExceeded
+from dspy_actors.runtime.errors import DeadlineExceeded, RuntimeCallError
+from dspy_actors.runtime.lm_pool import LMWorkerCrashed
 from dspy_actors.testing.faults import Fault
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
@@ -213,3 +214,63 @@ def test_the_tree_shows_the_worker_processes(start_app: StartApp) -> None:
     pids = _process_pids(app)
     assert len(set(pids)) == 2
     assert os.getpid() not in pids
+
+
+def test_under_load_with_processes_killed_repeatedly_no_call_hangs(
+    start_app: StartApp, sim: SimLM
+) -> None:
+    """48 callers; a worker process is SIGKILLed every 0.3 s, four times. Every call ends
+    with an answer or with a clear LM error; none is lost or hangs."""
+    sim.respond_with(_slow(0.1))
+    app = start_app(lm_processes=2, lm_workers=32)
+    qa = app.serve("qa", Predict("question -> answer"))
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def caller(i: int) -> None:
+        j = 0
+        while not stop.is_set():
+            try:
+                qa.call_with({"question": f"q{i}-{j}"}, timeout=30).answer  # noqa: B018
+                outcome = "ok"
+            except LMWorkerCrashed:
+                outcome = "crashed"  # its request died in two processes: said clearly
+            with lock:
+                outcomes.append(outcome)
+            j += 1
+
+    callers = [threading.Thread(target=caller, args=(i,)) for i in range(48)]
+    for thread in callers:
+        thread.start()
+    killed = []
+    for _ in range(4):
+        time.sleep(0.3)
+        pid = _process_pids(app)[0]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+        deadline = time.monotonic() + 30
+        while pid in _process_pids(app) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    time.sleep(0.3)
+    stop.set()
+    for thread in callers:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in callers), "a call hung"
+    assert outcomes.count("ok") > 100
+    assert set(outcomes) <= {"ok", "crashed"}
+    assert not any(_alive(pid) for pid in killed)
+    assert qa.call(question="after the storm").answer
+
+
+def test_stopping_the_app_mid_flight_answers_every_call(start_app: StartApp, sim: SimLM) -> None:
+    sim.respond_with(_slow(0.5))
+    app = start_app(lm_processes=2, lm_workers=8)
+    qa = app.serve("qa", Predict("question -> answer"))
+    pids = _process_pids(app)
+    futures = [qa.submit(question=f"q{i}") for i in range(16)]  # 8 running, 8 queued
+    time.sleep(0.2)
+    app.stop()
+    errors = [f.exception(timeout=30) for f in futures]
+    assert all(isinstance(e, RuntimeCallError) for e in errors), errors
+    assert not any(_alive(pid) for pid in pids)
