@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pykka
 import pytest
 
 import dspy_actors as dsa
@@ -38,16 +39,21 @@ def _slow(seconds: float) -> Callable[[SimRequest], Any]:
 
 
 def _process_pids(app: App) -> list[int]:
-    """The pids of the app's live LM worker processes, by asking their owners."""
+    """The pids of the app's live LM worker processes, by asking their owners (asked again
+    while one of them is being restarted)."""
     workers = app.root.supervisor("lm").supervisor("workers")
-    pids = []
-    for child in workers.which_children():
-        ref = child.ref
-        assert ref is not None
-        pid = ref.proxy().describe().get(timeout=10)["pid"]
-        assert isinstance(pid, int)
-        pids.append(pid)
-    return pids
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return [
+                child.ref.proxy().describe().get(timeout=10)["pid"]
+                for child in workers.which_children()
+                if child.ref is not None
+            ]
+        except pykka.ActorDeadError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _alive(pid: int) -> bool:
