@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ import pykka
 import supervisors
 from dspy_actors.lm._worker_process import encode_frame, read_frame, write_frame
 from dspy_actors.lm.errors import LMError
-from dspy_actors.lm.lm import LM, PreparedCall
+from dspy_actors.lm.lm import LM, PreparedCall, WorkerSpec
 from dspy_actors.lm.types import Completion, LMResponse
 from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime.context import restored
@@ -57,6 +58,9 @@ _READY_SECONDS = 60.0
 _STOP_SECONDS = 2.0
 
 Publisher = Callable[[], Callable[[Any], None] | None]
+
+# Per thread: requests handed over while this thread is already sending (see ``send``).
+_sending = threading.local()
 
 
 class LMProcessExited(RuntimeError):
@@ -110,14 +114,17 @@ class WorkerProcess:
         self._pending: dict[int, _Sent] = {}
         self._pending_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._lm_ids: dict[int, int] = {}  # id(lm) -> the id the process knows it by
-        self._lms: list[LM] = []  # keeps every sent LM alive, so its id() stays unique
+        # One LM in the process per distinct spec (deployment, key, timeout, retries, TLS):
+        # bounded by the deployments, however many LM objects the calls bring.
+        self._lm_ids: dict[WorkerSpec, int] = {}
         self._lm_lock = threading.Lock()
         self._lms_sent: set[int] = set()  # (under the write lock)
         self._ready = threading.Event()
+        self._ready_seen = False  # the process said "ready" (the event is also set at exit)
         self._stopping = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
+        self._command = [sys.executable, "-m", "dspy_actors.lm._worker_main"]
 
     @property
     def pid(self) -> int | None:
@@ -131,7 +138,7 @@ class WorkerProcess:
         # The child imports dspy_actors from where this process did, installed or not.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         proc = self._proc = subprocess.Popen(
-            [sys.executable, "-m", "dspy_actors.lm._worker_main"],
+            self._command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -146,14 +153,20 @@ class WorkerProcess:
             write_frame(proc.stdin, ("hello", len(self.slots)))
         except OSError:
             pass  # it died at once: reported below
-        if not self._ready.wait(timeout):
+        ended = self._ready.wait(timeout)  # set by "ready", or by the end of its output
+        if not self._ready_seen:
+            try:  # it closed its output: it is exiting, give it a moment to say with what
+                code = proc.wait(timeout=_STOP_SECONDS) if ended else None
+            except subprocess.TimeoutExpired:
+                code = None
             self.stop()
-            raise LMProcessExited(f"LM worker process {self.name} not ready after {timeout:g}s")
-        if proc.poll() is not None and not self._ready.is_set():
-            self.stop()
+            if code is None:
+                raise LMProcessExited(
+                    f"LM worker process {self.name} was not ready after {timeout:g}s"
+                )
             raise LMProcessExited(
-                f"LM worker process {self.name} exited with code {proc.returncode} before "
-                "it was ready (see its stderr)"
+                f"LM worker process {self.name} exited with code {code} before it was "
+                f"ready (its stderr is this process's stderr): {' '.join(self._command)}"
             )
 
     def stop(self, timeout: float = _STOP_SECONDS) -> None:
@@ -161,12 +174,18 @@ class WorkerProcess:
         self._stopping = True
         proc = self._proc
         if proc is not None:
-            if proc.stdin is not None:
-                with self._write_lock:
-                    try:
+            # A sender blocked on a full pipe (a process that stopped reading) holds the
+            # write lock: then kill the process, which fails that write, rather than wait.
+            if self._write_lock.acquire(timeout=timeout):
+                try:
+                    if proc.stdin is not None:
                         proc.stdin.close()
-                    except OSError:
-                        pass
+                except OSError:
+                    pass
+                finally:
+                    self._write_lock.release()
+            else:
+                proc.kill()
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -188,6 +207,30 @@ class WorkerProcess:
     # Sending (any thread). ----------------------------------------------------------------
 
     def send(self, slot: _Slot, work: Work) -> None:
+        """Hand ``work`` to the process, or answer it here (a cache hit, an LM that cannot
+        be sent, a deadline already past) and free the slot."""
+        backlog: deque[tuple[WorkerProcess, _Slot, Work]] | None = getattr(
+            _sending, "backlog", None
+        )
+        if backlog is not None:
+            # Freeing a slot below makes the dispatcher hand this thread the next request:
+            # queue it instead of recursing (a long queue of such requests would otherwise
+            # run out of stack).
+            backlog.append((self, slot, work))
+            return
+        backlog = _sending.backlog = deque([(self, slot, work)])
+        try:
+            while backlog:
+                process, next_slot, next_work = backlog.popleft()
+                try:
+                    process._send_one(next_slot, next_work)
+                except Exception as error:  # a bug: the caller hears of it, the slot frees
+                    reject(next_work.pending.request.reply, error)
+                    process._dispatcher.finished(next_slot, "ignore", 0.0)
+        finally:
+            _sending.backlog = None
+
+    def _send_one(self, slot: _Slot, work: Work) -> None:
         request = work.pending.request
         lm = work.lm
         attempt = LMAttempt.begin(request, lm, work.key, self._publisher)
@@ -198,16 +241,14 @@ class WorkerProcess:
         if outcome is not None:  # answered here, without the process
             self._dispatcher.finished(slot, outcome, time.monotonic() - attempt.started)
 
-    def _lm_id(self, lm: LM) -> int:
-        """The id the process knows ``lm`` by (checks once that it can be sent at all)."""
-        lm_id = self._lm_ids.get(id(lm))
+    def _lm_id(self, spec: WorkerSpec) -> int:
+        """The id the process knows the LM of ``spec`` by."""
+        lm_id = self._lm_ids.get(spec)
         if lm_id is None:
-            lm.worker_spec()  # raises ValueError for an LM that cannot be sent
             with self._lm_lock:
-                lm_id = self._lm_ids.get(id(lm))
+                lm_id = self._lm_ids.get(spec)
                 if lm_id is None:
-                    self._lms.append(lm)
-                    lm_id = self._lm_ids[id(lm)] = len(self._lms)
+                    lm_id = self._lm_ids[spec] = len(self._lm_ids) + 1
         return lm_id
 
     def _send(self, slot: _Slot, lm: Any, attempt: LMAttempt) -> str | None:
@@ -223,7 +264,8 @@ class WorkerProcess:
                 prepared = lm.prepare(request.messages, **attempt.kwargs)
             if isinstance(prepared, LMResponse):  # a cache hit (a fallback LM's cache)
                 return attempt.succeeded(prepared)
-            lm_id = self._lm_id(lm)
+            spec = lm.worker_spec()  # ValueError for an LM that cannot be sent
+            lm_id = self._lm_id(spec)
             call_id = next(self._ids)
             call_frame = encode_frame(
                 (
@@ -252,7 +294,7 @@ class WorkerProcess:
         with self._write_lock:
             try:
                 if lm_id not in self._lms_sent:  # the LM's frame goes before its first call
-                    proc.stdin.write(encode_frame(("lm", lm_id, lm.worker_spec())))
+                    proc.stdin.write(encode_frame(("lm", lm_id, spec)))
                     self._lms_sent.add(lm_id)
                 proc.stdin.write(call_frame)
                 proc.stdin.flush()
@@ -265,6 +307,7 @@ class WorkerProcess:
     def _read(self, stream: IO[bytes]) -> None:
         while (frame := read_frame(stream)) is not None:
             if frame[0] == "ready":
+                self._ready_seen = True
                 self._ready.set()
             elif frame[0] == "done":
                 _, call_id, ok, value, requests, retries = frame

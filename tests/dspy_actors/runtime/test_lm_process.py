@@ -7,9 +7,11 @@ import io
 import os
 import signal
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import pykka
@@ -22,8 +24,11 @@ from dspy_actors.lm.cache import Cache
 from dspy_actors.lm.errors import BadRequest, LMTimeout
 from dspy_actors.modules.predict import Predict
 from dspy_actors.runtime.app import App
+from dspy_actors.runtime.context import capture
 from dspy_actors.runtime.errors import DeadlineExceeded, RuntimeCallError
-from dspy_actors.runtime.lm_pool import LMWorkerCrashed
+from dspy_actors.runtime.lm_pool import Dispatcher, LMPoolConfig, LMWorkerCrashed
+from dspy_actors.runtime.lm_process import LMProcessExited, WorkerProcess
+from dspy_actors.runtime.messages import LMRequest
 from dspy_actors.testing.faults import Fault
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
@@ -177,8 +182,9 @@ def test_a_killed_worker_process_is_replaced_and_its_calls_retried(
     assert before[1] in after
     assert len(after) == 2
     assert not _alive(before[0])
-    # The new process serves too.
-    assert [qa.call(question=f"after {i}").answer for i in range(8)]
+    # The new process serves too (32 at once: both processes' slots).
+    after_kill = [qa.submit(question=f"after {i}") for i in range(32)]
+    assert all(f.result(timeout=30).answer for f in after_kill)
 
 
 def test_stopping_the_app_ends_its_worker_processes(start_app: StartApp) -> None:
@@ -197,18 +203,9 @@ def test_lms_that_cannot_be_sent_are_refused_clearly(
     with pytest.raises(ValueError, match="lm_processes"):
         start_app(lm_processes=5, lm_workers=4)
 
-    class EchoLM:
-        model = "echo/echo"
-        provider = "openai"
-        api_base = "local"
-        model_name = "echo"
-
-        def complete(self, messages: list[dict[str, Any]], **_kw: Any) -> Any:
-            raise AssertionError("runs in no process")
-
     app = start_app(lm_processes=1, lm_workers=2)
     qa = app.serve("qa", Predict("question -> answer"))
-    with dsa.context(lm=EchoLM()), pytest.raises(TypeError, match=r"only run dspy_actors\.LM"):
+    with dsa.context(lm=_EchoLM()), pytest.raises(TypeError, match=r"only run dspy_actors\.LM"):
         qa.call(question="q")
 
 
@@ -280,3 +277,52 @@ def test_stopping_the_app_mid_flight_answers_every_call(start_app: StartApp, sim
     errors = [f.exception(timeout=30) for f in futures]
     assert all(isinstance(e, RuntimeCallError) for e in errors), errors
     assert not any(_alive(pid) for pid in pids)
+
+
+class _EchoLM:
+    """An LM-like object that is not a dspy_actors.LM: it cannot go to a worker process."""
+
+    model = "echo/echo"
+    provider = "openai"
+    api_base = "local"
+    model_name = "echo"
+
+    def complete(self, messages: list[dict[str, Any]], **_kw: Any) -> Any:
+        raise AssertionError("runs in no process")
+
+
+def test_a_process_that_dies_before_it_is_ready_is_reported_with_its_code() -> None:
+    process = WorkerProcess("broken", Dispatcher(LMPoolConfig()), slots=1)
+    process._command = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    with pytest.raises(LMProcessExited, match="exited with code 3 before it was ready"):
+        process.start()
+
+
+def test_a_process_that_never_gets_ready_is_killed_after_the_timeout() -> None:
+    process = WorkerProcess("stuck", Dispatcher(LMPoolConfig()), slots=1)
+    process._command = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with pytest.raises(LMProcessExited, match=r"not ready after 0\.5s"):
+        process.start(timeout=0.5)
+    assert process.pid is not None
+    assert not _alive(process.pid)
+
+
+def test_thousands_of_queued_requests_answered_at_once_do_not_recurse() -> None:
+    """Requests the process cannot take are answered in the sending thread, which frees the
+    slot, which hands that thread the next queued request: a loop, not a recursion."""
+    dispatcher = Dispatcher(LMPoolConfig(max_queue=5000))
+    replies: list[Future[Any]] = []
+    for _ in range(3000):
+        reply: Future[Any] = Future()
+        ctx = capture(timeout=60)
+        dispatcher.submit(LMRequest(_EchoLM(), [{"role": "user", "content": "hi"}], {}, ctx, reply))  # type: ignore[arg-type]
+        replies.append(reply)
+    process = WorkerProcess("flood", dispatcher, slots=1)
+    process.start()
+    try:
+        dispatcher.add_worker(process.slots[0])
+        errors = [r.exception(timeout=30) for r in replies]
+    finally:
+        process.stop()
+    assert all(isinstance(e, TypeError) for e in errors)
+    assert "only run dspy_actors.LM" in str(errors[-1])
