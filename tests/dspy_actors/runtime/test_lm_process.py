@@ -20,8 +20,9 @@ import pytest
 import dspy_actors as dsa
 from dspy_actors.lm import LM
 from dspy_actors.lm._worker_process import encode_frame, read_frame
+from dspy_actors.lm.breaker import CircuitOpen
 from dspy_actors.lm.cache import Cache
-from dspy_actors.lm.errors import BadRequest, LMTimeout
+from dspy_actors.lm.errors import BadRequest, LMTimeout, ServerError
 from dspy_actors.modules.predict import Predict
 from dspy_actors.runtime.app import App
 from dspy_actors.runtime.context import capture
@@ -326,3 +327,33 @@ def test_thousands_of_queued_requests_answered_at_once_do_not_recurse() -> None:
         process.stop()
     assert all(isinstance(e, TypeError) for e in errors)
     assert "only run dspy_actors.LM" in str(errors[-1])
+
+
+def test_lm_events_and_the_breaker_work_as_with_threads(start_app: StartApp, sim: SimLM) -> None:
+    app = start_app(
+        lm_processes=1,
+        lm_workers=2,
+        breaker={
+            "window_size": 4,
+            "minimum_calls": 3,
+            "failure_rate_threshold": 0.5,
+            "wait_in_open": 30.0,
+        },
+    )
+    ends: list[Any] = []
+    app.subscribe("lm.end", ends.append)
+    qa = app.serve("qa", Predict("question -> answer"))
+    assert qa.call(question="fine").answer
+    sim.inject(Fault.server_error(503), times=10)
+    for i in range(2):
+        with pytest.raises(ServerError):
+            qa.call(question=f"failing {i}")
+    seen = sim.request_count
+    with pytest.raises(CircuitOpen):
+        qa.call(question="refused at once")
+    assert sim.request_count == seen, "an open breaker sends nothing to the process"
+    assert app.events.flush(5.0)
+    assert len(ends) == 3
+    assert ends[0].prompt_tokens > 0
+    assert ends[0].error_type is None
+    assert [e.error_type for e in ends[1:3]] == ["ServerError", "ServerError"]
