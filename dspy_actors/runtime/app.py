@@ -87,7 +87,18 @@ class ServedProgram:
     state_version: int | None = None
     max_crash_retries: int = 3
     stopped: bool = False
+    # Versions an upgrade stopped (after draining them): a pipeline call still on one of
+    # them fails at once instead of resending to a step that will never come back.
+    retired: set[int] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def gone(self, version: int) -> str | None:
+        """Why calls on ``version`` can no longer be served, or None while they can."""
+        if self.stopped:
+            return "the program was stopped"
+        if version in self.retired:
+            return f"its version {version} was stopped by an upgrade (drain timeout)"
+        return None
 
 
 class _Stores:
@@ -523,6 +534,7 @@ class App:
             deadline = time.monotonic() + drain_timeout
             while program.gate.in_flight(old_version) and time.monotonic() < deadline:
                 time.sleep(0.005)
+            program.retired.add(old_version)
             self._modules().terminate_child(old_child)
             return new_version
 

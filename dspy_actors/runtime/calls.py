@@ -26,9 +26,9 @@ RESEND_SECONDS = 0.005
 RESEND_LIMIT_SECONDS = 5.0
 
 
-def never_stopped() -> bool:
+def never_stopped() -> str | None:
     """The default ``stopped`` check: nothing asks the call to give up early."""
-    return False
+    return None
 
 
 def send_call(
@@ -101,14 +101,15 @@ def call_resending(
     *,
     timeout: float | None = None,
     what: str = "module",
-    stopped: Callable[[], bool] = never_stopped,
+    stopped: Callable[[], str | None] = never_stopped,
 ) -> Any:
     """Call the module actor registered as ``name`` and wait for its answer; while it is
     restarting (``ModuleUnavailable``), send the call again every ``RESEND_SECONDS``.
 
-    Past ``RESEND_LIMIT_SECONDS``, the deadline, or once ``stopped()`` says the program
-    went away, the call fails with ``ModuleCrashed`` naming ``path`` (``what`` says what
-    it is in the message: "step", "sub-module").
+    Past ``RESEND_LIMIT_SECONDS``, the deadline, or once ``stopped()`` gives a reason the
+    actor will not come back (the program was stopped, its version retired), the call
+    fails with ``ModuleCrashed`` naming ``path`` (``what`` says what it is in the
+    message: "step", "sub-module").
     """
     since: float | None = None
     while True:
@@ -118,8 +119,9 @@ def call_resending(
         except ModuleUnavailable:
             now = time.monotonic()
             since = now if since is None else since
-            if stopped():
-                raise ModuleCrashed(path, "the program was stopped") from None
+            reason = stopped()
+            if reason is not None:
+                raise ModuleCrashed(path, reason) from None
             remaining = ctx.remaining()
             if now - since >= RESEND_LIMIT_SECONDS or (
                 remaining is not None and remaining <= RESEND_SECONDS

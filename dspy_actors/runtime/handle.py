@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from dspy_actors.runtime.calls import send_call, wait_reply
@@ -130,7 +131,7 @@ class ProgramHandle:
                         program.steps,
                         inputs,
                         ctx,
-                        lambda: program.stopped,
+                        partial(program.gone, version),
                     )
                 reply = send_call(app.registry, entry, inputs, ctx)
                 return wait_reply(reply, ctx, program.name, None, kind="program")

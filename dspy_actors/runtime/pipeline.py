@@ -68,11 +68,12 @@ def run_pipeline(
     steps: Sequence[PipelineStep],
     inputs: Mapping[str, Any],
     ctx: CallContext,
-    stopped: Callable[[], bool] = never_stopped,
+    stopped: Callable[[], str | None] = never_stopped,
 ) -> Any:
     """Run one call of ``program`` through ``steps`` (actors named ``prefix + step.id``)
     in this thread; the last step's Prediction, or the first error. ``stopped`` tells a
-    step's retry to give up at once (the program was stopped)."""
+    step's retry to give up at once, and why (the program was stopped, or this version
+    retired by an upgrade)."""
     values = dict(inputs)
     result: Any = None
     last = len(steps) - 1

@@ -12,7 +12,7 @@ import supervisors
 from dspy_actors.modules.predict import Predict
 from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.prediction import Prediction
-from dspy_actors.runtime import calls
+from dspy_actors.runtime import calls, pipeline
 from dspy_actors.runtime.errors import DeadlineExceeded, ModuleCrashed, ModuleUnavailable
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
@@ -231,3 +231,38 @@ def test_many_callers_while_a_step_is_killed_all_get_an_answer_or_a_clear_error(
     assert all(o.answer for o in outcomes if not isinstance(o, BaseException))
     # The step came back: the next call is answered.
     assert qa.call(question="after").answer
+
+
+def test_a_call_whose_version_an_upgrade_stopped_between_steps_fails_at_once(
+    start_app: StartApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old version is stopped (drain timeout) after step 1 answered and before the
+    call reaches step 2: step 2 will never come back, so no 5 s of resending."""
+    app = start_app()
+    p = app.program(
+        "p",
+        [
+            ("retrieve", Retriever, {"k": 1}),
+            ("answer", Predict, {"signature": "context: list[str], question -> answer"}),
+        ],
+    )
+    between_steps, retired = threading.Event(), threading.Event()
+    original = pipeline.call_resending
+
+    def held_before_step_two(*args: Any, **kwargs: Any) -> Any:
+        between_steps.set()
+        retired.wait(10)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "call_resending", held_before_step_two)
+    future = app.executor.submit(p.call, question="q")
+    assert between_steps.wait(10)
+    assert p.upgrade({}, drain_timeout=0.05) == 2
+    monkeypatch.setattr(pipeline, "call_resending", original)
+    retired.set()
+    started = time.monotonic()
+    with pytest.raises(ModuleCrashed, match="version 1 was stopped by an upgrade") as crashed:
+        future.result(timeout=10)
+    assert crashed.value.module_path == "p.answer"
+    assert time.monotonic() - started < calls.RESEND_LIMIT_SECONDS / 2
+    assert p.call(question="on v2").answer
