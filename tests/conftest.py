@@ -19,6 +19,12 @@ import pytest
 # Tests never write to the user's real LM cache directory.
 os.environ["DSPY_ACTORS_CACHE_DIR"] = tempfile.mkdtemp(prefix="dspy-actors-test-cache-")
 
+# The LM honours proxy variables as httpx does, where nothing is exempt by default: on a
+# machine with HTTP(S)_PROXY set, the tests' loopback servers must still be reached directly.
+for _name in ("NO_PROXY", "no_proxy"):
+    _hosts = [h for h in os.environ.get(_name, "").split(",") if h.strip()]
+    os.environ[_name] = ",".join([*_hosts, "127.0.0.1", "localhost", "::1"])
+
 # Threads that legitimately outlive a single test (session-scoped fixtures).
 ALLOWED_THREAD_PREFIXES: tuple[str, ...] = ("sim-lm-session",)
 

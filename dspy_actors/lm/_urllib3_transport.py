@@ -13,12 +13,21 @@ extension, and failures are raised as the httpx exception a caller of httpx expe
 (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``ReadError``, ...), so code above
 the transport cannot tell the difference.
 
+Through a proxy (``proxy=``, an ``httpx.Proxy``: the pool above decides which requests
+need one, from the environment, as ``httpx.Client`` does) it is urllib3's ``ProxyManager``:
+an http:// request goes to the proxy in absolute form (``POST http://host/path``), an
+https:// one through a ``CONNECT`` tunnel, and credentials in the proxy URL are sent as
+``Proxy-Authorization: Basic``, as httpcore sends them. Failures map as httpx's do: a proxy
+that cannot be reached is a ``ConnectError`` (or ``ConnectTimeout``), a tunnel the proxy
+refuses a ``ProxyError``.
+
 What it does not do (nor does the httpx transport it replaces): retries (the LM has its own
-policy), redirects, proxies from the environment.
+policy), redirects. SOCKS proxies are left to httpx's transport (see the pool).
 """
 
 from __future__ import annotations
 
+import base64
 import ssl
 from collections.abc import Iterator
 from typing import Any
@@ -40,10 +49,29 @@ class Urllib3Transport(httpx.BaseTransport):
     above bounds it.
     """
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None, maxsize: int = 256) -> None:
-        self._manager = urllib3.PoolManager(
-            num_pools=16, maxsize=maxsize, block=False, ssl_context=ssl_context
-        )
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        maxsize: int = 256,
+        proxy: httpx.Proxy | None = None,
+    ) -> None:
+        if proxy is None:
+            self._manager = urllib3.PoolManager(
+                num_pools=16, maxsize=maxsize, block=False, ssl_context=ssl_context
+            )
+        else:
+            self._manager = urllib3.ProxyManager(
+                str(proxy.url),
+                num_pools=16,
+                maxsize=maxsize,
+                block=False,
+                ssl_context=ssl_context,
+                proxy_headers=_proxy_headers(proxy),
+                proxy_ssl_context=_proxy_ssl_context(proxy),
+            )
+        # http:// requests through a proxy name their whole URL (https:// ones are tunnelled).
+        self._forward = proxy is not None
         self._pools: dict[tuple[str, str, int | None], urllib3.HTTPConnectionPool] = {}
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -58,10 +86,14 @@ class Urllib3Transport(httpx.BaseTransport):
         timeout = urllib3.Timeout(connect=phases.get("connect"), read=phases.get("read"))
         # From the raw pairs: Headers' own mapping API re-decodes and re-scans per key.
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers.raw}
+        target = url.raw_path.decode("ascii")
+        if self._forward and url.scheme == "http":
+            # Absolute form, without any credentials in the URL (httpcore sends the same).
+            target = f"http://{url.netloc.decode('ascii')}{target}"
         try:
             response = pool.urlopen(
                 request.method,
-                url.raw_path.decode("ascii"),
+                target,
                 body=request.read(),
                 headers=headers,
                 retries=False,
@@ -92,6 +124,25 @@ class Urllib3Transport(httpx.BaseTransport):
         self._manager.clear()
         for pool in pools:
             pool.close()
+
+
+def _proxy_headers(proxy: httpx.Proxy) -> dict[str, str]:
+    """The headers for the proxy: httpx's, with its credentials as Basic auth (httpcore's
+    header: the URL-decoded user and password, UTF-8 encoded)."""
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in proxy.headers.raw}
+    if proxy.raw_auth is not None:
+        user, password = proxy.raw_auth
+        token = base64.b64encode(user + b":" + password).decode("ascii")
+        headers["Proxy-Authorization"] = f"Basic {token}"
+    return headers
+
+
+def _proxy_ssl_context(proxy: httpx.Proxy) -> ssl.SSLContext | None:
+    """How an https:// proxy's own certificate is checked: as httpcore checks it (certifi's
+    CAs, not ``verify`` nor ``SSL_CERT_FILE``) unless the ``httpx.Proxy`` carries a context."""
+    if proxy.url.scheme != "https":
+        return None
+    return proxy.ssl_context or httpx.create_ssl_context(trust_env=False)
 
 
 class _NetworkStream:
@@ -149,7 +200,19 @@ def _httpx_error(exc: u3.HTTPError, request: httpx.Request) -> httpx.TransportEr
     """The httpx exception its own transport would raise for the same failure."""
     message = str(exc)
     error_class: type[httpx.TransportError]
-    if isinstance(exc, u3.NewConnectionError | u3.SSLError):  # before ConnectTimeoutError
+    if isinstance(exc, u3.ProxyError):
+        # No tunnel (the proxy refused the CONNECT: httpx's ProxyError), or the proxy could
+        # not be reached, which httpx reports as for any server (ConnectError, ...).
+        proxy_cause = exc.original_error
+        if _tunnel_refused(proxy_cause):
+            error_class = httpx.ProxyError
+        elif isinstance(proxy_cause, u3.HTTPError):
+            error_class = type(_httpx_error(proxy_cause, request))
+        elif isinstance(proxy_cause, TimeoutError):
+            error_class = httpx.ConnectTimeout
+        else:
+            error_class = httpx.ConnectError
+    elif isinstance(exc, u3.NewConnectionError | u3.SSLError):  # before ConnectTimeoutError
         error_class = httpx.ConnectError
     elif isinstance(exc, u3.ConnectTimeoutError):
         error_class = httpx.ConnectTimeout
@@ -166,3 +229,9 @@ def _httpx_error(exc: u3.HTTPError, request: httpx.Request) -> httpx.TransportEr
     else:
         error_class = httpx.TransportError
     return error_class(message, request=request)
+
+
+def _tunnel_refused(cause: object) -> bool:
+    """Whether ``cause`` is http.client's error for a ``CONNECT`` the proxy answered with a
+    status other than 2xx (httpx raises ``ProxyError`` for it)."""
+    return isinstance(cause, OSError) and str(cause).startswith("Tunnel connection failed")

@@ -16,6 +16,13 @@ Caching: a response is stored under a key covering provider, endpoint, model, me
 response format and every sampling parameter (never the API key). A cache hit costs no
 tokens: its usage is zero and it is not sent to any meter.
 
+Proxies: requests go through the proxies the environment names, as with
+``httpx.Client(trust_env=True)``: ``HTTPS_PROXY`` for https:// endpoints (tunnelled with
+``CONNECT``), ``HTTP_PROXY`` for http:// ones, ``ALL_PROXY`` for both, credentials in the
+proxy URL sent as ``Proxy-Authorization``, and ``NO_PROXY`` naming the hosts reached directly
+(a local server such as ``localhost`` or ``127.0.0.1`` is proxied too unless listed there).
+``LM(..., trust_env=False)`` ignores these variables. They are read when the LM is made.
+
 The API key comes from the argument or from ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``.
 It is kept only in the request headers: not in ``repr``, history, cache keys, error
 messages, logs, or ``dump_state()``.
@@ -91,6 +98,7 @@ class WorkerSpec:
     timeout: float
     retry_policy: RetryPolicy
     verify: bool | str
+    trust_env: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,11 +151,17 @@ class LM:
         timeout: float = 60.0,
         retry_policy: RetryPolicy | None = None,
         verify: bool | str | ssl.SSLContext = True,
+        trust_env: bool = True,
         **defaults: Any,
     ) -> None:
         """``verify`` checks the server's TLS certificate: True (certifi's CAs, or the
         bundle in ``SSL_CERT_FILE``), a CA bundle path (a self-hosted server behind an
-        internal CA), an ``ssl.SSLContext``, or False (no check: testing only)."""
+        internal CA), an ``ssl.SSLContext``, or False (no check: testing only).
+
+        ``trust_env``: send requests through the proxies named by ``HTTP_PROXY``,
+        ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` (or their lowercase forms), exactly
+        as ``httpx.Client(trust_env=True)`` would (see the module docstring); False ignores
+        them. Raises ValueError if those variables cannot be parsed."""
         provider, model_name, default_base = resolve_model(model)
         self.model = model
         self._provider = provider
@@ -173,7 +187,10 @@ class LM:
         self._counters = _Counters()
         self._rng = random.Random()
         self._verify = verify
-        self._clients = ClientPool(headers=provider.headers(key), timeout=timeout, verify=verify)
+        self._trust_env = trust_env
+        self._clients = ClientPool(
+            headers=provider.headers(key), timeout=timeout, verify=verify, trust_env=trust_env
+        )
 
     # ---------------------------------------------------------------- public API
     def __call__(
@@ -431,6 +448,7 @@ class LM:
             timeout=self.timeout,
             retry_policy=self.retry_policy,
             verify=self._verify,
+            trust_env=self._trust_env,
             **{**self.defaults, **defaults},
         )
 
@@ -450,6 +468,7 @@ class LM:
             timeout=self.timeout,
             retry_policy=self.retry_policy,
             verify=self._verify,
+            trust_env=self._trust_env,
         )
 
     @classmethod
@@ -463,6 +482,7 @@ class LM:
             timeout=spec.timeout,
             retry_policy=spec.retry_policy,
             verify=spec.verify,
+            trust_env=spec.trust_env,
         )
 
     def dump_state(self) -> dict[str, Any]:
