@@ -1,5 +1,5 @@
-"""A chaos monkey for a running app: kill actors by name pattern at a rate, or crash a given
-module actor on its k-th call.
+"""A chaos monkey for a running app: kill actors by name pattern at a rate, crash a given
+module actor on its k-th call, or SIGKILL an LM worker process (``lm_processes``).
 
 It works only through the runtime's public surface: the app's registry (names such as
 ``app1/qa@v1/answer``), its supervision tree (``which_children``), its event bus
@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import os
 import random
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -194,6 +196,37 @@ class ChaosMonkey:
             if self._kill(target, ref, "kill"):
                 killed.append(target)
         return killed
+
+    def kill_lm_process(self, *, sig: int = signal.SIGKILL) -> int | None:
+        """Send ``sig`` (SIGKILL: what the OOM killer sends) to one live LM worker process
+        of an app started with ``lm_processes``, picked with the monkey's seed; its pid, or
+        None if there is none. The process's owner actor crashes and is restarted with a
+        new process; the requests it held are retried once on another worker.
+
+        Unlike :meth:`kill`, this kills an OS process, not an actor: it tests what happens
+        when the process dies under the runtime, not when the runtime stops it."""
+        owners = self.targets("*/lm/workers/process-*", by="tree")
+        pids: dict[str, int] = {}
+        for target, ref in sorted(owners.items()):
+            try:
+                described = ref.proxy().describe().get(timeout=_TREE_ASK_SECONDS)
+            except (pykka.ActorDeadError, pykka.Timeout, AttributeError):
+                continue  # restarting: not a victim on this call
+            pid = described.get("pid") if isinstance(described, dict) else None
+            if isinstance(pid, int):
+                pids[target] = pid
+        if not pids:
+            return None
+        target = self._rng.choice(sorted(pids))
+        try:
+            os.kill(pids[target], sig)
+        except ProcessLookupError:
+            return None  # it died meanwhile
+        with self._lock:
+            self.log.append(
+                Kill(f"{target} (pid {pids[target]})", time.monotonic(), "kill_lm_process")
+            )
+        return pids[target]
 
     # At a rate. --------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import pytest
 import dspy_actors as dsa
 from dspy_actors.runtime.app import App
 from dspy_actors.testing import ChaosMonkey, SimLM, assert_tree_healthy
+from dspy_actors.testing.invariants import CallLedger, assert_all_accounted
 
 STEPS: list[tuple[str, Any, dict[str, Any]]] = [
     ("first", dsa.Predict, {"signature": "question -> draft"}),
@@ -136,3 +137,43 @@ def test_stop_leaves_no_chaos_thread(app: App) -> None:
     monkey.stop()
     assert not [t for t in threading.enumerate() if t.name.startswith("chaos-")]
     assert all(not run.running for run in monkey.runs)
+
+
+def test_kill_lm_process_sigkills_a_worker_process_and_no_call_is_lost(
+    sim_lm: SimLM, tmp_path: Path
+) -> None:
+    sim_lm.latency = 0.1
+    lm = dsa.LM("openai/sim-model", api_base=sim_lm.openai_base, api_key="sim", cache=False)
+    with dsa.start(lm=lm, data_dir=tmp_path, lm_workers=16, lm_processes=2) as app:
+        monkey = ChaosMonkey(app, seed=3)
+        qa = app.serve("qa", dsa.Predict("question -> answer"))
+        ledger = CallLedger(qa, hang_after_s=30)
+        sender = threading.Thread(
+            target=ledger.run,
+            args=([{"question": f"q{i}"} for i in range(96)],),
+            kwargs={"concurrency": 32},
+        )
+        sender.start()
+        pids = []
+        for _ in range(3):
+            time.sleep(0.25)
+            pid = monkey.kill_lm_process()
+            if pid is not None:
+                pids.append(pid)
+        sender.join(timeout=120)
+        assert not sender.is_alive()
+        assert pids, "a worker process must have been found and killed"
+        assert monkey.kills == len(pids)
+        assert {k.by for k in monkey.log} == {"kill_lm_process"}
+        assert all("/lm/workers/process-" in k.target for k in monkey.log)
+        assert_all_accounted(ledger)
+        assert_tree_healthy(app, within_s=10)
+        assert sum(o.status == "answered" for o in ledger.outcomes) >= 90
+    lm.close()
+
+
+def test_kill_lm_process_without_worker_processes_finds_nothing(
+    app: App, chaos: ChaosMonkey
+) -> None:
+    assert chaos.kill_lm_process() is None
+    assert chaos.kills == 0
