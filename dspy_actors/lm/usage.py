@@ -3,7 +3,9 @@
 An LM records every call's usage into its own meter and into every meter *active* in the
 calling context (``with metering(meter):``). Modules activate their meter around
 ``forward``, so nested modules each see the usage of the calls made beneath them, exactly,
-under any number of threads.
+under any number of threads. The actor runtime carries the active meters inside each
+call's context, so ``with metering(meter): handle.call(...)`` counts the LM calls that one
+call made, in whichever threads or processes they ran.
 """
 
 from __future__ import annotations
@@ -81,6 +83,23 @@ def metering(meter: UsageMeter) -> Iterator[UsageMeter]:
         yield meter
     finally:
         _active_meters.reset(token)
+
+
+def active_meters() -> tuple[UsageMeter, ...]:
+    """The meters active in the current context (the runtime carries them with a call)."""
+    return _active_meters.get()
+
+
+def activate_meters(
+    meters: tuple[UsageMeter, ...],
+) -> contextvars.Token[tuple[UsageMeter, ...]]:
+    """Make exactly ``meters`` the active ones (a call's, where it is handled); undo with
+    ``deactivate_meters``."""
+    return _active_meters.set(meters)
+
+
+def deactivate_meters(token: contextvars.Token[tuple[UsageMeter, ...]]) -> None:
+    _active_meters.reset(token)
 
 
 def record_usage(usage: Usage) -> None:

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from dspy_actors import settings
+from dspy_actors.lm.usage import UsageMeter, activate_meters, active_meters, deactivate_meters
 from dspy_actors.runtime.errors import DeadlineExceeded
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -31,6 +32,13 @@ class CallContext:
     trace_id: str
     deadline: float | None = None
     overrides: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    # The usage meters active where the call was made (``dspy_actors.lm.metering``, the
+    # calling modules'): the LM calls made for it are counted in them wherever they run.
+    meters: tuple[UsageMeter, ...] = ()
+
+    def metered_by(self, meter: UsageMeter) -> CallContext:
+        """This context with ``meter`` counting too (a module actor adds its module's)."""
+        return CallContext(self.trace_id, self.deadline, self.overrides, (*self.meters, meter))
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (may be negative), or None without one."""
@@ -81,6 +89,7 @@ def capture(
         trace_id or (parent.trace_id if parent is not None else new_trace_id()),
         deadline,
         MappingProxyType(dict(merged)) if merged else _EMPTY,
+        active_meters(),
     )
 
 
@@ -90,7 +99,7 @@ class restored:  # lowercase: it reads as a function, ``with restored(ctx):``
     A class rather than a ``@contextmanager`` generator: it runs several times per call on
     the runtime's hot path, and a generator-based manager costs about twice as much."""
 
-    __slots__ = ("_ctx", "_overrides_token", "_token")
+    __slots__ = ("_ctx", "_meters_token", "_overrides_token", "_token")
 
     def __init__(self, ctx: CallContext) -> None:
         self._ctx = ctx
@@ -100,9 +109,12 @@ class restored:  # lowercase: it reads as a function, ``with restored(ctx):``
         self._token = _current.set(ctx)
         # The overrides were checked when the call captured them: push them as they are.
         self._overrides_token = settings.push_overrides(ctx.overrides) if ctx.overrides else None
+        # Exactly the call's meters: never those of whatever this thread ran before.
+        self._meters_token = activate_meters(ctx.meters)
         return ctx
 
     def __exit__(self, *_exc: object) -> None:
+        deactivate_meters(self._meters_token)
         if self._overrides_token is not None:
             settings.pop_overrides(self._overrides_token)
         _current.reset(self._token)

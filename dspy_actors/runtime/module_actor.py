@@ -215,12 +215,15 @@ class ModuleActor(supervisors.SupervisedActor):
                 if found is not None and not isinstance(found, CacheMiss):
                     response = found
                     continue
+                meter = getattr(record.module, "usage_meter", None)
+                ctx = record.call.ctx
                 reply = submit_lm_request(
                     self.services.dispatcher,
                     lm_call.lm,
                     lm_call.messages,
                     lm_call.kwargs,
-                    record.call.ctx,
+                    # The module's own meter counts the call too, as Module.__call__'s does.
+                    ctx if meter is None else ctx.metered_by(meter),
                     found,
                 )
                 reply.add_done_callback(partial(_tell_lm_done, self.actor_ref, call_id))

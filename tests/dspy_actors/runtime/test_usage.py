@@ -1,0 +1,94 @@
+"""Usage through the runtime: ``with metering(meter): handle.call(...)`` counts exactly the
+LM calls that one call made, whichever threads (or worker processes) made them."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from dspy_actors.lm.usage import UsageMeter, metering
+from dspy_actors.modules.predict import Predict
+from dspy_actors.testing.sim_lm import SimLM
+from tests.dspy_actors.runtime.conftest import StartApp
+from tests.dspy_actors.runtime.programs import RAG
+
+
+@pytest.mark.parametrize("lm_processes", [0, 1])
+def test_each_callers_meter_counts_exactly_its_own_calls(
+    start_app: StartApp, sim: SimLM, lm_processes: int
+) -> None:
+    app = start_app(lm_processes=lm_processes, lm_workers=8)
+    qa = app.serve("qa", Predict("question -> answer"))
+    meters = [UsageMeter() for _ in range(12)]
+    errors: list[BaseException] = []
+
+    def caller(i: int) -> None:
+        try:
+            with metering(meters[i]):
+                for j in range(3):
+                    qa.call(question=f"caller {i} question {j}")
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    assert [m.total.calls for m in meters] == [3] * 12
+    assert all(m.total.prompt_tokens > 0 for m in meters)
+    lm = app.lm
+    assert lm is not None
+    assert sum(m.total.prompt_tokens for m in meters) == lm.usage.prompt_tokens
+    assert sum(m.total.completion_tokens for m in meters) == lm.usage.completion_tokens
+
+
+def test_a_pipeline_call_counts_every_steps_lm_calls(start_app: StartApp, sim: SimLM) -> None:
+    app = start_app()
+    p = app.program(
+        "p",
+        [
+            ("draft", Predict, {"signature": "question -> draft"}),
+            ("answer", Predict, {"signature": "question, draft -> answer"}),
+        ],
+    )
+    meter = UsageMeter()
+    with metering(meter):
+        p.call(question="What is 2 + 3?")
+    assert meter.total.calls == 2
+    outside = UsageMeter()
+    with metering(outside):
+        pass
+    p.call(question="not metered")
+    assert meter.total.calls == 2, "a call made outside the block is not counted"
+
+
+def test_a_composite_module_counts_the_calls_of_its_sub_module_actors(
+    start_app: StartApp, sim: SimLM
+) -> None:
+    app = start_app()
+    rag = app.serve("rag", RAG())
+    meter = UsageMeter()
+    with metering(meter):
+        answer: Any = rag.call(question="What is 2 + 3?")
+    assert answer.answer
+    assert meter.total.calls == 1  # the ChainOfThought's one LM call, two actors down
+    assert sim.request_count == 1
+
+
+def test_cache_hits_cost_no_tokens_through_the_runtime(
+    start_app: StartApp, make_lm: Any, sim: SimLM
+) -> None:
+    from dspy_actors.lm.cache import Cache
+
+    app = start_app(lm=make_lm(cache=True, cache_store=Cache(disk_path=None)))
+    qa = app.serve("qa", Predict("question -> answer"))
+    qa.call(question="once")
+    meter = UsageMeter()
+    with metering(meter):
+        qa.call(question="once")
+    assert meter.total.calls == 0
+    assert sim.request_count == 1
