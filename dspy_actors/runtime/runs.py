@@ -41,6 +41,7 @@ import structlog
 
 import supervisors
 from dspy_actors import settings
+from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter, metering
 from dspy_actors.optimizers.base import (
     Cancelled,
     Optimizer,
@@ -190,7 +191,9 @@ class SqliteCheckpointer:
 class RunStatus:
     """A run's progress: ``steps_run`` were computed by this run (in any attempt),
     ``steps_restored`` came from checkpoints; ``attempts`` counts driver starts (1 +
-    restarts); ``best_score`` is the best candidate score seen so far (if any)."""
+    restarts); ``best_score`` is the best candidate score seen so far (if any); ``usage``
+    the tokens of the LM calls this run made in this process (restored steps made none;
+    cache hits cost none)."""
 
     run_id: str
     state: RunState
@@ -200,6 +203,7 @@ class RunStatus:
     best_score: float | None = None
     attempts: int = 0
     error: str | None = None
+    usage: Usage = ZERO_USAGE
 
 
 class _Shared:
@@ -210,6 +214,8 @@ class _Shared:
         self.status = RunStatus(run_id, "running")
         self.future: Future[Module] = Future()
         self.cancel = threading.Event()
+        # Every LM call of the run's steps, in whichever thread or LM worker it runs.
+        self.meter = UsageMeter()
 
     def update(self, **changes: Any) -> RunStatus:
         with self.lock:
@@ -295,7 +301,7 @@ class RunActor(supervisors.SupervisedActor):
         try:
             if self.shared.cancel.is_set():
                 raise Cancelled("the run was cancelled")
-            with settings.context(**self.app.pooled_overrides()):
+            with settings.context(**self.app.pooled_overrides()), metering(self.shared.meter):
                 done = self.runner.advance()
         except Cancelled:
             self.store.set_status(run_id, name, self.seed, "cancelled")
@@ -326,8 +332,8 @@ class RunHandle:
         self._shared = shared
 
     def progress(self) -> RunStatus:
-        """Where the run is (a snapshot)."""
-        return self._shared.status
+        """Where the run is (a snapshot), with the tokens it has used so far."""
+        return replace(self._shared.status, usage=self._shared.meter.total)
 
     def done(self) -> bool:
         return self._shared.future.done()

@@ -93,6 +93,7 @@ def test_run_reports_progress_checkpoints_and_matches_compile(
     pool_calls: list[Any] = []
     app.subscribe("lm.start", pool_calls.append)
     requests_before = sim.request_count
+    lm_usage_before = app.lm.usage.prompt_tokens
     run = start_run(app, make_optimizer(), student(), trainset=TRAIN, valset=DEV, seed=SEED,
                     run_id="r1")  # fmt: skip
     program = run.result(60)
@@ -102,6 +103,9 @@ def test_run_reports_progress_checkpoints_and_matches_compile(
     assert status.steps_run == len(STEPS)
     assert status.best_score == 100.0
     assert status.attempts == 1
+    # Every LM call the run made is in its usage (the LM's total saw nothing else).
+    assert status.usage.calls == sim.request_count - requests_before > 0
+    assert status.usage.prompt_tokens == app.lm.usage.prompt_tokens - lm_usage_before
     store = RunStore(app.config.data_dir / "runs.sqlite3")
     try:
         assert store.steps("r1") == STEPS
@@ -129,6 +133,7 @@ def test_run_reports_progress_checkpoints_and_matches_compile(
     assert again.result(60).dump_state() == state
     assert sim.request_count == before
     assert again.progress().steps_restored == len(STEPS)
+    assert again.progress().usage.calls == 0
 
 
 def test_killed_driver_is_restarted_and_resumes_from_its_checkpoint(
