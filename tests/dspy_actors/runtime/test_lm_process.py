@@ -7,6 +7,7 @@ import io
 import os
 import signal
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -357,3 +358,43 @@ def test_lm_events_and_the_breaker_work_as_with_threads(start_app: StartApp, sim
     assert ends[0].prompt_tokens > 0
     assert ends[0].error_type is None
     assert [e.error_type for e in ends[1:3]] == ["ServerError", "ServerError"]
+
+
+def test_worker_processes_exit_when_their_parent_is_killed(tmp_path: Any, sim: SimLM) -> None:
+    """kill -9 of the service: its worker processes see their stdin close and exit."""
+    script = f"""
+import sys, time
+import dspy_actors as dsa
+lm = dsa.LM("openai/sim-model", api_base={sim.openai_base!r}, api_key="k", cache=False)
+app = dsa.start(lm=lm, data_dir={str(tmp_path)!r}, lm_workers=2, lm_processes=2)
+workers = app.root.supervisor("lm").supervisor("workers").which_children()
+print(" ".join(str(c.ref.proxy().describe().get(timeout=10)["pid"]) for c in workers))
+sys.stdout.flush()
+time.sleep(120)
+"""
+    service = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert service.stdout is not None
+        pids = [int(p) for p in service.stdout.readline().split()]
+        assert len(pids) == 2
+        assert all(_alive(pid) for pid in pids)
+        service.kill()
+        service.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in pids)
+    finally:
+        service.kill()
+        service.wait(timeout=10)
+        if service.stdout is not None:
+            service.stdout.close()
+
+
+def test_a_prompt_larger_than_a_pipe_buffer_goes_through(start_app: StartApp, sim: SimLM) -> None:
+    app = start_app(lm_processes=1, lm_workers=4)
+    qa = app.serve("qa", Predict("question -> answer"))
+    question = "What is 2 + 3? " + "padding " * 150_000  # ~1.2 MB, far past 64 KB
+    futures = [qa.submit(question=question) for _ in range(4)]
+    assert all(f.result(timeout=60).answer for f in futures)
+    assert len(sim.requests[-1].messages[-1]["content"]) > 1_000_000
