@@ -155,10 +155,7 @@ class WorkerProcess:
             pass  # it died at once: reported below
         ended = self._ready.wait(timeout)  # set by "ready", or by the end of its output
         if not self._ready_seen:
-            try:  # it closed its output: it is exiting, give it a moment to say with what
-                code = proc.wait(timeout=_STOP_SECONDS) if ended else None
-            except subprocess.TimeoutExpired:
-                code = None
+            code = self._exit_code() if ended else None
             self.stop()
             if code is None:
                 raise LMProcessExited(
@@ -305,25 +302,40 @@ class WorkerProcess:
     # Answers (the reader thread). -----------------------------------------------------------
 
     def _read(self, stream: IO[bytes]) -> None:
-        while (frame := read_frame(stream)) is not None:
-            if frame[0] == "ready":
-                self._ready_seen = True
-                self._ready.set()
-            elif frame[0] == "done":
-                _, call_id, ok, value, requests, retries = frame
-                with self._pending_lock:
-                    sent = self._pending.pop(call_id, None)
-                if sent is not None:
-                    self._settle(sent, ok, value, requests, retries)
-        self._ready.set()  # wakes start() if the process died before it was ready
-        if not self._stopping:
-            code = self._proc.poll() if self._proc is not None else None
-            if code is None and self._proc is not None:
-                try:
-                    code = self._proc.wait(timeout=_STOP_SECONDS)
-                except subprocess.TimeoutExpired:
-                    code = None
-            self._on_exit(code)
+        try:
+            while (frame := read_frame(stream)) is not None:
+                if frame[0] == "ready":
+                    self._ready_seen = True
+                    self._ready.set()
+                elif frame[0] == "done":
+                    _, call_id, ok, value, requests, retries = frame
+                    with self._pending_lock:
+                        sent = self._pending.pop(call_id, None)
+                    if sent is None:
+                        continue
+                    try:
+                        self._settle(sent, ok, value, requests, retries)
+                    except Exception as error:  # a bug: that call's answer; reading goes on
+                        reject(sent.attempt.request.reply, error)
+                        self._dispatcher.finished(sent.slot, "ignore", 0.0)
+        except Exception:
+            # A frame that cannot be read: the stream is lost. End the process, so that its
+            # owner restarts it and the requests it held are retried.
+            if self._proc is not None:
+                self._proc.kill()
+        finally:
+            self._ready.set()  # wakes start() if the process died before it was ready
+            if not self._stopping:
+                self._on_exit(self._exit_code())
+
+    def _exit_code(self) -> int | None:
+        proc = self._proc
+        if proc is None:
+            return None
+        try:  # its output ended: it is exiting, give it a moment to say with what
+            return proc.wait(timeout=_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            return None
 
     def _settle(self, sent: _Sent, ok: bool, value: Any, requests: int, retries: int) -> None:
         attempt = sent.attempt

@@ -398,3 +398,32 @@ def test_a_prompt_larger_than_a_pipe_buffer_goes_through(start_app: StartApp, si
     futures = [qa.submit(question=question) for _ in range(4)]
     assert all(f.result(timeout=60).answer for f in futures)
     assert len(sim.requests[-1].messages[-1]["content"]) > 1_000_000
+
+
+def test_a_corrupt_frame_ends_the_process_and_reports_its_exit() -> None:
+    """A worker whose output cannot be read any more is killed, and its owner told."""
+    exits: list[int | None] = []
+    ended = threading.Event()
+
+    def on_exit(code: int | None) -> None:
+        exits.append(code)
+        ended.set()
+
+    process = WorkerProcess("garbled", Dispatcher(LMPoolConfig()), slots=1, on_exit=on_exit)
+    process._command = [
+        sys.executable,
+        "-c",
+        "import sys, time\n"
+        "from dspy_actors.lm._worker_process import encode_frame\n"
+        "out = sys.stdout.buffer\n"
+        "out.write(encode_frame(('ready', 0)))\n"
+        "out.write(b'\\x00\\x00\\x00\\x05not-a-pickle')\n"
+        "out.flush()\n"
+        "time.sleep(60)\n",
+    ]
+    process.start()
+    try:
+        assert ended.wait(10)
+        assert exits == [-signal.SIGKILL]
+    finally:
+        process.stop()
