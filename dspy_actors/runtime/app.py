@@ -12,10 +12,12 @@ Children start in that order (each one's dependencies first) and stop in reverse
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import itertools
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -198,6 +200,13 @@ class App:
         )
         self._programs: dict[str, ServedProgram] = {}
         self._programs_lock = threading.Lock()
+        # Stopped at interpreter exit if the host never called stop(), as an OTP node stops
+        # its applications on shutdown: stores closed, worker processes ended, in order.
+        # Weakly: registering must not keep an abandoned app alive.
+        self._stop_at_exit = partial(_stop_if_alive, weakref.ref(self))
+        atexit.register(self._stop_at_exit)
+        # Set once the root's exit was reported (and the on_exit callback has returned).
+        self._exit_reported = threading.Event()
         self._unsubscribe_supervision: Any = None
         if config.log is not None:
             self.events.subscribe("*", ev.structlog_subscriber(renderer=config.log))
@@ -219,9 +228,16 @@ class App:
             ],
             name=self.name,
             registry=self.registry,
-            on_exit=config.on_exit,
+            on_exit=self._root_exited,
         )
         self._unsubscribe_supervision = supervisors.subscribe(self._supervision_event)
+
+    def _root_exited(self, reason: supervisors.ExitReason) -> None:
+        try:
+            if self.config.on_exit is not None:
+                self.config.on_exit(reason)
+        finally:
+            self._exit_reported.set()
 
     # The tree. ------------------------------------------------------------------------
 
@@ -722,9 +738,11 @@ class App:
     # Lifecycle. ------------------------------------------------------------------------------
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Shut the tree down in reverse order; no thread is left behind."""
+        """Shut the tree down in reverse order; no thread is left behind. Runs by itself at
+        interpreter exit for an app that was not stopped."""
         from dspy_actors.runtime.runs import cancel_all
 
+        atexit.unregister(self._stop_at_exit)
         # A run's driver stops between examples when cancelled; stopping the tree without
         # this could abandon one busy in a long step.
         cancel_all(self, timeout=min(timeout, 30.0))
@@ -736,6 +754,9 @@ class App:
                 program.stopped = True
         self.events.flush(2.0)  # deliver what was published before the stop
         self.root.stop(timeout)
+        # The exit is reported from the root's monitor, which may lag its stop: stop()
+        # returns once on_exit has run (bounded: a callback that hangs is not waited for).
+        self._exit_reported.wait(timeout=min(timeout, 10.0))
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> Self:
@@ -743,6 +764,12 @@ class App:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def _stop_if_alive(app_ref: weakref.ref[App]) -> None:
+    app = app_ref()
+    if app is not None and app.root.is_alive:
+        app.stop(timeout=30.0)
 
 
 def start(
