@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -54,3 +56,25 @@ def start_app(tmp_path: Path, make_lm: Callable[..., LM]) -> Iterator[StartApp]:
     yield make
     for app in apps:
         app.stop()
+
+
+def run_in_threads(target: Callable[[int], object], count: int, timeout: float = 60.0) -> None:
+    """Run ``target(i)`` in ``count`` threads at once; re-raise the first error one of them
+    raised, and fail if one is still running after ``timeout`` seconds."""
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            target(i)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"caller-{i}") for i in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), "a caller thread hung"
+    if errors:
+        raise errors[0]

@@ -34,7 +34,7 @@ from dspy_actors.runtime.messages import LMRequest
 from dspy_actors.testing.faults import Fault
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
-from tests.dspy_actors.runtime.conftest import StartApp
+from tests.dspy_actors.runtime.conftest import StartApp, run_in_threads
 
 
 def _slow(seconds: float) -> Callable[[SimRequest], Any]:
@@ -90,21 +90,12 @@ def test_calls_from_many_threads_are_answered_through_worker_processes(
     assert len(_process_pids(app)) == 2
     qa = app.program("qa", [("answer", Predict, {"signature": "question -> answer"})])
     answers: dict[int, Any] = {}
-    errors: list[BaseException] = []
 
     def caller(i: int) -> None:
-        try:
-            for j in range(5):
-                answers[i * 5 + j] = qa.call(question=f"What is {i} + {j}?").answer
-        except BaseException as error:
-            errors.append(error)
+        for j in range(5):
+            answers[i * 5 + j] = qa.call(question=f"What is {i} + {j}?").answer
 
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(24)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors
+    run_in_threads(caller, 24)
     assert len(answers) == 120
     assert all(answers.values())
     assert sim.request_count == 120

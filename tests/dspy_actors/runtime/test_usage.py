@@ -3,7 +3,6 @@ LM calls that one call made, whichever threads (or worker processes) made them."
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from dspy_actors.lm.usage import UsageMeter, metering
 from dspy_actors.modules.predict import Predict
 from dspy_actors.testing.sim_lm import SimLM
-from tests.dspy_actors.runtime.conftest import StartApp
+from tests.dspy_actors.runtime.conftest import StartApp, run_in_threads
 from tests.dspy_actors.runtime.programs import RAG
 
 
@@ -22,22 +21,13 @@ def test_each_callers_meter_counts_exactly_its_own_calls(
     app = start_app(lm_processes=lm_processes, lm_workers=8)
     qa = app.serve("qa", Predict("question -> answer"))
     meters = [UsageMeter() for _ in range(12)]
-    errors: list[BaseException] = []
 
     def caller(i: int) -> None:
-        try:
-            with metering(meters[i]):
-                for j in range(3):
-                    qa.call(question=f"caller {i} question {j}")
-        except BaseException as error:
-            errors.append(error)
+        with metering(meters[i]):
+            for j in range(3):
+                qa.call(question=f"caller {i} question {j}")
 
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors
+    run_in_threads(caller, 12)
     assert [m.total.calls for m in meters] == [3] * 12
     assert all(m.total.prompt_tokens > 0 for m in meters)
     lm = app.lm
