@@ -12,7 +12,13 @@ with each; what is here is the same for both:
   and still an SQLite file: an open connection keeps working on a deleted file and never
   re-reads pages it cached, so without it a deleted file would go on "working";
 - explicit write transactions (``BEGIN IMMEDIATE``: two writers never deadlock upgrading
-  a read lock).
+  a read lock);
+- care with our own descriptor of the file: under POSIX, closing *any* descriptor of a file
+  drops every fcntl lock this process holds on it, including the SHARED lock each WAL-mode
+  connection holds on the database file. Without that lock, another process closing its
+  last connection believes it is the last user and deletes the WAL and shared-memory files
+  under ours. So a descriptor is closed only once its file is abandoned or we close: a
+  recovery parks it, and reopening the same file takes it back (``_open_descriptor``).
 """
 
 from __future__ import annotations
@@ -82,6 +88,9 @@ class PooledSqliteFile:
         self._idle: list[sqlite3.Connection] = []
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._fd: int | None = None  # kept open to read the header cheaply
+        # A recovery's retired descriptor and its file's identity: kept open while that
+        # file may still be in use (see the module docstring), taken back if it reopens.
+        self._parked: tuple[int, tuple[int, int] | None] | None = None
         self._pid = os.getpid()
         self._inherited: list[sqlite3.Connection] = []
 
@@ -148,25 +157,76 @@ class PooledSqliteFile:
         return conn
 
     def _drop_connections(self, mark_closed: Callable[[], None] | None = None) -> None:
-        """Retire every pooled connection and our descriptor (in-use ones close on return).
+        """Retire every pooled connection (in-use ones close on return).
 
-        ``mark_closed``, if given, runs under the same lock first (a final close: nothing
-        can take an idle connection between the mark and the drop).
+        ``mark_closed``, if given, runs under the same lock first: this is the final close
+        (nothing can take an idle connection between the mark and the drop), and our
+        descriptors close too. Otherwise (a recovery) our descriptor is parked, not closed:
+        connections of the retired generation may still be in use in other threads.
         """
+        closing: list[int] = []
         with self._lock:
             if mark_closed is not None:
                 mark_closed()
             self._generation += 1
             idle, self._idle = self._idle, []
             fd, self._fd = self._fd, None
-            self._identity = None
+            identity, self._identity = self._identity, None
+            parked = self._parked
+            if mark_closed is not None:
+                closing = [d for d in (fd, parked[0] if parked else None) if d is not None]
+                self._parked = None
+            elif fd is not None:
+                self._parked = (fd, identity)
+                if parked is not None and parked[1] != identity:
+                    closing = [parked[0]]  # a file abandoned earlier (another inode)
         for conn in idle:
             close_quietly(conn)
-        # Our own descriptor goes last: closing any descriptor of a file drops the process's
-        # POSIX locks on it, which SQLite's connections still needed until now.
-        if fd is not None:
+        # Descriptors go last: closing one drops the process's locks on its file, which
+        # SQLite's connections still needed until now.
+        for each in closing:
             with contextlib.suppress(OSError):
-                os.close(fd)
+                os.close(each)
+
+    def _open_descriptor(self) -> tuple[int, os.stat_result]:
+        """A descriptor of the file now at ``path`` for the header check, and its stat: the
+        current or the parked one if it is still that file (a second descriptor of it would
+        later have to be closed, dropping locks), else a new one. Call it last when opening
+        a file, then :meth:`_swap_in`: nothing may fail in between."""
+        st = os.stat(self.path)
+        identity = (st.st_dev, st.st_ino)
+        with self._lock:
+            if self._fd is not None and self._identity == identity:
+                return self._fd, st
+            parked = self._parked
+            if parked is not None and parked[1] == identity:
+                self._parked = None
+                return parked[0], st
+        fd = os.open(self.path, os.O_RDONLY)
+        return fd, os.fstat(fd)
+
+    def _swap_in(
+        self,
+        conn: sqlite3.Connection,
+        fd: int,
+        st: os.stat_result,
+        update: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Make a freshly opened file current: ``conn`` the only idle connection, ``fd``
+        the descriptor the checks read; ``update`` runs under the same lock (a subclass's
+        own fields). The previous file's idle connections close; its descriptor too, if it
+        is not this file's (then only retired connections used that file)."""
+        with self._lock:
+            self._generation += 1
+            old_idle, self._idle = self._idle, [conn]
+            old_fd, self._fd = self._fd, fd
+            self._identity = (st.st_dev, st.st_ino)
+            update()
+        for old in old_idle:
+            close_quietly(old)
+        if old_fd is not None and old_fd != fd:
+            with contextlib.suppress(OSError):
+                os.close(old_fd)
 
     def _remove_orphan_sidecars(self) -> None:
         # The WAL and shared-memory files of a deleted file belong to no file any more:

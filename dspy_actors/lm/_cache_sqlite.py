@@ -36,7 +36,7 @@ from typing import Any, Literal, TypeVar
 
 import structlog
 
-from dspy_actors._sqlite_file import FileProblem, PooledSqliteFile, close_quietly, write_tx
+from dspy_actors._sqlite_file import FileProblem, PooledSqliteFile, write_tx
 
 _log = structlog.get_logger("dspy_actors.lm.cache")
 
@@ -251,7 +251,6 @@ class SqliteStore(PooledSqliteFile):
         """Open (creating if needed) the file at ``path`` and make it the current one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
-        fd: int | None = None
         try:
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
             with write_tx(conn):
@@ -264,25 +263,16 @@ class SqliteStore(PooledSqliteFile):
                     f"{self.path} has cache schema version {version and version[0]}, this "
                     f"version reads {SCHEMA_VERSION}; delete the file or use another path"
                 )
-            fd = os.open(self.path, os.O_RDONLY)
-            st = os.fstat(fd)
+            fd, st = self._open_descriptor()
         except BaseException:
             conn.close()
-            if fd is not None:
-                os.close(fd)
             raise
-        with self._lock:
-            self._generation += 1
-            old_idle, self._idle = self._idle, [conn]
-            old_fd, self._fd = self._fd, fd
-            self._identity = (st.st_dev, st.st_ino)
+
+        def mark_ok() -> None:
             self.status = "ok"
             self.detail = f"SQLite file {self.path}"
-        for old in old_idle:
-            close_quietly(old)
-        if old_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(old_fd)
+
+        self._swap_in(conn, fd, st, mark_ok)
 
     def _recover(self, op: str, exc: BaseException, generation: int) -> bool:
         """Reopen or rebuild the file after ``exc``; False if the disk tier is now disabled."""

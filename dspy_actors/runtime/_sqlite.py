@@ -38,7 +38,7 @@ from typing import Literal, Self, TypeVar
 
 import structlog
 
-from dspy_actors._sqlite_file import FileProblem, PooledSqliteFile, close_quietly, write_tx
+from dspy_actors._sqlite_file import FileProblem, PooledSqliteFile, write_tx
 
 __all__ = ["SqliteFile", "StoreError", "StoreHealth"]
 
@@ -277,34 +277,24 @@ class SqliteFile(PooledSqliteFile):
 
     def _attach_once(self) -> bool:
         conn = self._connect()
-        fd: int | None = None
         try:
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
             with write_tx(conn):
                 for statement in (*_META_SCHEMA, *self._schema):
                     conn.execute(statement)
                 meta = self._ensure_meta(conn)
-            fd = os.open(self.path, os.O_RDONLY)
-            st = os.fstat(fd)
+            fd, st = self._open_descriptor()
         except BaseException:
             conn.close()
-            if fd is not None:
-                os.close(fd)
             raise
         file_id, created_at = meta
-        with self._lock:
-            same = self._file_id is None or self._file_id == file_id
-            self._generation += 1
-            old_idle, self._idle = self._idle, [conn]
-            old_fd, self._fd = self._fd, fd
-            self._identity = (st.st_dev, st.st_ino)
+        same = self._file_id is None or self._file_id == file_id
+
+        def remember_file() -> None:
             self._file_id = file_id
             self._created_at = created_at
-        for old in old_idle:
-            close_quietly(old)
-        if old_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(old_fd)
+
+        self._swap_in(conn, fd, st, remember_file)
         return same
 
     def _ensure_meta(self, conn: sqlite3.Connection) -> tuple[str, float]:
