@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import select
 import subprocess
 import sys
 import threading
@@ -43,7 +44,7 @@ from typing import IO, Any
 import pykka
 
 import supervisors
-from dspy_actors.lm._worker_process import encode_frame, read_frame, write_frame
+from dspy_actors.lm._worker_process import encode_frame, read_frame
 from dspy_actors.lm.errors import LMError
 from dspy_actors.lm.lm import LM, PreparedCall, WorkerSpec
 from dspy_actors.lm.types import Completion, LMResponse
@@ -56,6 +57,7 @@ __all__ = ["LMProcess", "LMProcessExited", "WorkerProcess"]
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _READY_SECONDS = 60.0
 _STOP_SECONDS = 2.0
+_WRITE_SECONDS = 5.0
 
 Publisher = Callable[[], Callable[[Any], None] | None]
 
@@ -125,6 +127,8 @@ class WorkerProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._command = [sys.executable, "-m", "dspy_actors.lm._worker_main"]
+        # How long a send may wait for a process that stopped reading its pipe.
+        self.write_timeout = _WRITE_SECONDS
 
     @property
     def pid(self) -> int | None:
@@ -149,10 +153,14 @@ class WorkerProcess:
             target=self._read, args=(proc.stdout,), name=f"{self.name}-reader", daemon=True
         )
         self._reader.start()
+        # Writes go straight to the non-blocking pipe (see _write), never through the
+        # file object's buffer.
+        os.set_blocking(proc.stdin.fileno(), False)
         try:
-            write_frame(proc.stdin, ("hello", len(self.slots)))
-        except OSError:
-            pass  # it died at once: reported below
+            with self._write_lock:
+                self._write(encode_frame(("hello", len(self.slots))))
+        except OSError:  # TimeoutError included
+            pass  # it died (or hangs) at once: reported below
         ended = self._ready.wait(timeout)  # set by "ready", or by the end of its output
         if not self._ready_seen:
             code = self._exit_code() if ended else None
@@ -291,13 +299,38 @@ class WorkerProcess:
         with self._write_lock:
             try:
                 if lm_id not in self._lms_sent:  # the LM's frame goes before its first call
-                    proc.stdin.write(encode_frame(("lm", lm_id, spec)))
+                    self._write(encode_frame(("lm", lm_id, spec)))
                     self._lms_sent.add(lm_id)
-                proc.stdin.write(call_frame)
-                proc.stdin.flush()
+                self._write(call_frame)
+            except TimeoutError:  # (before OSError, its base class)
+                # It stopped reading (stopped, or stuck): a hung worker is a dead one. Its
+                # owner restarts it and the requests it held are retried elsewhere.
+                proc.kill()
             except (OSError, ValueError):
                 pass  # The process died: its owner's restart retries this request.
         return None
+
+    def _write(self, data: bytes) -> None:
+        """Write all of ``data`` to the process's stdin (under the write lock). The pipe is
+        non-blocking: a process that stops reading makes this wait at most
+        ``write_timeout`` seconds in all, then raise TimeoutError; the sending thread (a
+        module actor's, say) never waits on a hung worker for longer."""
+        proc = self._proc
+        assert proc is not None
+        assert proc.stdin is not None
+        fd = proc.stdin.fileno()
+        view = memoryview(data)
+        deadline = time.monotonic() + self.write_timeout
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"LM worker process {self.name} took no input for {self.write_timeout:g} s"
+                    ) from None
+                select.select([], [fd], [], remaining)
 
     # Answers (the reader thread). -----------------------------------------------------------
 

@@ -418,3 +418,47 @@ def test_a_corrupt_frame_ends_the_process_and_reports_its_exit() -> None:
         assert exits == [-signal.SIGKILL]
     finally:
         process.stop()
+
+
+def test_a_worker_that_stops_reading_is_killed_not_waited_on(sim: SimLM) -> None:
+    """A sender never blocks for long on a hung worker (stopped, stuck): once its pipe is
+    full, a write waits ``write_timeout`` at most, then the process is killed (its owner
+    restarts it and the requests it held are retried)."""
+    exits: list[int | None] = []
+    ended = threading.Event()
+
+    def on_exit(code: int | None) -> None:
+        exits.append(code)
+        ended.set()
+
+    dispatcher = Dispatcher(LMPoolConfig())
+    process = WorkerProcess("hung", dispatcher, slots=4, on_exit=on_exit)
+    # Says it is ready, then never reads its stdin again.
+    process._command = [
+        sys.executable,
+        "-c",
+        "import sys, time\n"
+        "from dspy_actors.lm._worker_process import encode_frame\n"
+        "sys.stdout.buffer.write(encode_frame(('ready', 0)))\n"
+        "sys.stdout.buffer.flush()\n"
+        "time.sleep(60)\n",
+    ]
+    process.write_timeout = 0.5
+    lm = LM("openai/sim-model", api_base=sim.openai_base, api_key="k", cache=False)
+    process.start()
+    try:
+        for slot in process.slots:
+            dispatcher.add_worker(slot)
+        big = [{"role": "user", "content": "x" * 200_000}]  # past the 64 KB pipe buffer
+        replies: list[Future[Any]] = []
+        started = time.monotonic()
+        for _ in range(4):
+            reply: Future[Any] = Future()
+            dispatcher.submit(LMRequest(lm, big, {}, capture(timeout=60), reply))
+            replies.append(reply)
+        assert time.monotonic() - started < 5.0, "the sender waited on the hung worker"
+        assert ended.wait(10)
+        assert exits == [-signal.SIGKILL]
+    finally:
+        process.stop()
+        lm.close()
