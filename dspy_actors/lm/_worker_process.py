@@ -13,6 +13,8 @@ processes of the same program (so pickle is safe here: nothing else writes to th
 - parent -> child: ``("hello", threads)`` once, then ``("lm", lm_id, WorkerSpec)`` before the
   first call of each LM, and per call ``("call", call_id, lm_id, messages, params,
   response_format, timeout)`` (a ``PreparedCall``'s fields);
+- both ways, the heartbeat: ``("ping",)`` from the parent every second, ``("pong",)`` back
+  from the child's main thread (the parent kills a child that stops answering);
 - child -> parent: ``("ready", pid)`` once, then per call ``("done", call_id, ok, value,
   requests, retries)``: ``value`` is the ``Completion``'s fields as a tuple, or the
   exception; ``requests`` and ``retries`` the HTTP attempts the call made (``LM.stats``).
@@ -133,6 +135,8 @@ def serve(source: IO[bytes], sink: IO[bytes]) -> None:
         if frame[0] == "lm":
             _, lm_id, spec = frame
             lms[lm_id] = counting_lm.from_worker_spec(spec)
+        elif frame[0] == "ping":  # the parent's heartbeat: answered by this main thread
+            answer(("pong",))
         elif frame[0] == "call":
             _, call_id, lm_id, messages, params, response_format, timeout = frame
             prepared = PreparedCall(messages, params, response_format, timeout, None, 0.0)

@@ -58,6 +58,10 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _READY_SECONDS = 60.0
 _STOP_SECONDS = 2.0
 _WRITE_SECONDS = 5.0
+# The heartbeat: a ping every _HEARTBEAT_SECONDS; a worker that has not answered one for
+# _HEARTBEAT_TIMEOUT_SECONDS is hung (stopped, or stuck holding its GIL) and is killed.
+_HEARTBEAT_SECONDS = 1.0
+_HEARTBEAT_TIMEOUT_SECONDS = 10.0
 
 Publisher = Callable[[], Callable[[Any], None] | None]
 
@@ -129,6 +133,11 @@ class WorkerProcess:
         self._command = [sys.executable, "-m", "dspy_actors.lm._worker_main"]
         # How long a send may wait for a process that stopped reading its pipe.
         self.write_timeout = _WRITE_SECONDS
+        self.heartbeat_interval = _HEARTBEAT_SECONDS
+        self.heartbeat_timeout = _HEARTBEAT_TIMEOUT_SECONDS
+        self._last_pong = time.monotonic()
+        self._heart_stop = threading.Event()
+        self._heart: threading.Thread | None = None
 
     @property
     def pid(self) -> int | None:
@@ -162,6 +171,12 @@ class WorkerProcess:
         except OSError:  # TimeoutError included
             pass  # it died (or hangs) at once: reported below
         ended = self._ready.wait(timeout)  # set by "ready", or by the end of its output
+        if self._ready_seen:
+            self._last_pong = time.monotonic()
+            self._heart = threading.Thread(
+                target=self._beat, name=f"{self.name}-heart", daemon=True
+            )
+            self._heart.start()
         if not self._ready_seen:
             code = self._exit_code() if ended else None
             self.stop()
@@ -177,6 +192,9 @@ class WorkerProcess:
     def stop(self, timeout: float = _STOP_SECONDS) -> None:
         """End the process (its stdin closes; killed if it lingers) and the reader."""
         self._stopping = True
+        self._heart_stop.set()
+        if self._heart is not None and self._heart is not threading.current_thread():
+            self._heart.join(timeout=timeout)
         proc = self._proc
         if proc is not None:
             # A sender blocked on a full pipe (a process that stopped reading) holds the
@@ -337,7 +355,9 @@ class WorkerProcess:
     def _read(self, stream: IO[bytes]) -> None:
         try:
             while (frame := read_frame(stream)) is not None:
-                if frame[0] == "ready":
+                if frame[0] == "pong":
+                    self._last_pong = time.monotonic()
+                elif frame[0] == "ready":
                     self._ready_seen = True
                     self._ready.set()
                 elif frame[0] == "done":
@@ -357,9 +377,28 @@ class WorkerProcess:
             if self._proc is not None:
                 self._proc.kill()
         finally:
+            self._heart_stop.set()
             self._ready.set()  # wakes start() if the process died before it was ready
             if not self._stopping:
                 self._on_exit(self._exit_code())
+
+    def _beat(self) -> None:
+        """Ping the process; kill it if it has not answered for ``heartbeat_timeout``. Its
+        pipe may have room, so a write alone would not notice that it stopped reading."""
+        proc = self._proc
+        assert proc is not None
+        while not self._heart_stop.wait(self.heartbeat_interval):
+            if time.monotonic() - self._last_pong > self.heartbeat_timeout:
+                proc.kill()  # the reader sees the end and reports the exit
+                return
+            try:
+                with self._write_lock:
+                    self._write(encode_frame(("ping",)))
+            except TimeoutError:  # (before OSError, its base class)
+                proc.kill()
+                return
+            except (OSError, ValueError):
+                return  # it died or is stopping: the reader reports it
 
     def _exit_code(self) -> int | None:
         proc = self._proc

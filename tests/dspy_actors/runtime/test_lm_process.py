@@ -3,6 +3,7 @@ HTTP of LM calls against the test's loopback SimLM, killed with SIGKILL mid-flig
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -25,6 +26,7 @@ from dspy_actors.lm.breaker import CircuitOpen
 from dspy_actors.lm.cache import Cache
 from dspy_actors.lm.errors import BadRequest, LMTimeout, ServerError
 from dspy_actors.modules.predict import Predict
+from dspy_actors.runtime import lm_process
 from dspy_actors.runtime.app import App
 from dspy_actors.runtime.context import capture
 from dspy_actors.runtime.errors import DeadlineExceeded, RuntimeCallError
@@ -462,3 +464,26 @@ def test_a_worker_that_stops_reading_is_killed_not_waited_on(sim: SimLM) -> None
     finally:
         process.stop()
         lm.close()
+
+
+def test_a_stopped_worker_misses_its_heartbeats_and_is_replaced(
+    start_app: StartApp, sim: SimLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGSTOP: the worker neither answers nor dies, and its pipe still has room. The
+    heartbeat notices; the worker is killed and replaced, and its calls are retried."""
+    monkeypatch.setattr(lm_process, "_HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(lm_process, "_HEARTBEAT_TIMEOUT_SECONDS", 0.5)
+    sim.respond_with(_slow(0.3))
+    app = start_app(lm_processes=2, lm_workers=8)
+    qa = app.serve("qa", Predict("question -> answer"))
+    stopped = _process_pids(app)[0]
+    futures = [qa.submit(question=f"q{i}") for i in range(8)]
+    time.sleep(0.1)  # in the processes, the server sleeping on them
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        assert all(f.result(timeout=30).answer for f in futures)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stopped, signal.SIGCONT)
+    assert not _alive(stopped)
+    assert stopped not in _process_pids(app)
