@@ -7,7 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from dspy_actors import settings
-from dspy_actors.lm import LM, UsageMeter, metering
+from dspy_actors.lm import LM, RetryPolicy, UsageMeter, metering
 from dspy_actors.testing import Fault, SimLM, SimRequest
 
 MakeLM = Callable[..., LM]  # the make_lm fixture (see conftest.py)
@@ -25,7 +25,10 @@ def test_usage_totals_are_exact_under_32_threads(sim_lm: SimLM, make_lm: MakeLM)
     sim_lm.respond_with(lambda req: _words(len(req.last_user_text.split()) % 5 + 1))
     # Some transient faults too: retried attempts must not be counted.
     sim_lm.inject_rate(Fault.server_error(), rate=0.1)
-    lm = make_lm(api_base=sim_lm.openai_base)
+    # Enough retries that no call runs out of them: with the default 3, one of the 320
+    # calls failed four times in a row in about 3% of runs (0.1^4 each).
+    retries = RetryPolicy(max_retries=9, base_delay=0.001, max_delay=0.005)
+    lm = make_lm(api_base=sim_lm.openai_base, retry_policy=retries)
     thread_meters = [UsageMeter() for _ in range(THREADS)]
     outer = UsageMeter()
     barrier = threading.Barrier(THREADS, timeout=10)
