@@ -165,11 +165,7 @@ class WorkerProcess:
         # Writes go straight to the non-blocking pipe (see _write), never through the
         # file object's buffer.
         os.set_blocking(proc.stdin.fileno(), False)
-        try:
-            with self._write_lock:
-                self._write(encode_frame(("hello", len(self.slots))))
-        except OSError:  # TimeoutError included
-            pass  # it died (or hangs) at once: reported below
+        self._post(encode_frame(("hello", len(self.slots))))  # if it fails: reported below
         ended = self._ready.wait(timeout)  # set by "ready", or by the end of its output
         if self._ready_seen:
             self._last_pong = time.monotonic()
@@ -311,22 +307,30 @@ class WorkerProcess:
             return "ignore"
         with self._pending_lock:
             self._pending[call_id] = _Sent(slot, lm, attempt, prepared)
+        # If it cannot be sent, the process is dead (or killed as hung): its owner's restart
+        # retries this request.
+        self._post(call_frame, (lm_id, spec))
+        return None
+
+    def _post(self, frame: bytes, lm: tuple[int, WorkerSpec] | None = None) -> bool:
+        """Write ``frame`` to the process, after the frame of ``lm`` (its id and spec) if
+        the process does not know that LM yet. False if the process is gone, or hung: one
+        that took no input for ``write_timeout`` is killed, as a dead one (its owner
+        restarts it and the requests it held are retried elsewhere)."""
         proc = self._proc
         assert proc is not None
-        assert proc.stdin is not None
         with self._write_lock:
             try:
-                if lm_id not in self._lms_sent:  # the LM's frame goes before its first call
-                    self._write(encode_frame(("lm", lm_id, spec)))
-                    self._lms_sent.add(lm_id)
-                self._write(call_frame)
+                if lm is not None and lm[0] not in self._lms_sent:
+                    self._write(encode_frame(("lm", *lm)))  # before the LM's first call
+                    self._lms_sent.add(lm[0])
+                self._write(frame)
             except TimeoutError:  # (before OSError, its base class)
-                # It stopped reading (stopped, or stuck): a hung worker is a dead one. Its
-                # owner restarts it and the requests it held are retried elsewhere.
                 proc.kill()
+                return False
             except (OSError, ValueError):
-                pass  # The process died: its owner's restart retries this request.
-        return None
+                return False  # it died, or is stopping (stdin closed)
+        return True
 
     def _write(self, data: bytes) -> None:
         """Write all of ``data`` to the process's stdin (under the write lock). The pipe is
@@ -391,14 +395,8 @@ class WorkerProcess:
             if time.monotonic() - self._last_pong > self.heartbeat_timeout:
                 proc.kill()  # the reader sees the end and reports the exit
                 return
-            try:
-                with self._write_lock:
-                    self._write(encode_frame(("ping",)))
-            except TimeoutError:  # (before OSError, its base class)
-                proc.kill()
-                return
-            except (OSError, ValueError):
-                return  # it died or is stopping: the reader reports it
+            if not self._post(encode_frame(("ping",))):
+                return  # it died, was killed as hung, or is stopping: the reader reports it
 
     def _exit_code(self) -> int | None:
         proc = self._proc
