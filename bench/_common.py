@@ -13,13 +13,30 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Iterable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def timed_threads(
+    target: Callable[[int], object], count: int, timeout: float = 600.0
+) -> tuple[float, float]:
+    """Run ``target(i)`` in ``count`` threads started together; (wall seconds, this
+    process's CPU seconds) from the first start to the last join. Each join waits at most
+    ``timeout`` seconds."""
+    threads = [threading.Thread(target=target, args=(i,), name=f"bench-{i}") for i in range(count)]
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    return time.perf_counter() - t0, time.process_time() - cpu0
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -17,14 +17,13 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_info, machine_load, median, write_results
+from _common import machine_info, machine_load, median, timed_threads, write_results
 from bench_core import Server
 
 from dspy_actors.lm.transport import BACKENDS, ClientPool
@@ -39,7 +38,7 @@ def run(backend: str, url: str, threads: int, per_thread: int) -> dict[str, Any]
     pool = ClientPool(headers={"Authorization": "Bearer bench"}, timeout=30.0, backend=backend)  # type: ignore[arg-type]
     errors: list[BaseException] = []
 
-    def worker() -> None:
+    def worker(_i: int) -> None:
         try:
             for _ in range(per_thread):
                 response = pool.post(url, BODY)
@@ -51,13 +50,7 @@ def run(backend: str, url: str, threads: int, per_thread: int) -> dict[str, Any]
 
     try:
         pool.post(url, BODY)  # connect once outside the timing
-        workers = [threading.Thread(target=worker, name=f"bench-{i}") for i in range(threads)]
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        for thread in workers:
-            thread.start()
-        for thread in workers:
-            thread.join(timeout=300)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        wall, cpu = timed_threads(worker, threads, timeout=300)
     finally:
         pool.close()
     if errors:

@@ -24,7 +24,6 @@ import struct
 import sys
 import tempfile
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import urllib3
+from _common import timed_threads
 from bench_core import Server
 
 BODY = json.dumps(
@@ -130,18 +130,13 @@ class Offload:
 
 
 def load(post: Any, threads: int, per_thread: int) -> tuple[float, float]:
-    def worker() -> None:
+    def worker(_i: int) -> None:
         for _ in range(per_thread):
             json.loads(post(BODY))
 
-    callers = [threading.Thread(target=worker) for _ in range(threads)]
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    for thread in callers:
-        thread.start()
-    for thread in callers:
-        thread.join(timeout=600)
+    wall, cpu = timed_threads(worker, threads)
     n = threads * per_thread
-    return n / (time.perf_counter() - t0), (time.process_time() - cpu0) / n * 1e6
+    return n / wall, cpu / n * 1e6
 
 
 def main() -> int:

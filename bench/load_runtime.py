@@ -16,14 +16,13 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import timed_threads
 from bench_core import Server
 
 import dspy_actors as dsa
@@ -54,13 +53,7 @@ def main(argv: list[str]) -> int:
             for j in range(per_thread):
                 call(f"q{i}-{j}")
 
-        workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        for thread in workers:
-            thread.start()
-        for thread in workers:
-            thread.join(timeout=600)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        wall, cpu = timed_threads(worker, threads)
         n = threads * per_thread
         print(
             f"{mode} {threads} in flight, lm_processes={processes}: {n / wall:.0f} calls/s, "
