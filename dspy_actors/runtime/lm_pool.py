@@ -286,7 +286,7 @@ class PoolStats:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerReady:
+class _WorkerReady:
     worker: pykka.ActorRef[Any]
 
 
@@ -311,7 +311,7 @@ class LMRouter(supervisors.SupervisedActor):
         self.dispatcher.set_waker(self._schedule_wake)
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, WorkerReady):
+        if isinstance(message, _WorkerReady):
             if self.dispatcher.add_worker(message.worker):
                 supervisors.monitor(message.worker, self.actor_ref)
         elif isinstance(message, supervisors.Down):
@@ -374,7 +374,7 @@ class LMWorker(supervisors.SupervisedActor):
         self._publisher = publisher
 
     def on_start(self) -> None:
-        self._registry.lookup(self._router_name).tell(WorkerReady(self.actor_ref))
+        self._registry.lookup(self._router_name).tell(_WorkerReady(self.actor_ref))
 
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, Work):
