@@ -6,7 +6,7 @@ of threads share the GIL) is what limits a Python process. A worker process does
 under its own GIL; the parent only resolves parameters, checks the cache, and accounts the
 answer (see ``dspy_actors.runtime.lm_process``, which owns these processes).
 
-Started as ``python -m dspy_actors.lm._worker_main``. The protocol is length-prefixed
+Started by ``_worker_main.worker_command()``. The protocol is length-prefixed
 pickles (``write_frame``/``read_frame``) over the child's stdin and stdout, between two
 processes of the same program (so pickle is safe here: nothing else writes to these pipes):
 

@@ -31,19 +31,18 @@ import os
 import pickle
 import select
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 import pykka
 
 import supervisors
+from dspy_actors.lm._worker_main import worker_command
 from dspy_actors.lm._worker_process import encode_frame, read_frame
 from dspy_actors.lm.errors import LMError
 from dspy_actors.lm.lm import LM, PreparedCall, WorkerSpec
@@ -54,7 +53,6 @@ from dspy_actors.runtime.lm_pool import Dispatcher, LMAttempt, Work
 
 __all__ = ["LMProcess", "LMProcessExited", "WorkerProcess"]
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _READY_SECONDS = 60.0
 _STOP_SECONDS = 2.0
 _WRITE_SECONDS = 5.0
@@ -130,7 +128,7 @@ class WorkerProcess:
         self._stopping = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
-        self._command = [sys.executable, "-m", "dspy_actors.lm._worker_main"]
+        self._command = worker_command()
         # How long a send may wait for a process that stopped reading its pipe.
         self.write_timeout = _WRITE_SECONDS
         self.heartbeat_interval = _HEARTBEAT_SECONDS
@@ -147,14 +145,8 @@ class WorkerProcess:
 
     def start(self, timeout: float = _READY_SECONDS) -> None:
         """Start the process and wait until it is ready to take calls."""
-        env = dict(os.environ)
-        # The child imports dspy_actors from where this process did, installed or not.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         proc = self._proc = subprocess.Popen(
-            self._command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
+            self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         assert proc.stdin is not None
         assert proc.stdout is not None
@@ -182,7 +174,7 @@ class WorkerProcess:
                 )
             raise LMProcessExited(
                 f"LM worker process {self.name} exited with code {code} before it was "
-                f"ready (its stderr is this process's stderr): {' '.join(self._command)}"
+                f"ready (its stderr is this process's stderr; interpreter {self._command[0]})"
             )
 
     def stop(self, timeout: float = _STOP_SECONDS) -> None:
