@@ -486,15 +486,23 @@ class LM:
         )
 
     def dump_state(self) -> dict[str, Any]:
-        """The LM's configuration as JSON-able data, without the API key."""
-        return {
+        """The LM's configuration as JSON-able data, without the API key.
+
+        ``verify`` and ``trust_env`` appear only when they differ from the defaults. A
+        ``verify=<ssl.SSLContext>`` is not data and is left out: an LM rebuilt from this
+        state verifies against the default CAs."""
+        state: dict[str, Any] = {
             "model": self.model,
             "api_base": self.api_base,
             "cache": self.cache,
             "num_retries": self.num_retries,
             "timeout": self.timeout,
-            **self.defaults,
         }
+        if self._verify is not True and not isinstance(self._verify, ssl.SSLContext):
+            state["verify"] = self._verify
+        if not self._trust_env:
+            state["trust_env"] = False
+        return {**state, **self.defaults}
 
     def close(self) -> None:
         """Close the HTTP connections. The LM stays usable (it reconnects on demand)."""

@@ -51,6 +51,27 @@ def test_pickled_lm_rebuilds_without_the_key(
         clone.close()
 
 
+def test_pickled_lm_keeps_its_tls_and_proxy_choices(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")  # only its path is kept; no connection is made
+    lm = LM(
+        "openai/sim", api_base="https://example.invalid/v1", verify=str(bundle), trust_env=False
+    )
+    clone = pickle.loads(pickle.dumps(lm))
+    try:
+        assert clone.dump_state()["verify"] == str(bundle)
+        assert clone.dump_state()["trust_env"] is False
+        assert clone.worker_spec() == lm.worker_spec()
+        # The defaults stay out of the state, as before.
+        plain = LM("openai/sim", api_base="https://example.invalid/v1")
+        assert "verify" not in plain.dump_state()
+        assert "trust_env" not in plain.dump_state()
+        plain.close()
+    finally:
+        lm.close()
+        clone.close()
+
+
 def test_deepcopy_shares_the_lm(sim_lm: SimLM) -> None:
     with LM("openai/sim", api_base=sim_lm.openai_base, api_key=SECRET, cache=False) as lm:
         assert copy.deepcopy({"lm": lm})["lm"] is lm
