@@ -57,6 +57,12 @@ class Module:
                     self.__dict__[_METER_ATTR] = meter
         return meter
 
+    @usage_meter.setter
+    def usage_meter(self, meter: UsageMeter) -> None:
+        """Count this module's usage in ``meter`` from now on (the actor runtime gives each
+        served module a meter that outlives the module's restarts and upgrades)."""
+        self.__dict__[_METER_ATTR] = meter
+
     @property
     def usage(self) -> Usage:
         """Token usage of every LM call made while this module was running."""

@@ -32,6 +32,7 @@ import supervisors
 from dspy_actors import settings
 from dspy_actors.lm.breaker import CircuitBreaker
 from dspy_actors.lm.rate_limit import RateLimiter
+from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter
 from dspy_actors.primitives.module import Module
 from dspy_actors.runtime import events as ev
 from dspy_actors.runtime.dead_letters import DeadLetter, DeadLetterStore
@@ -93,6 +94,35 @@ class ServedProgram:
     # them fails at once instead of resending to a step that will never come back.
     retired: set[int] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Usage per module path ("qa", "qa.answer"): kept here, outside the actors, so that a
+    # module's usage adds up across its restarts and the program's upgrades.
+    meters: dict[str, UsageMeter] = field(default_factory=dict)
+    # Its own lock: actors ask for their meter while an upgrade holds ``lock``.
+    meters_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def meter_for(self, path: str) -> UsageMeter:
+        """The usage meter of the module at ``path`` (made on first use)."""
+        with self.meters_lock:
+            meter = self.meters.get(path)
+            if meter is None:
+                meter = self.meters[path] = UsageMeter()
+            return meter
+
+    def usage(self) -> Usage:
+        """What the program's calls have spent: its root module's usage (which includes
+        its sub-modules'), or the sum of a pipeline's steps."""
+        if self.kind == "module":
+            return self.meter_for(self.name).total
+        total = ZERO_USAGE
+        for step_id, _module in self.template:
+            total = total + self.meter_for(f"{self.name}.{step_id}").total
+        return total
+
+    def usage_by_module(self) -> dict[str, Usage]:
+        """Usage of each module path served so far (a composite's includes its parts')."""
+        with self.meters_lock:
+            meters = dict(self.meters)
+        return {path: meter.total for path, meter in sorted(meters.items())}
 
     def gone(self, version: int) -> str | None:
         """Why calls on ``version`` can no longer be served, or None while they can."""
@@ -473,6 +503,7 @@ class App:
             dispatcher=self.dispatcher,
             load_state=partial(self._load_state, program, program.state_version),
             on_event=self._module_event,
+            meter_for=program.meter_for,
         )
         if program.kind == "module":
             return module_subtree(

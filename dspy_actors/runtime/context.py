@@ -37,7 +37,10 @@ class CallContext:
     meters: tuple[UsageMeter, ...] = ()
 
     def metered_by(self, meter: UsageMeter) -> CallContext:
-        """This context with ``meter`` counting too (a module actor adds its module's)."""
+        """This context with ``meter`` counting too (a module actor adds its module's);
+        itself if ``meter`` already counts (a module calling itself counts once)."""
+        if meter in self.meters:
+            return self
         return CallContext(self.trace_id, self.deadline, self.overrides, (*self.meters, meter))
 
     def remaining(self) -> float | None:

@@ -29,6 +29,7 @@ from concurrent.futures import Future
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from dspy_actors.lm.usage import Usage
 from dspy_actors.runtime.calls import send_call, wait_reply
 from dspy_actors.runtime.context import capture
 from dspy_actors.runtime.errors import DeadLettered, ModuleCrashed, ModuleUnavailable, Overloaded
@@ -81,6 +82,17 @@ class ProgramHandle:
     @property
     def version(self) -> int:
         return self._program.version
+
+    @property
+    def usage(self) -> Usage:
+        """Tokens (and cost, where known) of every LM call the program's calls made, over
+        its whole service: across module restarts and upgrades. Cache hits add nothing."""
+        return self._program.usage()
+
+    def usage_by_module(self) -> dict[str, Usage]:
+        """Usage by module path (``"rag"``, ``"rag.answer"``, ``"p.draft"``): a composite's
+        includes that of its sub-modules, as in-process ``Module.usage`` does."""
+        return self._program.usage_by_module()
 
     # Calls. ------------------------------------------------------------------------------
 

@@ -41,12 +41,3 @@ class LMRequest:
     reply: Future[LMResponse]
     # The sender's cache lookup missed: the worker neither repeats it nor recomputes the key.
     known_miss: CacheMiss | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Upgrade:
-    """Swap what a module actor runs: new learned state, or a new module instance."""
-
-    version: int
-    state: Mapping[str, Any] | None = None
-    module: Any = None

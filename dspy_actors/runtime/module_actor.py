@@ -32,6 +32,7 @@ import supervisors
 from dspy_actors.lm.errors import LMError
 from dspy_actors.lm.lm import CacheMiss
 from dspy_actors.lm.steps import LMCall
+from dspy_actors.lm.usage import UsageMeter
 from dspy_actors.primitives.module import Module
 from dspy_actors.runtime._futures import reject, resolve
 from dspy_actors.runtime.context import restored
@@ -42,7 +43,7 @@ from dspy_actors.runtime.errors import (
     RuntimeCallError,
 )
 from dspy_actors.runtime.lm_pool import Dispatcher, submit_lm_request
-from dspy_actors.runtime.messages import Call, Upgrade
+from dspy_actors.runtime.messages import Call
 
 # Exceptions that answer a call without crashing the module: the caller's input or the
 # LM's output was bad, not the module's state. Everything else lets the actor crash.
@@ -65,6 +66,9 @@ class ModuleServices:
     dispatcher: Dispatcher
     load_state: Callable[[str], dict[str, Any] | None] = lambda _path: None
     on_event: Callable[[str, str, dict[str, Any]], None] = lambda _t, _p, _d: None
+    # The usage meter of the module at a path: the same one across the actor's restarts
+    # and the program's upgrades, so a module's usage adds up over its whole service.
+    meter_for: Callable[[str], UsageMeter] = lambda _path: UsageMeter()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -83,7 +87,6 @@ class _ForwardDone:
 @dataclass(slots=True, eq=False)
 class _InFlight:
     call: Call
-    module: Any
     steps: Generator[LMCall, Any, Any] | None = None
     thread: threading.Thread | None = None
 
@@ -121,19 +124,24 @@ class ModuleActor(supervisors.SupervisedActor):
         self.services = services
         self.max_in_flight = max_in_flight
         self.module: Any = None
-        self.version = 0
+        self.meter = UsageMeter()  # replaced by the path's own at start
+        self._predictor = False
         self._inflight: dict[int, _InFlight] = {}
         self._ids = itertools.count(1)
         self.counters = _Counters()
 
     def on_start(self) -> None:
-        self.module = self._make_module()
+        self.meter = self.services.meter_for(self.path)
+        module = self._make_module()
         state = None if self.state_path is None else self.services.load_state(self.state_path)
         if state is not None:
             # The base method: a predictor's own load_state takes its bare state, while
             # program states are keyed by parameter path ("self" for the module itself).
-            Module.load_state(self.module, state)
-        self._predictor = is_predictor(self.module)
+            Module.load_state(module, state)
+        if isinstance(module, Module):
+            module.usage_meter = self.meter  # a composite's forward meters with it
+        self.module = module
+        self._predictor = is_predictor(module)
 
     # Messages. ------------------------------------------------------------------------
 
@@ -144,14 +152,12 @@ class ModuleActor(supervisors.SupervisedActor):
             self._lm_done(message)
         elif isinstance(message, _ForwardDone):
             self._forward_done(message)
-        elif isinstance(message, Upgrade):
-            self._upgrade(message)
         else:
             return super().on_receive(message)
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {"path": self.path, "version": self.version, "in_flight": len(self._inflight)}
+        return {"path": self.path, "in_flight": len(self._inflight), "usage": self.meter.total}
 
     def _accept(self, call: Call) -> None:
         if len(self._inflight) >= self.max_in_flight:
@@ -164,14 +170,14 @@ class ModuleActor(supervisors.SupervisedActor):
             return
         call_id = next(self._ids)
         self.counters.calls += 1
-        record = _InFlight(call, self.module)  # in-flight calls finish on this version
+        record = _InFlight(call)
         self._inflight[call_id] = record
         self.services.on_event("module.start", self.path, {"trace_id": call.ctx.trace_id})
         if self._predictor:
             # Making the generator runs none of the steps' code: the call's context is
             # restored where they run (_resume).
             try:
-                record.steps = record.module.steps(**call.inputs)
+                record.steps = self.module.steps(**call.inputs)
             except BaseException as error:
                 self._fail(call_id, error)
                 return
@@ -215,15 +221,13 @@ class ModuleActor(supervisors.SupervisedActor):
                 if found is not None and not isinstance(found, CacheMiss):
                     response = found
                     continue
-                meter = getattr(record.module, "usage_meter", None)
-                ctx = record.call.ctx
                 reply = submit_lm_request(
                     self.services.dispatcher,
                     lm_call.lm,
                     lm_call.messages,
                     lm_call.kwargs,
-                    # The module's own meter counts the call too, as Module.__call__'s does.
-                    ctx if meter is None else ctx.metered_by(meter),
+                    # The module's meter counts the call too, as Module.__call__'s does.
+                    record.call.ctx.metered_by(self.meter),
                     found,
                 )
                 reply.add_done_callback(partial(_tell_lm_done, self.actor_ref, call_id))
@@ -241,7 +245,7 @@ class ModuleActor(supervisors.SupervisedActor):
         error: BaseException | None = None
         try:
             with restored(record.call.ctx):
-                result = record.module(**record.call.inputs)
+                result = self.module(**record.call.inputs)
         except BaseException as exc:
             error = exc
         try:
@@ -282,17 +286,6 @@ class ModuleActor(supervisors.SupervisedActor):
         crashed.__cause__ = error
         reject(record.call.reply, crashed)
         raise error  # let it crash: the supervisor restarts this actor, fresh
-
-    def _upgrade(self, message: Upgrade) -> None:
-        if message.module is not None:
-            self.module = message.module
-            self._predictor = is_predictor(self.module)
-        if message.state is not None:
-            # A new instance, so calls in flight keep the parameters they started with.
-            module = self.module.deepcopy() if hasattr(self.module, "deepcopy") else self.module
-            Module.load_state(module, dict(message.state))
-            self.module = module
-        self.version = message.version
 
     # Exit: no call is left unanswered. --------------------------------------------------
 
