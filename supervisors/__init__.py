@@ -28,6 +28,7 @@ from supervisors._actor import (
     monitor,
     request_exit,
     supervised,
+    tell_inline,
     wait_for_exit,
 )
 from supervisors._errors import (
@@ -101,5 +102,6 @@ __all__ = [
     "set_log_level",
     "subscribe",
     "supervised",
+    "tell_inline",
     "wait_for_exit",
 ]

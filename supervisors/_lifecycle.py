@@ -34,6 +34,7 @@ class Lifecycle:
         "dropped",
         "exit_requested",
         "finished",
+        "inline",
         "reason",
         "ref",
         "settled",
@@ -55,6 +56,9 @@ class Lifecycle:
         # The actor's handler for messages it will never handle (its on_dropped): whoever
         # drains the dead inbox hands them to it.
         self.dropped: Callable[[Any], None] | None = None
+        # For an actor that lets senders handle messages while it is idle (see
+        # ``tell_inline``): its handler for that, weakly held (the actor owns this record).
+        self.inline: weakref.WeakMethod[Callable[[Any], bool]] | None = None
 
     def mark_started(self) -> None:
         self.started = True
@@ -103,6 +107,11 @@ def register_lifecycle(ref: pykka.ActorRef[Any]) -> Lifecycle:
     with _lifecycles_lock:
         _lifecycles[ref] = lifecycle
     return lifecycle
+
+
+def lifecycle_or_none(ref: pykka.ActorRef[Any]) -> Lifecycle | None:
+    """The lifecycle of a supervised actor, or None for a plain Pykka actor."""
+    return _lifecycles.get(ref)
 
 
 def lifecycle_of(ref: pykka.ActorRef[Any]) -> Lifecycle:
