@@ -49,7 +49,9 @@ def send_call(
         reject(reply, ModuleUnavailable(name))
         return reply
     try:
-        ref.tell(Call(inputs, ctx, reply))
+        # An idle module actor's turn is taken by this thread (see tell_inline): a cached
+        # call is answered here, an uncached one sent to the LM pool from here.
+        supervisors.tell_inline(ref, Call(inputs, ctx, reply))
     except pykka.ActorDeadError:
         reject(reply, ModuleUnavailable(name))
         return reply

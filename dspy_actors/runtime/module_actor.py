@@ -3,7 +3,8 @@
 Two ways a call runs, chosen by what the module is:
 
 - A *predictor* (it has ``steps``, as Predict and ChainOfThought do): the actor runs the
-  steps in its own thread, up to the first LM call; answers it from the cache at once, or
+  steps up to the first LM call (in its own thread, or in the caller's when the caller
+  took an idle actor's turn: ``supervisors.tell_inline``); answers it from the cache at once, or
   sends it to the LM pool and goes on serving other calls. When the LM reply arrives (as a
   later message), the steps resume. No thread waits on the LM on the actor's behalf.
 - Any other module (a composite, or user code with its own I/O): its ``forward`` runs in a
@@ -105,6 +106,10 @@ def is_predictor(module: Any) -> bool:
 
 class ModuleActor(supervisors.SupervisedActor):
     """Serves calls of one module; see the module docstring."""
+
+    # Its handlers never block (LM calls are messages, forward runs in a call thread), so
+    # a caller may take the actor's turn while it is idle (supervisors.tell_inline).
+    handles_in_caller = True
 
     def __init__(
         self,
