@@ -51,3 +51,23 @@ class Poisonable(Module):
                 Poisonable.crashes += 1
             raise RuntimeError("cannot digest this input")
         return self.qa(question=question)
+
+
+class TracedPredict(Predict):
+    """A Predict that records the thread its steps ran in, and crashes (a bug, in the
+    steps themselves: no call thread involved) on the question "boom"."""
+
+    def __init__(self, signature: str = "question -> answer") -> None:
+        super().__init__(signature)
+        self.threads: list[int] = []
+
+    def hold(self, held: threading.Event, release: threading.Event) -> None:
+        """Run by the actor (a ProxyCall): keeps its turn until ``release``."""
+        held.set()
+        release.wait(10.0)
+
+    def steps(self, **kwargs: Any) -> Any:
+        self.threads.append(threading.get_ident())
+        if kwargs.get("question") == "boom":
+            raise RuntimeError("a bug in the predictor")
+        return (yield from super().steps(**kwargs))
