@@ -19,6 +19,10 @@ both sides alike, and the numbers reported are medians over rounds.
 (3) throughput at 100 ms latency with 16, 64 and 256 calls in flight from threads,
     examples/s against the ideal ``in_flight / 0.1 s``; a raw-httpx run at the same
     concurrency measures the ceiling of the server (plus a minimal client) on this machine.
+    Two throughputs per run: *steady*, the number in flight over the mean latency of the
+    calls made while every thread was still calling (Little's law: the throughput at that
+    many in flight; the targets use it), and *end to end*, every call over the time until
+    the slowest thread was done (its last stretch runs with fewer calls in flight).
 
 If one of our targets is missed (or with ``--profile``), our peer is run under cProfile on
 the cached and uncached loops and the top functions (us per call) are reported.
@@ -374,10 +378,15 @@ def _summarize(
 def throughput_row(runs: list[dict[str, Any]], ideal: float) -> dict[str, Any]:
     """One party's throughput at one concurrency, as medians over its rounds."""
     eps = median(x["examples_per_s"] for x in runs)
+    steady = median(x.get("steady_examples_per_s", 0.0) for x in runs)
     return {
         "examples_per_s": eps,
         "examples_per_s_best": max(x["examples_per_s"] for x in runs),
         "fraction_of_ideal": eps / ideal,
+        # While every caller is still calling: the throughput at that many in flight (see
+        # run_threads in peers/ours_peer.py). The targets are judged on it.
+        "steady_examples_per_s": steady,
+        "steady_fraction_of_ideal": steady / ideal,
         "errors": sum(x["errors"] for x in runs),
         "client_cpu_us_per_call": median(x["client_cpu_us_per_call"] for x in runs),
         "server_cpu_us_per_request": median(x["server_cpu_us_per_request"] or 0.0 for x in runs),
@@ -387,7 +396,7 @@ def throughput_row(runs: list[dict[str, Any]], ideal: float) -> dict[str, Any]:
 def _targets(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     cached = summary["cached_us"]["ours"]
     ratio = summary["uncached_ratio_to_raw"]["ours"]
-    frac = summary["throughput"]["64"]["ours"]["fraction_of_ideal"]
+    frac = summary["throughput"]["64"]["ours"]["steady_fraction_of_ideal"]
     return {
         "cached_us": {"value": cached, "target": f"<= {TARGET_CACHED_US}", "met": cached <= 60},
         "uncached_ratio_to_raw": {
@@ -459,8 +468,8 @@ def report(result: dict[str, Any]) -> str:
     )
     for k, row in sorted(s["throughput"].items(), key=lambda kv: int(kv[0])):
         cells = [
-            f"{row[n]['examples_per_s']:.0f} ({row[n]['fraction_of_ideal']:.0%}; best "
-            f"{row[n]['examples_per_s_best']:.0f})"
+            f"{row[n]['steady_examples_per_s']:.0f} ({row[n]['steady_fraction_of_ideal']:.0%}); "
+            f"end to end {row[n]['examples_per_s']:.0f} ({row[n]['fraction_of_ideal']:.0%})"
             + (f", {row[n]['errors']} errors" if row[n]["errors"] else "")
             for n in [*names, "raw", "server"]
         ]

@@ -55,11 +55,21 @@ def time_loop(call: Call, questions: list[str]) -> dict[str, float]:
 
 def run_threads(call: Call, in_flight: int, per_thread: int, prefix: str) -> dict[str, Any]:
     """``in_flight`` threads each make one untimed warm-up call (opening its connection),
-    meet at a barrier, then make ``per_thread`` timed calls. Returns examples/s and the
-    client process's CPU seconds per timed call."""
+    meet at a barrier, then make ``per_thread`` timed calls. Returns the client process's
+    CPU seconds per timed call and two throughputs:
+
+    - ``examples_per_s``: all the timed calls over the time until the last one ended. Its
+      last stretch runs below ``in_flight``: threads that are done wait for the slowest.
+    - ``steady_examples_per_s``: ``in_flight`` over the mean latency of the calls made
+      while every thread was still calling (started before the first thread was done):
+      the throughput *at* ``in_flight`` calls in flight (Little's law for callers that
+      call again at once), which the batch's tail does not dilute.
+    """
     barrier = threading.Barrier(in_flight + 1)
     errors: list[str] = []
     lock = threading.Lock()
+    # Each thread's timed calls: (start, end) of those that succeeded.
+    spans: list[list[tuple[float, float]]] = [[] for _ in range(in_flight)]
 
     def worker(w: int) -> None:
         try:
@@ -72,11 +82,14 @@ def run_threads(call: Call, in_flight: int, per_thread: int, prefix: str) -> dic
         except threading.BrokenBarrierError:
             return
         for i in range(per_thread):
+            start = time.perf_counter()
             try:
                 call(question(f"{prefix} w{w}", i))
             except Exception as exc:
                 with lock:
                     errors.append(repr(exc))
+            else:
+                spans[w].append((start, time.perf_counter()))
 
     threads = [
         threading.Thread(target=worker, args=(w,), name=f"bench-{w}", daemon=True)
@@ -93,6 +106,10 @@ def run_threads(call: Call, in_flight: int, per_thread: int, prefix: str) -> dic
     cpu = time.process_time() - cpu0
     calls = in_flight * per_thread
     done = calls - len([e for e in errors if not e.startswith("warm-up")])
+    last_ends = [calls[-1][1] for calls in spans if calls]
+    steady_until = min(last_ends) if last_ends else t0
+    steady = [end - start for calls in spans for start, end in calls if start < steady_until]
+    steady_latency = sum(steady) / len(steady) if steady else float("inf")
     return {
         "in_flight": in_flight,
         "calls": calls,
@@ -101,6 +118,7 @@ def run_threads(call: Call, in_flight: int, per_thread: int, prefix: str) -> dic
         "first_errors": errors[:3],
         "wall_s": wall,
         "examples_per_s": done / wall,
+        "steady_examples_per_s": in_flight / steady_latency,
         "client_cpu_us_per_call": cpu / max(1, calls) * 1e6,
         "stuck_threads": sum(t.is_alive() for t in threads),
     }
