@@ -395,15 +395,7 @@ class LMWorker(supervisors.SupervisedActor):
         attempt = LMAttempt.begin(request, lm, key, self._publisher)
         if attempt is None:
             return "ignore"
-        try:
-            with restored(request.ctx):
-                response = lm.complete(request.messages, **attempt.kwargs)
-        except LMError as error:
-            return attempt.failed(error)
-        except Exception as error:  # A bug below us: answer the caller, then crash.
-            reject(request.reply, error)
-            raise
-        return attempt.succeeded(response)
+        return attempt.run(lm)
 
 
 @dataclass(slots=True, eq=False)
@@ -448,6 +440,20 @@ class LMAttempt:
             publish(LMStart(trace_id=ctx.trace_id, deployment=key, model=lm.model))
             ended = partial(LMEnd, trace_id=ctx.trace_id, deployment=key, model=lm.model)
         return cls(request, kwargs, publish, ended, time.monotonic())
+
+    def run(self, lm: Any) -> str:
+        """Make the call in this thread (it blocks) and answer it; the outcome. Anything but
+        an ``LMError`` is a bug below us: the caller's answer, then raised here."""
+        request = self.request
+        try:
+            with restored(request.ctx):
+                response = lm.complete(request.messages, **self.kwargs)
+        except LMError as error:
+            return self.failed(error)
+        except Exception as error:
+            reject(request.reply, error)
+            raise
+        return self.succeeded(response)
 
     def succeeded(self, response: Any) -> str:
         resolve(self.request.reply, response)

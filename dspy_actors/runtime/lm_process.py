@@ -19,9 +19,10 @@ Only the pool's workers differ:
   dead process held are retried once on another worker (an LM completion is safe to
   repeat), as when an LM worker thread dies.
 
-Only plain :class:`~dspy_actors.lm.LM` objects can be sent (another LM-like object fails
-its call with a TypeError), and not with ``verify=<ssl.SSLContext>`` (pass a CA bundle
-path). Streaming (``LM.stream``) does not go through the pool and is not affected.
+Only a plain :class:`~dspy_actors.lm.LM` can be sent. A call for anything else (an
+LM-like object, an ``LM`` subclass whose overrides a plain LM in the process would skip,
+``verify=<ssl.SSLContext>``) runs in a thread of this process instead, holding its slot.
+Streaming (``LM.stream``) does not go through the pool and is not affected.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import pykka
+import structlog
 
 import supervisors
 from dspy_actors.lm._worker_main import worker_command
@@ -60,6 +62,8 @@ _WRITE_SECONDS = 5.0
 # _HEARTBEAT_TIMEOUT_SECONDS is hung (stopped, or stuck holding its GIL) and is killed.
 _HEARTBEAT_SECONDS = 1.0
 _HEARTBEAT_TIMEOUT_SECONDS = 10.0
+
+_log = structlog.get_logger("dspy_actors.runtime.lm")
 
 Publisher = Callable[[], Callable[[Any], None] | None]
 
@@ -264,12 +268,11 @@ class WorkerProcess:
 
     def _send(self, slot: _Slot, lm: Any, attempt: LMAttempt) -> str | None:
         request = attempt.request
-        if not isinstance(lm, LM):
-            reject(
-                request.reply,
-                TypeError(f"an LM worker process can only run dspy_actors.LM calls, not {lm!r}"),
-            )
-            return "ignore"
+        if type(lm) is not LM:
+            # An LM-like object, or a subclass whose overrides the process's plain LM would
+            # skip: run it here instead.
+            self._run_here(slot, lm, attempt)
+            return None
         try:
             with restored(request.ctx):
                 prepared = lm.prepare(request.messages, **attempt.kwargs)
@@ -291,18 +294,31 @@ class WorkerProcess:
             )
         except LMError as error:
             return attempt.failed(error)
-        except (pickle.PicklingError, TypeError, AttributeError, ValueError) as error:
-            reject(
-                request.reply,
-                TypeError(f"this LM call cannot be sent to an LM worker process: {error}"),
-            )
-            return "ignore"
+        except (pickle.PicklingError, TypeError, AttributeError, ValueError):
+            # Cannot be sent (verify=<SSLContext>, a message that does not pickle).
+            self._run_here(slot, lm, attempt)
+            return None
         with self._pending_lock:
             self._pending[call_id] = _Sent(slot, lm, attempt, prepared)
         # If it cannot be sent, the process is dead (or killed as hung): its owner's restart
         # retries this request.
         self._post(call_frame, (lm_id, spec))
         return None
+
+    def _run_here(self, slot: _Slot, lm: Any, attempt: LMAttempt) -> None:
+        """Run a call that cannot go to the process in a thread of this process, as an LM
+        worker thread would. It holds its slot until it ends, so the pool's bound holds."""
+
+        def run() -> None:
+            outcome = "ignore"
+            try:
+                outcome = attempt.run(lm)
+            except Exception:  # a bug below us: the caller has it as its answer
+                _log.exception("lm_call_failed", lm=repr(lm))
+            finally:
+                self._dispatcher.finished(slot, outcome, time.monotonic() - attempt.started)
+
+        threading.Thread(target=run, name=f"{self.name}-here", daemon=True).start()
 
     def _post(self, frame: bytes, lm: tuple[int, WorkerSpec] | None = None) -> bool:
         """Write ``frame`` to the process, after the frame of ``lm`` (its id and spec) if

@@ -190,7 +190,7 @@ def test_stopping_the_app_ends_its_worker_processes(start_app: StartApp) -> None
     assert not any(_alive(pid) for pid in pids)
 
 
-def test_lms_that_cannot_be_sent_are_refused_clearly(
+def test_an_lm_with_an_ssl_context_and_bad_sizes_are_refused_at_start(
     start_app: StartApp, make_lm: Callable[..., LM]
 ) -> None:
     pinned = make_lm(verify=ssl.create_default_context())
@@ -199,10 +199,37 @@ def test_lms_that_cannot_be_sent_are_refused_clearly(
     with pytest.raises(ValueError, match="lm_processes"):
         start_app(lm_processes=5, lm_workers=4)
 
+
+def test_calls_that_cannot_be_sent_run_in_this_process_holding_their_slot(
+    start_app: StartApp, make_lm: Callable[..., LM], sim: SimLM
+) -> None:
     app = start_app(lm_processes=1, lm_workers=2)
     qa = app.serve("qa", Predict("question -> answer"))
-    with dsa.context(lm=_EchoLM()), pytest.raises(TypeError, match=r"only run dspy_actors\.LM"):
-        qa.call(question="q")
+
+    # An LM-like object: nothing to send; its complete() runs here.
+    echo = _EchoLM()
+    with dsa.context(lm=echo):
+        assert qa.call(question="to the echo").answer == "echo"
+    assert echo.threads
+    assert threading.get_ident() not in echo.threads
+
+    # A subclass: a plain LM in the process would skip its override, so it runs here too.
+    marked = _MarkingLM("openai/sim-model", api_base=sim.openai_base, api_key="sim", cache=False)
+    answers: list[str] = []
+
+    def call(i: int) -> None:
+        with dsa.context(lm=marked):
+            answers.append(qa.call(question=f"marked {i}").answer)
+
+    run_in_threads(call, 6)
+    assert len(answers) == 6
+    assert all(answers)
+    assert marked.completed == 6  # the override ran: the call was not sent to the process
+    assert max(marked.running) <= 2  # never more at once than the pool's slots
+    # And an LM whose TLS context cannot be pickled, given per call.
+    pinned = make_lm(verify=ssl.create_default_context())
+    assert qa.call_with({"question": "pinned"}, lm=pinned).answer
+    marked.close()
 
 
 def test_the_tree_shows_the_worker_processes(start_app: StartApp) -> None:
@@ -283,8 +310,38 @@ class _EchoLM:
     api_base = "local"
     model_name = "echo"
 
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
     def complete(self, messages: list[dict[str, Any]], **_kw: Any) -> Any:
-        raise AssertionError("runs in no process")
+        from dspy_actors.lm.types import LMResponse
+        from dspy_actors.lm.usage import ZERO_USAGE
+
+        self.threads.append(threading.get_ident())
+        return LMResponse(["[[ ## answer ## ]]\necho"], ZERO_USAGE, "echo", ["stop"], False, 0.0)
+
+
+class _MarkingLM(LM):
+    """An LM subclass that counts its calls and how many run at once."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lock = threading.Lock()
+        self.now = 0
+        self.running: list[int] = [0]
+        self.completed = 0
+
+    def complete(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        with self.lock:
+            self.now += 1
+            self.running.append(self.now)
+        try:
+            time.sleep(0.05)
+            return super().complete(messages, **kwargs)
+        finally:
+            with self.lock:
+                self.now -= 1
+                self.completed += 1
 
 
 def test_a_process_that_dies_before_it_is_ready_is_reported_with_its_code() -> None:
@@ -303,25 +360,33 @@ def test_a_process_that_never_gets_ready_is_killed_after_the_timeout() -> None:
     assert not _alive(process.pid)
 
 
-def test_thousands_of_queued_requests_answered_at_once_do_not_recurse() -> None:
-    """Requests the process cannot take are answered in the sending thread, which frees the
-    slot, which hands that thread the next queued request: a loop, not a recursion."""
+def test_thousands_of_queued_requests_answered_at_once_do_not_recurse(sim: SimLM) -> None:
+    """Requests answered in the sending thread (here: cache hits of a fallback-free LM) free
+    the slot, which hands that thread the next queued request: a loop, not a recursion."""
+    lm = LM(
+        "openai/sim-model",
+        api_base=sim.openai_base,
+        api_key="sim",
+        cache_store=Cache(disk_path=None),
+    )
+    messages = [{"role": "user", "content": "hi"}]
+    lm.complete(messages)  # fills the cache: every request below is a hit
     dispatcher = Dispatcher(LMPoolConfig(max_queue=5000))
     replies: list[Future[Any]] = []
     for _ in range(3000):
         reply: Future[Any] = Future()
-        ctx = capture(timeout=60)
-        dispatcher.submit(LMRequest(_EchoLM(), [{"role": "user", "content": "hi"}], {}, ctx, reply))  # type: ignore[arg-type]
+        dispatcher.submit(LMRequest(lm, messages, {}, capture(timeout=60), reply))
         replies.append(reply)
     process = WorkerProcess("flood", dispatcher, slots=1)
     process.start()
     try:
         dispatcher.add_worker(process.slots[0])
-        errors = [r.exception(timeout=30) for r in replies]
+        answers = [r.result(timeout=30) for r in replies]
     finally:
         process.stop()
-    assert all(isinstance(e, TypeError) for e in errors)
-    assert "only run dspy_actors.LM" in str(errors[-1])
+        lm.close()
+    assert all(a.cache_hit for a in answers)
+    assert sim.request_count == 1
 
 
 def test_lm_events_and_the_breaker_work_as_with_threads(start_app: StartApp, sim: SimLM) -> None:
