@@ -130,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             runs = rows[str(threads)][backend]
             med = {k: median(run[k] for run in runs) for k in runs[0]}
             ideal = threads / latency if latency else None
-            med["fraction_of_ideal"] = med["requests_per_s"] / ideal if ideal else None
-            summary.setdefault(str(threads), {})[backend] = med
-            share = f" ({med['fraction_of_ideal']:.0%})" if ideal else ""
+            fraction = med["requests_per_s"] / ideal if ideal else None
+            summary.setdefault(str(threads), {})[backend] = {**med, "fraction_of_ideal": fraction}
+            share = f" ({fraction:.0%})" if fraction is not None else ""
             print(
                 f"| {threads} ({latency * 1000:g} ms) | {backend} | {med['requests_per_s']:.0f}"
                 f"{share} | {med['us_per_request']:.0f} | {med['cpu_us']:.0f} |"

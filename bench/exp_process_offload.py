@@ -77,7 +77,7 @@ class Offload:
         self._pending: dict[int, Future[bytes]] = {}
         self._lock = threading.Lock()
         self._pipes: list[tuple[Connection, threading.Lock]] = []
-        self._procs: list[multiprocessing.Process] = []
+        self._procs: list[multiprocessing.process.BaseProcess] = []
         self._readers: list[threading.Thread] = []
         self._next = itertools.count()
         context = multiprocessing.get_context("spawn")
@@ -148,6 +148,7 @@ def main() -> int:
     args = parser.parse_args()
     server = Server("sim-slow", 0.1, dict(os.environ), Path(tempfile.mkdtemp()))
     parsed = urllib3.util.parse_url(server.endpoint)
+    assert parsed.host is not None  # a loopback URL
     local = urllib3.HTTPConnectionPool(parsed.host, parsed.port, maxsize=args.threads, block=False)
     offload = Offload(server.endpoint, args.procs, args.threads // args.procs + 1)
     try:
