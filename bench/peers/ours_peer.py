@@ -665,7 +665,7 @@ def yappi_profile(run: Callable[[], dict[str, Any]], n: int, top: int) -> dict[s
     """CPU time of every thread while ``run()`` runs, per function, in us per call; with
     yappi (installed in .venv for investigation only). Without yappi: just ``run()``."""
     try:
-        import yappi  # type: ignore[import-untyped, unused-ignore]
+        import yappi  # type: ignore[import-untyped, import-not-found, unused-ignore]
     except ImportError:
         return {"run": run(), "note": "yappi not installed: no all-thread profile"}
     yappi.clear_stats()
