@@ -188,7 +188,7 @@ class SupervisedActor(pykka.ThreadingActor):
             ):
                 return False
             try:
-                self._handle_receive(message)
+                self.on_receive(message)  # the actor's own messages only: not Pykka's
             except Exception:
                 self._crashed_inline(sys.exc_info())
             except BaseException:
@@ -345,6 +345,8 @@ def tell_inline(ref: pykka.ActorRef[Any], message: Any) -> None:
     on whichever scheduler thread is free. What it saves is two thread hand-offs: the
     wake-up of the actor's thread and the sender's wait for it.
 
+    ``message`` goes to the actor's ``on_receive``: Pykka's own messages (stop, proxy
+    calls) are never handled inline, so send them with ``tell``, ``ask`` or the ref.
     Raises ``pykka.ActorDeadError`` if the actor is not running, as ``tell`` does.
     """
     lifecycle = lifecycle_or_none(ref)
