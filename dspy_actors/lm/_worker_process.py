@@ -12,7 +12,8 @@ processes of the same program (so pickle is safe here: nothing else writes to th
 
 - parent -> child: ``("hello", threads)`` once, then ``("lm", lm_id, WorkerSpec)`` before the
   first call of each LM, and per call ``("call", call_id, lm_id, messages, params,
-  response_format, timeout)`` (a ``PreparedCall``'s fields);
+  response_format, timeout, deadline)`` (a ``PreparedCall``'s fields; ``deadline`` is a
+  ``time.monotonic()`` instant, a clock both processes share on Linux);
 - both ways, the heartbeat: ``("ping",)`` from the parent every second, ``("pong",)`` back
   from the child's main thread (the parent kills a child that stops answering);
 - child -> parent: ``("ready", pid)`` once, then per call ``("done", call_id, ok, value,
@@ -138,8 +139,8 @@ def serve(source: IO[bytes], sink: IO[bytes]) -> None:
         elif frame[0] == "ping":  # the parent's heartbeat: answered by this main thread
             answer(("pong",))
         elif frame[0] == "call":
-            _, call_id, lm_id, messages, params, response_format, timeout = frame
-            prepared = PreparedCall(messages, params, response_format, timeout, None, 0.0)
+            _, call_id, lm_id, messages, params, response_format, timeout, deadline = frame
+            prepared = PreparedCall(messages, params, response_format, timeout, None, 0.0, deadline)
             work.put((call_id, lms[lm_id], prepared))
     # The parent is gone or stopping: nobody waits for the calls still running, so do not
     # wait for them either.

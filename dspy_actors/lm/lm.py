@@ -86,6 +86,8 @@ class PreparedCall:
     timeout: float | None
     cache_key: str | None
     start: float
+    # A time.monotonic() instant no attempt may outlast (the runtime's call deadline).
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +213,7 @@ class LM:
         cache: bool | None = None,
         timeout: float | None = None,
         known_miss: CacheMiss | None = None,
+        deadline: float | None = None,
         **sampling: Any,
     ) -> LMResponse:
         """One chat completion (``n`` of them with ``n=...``), retried on transient errors.
@@ -218,6 +221,10 @@ class LM:
         ``known_miss``: what :meth:`probe` returned for this very call, made just before (in
         another thread, say): the cache is not looked up again, and the answer is stored
         under the key the probe computed.
+
+        ``deadline``: a ``time.monotonic()`` instant that bounds the whole call, retries
+        included: each attempt's timeout is cut to what is left, and a retry that would
+        start after it is not made (the last error is raised).
 
         Raises an :class:`~dspy_actors.lm.errors.LMError` subclass when it cannot succeed.
         """
@@ -227,6 +234,7 @@ class LM:
             cache=cache,
             timeout=timeout,
             known_miss=known_miss,
+            deadline=deadline,
             **sampling,
         )
         if isinstance(prepared, LMResponse):
@@ -246,6 +254,7 @@ class LM:
         cache: bool | None = None,
         timeout: float | None = None,
         known_miss: CacheMiss | None = None,
+        deadline: float | None = None,
         **sampling: Any,
     ) -> LMResponse | PreparedCall:
         """The first of :meth:`complete`'s three phases, in the caller's context: resolve
@@ -262,13 +271,17 @@ class LM:
             response, key = self._try_cache(messages, params, response_format, cache, start)
             if response is not None:
                 return response
-        return PreparedCall(messages, params, response_format, timeout, key, start)
+        return PreparedCall(messages, params, response_format, timeout, key, start, deadline)
 
     def run(self, prepared: PreparedCall) -> Completion:
         """The HTTP request(s) of a prepared call, retried on transient errors; no cache,
         no usage accounting. Raises an :class:`~dspy_actors.lm.errors.LMError` subclass."""
         return self._complete_uncached(
-            prepared.messages, prepared.params, prepared.response_format, prepared.timeout
+            prepared.messages,
+            prepared.params,
+            prepared.response_format,
+            prepared.timeout,
+            prepared.deadline,
         )
 
     def settle(self, prepared: PreparedCall, completion: Completion) -> LMResponse:
@@ -659,22 +672,32 @@ class LM:
         params: Mapping[str, Any],
         response_format: Mapping[str, Any] | None,
         timeout: float | None,
+        deadline: float | None = None,
     ) -> Completion:
         n = params.get("n") or 1
         if n > 1 and not self._provider.supports_n:
             one = {k: v for k, v in params.items() if k != "n"}
             content = self._body(messages, one, response_format, False)
-            return _merge([self._post_with_retries(content, timeout) for _ in range(n)])
+            return _merge([self._post_with_retries(content, timeout, deadline) for _ in range(n)])
         return self._post_with_retries(
-            self._body(messages, params, response_format, False), timeout
+            self._body(messages, params, response_format, False), timeout, deadline
         )
 
-    def _post_with_retries(self, content: bytes, timeout: float | None) -> Completion:
+    def _post_with_retries(
+        self, content: bytes, timeout: float | None, deadline: float | None = None
+    ) -> Completion:
+        def attempt() -> Completion:
+            limit = self.timeout if timeout is None else timeout
+            if deadline is not None:  # never wait past the deadline, retries included
+                limit = max(0.001, min(limit, deadline - time.monotonic()))
+            return self._post(content, limit)
+
         return call_with_retries(
-            lambda: self._post(content, timeout),
+            attempt,
             self.retry_policy,
             rng=self._rng,
             on_retry=self._on_retry,
+            deadline=deadline,
         )
 
     def _post(self, content: bytes, timeout: float | None) -> Completion:

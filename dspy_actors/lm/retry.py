@@ -75,9 +75,11 @@ def call_with_retries(
     rng: random.Random | None = None,
     sleep: Callable[[float], None] = time.sleep,
     on_retry: Callable[[LMError, float], None] | None = None,
+    deadline: float | None = None,
 ) -> T:
     """Run ``attempt_fn`` until it succeeds, a non-retryable error occurs, or the retries
-    run out (then the last error is raised)."""
+    run out (then the last error is raised). With a ``deadline`` (a ``time.monotonic()``
+    instant), a retry that would start after it is not made: the last error is raised."""
     rng = rng or random.Random()
     attempt = 0
     while True:
@@ -87,6 +89,8 @@ def call_with_retries(
             if not exc.retryable or attempt >= policy.max_retries:
                 raise
             delay = retry_delay(exc, attempt, policy, rng)
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                raise
             log.info(
                 "LM call failed (%s); retry %d/%d in %.3fs",
                 exc,

@@ -431,9 +431,12 @@ class LMAttempt:
                 return None
             limit = kwargs.get("timeout")
             kwargs["timeout"] = remaining if limit is None else min(limit, remaining)
-        if request.known_miss is not None and isinstance(lm, LM):
-            # complete()/prepare() ignore a miss probed on another LM (a fallback).
-            kwargs["known_miss"] = request.known_miss
+        if isinstance(lm, LM):  # (an LM-like object gets neither: it may not know them)
+            if request.known_miss is not None:
+                # complete()/prepare() ignore a miss probed on another LM (a fallback).
+                kwargs["known_miss"] = request.known_miss
+            if ctx.deadline is not None:
+                kwargs["deadline"] = ctx.deadline  # bounds the retries too
         publish = publisher() if publisher is not None else None
         ended = None  # what builds the lm.end event, while someone listens
         if publish is not None:

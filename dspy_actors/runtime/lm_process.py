@@ -290,6 +290,7 @@ class WorkerProcess:
                     prepared.params,
                     prepared.response_format,
                     prepared.timeout,
+                    prepared.deadline,
                 )
             )
         except LMError as error:

@@ -305,3 +305,40 @@ def test_stream_client_error_is_not_retried(sim_lm: SimLM, make_lm: MakeLM) -> N
     with pytest.raises(ContextWindowExceeded, match="prompt is too long"):
         list(lm.stream(MESSAGES))
     assert sim_lm.request_count == 1
+
+
+# A deadline bounds the whole call, retries included.
+
+
+def test_a_retry_that_would_start_after_the_deadline_is_not_made(
+    sim_lm: SimLM, make_lm: MakeLM
+) -> None:
+    sim_lm.inject(Fault.rate_limited(retry_after=2.0))
+    lm = make_lm(api_base=sim_lm.openai_base)
+    start = time.monotonic()
+    with pytest.raises(RateLimited):
+        lm.complete(MESSAGES, deadline=start + 0.5)
+    assert time.monotonic() - start < 0.4  # it did not sleep the 2 s the server asked for
+    assert sim_lm.request_count == 1
+    assert lm.stats.retries == 0
+
+
+def test_each_attempt_is_cut_to_what_is_left_of_the_deadline(
+    sim_lm: SimLM, make_lm: MakeLM
+) -> None:
+    sim_lm.inject(Fault.hang(3.0))
+    lm = make_lm(api_base=sim_lm.openai_base, timeout=30.0)
+    start = time.monotonic()
+    with pytest.raises(LMTimeout):
+        lm.complete(MESSAGES, deadline=start + 0.4)
+    took = time.monotonic() - start
+    assert 0.35 <= took < 1.5  # the deadline, not the LM's 30 s timeout nor the 3 s hang
+
+
+def test_without_a_deadline_retries_wait_as_the_server_asks(sim_lm: SimLM, make_lm: MakeLM) -> None:
+    sim_lm.inject(Fault.rate_limited(retry_after=0.3))
+    lm = make_lm(api_base=sim_lm.openai_base)
+    start = time.monotonic()
+    assert lm.complete(MESSAGES, deadline=start + 5.0).outputs == ["2"]
+    assert time.monotonic() - start >= 0.28
+    assert lm.stats.retries == 1

@@ -185,3 +185,27 @@ def test_openai_body_for_reasoning_models_and_openai_proper() -> None:
     compat = OpenAIProvider().build_body("llama3", [], {"top_k": 5}, None, True)
     assert compat["top_k"] == 5
     assert compat["stream_options"] == {"include_usage": True}
+
+
+def test_call_with_retries_makes_no_retry_past_its_deadline() -> None:
+    attempts: list[float] = []
+    slept: list[float] = []
+
+    def fails() -> str:
+        attempts.append(time.monotonic())
+        raise RateLimited("slow down", status=429, retry_after=1.0)
+
+    deadline = time.monotonic() + 0.5
+    with pytest.raises(RateLimited):
+        call_with_retries(fails, RetryPolicy(max_retries=5), sleep=slept.append, deadline=deadline)
+    assert len(attempts) == 1  # a retry after 1 s would start past the deadline
+    assert slept == []
+    # With room for it, the retry is made.
+    with pytest.raises(RateLimited):
+        call_with_retries(
+            fails,
+            RetryPolicy(max_retries=1),
+            sleep=slept.append,
+            deadline=time.monotonic() + 60,
+        )
+    assert slept == [1.0]
