@@ -119,13 +119,14 @@ class Dispatcher:
     # Called by anyone. ---------------------------------------------------------------
 
     def submit(self, request: LMRequest) -> None:
+        out = _Handover()
         with self._lock:
             if len(self._queue) >= self.config.max_queue:
-                reject(request.reply, Overloaded("the LM pool", self.config.max_queue))
-                return
-            self._queue.append(_Pending(request))
-            handoffs = self._assign()
-        _tell_all(handoffs)
+                out.fail(request.reply, Overloaded("the LM pool", self.config.max_queue))
+            else:
+                self._queue.append(_Pending(request))
+                self._assign(out)
+        out.deliver()
 
     def breaker(self, key: str) -> CircuitBreaker:
         with self._lock:
@@ -145,11 +146,12 @@ class Dispatcher:
 
     def finished(self, worker: PoolWorker, outcome: str, duration: float) -> None:
         """A worker finished its request (``outcome``: success, failure or ignore)."""
+        out = _Handover()
         with self._lock:
             work = self._busy.pop(worker.actor_urn, None)
             if work is not None and worker.actor_urn in self._workers:
                 self._idle.append(worker)
-            handoffs = self._assign()
+            self._assign(out)
         if work is not None:
             if outcome == "success":
                 work.breaker.record_success(duration, work.permit)
@@ -157,23 +159,25 @@ class Dispatcher:
                 work.breaker.record_failure(duration, work.permit)
             else:
                 work.breaker.release(work.permit)
-        _tell_all(handoffs)
+        out.deliver()
 
     # Called by the router actor. -----------------------------------------------------
 
     def add_worker(self, worker: PoolWorker) -> bool:
+        out = _Handover()
         with self._lock:
             if worker.actor_urn in self._workers:
                 return False
             self._workers.add(worker.actor_urn)
             self._idle.append(worker)
-            handoffs = self._assign()
-        _tell_all(handoffs)
+            self._assign(out)
+        out.deliver()
         return True
 
     def worker_died(self, worker: PoolWorker, reason: object) -> None:
         """Forget a dead worker; retry its request once (it may never have been answered)."""
         urn = worker.actor_urn
+        out = _Handover()
         with self._lock:
             self._workers.discard(urn)
             self._idle = deque(w for w in self._idle if w.actor_urn != urn)
@@ -181,25 +185,26 @@ class Dispatcher:
             if work is not None and not work.pending.request.reply.done():
                 work.pending.attempts += 1
                 if work.pending.attempts >= 2:
-                    reject(
+                    out.fail(
                         work.pending.request.reply,
                         LMWorkerCrashed(f"the LM worker died twice on this request ({reason})"),
                     )
                 else:
                     self._queue.appendleft(work.pending)
-            handoffs = self._assign()
+            self._assign(out)
         if work is not None:
             work.breaker.release(work.permit)
-        _tell_all(handoffs)
+        out.deliver()
 
     def set_waker(self, wake: Callable[[float], None]) -> None:
         """How to schedule another ``assign`` after a rate limiter said "not yet"."""
         self._wake = wake
 
     def wake(self) -> None:
+        out = _Handover()
         with self._lock:
-            handoffs = self._assign()
-        _tell_all(handoffs)
+            self._assign(out)
+        out.deliver()
 
     def fail_all(self, error: BaseException) -> None:
         """Fail every queued and in-flight request (the pool is going away)."""
@@ -222,9 +227,9 @@ class Dispatcher:
             self._breakers[key] = breaker
         return breaker
 
-    def _assign(self) -> list[tuple[PoolWorker, Work]]:
-        """Pair queued requests with idle workers; the tells happen after the lock."""
-        handoffs: list[tuple[PoolWorker, Work]] = []
+    def _assign(self, out: _Handover) -> None:
+        """Pair queued requests with idle workers, into ``out`` (delivered after the lock,
+        with the requests that failed meanwhile)."""
         while self._queue and self._idle:
             pending = self._queue[0]
             request = pending.request
@@ -234,9 +239,9 @@ class Dispatcher:
             remaining = request.ctx.remaining()
             if remaining is not None and remaining <= 0:
                 self._queue.popleft()
-                reject(request.reply, DeadlineExceeded(request.ctx.trace_id, "LM queue"))
+                out.fail(request.reply, DeadlineExceeded(request.ctx.trace_id, "LM queue"))
                 continue
-            chosen = self._choose(request)
+            chosen = self._choose(request, out)
             if chosen is None:
                 self._queue.popleft()
                 continue
@@ -250,11 +255,13 @@ class Dispatcher:
             worker = self._idle.popleft()
             work = Work(pending, lm, key, breaker, permit)
             self._busy[worker.actor_urn] = work
-            handoffs.append((worker, work))
-        return handoffs
+            out.handoffs.append((worker, work))
 
-    def _choose(self, request: LMRequest) -> tuple[LM, str, CircuitBreaker, Permit] | None:
-        """The first deployment whose breaker admits the request, or None (request failed)."""
+    def _choose(
+        self, request: LMRequest, out: _Handover
+    ) -> tuple[LM, str, CircuitBreaker, Permit] | None:
+        """The first deployment whose breaker admits the request, or None (the request
+        fails, in ``out``)."""
         primary = deployment_key(request.lm)
         candidates = [request.lm, *self.config.fallbacks.get(primary, ())]
         error: CircuitOpen | None = None
@@ -268,16 +275,30 @@ class Dispatcher:
                 continue
             return lm, key, breaker, permit
         assert error is not None
-        reject(request.reply, error)
+        out.fail(request.reply, error)
         return None
 
 
-def _tell_all(handoffs: list[tuple[PoolWorker, Work]]) -> None:
-    for worker, work in handoffs:
-        try:
-            worker.tell(work)
-        except pykka.ActorDeadError:
-            pass  # Died just now: the router's monitor retries its request.
+@dataclass(slots=True, eq=False)
+class _Handover:
+    """What one of the dispatcher's critical sections decided, carried out after its lock:
+    the replies to fail, then the work to hand to workers. Never under the lock: completing
+    a reply runs its callbacks, which may do anything, a ``submit`` included."""
+
+    handoffs: list[tuple[PoolWorker, Work]] = field(default_factory=list)
+    failures: list[tuple[Future[Any], BaseException]] = field(default_factory=list)
+
+    def fail(self, reply: Future[Any], error: BaseException) -> None:
+        self.failures.append((reply, error))
+
+    def deliver(self) -> None:
+        for reply, error in self.failures:
+            reject(reply, error)
+        for worker, work in self.handoffs:
+            try:
+                worker.tell(work)
+            except pykka.ActorDeadError:
+                pass  # Died just now: the router's monitor retries its request.
 
 
 @dataclass(frozen=True, slots=True)
