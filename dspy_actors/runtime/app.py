@@ -295,6 +295,7 @@ class App:
                 fallbacks=fallbacks,
                 breaker_factory=make_breaker,
                 rate_limits=limits,
+                publisher=self._publisher_if_wanted,
             )
         )
         workers: list[supervisors.ChildSpec]

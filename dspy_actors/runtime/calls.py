@@ -11,9 +11,11 @@ from typing import Any
 import pykka
 
 import supervisors
+from dspy_actors.lm.errors import LMTimeout
 from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime.context import CallContext
 from dspy_actors.runtime.errors import DeadlineExceeded, ModuleCrashed, ModuleUnavailable
+from dspy_actors.runtime.lm_pool import lending_this_thread
 from dspy_actors.runtime.messages import Call
 
 # A wait with no deadline still wakes this often (every wait in actor code is bounded).
@@ -50,8 +52,10 @@ def send_call(
         return reply
     try:
         # An idle module actor's turn is taken by this thread (see tell_inline): a cached
-        # call is answered here, an uncached one sent to the LM pool from here.
-        supervisors.tell_inline(ref, Call(inputs, ctx, reply))
+        # call is answered here, an uncached one sent to the LM pool from here; and this
+        # thread, which would only wait for the answer, runs that LM request itself.
+        with lending_this_thread():
+            supervisors.tell_inline(ref, Call(inputs, ctx, reply))
     except pykka.ActorDeadError:
         reject(reply, ModuleUnavailable(name))
         return reply
@@ -85,13 +89,24 @@ def wait_reply(
             remaining = timeout
         if remaining is not None and remaining <= 0:
             # The actor's late answer, if any, is dropped (the future is already done).
-            reject(reply, DeadlineExceeded(ctx.trace_id, f"{kind} {path!r}"))
+            expired = DeadlineExceeded(ctx.trace_id, f"{kind} {path!r}")
+            if not reject(reply, expired) and _timed_out_beneath(reply):
+                # What timed out beneath it was this deadline (a caller that ran its LM
+                # request itself sees the request's timeout): the call's own error says so.
+                raise expired from reply.exception()
             return reply.result(timeout=0)
         wait = _MAX_WAIT_SLICE_SECONDS if remaining is None else remaining
         try:
             return reply.result(timeout=min(wait, _MAX_WAIT_SLICE_SECONDS))
         except FutureTimeout:
             continue
+
+
+def _timed_out_beneath(reply: Future[Any]) -> bool:
+    """Whether ``reply`` (done) failed because something beneath the call timed out."""
+    if reply.cancelled():
+        return False
+    return isinstance(reply.exception(), LMTimeout | DeadlineExceeded)
 
 
 def call_resending(

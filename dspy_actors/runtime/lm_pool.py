@@ -18,6 +18,11 @@ actor owns the dispatcher's lifetime: it registers workers, monitors them (a dea
 request is retried), wakes the queue when a rate limit allows, and, when it restarts,
 fails what was queued. Blocking I/O lives only in the workers (one request each), so
 ``workers`` is the pool's concurrency.
+
+A caller that would only wait for its answer may lend its thread to the pool
+(:func:`lending_this_thread`): the request handed to an idle worker thread on its behalf is
+then run by the caller, on that worker's slot (the worker stays idle, its slot busy), so
+the pool's bound, breakers and rate limits hold, and two thread hand-offs go.
 """
 
 from __future__ import annotations
@@ -25,13 +30,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pykka
+import structlog
 
 import supervisors
 from dspy_actors.lm.breaker import CircuitBreaker, CircuitOpen, Permit
@@ -70,6 +77,8 @@ class LMPoolConfig:
     fallbacks: Mapping[str, Sequence[LM]] = field(default_factory=dict)
     breaker_factory: Callable[[str], CircuitBreaker] | None = None
     rate_limits: Mapping[str, RateLimiter] = field(default_factory=dict)
+    # What a lending caller publishes lm.start/lm.end with (as the workers are given).
+    publisher: Callable[[], Callable[[Any], None] | None] | None = None
 
 
 class PoolWorker(Protocol):
@@ -113,6 +122,8 @@ class Dispatcher:
         self._idle: deque[PoolWorker] = deque()
         self._busy: dict[str, Work] = {}
         self._workers: set[str] = set()
+        # Busy workers whose slot a caller borrowed: the caller runs their request.
+        self._lent: set[str] = set()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._wake: Callable[[float], None] = lambda _delay: None
 
@@ -148,6 +159,7 @@ class Dispatcher:
         """A worker finished its request (``outcome``: success, failure or ignore)."""
         out = _Handover()
         with self._lock:
+            self._lent.discard(worker.actor_urn)
             work = self._busy.pop(worker.actor_urn, None)
             if work is not None and worker.actor_urn in self._workers:
                 self._idle.append(worker)
@@ -181,19 +193,53 @@ class Dispatcher:
         with self._lock:
             self._workers.discard(urn)
             self._idle = deque(w for w in self._idle if w.actor_urn != urn)
-            work = self._busy.pop(urn, None)
-            if work is not None and not work.pending.request.reply.done():
-                work.pending.attempts += 1
-                if work.pending.attempts >= 2:
-                    out.fail(
-                        work.pending.request.reply,
-                        LMWorkerCrashed(f"the LM worker died twice on this request ({reason})"),
-                    )
-                else:
-                    self._queue.appendleft(work.pending)
+            # A lent slot's request runs in its caller, not in the dead worker: nothing to
+            # retry; the caller frees the slot when done (the dead worker is not reused).
+            work = None if urn in self._lent else self._busy.pop(urn, None)
+            if work is not None:
+                self._retry_or_fail(
+                    work, f"the LM worker died twice on this request ({reason})", out
+                )
             self._assign(out)
         if work is not None:
             work.breaker.release(work.permit)
+        out.deliver()
+
+    def run_here(self, worker: PoolWorker, work: Work) -> None:
+        """Run ``work`` in this thread, on ``worker``'s slot, then free the slot (what a
+        lending caller does; see :func:`lending_this_thread`)."""
+        started = time.monotonic()
+        outcome = "ignore"
+        _lender.answering = True
+        try:
+            attempt = LMAttempt.begin(
+                work.pending.request, work.lm, work.key, self.config.publisher
+            )
+            if attempt is not None:
+                outcome = attempt.run(work.lm)
+        except Exception:  # a bug below us: the caller has it as its answer
+            _log.exception("lm_call_failed", lm=repr(work.lm))
+        except BaseException:
+            # This thread is being torn down (KeyboardInterrupt, SystemExit) mid-request:
+            # the request goes back to the pool, as a dead worker's would, to be answered.
+            _lender.answering = False
+            self._give_back(worker, work)
+            raise
+        finally:
+            _lender.answering = False
+        self.finished(worker, outcome, time.monotonic() - started)
+
+    def _give_back(self, worker: PoolWorker, work: Work) -> None:
+        out = _Handover()
+        urn = worker.actor_urn
+        with self._lock:
+            self._lent.discard(urn)
+            self._busy.pop(urn, None)
+            if urn in self._workers:
+                self._idle.append(worker)
+            self._retry_or_fail(work, "the LM request was interrupted twice", out)
+            self._assign(out)
+        work.breaker.release(work.permit)
         out.deliver()
 
     def set_waker(self, wake: Callable[[float], None]) -> None:
@@ -255,7 +301,22 @@ class Dispatcher:
             worker = self._idle.popleft()
             work = Work(pending, lm, key, breaker, permit)
             self._busy[worker.actor_urn] = work
-            out.handoffs.append((worker, work))
+            if _lender.active and _lender.taken is None and isinstance(worker, pykka.ActorRef):
+                # A lending caller's own submit: it runs this on the worker's slot.
+                _lender.taken = (self, worker, work)
+                self._lent.add(worker.actor_urn)
+            else:
+                out.handoffs.append((worker, work))
+
+    def _retry_or_fail(self, work: Work, failure: str, out: _Handover) -> None:
+        """Queue an unanswered request again, first in line; fail it the second time."""
+        if work.pending.request.reply.done():
+            return
+        work.pending.attempts += 1
+        if work.pending.attempts >= 2:
+            out.fail(work.pending.request.reply, LMWorkerCrashed(failure))
+        else:
+            self._queue.appendleft(work.pending)
 
     def _choose(
         self, request: LMRequest, out: _Handover
@@ -277,6 +338,48 @@ class Dispatcher:
         assert error is not None
         out.fail(request.reply, error)
         return None
+
+
+class _Lender(threading.local):
+    """Per thread: whether it is lent to the pool now, and the work it took (if any)."""
+
+    active = False
+    taken: tuple[Dispatcher, PoolWorker, Work] | None = None
+    # While it answers a lent request: LM replies completed here may be handled here.
+    answering = False
+
+
+_lender = _Lender()
+
+
+@contextmanager
+def lending_this_thread() -> Iterator[None]:
+    """Lend the calling thread to the LM pool for the block, then run what it took.
+
+    The first request that this thread's own ``submit`` hands to an idle worker *thread*
+    inside the block is not told to that worker: after the block, this thread runs it on
+    the worker's slot (deadline, events, breaker outcome as a worker would), then frees
+    the slot. Only for a thread that would wait for the answer anyway (a handle's caller).
+    Worker processes' slots are never taken: sending to them does not block.
+    """
+    _lender.active = True
+    try:
+        yield
+    finally:
+        _lender.active = False
+        taken, _lender.taken = _lender.taken, None
+    if taken is not None:
+        dispatcher, worker, work = taken
+        dispatcher.run_here(worker, work)
+
+
+def lm_reply_may_run_inline() -> bool:
+    """Whether an LM reply completed in this thread may be handled here: yes in a lending
+    caller answering its request (it holds no lock, and would wait for the answer)."""
+    return _lender.answering
+
+
+_log = structlog.get_logger("dspy_actors.runtime.lm")
 
 
 @dataclass(slots=True, eq=False)

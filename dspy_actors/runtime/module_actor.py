@@ -43,7 +43,7 @@ from dspy_actors.runtime.errors import (
     Overloaded,
     RuntimeCallError,
 )
-from dspy_actors.runtime.lm_pool import Dispatcher, submit_lm_request
+from dspy_actors.runtime.lm_pool import Dispatcher, lm_reply_may_run_inline, submit_lm_request
 from dspy_actors.runtime.messages import Call
 
 # Exceptions that answer a call without crashing the module: the caller's input or the
@@ -327,6 +327,9 @@ def _probe(lm_call: LMCall) -> Any:
 
 def _tell_lm_done(ref: pykka.ActorRef[Any], call_id: int, reply: Future[Any]) -> None:
     try:
-        ref.tell(_LMDone(call_id, reply))
+        if lm_reply_may_run_inline():  # a lending caller ran the request: it may resume it
+            supervisors.tell_inline(ref, _LMDone(call_id, reply))
+        else:
+            ref.tell(_LMDone(call_id, reply))
     except pykka.ActorDeadError:
         pass  # The actor died; its on_failure answered the call already.

@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any
 
+import pykka
 import pytest
 
 import supervisors
@@ -19,7 +20,7 @@ from dspy_actors.testing.faults import Fault
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
 from tests.dspy_actors.runtime.conftest import StartApp
-from tests.dspy_actors.runtime.programs import RAG, Poisonable, Retriever
+from tests.dspy_actors.runtime.programs import RAG, Poisonable, Retriever, TracedPredict
 
 
 def _slow_responder(seconds: float) -> Any:
@@ -115,10 +116,57 @@ def test_a_worker_dying_without_answering_has_its_request_retried(
     lm = DiesOnce("openai/sim-model", api_base=sim.openai_base, api_key="k", cache=False)
     try:
         app = start_app(lm=lm, lm_workers=2)
-        qa = app.serve("qa", Predict("question -> answer"))
-        assert qa.call(question="retried").answer
+        qa = app.serve("qa", TracedPredict())
+        # Hold the actor's turn, so that the call is handled by the actor's own thread,
+        # which hands the LM request to a worker thread (a caller would run it itself).
+        ref = app.registry.whereis(f"{app.name}/qa@v1/")
+        assert ref is not None
+        held, release = threading.Event(), threading.Event()
+        ref.tell(pykka.messages.ProxyCall(("module", "hold"), (held, release), {}))
+        assert held.wait(10.0)
+        answer = qa.submit(question="retried")
+        time.sleep(0.1)  # queued behind the held turn
+        release.set()
+        assert answer.result(timeout=30.0).answer
         assert DiesOnce.died == 1
         assert len(sim.requests) == 1
+    finally:
+        lm.close()
+
+
+def test_a_caller_torn_down_mid_request_hands_it_back_to_the_pool(
+    start_app: StartApp, sim: SimLM
+) -> None:
+    """A caller that runs its own LM request (an idle actor, an idle worker) and is torn
+    down meanwhile: the exception goes on up the caller; a worker answers the request."""
+    DiesOnce.died = 0
+    lm = DiesOnce("openai/sim-model", api_base=sim.openai_base, api_key="k", cache=False)
+    try:
+        app = start_app(lm=lm, lm_workers=2)
+        qa = app.serve("qa", Predict("question -> answer"))
+        raised: list[BaseException] = []
+
+        def caller() -> None:
+            try:
+                qa.call(question="interrupted")
+            except BaseException as exc:
+                raised.append(exc)
+
+        thread = threading.Thread(target=caller)
+        thread.start()
+        thread.join(10.0)
+        assert [type(e) for e in raised] == [SystemExit]
+        deadline = time.monotonic() + 10.0
+        while len(sim.requests) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(sim.requests) == 1  # a worker made the request the caller gave back
+        router = app.registry.lookup(app.router_name)
+        while supervisors.ask(router, PoolStats(), timeout=5.0)["busy"] and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        assert supervisors.ask(router, PoolStats(), timeout=5.0)["busy"] == 0
+        assert qa.call(question="next").answer
     finally:
         lm.close()
 
