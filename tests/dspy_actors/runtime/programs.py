@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
+from dspy_actors.lm.lm import LM
 from dspy_actors.modules.chain_of_thought import ChainOfThought
 from dspy_actors.modules.predict import Predict
 from dspy_actors.primitives.module import Module
@@ -71,3 +73,30 @@ class TracedPredict(Predict):
         if kwargs.get("question") == "boom":
             raise RuntimeError("a bug in the predictor")
         return (yield from super().steps(**kwargs))
+
+
+class RecordingLM(LM):
+    """An LM subclass that records the threads its completions ran in, how many ran at
+    once at most, and how many ended; each takes ``delay`` seconds longer."""
+
+    def __init__(self, *args: Any, delay: float = 0.02, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.threads: list[int] = []
+        self.now = 0
+        self.most = 0
+        self.completed = 0
+
+    def complete(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        with self.lock:
+            self.threads.append(threading.get_ident())
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(self.delay)
+            return super().complete(messages, **kwargs)
+        finally:
+            with self.lock:
+                self.now -= 1
+                self.completed += 1

@@ -4,7 +4,7 @@ actor's guarantees hold, whichever thread handles a call."""
 from __future__ import annotations
 
 import threading
-import time
+from collections.abc import Iterator
 from typing import Any
 
 import pykka
@@ -12,13 +12,12 @@ import pytest
 
 import supervisors
 from dspy_actors.lm.cache import Cache
-from dspy_actors.lm.lm import LM
 from dspy_actors.modules.predict import Predict
 from dspy_actors.runtime.errors import DeadLettered, ModuleCrashed, ModuleUnavailable
 from dspy_actors.runtime.lm_pool import PoolStats
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.runtime.conftest import StartApp, run_in_threads
-from tests.dspy_actors.runtime.programs import TracedPredict
+from tests.dspy_actors.runtime.programs import RecordingLM, TracedPredict
 
 TIMEOUT = 10.0
 
@@ -126,60 +125,40 @@ def test_a_call_to_a_busy_actor_waits_its_turn(start_app: StartApp, sim: SimLM) 
     assert module.threads[0] != caller.ident  # handled by the actor's own thread
 
 
-class _RecordingLM(LM):
-    """Records the threads its completions ran in, and how many ran at once."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.lock = threading.Lock()
-        self.threads: list[int] = []
-        self.now = 0
-        self.most = 0
-
-    def complete(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
-        with self.lock:
-            self.threads.append(threading.get_ident())
-            self.now += 1
-            self.most = max(self.most, self.now)
-        try:
-            time.sleep(0.02)
-            return super().complete(messages, **kwargs)
-        finally:
-            with self.lock:
-                self.now -= 1
+@pytest.fixture
+def recording(start_app: StartApp, sim: SimLM) -> Iterator[tuple[Any, RecordingLM]]:
+    """An app with 2 LM worker threads, serving "qa" with an LM that records its calls."""
+    lm = RecordingLM("openai/sim-model", api_base=sim.openai_base, api_key="k", cache=False)
+    try:
+        app = start_app(lm=lm, lm_workers=2)
+        yield app, lm
+    finally:
+        lm.close()
 
 
 def test_a_caller_runs_its_own_lm_request_on_an_idle_workers_slot(
-    start_app: StartApp, sim: SimLM
+    recording: tuple[Any, RecordingLM],
 ) -> None:
-    lm = _RecordingLM("openai/sim-model", api_base=sim.openai_base, api_key="k", cache=False)
-    try:
-        app = start_app(lm=lm, lm_workers=2)
-        qa = app.serve("qa", Predict("question -> answer"))
-        assert qa.call(question="mine").answer
-        assert lm.threads == [threading.get_ident()]  # no worker thread was involved
-        events: list[Any] = []
-        app.subscribe("lm.end", events.append)
-        assert qa.call(question="with events").answer
-        assert app.events.flush(5.0)
-        assert len(events) == 1  # a lent run publishes as a worker does
-    finally:
-        lm.close()
+    app, lm = recording
+    qa = app.serve("qa", Predict("question -> answer"))
+    assert qa.call(question="mine").answer
+    assert lm.threads == [threading.get_ident()]  # no worker thread was involved
+    events: list[Any] = []
+    app.subscribe("lm.end", events.append)
+    assert qa.call(question="with events").answer
+    assert app.events.flush(5.0)
+    assert len(events) == 1  # a lent run publishes as a worker does
 
 
 def test_the_pools_bound_holds_when_callers_run_their_requests(
-    start_app: StartApp, sim: SimLM
+    recording: tuple[Any, RecordingLM],
 ) -> None:
-    lm = _RecordingLM("openai/sim-model", api_base=sim.openai_base, api_key="k", cache=False)
-    try:
-        app = start_app(lm=lm, lm_workers=2)
-        qa = app.serve("qa", Predict("question -> answer"))
-        run_in_threads(lambda i: qa.call(question=f"caller {i}"), 12)
-        assert len(lm.threads) == 12
-        assert lm.most <= 2  # never more LM calls at once than the pool has workers
-        router = app.registry.lookup(app.router_name)
-        stats = supervisors.ask(router, PoolStats(), timeout=TIMEOUT)
-        assert stats["busy"] == 0
-        assert stats["idle"] == 2
-    finally:
-        lm.close()
+    app, lm = recording
+    qa = app.serve("qa", Predict("question -> answer"))
+    run_in_threads(lambda i: qa.call(question=f"caller {i}"), 12)
+    assert len(lm.threads) == 12
+    assert lm.most <= 2  # never more LM calls at once than the pool has workers
+    router = app.registry.lookup(app.router_name)
+    stats = supervisors.ask(router, PoolStats(), timeout=TIMEOUT)
+    assert stats["busy"] == 0
+    assert stats["idle"] == 2

@@ -38,6 +38,7 @@ from dspy_actors.testing.faults import Fault
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
 from tests.dspy_actors.runtime.conftest import StartApp, run_in_threads
+from tests.dspy_actors.runtime.programs import RecordingLM
 
 
 def _slow(seconds: float) -> Callable[[SimRequest], Any]:
@@ -214,7 +215,9 @@ def test_calls_that_cannot_be_sent_run_in_this_process_holding_their_slot(
     assert threading.get_ident() not in echo.threads
 
     # A subclass: a plain LM in the process would skip its override, so it runs here too.
-    marked = _MarkingLM("openai/sim-model", api_base=sim.openai_base, api_key="sim", cache=False)
+    marked = RecordingLM(
+        "openai/sim-model", api_base=sim.openai_base, api_key="sim", cache=False, delay=0.05
+    )
     answers: list[str] = []
 
     def call(i: int) -> None:
@@ -225,7 +228,7 @@ def test_calls_that_cannot_be_sent_run_in_this_process_holding_their_slot(
     assert len(answers) == 6
     assert all(answers)
     assert marked.completed == 6  # the override ran: the call was not sent to the process
-    assert max(marked.running) <= 2  # never more at once than the pool's slots
+    assert marked.most <= 2  # never more at once than the pool's slots
     # And an LM whose TLS context cannot be pickled, given per call.
     pinned = make_lm(verify=ssl.create_default_context())
     assert qa.call_with({"question": "pinned"}, lm=pinned).answer
@@ -319,29 +322,6 @@ class _EchoLM:
 
         self.threads.append(threading.get_ident())
         return LMResponse(["[[ ## answer ## ]]\necho"], ZERO_USAGE, "echo", ["stop"], False, 0.0)
-
-
-class _MarkingLM(LM):
-    """An LM subclass that counts its calls and how many run at once."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.lock = threading.Lock()
-        self.now = 0
-        self.running: list[int] = [0]
-        self.completed = 0
-
-    def complete(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
-        with self.lock:
-            self.now += 1
-            self.running.append(self.now)
-        try:
-            time.sleep(0.05)
-            return super().complete(messages, **kwargs)
-        finally:
-            with self.lock:
-                self.now -= 1
-                self.completed += 1
 
 
 def test_a_process_that_dies_before_it_is_ready_is_reported_with_its_code() -> None:
