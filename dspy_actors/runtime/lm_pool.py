@@ -30,9 +30,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -155,14 +154,20 @@ class Dispatcher:
 
     # Called by workers. --------------------------------------------------------------
 
-    def finished(self, worker: PoolWorker, outcome: str, duration: float) -> None:
-        """A worker finished its request (``outcome``: success, failure or ignore)."""
+    def finished(
+        self, worker: PoolWorker, outcome: str, duration: float, *, unanswered: str | None = None
+    ) -> None:
+        """A worker finished its request (``outcome``: success, failure or ignore).
+        ``unanswered``: whatever ran it was torn down first; the request is queued again,
+        first in line, or failed with this message the second time."""
         out = _Handover()
         with self._lock:
             self._lent.discard(worker.actor_urn)
             work = self._busy.pop(worker.actor_urn, None)
             if work is not None and worker.actor_urn in self._workers:
                 self._idle.append(worker)
+            if work is not None and unanswered is not None:
+                self._retry_or_fail(work, unanswered, out)
             self._assign(out)
         if work is not None:
             if outcome == "success":
@@ -206,41 +211,40 @@ class Dispatcher:
         out.deliver()
 
     def run_here(self, worker: PoolWorker, work: Work) -> None:
-        """Run ``work`` in this thread, on ``worker``'s slot, then free the slot (what a
-        lending caller does; see :func:`lending_this_thread`)."""
-        started = time.monotonic()
-        outcome = "ignore"
-        _lender.answering = True
+        """Run ``work`` in this thread, on ``worker``'s slot (what a lending caller does;
+        see :class:`lending_this_thread`), then free the slot."""
         try:
             attempt = LMAttempt.begin(
                 work.pending.request, work.lm, work.key, self.config.publisher
             )
-            if attempt is not None:
-                outcome = attempt.run(work.lm)
-        except Exception:  # a bug below us: the caller has it as its answer
+        except Exception:  # a bug below us: the slot must still be freed
             _log.exception("lm_call_failed", lm=repr(work.lm))
-        except BaseException:
-            # This thread is being torn down (KeyboardInterrupt, SystemExit) mid-request:
-            # the request goes back to the pool, as a dead worker's would, to be answered.
-            _lender.answering = False
-            self._give_back(worker, work)
-            raise
-        finally:
-            _lender.answering = False
-        self.finished(worker, outcome, time.monotonic() - started)
+            attempt = None
+        if attempt is None:
+            self.finished(worker, "ignore", 0.0)
+        else:
+            self.run_attempt(worker, attempt, work.lm)
 
-    def _give_back(self, worker: PoolWorker, work: Work) -> None:
-        out = _Handover()
-        urn = worker.actor_urn
-        with self._lock:
-            self._lent.discard(urn)
-            self._busy.pop(urn, None)
-            if urn in self._workers:
-                self._idle.append(worker)
-            self._retry_or_fail(work, "the LM request was interrupted twice", out)
-            self._assign(out)
-        work.breaker.release(work.permit)
-        out.deliver()
+    def run_attempt(self, worker: PoolWorker, attempt: LMAttempt, lm: Any) -> None:
+        """Make ``attempt``'s call in this thread, on ``worker``'s slot, then free the slot:
+        a lending caller's, or a thread running a call a worker process cannot take.
+
+        A thread torn down meanwhile (KeyboardInterrupt, SystemExit) hands the request
+        back to the pool, as a dead worker's, and the exception goes on."""
+        outcome = "ignore"
+        _lender.answering = True
+        try:
+            try:
+                outcome = attempt.run(lm)
+            finally:
+                _lender.answering = False
+        except Exception:  # a bug below us: the caller has it as its answer
+            _log.exception("lm_call_failed", lm=repr(lm))
+        except BaseException:
+            duration = time.monotonic() - attempt.started
+            self.finished(worker, "ignore", duration, unanswered=_TORN_DOWN_TWICE)
+            raise
+        self.finished(worker, outcome, time.monotonic() - attempt.started)
 
     def set_waker(self, wake: Callable[[float], None]) -> None:
         """How to schedule another ``assign`` after a rate limiter said "not yet"."""
@@ -345,37 +349,49 @@ class _Lender(threading.local):
 
     active = False
     taken: tuple[Dispatcher, PoolWorker, Work] | None = None
-    # While it answers a lent request: LM replies completed here may be handled here.
+    # While it runs a request outside the workers: LM replies completed here may be
+    # handled here.
     answering = False
 
 
 _lender = _Lender()
 
 
-@contextmanager
-def lending_this_thread() -> Iterator[None]:
+_TORN_DOWN_TWICE = "the thread running this LM request was torn down twice"
+
+
+class lending_this_thread:  # lowercase: it reads as a function, ``with lending_this_thread():``
     """Lend the calling thread to the LM pool for the block, then run what it took.
 
     The first request that this thread's own ``submit`` hands to an idle worker *thread*
     inside the block is not told to that worker: after the block, this thread runs it on
     the worker's slot (deadline, events, breaker outcome as a worker would), then frees
     the slot. Only for a thread that would wait for the answer anyway (a handle's caller).
-    Worker processes' slots are never taken: sending to them does not block.
+    Worker processes' slots are never taken: sending to them does not block. If the block
+    raises, what it took goes back to the pool. (A class, not a generator: it runs once
+    per call on the runtime's hot path.)
     """
-    _lender.active = True
-    try:
-        yield
-    finally:
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _lender.active = True
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_rest: object) -> None:
         _lender.active = False
         taken, _lender.taken = _lender.taken, None
-    if taken is not None:
+        if taken is None:
+            return
         dispatcher, worker, work = taken
-        dispatcher.run_here(worker, work)
+        if exc_type is None:
+            dispatcher.run_here(worker, work)
+        else:  # never run: a worker takes it
+            dispatcher.finished(worker, "ignore", 0.0, unanswered=_TORN_DOWN_TWICE)
 
 
 def lm_reply_may_run_inline() -> bool:
-    """Whether an LM reply completed in this thread may be handled here: yes in a lending
-    caller answering its request (it holds no lock, and would wait for the answer)."""
+    """Whether an LM reply completed in this thread may be handled here: yes in a thread
+    that ran the request outside the pool's workers (it holds no lock)."""
     return _lender.answering
 
 

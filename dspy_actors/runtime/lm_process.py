@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import pykka
-import structlog
 
 import supervisors
 from dspy_actors.lm._worker_main import worker_command
@@ -62,8 +61,6 @@ _WRITE_SECONDS = 5.0
 # _HEARTBEAT_TIMEOUT_SECONDS is hung (stopped, or stuck holding its GIL) and is killed.
 _HEARTBEAT_SECONDS = 1.0
 _HEARTBEAT_TIMEOUT_SECONDS = 10.0
-
-_log = structlog.get_logger("dspy_actors.runtime.lm")
 
 Publisher = Callable[[], Callable[[Any], None] | None]
 
@@ -309,17 +306,12 @@ class WorkerProcess:
     def _run_here(self, slot: _Slot, lm: Any, attempt: LMAttempt) -> None:
         """Run a call that cannot go to the process in a thread of this process, as an LM
         worker thread would. It holds its slot until it ends, so the pool's bound holds."""
-
-        def run() -> None:
-            outcome = "ignore"
-            try:
-                outcome = attempt.run(lm)
-            except Exception:  # a bug below us: the caller has it as its answer
-                _log.exception("lm_call_failed", lm=repr(lm))
-            finally:
-                self._dispatcher.finished(slot, outcome, time.monotonic() - attempt.started)
-
-        threading.Thread(target=run, name=f"{self.name}-here", daemon=True).start()
+        threading.Thread(
+            target=self._dispatcher.run_attempt,
+            args=(slot, attempt, lm),
+            name=f"{self.name}-here",
+            daemon=True,
+        ).start()
 
     def _post(self, frame: bytes, lm: tuple[int, WorkerSpec] | None = None) -> bool:
         """Write ``frame`` to the process, after the frame of ``lm`` (its id and spec) if
