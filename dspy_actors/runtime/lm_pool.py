@@ -20,7 +20,7 @@ fails what was queued. Blocking I/O lives only in the workers (one request each)
 ``workers`` is the pool's concurrency.
 
 A caller that would only wait for its answer may lend its thread to the pool
-(:func:`lending_this_thread`): the request handed to an idle worker thread on its behalf is
+(:class:`lending_this_thread`): the request handed to an idle worker thread on its behalf is
 then run by the caller, on that worker's slot (the worker stays idle, its slot busy), so
 the pool's bound, breakers and rate limits hold, and two thread hand-offs go.
 """
