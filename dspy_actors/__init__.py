@@ -107,3 +107,10 @@ __all__ = [
     "context",
     "start",
 ]
+
+# Agents and tools (issue 13).
+from dspy_actors.modules.react import ReAct  # noqa: E402
+from dspy_actors.modules.tool_runner import ToolRunner  # noqa: E402
+from dspy_actors.signatures.custom_types.tool import ToolArgumentError  # noqa: E402
+
+__all__ += ["ReAct", "ToolArgumentError", "ToolRunner"]
