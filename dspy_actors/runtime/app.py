@@ -36,6 +36,7 @@ from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter
 from dspy_actors.primitives.module import Module
 from dspy_actors.runtime import events as ev
 from dspy_actors.runtime.dead_letters import DeadLetter, DeadLetterStore
+from dspy_actors.runtime.tools import served_tool_runner
 from dspy_actors.runtime.errors import ModuleCrashed
 from dspy_actors.runtime.handle import ProgramHandle, _Gate
 from dspy_actors.runtime.lm_pool import (
@@ -230,6 +231,13 @@ class App:
         )
         self._programs: dict[str, ServedProgram] = {}
         self._programs_lock = threading.Lock()
+        # Served agents' tool calls: events and quarantine to dead letters (runtime/tools.py).
+        self.tools = served_tool_runner(
+            self.events.publish,
+            lambda: bool(self.events.subscriptions()),
+            lambda: self.stores.dead_letters,
+            thread_name_prefix=f"{self.name}-tool",
+        )
         # Stopped at interpreter exit if the host never called stop(), as an OTP node stops
         # its applications on shutdown: stores closed, worker processes ended, in order.
         # Weakly: registering must not keep an abandoned app alive.
@@ -681,9 +689,13 @@ class App:
 
     def default_overrides(self) -> dict[str, Any]:
         """Settings every call through this app carries unless the caller set them."""
-        if self.lm is None or "lm" in settings.current_overrides():
-            return {}
-        return {"lm": self.lm}
+        active = settings.current_overrides()
+        defaults: dict[str, Any] = {}
+        if "tool_runner" not in active:
+            defaults["tool_runner"] = self.tools
+        if self.lm is not None and "lm" not in active:
+            defaults["lm"] = self.lm
+        return defaults
 
     def pooled_overrides(self) -> dict[str, Any]:
         """Like :meth:`default_overrides`, for code running outside actors (optimization
@@ -790,6 +802,8 @@ class App:
         # returns once on_exit has run (bounded: a callback that hangs is not waited for).
         self._exit_reported.wait(timeout=min(timeout, 10.0))
         self.executor.shutdown(wait=True, cancel_futures=True)
+        # Tool threads end with their tools; a hung one is abandoned (a daemon thread).
+        self.tools.join(min(timeout, 5.0))
 
     def __enter__(self) -> Self:
         return self
