@@ -12,15 +12,7 @@ import pytest
 from dspy_actors import Tool, ToolRunner
 from dspy_actors.modules.tool_runner import ToolOutcome
 
-WAIT = 10.0  # bound on waiting for a condition; the tests never depend on it passing
-
-
-@pytest.fixture
-def gate() -> Iterator[threading.Event]:
-    """Released at the end, so hung tools finish and their threads are joined."""
-    event = threading.Event()
-    yield event
-    event.set()
+from tests.dspy_actors.agents.conftest import WAIT
 
 
 @pytest.fixture
