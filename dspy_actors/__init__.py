@@ -109,8 +109,8 @@ __all__ = [
 ]
 
 # Agents and tools (issue 13).
-from dspy_actors.modules.react import ReAct  # noqa: E402
-from dspy_actors.modules.tool_runner import ToolRunner  # noqa: E402
-from dspy_actors.signatures.custom_types.tool import ToolArgumentError  # noqa: E402
+from dspy_actors.modules.react import ReAct
+from dspy_actors.modules.tool_runner import ToolRunner
+from dspy_actors.signatures.custom_types.tool import ToolArgumentError
 
 __all__ += ["ReAct", "ToolArgumentError", "ToolRunner"]

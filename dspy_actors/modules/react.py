@@ -116,8 +116,7 @@ class ReAct(Module):
             "to your trajectory.\n",
             "When writing next_thought, you may reason about the current situation and plan "
             "for future steps.",
-            "When selecting the next_tool_name and its next_tool_args, the tool must be one "
-            "of:\n",
+            "When selecting the next_tool_name and its next_tool_args, the tool must be one of:\n",
         ]
         lines += [f"({i}) {tool}" for i, tool in enumerate(self.tools.values(), 1)]
         lines.append(
@@ -129,7 +128,7 @@ class ReAct(Module):
         }
         fields["trajectory"] = (str, InputField())
         fields["next_thought"] = (str, OutputField())
-        fields["next_tool_name"] = (Literal[names], OutputField())  # type: ignore[valid-type]
+        fields["next_tool_name"] = (Literal[names], OutputField())
         fields["next_tool_args"] = (dict[str, Any], OutputField())
         return make_signature(fields, "\n".join(lines))
 
@@ -169,7 +168,9 @@ class ReAct(Module):
             try:
                 return module(**input_args, trajectory=self.format_trajectory(trajectory))
             except ContextWindowExceeded:
-                _log.warning("The trajectory overflowed the context window: cutting its oldest step")
+                _log.warning(
+                    "The trajectory overflowed the context window: cutting its oldest step"
+                )
                 truncate_trajectory(trajectory)
         raise TrajectoryTooLong(
             f"the context window was still exceeded after cutting the trajectory "
@@ -182,7 +183,9 @@ class ReAct(Module):
         if not trajectory:
             return ""
         adapter: Adapter = settings.get("adapter") or ChatAdapter()
-        sig = make_signature({k: (Any, InputField()) for k in trajectory} | {"x": (str, OutputField())})
+        sig = make_signature(
+            {k: (Any, InputField()) for k in trajectory} | {"x": (str, OutputField())}
+        )
         content = adapter.format_inputs(sig, trajectory)
         return content if isinstance(content, str) else str(content)
 

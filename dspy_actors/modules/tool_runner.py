@@ -105,7 +105,9 @@ class ToolRunner:
         self._ids = itertools.count(1)
 
     # -- public -------------------------------------------------------------------------
-    def run(self, tool: Tool, args: Mapping[str, Any], *, timeout: float | None = None) -> ToolOutcome:
+    def run(
+        self, tool: Tool, args: Mapping[str, Any], *, timeout: float | None = None
+    ) -> ToolOutcome:
         """Call ``tool`` with ``args``; never raises for anything the tool or its arguments
         do, and never waits longer than the timeout (``timeout`` caps the tool's own, e.g.
         to a call's remaining deadline)."""
@@ -155,8 +157,12 @@ class ToolRunner:
     def _run(
         self, tool: Tool, args: Any, call_id: str, limit: float, started: float
     ) -> ToolOutcome:
-        def outcome(kind: Outcome, observation: Any, error: BaseException | None = None,
-                    letter: str | None = None) -> ToolOutcome:
+        def outcome(
+            kind: Outcome,
+            observation: Any,
+            error: BaseException | None = None,
+            letter: str | None = None,
+        ) -> ToolOutcome:
             with self._lock:
                 self._state(tool).counts[kind] += 1
             return ToolOutcome(
@@ -174,7 +180,8 @@ class ToolRunner:
                 letter = self._quarantined[key]
                 text = (
                     f"Execution error in {tool.name}: these arguments are quarantined after "
-                    f"{self._failures[key]} failures" + (f" (dead letter {letter})" if letter else "")
+                    f"{self._failures[key]} failures"
+                    + (f" (dead letter {letter})" if letter else "")
                 )
                 state.counts["quarantined"] += 1
                 return ToolOutcome(tool.name, call_id, "quarantined", text, 0.0, None, letter)
@@ -207,13 +214,11 @@ class ToolRunner:
             self._failures.pop(key, None)
         return outcome("ok", value)
 
-    def _thread_main(self, tool: Tool, parsed: dict[str, Any], future: Future[Any],
-                     state: _ToolState) -> None:
+    def _thread_main(
+        self, tool: Tool, parsed: dict[str, Any], future: Future[Any], state: _ToolState
+    ) -> None:
         try:
-            if tool.is_async:
-                result = asyncio.run(tool.func(**parsed))
-            else:
-                result = tool.func(**parsed)
+            result = asyncio.run(tool.func(**parsed)) if tool.is_async else tool.func(**parsed)
         except BaseException as exc:  # the agent gets it as an observation
             future.set_exception(exc)
         else:

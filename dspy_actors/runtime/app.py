@@ -36,7 +36,6 @@ from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter
 from dspy_actors.primitives.module import Module
 from dspy_actors.runtime import events as ev
 from dspy_actors.runtime.dead_letters import DeadLetter, DeadLetterStore
-from dspy_actors.runtime.tools import served_tool_runner
 from dspy_actors.runtime.errors import ModuleCrashed
 from dspy_actors.runtime.handle import ProgramHandle, _Gate
 from dspy_actors.runtime.lm_pool import (
@@ -52,6 +51,7 @@ from dspy_actors.runtime.module_actor import ModuleServices
 from dspy_actors.runtime.parameter_store import ParameterStore
 from dspy_actors.runtime.pipeline import PipelineStep
 from dspy_actors.runtime.poison import PoisonTracker, fingerprint
+from dspy_actors.runtime.tools import served_tool_runner
 from dspy_actors.runtime.tree_build import (
     TreeOptions,
     accepted_inputs,

@@ -63,7 +63,7 @@ class Tool(CustomType):
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError(f"Tool max_concurrency must be >= 1, not {max_concurrency!r}")
         self.func = func
-        self.name = name or getattr(func, "__name__", type(func).__name__)
+        self.name: str = name or str(getattr(func, "__name__", type(func).__name__))
         self.timeout = timeout
         self.max_concurrency = max_concurrency
         target = _signature_target(func)
@@ -228,7 +228,7 @@ def _signature_target(func: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.isroutine(func) or isinstance(func, type):
         return func
     call: Callable[..., Any] = type(func).__call__
-    return call.__get__(func, type(func))  # type: ignore[no-any-return, attr-defined]
+    return call.__get__(func, type(func))  # type: ignore[no-any-return]
 
 
 def _own_doc(func: Callable[..., Any]) -> str | None:

@@ -88,9 +88,7 @@ def test_an_unknown_tool_name_ends_the_trajectory(sim_lm: SimLM, make_lm: MakeLM
     assert pred.answer == "sunny in Rome"
 
 
-def test_malformed_or_wrong_arguments_become_observations(
-    sim_lm: SimLM, make_lm: MakeLM
-) -> None:
+def test_malformed_or_wrong_arguments_become_observations(sim_lm: SimLM, make_lm: MakeLM) -> None:
     sim_lm.respond_with(
         react_responder(
             [
@@ -134,9 +132,7 @@ def test_a_crashing_and_a_hanging_tool_do_not_stop_the_agent(
     assert runner.join(WAIT)
 
 
-def test_a_provider_outage_mid_trajectory_is_a_clear_error(
-    sim_lm: SimLM, make_lm: MakeLM
-) -> None:
+def test_a_provider_outage_mid_trajectory_is_a_clear_error(sim_lm: SimLM, make_lm: MakeLM) -> None:
     sim_lm.respond_with(
         react_responder([AgentStep("weather", {"city": "x"}), Fault.server_error(503)])
     )
@@ -145,9 +141,7 @@ def test_a_provider_outage_mid_trajectory_is_a_clear_error(
         agent(question="q")
 
 
-def test_context_window_overflow_cuts_the_oldest_tool_call(
-    sim_lm: SimLM, make_lm: MakeLM
-) -> None:
+def test_context_window_overflow_cuts_the_oldest_tool_call(sim_lm: SimLM, make_lm: MakeLM) -> None:
     def overflow_with_three_calls(request: SimRequest) -> Any:
         text = request.last_user_text
         if "[[ ## tool_name_0 ## ]]" in text and "[[ ## tool_name_2 ## ]]" in text:
@@ -159,8 +153,9 @@ def test_context_window_overflow_cuts_the_oldest_tool_call(
     agent = dsa.ReAct("question -> answer", tools=[weather], max_iters=5)
     with dsa.context(lm=make_lm()):
         traj = agent(question="q").trajectory
-    assert list(traj)[0] == "thought_1"  # step 0 was cut; the agent went on to max_iters
-    assert "observation_4" in traj and len(traj) == 16
+    assert next(iter(traj)) == "thought_1"  # step 0 was cut; the agent went on to max_iters
+    assert "observation_4" in traj
+    assert len(traj) == 16
 
 
 def test_truncation_needs_more_than_one_tool_call() -> None:

@@ -93,7 +93,8 @@ def test_nested_model_defs_are_hoisted_so_refs_resolve() -> None:
         return []
 
     for ref in refs(params):
-        assert ref.startswith("#/$defs/") and ref.split("/")[-1] in params["$defs"], ref
+        assert ref.startswith("#/$defs/"), ref
+        assert ref.split("/")[-1] in params["$defs"], ref
     assert tool.to_anthropic()["input_schema"] == params
     person = {"name": "Al", "home": {"city": "Oslo"}}
     assert tool(person=person, friends=[person]) == "Al from Oslo with 1 friends"
@@ -103,7 +104,8 @@ def test_a_bad_argument_names_the_tool_and_the_argument() -> None:
     tool = Tool(greet)
     with pytest.raises(ToolArgumentError) as bad_type:
         tool(name="x", times="many")
-    assert bad_type.value.tool == "greet" and bad_type.value.argument == "times"
+    assert bad_type.value.tool == "greet"
+    assert bad_type.value.argument == "times"
     assert "argument 'times' of tool 'greet'" in str(bad_type.value)
     with pytest.raises(ToolArgumentError, match="missing required") as missing:
         tool(times=1)
@@ -120,7 +122,8 @@ async def fetch(url: str) -> str:
 
 def test_async_tools_run_from_sync_and_async_code() -> None:
     tool = Tool(fetch)
-    assert tool.is_async and tool.desc == "Fetch a page."
+    assert tool.is_async
+    assert tool.desc == "Fetch a page."
     assert tool(url="u") == "page at u"
     assert asyncio.run(tool.acall(url="v")) == "page at v"
     assert asyncio.run(Tool(greet).acall(name="z")) == "hi hi z"

@@ -11,7 +11,6 @@ import pytest
 
 from dspy_actors import Tool, ToolRunner
 from dspy_actors.modules.tool_runner import ToolOutcome
-
 from tests.dspy_actors.agents.conftest import WAIT
 
 
@@ -27,12 +26,16 @@ def test_a_value_is_the_observation(runner: ToolRunner) -> None:
         return a + b
 
     out = runner.run(Tool(add), {"a": 1, "b": "2"})
-    assert out.ok and out.observation == 3 and out.outcome == "ok"
+    assert out.ok
+    assert out.observation == 3
+    assert out.outcome == "ok"
 
 
 def test_a_crash_is_an_observation_and_repeats_are_quarantined(runner: ToolRunner) -> None:
     letters: list[tuple[str, dict[str, Any], int]] = []
-    runner.on_quarantine = lambda tool, args, err, n: letters.append((tool.name, dict(args), n)) or "L1"
+    runner.on_quarantine = lambda tool, args, err, n: (
+        letters.append((tool.name, dict(args), n)) or "L1"
+    )
 
     def divide(a: int, b: int) -> float:
         return a / b
@@ -41,8 +44,10 @@ def test_a_crash_is_an_observation_and_repeats_are_quarantined(runner: ToolRunne
     outs = [runner.run(tool, {"a": 1, "b": 0}) for _ in range(4)]
     assert [o.outcome for o in outs] == ["error", "error", "error", "quarantined"]
     assert outs[0].observation == "Execution error in divide: ZeroDivisionError: division by zero"
-    assert outs[2].dead_letter_id == "L1" and letters == [("divide", {"a": 1, "b": 0}, 3)]
-    assert "quarantined" in outs[3].observation and "L1" in outs[3].observation
+    assert outs[2].dead_letter_id == "L1"
+    assert letters == [("divide", {"a": 1, "b": 0}, 3)]
+    assert "quarantined" in outs[3].observation
+    assert "L1" in outs[3].observation
     assert runner.run(tool, {"a": 4, "b": 2}).observation == 2.0  # other arguments still run
     assert runner.release("divide", {"a": 1, "b": 0})
     assert runner.run(tool, {"a": 1, "b": 0}).outcome == "error"
@@ -64,7 +69,8 @@ def test_a_hung_tool_is_abandoned_and_counted(runner: ToolRunner, gate: threadin
         return "late"
 
     out = runner.run(Tool(stuck, timeout=0.05), {})
-    assert out.outcome == "timeout" and "did not answer within 0.05s" in out.observation
+    assert out.outcome == "timeout"
+    assert "did not answer within 0.05s" in out.observation
     assert runner.stats()["stuck"] == {"timeout": 1, "running": 1}
     gate.set()
     assert runner.join(WAIT)
@@ -109,7 +115,8 @@ def test_no_slot_in_time_is_a_busy_observation(runner: ToolRunner, gate: threadi
     tool = Tool(stuck, timeout=0.05, max_concurrency=1)
     assert runner.run(tool, {}).outcome == "timeout"  # still holds the only slot
     busy = runner.run(tool, {})
-    assert busy.outcome == "busy" and "concurrency limit" in busy.observation
+    assert busy.outcome == "busy"
+    assert "concurrency limit" in busy.observation
 
 
 def test_async_tools_run_supervised(runner: ToolRunner) -> None:
