@@ -122,6 +122,15 @@ class Tool(CustomType):
             self.defs[def_name] = def_schema
         return schema
 
+    @classmethod
+    def from_mcp_tool(cls, session: Any, mcp_tool: Any) -> Tool:
+        """DSPy's ``Tool.from_mcp_tool``: an async tool calling ``mcp_tool`` through an
+        initialised ``mcp.ClientSession`` (see :mod:`dspy_actors.mcp`, which also has a
+        client that starts a server and gives sync tools)."""
+        from dspy_actors.mcp import tool_from_mcp
+
+        return tool_from_mcp(session, mcp_tool)
+
     # -- schemas ------------------------------------------------------------------------
     def json_schema(self) -> dict[str, Any]:
         """The JSON schema of the arguments object (nested models under ``$defs``)."""
