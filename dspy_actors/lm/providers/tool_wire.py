@@ -144,7 +144,11 @@ def anthropic_turn(message: Mapping[str, Any]) -> dict[str, Any] | None:
 def anthropic_tool_calls(blocks: Sequence[Mapping[str, Any]]) -> list[ToolCall]:
     """The ``tool_use`` blocks of an Anthropic response."""
     return [
-        {"id": b.get("id"), "name": str(b.get("name") or ""), "args": parse_arguments(b.get("input"))}
+        {
+            "id": b.get("id"),
+            "name": str(b.get("name") or ""),
+            "args": parse_arguments(b.get("input")),
+        }
         for b in blocks
         if b.get("type") == "tool_use"
     ]
