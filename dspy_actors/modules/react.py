@@ -18,6 +18,7 @@ to the dead letters.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -32,7 +33,7 @@ from dspy_actors.modules.predict import Predict
 from dspy_actors.modules.tool_runner import ToolOutcome, ToolRunner
 from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.prediction import Prediction
-from dspy_actors.signatures.custom_types.tool import Tool
+from dspy_actors.signatures.custom_types.tool import Tool, ToolCalls
 from dspy_actors.signatures.field import InputField, OutputField
 from dspy_actors.signatures.signature import Signature, ensure_signature, make_signature
 
@@ -56,7 +57,10 @@ class ReAct(Module):
     added. The result is the signature's outputs plus ``trajectory`` (the dict of every
     thought, tool name, tool arguments and observation). ``max_iters`` may also be given
     per call. ``runner`` sets the tool runner (else the serving app's, else a shared
-    in-process one).
+    in-process one). ``native_tool_calls=True`` offers the tools through the provider's
+    function calling (OpenAI ``tools``, Anthropic ``tool_use``) instead of the
+    ``next_tool_name`` / ``next_tool_args`` text fields; the trajectory is the same, and a
+    step on which the LM calls no tool finishes.
     """
 
     def __init__(
@@ -66,10 +70,12 @@ class ReAct(Module):
         max_iters: int = 20,
         *,
         runner: ToolRunner | None = None,
+        native_tool_calls: bool = False,
     ) -> None:
         self.signature: type[Signature] = ensure_signature(signature)
         self.max_iters = max_iters
         self.runner = runner
+        self.native_tool_calls = native_tool_calls
         by_name: dict[str, Tool] = {}
         for item in tools:
             tool = item if isinstance(item, Tool) else Tool(item)
@@ -116,17 +122,26 @@ class ReAct(Module):
             "to your trajectory.\n",
             "When writing next_thought, you may reason about the current situation and plan "
             "for future steps.",
-            "When selecting the next_tool_name and its next_tool_args, the tool must be one of:\n",
         ]
+        fields: dict[str, tuple[Any, Any]] = {
+            n: (f.annotation, f) for n, f in sig.input_fields.items()
+        }
+        fields["trajectory"] = (str, InputField())
+        if self.native_tool_calls:
+            # The tools go in the provider's own field, so the prompt does not list them.
+            lines.append("Call exactly one of the tools you are given in each turn.")
+            fields["tools"] = (list[Tool], InputField())
+            fields["next_thought"] = (str, OutputField())
+            fields["next_tool_calls"] = (ToolCalls, OutputField())
+            return make_signature(fields, "\n".join(lines))
+        lines.append(
+            "When selecting the next_tool_name and its next_tool_args, the tool must be one of:\n"
+        )
         lines += [f"({i}) {tool}" for i, tool in enumerate(self.tools.values(), 1)]
         lines.append(
             "When providing `next_tool_args`, the value inside the field must be in JSON format"
         )
         names = tuple(self.tools)
-        fields: dict[str, tuple[Any, Any]] = {
-            n: (f.annotation, f) for n, f in sig.input_fields.items()
-        }
-        fields["trajectory"] = (str, InputField())
         fields["next_thought"] = (str, OutputField())
         fields["next_tool_name"] = (Literal[names], OutputField())
         fields["next_tool_args"] = (dict[str, Any], OutputField())
@@ -139,13 +154,12 @@ class ReAct(Module):
         trajectory: dict[str, Any] = {}
         for idx in range(max_iters):
             try:
-                step = self._with_truncation(self.react, trajectory, input_args)
+                name, args, thought = self._next_step(trajectory, input_args)
             except ValueError as err:
                 # DSPy: an unparseable step (e.g. an unknown tool) ends the trajectory.
                 _log.warning("Ending the trajectory: the agent's step was invalid: %s", err)
                 break
-            name, args = step.next_tool_name, step.next_tool_args
-            trajectory[f"thought_{idx}"] = step.next_thought
+            trajectory[f"thought_{idx}"] = thought
             trajectory[f"tool_name_{idx}"] = name
             trajectory[f"tool_args_{idx}"] = args
             trajectory[f"observation_{idx}"] = self._observe(runner, name, args)
@@ -154,10 +168,31 @@ class ReAct(Module):
         extract = self._with_truncation(self.extract, trajectory, input_args)
         return Prediction(trajectory=trajectory, **dict(extract.items()))
 
+    def _next_step(
+        self, trajectory: dict[str, Any], input_args: dict[str, Any]
+    ) -> tuple[str, Any, str]:
+        """The LM's next (tool name, tool args, thought)."""
+        if not self.native_tool_calls:
+            step = self._with_truncation(self.react, trajectory, input_args)
+            return step.next_tool_name, step.next_tool_args, step.next_thought
+        tools = list(self.tools.values())
+        with settings.context(adapter=_native_adapter()):
+            step = self._with_truncation(self.react, trajectory, {**input_args, "tools": tools})
+        calls = step.next_tool_calls
+        if calls is None or not calls.tool_calls:  # no tool called: the LM is done
+            return "finish", {}, step.next_thought or ""
+        first = calls.tool_calls[0]
+        return first.name, first.args, step.next_thought or ""
+
     def _observe(self, runner: ToolRunner, name: str, args: Any) -> Any:
         tool = self.tools.get(name)
-        if tool is None:  # the parser admits only known names; a served proxy may not
+        if tool is None:  # the text parser admits only known names; native calls may not
             return f"Execution error in {name}: no tool named {name!r} (have {list(self.tools)})"
+        if isinstance(args, dict) and "__raw__" in args:
+            return (
+                f"Execution error in {name}: the arguments are not a JSON object: "
+                f"{str(args['__raw__'])[:200]}"
+            )
         outcome: ToolOutcome = runner.run(tool, args if isinstance(args, dict) else {})
         return outcome.observation
 
@@ -200,6 +235,16 @@ def truncate_trajectory(trajectory: dict[str, Any]) -> None:
         )
     for key in keys[:4]:
         del trajectory[key]
+
+
+def _native_adapter() -> Adapter:
+    """The adapter in force, with native function calling on."""
+    current: Adapter = settings.get("adapter") or ChatAdapter()
+    if current.use_native_function_calling:
+        return current
+    native = copy.copy(current)
+    native.use_native_function_calling = True
+    return native
 
 
 def _finish() -> str:

@@ -41,6 +41,7 @@ class ParsedField:
 def allowed_type_names() -> dict[str, Any]:
     """Names a signature string may use without passing ``custom_types``."""
     from dspy_actors.signatures.custom_types import Audio, History, Image, Tool
+    from dspy_actors.signatures.custom_types.tool import ToolCalls
 
     return {
         "str": str,
@@ -66,6 +67,7 @@ def allowed_type_names() -> dict[str, Any]:
         "Audio": Audio,
         "History": History,
         "Tool": Tool,
+        "ToolCalls": ToolCalls,
     }
 
 

@@ -1,6 +1,7 @@
 """SimLM playing an agent: deterministic answers to ReAct prompts.
 
-A ReAct call sends two kinds of prompt: a *step* (asking for ``next_thought``,
+A ReAct call sends two kinds of prompt (with ``native_tool_calls=True``, steps offer the
+tools natively and are answered with a native tool call, in the provider's wire format): a *step* (asking for ``next_thought``,
 ``next_tool_name``, ``next_tool_args``) and, at the end, an *extract* (asking for the
 signature's outputs given the trajectory). :func:`react_responder` answers both. Which step
 an agent is on is read from the trajectory in the prompt (the number of tool calls in it),
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dspy_actors.testing.faults import Fault
-from dspy_actors.testing.sim_lm import SimRequest
+from dspy_actors.testing.sim_lm import SimReply, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
 
 __all__ = ["AgentContext", "AgentStep", "react_responder"]
@@ -80,6 +81,8 @@ def react_responder(
             request=request,
         )
         wanted = _requested(text)
+        if request.body.get("tools"):  # native function calling: the step is a tool call
+            return _native_step_reply(_pick(steps, ctx), ctx)
         if "next_tool_name" in wanted:
             return _step_reply(_pick(steps, ctx), ctx)
         return _extract_reply(answer, ctx, wanted)
@@ -104,6 +107,17 @@ def _step_reply(step: AgentStep | Fault | str, ctx: AgentContext) -> Any:
         f"[[ ## next_tool_name ## ]]\n{step.tool}\n\n"
         f"[[ ## next_tool_args ## ]]\n{json.dumps(args)}\n\n"
         "[[ ## completed ## ]]"
+    )
+
+
+def _native_step_reply(step: AgentStep | Fault | str, ctx: AgentContext) -> Any:
+    if not isinstance(step, AgentStep):
+        return step
+    args = {k: _fill(v, ctx.inputs) for k, v in step.args.items()}
+    thought = step.thought or f"Next I call {step.tool}."
+    return SimReply(
+        f"[[ ## next_thought ## ]]\n{thought}\n\n[[ ## completed ## ]]",
+        tool_calls=[{"name": step.tool, "args": args}],
     )
 
 

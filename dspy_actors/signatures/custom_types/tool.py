@@ -6,15 +6,16 @@ import asyncio
 import inspect
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, get_type_hints
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError, model_validator
+from pydantic import Field as PydanticField
 from pydantic_core import core_schema
 
 from dspy_actors.signatures.custom_types.base import CustomType
 
-__all__ = ["Tool", "ToolArgumentError"]
+__all__ = ["Tool", "ToolArgumentError", "ToolCall", "ToolCalls"]
 
 
 class ToolArgumentError(TypeError, ValueError):
@@ -300,3 +301,57 @@ def _indent_of_first_arg(lines: list[str], section: str) -> int:
         if ln.strip():
             return len(ln) - len(ln.lstrip())
     return 0
+
+
+class ToolCall(BaseModel):
+    """One tool call an LM made: the tool's ``name``, its ``args``, and the provider's
+    call ``id`` (native function calling), if any."""
+
+    name: str
+    args: dict[str, Any] = PydanticField(default_factory=dict)
+    id: str | None = None
+
+    def execute(self, functions: Mapping[str, Any] | Iterable[Tool] | None = None) -> Any:
+        """Run the call with the matching tool of ``functions`` (a name -> tool/function
+        mapping, or a list of tools); an unknown name is a :class:`ToolArgumentError`."""
+        if functions is None:
+            raise ValueError(f"no tools given to execute the call to {self.name!r}")
+        table = (
+            dict(functions) if isinstance(functions, Mapping) else {t.name: t for t in functions}
+        )
+        target = table.get(self.name)
+        if target is None:
+            raise ToolArgumentError(self.name, None, f"no such tool (have {sorted(table)})")
+        tool = target if isinstance(target, Tool) else Tool(target, name=self.name)
+        return tool(**self.args)
+
+
+class ToolCalls(BaseModel, CustomType):
+    """An output type for native function calling: the tool calls the LM chose, as in
+    DSPy. With an adapter that uses native function calling, a signature with a
+    ``list[Tool]`` input and a ``ToolCalls`` output sends the tools in the provider's
+    ``tools`` field and fills this output from the response's tool calls."""
+
+    tool_calls: list[ToolCall]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_a_bare_list(cls, data: Any) -> Any:
+        if isinstance(data, list):
+            return {"tool_calls": data}
+        if isinstance(data, dict) and "tool_calls" not in data and "name" in data:
+            return {"tool_calls": [data]}
+        return data
+
+    @classmethod
+    def from_dict_list(cls, calls: Iterable[Mapping[str, Any]]) -> ToolCalls:
+        """From ``[{"name": ..., "args": {...}}, ...]``."""
+        return cls(tool_calls=[ToolCall(**dict(c)) for c in calls])
+
+    def format(self) -> str:
+        calls = [{"name": c.name, "args": c.args} for c in self.tool_calls]
+        return json.dumps({"tool_calls": calls}, ensure_ascii=False)
+
+    def execute(self, functions: Mapping[str, Any] | Iterable[Tool] | None = None) -> list[Any]:
+        """Run every call in order; their results."""
+        return [call.execute(functions) for call in self.tool_calls]
