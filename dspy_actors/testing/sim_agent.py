@@ -1,12 +1,12 @@
 """SimLM playing an agent: deterministic answers to ReAct prompts.
 
-A ReAct call sends two kinds of prompt (with ``native_tool_calls=True``, steps offer the
-tools natively and are answered with a native tool call, in the provider's wire format): a *step* (asking for ``next_thought``,
+A ReAct call sends two kinds of prompt: a *step* (asking for ``next_thought``,
 ``next_tool_name``, ``next_tool_args``) and, at the end, an *extract* (asking for the
-signature's outputs given the trajectory). :func:`react_responder` answers both. Which step
-an agent is on is read from the trajectory in the prompt (the number of tool calls in it),
-not from a counter, so many agents may run at once against one server and each gets the
-same script.
+signature's outputs given the trajectory). With ``native_tool_calls=True`` a step offers the
+tools natively and is answered with a native tool call, in the provider's wire format.
+:func:`react_responder` answers both. Which step an agent is on is read from the
+trajectory in the prompt (the number of tool calls in it), not from a counter, so many
+agents may run at once against one server and each gets the same script.
 
     sim.respond_with(react_responder(
         [AgentStep("search", {"query": "{question}"}), AgentStep("finish")],
