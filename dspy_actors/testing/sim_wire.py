@@ -112,7 +112,7 @@ def openai_completion(
     tool_calls: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     completion = sum(count_tokens(t) for t in texts)
-    body = {
+    body: dict[str, Any] = {
         "id": _new_id("chatcmpl-"),
         "object": "chat.completion",
         "created": int(time.time()),
@@ -211,7 +211,7 @@ def anthropic_message(
     stop_reason: str = "end_turn",
     tool_calls: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    message = {
+    message: dict[str, Any] = {
         "id": _new_id("msg_"),
         "type": "message",
         "role": "assistant",
