@@ -190,6 +190,8 @@ class ToolRunner:
                 f"tool {tool.name!r} is at its concurrency limit and no slot freed in {limit:.3g}s"
             )
             return outcome("busy", _error_text(tool.name, busy), busy)
+        # One budget for the whole call: time spent waiting for a slot counts against it.
+        limit = max(0.0, limit - (time.monotonic() - started))
         future: Future[Any] = Future()
         thread = threading.Thread(
             target=self._thread_main,

@@ -108,9 +108,22 @@ def served_tool_runner(
         )
         return letter.id
 
-    return ToolRunner(
+    return _DeadlineBoundRunner(
         on_start=on_start,
         on_end=on_end,
         on_quarantine=on_quarantine,
         **options,
     )
+
+
+class _DeadlineBoundRunner(ToolRunner):
+    """Tool calls of a served call end by that call's deadline at the latest."""
+
+    def run(
+        self, tool: Tool, args: Mapping[str, Any], *, timeout: float | None = None
+    ) -> ToolOutcome:
+        ctx = current()
+        remaining = None if ctx is None else ctx.remaining()
+        if remaining is not None:
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        return super().run(tool, args, timeout=timeout)

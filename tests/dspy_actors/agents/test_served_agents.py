@@ -3,6 +3,7 @@ app's runner (events, timeouts, quarantine to dead letters), every call answered
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -141,3 +142,22 @@ def test_served_context_window_overflow_truncates(app: App, sim_lm: SimLM) -> No
     traj = handle.call(question="q").trajectory
     assert "thought_0" not in traj
     assert "observation_2" in traj
+
+
+def test_a_served_tool_call_ends_by_the_calls_deadline(gate: threading.Event) -> None:
+    from dspy_actors.runtime.context import capture, restored
+    from dspy_actors.runtime.tools import served_tool_runner
+
+    def stall() -> str:
+        gate.wait(WAIT)
+        return "late"
+
+    runner = served_tool_runner(lambda event: None, lambda: False, lambda: None)
+    tool = dsa.Tool(stall, timeout=WAIT * 100)
+    with restored(capture(timeout=0.05)):
+        outcome = runner.run(tool, {})
+    assert outcome.outcome == "timeout"
+    # bounded by the call's remaining 0.05 s, not the tool's own timeout
+    assert re.search(r"did not answer within 0(\.0\d*)?s", outcome.observation)
+    gate.set()
+    assert runner.join(WAIT)
