@@ -191,7 +191,7 @@ class ToolRunner:
             )
             return outcome("busy", _error_text(tool.name, busy), busy)
         # One budget for the whole call: time spent waiting for a slot counts against it.
-        limit = max(0.0, limit - (time.monotonic() - started))
+        left = max(0.0, limit - (time.monotonic() - started))
         future: Future[Any] = Future()
         thread = threading.Thread(
             target=self._thread_main,
@@ -204,7 +204,7 @@ class ToolRunner:
             self._threads.add(thread)
         thread.start()
         try:
-            value = wait_for_tool(future, limit)
+            value = wait_for_tool(future, left)
         except FutureTimeout:
             hung = ToolTimeout(f"tool {tool.name!r} did not answer within {limit:.3g}s")
             letter = self._count_failure(tool, parsed, key, hung)
