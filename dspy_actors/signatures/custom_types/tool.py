@@ -311,14 +311,19 @@ class ToolCall(BaseModel):
     args: dict[str, Any] = PydanticField(default_factory=dict)
     id: str | None = None
 
-    def execute(self, functions: Mapping[str, Any] | Iterable[Tool] | None = None) -> Any:
+    def execute(self, functions: Mapping[str, Any] | Iterable[Any] | None = None) -> Any:
         """Run the call with the matching tool of ``functions`` (a name -> tool/function
-        mapping, or a list of tools); an unknown name is a :class:`ToolArgumentError`."""
+        mapping, or a list of tools or functions); an unknown name is a
+        :class:`ToolArgumentError`."""
         if functions is None:
             raise ValueError(f"no tools given to execute the call to {self.name!r}")
-        table = (
-            dict(functions) if isinstance(functions, Mapping) else {t.name: t for t in functions}
-        )
+        table: dict[str, Any] = {}
+        if isinstance(functions, Mapping):
+            table.update(functions)
+        else:
+            items: list[Any] = list(functions)
+            tools = [f if isinstance(f, Tool) else Tool(f) for f in items]
+            table.update((t.name, t) for t in tools)
         target = table.get(self.name)
         if target is None:
             raise ToolArgumentError(self.name, None, f"no such tool (have {sorted(table)})")
@@ -352,6 +357,6 @@ class ToolCalls(BaseModel, CustomType):
         calls = [{"name": c.name, "args": c.args} for c in self.tool_calls]
         return json.dumps({"tool_calls": calls}, ensure_ascii=False)
 
-    def execute(self, functions: Mapping[str, Any] | Iterable[Tool] | None = None) -> list[Any]:
+    def execute(self, functions: Mapping[str, Any] | Iterable[Any] | None = None) -> list[Any]:
         """Run every call in order; their results."""
         return [call.execute(functions) for call in self.tool_calls]
