@@ -184,13 +184,21 @@ class Tool(CustomType):
                 parsed[key] = value
                 continue
             try:
-                parsed[key] = TypeAdapter(annotation).validate_python(value)
+                parsed[key] = self._adapter(key, annotation).validate_python(value)
             except ValidationError as exc:
                 problems = "; ".join(e["msg"] for e in exc.errors()[:3])
                 raise ToolArgumentError(
                     self.name, key, f"{value!r} is not a valid {_type_name(annotation)}: {problems}"
                 ) from None
         return parsed
+
+    def _adapter(self, key: str, annotation: Any) -> TypeAdapter[Any]:
+        # Building a TypeAdapter costs far more than validating with one: build each once.
+        cache: dict[str, tuple[Any, TypeAdapter[Any]]] = self.__dict__.setdefault("_adapters", {})
+        known = cache.get(key)
+        if known is None or known[0] is not annotation:
+            known = cache[key] = (annotation, TypeAdapter(annotation))
+        return known[1]
 
     def __call__(self, **kwargs: Any) -> Any:
         """Run the tool in this thread (an async tool runs to completion on a private
