@@ -228,3 +228,25 @@ def test_many_concurrent_agents_each_get_their_own_answer(
         assert ("tool_name_2" in traj) == (n % 3 != 0)
     gate.set()
     assert runner.join(WAIT)
+
+
+def test_a_provider_outage_under_many_agents_answers_each_with_an_error(
+    sim_lm: SimLM, make_lm: MakeLM
+) -> None:
+    sim_lm.respond_with(
+        react_responder([AgentStep("weather", {"city": "x"}), Fault.server_error(502)])
+    )
+    agent = dsa.ReAct("question -> answer", tools=[weather])
+    lm = make_lm()
+
+    def one(n: int) -> BaseException | None:
+        try:
+            with dsa.context(lm=lm):
+                agent(question=str(n))
+        except LMError as exc:
+            return exc
+        return None
+
+    with ThreadPoolExecutor(16) as pool:
+        errors = list(pool.map(one, range(32), timeout=60))
+    assert all(isinstance(e, LMError) and "502" in str(e) for e in errors)
