@@ -11,7 +11,8 @@ import pytest
 
 import dspy_actors as dsa
 from dspy_actors.mcp import MCPClient, MCPError, MCPToolError
-from dspy_actors.testing.sim_agent import AgentStep, react_responder
+from dspy_actors.runtime.app import App
+from dspy_actors.testing.sim_agent import AgentContext, AgentStep, react_responder
 from dspy_actors.testing.sim_lm import SimLM
 
 pytest.importorskip("mcp")
@@ -108,3 +109,20 @@ def test_a_server_that_cannot_start_is_a_clear_error() -> None:
 def test_tools_before_start_is_a_clear_error() -> None:
     with pytest.raises(MCPError, match="not started"):
         MCPClient("nothing").tools()
+
+
+def test_a_served_agent_uses_mcp_tools_under_load(
+    client: MCPClient, app: App, sim_lm: SimLM
+) -> None:
+    def plan(ctx: AgentContext) -> AgentStep:
+        n = int(ctx.inputs["question"])
+        script = [AgentStep("add", {"a": n, "b": 1}), AgentStep("wait", {"seconds": 5 + n / 100})]
+        return script[ctx.step] if ctx.step < len(script) else AgentStep("finish")
+
+    sim_lm.respond_with(react_responder(plan, answer=lambda ctx: {"answer": ctx.observations[0]}))
+    tools = {t.name: t for t in client.tools()}
+    tools["wait"].timeout = 0.05  # the slow server tool is abandoned by the runner
+    agent = dsa.ReAct("question -> answer", tools=list(tools.values()))
+    results = app.serve("agent", agent).batch([{"question": str(n)} for n in range(16)])
+    assert [r.answer for r in results] == [str(n + 1) for n in range(16)]
+    assert all("did not answer" in r.trajectory["observation_1"] for r in results)
