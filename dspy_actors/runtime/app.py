@@ -51,7 +51,7 @@ from dspy_actors.runtime.module_actor import ModuleServices
 from dspy_actors.runtime.parameter_store import ParameterStore
 from dspy_actors.runtime.pipeline import PipelineStep
 from dspy_actors.runtime.poison import PoisonTracker, fingerprint
-from dspy_actors.runtime.tools import served_tool_runner
+from dspy_actors.runtime.tools import TOOL_LETTER_PREFIX, served_tool_runner
 from dspy_actors.runtime.tree_build import (
     TreeOptions,
     accepted_inputs,
@@ -676,11 +676,17 @@ class App:
         return [] if store is None else store.list(program)
 
     def replay_dead_letter(self, letter_id: str) -> Any:
-        """Release a quarantined input and call its program with it again."""
+        """Release a quarantined input and call its program with it again (a quarantined
+        tool call, program ``tool:<name>``, is released for agents to call again)."""
         store = self.stores.dead_letters
         letter = None if store is None else store.get(letter_id)
         if letter is None or store is None:
             raise KeyError(f"no dead letter {letter_id!r}")
+        if letter.program.startswith(TOOL_LETTER_PREFIX):
+            # A quarantined tool call: release it so agents may call it again (returns None).
+            self.tools.release(letter.program.removeprefix(TOOL_LETTER_PREFIX), letter.inputs)
+            store.mark_replayed(letter_id)
+            return None
         self.poison.release(fingerprint(letter.program, letter.inputs))
         store.mark_replayed(letter_id)
         return self.handle(letter.program).call_with(letter.inputs)

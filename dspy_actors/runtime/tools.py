@@ -21,7 +21,10 @@ from dspy_actors.runtime.context import current
 from dspy_actors.runtime.dead_letters import DeadLetterStore
 from dspy_actors.signatures.custom_types.tool import Tool
 
-__all__ = ["ToolEnd", "ToolStart", "served_tool_runner"]
+__all__ = ["TOOL_LETTER_PREFIX", "ToolEnd", "ToolStart", "served_tool_runner"]
+
+# The dead letters of quarantined tool calls are filed under program "tool:<name>".
+TOOL_LETTER_PREFIX = "tool:"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,7 +95,7 @@ def served_tool_runner(
         store = dead_letters()
         if store is None:
             return None
-        program = f"tool:{tool.name}"
+        program = f"{TOOL_LETTER_PREFIX}{tool.name}"
         letter = store.add(
             program=program, module_path=tool.name, inputs=args, exception=error, attempts=failures
         )

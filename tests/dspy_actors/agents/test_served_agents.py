@@ -98,6 +98,10 @@ def test_a_tool_crashing_on_the_same_arguments_is_quarantined_to_dead_letters(
     assert stored[0].exception_type.endswith("ConnectionError")
     assert app.events.flush(WAIT)
     assert [e.dead_letter_id for e in letters if isinstance(e, DeadLetterEvent)] == [stored[0].id]
+    assert app.replay_dead_letter(stored[0].id) is None  # released: the tool runs again
+    again = handle.call(question="pay").trajectory["observation_0"]
+    assert again == "Execution error in charge: ConnectionError: bank refused acme"
+    assert app.dead_letters("tool:charge") == []
 
 
 def test_a_provider_outage_mid_trajectory_answers_with_an_error(app: App, sim_lm: SimLM) -> None:
