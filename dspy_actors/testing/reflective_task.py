@@ -10,7 +10,7 @@ has a rule the simulated LM follows only when it is told:
 The task LM (:func:`responder`) applies a family's rule when the system message (the
 instructions) carries that rule's key phrase, or when a demo of the same family is in the
 prompt (it learns from the example); otherwise it echoes the word, except for a
-deterministic "lucky guess" on about one request in five (a digest of the prompt decides),
+deterministic "lucky guess" on about one request in seven (a digest of the prompt decides),
 which gives SIMBA the per-example variance it looks for.
 
 The metric (:func:`metric`) returns ``Prediction(score=..., feedback=...)``: a wrong answer's
@@ -69,7 +69,7 @@ RULES = {
 # What the task LM looks for in the instructions to apply a family's rule.
 _KEYS = {"vowel": "answered reversed", "long": "answered in capitals", "short": "with dashes"}
 BASE_INSTRUCTION = "Given the word, produce the answer."
-GUESS_ONE_IN = 5
+GUESS_ONE_IN = 7
 
 _FIELD = re.compile(r"\[\[ ## word ## \]\]\s*(\S+)")
 _ANY_RULE = re.compile("|".join(re.escape(r) for r in RULES.values()))
