@@ -183,10 +183,26 @@ class GEPA(Optimizer):
         return [r["score"] for r in found]
 
     def _full_eval(
-        self, base: Module, candidate: Candidate, val: list[Example], ctx: RunContext
+        self,
+        base: Module,
+        candidate: Candidate,
+        val: list[Example],
+        ctx: RunContext,
+        pool: list[list[float]] | None = None,
     ) -> dict[str, Any]:
         scores = self._scores(base, candidate, val, ctx)
-        return {"candidate": candidate, "scores": scores, "score": 100.0 * _mean(scores)}
+        everyone = [*(pool or []), scores]
+        best = max(_mean(s) for s in everyone)
+        frontier = _mean([max(s[k] for s in everyone) for k in range(len(val))])
+        return {
+            "candidate": candidate,
+            "scores": scores,
+            "score": 100.0 * _mean(scores),
+            # For progress events: the pool's best mean and the Pareto frontier's score
+            # (each validation example's best score over all candidates, averaged).
+            "progress": f"best {100 * best:.1f}, Pareto frontier {100 * frontier:.1f} "
+            f"over {len(everyone)} candidates",
+        }
 
     def _feedback(self, name: str, example: Example, rollout: Rollout) -> str:
         """The metric's feedback for one predictor's call (DSPy calls the metric again with
@@ -311,7 +327,7 @@ class GEPA(Optimizer):
                     if sum(res["scores"]) >= parent_best and calls < budget:
                         full = yield Step(
                             f"{step}/merge/full_eval",
-                            partial(self._full_eval, base, merged, val, ctx),
+                            partial(self._full_eval, base, merged, val, ctx, list(pool.scores)),
                         )
                         calls += len(val)
                         pool.add(merged, full["scores"], parents=[i, j])
@@ -349,7 +365,10 @@ class GEPA(Optimizer):
                 continue
             if calls >= budget:
                 break
-            full = yield Step(f"{step}/full_eval", partial(self._full_eval, base, child, val, ctx))
+            full = yield Step(
+                f"{step}/full_eval",
+                partial(self._full_eval, base, child, val, ctx, list(pool.scores)),
+            )
             calls += len(val)
             pool.add(child, full["scores"], parents=[parent])
             merges_due += 1

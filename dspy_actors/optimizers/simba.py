@@ -207,7 +207,12 @@ class SIMBA(Optimizer):
         n = len(batch)
         scores = [[r["score"] for r in found[i * n : (i + 1) * n]] for i in range(len(candidates))]
         means = [_mean(s) for s in scores]
-        return {"scores": scores, "score": 100.0 * max(means) if means else None}
+        top = max(means) if means else 0.0
+        return {
+            "scores": scores,
+            "score": 100.0 * top,
+            "progress": f"best of {len(candidates)} programs {100 * top:.1f} on {n} examples",
+        }
 
     # -- the plan -----------------------------------------------------------------------
     def plan(
