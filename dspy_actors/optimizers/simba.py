@@ -166,9 +166,8 @@ class SIMBA(Optimizer):
     def _advice(self, base: Module, job: dict[str, Any], model: Any) -> dict[str, str]:
         predictor = Predict(OfferFeedback)
         predictor.lm = model
-        names = list(job["module_names"])
+        # Every input goes as text, JSON for structured values (DSPy's wire convention).
         fields = {k: v if isinstance(v, str) else json.dumps(v, indent=2) for k, v in job.items()}
-        fields["module_names"] = names  # type: ignore[assignment]
         fields["program_code"] = type(base).__name__
         advice = predictor(**fields).module_advice
         if not isinstance(advice, dict):

@@ -168,15 +168,16 @@ def _advice(text: str, names: list[str]) -> str:
 
 
 def _module_names(text: str) -> list[str]:
-    match = re.search(r"\[\[ ## module_names ## \]\]\s*(\[.*?\])", text, re.DOTALL)
-    if match:
-        try:
-            names = json.loads(match.group(1))
-            if isinstance(names, list) and names:
-                return [str(n) for n in names]
-        except ValueError:
-            pass
-    return ["self"]
+    """The module names of an advice request: a JSON list, or the adapter's «name» items."""
+    found = re.findall(r"\[\[ ## module_names ## \]\]\n(.*?)(?:\n\n|\Z)", text, re.DOTALL)
+    value = found[-1].strip() if found else ""
+    try:
+        names = json.loads(value)
+        if isinstance(names, list) and names:
+            return [str(n) for n in names]
+    except ValueError:
+        pass
+    return re.findall(r"«(.*?)»", value) or ["self"]
 
 
 def responder(request: SimRequest) -> str | SimReply:
