@@ -47,36 +47,40 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any, Literal
 
+from dspy_actors import settings
+from dspy_actors.adapters.json_adapter import JSONAdapter
 from dspy_actors.evaluate.metrics import Metric
+from dspy_actors.modules.predict import Predict
 from dspy_actors.optimizers._program import with_instructions
 from dspy_actors.optimizers._rollouts import Rollout, rollouts, score_and_feedback
 from dspy_actors.optimizers.base import Optimizer, Plan, RunContext, Step, step_rng
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.prediction import Prediction
+from dspy_actors.signatures.field import InputField, OutputField
+from dspy_actors.signatures.signature import Signature
 
-__all__ = ["GEPA", "auto_budget"]
+__all__ = ["GEPA", "ProposeInstruction", "auto_budget"]
 
 Candidate = dict[str, str]
 AUTO_CANDIDATES = {"light": 6, "medium": 12, "heavy": 18}
 MERGE_SUBSAMPLE = 5
 
-_REFLECTION_PROMPT = """An assistant was given these instructions for a task:
-```
-{instruction}
-```
 
-Below are inputs the assistant received, what it answered, and feedback on each answer:
-```
-{examples}
-```
+class ProposeInstruction(Signature):
+    """An assistant followed the current instruction below on several task inputs. For
+    each input you see what it answered and feedback on that answer.
 
-Your task is to write a new instruction for the assistant. Work out the task and the \
-format of its inputs from the examples. Study every answer and its feedback; keep in the \
-new instruction every specific fact, rule or domain detail the feedback reveals (the \
-assistant will not see this feedback later), and any general strategy that worked.
+    Write a new instruction for the assistant. Work out the task and the format of its
+    inputs from the examples. Study every answer and its feedback, and put into the new
+    instruction every specific fact, rule or domain detail the feedback reveals (the
+    assistant will not see this feedback later), and any general strategy that worked."""
 
-Provide the new instructions within ``` blocks."""
+    current_instruction: str = InputField(desc="The instruction the assistant followed.")
+    examples_with_feedback: list[dict[str, Any]] = InputField(
+        desc="Task inputs, the assistant's answer to each, and feedback on each answer."
+    )
+    new_instruction: str = OutputField(desc="The new instruction for the assistant.")
 
 
 def auto_budget(
@@ -238,13 +242,14 @@ class GEPA(Optimizer):
         return records
 
     def _propose(self, instruction: str, records: list[dict[str, Any]]) -> str:
-        shown = "\n\n".join(
-            f"# Example {i + 1}\n" + "\n".join(f"## {k}\n{_render(v)}" for k, v in r.items())
-            for i, r in enumerate(records)
-        )
-        prompt = _REFLECTION_PROMPT.format(instruction=instruction, examples=shown)
-        outputs = self.reflection_lm(prompt)
-        return _fenced(str(outputs[0] if outputs else "")) or instruction
+        """Ask ``reflection_lm`` for a new instruction, as DSPy 3.4.1 does: the
+        ``ProposeInstruction`` fields through the JSON adapter."""
+        proposer = Predict(ProposeInstruction)
+        proposer.lm = self.reflection_lm
+        with settings.context(adapter=JSONAdapter()):
+            found = proposer(current_instruction=instruction, examples_with_feedback=records)
+        text = str(found.new_instruction or "").strip()
+        return text or instruction
 
     def _reflect(
         self,
@@ -501,23 +506,3 @@ def _minibatch(seed: int, size: int, batch: int, index: int) -> list[int]:
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
-
-
-def _render(value: Any) -> str:
-    if isinstance(value, dict):
-        return "\n".join(f"{k}: {v}" for k, v in value.items())
-    return str(value)
-
-
-def _fenced(text: str) -> str:
-    """The text inside the first ``` block (the language tag dropped), else the text."""
-    start = text.find("```")
-    if start == -1:
-        return text.strip()
-    rest = text[start + 3 :]
-    end = rest.find("```")
-    body = rest if end == -1 else rest[:end]
-    first, _, after = body.partition("\n")
-    if first.strip() and " " not in first.strip() and after.strip():
-        body = after  # a language tag such as ```text
-    return body.strip()

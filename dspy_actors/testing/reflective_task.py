@@ -10,17 +10,19 @@ has a rule the simulated LM follows only when it is told:
 The task LM (:func:`responder`) applies a family's rule when the system message (the
 instructions) carries that rule's key phrase, or when a demo of the same family is in the
 prompt (it learns from the example); otherwise it echoes the word, except for a
-deterministic "lucky guess" on about one request in seven (a digest of the prompt decides),
-which gives SIMBA the per-example variance it looks for.
+deterministic "lucky guess" on about one request in seven (a digest of the word, the
+instruction and the demos decides, not the adapter's layout), which gives SIMBA the
+per-example variance it looks for.
 
 The metric (:func:`metric`) returns ``Prediction(score=..., feedback=...)``: a wrong answer's
-feedback states the rule the answer broke. A reflection LM that reads feedback (GEPA's
-reflective prompt: current instruction in a fenced block, examples with feedback, "write a
-new instruction ... within ``` blocks") answers with the current instruction plus every rule
-it saw in the feedback. A SIMBA-style advice request (outputs ``discussion`` and
-``module_advice``) gets, for each module, the rule that explains the better trajectory's
-answer. So an optimizer improves the score exactly as far as it carries what the feedback
-(or the better trajectory) taught into the instructions or demos.
+feedback states the rule the answer broke. A reflection LM that reads feedback (GEPA's proposal:
+``current_instruction`` and ``examples_with_feedback`` -> ``new_instruction``, as DSPy 3.4.1
+asks it; or the ``gepa`` package's raw prompt with the instruction in a fenced block)
+answers with the current instruction plus every rule it saw in the feedback. A SIMBA-style
+advice request (outputs ``discussion`` and ``module_advice``) gets, for each module, the
+rule that explains the better trajectory's answer. So an optimizer improves the score
+exactly as far as it carries what the feedback (or the better trajectory) taught into the
+instructions or demos.
 
 Everything is a deterministic function of the request, so a seed fixes an optimizer's run.
 """
@@ -73,6 +75,7 @@ GUESS_ONE_IN = 7
 
 _FIELD = re.compile(r"\[\[ ## word ## \]\]\s*(\S+)")
 _ANY_RULE = re.compile("|".join(re.escape(r) for r in RULES.values()))
+_CURRENT = re.compile(r"\[\[ ## current_instruction ## \]\]\n(.*?)\n\n\[\[ ## ", re.DOTALL)
 _FENCE = re.compile(r"```(?:[a-z]*)\n?(.*?)```", re.DOTALL)
 
 
@@ -136,19 +139,42 @@ def _task_answer(request: SimRequest) -> str:
     demo_kinds = {family(m.group(1)) for text in users[:-1] for m in _FIELD.finditer(text)}
     if kind and (_KEYS[kind] in system or kind in demo_kinds):
         return answer_for(word)
-    prompt = json.dumps(request.messages, sort_keys=True)
-    if word and _digest(prompt) % GUESS_ONE_IN == 0:
+    # The guess depends on what the program is (its instruction, its demos' words), not on
+    # how an adapter lays out the prompt, so DSPy's and ours guess alike for one program.
+    objective = " ".join(system.rsplit("objective is:", 1)[-1].split())
+    program = (
+        f"{word}|{objective}|{sorted(m.group(1) for t in users[:-1] for m in _FIELD.finditer(t))}"
+    )
+    if word and _digest(program) % GUESS_ONE_IN == 0:
         return answer_for(word)
     return word
 
 
+def _improved(current: str, text: str) -> str:
+    """The current instruction plus every rule ``text`` (the feedback shown) stated."""
+    taught = [r for r in RULES.values() if r in text and r not in current]
+    return " ".join([current, *taught]).strip()
+
+
 def _reflection(text: str) -> str:
-    """GEPA-style: the current instruction (first fenced block) plus the rules the feedback
-    stated, as a new instruction in a fenced block."""
+    """The ``gepa`` package's raw prompt: the current instruction is the first fenced
+    block; the answer is the new instruction in a fenced block."""
     fences = _FENCE.findall(text)
     current = fences[0].strip() if fences else BASE_INSTRUCTION
-    taught = [r for r in RULES.values() if r in text and r not in current]
-    return "```\n" + " ".join([current, *taught]).strip() + "\n```"
+    return "```\n" + _improved(current, text) + "\n```"
+
+
+def _proposal(request: SimRequest, text: str) -> str:
+    """DSPy 3.4.1's GEPA proposer (``current_instruction``, ``examples_with_feedback`` ->
+    ``new_instruction``, JSON adapter), answered as JSON or in chat markers."""
+    user = request.last_user_text
+    match = _CURRENT.search(user)
+    current = match.group(1).strip() if match else BASE_INSTRUCTION
+    new = _improved(current, user)
+    fmt = request.body.get("response_format")
+    if fmt is not None or "[[ ## new_instruction ## ]]" not in user:
+        return json.dumps({"new_instruction": new})
+    return _chat({"new_instruction": new})
 
 
 def _advice(text: str, names: list[str]) -> str:
@@ -186,6 +212,8 @@ def responder(request: SimRequest) -> str | SimReply:
     names = [name for name, _ in requested_fields(request.last_user_text)]
     if "module_advice" in names:
         return SimReply([_advice(text, _module_names(text))] * request.n)
+    if "new_instruction" in names:
+        return SimReply([_proposal(request, text)] * request.n)
     if "new instruction" in text and "```" in text:
         return SimReply([_reflection(text)] * request.n)
     answer = _task_answer(request)

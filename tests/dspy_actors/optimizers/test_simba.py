@@ -26,7 +26,7 @@ from dspy_actors.testing.reflective_task import BASE_INSTRUCTION, dataset, metri
 
 TRAIN = dataset(0, 24)
 TEST = dataset(24, 12)
-SEED = 5
+SEED = 3
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -37,7 +37,7 @@ def student() -> dsa.Predict:
 
 
 def make_optimizer(lm: Any = None) -> SIMBA:
-    return SIMBA(metric=metric, prompt_model=lm, bsize=8, num_candidates=4, max_steps=6)
+    return SIMBA(metric=metric, prompt_model=lm, bsize=8, num_candidates=4, max_steps=8)
 
 
 def score(program: Any) -> float:
