@@ -117,6 +117,7 @@ class GEPA(Optimizer):
         component_selector: Literal["round_robin", "all"] = "round_robin",
         use_merge: bool = True,
         max_merge_invocations: int | None = 5,
+        lookahead: int = 8,
         num_threads: int = 8,
         failure_score: float = 0.0,
         perfect_score: float = 1.0,
@@ -155,6 +156,7 @@ class GEPA(Optimizer):
         self.component_selector = component_selector
         self.use_merge = use_merge
         self.max_merge_invocations = max_merge_invocations
+        self.lookahead = max(1, lookahead)
         self.num_threads = num_threads
         self.failure_score = failure_score
         self.perfect_score = perfect_score
@@ -251,32 +253,34 @@ class GEPA(Optimizer):
         text = str(found.new_instruction or "").strip()
         return text or instruction
 
-    def _reflect(
+    def _minibatch_eval(
+        self, base: Module, parent: Candidate, batch: list[Example], ctx: RunContext
+    ) -> dict[str, Any]:
+        """The parent on a minibatch, traces and feedback kept for reflection."""
+        found = rollouts(
+            self._program(base, parent), batch, self.metric, ctx, failure_score=self.failure_score
+        )
+        return {"scores": [r["score"] for r in found], "rollouts": found}
+
+    def _propose_child(
         self,
         base: Module,
         parent: Candidate,
         components: list[str],
         batch: list[Example],
+        found: list[Rollout],
         ctx: RunContext,
     ) -> dict[str, Any]:
-        program = self._program(base, parent)
-        found = rollouts(program, batch, self.metric, ctx, failure_score=self.failure_score)
-        before = [r["score"] for r in found]
-        out: dict[str, Any] = {"parent_scores": before, "child": None, "child_scores": None}
-        if self.skip_perfect_score and all(s >= self.perfect_score for s in before):
-            out["skipped"] = "perfect on the minibatch"
-            return out
+        """New instructions for ``components`` from the parent's traces and feedback, and
+        the child's scores on the same minibatch."""
         child = dict(parent)
         for name in components:
             records = self._reflective_records(name, batch, found)
             if records:
                 child[name] = self._propose(parent[name], records)
         if child == parent:
-            out["skipped"] = "no new instruction proposed"
-            return out
-        out["child"] = child
-        out["child_scores"] = self._scores(base, child, batch, ctx)
-        return out
+            return {"child": None, "child_scores": None}
+        return {"child": child, "child_scores": self._scores(base, child, batch, ctx)}
 
     def _merge_eval(
         self, base: Module, merged: Candidate, val: list[Example], ids: list[int], ctx: RunContext
@@ -312,14 +316,15 @@ class GEPA(Optimizer):
         next_component: dict[int, int] = {}
         tried_merges: set[tuple[int, int, int]] = set()
         max_merges = self.max_merge_invocations if self.max_merge_invocations is not None else 0
+        size = self.reflection_minibatch_size
+        evaluated: dict[str, dict[str, Any]] = {}  # parent-on-minibatch results, by step name
         while calls < budget:
-            step = f"iter{iteration}"
-            iteration += 1
             if self.use_merge and merges_due > 0 and merges_done < max_merges:
+                step = f"iter{iteration}"
                 merges_due -= 1
-                rng = step_rng(ctx.seed, f"{step}/merge")
-                found = pool.merge_candidate(rng, tried_merges)
+                found = pool.merge_candidate(step_rng(ctx.seed, f"{step}/merge"), tried_merges)
                 if found is not None:
+                    iteration += 1
                     merged, i, j, ids = found
                     merges_done += 1
                     res = yield Step(
@@ -329,7 +334,7 @@ class GEPA(Optimizer):
                     parent_best = max(
                         sum(pool.scores[i][k] for k in ids), sum(pool.scores[j][k] for k in ids)
                     )
-                    if sum(res["scores"]) >= parent_best and calls < budget:
+                    if sum(res["scores"]) >= parent_best:
                         full = yield Step(
                             f"{step}/merge/full_eval",
                             partial(self._full_eval, base, merged, val, ctx, list(pool.scores)),
@@ -337,46 +342,80 @@ class GEPA(Optimizer):
                         calls += len(val)
                         pool.add(merged, full["scores"], parents=[i, j])
                     continue
-            rng = step_rng(ctx.seed, f"{step}/select")
-            parent = (
-                pool.pareto_choice(rng)
-                if self.candidate_selection_strategy == "pareto"
-                else pool.best()
-            )
-            batch_ids = _minibatch(
-                ctx.seed, len(train), self.reflection_minibatch_size, reflections
-            )
-            reflections += 1
-            if self.component_selector == "all":
-                components = names
-            else:
-                k = next_component.get(parent, 0)
-                next_component[parent] = k + 1
-                components = [names[k % len(names)]]
-            res = yield Step(
-                f"{step}/reflect",
-                partial(
-                    self._reflect,
-                    base,
-                    pool.candidates[parent],
-                    components,
-                    [train[i] for i in batch_ids],
-                    ctx,
-                ),
-            )
-            calls += len(batch_ids) * (1 if res["child_scores"] is None else 2)
-            child, child_scores = res["child"], res["child_scores"]
-            if child is None or sum(child_scores) <= sum(res["parent_scores"]):
-                continue
-            if calls >= budget:
-                break
-            full = yield Step(
-                f"{step}/full_eval",
-                partial(self._full_eval, base, child, val, ctx, list(pool.scores)),
-            )
-            calls += len(val)
-            pool.add(child, full["scores"], parents=[parent])
-            merges_due += 1
+            # Look ahead: the next iterations' parents, chosen from the pool as it is now,
+            # are evaluated on their minibatches at once. The pool changes only when a child
+            # is accepted; the iterations after that are chosen again from the new pool (an
+            # evaluation whose parent is chosen again is reused: same candidate, same batch).
+            # So the run is the sequential algorithm's, in fewer rounds of LM calls.
+            ahead = max(1, min(self.lookahead, -(-(budget - calls) // size)))
+            wave = []
+            for w in range(ahead):
+                rng = step_rng(ctx.seed, f"iter{iteration + w}/select")
+                parent = (
+                    pool.pareto_choice(rng)
+                    if self.candidate_selection_strategy == "pareto"
+                    else pool.best()
+                )
+                ids = _minibatch(ctx.seed, len(train), size, reflections + w)
+                wave.append(
+                    (iteration + w, parent, ids, f"iter{iteration + w}/minibatch/p{parent}")
+                )
+            todo = [
+                Step(
+                    name,
+                    partial(
+                        self._minibatch_eval,
+                        base,
+                        pool.candidates[parent],
+                        [train[i] for i in ids],
+                        ctx,
+                    ),
+                )
+                for _, parent, ids, name in wave
+                if name not in evaluated
+            ]
+            if todo:
+                results: list[dict[str, Any]] = yield todo
+                evaluated.update({t.name: r for t, r in zip(todo, results, strict=True)})
+            for it, parent, ids, name in wave:
+                if calls >= budget:
+                    break
+                iteration, reflections = it + 1, reflections + 1
+                ev = evaluated[name]
+                calls += len(ids)
+                if self.skip_perfect_score and all(x >= self.perfect_score for x in ev["scores"]):
+                    continue
+                if self.component_selector == "all":
+                    components = names
+                else:
+                    k = next_component.get(parent, 0)
+                    next_component[parent] = k + 1
+                    components = [names[k % len(names)]]
+                res = yield Step(
+                    f"iter{it}/propose",
+                    partial(
+                        self._propose_child,
+                        base,
+                        pool.candidates[parent],
+                        components,
+                        [train[i] for i in ids],
+                        ev["rollouts"],
+                        ctx,
+                    ),
+                )
+                if res["child"] is None:
+                    continue
+                calls += len(ids)
+                if sum(res["child_scores"]) <= sum(ev["scores"]):
+                    continue
+                full = yield Step(
+                    f"iter{it}/full_eval",
+                    partial(self._full_eval, base, res["child"], val, ctx, list(pool.scores)),
+                )
+                calls += len(val)
+                pool.add(res["child"], full["scores"], parents=[parent])
+                merges_due += 1
+                break  # the rest of the wave was chosen from the old pool
         return self._program(base, pool.candidates[pool.best()])
 
 
