@@ -9,14 +9,15 @@ seeded shuffle, reshuffled when the set runs out) and:
 2. **Buckets** the trajectories by example and sorts the buckets by how much their scores
    vary (max - min, then max, then max - mean): the examples where some attempt did better
    than another teach the most.
-3. **Makes candidates**, one per bucket in that order (at most ``num_candidates``): a
+3. **Makes candidates**, one per bucket in that order (at most ``num_candidates + 1``): a
    source program drawn by softmax (``temperature_for_candidates``), some of its demos
    dropped (a Poisson draw once it holds demos, at least one once it holds ``max_demos``),
    then one strategy at random: *append a demo* (the best trajectory's calls become demos)
    or *append a rule* (``prompt_model`` contrasts the better and the worse trajectory and
    gives each predictor advice, appended to its instructions). A strategy whose trajectory
    scores do not stand out from the batch (best at or below its 10th percentile, or worst at
-   or above its 90th) makes no candidate.
+   or above its 90th) changes nothing: the source, demos thinned, is the candidate (as in
+   DSPy). An advice answer that is not a dict makes no candidate.
 4. **Scores** the candidates on the minibatch; the best becomes the step's winner; all join
    the pool with their minibatch scores.
 
@@ -181,6 +182,8 @@ class SIMBA(Optimizer):
 
         def make(plan: dict[str, Any]) -> State | None:
             state: State = json.loads(json.dumps(plan["source"]))
+            if plan["strategy"] == "none":
+                return state
             if plan["strategy"] == "demo":
                 for name, demo in plan["demos"].items():
                     state[name]["demos"].append(demo)
@@ -270,8 +273,8 @@ class SIMBA(Optimizer):
             rng = step_rng(ctx.seed, f"step{k}/candidates")
             plans: list[dict[str, Any]] = []
             for i, bucket, _stats in buckets:
-                if len(plans) >= self.num_candidates:
-                    break
+                if len(plans) >= self.num_candidates + 1:
+                    break  # as DSPy: up to num_candidates + 1 candidates per step
                 src = _softmax_sample(
                     rng,
                     _top_k_plus_baseline(scores, self.num_candidates),
@@ -281,20 +284,17 @@ class SIMBA(Optimizer):
                 source = self._drop_demos(states[src], rng)
                 strategy = rng.choice(["demo", "rule"]) if self.max_demos > 0 else "rule"
                 good, bad = bucket[0], bucket[-1]
-                if strategy == "demo":
-                    if float(good["score"]) <= p10:
-                        continue
+                # A strategy whose trajectories do not stand out from the batch changes
+                # nothing, and the source (its demos thinned) is still a candidate, as DSPy.
+                if strategy == "demo" and float(good["score"]) > p10:
                     plans.append({"strategy": "demo", "source": source, "demos": self._demos(good)})
+                elif (
+                    strategy == "rule" and float(good["score"]) > p10 and float(bad["score"]) < p90
+                ):
+                    job = _rule_job(batch[i], good, bad, names, states[src])
+                    plans.append({"strategy": "rule", "source": source, "rule": job})
                 else:
-                    if float(good["score"]) <= p10 or float(bad["score"]) >= p90:
-                        continue
-                    plans.append(
-                        {
-                            "strategy": "rule",
-                            "source": source,
-                            "rule": _rule_job(batch[i], good, bad, names, states[src]),
-                        }
-                    )
+                    plans.append({"strategy": "none", "source": source})
             made = yield Step(f"step{k}/candidates", partial(self._candidates, base, plans, ctx))
             candidates: list[State] = made["candidates"]
             if not candidates:
