@@ -2,7 +2,10 @@
 3.4.1's, on the same task and the same simulated LM server, in the same run.
 
     bash bench/setup_dspy_venv.sh          # once: bench/.venv-dspy with dspy==3.4.1 (+ numpy)
-    .venv/bin/python bench/bench_reflective.py [--latency 0.05] [--rounds 3] [--no-dspy]
+    .venv/bin/python bench/bench_reflective.py [--latency 0.05] [--rounds 3] [--no-dspy] [--all]
+
+``--all`` also runs our other optimizers (bootstrap, random search, COPRO, MIPROv2) on the
+task, ours only, for the cost table in docs/optimizers.md.
 
 The task (dspy_actors/testing/reflective_task.py): answer a word by its hidden family's rule
 (reverse / capitals / dashes). The simulated LM follows a rule only when the instructions
@@ -37,11 +40,27 @@ OURS_PY = Path(sys.executable)
 DSPY_PY = BENCH / ".venv-dspy" / "bin" / "python"
 
 OPTIMIZERS = ("gepa", "simba")
+# Ours only (--all): the other optimizers on the same task, for docs/optimizers.md's costs.
+OTHERS = ("bootstrap", "random_search", "copro", "mipro")
 THREADS = 16
 SEED = 0
 CONFIG: dict[str, dict[str, Any]] = {
     "gepa": {"max_metric_calls": 150, "reflection_minibatch_size": 3},
     "simba": {"bsize": 8, "num_candidates": 4, "max_steps": 8},
+    "bootstrap": {"max_bootstrapped_demos": 4, "max_labeled_demos": 0},
+    "random_search": {
+        "max_bootstrapped_demos": 4,
+        "max_labeled_demos": 0,
+        "num_candidate_programs": 6,
+    },
+    "copro": {"breadth": 4, "depth": 2},
+    "mipro": {
+        "num_candidates": 4,
+        "max_bootstrapped_demos": 3,
+        "max_labeled_demos": 0,
+        "num_trials": 8,
+        "minibatch_size": 6,
+    },
 }
 
 
@@ -105,10 +124,14 @@ def party_ours(name: str, url: str, data_file: str) -> dict[str, Any]:
     if name == "gepa":
         gepa = GEPA(metric, reflection_lm=lm, num_threads=THREADS, seed=SEED, **CONFIG["gepa"])
         compiled = gepa.compile(student, trainset=data["train"], valset=data["val"])
-    else:
+    elif name == "simba":
         simba = SIMBA(metric=metric, prompt_model=lm, num_threads=THREADS, seed=SEED,
                       **CONFIG["simba"])  # fmt: skip
         compiled = simba.compile(student, trainset=data["simba_train"])
+    else:
+        compiled = _other(name, plain, lm).compile(
+            student, trainset=data["train"], valset=data["val"]
+        )
     wall = time.perf_counter() - start
     _handshake()
     result = Evaluate(devset=data["test"], metric=plain, concurrency=THREADS, progress=False)(
@@ -116,6 +139,24 @@ def party_ours(name: str, url: str, data_file: str) -> dict[str, Any]:
     )
     lm.close()
     return {"wall_s": wall, "score": result.score}
+
+
+def _other(name: str, metric: Any, lm: Any) -> Any:
+    from dspy_actors.optimizers import (
+        COPRO,
+        BootstrapFewShot,
+        BootstrapFewShotWithRandomSearch,
+        MIPROv2,
+    )
+
+    cfg = dict(CONFIG[name])
+    if name == "bootstrap":
+        return BootstrapFewShot(metric, num_threads=THREADS, **cfg)
+    if name == "random_search":
+        return BootstrapFewShotWithRandomSearch(metric, num_threads=THREADS, **cfg)
+    if name == "copro":
+        return COPRO(metric, prompt_model=lm, num_threads=THREADS, **cfg)
+    return MIPROv2(metric, prompt_model=lm, num_threads=THREADS, **cfg)
 
 
 def party_dspy(name: str, url: str, data_file: str) -> dict[str, Any]:
@@ -191,8 +232,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--serve", action="store_true")
     parser.add_argument("--party", choices=("ours", "dspy"))
-    parser.add_argument("--optimizer", choices=OPTIMIZERS)
-    parser.add_argument("--only", choices=OPTIMIZERS, action="append")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS + OTHERS)
+    parser.add_argument("--only", choices=OPTIMIZERS + OTHERS, action="append")
+    parser.add_argument("--all", action="store_true", help="also ours: " + ", ".join(OTHERS))
     parser.add_argument("--url")
     parser.add_argument("--data")
     parser.add_argument("--latency", type=float, default=0.05)
@@ -225,11 +267,13 @@ def main() -> None:
     if not args.no_dspy and DSPY_PY.exists():
         parties.append(("dspy", DSPY_PY))
     try:
-        for name in args.only or OPTIMIZERS:
-            runs: dict[str, list[dict[str, Any]]] = {p: [] for p, _ in parties}
+        names = args.only or (OPTIMIZERS + OTHERS if args.all else OPTIMIZERS)
+        for name in names:
+            who = parties if name in OPTIMIZERS else parties[:1]
+            runs: dict[str, list[dict[str, Any]]] = {p: [] for p, _ in who}
             for r in range(args.rounds):
                 # Alternate who goes first, so drift on a shared machine hits both alike.
-                order = parties if r % 2 == 0 else parties[::-1]
+                order = who if r % 2 == 0 else who[::-1]
                 for party, python in order:
                     runs[party].append(_run_party(python, party, name, url, data_file, server))
                     print(name, party, runs[party][-1], flush=True)

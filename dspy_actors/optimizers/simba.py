@@ -24,9 +24,10 @@ seeded shuffle, reshuffled when the set runs out) and:
 At the end up to ``num_candidates + 1`` winners (evenly spaced over the steps, the baseline
 first) are scored on the whole training set, and the best is returned (the first on ties).
 
-Each phase is a checkpointed step (``step<k>/sample``, ``step<k>/candidates``,
-``step<k>/eval``, ``final/eval``); every random draw comes from ``step_rng`` and the
-checkpointed results, so a resumed run makes the same choices without redoing LM calls.
+Each phase is a checkpointed step (``step<k>/sample``; ``step<k>/candidates``, which makes
+the candidates and scores each as soon as it exists; ``final/eval``); every random draw
+comes from ``step_rng`` and the checkpointed results, so a resumed run makes the same
+choices without redoing LM calls.
 The trajectories of a phase run in parallel, bounded by the run's LM slots.
 """
 
@@ -176,8 +177,11 @@ class SIMBA(Optimizer):
         return {str(k): str(v) for k, v in advice.items()}
 
     def _candidates(
-        self, base: Module, plans: list[dict[str, Any]], ctx: RunContext
+        self, base: Module, plans: list[dict[str, Any]], batch: list[Example], ctx: RunContext
     ) -> dict[str, Any]:
+        """Make each planned candidate and score it on the minibatch. Each candidate is
+        scored as soon as it exists (a demo candidate does not wait for another's advice):
+        all of it shares the run's LM slots."""
         model = self.prompt_model or settings.get("lm") or base.get_lm()
 
         def make(plan: dict[str, Any]) -> State | None:
@@ -198,8 +202,28 @@ class SIMBA(Optimizer):
                     state[name]["instructions"] = state[name]["instructions"] + "\n\n" + text
             return state
 
-        made = parallel_map(make, plans, num_threads=ctx.num_threads, cancel=ctx.cancel)
-        return {"candidates": [s for s in made if s is not None]}
+        def make_and_score(plan: dict[str, Any]) -> tuple[State, list[float]] | None:
+            state = make(plan)
+            if state is None:
+                return None
+            found = rollouts(self._build(base, state), batch, self.metric, ctx)
+            return state, [r["score"] for r in found]
+
+        made = [
+            m
+            for m in parallel_map(
+                make_and_score, plans, num_threads=max(1, len(plans)), cancel=ctx.cancel
+            )
+            if m is not None
+        ]
+        means = [_mean(s) for _, s in made]
+        top = max(means) if means else 0.0
+        return {
+            "candidates": [c for c, _ in made],
+            "scores": [s for _, s in made],
+            "score": 100.0 * top,
+            "progress": f"best of {len(made)} candidates {100 * top:.1f} on {len(batch)} examples",
+        }
 
     def _evaluate(
         self, base: Module, candidates: list[State], batch: list[Example], ctx: RunContext
@@ -295,17 +319,16 @@ class SIMBA(Optimizer):
                     plans.append({"strategy": "rule", "source": source, "rule": job})
                 else:
                     plans.append({"strategy": "none", "source": source})
-            made = yield Step(f"step{k}/candidates", partial(self._candidates, base, plans, ctx))
+            made = yield Step(
+                f"step{k}/candidates", partial(self._candidates, base, plans, batch, ctx)
+            )
             candidates: list[State] = made["candidates"]
             if not candidates:
                 continue
-            evaluated = yield Step(
-                f"step{k}/eval", partial(self._evaluate, base, candidates, batch, ctx)
-            )
-            means = [_mean(s) for s in evaluated["scores"]]
+            means = [_mean(s) for s in made["scores"]]
             best = means.index(max(means))
             winners.append(len(states) + best)
-            for state, cand_scores in zip(candidates, evaluated["scores"], strict=True):
+            for state, cand_scores in zip(candidates, made["scores"], strict=True):
                 states.append(state)
                 scores.append([float(s) for s in cand_scores])
 
