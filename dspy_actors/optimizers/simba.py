@@ -23,9 +23,12 @@ seeded shuffle, reshuffled when the set runs out) and:
 
 At the end up to ``num_candidates + 1`` winners (evenly spaced over the steps, the baseline
 first) are scored on the whole training set, and the best is returned (the first on ties).
+Which winners those are is known in advance when every step has one, so each is scored
+beside the next step's sampling rather than all at the end (a winner so scored that a
+step without candidates pushed out of the picks is not used).
 
 Each phase is a checkpointed step (``step<k>/sample``; ``step<k>/candidates``, which makes
-the candidates and scores each as soon as it exists; ``final/eval``); every random draw
+the candidates and scores each as soon as it exists; ``final/eval/<program>``); every random draw
 comes from ``step_rng`` and the checkpointed results, so a resumed run makes the same
 choices without redoing LM calls.
 The trajectories of a phase run in parallel, bounded by the run's LM slots.
@@ -225,20 +228,12 @@ class SIMBA(Optimizer):
             "progress": f"best of {len(made)} candidates {100 * top:.1f} on {len(batch)} examples",
         }
 
-    def _evaluate(
-        self, base: Module, candidates: list[State], batch: list[Example], ctx: RunContext
+    def _evaluate_one(
+        self, base: Module, state: State, examples: list[Example], ctx: RunContext
     ) -> dict[str, Any]:
-        pairs = [(c, ex) for c in candidates for ex in batch]
-        found = self._run_pairs(base, pairs, ctx, temp=None)
-        n = len(batch)
-        scores = [[r["score"] for r in found[i * n : (i + 1) * n]] for i in range(len(candidates))]
-        means = [_mean(s) for s in scores]
-        top = max(means) if means else 0.0
-        return {
-            "scores": scores,
-            "score": 100.0 * top,
-            "progress": f"best of {len(candidates)} programs {100 * top:.1f} on {n} examples",
-        }
+        found = rollouts(self._build(base, state), examples, self.metric, ctx)
+        scores = [r["score"] for r in found]
+        return {"scores": scores, "score": 100.0 * _mean(scores)}
 
     # -- the plan -----------------------------------------------------------------------
     def plan(
@@ -255,6 +250,9 @@ class SIMBA(Optimizer):
         names = [n for n, _ in base.named_predictors()]
         if not names:
             raise ValueError("SIMBA needs a program with at least one predictor")
+        count = self.num_candidates + 1
+        projected = set(_picks(self.max_steps, count))  # winner positions, if none is missing
+        final_scores: dict[int, list[float]] = {}  # program index -> trainset scores
         states: list[State] = [self._state(base)]
         scores: list[list[float]] = [[]]
         winners = [0]
@@ -276,9 +274,24 @@ class SIMBA(Optimizer):
                 _softmax_sample(rng, top, scores, self.temperature_for_sampling)
                 for _ in range(self.num_candidates * n)
             ]
-            sampled = yield Step(
+            sample = Step(
                 f"step{k}/sample", partial(self._sample, base, states, chosen, batch, ctx)
             )
+            # The final evaluation's programs are, if every step has a winner, known in
+            # advance: each is scored on the trainset beside the next step's sampling,
+            # sharing its LM slots, instead of all at the end.
+            early = [
+                Step(
+                    f"final/eval/{winners[j]}",
+                    partial(self._evaluate_one, base, states[winners[j]], train, ctx),
+                )
+                for j in range(len(winners))
+                if j in projected and winners[j] not in final_scores
+            ]
+            group: list[dict[str, Any]] = yield [sample, *early]
+            sampled = group[0]
+            for step, data in zip(early, group[1:], strict=True):
+                final_scores[int(step.name.rsplit("/", 1)[1])] = data["scores"]
             outputs: list[Rollout] = sampled["outputs"]
             all_scores = [float(o["score"]) for o in outputs]
             p10, p90 = _percentile(all_scores, 10), _percentile(all_scores, 90)
@@ -332,14 +345,17 @@ class SIMBA(Optimizer):
                 states.append(state)
                 scores.append([float(s) for s in cand_scores])
 
-        m, count = len(winners) - 1, self.num_candidates + 1
-        picks = [0] * count if m < 1 else [round(i * m / (count - 1)) for i in range(count)]
-        finalists = [winners[i] for i in dict.fromkeys(picks)]
-        final = yield Step(
-            "final/eval",
-            partial(self._evaluate, base, [states[i] for i in finalists], train, ctx),
-        )
-        means = [_mean(s) for s in final["scores"]]
+        m = len(winners) - 1
+        finalists = [winners[i] for i in dict.fromkeys(_picks(m, count))]
+        missing = [i for i in finalists if i not in final_scores]
+        if missing:
+            found: list[dict[str, Any]] = yield [
+                Step(f"final/eval/{i}", partial(self._evaluate_one, base, states[i], train, ctx))
+                for i in missing
+            ]
+            for i, data in zip(missing, found, strict=True):
+                final_scores[i] = data["scores"]
+        means = [_mean(final_scores[i]) for i in finalists]
         return self._build(base, states[finalists[means.index(max(means))]])
 
     def _drop_demos(self, state: State, rng: Any) -> State:
@@ -400,6 +416,13 @@ def _rule_job(
         "worse_reward_info": info(bad),
         "module_names": names,
     }
+
+
+def _picks(winners_after_baseline: int, count: int) -> list[int]:
+    """Positions of the winners scored at the end: ``count`` evenly spaced over the steps'
+    winners, the baseline (position 0) first, as DSPy."""
+    m = winners_after_baseline
+    return [0] * count if m < 1 else [round(i * m / (count - 1)) for i in range(count)]
 
 
 def _mean(values: Sequence[float]) -> float:
