@@ -17,7 +17,8 @@ the optimizer carries that into the program.
 The server (SimLM, ``--serve``) runs in its own process; each (party, optimizer) pair runs
 in a fresh subprocess (ours in .venv, DSPy in bench/.venv-dspy), both with uncached LMs and
 16 threads. The data and the metric (score + feedback) are the same JSON for both parties.
-"LM calls" are the server's request count over the compile only; the score is measured
+"LM calls" are the server's request count over the compile only (``cpu_s``: the party
+process's CPU time over the compile); the score is measured
 after, by each party, on a held-out test set. Each pair runs ``--rounds`` times (who goes
 first alternates); medians are reported.
 
@@ -120,7 +121,7 @@ def party_ours(name: str, url: str, data_file: str) -> dict[str, Any]:
     dsa.configure(lm=lm)
     student = dsa.Predict("word -> answer")
     student.signature = student.signature.with_instructions("Given the word, produce the answer.")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if name == "gepa":
         gepa = GEPA(metric, reflection_lm=lm, num_threads=THREADS, seed=SEED, **CONFIG["gepa"])
         compiled = gepa.compile(student, trainset=data["train"], valset=data["val"])
@@ -132,13 +133,13 @@ def party_ours(name: str, url: str, data_file: str) -> dict[str, Any]:
         compiled = _other(name, plain, lm).compile(
             student, trainset=data["train"], valset=data["val"]
         )
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     _handshake()
     result = Evaluate(devset=data["test"], metric=plain, concurrency=THREADS, progress=False)(
         compiled
     )
     lm.close()
-    return {"wall_s": wall, "score": result.score}
+    return {"wall_s": wall, "cpu_s": cpu, "score": result.score}
 
 
 def _other(name: str, metric: Any, lm: Any) -> Any:
@@ -178,7 +179,7 @@ def party_dspy(name: str, url: str, data_file: str) -> dict[str, Any]:
     dspy.configure(lm=lm)
     student = dspy.Predict("word -> answer")
     student.signature = student.signature.with_instructions("Given the word, produce the answer.")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if name == "gepa":
         gepa = dspy.GEPA(
             metric=metric, reflection_lm=lm, num_threads=THREADS, seed=SEED, **CONFIG["gepa"]
@@ -187,13 +188,13 @@ def party_dspy(name: str, url: str, data_file: str) -> dict[str, Any]:
     else:
         simba = dspy.SIMBA(metric=metric, prompt_model=lm, num_threads=THREADS, **CONFIG["simba"])
         compiled = simba.compile(student, trainset=data["simba_train"], seed=SEED)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     _handshake()
     evaluate = dspy.Evaluate(
         devset=data["test"], metric=plain, num_threads=THREADS, display_progress=False
     )
     result = evaluate(compiled)
-    return {"wall_s": wall, "score": float(result.score)}
+    return {"wall_s": wall, "cpu_s": cpu, "score": float(result.score)}
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -286,6 +287,7 @@ def main() -> None:
                 row[party] = {
                     "wall_s": median(g["wall_s"] for g in ok),
                     "wall_s_all": [g["wall_s"] for g in ok],
+                    "cpu_s": median(g["cpu_s"] for g in ok),
                     "lm_calls": median(g["lm_calls"] for g in ok),
                     "score": median(g["score"] for g in ok),
                     "score_all": [g["score"] for g in ok],

@@ -147,15 +147,6 @@ class SIMBA(Optimizer):
         return program
 
     # -- work done inside steps ---------------------------------------------------------
-    def _run_pairs(
-        self, base: Module, pairs: list[tuple[State, Example]], ctx: RunContext, temp: float | None
-    ) -> list[Rollout]:
-        def one(pair: tuple[State, Example]) -> Rollout:
-            return rollouts(self._build(base, pair[0], temp), [pair[1]], self.metric, ctx)[0]
-
-        # Each pair takes a slot only inside its LM calls (rollouts holds ctx.slots).
-        return parallel_map(one, pairs, num_threads=ctx.num_threads, cancel=ctx.cancel)
-
     def _sample(
         self,
         base: Module,
@@ -164,9 +155,24 @@ class SIMBA(Optimizer):
         batch: list[Example],
         ctx: RunContext,
     ) -> dict[str, Any]:
-        pairs = [(states[c], batch[i % len(batch)]) for i, c in enumerate(chosen)]
-        found = self._run_pairs(base, pairs, ctx, temp=1.0)
-        return {"programs": chosen, "outputs": found}
+        """Trajectory ``i`` runs program ``chosen[i]`` on ``batch[i % len(batch)]``. Each
+        program is built once and runs all its trajectories in one parallel rollout."""
+        by_program: dict[int, list[int]] = {}
+        for i, c in enumerate(chosen):
+            by_program.setdefault(c, []).append(i)
+
+        def run(c: int) -> list[Rollout]:
+            program = self._build(base, states[c], temperature=1.0)
+            examples = [batch[i % len(batch)] for i in by_program[c]]
+            return rollouts(program, examples, self.metric, ctx)
+
+        groups = list(by_program)
+        found = parallel_map(run, groups, num_threads=max(1, len(groups)), cancel=ctx.cancel)
+        outputs: list[Rollout | None] = [None] * len(chosen)
+        for c, results in zip(groups, found, strict=True):
+            for i, rollout in zip(by_program[c], results, strict=True):
+                outputs[i] = rollout
+        return {"programs": chosen, "outputs": outputs}
 
     def _advice(self, base: Module, job: dict[str, Any], model: Any) -> dict[str, str]:
         predictor = Predict(OfferFeedback)
