@@ -210,3 +210,18 @@ def test_gepa_under_app_optimize_survives_a_killed_driver(
     # The step in flight when the kill came finished first: nothing was redone.
     assert sim.request_count - before == calls
     assert any("Pareto frontier" in e.message for e in events)
+
+
+def test_an_outage_fails_the_run_clearly_instead_of_picking_a_winner(
+    task: tuple[Any, LM],
+) -> None:
+    from dspy_actors.testing.sim_lm import Fault
+
+    sim, lm = task
+    sim.inject_rate(Fault.server_error(), rate=1.0)  # every LM call fails
+    program = student()
+    program.lm = lm
+    optimizer = GEPA(metric, reflection_lm=lm, max_metric_calls=60)
+    optimizer.max_errors = 3
+    with pytest.raises(RuntimeError, match=r"examples failed \(more than max_errors=3\)"):
+        optimizer.compile(program, trainset=TRAIN, valset=VAL)

@@ -183,3 +183,16 @@ def test_kill_9_mid_run_then_app_optimize_resumes_it(task: tuple[Any, LM], tmp_p
     assert status.steps_restored == saved
     assert 0 < resumed_calls < calls
     assert first_process > 0
+
+
+def test_an_outage_fails_the_run_clearly(task: tuple[Any, LM]) -> None:
+    from dspy_actors.testing.sim_lm import Fault
+
+    sim, lm = task
+    sim.inject_rate(Fault.server_error(), rate=1.0)  # every LM call fails
+    program = student()
+    program.lm = lm
+    optimizer = make_optimizer(lm)
+    optimizer.max_errors = 3
+    with pytest.raises(RuntimeError, match="more than max_errors=3"):
+        optimizer.compile(program, trainset=TRAIN, seed=SEED)
