@@ -23,6 +23,12 @@ metric calls is spent, each iteration is one of:
 
 The result is the candidate with the best mean validation score (the first, on ties).
 
+``lookahead`` (ours): the next iterations' parents, chosen from the pool as it is, are
+evaluated on their minibatches in one parallel group. Only an accepted child changes the
+pool; the iterations after it are then chosen again (an evaluation of the same parent on
+the same minibatch is reused). The run is the sequential algorithm's, in fewer rounds of LM
+calls, for the extra calls of look-ahead evaluations a new child made stale.
+
 Budgets, as DSPy: ``max_metric_calls``; ``max_full_evals`` (that many passes over train +
 val); or ``auto="light" | "medium" | "heavy"`` (DSPy's formula). Metric calls are counted
 from checkpointed step data, so a resumed run stops where an uninterrupted one does.
