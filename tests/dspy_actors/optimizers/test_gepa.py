@@ -225,3 +225,38 @@ def test_an_outage_fails_the_run_clearly_instead_of_picking_a_winner(
     optimizer.max_errors = 3
     with pytest.raises(RuntimeError, match=r"examples failed \(more than max_errors=3\)"):
         optimizer.compile(program, trainset=TRAIN, valset=VAL)
+
+
+def test_a_merge_is_scored_on_a_subsample_then_joins_the_pool(
+    task: tuple[Any, LM], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan's merge branch, end to end: the pool proposes one merge (here a candidate
+    carrying every rule), the plan scores it on the subsample, accepts it as at least as
+    good as the better parent there, scores it on the validation set and keeps it."""
+    from dspy_actors.optimizers import gepa as gepa_module
+
+    _sim, lm = task
+    merged = {"self": " ".join([BASE_INSTRUCTION, *RULES.values()])}
+    offered: list[tuple[int, int]] = []
+
+    def one_merge(self: Any, rng: Any, tried: set[tuple[int, int, int]]) -> Any:
+        if offered or len(self.candidates) < 2:
+            return None
+        offered.append((0, 1))
+        return dict(merged), 0, 1, [0, 1, 2, 3, 4]
+
+    monkeypatch.setattr(gepa_module._Pool, "merge_candidate", one_merge)
+    program = student()
+    program.lm = lm
+    ckpt = MemoryCheckpointer()
+    optimizer = GEPA(metric, reflection_lm=lm, max_metric_calls=40, seed=1)
+    compiled = optimizer.compile(program, trainset=TRAIN, valset=VAL, checkpointer=ckpt)
+    merges = [k for k in ckpt.steps if k.endswith("/merge")]
+    assert offered
+    assert len(merges) == 1
+    assert ckpt.steps[merges[0]]["ids"] == [0, 1, 2, 3, 4]
+    assert ckpt.steps[merges[0]]["scores"] == [1.0] * 5
+    full = ckpt.steps[merges[0] + "/full_eval"]
+    assert full["candidate"] == merged
+    assert full["score"] == 100.0
+    assert compiled.signature.instructions == merged["self"]
