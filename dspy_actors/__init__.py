@@ -30,6 +30,7 @@ from dspy_actors.optimizers import (
     MIPROv2,
 )
 from dspy_actors.primitives import Example, Module, Prediction, StateError
+from dspy_actors.primitives.program_file import load, register_module, register_type
 from dspy_actors.runtime.app import App, start
 from dspy_actors.runtime.errors import (
     DeadLettered,
@@ -105,5 +106,8 @@ __all__ = [
     "answer_exact_match",
     "configure",
     "context",
+    "load",
+    "register_module",
+    "register_type",
     "start",
 ]

@@ -31,7 +31,9 @@ SAMPLING_KEYS: frozenset[str] = frozenset(
         "frequency_penalty",
     }
 )
-SETTING_KEYS: frozenset[str] = frozenset({"lm", "adapter", "cache"}) | SAMPLING_KEYS
+SETTING_KEYS: frozenset[str] = (
+    frozenset({"lm", "adapter", "cache", "warn_on_type_mismatch"}) | SAMPLING_KEYS
+)
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _defaults: Mapping[str, Any] = _EMPTY

@@ -61,6 +61,9 @@ class Field:
     # Pydantic constraints (``ge=0``, ``max_length=5``...) as sorted (name, value) pairs:
     # shown to the LM with the field and checked when an output is parsed.
     constraints: tuple[tuple[str, Any], ...] = ()
+    # False when the declaration gave no type (it defaults to str): inputs are not
+    # type-checked against it.
+    typed: bool = True
 
     @property
     def is_input(self) -> bool:

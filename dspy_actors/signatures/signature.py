@@ -167,7 +167,8 @@ class SignatureMeta(type):
             raise KeyError(f"{cls.__name__} has no field {name!r}; fields are {list(cls._fields)}")
         if type_ is not None:
             changes["annotation"] = type_
-        unknown = set(changes) - {"annotation", "desc", "prefix", "default"}
+            changes["typed"] = True
+        unknown = set(changes) - {"annotation", "typed", "desc", "prefix", "default"}
         if unknown:
             raise TypeError(
                 f"cannot update {sorted(unknown)}; updatable: desc, prefix, default, type_"
@@ -248,7 +249,10 @@ def _declared_fields(cls_name: str, namespace: dict[str, Any]) -> list[Field]:
     for name, value in namespace.items():
         if isinstance(value, Field):
             _check_name(name)
-            out.append(value.bind(name, annotations.get(name, str)))  # unannotated: str
+            if name in annotations:
+                out.append(value.bind(name, annotations[name]))
+            else:  # unannotated: a str field, as in DSPy
+                out.append(value.bind(name, str).updated(typed=False))
     return out
 
 
@@ -306,12 +310,12 @@ def make_signature(
         inputs, outputs = parse_signature_string(spec, custom_types, caller_scope_lookup())
         for kind, parsed in (("input", inputs), ("output", outputs)):
             for p in parsed:
-                fields.append(_string_field(kind, p.name, p.annotation))  # type: ignore[arg-type]
+                fields.append(_string_field(kind, p.name, p.annotation, p.annotated))  # type: ignore[arg-type]
     else:
         for fname, pair in spec.items():
             _check_name(fname)
-            if isinstance(pair, Field):  # untyped: the field's own type, else str
-                fields.append(pair.bind(fname, pair.annotation if pair.name else str))
+            if isinstance(pair, Field):  # untyped: a str field
+                fields.append(pair.bind(fname, str).updated(typed=False))
                 continue
             if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], Field)):
                 raise TypeError(
@@ -322,8 +326,8 @@ def make_signature(
     return _build(signature_name, instructions, fields)
 
 
-def _string_field(kind: FieldKind, name: str, annotation: Any) -> Field:
-    return Field(kind).bind(name, annotation)
+def _string_field(kind: FieldKind, name: str, annotation: Any, typed: bool) -> Field:
+    return Field(kind, typed=typed).bind(name, annotation)
 
 
 def ensure_signature(

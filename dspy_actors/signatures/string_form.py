@@ -23,6 +23,7 @@ __all__ = [
     "allowed_type_names",
     "caller_scope_lookup",
     "parse_signature_string",
+    "parse_type_name",
 ]
 
 
@@ -329,6 +330,18 @@ def parse_signature_string(
     finds names not in the allow-list or ``custom_types`` (see :func:`caller_scope_lookup`)."""
     types = {**allowed_type_names(), **(custom_types or {})}
     return _Parser(text, types, scope).signature()
+
+
+def parse_type_name(text: str, custom_types: Mapping[str, Any] | None = None) -> Any:
+    """A type from its name as signatures print it (``list[str]``, ``Optional[int]``,
+    ``Literal['a', 'b']``), using the same allow-list; nothing is evaluated."""
+    types = {**allowed_type_names(), **(custom_types or {})}
+    parser = _Parser(text, types)
+    parser._name_tokens = []
+    annotation = parser.type_expr()
+    if parser.tok.kind != "end":
+        parser.fail(f"unexpected {parser.describe(parser.tok)} after the type")
+    return annotation
 
 
 def caller_scope_lookup() -> ScopeLookup:
