@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+
 import pytest
 
 from dspy_actors import settings

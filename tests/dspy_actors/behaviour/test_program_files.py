@@ -112,7 +112,7 @@ def test_a_file_cannot_name_code_to_run(tmp_path: Path) -> None:
 def test_values_that_are_not_data_are_refused_at_save(tmp_path: Path) -> None:
     prog = Unregistered()
     prog.search = lambda q: q  # type: ignore[attr-defined]
-    with pytest.raises(StateError, match=r"self.search holds a function"):
+    with pytest.raises(StateError, match=r"self\.search holds a function"):
         prog.save(tmp_path / "x", save_program=True)
     prog2 = Unregistered()
     prog2.save(tmp_path / "state.json")

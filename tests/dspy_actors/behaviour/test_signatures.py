@@ -58,7 +58,7 @@ def test_names_that_are_not_types_are_refused() -> None:
 def test_variadic_tuples_and_parenthesised_unions() -> None:
     sig = Signature("xs: tuple[int, ...] -> y: str | (int | float) | None")
     assert sig.input_fields["xs"].annotation == tuple[int, ...]
-    assert sig.output_fields["y"].annotation == Optional[Union[str, int, float]]  # noqa: UP007
+    assert sig.output_fields["y"].annotation == Optional[Union[str, int, float]]  # noqa: UP007, UP045
     with pytest.raises(ValueError, match="expected '\\)' to close"):
         Signature("a: (int | str -> b")
 
