@@ -116,5 +116,5 @@ def test_values_that_are_not_data_are_refused_at_save(tmp_path: Path) -> None:
         prog.save(tmp_path / "x", save_program=True)
     prog2 = Unregistered()
     prog2.save(tmp_path / "state.json")
-    with pytest.raises(StateError, match="not a dspy_actors.program file"):
+    with pytest.raises(StateError, match=r"not a dspy_actors\.program file"):
         dsa.load(tmp_path / "state.json")
