@@ -16,6 +16,7 @@ Served by the supervised runtime, from many threads, across crashes::
 """
 
 from dspy_actors.adapters import Adapter, AdapterParseError, ChatAdapter, JSONAdapter
+from dspy_actors.embedder import Embedder
 from dspy_actors.evaluate import Evaluate, EvaluationError, EvaluationResult, answer_exact_match
 from dspy_actors.lm import LM, LMError, LMResponse, RetryPolicy, Usage
 from dspy_actors.lm.breaker import CircuitOpen
@@ -70,6 +71,7 @@ __all__ = [
     "CircuitOpen",
     "DeadLettered",
     "DeadlineExceeded",
+    "Embedder",
     "Ensemble",
     "Evaluate",
     "EvaluationError",

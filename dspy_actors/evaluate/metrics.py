@@ -12,7 +12,14 @@ from typing import Any
 
 from dspy_actors.primitives.example import Example
 
-__all__ = ["Metric", "answer_exact_match", "call_metric", "metric_name", "metric_score"]
+__all__ = [
+    "Metric",
+    "answer_exact_match",
+    "call_metric",
+    "metric_name",
+    "metric_score",
+    "normalize_text",
+]
 
 Metric = Callable[..., Any]
 """``metric(example, prediction)`` or ``metric(example, prediction, trace)`` returning a
@@ -59,9 +66,9 @@ def metric_name(metric: Metric) -> str:
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
-def _normalize_answer(text: Any) -> str:
-    """SQuAD's normalisation, which DSPy's metrics use: lower case, no punctuation, no
-    articles, single spaces."""
+def normalize_text(text: Any) -> str:
+    """SQuAD's normalisation, which DSPy's metrics and ``majority`` use: lower case, no
+    punctuation, no articles ("a", "an", "the"), single spaces."""
     lowered = unicodedata.normalize("NFD", str(text)).lower()
     no_punct = "".join(ch for ch in lowered if ch not in string.punctuation)
     return " ".join(_ARTICLES.sub(" ", no_punct).split())
@@ -87,8 +94,5 @@ def answer_exact_match(
     golds = list(golds) if isinstance(golds, list | tuple) else [golds]
     guess = getattr(prediction, "answer", None)
     if frac >= 1.0:
-        return any(_normalize_answer(g) == _normalize_answer(guess) for g in golds)
-    return (
-        max((_f1(_normalize_answer(g), _normalize_answer(guess)) for g in golds), default=0.0)
-        >= frac
-    )
+        return any(normalize_text(g) == normalize_text(guess) for g in golds)
+    return max((_f1(normalize_text(g), normalize_text(guess)) for g in golds), default=0.0) >= frac
