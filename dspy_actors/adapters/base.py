@@ -315,6 +315,9 @@ def describe_fields(fields: Sequence[Field]) -> str:
         line = f"{i}. `{f.name}` ({annotation_name(f.annotation)})"
         if f.desc:
             line += f": {f.desc}"
+        described = getattr(f.annotation, "description", None)
+        if isinstance(f.annotation, type) and issubclass(f.annotation, CustomType) and described:
+            line += f"\n{described()}"  # e.g. Code: how to write it
         if f.constraints:
             line += f"\nConstraints: {f.constraints_text()}"
         lines.append(line)

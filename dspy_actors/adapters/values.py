@@ -60,7 +60,7 @@ def format_value(value: Any) -> Content:
 
 def _children(value: Any) -> list[Any]:
     if isinstance(value, BaseModel):
-        return [v for _, v in value]
+        return [getattr(value, name) for name in type(value).model_fields]
     if isinstance(value, Example):
         return list(value.to_dict().values())
     if isinstance(value, dict):
@@ -95,7 +95,7 @@ def _format_with_parts(value: Any) -> Content:
             slots.append(shown)
             return f"<<content-part-{len(slots) - 1}-{nonce}>>"
         if isinstance(v, BaseModel):
-            return {name: plain(item) for name, item in v}
+            return {name: plain(getattr(v, name)) for name in type(v).model_fields}
         if isinstance(v, Example):
             return plain(v.to_dict())
         if isinstance(v, dict):

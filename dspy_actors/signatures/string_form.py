@@ -49,7 +49,16 @@ class ParsedField:
 
 def allowed_type_names() -> dict[str, Any]:
     """Names a signature string may use without passing ``custom_types``."""
-    from dspy_actors.signatures.custom_types import Audio, History, Image, Tool
+    from dspy_actors.signatures.custom_types import (
+        Audio,
+        Citations,
+        Code,
+        Document,
+        History,
+        Image,
+        Reasoning,
+        Tool,
+    )
 
     return {
         "str": str,
@@ -75,6 +84,10 @@ def allowed_type_names() -> dict[str, Any]:
         "Audio": Audio,
         "History": History,
         "Tool": Tool,
+        "Code": Code,
+        "Reasoning": Reasoning,
+        "Document": Document,
+        "Citations": Citations,
     }
 
 
@@ -264,7 +277,8 @@ class _Parser:
                 self.fail(f"{tok.text} needs arguments, e.g. {tok.text}[...]")
             return type(None) if base is None else base
         open_tok = self.advance()
-        args = self.literal_args() if base is Literal else self.type_args()
+        takes_values = base is Literal or getattr(base, "language", None) is not None
+        args = self.literal_args() if takes_values else self.type_args()  # Code["java"]
         if not self.at("]"):
             self.fail(
                 f"expected ',' or ']' to close the '[' at column {open_tok.pos + 1} "
