@@ -49,6 +49,12 @@ def _check_keys(where: str, values: Mapping[str, Any]) -> None:
         raise TypeError(
             f"{where}() got unknown setting(s) {unknown}; known settings are {sorted(SETTING_KEYS)}"
         )
+    if isinstance(values.get("lm"), str):  # a model name where an LM belongs: say so now
+        name = values["lm"]
+        raise ValueError(
+            f"{where}(lm=...) needs an LM object, not the string {name!r}: use "
+            f"{where}(lm=dspy_actors.LM({name!r}))"
+        )
 
 
 def configure(**values: Any) -> None:

@@ -367,7 +367,7 @@ def caller_scope_lookup() -> ScopeLookup:
         frame = frame.f_back
     if frame is None:
         return lambda _name: _NOT_FOUND
-    local_ns, global_ns = dict(frame.f_locals), frame.f_globals
+    local_ns, global_ns = frame.f_locals, frame.f_globals  # read only, during the parse
 
     def lookup(name: str) -> Any:
         head, *rest = name.split(".")

@@ -119,7 +119,9 @@ def test_an_lm_given_as_a_string_is_rejected_up_front(sim_lm: SimLM) -> None:
         Predict("question -> answer")(question="hi", lm="openai/gpt-4o-mini")
     with pytest.raises(ValueError, match="not the string"):
         Pipeline().set_lm("openai/gpt-4o-mini")
-    settings.configure(lm="openai/gpt-4o-mini")
-    with pytest.raises(ValueError, match=r"dspy_actors.LM\('openai/gpt-4o-mini'\)"):
-        Predict("question -> answer")(question="hi")
+    with pytest.raises(ValueError, match=r"configure\(lm=dspy_actors.LM\('openai/gpt-4o-mini'\)\)"):
+        settings.configure(lm="openai/gpt-4o-mini")
+    with pytest.raises(ValueError, match="not the string"), settings.context(lm="openai/x"):
+        pass
+    assert settings.get("lm") is None
     assert sim_lm.requests == []
