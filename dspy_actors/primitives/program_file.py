@@ -131,7 +131,12 @@ def _dump_module(module: Module, where: str) -> dict[str, Any]:
     return {"__module__": _class_name(type(module)), "attributes": attributes}
 
 
+# The default factories a file can name (by these names only).
+_FACTORIES: dict[Any, str] = {list: "list", dict: "dict", set: "set", tuple: "tuple", str: "str"}
+
+
 def _dump_signature(signature: Any) -> dict[str, Any]:
+    from dspy_actors.signatures.field import MISSING
     from dspy_actors.signatures.type_names import annotation_name
 
     fields = []
@@ -144,10 +149,22 @@ def _dump_signature(signature: Any) -> dict[str, Any]:
             "desc": f.desc,
             "prefix": f.prefix,
         }
-        if f.default is not None and f.has_default and f.default_factory is None:
+        if f.format is not None:
+            raise StateError(
+                f"signature {signature.__name__}: field {f.name!r} has a format= function, "
+                "which a whole-program file cannot store as data"
+            )
+        if f.default_factory is not None:
+            factory = _FACTORIES.get(f.default_factory)
+            if factory is None:
+                raise StateError(
+                    f"signature {signature.__name__}: field {f.name!r} has a default_factory "
+                    f"other than {sorted(_FACTORIES.values())}, which a whole-program file "
+                    "cannot store as data"
+                )
+            entry["default_factory"] = factory
+        elif f.default is not MISSING:
             entry["default"] = to_jsonable(f.default)
-        elif f.has_default and f.default_factory is None:
-            entry["default"] = None
         if f.constraints:
             entry["constraints"] = dict(f.constraints)
         fields.append(entry)
@@ -234,12 +251,22 @@ class _Loader:
                     desc=str(entry.get("desc", "")),
                     prefix=str(entry.get("prefix", "")),
                     default=entry.get("default", MISSING),
+                    default_factory=_factory(entry.get("default_factory"), where, name),
                     constraints=tuple(sorted(constraints.items())),
                     typed=bool(entry.get("typed", True)),
                 ),
             )
         signature = make_signature(fields, data.get("instructions"), str(data.get("name")))
         return signature
+
+
+def _factory(name: Any, where: str, field: str) -> Any:
+    if name is None:
+        return None
+    for factory, known in _FACTORIES.items():
+        if known == name:
+            return factory
+    raise StateError(f"{where}: field {field!r} names an unknown default_factory {name!r}")
 
 
 def load(

@@ -36,6 +36,7 @@ class Judge(Signature):
     answer: str = InputField(desc="the answer")
     verdict: Verdict = OutputField()
     score: int = OutputField(ge=0, le=5, default=0)
+    notes: list[str] = OutputField(default_factory=list)
 
 
 @dsa.register_module
@@ -78,6 +79,7 @@ def test_a_saved_program_loads_back_whole(tmp_path: Path, sim_lm: SimLM, make_lm
     assert judge.output_fields["verdict"].annotation is Verdict
     assert judge.output_fields["score"].constraints == (("ge", 0), ("le", 5))
     assert judge.output_fields["score"].default == 0
+    assert judge.output_fields["notes"].default_factory is list
     assert loaded.who.signature.output_fields["person"].annotation is Person
     assert loaded.draft.predict.lm is None  # the LM is set again by the loader's user
     loaded.set_lm(lm)
@@ -114,6 +116,12 @@ def test_values_that_are_not_data_are_refused_at_save(tmp_path: Path) -> None:
     prog.search = lambda q: q  # type: ignore[attr-defined]
     with pytest.raises(StateError, match=r"self\.search holds a function"):
         prog.save(tmp_path / "x", save_program=True)
+    formatted = Unregistered()
+    formatted.qa = Predict(
+        Signature({"question": InputField(format=str.upper), "answer": OutputField()})
+    )
+    with pytest.raises(StateError, match=r"field 'question' has a format= function"):
+        formatted.save(tmp_path / "y", save_program=True)
     prog2 = Unregistered()
     prog2.save(tmp_path / "state.json")
     with pytest.raises(StateError, match=r"not a dspy_actors\.program file"):
