@@ -32,8 +32,16 @@ def value_fits(value: Any, annotation: Any) -> bool:
     fit ``int``). A list of strings fits ``str`` (DSPy numbers them in the prompt)."""
     if annotation is Any or value is None:
         return True
-    if annotation is str and isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return True
+    if annotation is str:  # the common cases without pydantic: this runs on every call
+        return isinstance(value, str) or (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        )
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
     if isinstance(annotation, type) and issubclass(annotation, CustomType):
         return True  # custom types accept several source forms (a URL, a path, bytes)
     try:

@@ -20,7 +20,14 @@ from dspy_actors.lm.steps import LMCall, Steps
 if TYPE_CHECKING:
     from dspy_actors.lm.types import LMResponse
 
-__all__ = ["MAX_HISTORY", "ModuleHistory", "recording", "with_history"]
+__all__ = [
+    "MAX_HISTORY",
+    "ModuleHistory",
+    "recording",
+    "start_recording",
+    "stop_recording",
+    "with_history",
+]
 
 MAX_HISTORY = 10_000
 """Entries a module keeps (the oldest are dropped), as DSPy's ``max_history_size``."""
@@ -41,14 +48,26 @@ class ModuleHistory(list[dict[str, Any]]):
             del self[: len(self) - MAX_HISTORY]
 
 
+RecordingToken = contextvars.Token[tuple["ModuleHistory", ...]]
+
+
+def start_recording(history: ModuleHistory) -> RecordingToken:
+    """Append LM calls made from now on to ``history`` too, until ``stop_recording``."""
+    return _recording.set((*_recording.get(), history))
+
+
+def stop_recording(token: RecordingToken) -> None:
+    _recording.reset(token)
+
+
 @contextmanager
 def recording(history: ModuleHistory) -> Iterator[None]:
     """Append LM calls made inside the block to ``history`` (besides any already active)."""
-    token = _recording.set((*_recording.get(), history))
+    token = start_recording(history)
     try:
         yield
     finally:
-        _recording.reset(token)
+        stop_recording(token)
 
 
 def _entry(call: LMCall, response: LMResponse) -> dict[str, Any]:
@@ -83,9 +102,10 @@ def with_history(steps: Steps[T], own: ModuleHistory) -> Steps[T]:
                 return done.value  # type: ignore[no-any-return]
             continue
         entry = _entry(call, response)
-        targets = {id(h): h for h in (own, *_recording.get())}
-        for history in targets.values():
-            history.add(entry)
+        own.add(entry)
+        for history in _recording.get():
+            if history is not own:
+                history.add(entry)
         try:
             call = steps.send(response)
         except StopIteration as done:

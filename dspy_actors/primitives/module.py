@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from dspy_actors.lm.usage import Usage, UsageMeter, metering
-from dspy_actors.primitives.call_history import ModuleHistory, recording
+from dspy_actors.primitives.call_history import ModuleHistory, start_recording, stop_recording
 from dspy_actors.primitives.parameter import Parameter, StateError
 
 if TYPE_CHECKING:
@@ -35,35 +35,24 @@ _PER_INSTANCE = frozenset({_METER_ATTR, _HISTORY_ATTR})  # never walked, never c
 _meter_lock = threading.Lock()
 _log = logging.getLogger("dspy_actors.module")
 
-# The module whose forward its own __call__ is about to run, and the modules whose forward
-# is running: a forward entered any other way was called directly (DSPy warns about that).
+# The module whose forward its own __call__ is running: a forward entered while another
+# module (or none) is the one being called was called directly (DSPy warns about that).
+# One contextvar read per forward; super().forward(...) sees its own module, so is fine.
 _entering: contextvars.ContextVar[Module | None] = contextvars.ContextVar(
     "dspy_actors_entering_forward", default=None
-)
-_running: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
-    "dspy_actors_running_forward", default=frozenset()
 )
 
 
 def _warn_if_called_directly(forward: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(forward)
     def checked(self: Module, *args: Any, **kwargs: Any) -> Any:
-        running = _running.get()
-        if id(self) in running:  # super().forward(...) from a subclass's forward
-            return forward(self, *args, **kwargs)
         if _entering.get() is not self:
             _log.warning(
                 "Calling module.forward(...) on %s directly is discouraged: call the module "
                 "itself, module(...), so its usage, history and callbacks are recorded.",
                 type(self).__name__,
             )
-        entering = _entering.set(None)
-        token = _running.set(running | {id(self)})
-        try:
-            return forward(self, *args, **kwargs)
-        finally:
-            _running.reset(token)
-            _entering.reset(entering)
+        return forward(self, *args, **kwargs)
 
     checked.__dspy_actors_checked__ = True  # type: ignore[attr-defined]
     return checked
@@ -87,12 +76,15 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        token = _entering.set(self)
+        # Plain tokens rather than context managers: this runs on every module call.
+        entering = _entering.set(self)
+        recording = start_recording(self.history)
         try:
-            with metering(self.usage_meter), recording(self.history):
+            with metering(self.usage_meter):
                 return self.forward(*args, **kwargs)
         finally:
-            _entering.reset(token)
+            stop_recording(recording)
+            _entering.reset(entering)
 
     # -- history ------------------------------------------------------------------------
     @property
