@@ -292,6 +292,8 @@ class ModuleActor(supervisors.SupervisedActor):
 
     def _lm_done(self, message: _LMDone) -> None:
         reply = message.reply
+        if reply.cancelled():
+            return  # we cancelled it: its call was dropped (_cancelled)
         error = reply.exception()
         self._resume(message.call_id, None if error is not None else reply.result(), error)
 

@@ -29,6 +29,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import greenlet
+
 from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime.context import CallContext
 from dspy_actors.runtime.errors import DeadlineExceeded
@@ -94,7 +96,14 @@ def await_reply_blocking(step: AwaitReply) -> Any:
         if remaining is not None and remaining <= 0:
             return _expired(step)
         wait = MAX_WAIT_SLICE_SECONDS if remaining is None else remaining
-        if wait_done(reply, min(wait, MAX_WAIT_SLICE_SECONDS)):
+        try:
+            done = wait_done(reply, min(wait, MAX_WAIT_SLICE_SECONDS))
+        except greenlet.GreenletExit:
+            # The forward waiting here was dropped (its own caller cancelled, its actor
+            # stopped): the sub-call is not wanted either, so its module drops it too.
+            reply.cancel()
+            raise
+        if done:
             return reply.result(timeout=0)
 
 
@@ -104,22 +113,29 @@ async def await_reply_async(step: AwaitReply) -> Any:
     If the awaiting task is cancelled, the reply future is cancelled too, which tells the
     module actor to drop the call (module_actor: a cancelled reply frees its slot)."""
     reply = step.reply
-    if not reply.done():
-        waiter = asyncio.wrap_future(reply)
-        try:
-            while not reply.done():
-                remaining = _remaining(step)
-                if remaining is not None and remaining <= 0:
-                    break
-                wait = MAX_WAIT_SLICE_SECONDS if remaining is None else remaining
-                # (asyncio.wait never cancels what it waits on: a timeout leaves the reply be.)
-                await asyncio.wait({waiter}, timeout=min(wait, MAX_WAIT_SLICE_SECONDS))
-        except asyncio.CancelledError:
-            reply.cancel()
-            raise
-        if not reply.done():
-            return _expired(step)
-    return reply.result(timeout=0)
+    if reply.done():  # answered in the send (a cache hit, an idle actor's quick answer)
+        return reply.result(timeout=0)
+    waiter = asyncio.wrap_future(reply)
+    waiter.add_done_callback(_retrieved)
+    try:
+        while not waiter.done():
+            remaining = _remaining(step)
+            if remaining is not None and remaining <= 0:
+                return _expired(step)
+            wait = MAX_WAIT_SLICE_SECONDS if remaining is None else remaining
+            # (asyncio.wait never cancels what it waits on: a timeout leaves the reply be.)
+            await asyncio.wait({waiter}, timeout=min(wait, MAX_WAIT_SLICE_SECONDS))
+    except asyncio.CancelledError:
+        reply.cancel()
+        raise
+    return waiter.result()
+
+
+def _retrieved(waiter: asyncio.Future[Any]) -> None:
+    """Mark the waiter's outcome as seen (the answer is read from the reply when the
+    deadline passed first), so asyncio does not log a never-retrieved exception."""
+    if not waiter.cancelled():
+        waiter.exception()
 
 
 def run_plan(plan: Plan[T]) -> T:
