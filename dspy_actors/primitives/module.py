@@ -7,6 +7,7 @@ usage meter active, so ``module.usage`` is the token usage of every LM call made
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import os
@@ -43,6 +44,21 @@ class Module:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with metering(self.usage_meter):
             return self.forward(*args, **kwargs)
+
+    # -- asyncio ------------------------------------------------------------------------
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        """``await module.acall(...)``: ``aforward`` with the module's usage metered, as
+        calling the module runs ``forward``."""
+        with metering(self.usage_meter):
+            return await self.aforward(*args, **kwargs)
+
+    async def aforward(self, *args: Any, **kwargs: Any) -> Any:
+        """The asyncio version of ``forward``. Predictors implement it without holding a
+        thread (their LM calls are awaited); a composite may write its own, awaiting its
+        sub-modules' ``acall``. This default runs ``forward`` in asyncio's thread pool (as
+        ``asyncio.to_thread``, settings and meters carried over), so the event loop never
+        blocks, at the cost of a thread per call in flight."""
+        return await asyncio.to_thread(self.forward, *args, **kwargs)
 
     # -- usage --------------------------------------------------------------------------
     @property
