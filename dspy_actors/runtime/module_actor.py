@@ -362,8 +362,10 @@ class ModuleActor(supervisors.SupervisedActor):
         record = self._inflight.pop(call_id, None)
         if record is None:
             return
+        # Every module.start has its end: a cancelled call ends as an error, "CancelledError".
         trace_id = record.call.ctx.trace_id
-        self.services.on_event("module.cancelled", self.path, {"trace_id": trace_id})
+        data = {"trace_id": trace_id, "error": "CancelledError"}
+        self.services.on_event("module.error", self.path, data)
         self._end_quietly(record)
         if record.lm_reply is not None:
             record.lm_reply.cancel()  # the LM pool may skip or drop it

@@ -297,3 +297,34 @@ def test_acall_honours_its_deadline(start_app: StartApp, sim: SimLM) -> None:
             asyncio.run(rag.acall_with({"question": "slow"}, timeout=0.3))
     finally:
         gate.open.set()
+
+
+class Outer(Module):
+    """A composite of a composite: two levels of parked forwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draft = Draft()
+        self.check = Predict("answer -> verdict")
+
+    def forward(self, question: str) -> Prediction:
+        answer = self.draft(question=question).answer
+        verdict = self.check(answer=answer).verdict
+        return Prediction(answer=answer, verdict=verdict)
+
+
+def test_nested_composites_answer_many_acalls_with_few_threads(
+    start_app: StartApp, sim: SimLM
+) -> None:
+    app = start_app(lm_workers=4)
+    outer = app.serve("outer", Outer())
+    asyncio.run(outer.acall(question="warm up"))
+    before = threading.active_count()
+
+    async def main() -> list[Any]:
+        return await _gather_all([outer.acall(question=f"q{i}") for i in range(200)], 120.0)
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, Prediction) and r.verdict for r in results), results[:3]
+    assert threading.active_count() - before <= 4 + 4
+    assert len(sim.requests) == 3 * 201
