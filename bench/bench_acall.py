@@ -1,7 +1,7 @@
 """Benchmark of ``await handle.acall(...)`` (issue 12, the caller half).
 
     ln -s /work/main/bench/.venv-dspy bench/.venv-dspy      # or bash bench/setup_dspy_venv.sh
-    .venv/bin/python bench/bench_acall.py [--quick] [--no-dspy]
+    .venv/bin/python bench/bench_acall.py [--quick] [--no-dspy] [--only-ceiling]
 
 The simulated LM server (SimLM, 100 ms latency; a second one with none for the cached
 call) runs in its own process (bench_core.Server). Each peer runs in its own process:
@@ -14,10 +14,13 @@ call) runs in its own process (bench_core.Server). Each peer runs in its own pro
     - ours with ``lm_workers`` = in flight (the LM pool's worker count, today's bound on
       LM calls in flight; issue-12lm replaces those threads with event loops);
     - DSPy 3.4.1: ``await dspy.Predict(...).acall`` from the same number of tasks;
+    - the server's ceiling: a raw asyncio HTTP/1.1 client (a keep-alive connection per
+      task) posting a prebuilt request to the same server;
     - the ideal: ``in_flight / (0.1 s x LM calls per call)``.
     Reported: calls/s, % of ideal, errors, the process's peak OS threads while in flight.
 (2) a cached call (memory cache holds the answer), one caller, us/call: a raw Pykka ``ask``
-    to a trivial actor; ``handle.call``; ``await handle.acall`` (one event loop).
+    to a trivial actor (with and without a timeout); the same cached Predict in-process;
+    ``handle.call``; ``await handle.acall`` (one event loop).
 
 Writes bench/results/acall.json. Numbers from one run of a noisy shared machine: compare
 the peers of the same run, not runs.
@@ -178,8 +181,19 @@ def _ours_cached(
         for _ in range(n):
             ref.ask("x")
         out["pykka_ask_us"] = round((time.perf_counter() - started) / n * 1e6, 1)
+        started = time.perf_counter()
+        for _ in range(n):
+            ref.ask("x", timeout=10.0)  # as bench_runtime.py measures it
+        out["pykka_ask_timeout_us"] = round((time.perf_counter() - started) / n * 1e6, 1)
     finally:
         ref.stop()
+    inproc = predict("question -> answer")
+    inproc.lm = lm
+    inproc(question="What is 2 + 3?")
+    started = time.perf_counter()
+    for _ in range(n):
+        inproc(question="What is 2 + 3?")
+    out["inprocess_predict_us"] = round((time.perf_counter() - started) / n * 1e6, 1)
     with tempfile.TemporaryDirectory() as data, dsa.start(lm=lm, data_dir=data) as app:
         handle = app.serve("cached", predict("question -> answer"))
         handle.call(question="What is 2 + 3?")
@@ -214,6 +228,50 @@ def run_dspy(args: argparse.Namespace) -> dict[str, Any]:
     async def main() -> dict[str, Any]:
         await asyncio.gather(*(call(f"warm {i}") for i in range(min(args.in_flight, 64))))
         return await _closed_loop(call, args.in_flight, args.total)
+
+    return asyncio.run(main())
+
+
+def run_raw(args: argparse.Namespace) -> dict[str, Any]:
+    """The server's ceiling at this many in flight: a raw asyncio HTTP/1.1 client, one
+    keep-alive connection per task, posting a prebuilt chat request (stdlib only)."""
+    host, port = args.url.removeprefix("http://").split(":")
+    body = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "[[ ## question ## ]]\nq"}]}
+    ).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}"
+        f"\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    connections: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+
+    async def post(w: int) -> None:
+        if w not in connections:
+            connections[w] = await asyncio.open_connection(host, int(port))
+        reader, writer = connections[w]
+        writer.write(head + body)
+        await writer.drain()
+        length = 0
+        while True:
+            line = await reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+
+    counter = iter(range(10**9))
+
+    async def call(q: str) -> None:
+        # The closed loop's worker number is in q ("w12 ..."): one connection per worker.
+        await post(int(q.split(" ", 1)[0][1:]) if q.startswith("w") else next(counter))
+
+    async def main() -> dict[str, Any]:
+        await asyncio.gather(*(call(f"w{w} warm") for w in range(args.in_flight)))
+        result = await _closed_loop(call, args.in_flight, args.total)
+        for _, writer in connections.values():
+            writer.close()
+        return result
 
     return asyncio.run(main())
 
@@ -267,6 +325,9 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
             )
             if not args.no_dspy and DSPY_PY.exists():
                 peers.append(("dspy 3.4.1 Predict.acall", DSPY_PY, ["--dspy"], 1))
+            peers.append(("raw asyncio client (server ceiling)", OURS_PY, ["--raw"], 1))
+            if args.only_ceiling:
+                peers = peers[-1:]
             for name, python, argv, calls_per in peers:
                 run = _child(
                     python,
@@ -292,7 +353,7 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         slow.stop()
         fast.stop()
-    write_results("acall", results)
+    write_results("acall_ceiling" if args.only_ceiling else "acall", results)
     return results
 
 
@@ -302,14 +363,16 @@ def main() -> None:
     parser.add_argument("--no-dspy", action="store_true")
     parser.add_argument("--ours", action="store_true", help="(child) our peer")
     parser.add_argument("--dspy", action="store_true", help="(child) DSPy's peer")
+    parser.add_argument("--raw", action="store_true", help="(child) the raw client")
+    parser.add_argument("--only-ceiling", action="store_true", help="only the raw client")
     parser.add_argument("--shape", default="predict")
     parser.add_argument("--url", default="")
     parser.add_argument("--in-flight", type=int, default=256)
     parser.add_argument("--total", type=int, default=1024)
     parser.add_argument("--lm-workers", type=int, default=0)
     args = parser.parse_args()
-    if args.ours or args.dspy:
-        result = run_ours(args) if args.ours else run_dspy(args)
+    if args.ours or args.dspy or args.raw:
+        result = run_ours(args) if args.ours else run_dspy(args) if args.dspy else run_raw(args)
         print(json.dumps(result), flush=True)
         return
     drive(args)
