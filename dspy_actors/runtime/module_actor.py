@@ -144,7 +144,7 @@ class ModuleActor(supervisors.SupervisedActor):
 
     # Its handlers never block (LM calls are messages, forward parks its greenlet or runs
     # in a call thread), so a caller may take the actor's turn while it is idle
-    # (supervisors.tell_inline); except an actor running forward greenlets (see __init__).
+    # (supervisors.tell_inline); not a ForwardActor, whose greenlets need its own thread.
     handles_in_caller = True
 
     def __init__(
