@@ -104,10 +104,13 @@ def pause(seconds: float) -> None:
         time.sleep(seconds)
 
 
+_LINGER_SECONDS = 0.05
+
+
 class Timers:
     """Callbacks at monotonic instants, run by one thread that exists only while some
-    timer is pending (so an idle process holds no timer thread). Callbacks must be quick:
-    they tell an actor, nothing more."""
+    timer is pending, and a moment after (so an idle process holds no timer thread).
+    Callbacks must be quick: they tell an actor, nothing more."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -135,7 +138,7 @@ class Timers:
         with self._cond:
             if self._live.pop(timer_id, None) is not None and not self._live:
                 self._heap.clear()
-                self._cond.notify()  # nothing left: the thread ends
+                self._cond.notify()  # nothing left: the thread ends (after its linger)
 
     def pending(self) -> int:
         with self._cond:
@@ -146,8 +149,13 @@ class Timers:
             with self._cond:
                 while True:
                     if not self._live:
-                        self._thread = None
-                        return
+                        # Linger a moment: a sequential caller's next wait comes soon, and
+                        # would otherwise start a new thread each time.
+                        self._cond.wait(timeout=_LINGER_SECONDS)
+                        if not self._live:
+                            self._thread = None
+                            return
+                        continue
                     deadline, timer_id = self._heap[0]
                     if timer_id not in self._live:
                         heapq.heappop(self._heap)

@@ -50,7 +50,7 @@ def test_timers_fire_in_order_skip_cancelled_ones_and_leave_no_thread() -> None:
     wait_until(lambda: not _timer_threads(), timeout=10.0, what="the timer thread ended")
 
 
-def test_cancelling_the_last_timer_ends_the_thread_at_once() -> None:
+def test_cancelling_the_last_timer_ends_the_thread_soon() -> None:
     timers = Timers()
     timer = timers.schedule(time.monotonic() + 3600, lambda: None)
     assert _timer_threads()
