@@ -48,17 +48,20 @@ class Module:
     # -- asyncio ------------------------------------------------------------------------
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
         """``await module.acall(...)``: ``aforward`` with the module's usage metered, as
-        calling the module runs ``forward``."""
+        calling the module runs ``forward``. A module without an ``aforward`` of its own is
+        called (``module(...)``) in asyncio's thread pool, so the event loop never blocks."""
+        if type(self).aforward is Module.aforward:
+            return await asyncio.to_thread(self, *args, **kwargs)
         with metering(self.usage_meter):
             return await self.aforward(*args, **kwargs)
 
     async def aforward(self, *args: Any, **kwargs: Any) -> Any:
         """The asyncio version of ``forward``. Predictors implement it without holding a
         thread (their LM calls are awaited); a composite may write its own, awaiting its
-        sub-modules' ``acall``. This default runs ``forward`` in asyncio's thread pool (as
-        ``asyncio.to_thread``, settings and meters carried over), so the event loop never
-        blocks, at the cost of a thread per call in flight."""
-        return await asyncio.to_thread(self.forward, *args, **kwargs)
+        sub-modules' ``acall``. This default calls the module in asyncio's thread pool
+        (``asyncio.to_thread``: settings and meters carried over), at the cost of a
+        thread per call in flight."""
+        return await asyncio.to_thread(self, *args, **kwargs)
 
     # -- usage --------------------------------------------------------------------------
     @property
