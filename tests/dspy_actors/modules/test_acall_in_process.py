@@ -10,7 +10,7 @@ import pytest
 from dspy_actors import settings
 from dspy_actors.lm.errors import ServerError
 from dspy_actors.modules.chain_of_thought import ChainOfThought
-from dspy_actors.modules.predict import Predict
+from dspy_actors.modules.predict import NoLMConfiguredError, Predict
 from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.prediction import Prediction
 from dspy_actors.testing.faults import Fault
@@ -76,8 +76,6 @@ def test_an_lm_error_is_raised_from_acall(make_lm: MakeLM, sim_lm: SimLM) -> Non
         asyncio.run(predict.acall(question="q"))
 
 
-def test_missing_inputs_are_named_by_acall(make_lm: MakeLM) -> None:
-    predict = Predict("question, context -> answer")
-    predict.lm = make_lm()
-    with pytest.raises(TypeError, match=r"missing input field\(s\) \['context'\]"):
-        asyncio.run(predict.acall(question="q"))
+def test_acall_without_an_lm_says_how_to_configure_one() -> None:
+    with pytest.raises(NoLMConfiguredError, match="configure"):
+        asyncio.run(Predict("question -> answer").acall(question="q"))
