@@ -8,6 +8,7 @@ from dspy_actors import settings
 from dspy_actors.adapters.base import Adapter
 from dspy_actors.adapters.chat_adapter import ChatAdapter
 from dspy_actors.lm.steps import Steps, run_steps
+from dspy_actors.modules._async_steps import arun_steps
 from dspy_actors.modules.input_checks import checked_inputs
 from dspy_actors.primitives.call_history import with_history
 from dspy_actors.primitives.example import Example
@@ -57,6 +58,11 @@ class Predict(Module, Parameter):
 
     def forward(self, **kwargs: Any) -> Prediction:
         return run_steps(self.steps(**kwargs))
+
+    async def aforward(self, **kwargs: Any) -> Prediction:
+        """``forward`` for asyncio (``await predict.acall(...)``): the same steps, each LM
+        call awaited (see :mod:`dspy_actors.modules._async_steps`)."""
+        return await arun_steps(self.steps(**kwargs))
 
     def steps(self, **kwargs: Any) -> Steps[Prediction]:
         """``forward`` as steps that ask for each LM call instead of making it (the actor

@@ -7,6 +7,7 @@ usage meter active, so ``module.usage`` is the token usage of every LM call made
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import copy
 import functools
@@ -108,6 +109,24 @@ class Module:
             for i, output in enumerate(entry.get("outputs", [])):
                 lines.append(f"[response{'' if i == 0 else f' {i + 1}'}]\n{output}")
         return "\n\n".join(lines)
+
+    # -- asyncio ------------------------------------------------------------------------
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        """``await module.acall(...)``: ``aforward`` with the module's usage metered, as
+        calling the module runs ``forward``. A module without an ``aforward`` of its own is
+        called (``module(...)``) in asyncio's thread pool, so the event loop never blocks."""
+        if type(self).aforward is Module.aforward:
+            return await asyncio.to_thread(self, *args, **kwargs)
+        with metering(self.usage_meter):
+            return await self.aforward(*args, **kwargs)
+
+    async def aforward(self, *args: Any, **kwargs: Any) -> Any:
+        """The asyncio version of ``forward``. Predictors implement it without holding a
+        thread (their LM calls are awaited); a composite may write its own, awaiting its
+        sub-modules' ``acall``. This default calls the module in asyncio's thread pool
+        (``asyncio.to_thread``: settings and meters carried over), at the cost of a
+        thread per call in flight."""
+        return await asyncio.to_thread(self, *args, **kwargs)
 
     # -- usage --------------------------------------------------------------------------
     @property

@@ -835,8 +835,8 @@ def start(
     lm_processes: int = 0,
     breaker: Mapping[str, Any] | None = None,
     rate_limit: Mapping[str, Any] | None = None,
-    max_in_flight: int = 1024,
-    module_max_in_flight: int = 1024,
+    max_in_flight: int = 10_000,
+    module_max_in_flight: int = 10_000,
     poison_threshold: int = 3,
     call_timeout: float = 120.0,
     submit_threads: int = 256,
@@ -860,8 +860,9 @@ def start(
       them, calls fail fast with ``Overloaded``.
     - ``poison_threshold``: crashes by one input before it is dead-lettered.
     - ``call_timeout``: the default deadline of a call, in seconds.
-    - ``submit_threads``: threads behind ``handle.submit``/``acall``/``batch`` (calls in
-      flight through those at once; ``call`` from your own threads is not limited by it).
+    - ``submit_threads``: threads behind ``handle.submit``/``batch`` (calls in flight
+      through those at once; ``call`` from your own threads and ``acall``, which holds no
+      thread, are not limited by it).
     - ``log``: ``"json"`` or ``"console"`` to log every event through structlog.
     - ``on_exit``: called with the root's exit reason when the app's tree exits (after
       ``stop()``: shutdown; after a crash storm beyond the root's intensity: a crash with
