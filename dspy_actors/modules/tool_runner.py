@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dspy_actors.signatures.custom_types.tool import Tool, ToolArgumentError
+from dspy_actors.waiting import wait_future
 
 __all__ = ["ToolOutcome", "ToolRunner", "ToolTimeout"]
 
@@ -257,10 +258,11 @@ class ToolRunner:
 
 
 def wait_for_tool(future: Future[Any], timeout: float) -> Any:
-    """The one place an agent waits for a tool: the calling thread blocks on the tool's
-    future for at most ``timeout`` seconds (raising ``concurrent.futures.TimeoutError``).
-    A runtime that must not hold a thread while a tool runs adapts this function."""
-    return future.result(timeout=timeout)
+    """The one place an agent waits for a tool, for at most ``timeout`` seconds (raising
+    ``concurrent.futures.TimeoutError``). Served, an agent's ``forward`` runs on a forward
+    greenlet, which this parks so its module actor serves other calls meanwhile; elsewhere
+    the calling thread blocks."""
+    return wait_future(future, timeout)
 
 
 def _fingerprint(args: Mapping[str, Any]) -> str:

@@ -22,7 +22,7 @@ from dspy_actors.runtime.errors import DeadlineExceeded, ModuleCrashed, ModuleUn
 from dspy_actors.runtime.lm_pool import lending_this_thread
 from dspy_actors.runtime.messages import Call
 from dspy_actors.runtime.plans import AwaitReply, Pause, Plan, await_reply_blocking, run_plan
-from dspy_actors.runtime.waiting import in_forward_greenlet
+from dspy_actors.waiting import in_forward_greenlet
 
 # A module that is restarting is sent the call again this often, for at most this long: it
 # never ran the call, so resending is safe, while failing would make a retrying caller

@@ -10,7 +10,7 @@ Two ways a call runs, chosen by what the module is:
 - Any other module (a composite with a user-written ``forward``): its ``forward`` runs on
   a *forward greenlet* in the actor's thread, with the call's context restored; its
   sub-modules are proxies that send calls to their own actors. When ``forward`` waits (a
-  sub-module's reply, or any future through ``runtime.waiting.wait_future``), the greenlet
+  sub-module's reply, or any future through ``dspy_actors.waiting.wait_future``), the greenlet
   is parked and the actor goes on serving other calls; the future's completion (or the
   wait's timeout) arrives as a message that switches the greenlet back in. So a call in
   flight costs a greenlet, not a thread. Such an actor never takes a caller's thread
@@ -59,7 +59,7 @@ from dspy_actors.runtime.errors import (
 )
 from dspy_actors.runtime.lm_pool import Dispatcher, lm_reply_may_run_inline, submit_lm_request
 from dspy_actors.runtime.messages import Call
-from dspy_actors.runtime.waiting import ForwardGreenlet, Park, timers
+from dspy_actors.waiting import ForwardGreenlet, Park, timers
 
 # Exceptions that answer a call without crashing the module: the caller's input or the
 # LM's output was bad, not the module's state. Everything else lets the actor crash.

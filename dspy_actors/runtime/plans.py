@@ -12,7 +12,7 @@ whenever it must wait:
 Two drivers run a plan:
 
 - :func:`run_plan` for synchronous callers (``handle.call``, a composite's ``forward``):
-  waits with :func:`dspy_actors.runtime.waiting.wait_done`, which blocks a user's thread,
+  waits with :func:`dspy_actors.waiting.wait_done`, which blocks a user's thread,
   or parks a forward greenlet so its module actor goes on serving;
 - :func:`arun_plan` for ``await handle.acall(...)``: awaits the reply futures on the
   caller's event loop, so a call in flight holds no thread at all.
@@ -34,7 +34,7 @@ import greenlet
 from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime.context import CallContext
 from dspy_actors.runtime.errors import DeadlineExceeded
-from dspy_actors.runtime.waiting import pause, wait_done
+from dspy_actors.waiting import pause, wait_done
 
 T = TypeVar("T")
 

@@ -5,7 +5,7 @@
   composite itself, which runs the user's ``forward`` with each sub-module replaced by a
   :class:`ModuleProxy` that calls the sub-module's actor. ``forward`` works unchanged; it
   runs on a greenlet in the composite's actor, parked while a sub-module call is in flight
-  (see runtime/module_actor.py and runtime/waiting.py), unless the module sets
+  (see runtime/module_actor.py and dspy_actors/waiting.py), unless the module sets
   ``blocking_forward = True``.
 - ``app.program(name, steps)``: one actor (or subtree) per step, side by side under the
   program's supervisor, and nothing else: no actor sits between the steps. The caller's

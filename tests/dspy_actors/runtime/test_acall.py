@@ -147,11 +147,11 @@ def test_cancelling_an_awaiting_caller_frees_its_slots(
 
 
 def test_a_composite_serves_other_calls_while_one_forward_waits(start_app: StartApp) -> None:
-    """A forward parked on a future (runtime.waiting.wait_future) leaves its actor free:
+    """A forward parked on a future (dspy_actors.waiting.wait_future) leaves its actor free:
     a second call runs to its end on the same actor meanwhile."""
     from concurrent.futures import Future
 
-    from dspy_actors.runtime.waiting import wait_future
+    from dspy_actors.waiting import wait_future
 
     released: Future[str] = Future()
 
@@ -181,7 +181,7 @@ def test_a_forward_wait_with_a_timeout_ends_by_it(start_app: StartApp) -> None:
     from concurrent.futures import Future
     from concurrent.futures import TimeoutError as FutureTimeout
 
-    from dspy_actors.runtime.waiting import wait_future
+    from dspy_actors.waiting import wait_future
 
     never: Future[str] = Future()
 

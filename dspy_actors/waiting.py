@@ -12,7 +12,7 @@ This is the one primitive for "wait on this future from a forward without blocki
 actor": sub-module proxies, pipelines and handles called from a forward use it, and so can
 anything else a forward waits on (a served tool runner's result future, say)::
 
-    from dspy_actors.runtime.waiting import wait_future
+    from dspy_actors.waiting import wait_future
 
     def forward(self, question):
         result = wait_future(tool_runner.submit(question), timeout=30.0)

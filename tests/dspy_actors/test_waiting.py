@@ -1,4 +1,4 @@
-"""runtime.waiting outside a forward greenlet (it blocks), and its timer thread, which
+"""dspy_actors.waiting outside a forward greenlet (it blocks), and its timer thread, which
 exists only while a timer is pending."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import pytest
 
-from dspy_actors.runtime.waiting import Timers, in_forward_greenlet, wait_future
+from dspy_actors.waiting import Timers, in_forward_greenlet, wait_future
 from tests.supervisors.actors import wait_until
 
 
