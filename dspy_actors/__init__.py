@@ -19,7 +19,17 @@ from dspy_actors.adapters import Adapter, AdapterParseError, ChatAdapter, JSONAd
 from dspy_actors.evaluate import Evaluate, EvaluationError, EvaluationResult, answer_exact_match
 from dspy_actors.lm import LM, LMError, LMResponse, RetryPolicy, Usage
 from dspy_actors.lm.breaker import CircuitOpen
-from dspy_actors.modules import ChainOfThought, NoLMConfiguredError, Predict
+from dspy_actors.modules import (
+    BestOfN,
+    ChainOfThought,
+    MultiChainComparison,
+    NoLMConfiguredError,
+    Parallel,
+    ParallelError,
+    Predict,
+    Refine,
+    majority,
+)
 from dspy_actors.optimizers import (
     COPRO,
     BootstrapFewShot,
@@ -61,6 +71,7 @@ __all__ = [
     "AdapterParseError",
     "App",
     "Audio",
+    "BestOfN",
     "BootstrapFewShot",
     "BootstrapFewShotWithRandomSearch",
     "Callback",
@@ -86,12 +97,16 @@ __all__ = [
     "Module",
     "ModuleCrashed",
     "ModuleUnavailable",
+    "MultiChainComparison",
     "NoLMConfiguredError",
     "OutputField",
     "Overloaded",
+    "Parallel",
+    "ParallelError",
     "Predict",
     "Prediction",
     "ProgramHandle",
+    "Refine",
     "RetryPolicy",
     "RunCancelled",
     "RunFailed",
@@ -105,5 +120,6 @@ __all__ = [
     "answer_exact_match",
     "configure",
     "context",
+    "majority",
     "start",
 ]

@@ -29,6 +29,7 @@ SAMPLING_KEYS: frozenset[str] = frozenset(
         "n",
         "presence_penalty",
         "frequency_penalty",
+        "rollout_id",  # DSPy's: part of the cache key only, never sent (see LM._body)
     }
 )
 SETTING_KEYS: frozenset[str] = frozenset({"lm", "adapter", "cache"}) | SAMPLING_KEYS

@@ -656,6 +656,10 @@ class LM:
         response_format: Mapping[str, Any] | None,
         stream: bool,
     ) -> bytes:
+        if "rollout_id" in params:
+            # DSPy's rollout_id only tells otherwise identical calls apart in the cache
+            # (it is part of the key); a provider may reject an unknown field.
+            params = {k: v for k, v in params.items() if k != "rollout_id"}
         try:
             body = self._provider.build_body(
                 self.model_name, messages, params, response_format, stream
