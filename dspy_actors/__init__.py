@@ -16,9 +16,13 @@ Served by the supervised runtime, from many threads, across crashes::
 """
 
 from dspy_actors.adapters import Adapter, AdapterParseError, ChatAdapter, JSONAdapter
+from dspy_actors.asyncify import asyncify
+from dspy_actors.callbacks import BaseCallback
 from dspy_actors.evaluate import Evaluate, EvaluationError, EvaluationResult, answer_exact_match
 from dspy_actors.lm import LM, LMError, LMResponse, RetryPolicy, Usage
 from dspy_actors.lm.breaker import CircuitOpen
+from dspy_actors.lm.history import inspect_history
+from dspy_actors.lm.track_usage import track_usage
 from dspy_actors.modules import (
     BestOfN,
     ChainOfThought,
@@ -71,6 +75,7 @@ __all__ = [
     "AdapterParseError",
     "App",
     "Audio",
+    "BaseCallback",
     "BestOfN",
     "BootstrapFewShot",
     "BootstrapFewShotWithRandomSearch",
@@ -118,8 +123,11 @@ __all__ = [
     "Tool",
     "Usage",
     "answer_exact_match",
+    "asyncify",
     "configure",
     "context",
+    "inspect_history",
     "majority",
     "start",
+    "track_usage",
 ]

@@ -4,7 +4,8 @@
 overrides for the current thread or asyncio task only (a ``contextvars`` layer), so two
 threads can run with different LMs or temperatures at the same time.
 
-Recognised keys: ``lm``, ``adapter``, ``cache`` (bool, per-call cache switch) and the LM
+Recognised keys: ``lm``, ``adapter``, ``cache`` (bool, per-call cache switch),
+``callbacks`` (a list of :class:`dspy_actors.callbacks.BaseCallback`) and the LM
 sampling parameters in :data:`SAMPLING_KEYS`, which an LM applies over its own defaults
 (per-call keyword arguments still win over both).
 """
@@ -32,7 +33,7 @@ SAMPLING_KEYS: frozenset[str] = frozenset(
         "rollout_id",  # DSPy's: part of the cache key only, never sent (see LM._body)
     }
 )
-SETTING_KEYS: frozenset[str] = frozenset({"lm", "adapter", "cache"}) | SAMPLING_KEYS
+SETTING_KEYS: frozenset[str] = frozenset({"lm", "adapter", "cache", "callbacks"}) | SAMPLING_KEYS
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _defaults: Mapping[str, Any] = _EMPTY

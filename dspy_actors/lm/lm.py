@@ -52,6 +52,7 @@ from dspy_actors.lm.errors import (
     LMTimeout,
     MalformedResponse,
 )
+from dspy_actors.lm.history import format_history, record_history
 from dspy_actors.lm.providers import resolve_model
 from dspy_actors.lm.providers.base import iter_sse
 from dspy_actors.lm.retry import RetryPolicy, call_with_retries, retry_delay
@@ -434,20 +435,7 @@ class LM:
 
     def inspect_history(self, n: int = 1) -> str:
         """The last ``n`` calls, formatted for reading: messages by role, then outputs."""
-        entries = list(self.history)[-n:] if n > 0 else []
-        blocks: list[str] = []
-        for entry in entries:
-            when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(entry["timestamp"]))
-            hit = " (cache hit)" if entry["cache_hit"] else ""
-            lines = [f"[{when}] {entry['model']}{hit}"]
-            for msg in entry["messages"]:
-                lines.append(f"\n{str(msg.get('role', '?')).capitalize()} message:\n")
-                lines.append(_content_text(msg.get("content")))
-            for i, out in enumerate(entry["outputs"]):
-                label = "Response" if len(entry["outputs"]) == 1 else f"Response {i + 1}"
-                lines.append(f"\n{label}:\n\n{out}")
-            blocks.append("\n".join(lines))
-        return "\n\n\n".join(blocks)
+        return format_history(list(self.history)[-n:] if n > 0 else [])
 
     def copy(self, **defaults: Any) -> LM:
         """A new LM for the same deployment (same key) with some defaults changed."""
@@ -606,7 +594,7 @@ class LM:
         calls = max(1, len(completion.outputs)) if not self._provider.supports_n else 1
         usage = Usage(completion.prompt_tokens, completion.completion_tokens, calls)
         self._meter.add(usage)
-        record_usage(usage)
+        record_usage(usage, self.model)
         return LMResponse(
             completion.outputs,
             usage,
@@ -626,20 +614,20 @@ class LM:
         kwargs = dict(params)
         if response_format is not None:
             kwargs["response_format"] = response_format
-        self.history.append(
-            {
-                "model": self.model,
-                "messages": messages,
-                "kwargs": kwargs,
-                "outputs": response.outputs,
-                "finish_reasons": response.finish_reasons,
-                "usage": response.usage,
-                "cost": response.usage.cost,
-                "cache_hit": response.cache_hit,
-                "latency_s": response.latency_s,
-                "timestamp": time.time(),
-            }
-        )
+        entry = {
+            "model": self.model,
+            "messages": messages,
+            "kwargs": kwargs,
+            "outputs": response.outputs,
+            "finish_reasons": response.finish_reasons,
+            "usage": response.usage,
+            "cost": response.usage.cost,
+            "cache_hit": response.cache_hit,
+            "latency_s": response.latency_s,
+            "timestamp": time.time(),
+        }
+        self.history.append(entry)
+        record_history(entry)  # the process-wide history (dspy_actors.inspect_history)
 
     def _count(self, name: str, amount: int = 1) -> None:
         c = self._counters
@@ -817,21 +805,6 @@ def _merge(parts: list[Completion]) -> Completion:
         sum(p.completion_tokens for p in parts),
         parts[0].model if parts else "",
     )
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    out: list[str] = []
-    for part in content or ():
-        ptype = part.get("type")
-        if ptype == "text":
-            out.append(str(part.get("text", "")))
-        elif ptype == "image_url":
-            out.append("<image_url>")
-        else:
-            out.append(f"<{ptype}>")
-    return "\n".join(out)
 
 
 def _lm_from_state(state: dict[str, Any]) -> LM:

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from dspy_actors import settings
 from dspy_actors.adapters.base import Adapter, is_history
 from dspy_actors.adapters.chat_adapter import ChatAdapter
+from dspy_actors.callbacks import reporting_module_call
 from dspy_actors.lm.steps import Steps, run_steps
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.jsonable import to_jsonable
@@ -62,6 +63,7 @@ class Predict(Module, Parameter):
         """``forward`` as steps that ask for each LM call instead of making it (the actor
         runtime sends those calls to its LM pool as messages); see
         :mod:`dspy_actors.lm.steps`."""
+        call_kwargs = dict(kwargs)
         lm = kwargs.pop("lm", None) or self.lm or settings.get("lm")
         config = {**self.config, **(kwargs.pop("config", None) or {})}
         demos = kwargs.pop("demos", None)
@@ -75,8 +77,11 @@ class Predict(Module, Parameter):
             )
         inputs = _check_inputs(signature, kwargs)
         adapter: Adapter = settings.get("adapter") or _DEFAULT_ADAPTER
-        outputs = yield from adapter.steps(lm, config, signature, demos, inputs)
-        return Prediction.from_completions(outputs)
+        # Served, the actor runs these steps without __call__: callbacks are told here.
+        with reporting_module_call(self, (), call_kwargs, in_steps=True) as report:
+            outputs = yield from adapter.steps(lm, config, signature, demos, inputs)
+            report.outputs = Prediction.from_completions(outputs)
+        return report.outputs  # type: ignore[no-any-return]
 
     # -- Parameter ----------------------------------------------------------------------
     def reset(self) -> None:

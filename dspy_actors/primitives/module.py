@@ -11,15 +11,17 @@ import copy
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
+from dspy_actors.callbacks import reporting_module_call
 from dspy_actors.lm.usage import Usage, UsageMeter, metering
 from dspy_actors.primitives.parameter import Parameter, StateError
 
 if TYPE_CHECKING:
     from dspy_actors.modules.predict import Predict
+    from dspy_actors.primitives.example import Example
 
 __all__ = ["STATE_FORMAT", "Module"]
 
@@ -41,8 +43,38 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with metering(self.usage_meter):
-            return self.forward(*args, **kwargs)
+        with metering(self.usage_meter), reporting_module_call(self, args, kwargs) as report:
+            report.outputs = self.forward(*args, **kwargs)
+            return report.outputs
+
+    def batch(
+        self,
+        examples: Sequence[Example],
+        num_threads: int | None = None,
+        max_errors: int | None = None,
+        return_failed_examples: bool = False,
+        provide_traceback: bool | None = None,
+        disable_progress_bar: bool = False,
+        timeout: float = 600.0,
+        straggler_limit: int = 3,
+    ) -> Any:
+        """This module on each example's inputs, ``num_threads`` at a time (DSPy's
+        ``Module.batch``, through :class:`~dspy_actors.modules.parallel.Parallel`): the
+        results in order, None for a failed one; with ``return_failed_examples``,
+        ``(results, failed_examples, exceptions)``. To run a served program over many
+        inputs, ``handle.batch`` is the actor runtime's own (bounded, streaming) way."""
+        from dspy_actors.modules.parallel import Parallel  # modules build on this class
+
+        parallel = Parallel(
+            num_threads=num_threads,
+            max_errors=max_errors,
+            return_failed_examples=return_failed_examples,
+            provide_traceback=provide_traceback,
+            disable_progress_bar=disable_progress_bar,
+            timeout=timeout,
+            straggler_limit=straggler_limit,
+        )
+        return parallel([(self, example.inputs()) for example in examples])
 
     # -- usage --------------------------------------------------------------------------
     @property

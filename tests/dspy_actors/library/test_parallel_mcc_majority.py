@@ -37,10 +37,9 @@ def test_parallel_returns_results_in_order_with_none_for_failures(
     assert [r.answer if r is not None else None for r in results] == ["2", "4", None]
 
     sim_lm.inject(Fault.bad_request(), times=1, match=lambda r: "3 + 3" in r.last_user_text)
-    results, failed, errors = dsa.Parallel(return_failed_examples=True)(
-        [(qa, e) for e in examples]
-    )
-    assert results[2] is None and failed == [examples[2]]
+    results, failed, errors = dsa.Parallel(return_failed_examples=True)([(qa, e) for e in examples])
+    assert results[2] is None
+    assert failed == [examples[2]]
     assert isinstance(errors[0], LMError)
 
 
