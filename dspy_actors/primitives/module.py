@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from dspy_actors.callbacks import reporting_module_call
 from dspy_actors.lm.usage import Usage, UsageMeter, metering
+from dspy_actors.primitives.dspy_state import from_dspy_state, is_dspy_state
 from dspy_actors.primitives.parameter import Parameter, StateError
 
 if TYPE_CHECKING:
@@ -204,6 +205,7 @@ class Module:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the learned state to a JSON file (no pickle: loading never runs code)."""
+        _refuse_pickle(path, "save")
         payload = {
             "__metadata__": {
                 "format": STATE_FORMAT,
@@ -218,14 +220,39 @@ class Module:
         os.replace(tmp, target)  # atomic: a crash never leaves a half-written file
 
     def load(self, path: str | os.PathLike[str]) -> Self:
-        """Load state saved by ``save`` into this program."""
+        """Load state saved by ``save``, or a JSON state file saved by DSPy 3.x for the same
+        program (``dspy_program.save("x.json")``: demos, instructions, field texts; see
+        :mod:`dspy_actors.primitives.dspy_state`). Only JSON is read: nothing is executed."""
+        _refuse_pickle(path, "load")
+        if Path(path).is_dir():
+            raise StateError(
+                f"{str(path)!r} is a directory: DSPy's save_program=True writes the whole "
+                "program with cloudpickle, which dspy_actors never loads (it can run code); "
+                "save the state with DSPy as JSON (program.save('program.json')) and load that"
+            )
         try:
             payload = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise StateError(f"{str(path)!r} is not a JSON state file: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise StateError(f"{str(path)!r} is not a JSON state file (not text)") from exc
         meta = payload.get("__metadata__") if isinstance(payload, dict) else None
+        if not isinstance(meta, dict) and is_dspy_state(payload):
+            fields = {
+                p: [(f.name, f.desc) for f in param.signature.fields.values()]
+                for p, param in self.named_parameters()
+                if hasattr(param, "signature")
+            }
+            state = from_dspy_state(payload, fields, f"{str(path)!r}")
+            try:
+                # The base method: a predictor's own load_state takes its bare state.
+                return Module.load_state(self, state)
+            except StateError as exc:
+                raise StateError(f"{str(path)!r} (saved by DSPy): {exc}") from exc
         if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
-            raise StateError(f"{str(path)!r} is not a {STATE_FORMAT} file")
+            raise StateError(
+                f"{str(path)!r} is not a {STATE_FORMAT} file (nor a state file saved by DSPy)"
+            )
         if meta.get("version") != _STATE_VERSION:
             raise StateError(
                 f"{str(path)!r} has state version {meta.get('version')!r}; "
@@ -236,6 +263,15 @@ class Module:
     def __repr__(self) -> str:
         inner = "\n".join(f"  {path} = {param!r}" for path, param in self.named_parameters())
         return f"{type(self).__name__}(\n{inner}\n)" if inner else f"{type(self).__name__}()"
+
+
+def _refuse_pickle(path: str | os.PathLike[str], action: str) -> None:
+    if Path(path).suffix.lower() in (".pkl", ".pickle"):
+        raise StateError(
+            f"cannot {action} {str(path)!r}: dspy_actors never reads or writes pickle (loading "
+            "it can run any code); use a .json path (DSPy users: save the program's state "
+            "with DSPy as JSON, program.save('program.json'), and load that here)"
+        )
 
 
 def _walk_value(path: str, value: Any, seen: set[int]) -> Iterator[tuple[str, Any]]:
