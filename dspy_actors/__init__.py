@@ -15,7 +15,14 @@ Served by the supervised runtime, from many threads, across crashes::
         print(app.tree().render())
 """
 
-from dspy_actors.adapters import Adapter, AdapterParseError, ChatAdapter, JSONAdapter
+from dspy_actors.adapters import (
+    Adapter,
+    AdapterParseError,
+    ChatAdapter,
+    JSONAdapter,
+    TwoStepAdapter,
+    XMLAdapter,
+)
 from dspy_actors.asyncify import asyncify
 from dspy_actors.callbacks import BaseCallback
 from dspy_actors.evaluate import Evaluate, EvaluationError, EvaluationResult, answer_exact_match
@@ -121,7 +128,9 @@ __all__ = [
     "StateError",
     "Stream",
     "Tool",
+    "TwoStepAdapter",
     "Usage",
+    "XMLAdapter",
     "answer_exact_match",
     "asyncify",
     "configure",
