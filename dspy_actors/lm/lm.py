@@ -102,6 +102,8 @@ class WorkerSpec:
     retry_policy: RetryPolicy
     verify: bool | str
     trust_env: bool = True
+    # Provider.endpoint_options in the LM's defaults (Azure's api_version): they shape the URL.
+    provider_options: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +173,10 @@ class LM:
         self.provider = cast(Literal["openai", "anthropic"], provider.name)
         self.model_name = model_name
         self.api_base = (api_base or default_base).rstrip("/")
+        # Providers whose URL names the model or a version (Azure, Gemini) bind to it.
+        provider = self._provider = provider.bind(model_name, self.api_base, defaults)
         self.endpoint = provider.endpoint(self.api_base)
+        self.stream_endpoint = provider.stream_endpoint(self.api_base)
         # Not a sampling parameter: whether JSONAdapter may send a json_schema format
         # (some OpenAI-compatible servers accept only json_object).
         self.supports_json_schema = bool(
@@ -183,7 +188,8 @@ class LM:
         self.retry_policy = retry_policy or RetryPolicy(max_retries=num_retries)
         self.timeout = timeout
         self.defaults: dict[str, Any] = dict(defaults)
-        key = api_key or os.environ.get(_ENV_KEYS[provider.name]) or None
+        env_key = _ENV_KEYS.get(provider.name) or provider.api_key_env
+        key = api_key or (os.environ.get(env_key) if env_key else None) or None
         self._api_key = _Secret(key) if key else None
         self._meter = UsageMeter()
         self.history: deque[dict[str, Any]] = deque(maxlen=self.max_history)
@@ -470,6 +476,11 @@ class LM:
             retry_policy=self.retry_policy,
             verify=self._verify,
             trust_env=self._trust_env,
+            provider_options=tuple(
+                (k, str(self.defaults[k]))
+                for k in self._provider.endpoint_options
+                if self.defaults.get(k) is not None
+            ),
         )
 
     @classmethod
@@ -484,6 +495,7 @@ class LM:
             retry_policy=spec.retry_policy,
             verify=spec.verify,
             trust_env=spec.trust_env,
+            **cast(dict[str, Any], dict(spec.provider_options)),
         )
 
     def dump_state(self) -> dict[str, Any]:
@@ -736,7 +748,9 @@ class LM:
                 acc = self._provider.accumulator(endpoint=self.endpoint, model=self.model)
                 try:
                     with self._clients.stream(
-                        self.endpoint, content, timeout if timeout is not None else self.timeout
+                        self.stream_endpoint,
+                        content,
+                        timeout if timeout is not None else self.timeout,
                     ) as r:
                         if r.status_code >= 300:
                             r.read()

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from dspy_actors import settings
 from dspy_actors.adapters.base import Adapter, is_history
 from dspy_actors.adapters.chat_adapter import ChatAdapter
-from dspy_actors.callbacks import reporting_module_call
+from dspy_actors.callbacks import active_callbacks, reporting_module_call
 from dspy_actors.lm.steps import Steps, run_steps
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.jsonable import to_jsonable
@@ -77,6 +77,9 @@ class Predict(Module, Parameter):
             )
         inputs = _check_inputs(signature, kwargs)
         adapter: Adapter = settings.get("adapter") or _DEFAULT_ADAPTER
+        if not active_callbacks(self):  # the common case: nothing to tell
+            outputs = yield from adapter.steps(lm, config, signature, demos, inputs)
+            return Prediction.from_completions(outputs)
         # Served, the actor runs these steps without __call__: callbacks are told here.
         with reporting_module_call(self, (), call_kwargs, in_steps=True) as report:
             outputs = yield from adapter.steps(lm, config, signature, demos, inputs)
