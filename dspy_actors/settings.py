@@ -43,11 +43,29 @@ _overrides: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
 )
 
 
+# DSPy settings we deliberately do not have, and what to use instead.
+DSPY_SETTINGS_INSTEAD: Mapping[str, str] = MappingProxyType(
+    {
+        "track_usage": "wrap the code in `with dspy_actors.track_usage() as usage:`",
+        "usage_tracker": "wrap the code in `with dspy_actors.track_usage() as usage:`",
+        "num_threads": "pass num_threads= to Evaluate, Parallel or Module.batch",
+        "max_errors": "pass max_errors= to Parallel or Module.batch",
+        "trace": "no trace is kept; watch calls with callbacks=[...] or inspect_history()",
+        "async_max_workers": "asyncify() uses asyncio's executor; a served program's "
+        "handle.acall needs no thread at all",
+        "disable_history": "each LM keeps a bounded history (LM.max_history)",
+    }
+)
+
+
 def _check_keys(where: str, values: Mapping[str, Any]) -> None:
     unknown = sorted(set(values) - SETTING_KEYS)
     if unknown:
+        advice = [f"{k}: {DSPY_SETTINGS_INSTEAD[k]}" for k in unknown if k in DSPY_SETTINGS_INSTEAD]
+        hint = f" (DSPy's {'; '.join(advice)})" if advice else ""
         raise TypeError(
-            f"{where}() got unknown setting(s) {unknown}; known settings are {sorted(SETTING_KEYS)}"
+            f"{where}() got unknown setting(s) {unknown}; known settings are "
+            f"{sorted(SETTING_KEYS)}{hint}"
         )
 
 

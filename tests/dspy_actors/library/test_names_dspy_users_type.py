@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 import dspy_actors as dsa
 from dspy_actors import settings
 from dspy_actors.lm import LM
@@ -170,3 +172,12 @@ def test_track_usage_counts_by_model_in_threads_and_served_calls(
         assert entry["total_tokens"] == entry["prompt_tokens"] + entry["completion_tokens"] > 0
     assert inner.get_total_tokens()["openai/other-model"]["calls"] == 1
     assert set(inner.get_total_tokens()) == {"openai/other-model"}
+
+
+def test_dspy_settings_we_do_not_have_say_what_to_use_instead() -> None:
+    with pytest.raises(TypeError, match=r"track_usage: wrap the code in `with dspy_actors"):
+        dsa.configure(track_usage=True)
+    with pytest.raises(TypeError, match=r"num_threads= to Evaluate, Parallel or Module.batch"):
+        dsa.configure(num_threads=8)
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['nonsense'\]"):
+        dsa.configure(nonsense=1)
