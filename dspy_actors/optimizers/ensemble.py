@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dspy_actors.modules.aggregation import majority  # DSPy's dspy.majority, re-exported
 from dspy_actors.primitives.module import Module
-from dspy_actors.primitives.prediction import Prediction
 
 __all__ = ["Ensemble", "EnsembledProgram", "majority"]
 
 ReduceFn = Callable[[list[Any]], Any]
-
-
-def majority(predictions: list[Any], field: str | None = None) -> Prediction:
-    """The prediction whose ``field`` (default: its last field) is most common; among
-    equally common values, the earliest."""
-    preds = [p for p in predictions if p is not None]
-    if not preds:
-        raise ValueError("majority() needs at least one prediction")
-    key = field or list(preds[0].keys())[-1]
-    values = [str(p.get(key)).strip() for p in preds]
-    counts = Counter(values)
-    top = max(counts.values())
-    winner = next(v for v in values if counts[v] == top)
-    return Prediction(preds[values.index(winner)])
 
 
 class EnsembledProgram(Module):
