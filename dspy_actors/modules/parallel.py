@@ -70,7 +70,8 @@ class Parallel:
         max_errors = self.max_errors
 
         def too_many(outcomes: Sequence[Outcome[Any] | None]) -> bool:
-            return sum(1 for o in outcomes if o is not None and not o.ok) >= max_errors
+            failed = sum(1 for o in outcomes if o is not None and not o.ok)
+            return failed > 0 and failed >= max_errors
 
         outcomes = fan_out(
             calls,

@@ -54,6 +54,16 @@ def test_parallel_stops_at_max_errors_with_a_clear_error(sim_lm: SimLM, make_lm:
     assert sim_lm.stats.requests < 20  # it stopped starting pairs
 
 
+def test_parallel_with_no_errors_allowed_runs_every_good_pair(
+    sim_lm: SimLM, make_lm: MakeLM
+) -> None:
+    settings.configure(lm=make_lm())
+    qa = dsa.Predict("question -> answer")
+    pairs = [(qa, {"question": f"What is {i} + 1?"}) for i in range(5)]
+    results = dsa.Parallel(num_threads=2, max_errors=0)(pairs)
+    assert [r.answer for r in results] == ["1", "2", "3", "4", "5"]
+
+
 def test_parallel_refuses_a_bad_pair_clearly() -> None:
     with pytest.raises(TypeError, match="pair 0 has a str example"):
         dsa.Parallel()([(dsa.Predict("q -> a"), "not an example")])
