@@ -17,6 +17,7 @@ from dspy_actors.adapters.base import Adapter, Message, describe_fields, prompt_
 from dspy_actors.adapters.chat_adapter import ChatAdapter
 from dspy_actors.adapters.errors import AdapterParseError
 from dspy_actors.adapters.values import format_value
+from dspy_actors.callbacks import reporting_lm_call
 from dspy_actors.lm.steps import LMCall, Steps
 from dspy_actors.primitives.example import Example
 from dspy_actors.signatures.field import InputField
@@ -52,7 +53,14 @@ class TwoStepAdapter(Adapter):
         inputs: Mapping[str, Any],
     ) -> Steps[list[dict[str, Any]]]:
         messages = self.format(signature, demos, inputs)
-        response = yield LMCall(lm, messages, dict(lm_kwargs))
+        kwargs = dict(lm_kwargs)
+        reporting = reporting_lm_call(lm, messages, kwargs)  # None without callbacks
+        if reporting is None:
+            response = yield LMCall(lm, messages, kwargs)
+        else:
+            with reporting as report:
+                response = yield LMCall(lm, messages, kwargs)
+                report.outputs = list(response.outputs)
         extractor = extractor_signature(signature)
         values = []
         for text in response.outputs:

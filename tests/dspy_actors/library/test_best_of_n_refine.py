@@ -85,6 +85,21 @@ def test_each_attempt_is_its_own_cache_entry_by_rollout_id(sim_lm: SimLM, make_l
     assert all("rollout_id" not in r.body for r in sim_lm.requests)
 
 
+def test_a_per_call_rollout_id_makes_a_new_cache_entry_and_is_not_sent(
+    sim_lm: SimLM, make_lm: MakeLM
+) -> None:
+    settings.configure(lm=make_lm(cache=True, cache_store=Cache(disk_path=None)))
+    qa = dsa.Predict("question -> answer")
+    qa(question="What is 1 + 1?")
+    qa(question="What is 1 + 1?")
+    assert len(sim_lm.requests) == 1  # cached
+    qa(question="What is 1 + 1?", config={"rollout_id": 1, "temperature": 1.0})
+    qa(question="What is 1 + 1?", config={"rollout_id": 1, "temperature": 1.0})
+    assert len(sim_lm.requests) == 2  # a new key once, then cached under it
+    assert "rollout_id" not in sim_lm.requests[-1].body
+    assert sim_lm.requests[-1].body["temperature"] == 1.0
+
+
 def test_best_of_n_tolerates_fail_count_failures_then_raises(
     sim_lm: SimLM, make_lm: MakeLM
 ) -> None:
