@@ -108,3 +108,19 @@ def test_our_own_files_still_round_trip(tmp_path: Path) -> None:
     assert again.dump_state() == rag.dump_state()
     shutil.copy(FIXTURES / "rag.json", tmp_path / "theirs.json")
     assert RAG().load(tmp_path / "theirs.json").dump_state() == rag.dump_state()
+
+
+def test_a_dspy_saved_refine_loads_into_refine_and_best_of_n() -> None:
+    def reward(_inputs: dict[str, object], _pred: dsa.Prediction) -> float:
+        return 1.0
+
+    for wrapper in (dsa.Refine, dsa.BestOfN):
+        program = wrapper(
+            dsa.ChainOfThought("question -> answer"), N=3, reward_fn=reward, threshold=1
+        )
+        program.load(FIXTURES / "refine_cot.json")
+        assert program.module.predict.demos[0].to_dict() == {
+            "question": "q",
+            "reasoning": "r",
+            "answer": "a",
+        }
