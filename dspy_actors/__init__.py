@@ -25,6 +25,7 @@ from dspy_actors.adapters import (
 )
 from dspy_actors.asyncify import asyncify
 from dspy_actors.callbacks import BaseCallback
+from dspy_actors.embedder import Embedder
 from dspy_actors.evaluate import Evaluate, EvaluationError, EvaluationResult, answer_exact_match
 from dspy_actors.lm import LM, LMError, LMResponse, RetryPolicy, Usage
 from dspy_actors.lm.breaker import CircuitOpen
@@ -53,6 +54,7 @@ from dspy_actors.optimizers import (
 from dspy_actors.optimizers.gepa import GEPA
 from dspy_actors.optimizers.simba import SIMBA
 from dspy_actors.primitives import Example, Module, Prediction, StateError
+from dspy_actors.primitives.program_file import load, register_module, register_type
 from dspy_actors.runtime.app import App, start
 from dspy_actors.runtime.errors import (
     DeadLettered,
@@ -68,10 +70,14 @@ from dspy_actors.runtime.stream import Stream
 from dspy_actors.settings import configure, context
 from dspy_actors.signatures import (
     Audio,
+    Citations,
+    Code,
+    Document,
     History,
     Image,
     InputField,
     OutputField,
+    Reasoning,
     Signature,
     SignatureSyntaxError,
     Tool,
@@ -94,8 +100,12 @@ __all__ = [
     "ChainOfThought",
     "ChatAdapter",
     "CircuitOpen",
+    "Citations",
+    "Code",
     "DeadLettered",
     "DeadlineExceeded",
+    "Document",
+    "Embedder",
     "Ensemble",
     "Evaluate",
     "EvaluationError",
@@ -122,6 +132,7 @@ __all__ = [
     "Predict",
     "Prediction",
     "ProgramHandle",
+    "Reasoning",
     "Refine",
     "RetryPolicy",
     "RunCancelled",
@@ -140,7 +151,10 @@ __all__ = [
     "configure",
     "context",
     "inspect_history",
+    "load",
     "majority",
+    "register_module",
+    "register_type",
     "start",
     "track_usage",
 ]

@@ -33,7 +33,9 @@ SAMPLING_KEYS: frozenset[str] = frozenset(
         "rollout_id",  # DSPy's: part of the cache key only, never sent (see LM._body)
     }
 )
-SETTING_KEYS: frozenset[str] = frozenset({"lm", "adapter", "cache", "callbacks"}) | SAMPLING_KEYS
+SETTING_KEYS: frozenset[str] = (
+    frozenset({"lm", "adapter", "cache", "callbacks", "warn_on_type_mismatch"}) | SAMPLING_KEYS
+)
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _defaults: Mapping[str, Any] = _EMPTY
@@ -66,6 +68,12 @@ def _check_keys(where: str, values: Mapping[str, Any]) -> None:
         raise TypeError(
             f"{where}() got unknown setting(s) {unknown}; known settings are "
             f"{sorted(SETTING_KEYS)}{hint}"
+        )
+    if isinstance(values.get("lm"), str):  # a model name where an LM belongs: say so now
+        name = values["lm"]
+        raise ValueError(
+            f"{where}(lm=...) needs an LM object, not the string {name!r}: use "
+            f"{where}(lm=dspy_actors.LM({name!r}))"
         )
 
 

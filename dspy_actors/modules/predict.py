@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from dspy_actors import settings
-from dspy_actors.adapters.base import Adapter, is_history
+from dspy_actors.adapters.base import Adapter
 from dspy_actors.adapters.chat_adapter import ChatAdapter
 from dspy_actors.callbacks import active_callbacks, reporting_module_call
 from dspy_actors.lm.steps import Steps, run_steps
+from dspy_actors.modules.input_checks import checked_inputs
+from dspy_actors.primitives.call_history import with_history
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.jsonable import to_jsonable
-from dspy_actors.primitives.module import Module
+from dspy_actors.primitives.module import Module, reject_lm_string
 from dspy_actors.primitives.parameter import Parameter, StateError
 from dspy_actors.primitives.prediction import Prediction
 from dspy_actors.signatures.signature import Signature, ensure_signature
-from dspy_actors.signatures.type_names import is_optional
 
 __all__ = ["NoLMConfiguredError", "Predict"]
 
@@ -65,6 +65,7 @@ class Predict(Module, Parameter):
         :mod:`dspy_actors.lm.steps`."""
         call_kwargs = dict(kwargs)
         lm = kwargs.pop("lm", None) or self.lm or settings.get("lm")
+        reject_lm_string(lm)
         config = {**self.config, **(kwargs.pop("config", None) or {})}
         demos = kwargs.pop("demos", None)
         demos = self.demos if demos is None else demos
@@ -75,20 +76,24 @@ class Predict(Module, Parameter):
                 "dspy_actors.configure(lm=dspy_actors.LM('openai/<model>', ...)), use "
                 "`with dspy_actors.context(lm=...)`, or pass lm=... to the call"
             )
-        inputs = _check_inputs(signature, kwargs)
+        warn_types = settings.get("warn_on_type_mismatch")
+        inputs = checked_inputs(signature, kwargs, warn_on_type_mismatch=warn_types is not False)
         adapter: Adapter = settings.get("adapter") or _DEFAULT_ADAPTER
+        calls = with_history(adapter.steps(lm, config, signature, demos, inputs), self.history)
         if not active_callbacks(self):  # the common case: nothing to tell
-            outputs = yield from adapter.steps(lm, config, signature, demos, inputs)
+            outputs = yield from calls
             return Prediction.from_completions(outputs)
         # Served, the actor runs these steps without __call__: callbacks are told here.
         with reporting_module_call(self, (), call_kwargs, in_steps=True) as report:
-            outputs = yield from adapter.steps(lm, config, signature, demos, inputs)
+            outputs = yield from calls
             report.outputs = Prediction.from_completions(outputs)
         return report.outputs  # type: ignore[no-any-return]
 
     # -- Parameter ----------------------------------------------------------------------
     def reset(self) -> None:
+        """Forget demos and the LM set on this predictor (as DSPy's ``reset``)."""
         self.demos = []
+        self.lm = None
 
     def dump_state(self) -> dict[str, Any]:
         model = getattr(self.lm, "model", None) if self.lm is not None else None
@@ -132,22 +137,3 @@ class Predict(Module, Parameter):
         self.signature = signature
         self.demos = [Example(d) for d in demos]
         return self
-
-
-def _check_inputs(signature: type[Signature], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The signature's inputs from the call's kwargs; an error names any that are missing."""
-    inputs: dict[str, Any] = {}
-    missing: list[str] = []
-    for name, field in signature.input_fields.items():
-        if name in kwargs:
-            inputs[name] = kwargs[name]
-        elif field.has_default:
-            inputs[name] = field.default
-        elif not (is_optional(field.annotation) or is_history(field)):
-            missing.append(name)
-    if missing:
-        raise TypeError(
-            f"missing input field(s) {missing} for signature {signature.signature!r} "
-            f"(got {sorted(kwargs)})"
-        )
-    return inputs
