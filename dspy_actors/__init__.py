@@ -40,7 +40,6 @@ from dspy_actors.modules import (
     ParallelError,
     Predict,
     Refine,
-    majority,
 )
 from dspy_actors.optimizers import (
     COPRO,
@@ -50,6 +49,7 @@ from dspy_actors.optimizers import (
     KNNFewShot,
     LabeledFewShot,
     MIPROv2,
+    majority,
 )
 from dspy_actors.optimizers.gepa import GEPA
 from dspy_actors.optimizers.simba import SIMBA

@@ -1,7 +1,7 @@
-"""Modules: Predict, ChainOfThought and the rest of DSPy's library, plain Python objects
+"""Modules: Predict, ChainOfThought and the rest of DSPy's library (``majority`` lives with
+Ensemble in :mod:`dspy_actors.optimizers`, and at the top level), plain Python objects
 usable in-process and served by the actor runtime."""
 
-from dspy_actors.modules.aggregation import majority
 from dspy_actors.modules.best_of_n import BestOfN
 from dspy_actors.modules.chain_of_thought import ChainOfThought
 from dspy_actors.modules.multi_chain_comparison import MultiChainComparison
@@ -18,5 +18,4 @@ __all__ = [
     "ParallelError",
     "Predict",
     "Refine",
-    "majority",
 ]
