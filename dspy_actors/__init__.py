@@ -15,12 +15,32 @@ Served by the supervised runtime, from many threads, across crashes::
         print(app.tree().render())
 """
 
-from dspy_actors.adapters import Adapter, AdapterParseError, ChatAdapter, JSONAdapter
+from dspy_actors.adapters import (
+    Adapter,
+    AdapterParseError,
+    ChatAdapter,
+    JSONAdapter,
+    TwoStepAdapter,
+    XMLAdapter,
+)
+from dspy_actors.asyncify import asyncify
+from dspy_actors.callbacks import BaseCallback
 from dspy_actors.embedder import Embedder
 from dspy_actors.evaluate import Evaluate, EvaluationError, EvaluationResult, answer_exact_match
 from dspy_actors.lm import LM, LMError, LMResponse, RetryPolicy, Usage
 from dspy_actors.lm.breaker import CircuitOpen
-from dspy_actors.modules import ChainOfThought, NoLMConfiguredError, Predict
+from dspy_actors.lm.history import inspect_history
+from dspy_actors.lm.track_usage import track_usage
+from dspy_actors.modules import (
+    BestOfN,
+    ChainOfThought,
+    MultiChainComparison,
+    NoLMConfiguredError,
+    Parallel,
+    ParallelError,
+    Predict,
+    Refine,
+)
 from dspy_actors.optimizers import (
     COPRO,
     BootstrapFewShot,
@@ -29,6 +49,7 @@ from dspy_actors.optimizers import (
     KNNFewShot,
     LabeledFewShot,
     MIPROv2,
+    majority,
 )
 from dspy_actors.optimizers.gepa import GEPA
 from dspy_actors.optimizers.simba import SIMBA
@@ -71,6 +92,8 @@ __all__ = [
     "AdapterParseError",
     "App",
     "Audio",
+    "BaseCallback",
+    "BestOfN",
     "BootstrapFewShot",
     "BootstrapFewShotWithRandomSearch",
     "Callback",
@@ -100,13 +123,17 @@ __all__ = [
     "Module",
     "ModuleCrashed",
     "ModuleUnavailable",
+    "MultiChainComparison",
     "NoLMConfiguredError",
     "OutputField",
     "Overloaded",
+    "Parallel",
+    "ParallelError",
     "Predict",
     "Prediction",
     "ProgramHandle",
     "Reasoning",
+    "Refine",
     "RetryPolicy",
     "RunCancelled",
     "RunFailed",
@@ -116,14 +143,20 @@ __all__ = [
     "StateError",
     "Stream",
     "Tool",
+    "TwoStepAdapter",
     "Usage",
+    "XMLAdapter",
     "answer_exact_match",
+    "asyncify",
     "configure",
     "context",
+    "inspect_history",
     "load",
+    "majority",
     "register_module",
     "register_type",
     "start",
+    "track_usage",
 ]
 
 # Agents and tools (issue 13).

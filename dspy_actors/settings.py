@@ -5,7 +5,8 @@ overrides for the current thread or asyncio task only (a ``contextvars`` layer),
 threads can run with different LMs or temperatures at the same time.
 
 Recognised keys: ``lm``, ``adapter``, ``cache`` (bool, per-call cache switch),
-``tool_runner`` (what runs an agent's tool calls) and the LM
+``callbacks`` (a list of :class:`dspy_actors.callbacks.BaseCallback`), ``tool_runner``
+(what runs an agent's tool calls) and the LM
 sampling parameters in :data:`SAMPLING_KEYS`, which an LM applies over its own defaults
 (per-call keyword arguments still win over both).
 """
@@ -30,10 +31,11 @@ SAMPLING_KEYS: frozenset[str] = frozenset(
         "n",
         "presence_penalty",
         "frequency_penalty",
+        "rollout_id",  # DSPy's: part of the cache key only, never sent (see LM._body)
     }
 )
 SETTING_KEYS: frozenset[str] = (
-    frozenset({"lm", "adapter", "cache", "warn_on_type_mismatch"}) | SAMPLING_KEYS
+    frozenset({"lm", "adapter", "cache", "callbacks", "warn_on_type_mismatch"}) | SAMPLING_KEYS
 )
 # The runner an agent's tool calls go through (a serving app sets its own).
 SETTING_KEYS |= frozenset({"tool_runner"})
@@ -46,11 +48,29 @@ _overrides: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
 )
 
 
+# DSPy settings we deliberately do not have, and what to use instead.
+DSPY_SETTINGS_INSTEAD: Mapping[str, str] = MappingProxyType(
+    {
+        "track_usage": "wrap the code in `with dspy_actors.track_usage() as usage:`",
+        "usage_tracker": "wrap the code in `with dspy_actors.track_usage() as usage:`",
+        "num_threads": "pass num_threads= to Evaluate, Parallel or Module.batch",
+        "max_errors": "pass max_errors= to Parallel or Module.batch",
+        "trace": "no trace is kept; watch calls with callbacks=[...] or inspect_history()",
+        "async_max_workers": "asyncify() uses asyncio's executor; a served program's "
+        "handle.acall needs no thread at all",
+        "disable_history": "each LM keeps a bounded history (LM.max_history)",
+    }
+)
+
+
 def _check_keys(where: str, values: Mapping[str, Any]) -> None:
     unknown = sorted(set(values) - SETTING_KEYS)
     if unknown:
+        advice = [f"{k}: {DSPY_SETTINGS_INSTEAD[k]}" for k in unknown if k in DSPY_SETTINGS_INSTEAD]
+        hint = f" (DSPy's {'; '.join(advice)})" if advice else ""
         raise TypeError(
-            f"{where}() got unknown setting(s) {unknown}; known settings are {sorted(SETTING_KEYS)}"
+            f"{where}() got unknown setting(s) {unknown}; known settings are "
+            f"{sorted(SETTING_KEYS)}{hint}"
         )
     if isinstance(values.get("lm"), str):  # a model name where an LM belongs: say so now
         name = values["lm"]

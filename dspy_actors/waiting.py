@@ -26,12 +26,13 @@ thread that only runs while some forward wait has a timeout pending.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future
+from collections.abc import Callable, Collection
+from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ __all__ = [
     "in_forward_greenlet",
     "pause",
     "timers",
+    "wait_any",
     "wait_done",
     "wait_future",
 ]
@@ -85,6 +87,28 @@ def wait_done(future: Future[Any], timeout: float | None) -> bool:
         return future.done()
     done, _ = futures_wait([future], timeout=timeout, return_when=FIRST_COMPLETED)
     return bool(done)
+
+
+def wait_any(futures: Collection[Future[Any]], timeout: float | None) -> set[Future[Any]]:
+    """Wait until at least one of ``futures`` is done or ``timeout`` seconds pass; the
+    ones that are done. Parks a forward greenlet (like :func:`wait_done`) instead of
+    blocking its actor; elsewhere the calling thread blocks."""
+    done = {f for f in futures if f.done()}
+    if done or not futures:
+        return done
+    if not in_forward_greenlet():
+        finished, _ = futures_wait(list(futures), timeout=timeout, return_when=FIRST_COMPLETED)
+        return set(finished)
+    first: Future[None] = Future()
+
+    def mark(_: Future[Any]) -> None:
+        with contextlib.suppress(InvalidStateError):
+            first.set_result(None)
+
+    for future in futures:
+        future.add_done_callback(mark)
+    wait_done(first, timeout)
+    return {f for f in futures if f.done()}
 
 
 def wait_future(future: Future[Any], timeout: float | None = None) -> Any:

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from dspy_actors.adapters.type_hints import structure_note
 from dspy_actors.adapters.values import Content, format_value
+from dspy_actors.callbacks import reporting_lm_call
 from dspy_actors.lm.steps import LMCall, Steps, run_steps
 from dspy_actors.primitives.example import Example
 from dspy_actors.signatures.custom_types import ContentPart, CustomType, History
@@ -163,7 +164,13 @@ class Adapter:
                 return plan.outputs(response.outputs, response.tool_calls, self.parse)
         messages = self.format(signature, demos, inputs)
         kwargs = {"response_format": self.response_format(lm, signature), **dict(lm_kwargs)}
-        response = yield LMCall(lm, messages, kwargs)
+        reporting = reporting_lm_call(lm, messages, kwargs)  # None without callbacks
+        if reporting is None:
+            response = yield LMCall(lm, messages, kwargs)
+        else:
+            with reporting as report:
+                response = yield LMCall(lm, messages, kwargs)
+                report.outputs = list(response.outputs)
         return [self.parse(signature, output) for output in response.outputs]
 
     # -- to be provided by subclasses ---------------------------------------------------

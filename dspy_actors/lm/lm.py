@@ -52,6 +52,7 @@ from dspy_actors.lm.errors import (
     LMTimeout,
     MalformedResponse,
 )
+from dspy_actors.lm.history import format_history, record_history
 from dspy_actors.lm.providers import resolve_model
 from dspy_actors.lm.providers.base import iter_sse
 from dspy_actors.lm.retry import RetryPolicy, call_with_retries, retry_delay
@@ -101,6 +102,8 @@ class WorkerSpec:
     retry_policy: RetryPolicy
     verify: bool | str
     trust_env: bool = True
+    # Provider.endpoint_options in the LM's defaults (Azure's api_version): they shape the URL.
+    provider_options: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +173,10 @@ class LM:
         self.provider = cast(Literal["openai", "anthropic"], provider.name)
         self.model_name = model_name
         self.api_base = (api_base or default_base).rstrip("/")
+        # Providers whose URL names the model or a version (Azure, Gemini) bind to it.
+        provider = self._provider = provider.bind(model_name, self.api_base, defaults)
         self.endpoint = provider.endpoint(self.api_base)
+        self.stream_endpoint = provider.stream_endpoint(self.api_base)
         # Not a sampling parameter: whether JSONAdapter may send a json_schema format
         # (some OpenAI-compatible servers accept only json_object).
         self.supports_json_schema = bool(
@@ -182,7 +188,8 @@ class LM:
         self.retry_policy = retry_policy or RetryPolicy(max_retries=num_retries)
         self.timeout = timeout
         self.defaults: dict[str, Any] = dict(defaults)
-        key = api_key or os.environ.get(_ENV_KEYS[provider.name]) or None
+        env_key = _ENV_KEYS.get(provider.name) or provider.api_key_env
+        key = api_key or (os.environ.get(env_key) if env_key else None) or None
         self._api_key = _Secret(key) if key else None
         self._meter = UsageMeter()
         self.history: deque[dict[str, Any]] = deque(maxlen=self.max_history)
@@ -434,20 +441,7 @@ class LM:
 
     def inspect_history(self, n: int = 1) -> str:
         """The last ``n`` calls, formatted for reading: messages by role, then outputs."""
-        entries = list(self.history)[-n:] if n > 0 else []
-        blocks: list[str] = []
-        for entry in entries:
-            when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(entry["timestamp"]))
-            hit = " (cache hit)" if entry["cache_hit"] else ""
-            lines = [f"[{when}] {entry['model']}{hit}"]
-            for msg in entry["messages"]:
-                lines.append(f"\n{str(msg.get('role', '?')).capitalize()} message:\n")
-                lines.append(_content_text(msg.get("content")))
-            for i, out in enumerate(entry["outputs"]):
-                label = "Response" if len(entry["outputs"]) == 1 else f"Response {i + 1}"
-                lines.append(f"\n{label}:\n\n{out}")
-            blocks.append("\n".join(lines))
-        return "\n\n\n".join(blocks)
+        return format_history(list(self.history)[-n:] if n > 0 else [])
 
     def copy(self, **defaults: Any) -> LM:
         """A new LM for the same deployment (same key) with some defaults changed."""
@@ -482,6 +476,11 @@ class LM:
             retry_policy=self.retry_policy,
             verify=self._verify,
             trust_env=self._trust_env,
+            provider_options=tuple(
+                (k, str(self.defaults[k]))
+                for k in self._provider.endpoint_options
+                if self.defaults.get(k) is not None
+            ),
         )
 
     @classmethod
@@ -496,6 +495,7 @@ class LM:
             retry_policy=spec.retry_policy,
             verify=spec.verify,
             trust_env=spec.trust_env,
+            **cast(dict[str, Any], dict(spec.provider_options)),
         )
 
     def dump_state(self) -> dict[str, Any]:
@@ -609,7 +609,7 @@ class LM:
         calls = max(1, len(completion.outputs)) if not self._provider.supports_n else 1
         usage = Usage(completion.prompt_tokens, completion.completion_tokens, calls)
         self._meter.add(usage)
-        record_usage(usage)
+        record_usage(usage, self.model)
         return LMResponse(
             completion.outputs,
             usage,
@@ -630,20 +630,20 @@ class LM:
         kwargs = dict(params)
         if response_format is not None:
             kwargs["response_format"] = response_format
-        self.history.append(
-            {
-                "model": self.model,
-                "messages": messages,
-                "kwargs": kwargs,
-                "outputs": response.outputs,
-                "finish_reasons": response.finish_reasons,
-                "usage": response.usage,
-                "cost": response.usage.cost,
-                "cache_hit": response.cache_hit,
-                "latency_s": response.latency_s,
-                "timestamp": time.time(),
-            }
-        )
+        entry = {
+            "model": self.model,
+            "messages": messages,
+            "kwargs": kwargs,
+            "outputs": response.outputs,
+            "finish_reasons": response.finish_reasons,
+            "usage": response.usage,
+            "cost": response.usage.cost,
+            "cache_hit": response.cache_hit,
+            "latency_s": response.latency_s,
+            "timestamp": time.time(),
+        }
+        self.history.append(entry)
+        record_history(entry)  # the process-wide history (dspy_actors.inspect_history)
 
     def _count(self, name: str, amount: int = 1) -> None:
         c = self._counters
@@ -660,6 +660,10 @@ class LM:
         response_format: Mapping[str, Any] | None,
         stream: bool,
     ) -> bytes:
+        if "rollout_id" in params:
+            # DSPy's rollout_id only tells otherwise identical calls apart in the cache
+            # (it is part of the key); a provider may reject an unknown field.
+            params = {k: v for k, v in params.items() if k != "rollout_id"}
         try:
             body = self._provider.build_body(
                 self.model_name, messages, params, response_format, stream
@@ -748,7 +752,9 @@ class LM:
                 acc = self._provider.accumulator(endpoint=self.endpoint, model=self.model)
                 try:
                     with self._clients.stream(
-                        self.endpoint, content, timeout if timeout is not None else self.timeout
+                        self.stream_endpoint,
+                        content,
+                        timeout if timeout is not None else self.timeout,
                     ) as r:
                         if r.status_code >= 300:
                             r.read()
@@ -824,21 +830,6 @@ def _merged_tool_calls(parts: list[Completion]) -> list[list[dict[str, Any]]] | 
     if all(p.tool_calls is None for p in parts):
         return None
     return [calls for p in parts for calls in (p.tool_calls or [[] for _ in p.outputs])]
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    out: list[str] = []
-    for part in content or ():
-        ptype = part.get("type")
-        if ptype == "text":
-            out.append(str(part.get("text", "")))
-        elif ptype == "image_url":
-            out.append("<image_url>")
-        else:
-            out.append(f"<{ptype}>")
-    return "\n".join(out)
 
 
 def _lm_from_state(state: dict[str, Any]) -> LM:

@@ -58,6 +58,10 @@ class UsageMeter:
         with self._lock:
             self._total = self._total + usage
 
+    def add_for(self, model: str | None, usage: Usage) -> None:
+        """``add``, told which model the usage is for (a per-model meter keeps it apart)."""
+        self.add(usage)
+
     @property
     def total(self) -> Usage:
         with self._lock:
@@ -102,7 +106,8 @@ def deactivate_meters(token: contextvars.Token[tuple[UsageMeter, ...]]) -> None:
     _active_meters.reset(token)
 
 
-def record_usage(usage: Usage) -> None:
-    """Add ``usage`` to every meter active in the current context (LMs call this)."""
+def record_usage(usage: Usage, model: str | None = None) -> None:
+    """Add ``usage`` (of ``model``) to every meter active in the current context (LMs call
+    this)."""
     for meter in _active_meters.get():
-        meter.add(usage)
+        meter.add_for(model, usage)

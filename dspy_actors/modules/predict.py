@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 from dspy_actors import settings
 from dspy_actors.adapters.base import Adapter
 from dspy_actors.adapters.chat_adapter import ChatAdapter
+from dspy_actors.callbacks import active_callbacks, reporting_module_call
 from dspy_actors.lm.steps import Steps, run_steps
 from dspy_actors.modules._async_steps import arun_steps
 from dspy_actors.modules.input_checks import checked_inputs
@@ -68,6 +69,7 @@ class Predict(Module, Parameter):
         """``forward`` as steps that ask for each LM call instead of making it (the actor
         runtime sends those calls to its LM pool as messages); see
         :mod:`dspy_actors.lm.steps`."""
+        call_kwargs = dict(kwargs)
         lm = kwargs.pop("lm", None) or self.lm or settings.get("lm")
         reject_lm_string(lm)
         config = {**self.config, **(kwargs.pop("config", None) or {})}
@@ -83,9 +85,15 @@ class Predict(Module, Parameter):
         warn_types = settings.get("warn_on_type_mismatch")
         inputs = checked_inputs(signature, kwargs, warn_on_type_mismatch=warn_types is not False)
         adapter: Adapter = settings.get("adapter") or _DEFAULT_ADAPTER
-        calls = adapter.steps(lm, config, signature, demos, inputs)
-        outputs = yield from with_history(calls, self.history)
-        return Prediction.from_completions(outputs)
+        calls = with_history(adapter.steps(lm, config, signature, demos, inputs), self.history)
+        if not active_callbacks(self):  # the common case: nothing to tell
+            outputs = yield from calls
+            return Prediction.from_completions(outputs)
+        # Served, the actor runs these steps without __call__: callbacks are told here.
+        with reporting_module_call(self, (), call_kwargs, in_steps=True) as report:
+            outputs = yield from calls
+            report.outputs = Prediction.from_completions(outputs)
+        return report.outputs  # type: ignore[no-any-return]
 
     # -- Parameter ----------------------------------------------------------------------
     def reset(self) -> None:

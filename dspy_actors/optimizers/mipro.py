@@ -22,8 +22,10 @@ earlier trials, which are checkpointed, so a resumed search makes the same choic
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -52,6 +54,26 @@ __all__ = ["MIPROv2"]
 
 Choice = dict[str, list[int]]  # predictor name -> [instruction index, demo set index]
 
+# auto= presets, as DSPy's: (candidates n, validation examples used at most).
+AUTO_RUN_SETTINGS: dict[str, tuple[int, int]] = {
+    "light": (6, 100),
+    "medium": (12, 300),
+    "heavy": (18, 1000),
+}
+_AUTO_MIN_MINIBATCH = 50
+_DEFAULT_CANDIDATES = 6
+_DEFAULT_TRIALS = 12
+
+
+@dataclass(frozen=True, slots=True)
+class _Budget:
+    demo_sets: int
+    instructions: int
+    trials: int
+    devset: list[Example]
+    minibatch: bool
+    zero_shot: bool
+
 
 class MIPROv2(Optimizer):
     """Joint instruction and demo search over minibatches; see the module docstring."""
@@ -62,10 +84,11 @@ class MIPROv2(Optimizer):
         *,
         prompt_model: Any = None,
         task_model: Any = None,
-        num_candidates: int = 6,
+        auto: str | None = None,
+        num_candidates: int | None = None,
         max_bootstrapped_demos: int = 4,
         max_labeled_demos: int = 4,
-        num_trials: int = 12,
+        num_trials: int | None = None,
         minibatch: bool = True,
         minibatch_size: int = 25,
         minibatch_full_eval_steps: int = 5,
@@ -76,13 +99,24 @@ class MIPROv2(Optimizer):
         num_threads: int = 8,
         seed: int = 9,
     ) -> None:
+        if auto not in AUTO_RUN_SETTINGS and auto is not None:
+            raise ValueError(
+                f"MIPROv2(auto={auto!r}): auto is one of 'light', 'medium', 'heavy', or None "
+                "(then set num_candidates and num_trials yourself)"
+            )
+        if auto is not None and (num_candidates is not None or num_trials is not None):
+            raise ValueError(
+                f"MIPROv2(auto={auto!r}) sets num_candidates and num_trials from the program "
+                "and data; pass auto=None to set them yourself"
+            )
+        self.auto = auto
         self.metric = metric
         self.prompt_model = prompt_model
         self.task_model = task_model
-        self.num_candidates = max(1, num_candidates)
+        self.num_candidates = max(1, num_candidates or _DEFAULT_CANDIDATES)
         self.max_bootstrapped_demos = max_bootstrapped_demos
         self.max_labeled_demos = max_labeled_demos
-        self.num_trials = num_trials
+        self.num_trials = num_trials or _DEFAULT_TRIALS
         self.minibatch = minibatch
         self.minibatch_size = minibatch_size
         self.minibatch_full_eval_steps = max(1, minibatch_full_eval_steps)
@@ -110,18 +144,19 @@ class MIPROv2(Optimizer):
         return {"demos": self._demo_set(base, train, i, ctx)}
 
     def _instruction_step(
-        self, base: Module, name: str, train: list[Example], ctx: RunContext
+        self, base: Module, name: str, train: list[Example], count: int, ctx: RunContext
     ) -> dict[str, Any]:
-        return {"instructions": self._instructions(base, name, train, ctx)}
+        return {"instructions": self._instructions(base, name, train, count, ctx)}
 
     def _instructions(
-        self, base: Module, name: str, trainset: list[Example], ctx: RunContext
+        self, base: Module, name: str, trainset: list[Example], count: int, ctx: RunContext
     ) -> list[str]:
+        """The current instruction and up to ``count - 1`` proposed ones."""
         predictor = dict(base.named_predictors())[name]
         rng = step_rng(ctx.seed, f"instructions/{name}")
         lm = self.prompt_model or settings.get("lm") or base.get_lm()
         jobs = []
-        for i in range(self.num_candidates - 1):
+        for i in range(count - 1):
             shown = rng.sample(trainset, min(3, len(trainset)))
             jobs.append((i, render_examples(shown), rng.choice(TIPS)))
 
@@ -186,6 +221,32 @@ class MIPROv2(Optimizer):
             program, {name: instructions[name][c[0]] for name, c in choice.items()}
         )
 
+    def _budget(self, n_predictors: int, devset: list[Example], ctx: RunContext) -> _Budget:
+        """How many demo sets, instructions and trials; with ``auto``, DSPy's rules: ``n`` =
+        6 / 12 / 18 candidates (light / medium / heavy), half as many instructions when
+        demos are optimized too, ``max(2 * vars * log2(n), 1.5 * n)`` trials (vars: one per
+        predictor, two with demos), the validation set cut to 100 / 300 / 1000 examples
+        (seeded), and minibatches only for more than 50."""
+        zero_shot = not (self.max_bootstrapped_demos or self.max_labeled_demos)
+        if self.auto is None:
+            return _Budget(
+                self.num_candidates,
+                self.num_candidates,
+                self.num_trials,
+                devset,
+                self.minibatch,
+                zero_shot,
+            )
+        n, val_size = AUTO_RUN_SETTINGS[self.auto]
+        variables = n_predictors * (1 if zero_shot else 2)
+        trials = int(max(2 * variables * math.log2(n), 1.5 * n))
+        if len(devset) > val_size:
+            devset = step_rng(ctx.seed, "auto/valset").sample(devset, val_size)
+        instructions = n if zero_shot else int(n * 0.5)
+        return _Budget(
+            n, instructions, trials, devset, len(devset) > _AUTO_MIN_MINIBATCH, zero_shot
+        )
+
     # -- the plan ---------------------------------------------------------------------------
     def plan(
         self,
@@ -200,9 +261,9 @@ class MIPROv2(Optimizer):
         if self.task_model is not None:
             base.set_lm(self.task_model)
         names = [n for n, _ in base.named_predictors()]
-        n_demo_sets = (
-            self.num_candidates if self.max_bootstrapped_demos or self.max_labeled_demos else 1
-        )
+        budget = self._budget(len(names), devset, ctx)
+        devset = budget.devset
+        n_demo_sets = budget.demo_sets if not budget.zero_shot else 1
         # Demo sets, then every predictor's proposals: independent steps, run as groups.
         found: list[dict[str, Any]] = yield [
             Step(f"demos/{i}", partial(self._demo_step, base, train, i, ctx))
@@ -210,12 +271,15 @@ class MIPROv2(Optimizer):
         ]
         demos: list[DemoSets] = [d["demos"] for d in found]
         proposed: list[dict[str, Any]] = yield [
-            Step(f"instructions/{n}", partial(self._instruction_step, base, n, train, ctx))
+            Step(
+                f"instructions/{n}",
+                partial(self._instruction_step, base, n, train, budget.instructions, ctx),
+            )
             for n in names
         ]
         instructions = {n: p["instructions"] for n, p in zip(names, proposed, strict=True)}
         options = {n: (len(instructions[n]), len(demos)) for n in names}
-        use_minibatch = self.minibatch and len(devset) > self.minibatch_size
+        use_minibatch = budget.minibatch and len(devset) > self.minibatch_size
 
         def evaluate(choice: Choice, examples: list[Example]) -> float:
             program = self._program(base, choice, instructions, demos)
@@ -232,9 +296,10 @@ class MIPROv2(Optimizer):
         trials: list[dict[str, Any]] = []
         next_full = self.minibatch_full_eval_steps
         t = 0
-        while t < self.num_trials:
+        num_trials = budget.trials
+        while t < num_trials:
             # A batch of trials chosen from the results so far, scored in parallel.
-            size = min(self.trial_batch, self.num_trials - t)
+            size = min(self.trial_batch, num_trials - t)
             if use_minibatch:
                 size = min(size, next_full - t)
             batch_steps = []
@@ -257,7 +322,7 @@ class MIPROv2(Optimizer):
                 for data in results:
                     full[_key(data["choice"])] = data["score"]
                 continue
-            if t >= next_full or t == self.num_trials:
+            if t >= next_full or t == num_trials:
                 next_full += self.minibatch_full_eval_steps
                 candidate = _best_unevaluated(trials, full)
                 if candidate is not None:

@@ -15,16 +15,19 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
+from dspy_actors.callbacks import reporting_module_call
 from dspy_actors.lm.usage import Usage, UsageMeter, metering
 from dspy_actors.primitives.call_history import ModuleHistory, start_recording, stop_recording
+from dspy_actors.primitives.dspy_state import from_dspy_state, is_dspy_state
 from dspy_actors.primitives.parameter import Parameter, StateError
 
 if TYPE_CHECKING:
     from dspy_actors.modules.predict import Predict
+    from dspy_actors.primitives.example import Example
 
 __all__ = ["STATE_FORMAT", "Module", "reject_lm_string"]
 
@@ -81,8 +84,9 @@ class Module:
         entering = _entering.set(self)
         recording = start_recording(self.history)
         try:
-            with metering(self.usage_meter):
-                return self.forward(*args, **kwargs)
+            with metering(self.usage_meter), reporting_module_call(self, args, kwargs) as report:
+                report.outputs = self.forward(*args, **kwargs)
+                return report.outputs
         finally:
             stop_recording(recording)
             _entering.reset(entering)
@@ -117,8 +121,16 @@ class Module:
         called (``module(...)``) in asyncio's thread pool, so the event loop never blocks."""
         if type(self).aforward is Module.aforward:
             return await asyncio.to_thread(self, *args, **kwargs)
-        with metering(self.usage_meter):
-            return await self.aforward(*args, **kwargs)
+        # As __call__: this module's history, usage meter and callbacks see the call.
+        entering = _entering.set(self)
+        recording = start_recording(self.history)
+        try:
+            with metering(self.usage_meter), reporting_module_call(self, args, kwargs) as report:
+                report.outputs = await self.aforward(*args, **kwargs)
+                return report.outputs
+        finally:
+            stop_recording(recording)
+            _entering.reset(entering)
 
     async def aforward(self, *args: Any, **kwargs: Any) -> Any:
         """The asyncio version of ``forward``. Predictors implement it without holding a
@@ -127,6 +139,35 @@ class Module:
         (``asyncio.to_thread``: settings and meters carried over), at the cost of a
         thread per call in flight."""
         return await asyncio.to_thread(self, *args, **kwargs)
+
+    def batch(
+        self,
+        examples: Sequence[Example],
+        num_threads: int | None = None,
+        max_errors: int | None = None,
+        return_failed_examples: bool = False,
+        provide_traceback: bool | None = None,
+        disable_progress_bar: bool = False,
+        timeout: float = 600.0,
+        straggler_limit: int = 3,
+    ) -> Any:
+        """This module on each example's inputs, ``num_threads`` at a time (DSPy's
+        ``Module.batch``, through :class:`~dspy_actors.modules.parallel.Parallel`): the
+        results in order, None for a failed one; with ``return_failed_examples``,
+        ``(results, failed_examples, exceptions)``. To run a served program over many
+        inputs, ``handle.batch`` is the actor runtime's own (bounded, streaming) way."""
+        from dspy_actors.modules.parallel import Parallel  # modules build on this class
+
+        parallel = Parallel(
+            num_threads=num_threads,
+            max_errors=max_errors,
+            return_failed_examples=return_failed_examples,
+            provide_traceback=provide_traceback,
+            disable_progress_bar=disable_progress_bar,
+            timeout=timeout,
+            straggler_limit=straggler_limit,
+        )
+        return parallel([(self, example.inputs()) for example in examples])
 
     # -- usage --------------------------------------------------------------------------
     @property
@@ -305,6 +346,7 @@ class Module:
         signatures and state, as data) into the directory ``path``; read it back with
         :func:`dspy_actors.load`. Unlike DSPy's pickle, loading rebuilds the program from
         registered module classes and never executes code from the file."""
+        _refuse_pickle(path, "save")
         if save_program:
             from dspy_actors.primitives.program_file import save_program as save_whole
 
@@ -324,14 +366,40 @@ class Module:
         os.replace(tmp, target)  # atomic: a crash never leaves a half-written file
 
     def load(self, path: str | os.PathLike[str]) -> Self:
-        """Load state saved by ``save`` into this program."""
+        """Load state saved by ``save``, or a JSON state file saved by DSPy 3.x for the same
+        program (``dspy_program.save("x.json")``: demos, instructions, field texts; see
+        :mod:`dspy_actors.primitives.dspy_state`). Only JSON is read: nothing is executed."""
+        _refuse_pickle(path, "load")
+        if Path(path).is_dir():
+            raise StateError(
+                f"{str(path)!r} is a directory: a whole program saved with save_program=True "
+                "loads with dspy_actors.load(path); DSPy's own save_program directory holds "
+                "cloudpickle, which dspy_actors never loads (it can run code): save the state "
+                "with DSPy as JSON (program.save('program.json')) and load that"
+            )
         try:
             payload = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise StateError(f"{str(path)!r} is not a JSON state file: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise StateError(f"{str(path)!r} is not a JSON state file (not text)") from exc
         meta = payload.get("__metadata__") if isinstance(payload, dict) else None
+        if not isinstance(meta, dict) and is_dspy_state(payload):
+            fields = {
+                p: [(f.name, f.desc) for f in param.signature.fields.values()]
+                for p, param in self.named_parameters()
+                if hasattr(param, "signature")
+            }
+            state = from_dspy_state(payload, fields, f"{str(path)!r}")
+            try:
+                # The base method: a predictor's own load_state takes its bare state.
+                return Module.load_state(self, state)
+            except StateError as exc:
+                raise StateError(f"{str(path)!r} (saved by DSPy): {exc}") from exc
         if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
-            raise StateError(f"{str(path)!r} is not a {STATE_FORMAT} file")
+            raise StateError(
+                f"{str(path)!r} is not a {STATE_FORMAT} file (nor a state file saved by DSPy)"
+            )
         if meta.get("version") != _STATE_VERSION:
             raise StateError(
                 f"{str(path)!r} has state version {meta.get('version')!r}; "
@@ -342,6 +410,15 @@ class Module:
     def __repr__(self) -> str:
         inner = "\n".join(f"  {path} = {param!r}" for path, param in self.named_parameters())
         return f"{type(self).__name__}(\n{inner}\n)" if inner else f"{type(self).__name__}()"
+
+
+def _refuse_pickle(path: str | os.PathLike[str], action: str) -> None:
+    if Path(path).suffix.lower() in (".pkl", ".pickle"):
+        raise StateError(
+            f"cannot {action} {str(path)!r}: dspy_actors never reads or writes pickle (loading "
+            "it can run any code); use a .json path (DSPy users: save the program's state "
+            "with DSPy as JSON, program.save('program.json'), and load that here)"
+        )
 
 
 def reject_lm_string(lm: Any) -> None:

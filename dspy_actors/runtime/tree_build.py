@@ -55,6 +55,10 @@ class ModuleProxy:
     forward greenlet the wait for the reply parks the greenlet (its actor serves on).
     """
 
+    # Tells composites such as BestOfN that calls to this sub-module run on its own actor,
+    # so several may be made at once (dspy_actors.modules._fan_out.is_served).
+    is_actor_proxy = True
+
     def __init__(self, registry: supervisors.Registry, name: str, path: str, timeout: float):
         self._registry = registry
         self._name = name

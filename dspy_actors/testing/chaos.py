@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import pykka
@@ -162,9 +163,11 @@ class ChaosMonkey:
     def _by_tree(self) -> dict[str, pykka.ActorRef[Any]]:
         found: dict[str, pykka.ActorRef[Any]] = {}
 
-        def walk(handle: supervisors.Supervisor, prefix: str) -> None:
+        def walk(handle: Callable[[], supervisors.Supervisor], prefix: str) -> None:
             try:
-                infos = handle.which_children()
+                # Wrapping a ref asks the supervisor its name: that ask may time out on a
+                # busy machine too, like which_children.
+                infos = handle().which_children()
             except (supervisors.SupervisorExited, pykka.Timeout, pykka.ActorDeadError):
                 return  # it is restarting or gone: nothing to pick from it on this tick
             for info in infos:
@@ -173,9 +176,11 @@ class ChaosMonkey:
                 path = f"{prefix}/{info.id}"
                 found[path] = info.ref
                 if info.type == "supervisor":
-                    walk(supervisors.Supervisor(info.ref, call_timeout=_TREE_ASK_SECONDS), path)
+                    wrap = partial(supervisors.Supervisor, info.ref, call_timeout=_TREE_ASK_SECONDS)
+                    walk(wrap, path)
 
-        walk(self.app.root, self.app.name)
+        root = self.app.root
+        walk(lambda: root, self.app.name)
         return found
 
     def _kill(self, target: str, ref: pykka.ActorRef[Any], by: str) -> bool:

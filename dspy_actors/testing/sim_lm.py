@@ -450,14 +450,17 @@ class SimLM:
 
     def _handle(self, h: _Handler) -> None:
         raw = h._read_body()
-        path = h.path.split("?", 1)[0].rstrip("/")
-        if path.endswith("/chat/completions"):
-            provider = "openai"
-        elif path.endswith("/messages"):
-            provider = "anthropic"
-        else:
+        path, _, query = h.path.partition("?")
+        path = path.rstrip("/")
+        found = wire.route(path)
+        if found is None:
             self._error("not_found")
             h._send_json(404, wire.error_body("openai", "not_found", f"no route {h.path}"))
+            return
+        provider = found.provider
+        if provider == "azure" and "api-version=" not in query:
+            self._error("bad_request")
+            h._send_json(400, wire.error_body("openai", "bad_request", "missing api-version"))
             return
         try:
             body = json.loads(raw)
@@ -469,8 +472,15 @@ class SimLM:
             return
         if provider == "anthropic":
             messages = wire.anthropic_to_openai_messages(body)
+        elif provider == "gemini":
+            messages = wire.gemini_to_openai_messages(body)
+            # The path says the model and whether to stream; SimRequest reads the body.
+            body = {**body, "model": found.model, "stream": bool(found.stream)}
+            body["n"] = wire.gemini_candidate_count(body)
         else:
             messages = list(body.get("messages") or [])
+        if provider == "azure":
+            body = {**body, "model": found.model}  # the deployment names the model
         headers = h.lean_headers
         with self._lock:
             req = SimRequest(
@@ -529,7 +539,11 @@ class SimLM:
 
     def _authorized(self, headers: Mapping[str, str]) -> bool:
         bearer = headers.get("authorization", "")
-        return bearer == f"Bearer {self._api_key}" or headers.get("x-api-key") == self._api_key
+        return bearer == f"Bearer {self._api_key}" or self._api_key in (
+            headers.get("x-api-key"),  # Anthropic
+            headers.get("api-key"),  # Azure OpenAI
+            headers.get("x-goog-api-key"),  # Gemini
+        )
 
     def _answer(self, h: _Handler, req: SimRequest, reply: str | SimReply) -> None:
         calls = None
@@ -539,10 +553,17 @@ class SimLM:
             calls = reply.tool_calls
         else:
             texts, finish = [reply], None
-        n = req.n if req.provider == "openai" else 1
+        n = req.n if req.provider in ("openai", "azure", "gemini") else 1
         if len(texts) == 1 and n > 1:
             texts = texts * n
         ptoks = wire.prompt_tokens(req.messages)
+        if req.provider == "gemini":
+            reason = finish or "STOP"
+            if req.stream:
+                self._stream(h, wire.gemini_stream(req.model, texts, ptoks, reason))
+            else:
+                h._send_json(200, wire.gemini_response(req.model, texts, ptoks, reason))
+            return
         if req.provider == "anthropic":
             stop = finish or "end_turn"
             if req.stream:
@@ -591,11 +612,12 @@ class SimLM:
             if req.stream:
                 text = self._safe_text(req)
                 ptoks = wire.prompt_tokens(req.messages)
-                frames = (
-                    wire.anthropic_stream(req.model, text, ptoks)
-                    if req.provider == "anthropic"
-                    else wire.openai_stream(req.model, [text] * req.n, ptoks, True)
-                )
+                if req.provider == "anthropic":
+                    frames = wire.anthropic_stream(req.model, text, ptoks)
+                elif req.provider == "gemini":
+                    frames = wire.gemini_stream(req.model, [text] * req.n, ptoks)
+                else:
+                    frames = wire.openai_stream(req.model, [text] * req.n, ptoks, True)
                 self._stream(h, frames, limit=fault.after_chunks)
             else:
                 data = json.dumps(wire.openai_completion(req.model, ["partial"], 1)).encode()

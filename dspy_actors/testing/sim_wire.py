@@ -1,5 +1,6 @@
-"""The wire formats the simulated LM server speaks: OpenAI chat completions and Anthropic
-messages, as JSON bodies, SSE frames and error bodies (server side of the protocol)."""
+"""The wire formats the simulated LM server speaks: OpenAI chat completions (also as Azure
+OpenAI serves them), Anthropic messages and Gemini's generateContent, as JSON bodies, SSE
+frames and error bodies (server side of the protocol)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from dspy_actors.testing.faults import ErrorCode
@@ -279,6 +281,136 @@ def anthropic_stream(
     yield sse({"type": "message_stop"}, "message_stop")
 
 
+# ---------------------------------------------------------------- routes
+
+# Azure OpenAI: /openai/deployments/<deployment>/chat/completions?api-version=...
+_AZURE_PATH = re.compile(r"/openai/deployments/(?P<deployment>[^/]+)/chat/completions$")
+# Gemini: /v1beta/models/<model>:generateContent or :streamGenerateContent?alt=sse
+_GEMINI_PATH = re.compile(
+    r"/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Which wire format a request path speaks: ``provider`` is "openai", "azure",
+    "anthropic" or "gemini"; ``model`` comes from the path for Azure (the deployment) and
+    Gemini; ``stream`` is set by the path for Gemini."""
+
+    provider: str
+    model: str | None = None
+    stream: bool | None = None
+
+
+def route(path: str) -> Route | None:
+    """The route of a request path (query string removed), or None for an unknown one."""
+    azure = _AZURE_PATH.search(path)
+    if azure:
+        return Route("azure", azure.group("deployment"))
+    if path.endswith("/chat/completions"):
+        return Route("openai")
+    if path.endswith("/messages"):
+        return Route("anthropic")
+    gemini = _GEMINI_PATH.search(path)
+    if gemini:
+        return Route("gemini", gemini.group("model"), gemini.group("method").startswith("stream"))
+    return None
+
+
+# ---------------------------------------------------------------- Gemini generateContent
+
+
+def gemini_to_openai_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Normalise a Gemini request's ``systemInstruction`` and ``contents`` to OpenAI
+    messages (role "model" is the assistant; inline images become image_url parts)."""
+    out: list[dict[str, Any]] = []
+    system = body.get("systemInstruction") or body.get("system_instruction")
+    if isinstance(system, dict):
+        text = "\n".join(str(p.get("text", "")) for p in system.get("parts") or () if "text" in p)
+        if text:
+            out.append({"role": "system", "content": text})
+    for turn in body.get("contents") or ():
+        if not isinstance(turn, dict):
+            continue
+        role = "assistant" if turn.get("role") == "model" else "user"
+        parts: list[dict[str, Any]] = []
+        for part in turn.get("parts") or ():
+            if "text" in part:
+                parts.append({"type": "text", "text": str(part["text"])})
+            inline = part.get("inlineData") or part.get("inline_data")
+            if isinstance(inline, dict):
+                mime = inline.get("mimeType") or inline.get("mime_type")
+                url = f"data:{mime};base64,{inline.get('data', '')}"
+                parts.append({"type": "image_url", "image_url": {"url": url}})
+        if len(parts) == 1 and parts[0]["type"] == "text":
+            out.append({"role": role, "content": parts[0]["text"]})
+        else:
+            out.append({"role": role, "content": parts})
+    return out
+
+
+def gemini_candidate_count(body: Mapping[str, Any]) -> int:
+    config = body.get("generationConfig") or {}
+    count = config.get("candidateCount", 1) if isinstance(config, dict) else 1
+    return count if isinstance(count, int) and count > 0 else 1
+
+
+def _gemini_usage(prompt_toks: int, texts: list[str]) -> dict[str, int]:
+    completion = sum(count_tokens(t) for t in texts)
+    return {
+        "promptTokenCount": prompt_toks,
+        "candidatesTokenCount": completion,
+        "totalTokenCount": prompt_toks + completion,
+    }
+
+
+def gemini_response(
+    model: str, texts: list[str], prompt_toks: int, finish_reason: str = "STOP"
+) -> dict[str, Any]:
+    return {
+        "candidates": [
+            {
+                "content": {"parts": [{"text": text}], "role": "model"},
+                "finishReason": finish_reason,
+                "index": i,
+            }
+            for i, text in enumerate(texts)
+        ],
+        "usageMetadata": _gemini_usage(prompt_toks, texts),
+        "modelVersion": model,
+        "responseId": _new_id("resp-"),
+    }
+
+
+def gemini_stream(
+    model: str, texts: list[str], prompt_toks: int, finish_reason: str = "STOP"
+) -> Iterator[bytes]:
+    """SSE frames of ``streamGenerateContent?alt=sse``: each a partial response (a text
+    piece per candidate); the last carries the finish reasons and the usage. Gemini sends
+    no end marker: the stream ends when the response does."""
+    rid = _new_id("resp-")
+    for i, text in enumerate(texts):
+        for piece in split_pieces(text):
+            candidate = {"content": {"parts": [{"text": piece}], "role": "model"}, "index": i}
+            yield sse({"candidates": [candidate], "modelVersion": model, "responseId": rid})
+    final = [
+        {
+            "content": {"parts": [{"text": ""}], "role": "model"},
+            "finishReason": finish_reason,
+            "index": i,
+        }
+        for i in range(len(texts))
+    ]
+    yield sse(
+        {
+            "candidates": final,
+            "usageMetadata": _gemini_usage(prompt_toks, texts),
+            "modelVersion": model,
+            "responseId": rid,
+        }
+    )
+
+
 # ---------------------------------------------------------------- errors
 
 _OPENAI_ERRORS: dict[ErrorCode, tuple[str, str | None, str]] = {
@@ -310,8 +442,38 @@ _ANTHROPIC_ERRORS: dict[ErrorCode, tuple[str, str]] = {
 }
 
 
+_GEMINI_ERRORS: dict[ErrorCode, tuple[int, str, str]] = {
+    "rate_limit": (429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota)."),
+    "server": (500, "INTERNAL", "An internal error has occurred."),
+    "overloaded": (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
+    "bad_request": (400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
+    "auth": (400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."),
+    "not_found": (404, "NOT_FOUND", "models/unknown is not found for API version v1beta."),
+    "context_window": (
+        400,
+        "INVALID_ARGUMENT",
+        "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+    ),
+}
+
+
 def error_body(provider: str, code: ErrorCode, message: str | None = None) -> dict[str, Any]:
     """The JSON error body ``provider`` sends for an error of kind ``code``."""
+    if provider == "gemini":
+        status, gstatus, default = _GEMINI_ERRORS[code]
+        details: list[dict[str, Any]] = []
+        if code == "auth":
+            details.append(
+                {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}
+            )
+        return {
+            "error": {
+                "code": status,
+                "message": message or default,
+                "status": gstatus,
+                "details": details,
+            }
+        }
     if provider == "anthropic":
         etype, default = _ANTHROPIC_ERRORS[code]
         return {"type": "error", "error": {"type": etype, "message": message or default}}

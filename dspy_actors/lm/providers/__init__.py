@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from dspy_actors.lm.providers.anthropic import AnthropicProvider
+from dspy_actors.lm.providers.azure import AzureOpenAIProvider
 from dspy_actors.lm.providers.base import Provider
+from dspy_actors.lm.providers.gemini import GeminiProvider
 from dspy_actors.lm.providers.openai import OpenAIProvider
 
-__all__ = ["AnthropicProvider", "OpenAIProvider", "Provider", "resolve_model"]
+__all__ = [
+    "AnthropicProvider",
+    "AzureOpenAIProvider",
+    "GeminiProvider",
+    "OpenAIProvider",
+    "Provider",
+    "resolve_model",
+]
 
 _OPENAI = OpenAIProvider()
 _ANTHROPIC = AnthropicProvider()
@@ -21,6 +30,8 @@ _PREFIXES: dict[str, tuple[Provider, str | None]] = {
     "lm_studio": (_OPENAI, "http://localhost:1234/v1"),
     "hosted_vllm": (_OPENAI, "http://localhost:8000/v1"),
     "vllm": (_OPENAI, "http://localhost:8000/v1"),
+    "azure": (AzureOpenAIProvider(), None),  # bound per deployment by LM (Provider.bind)
+    "gemini": (GeminiProvider(), None),  # bound per model by LM
 }
 
 
@@ -31,7 +42,7 @@ def resolve_model(model: str) -> tuple[Provider, str, str]:
     prefix, sep, name = model.partition("/")
     if sep and prefix in _PREFIXES:
         provider, base = _PREFIXES[prefix]
-        return provider, name, base or provider.default_api_base
+        return provider, name, base or provider.default_base()
     if not sep:
         return _OPENAI, model, _OPENAI.default_api_base
     known = ", ".join(sorted(_PREFIXES))

@@ -143,6 +143,25 @@ class Provider(ABC):
     default_api_base: ClassVar[str]
     supports_n: ClassVar[bool]
     supports_json_schema: ClassVar[bool]
+    # LM keyword arguments that shape the endpoint rather than the request body (Azure's
+    # api_version): kept in the LM's defaults, and sent to worker processes with the LM.
+    endpoint_options: ClassVar[tuple[str, ...]] = ()
+    # The environment variable an API key is read from when none is given.
+    api_key_env: ClassVar[str] = ""
+
+    def default_base(self) -> str:
+        """The api_base used when none is given."""
+        return self.default_api_base
+
+    def bind(self, model: str, api_base: str, options: Mapping[str, Any]) -> Provider:
+        """The provider for one model at ``api_base`` (a provider whose URL names the model
+        or a version returns a new instance; most return themselves). ``options``: the
+        LM's defaults. Raises ValueError for a configuration that cannot work."""
+        return self
+
+    def stream_endpoint(self, api_base: str) -> str:
+        """The URL streamed requests are POSTed to (the same as ``endpoint`` for most)."""
+        return self.endpoint(api_base)
 
     @abstractmethod
     def endpoint(self, api_base: str) -> str:
