@@ -90,6 +90,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         sim_main(sim_argv)
         return 0
 
+    from dspy_actors.lm.errors import AuthenticationError
+
+    try:
+        return _run_demo_command(args)
+    except AuthenticationError as exc:  # raised before any request: say the fix, no traceback
+        print(f"dspy-actors {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_demo_command(args: argparse.Namespace) -> int:
     from dspy_actors._demo import DemoOptions, run_demo
 
     if args.command == "tree":

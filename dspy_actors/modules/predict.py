@@ -9,6 +9,7 @@ from dspy_actors import settings
 from dspy_actors.adapters.base import Adapter, is_history
 from dspy_actors.adapters.chat_adapter import ChatAdapter
 from dspy_actors.lm.steps import Steps, run_steps
+from dspy_actors.primitives._state_errors import shape_hint
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.jsonable import to_jsonable
 from dspy_actors.primitives.module import Module
@@ -101,7 +102,10 @@ class Predict(Module, Parameter):
         """Restore demos, instructions and field texts. The LM is not restored (state never
         holds credentials); set it with ``lm=``/``configure``."""
         if not isinstance(state, dict) or "demos" not in state or "signature" not in state:
-            raise StateError("a predictor state needs 'demos' and 'signature'")
+            hint = shape_hint(state, "this Predict", ["self"])
+            raise StateError(
+                "a predictor state needs 'demos' and 'signature'" + (f"; {hint}" if hint else "")
+            )
         demos = state["demos"]
         if not isinstance(demos, list) or not all(isinstance(d, dict) for d in demos):
             raise StateError("'demos' must be a list of objects")

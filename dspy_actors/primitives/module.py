@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from dspy_actors.lm.usage import Usage, UsageMeter, metering
+from dspy_actors.primitives._call_errors import input_names, keyword_only_error, takes_positional
+from dspy_actors.primitives._state_errors import shape_hint
 from dspy_actors.primitives.parameter import Parameter, StateError
 
 if TYPE_CHECKING:
@@ -41,6 +43,8 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if args and not takes_positional(self):  # qa("...") for qa(question="...")
+            raise keyword_only_error(type(self).__name__, input_names(self), args)
         with metering(self.usage_meter):
             return self.forward(*args, **kwargs)
 
@@ -159,6 +163,9 @@ class Module:
                 parts.append(f"no state for predictor(s) {missing}")
             if unexpected:
                 parts.append(f"state for unknown predictor(s) {unexpected}")
+            hint = shape_hint(state, type(self).__name__, list(params))
+            if hint:
+                parts.append(hint)
             raise StateError(
                 f"state does not match {type(self).__name__}: {'; '.join(parts)} "
                 f"(the program has {list(params)})"
@@ -199,7 +206,16 @@ class Module:
                 f"{str(path)!r} has state version {meta.get('version')!r}; "
                 f"expected {_STATE_VERSION}"
             )
-        return self.load_state(payload["state"])
+        try:
+            return self.load_state(payload["state"])
+        except StateError as exc:
+            saved_from = meta.get("program")
+            if saved_from and saved_from != type(self).__name__:  # name the likely cause
+                raise StateError(
+                    f"{str(path)!r} was saved from a {saved_from}, not a "
+                    f"{type(self).__name__}: {exc}"
+                ) from exc
+            raise
 
     def __repr__(self) -> str:
         inner = "\n".join(f"  {path} = {param!r}" for path, param in self.named_parameters())
