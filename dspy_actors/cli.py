@@ -109,6 +109,7 @@ def _run_demo_command(args: argparse.Namespace) -> int:
                 concurrency=4,
                 show_progress=False,
                 show_summary=False,
+                show_intro=False,
                 kill_every_s=0.2,
             )
         )
