@@ -176,3 +176,53 @@ def test_a_state_file_of_another_program_names_the_program_it_came_from(
     with pytest.raises(StateError, match="was saved from a DraftThenAnswer, not a Predict"):
         dsa.Predict("question -> answer").load(path)
     DraftThenAnswer().load(path)  # the right program loads it
+
+
+# -- serving: the usual slips ------------------------------------------------------------------
+
+
+def test_serving_a_class_instead_of_an_instance_says_so(sim: SimLM, tmp_path: Path) -> None:
+    lm = dsa.LM("openai/m", api_base=sim.openai_base, api_key="k", cache=False)
+    with dsa.start(lm=lm, data_dir=tmp_path, lm_workers=2) as app:
+        with pytest.raises(TypeError, match=r"got the class ChainOfThought: pass an instance"):
+            app.serve("qa", dsa.ChainOfThought)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"step 'answer': Predict\(\*\*\{\}\) failed: .*"
+                           r"arguments go in its third item"):  # fmt: skip
+            app.program("p", [("answer", dsa.Predict)])
+    lm.close()
+
+
+def test_a_changed_program_under_a_saved_name_says_how_to_start_afresh(
+    sim: SimLM, tmp_path: Path
+) -> None:
+    lm = dsa.LM("openai/m", api_base=sim.openai_base, api_key="k", cache=False)
+    with dsa.start(lm=lm, data_dir=tmp_path, lm_workers=2) as app:
+        app.serve("qa", dsa.Predict("question -> answer"))
+        with pytest.raises(ValueError, match="a program named 'qa' is already served"):
+            app.serve("qa", dsa.ChainOfThought("question -> answer"))
+    # A later process, same data_dir, a changed program under the same name:
+    with dsa.start(lm=lm, data_dir=tmp_path, lm_workers=2) as app:
+        with pytest.raises(StateError) as caught:
+            app.serve("qa", DraftThenAnswer())
+        message = str(caught.value)
+        assert f"the learned state saved for 'qa' in {tmp_path} does not fit" in message
+        assert "load_saved_state=False" in message
+        assert "app.parameters.delete('qa')" in message
+        qa = app.serve("qa", DraftThenAnswer(), load_saved_state=False)  # the fix works
+        assert qa.call(question="What is 2 + 2?").answer == "4"
+    lm.close()
+
+
+def test_a_pipeline_upgrade_with_misplaced_state_names_the_step(sim: SimLM, tmp_path: Path) -> None:
+    lm = dsa.LM("openai/m", api_base=sim.openai_base, api_key="k", cache=False)
+    with dsa.start(lm=lm, data_dir=tmp_path, lm_workers=2) as app:
+        steps = app.program(
+            "p", [("answer", dsa.ChainOfThought, {"signature": "question -> answer"})]
+        )
+        flat = dsa.Predict("question -> answer").dump_state()  # not keyed by step path
+        with pytest.raises(StateError, match=r"step 'answer' of 'p': .* keyed by step"):
+            steps.upgrade({"answer": flat})
+        assert steps.version == 1  # nothing changed
+        good = dsa.ChainOfThought("question -> answer").dump_state()["predict"]
+        assert steps.upgrade({"answer.predict": good}) == 2
+    lm.close()
