@@ -385,11 +385,12 @@ class App:
         restart intensity of the program's subtree; ``max_crash_retries``: how many crashes
         an idempotent call rides out before it fails.
         """
-        if not isinstance(module, Module):
+        given: object = module  # typed Module, but callers pass anything
+        if not isinstance(given, Module):
             got = (
-                f"the class {module.__name__}: pass an instance, {module.__name__}(...)"
-                if isinstance(module, type)
-                else type(module).__name__
+                f"the class {given.__name__}: pass an instance, {given.__name__}(...)"
+                if isinstance(given, type)
+                else type(given).__name__
             )
             raise TypeError(f"app.serve({name!r}, ...) needs a Module, got {got}")
         with self._programs_lock:  # before loading state: a clash is about the name
