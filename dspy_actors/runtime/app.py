@@ -402,13 +402,14 @@ class App:
         if saved is not None:
             try:
                 Module.load_state(template, saved)
-            except StateError as exc:
+            except StateError as error:
+                # State saved by another program under this name: reported, never loaded.
                 raise StateError(
-                    f"the learned state saved for {name!r} in {self.config.data_dir} does "
-                    f"not fit this program (it changed since?): {exc}. To start it afresh, "
-                    f"serve it with load_saved_state=False, or forget the saved state with "
-                    f"app.parameters.delete({name!r})"
-                ) from exc
+                    f"app.serve({name!r}, ...): the state saved for {name!r} in "
+                    f"{str(self.config.data_dir)!r} was saved from a different program "
+                    f"({error}); serve it under another name, or pass "
+                    "load_saved_state=False to start from this module's own state"
+                ) from None
             state_version = params.latest_version(name)
         else:
             state_version = params.save(name, program_state(template))
