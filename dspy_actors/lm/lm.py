@@ -197,9 +197,9 @@ class LM:
         self.timeout = timeout
         self.defaults: dict[str, Any] = dict(defaults)
         key = api_key or os.environ.get(_ENV_KEYS[provider.name]) or None
+        self._api_key = _Secret(key) if key else None
         hosted = self.api_base == provider.default_api_base.rstrip("/")
         _check_key_configured(model, _ENV_KEYS[provider.name], key, hosted)
-        self._api_key = _Secret(key) if key else None
         self._meter = UsageMeter()
         self.history: deque[dict[str, Any]] = deque(maxlen=self.max_history)
         self._counters = _Counters()
