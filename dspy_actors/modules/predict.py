@@ -9,7 +9,6 @@ from dspy_actors import settings
 from dspy_actors.adapters.base import Adapter, is_history
 from dspy_actors.adapters.chat_adapter import ChatAdapter
 from dspy_actors.lm.steps import Steps, run_steps
-from dspy_actors.primitives._state_errors import shape_hint
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.jsonable import to_jsonable
 from dspy_actors.primitives.module import Module
@@ -102,6 +101,8 @@ class Predict(Module, Parameter):
         """Restore demos, instructions and field texts. The LM is not restored (state never
         holds credentials); set it with ``lm=``/``configure``."""
         if not isinstance(state, dict) or "demos" not in state or "signature" not in state:
+            from dspy_actors.primitives._state_errors import shape_hint  # error path only
+
             hint = shape_hint(state, "this Predict", ["self"])
             raise StateError(
                 "a predictor state needs 'demos' and 'signature'" + (f"; {hint}" if hint else "")

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from dspy_actors.lm.usage import Usage, UsageMeter, metering
-from dspy_actors.primitives._call_errors import input_names, keyword_only_error, takes_positional
-from dspy_actors.primitives._state_errors import shape_hint
 from dspy_actors.primitives.parameter import Parameter, StateError
+from dspy_actors.primitives.positional_inputs import inputs_by_keyword
 
 if TYPE_CHECKING:
     from dspy_actors.modules.predict import Predict
@@ -42,9 +41,8 @@ class Module:
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
+    @inputs_by_keyword  # qa("...") for qa(question="..."): an error naming the inputs
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if args and not takes_positional(self):  # qa("...") for qa(question="...")
-            raise keyword_only_error(type(self).__name__, input_names(self), args)
         with metering(self.usage_meter):
             return self.forward(*args, **kwargs)
 
@@ -163,6 +161,8 @@ class Module:
                 parts.append(f"no state for predictor(s) {missing}")
             if unexpected:
                 parts.append(f"state for unknown predictor(s) {unexpected}")
+            from dspy_actors.primitives._state_errors import shape_hint  # error path only
+
             hint = shape_hint(state, type(self).__name__, list(params))
             if hint:
                 parts.append(hint)
@@ -206,16 +206,7 @@ class Module:
                 f"{str(path)!r} has state version {meta.get('version')!r}; "
                 f"expected {_STATE_VERSION}"
             )
-        try:
-            return self.load_state(payload["state"])
-        except StateError as exc:
-            saved_from = meta.get("program")
-            if saved_from and saved_from != type(self).__name__:  # name the likely cause
-                raise StateError(
-                    f"{str(path)!r} was saved from a {saved_from}, not a "
-                    f"{type(self).__name__}: {exc}"
-                ) from exc
-            raise
+        return self.load_state(payload["state"])
 
     def __repr__(self) -> str:
         inner = "\n".join(f"  {path} = {param!r}" for path, param in self.named_parameters())

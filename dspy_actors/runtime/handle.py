@@ -30,7 +30,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from dspy_actors.lm.usage import Usage
-from dspy_actors.primitives._call_errors import input_names, keyword_only_error
 from dspy_actors.runtime.calls import send_call, wait_reply
 from dspy_actors.runtime.context import capture
 from dspy_actors.runtime.errors import DeadLettered, ModuleCrashed, ModuleUnavailable, Overloaded
@@ -74,6 +73,8 @@ class _Gate:
 
 def _positional_call_error(program: ServedProgram, args: tuple[Any, ...]) -> TypeError:
     """A served program takes its inputs by keyword: name the ones its entry takes."""
+    from dspy_actors.primitives.positional_inputs import input_names, keyword_only_error
+
     entry = program.template if program.kind == "module" else program.template[0][1]
     return keyword_only_error(
         f"program {program.name!r}", input_names(entry), args, call_as=f"{program.name}.call"

@@ -8,11 +8,14 @@ says nothing about which names to use.
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
-__all__ = ["input_names", "keyword_only_error", "takes_positional"]
+__all__ = ["input_names", "inputs_by_keyword", "keyword_only_error", "takes_positional"]
+
+Call = TypeVar("Call", bound=Callable[..., Any])
 
 _POSITIONAL = (
     inspect.Parameter.POSITIONAL_ONLY,
@@ -57,3 +60,16 @@ def keyword_only_error(
         f"{what} takes its inputs by keyword, not by position (got {len(args)} positional "
         f"argument(s)); its inputs are {fields}: call it as {call_as}({example})"
     )
+
+
+def inputs_by_keyword(call: Call) -> Call:
+    """Wraps ``Module.__call__``: a module whose ``forward`` takes no positional argument,
+    called with one, fails naming its input fields (the check costs nothing otherwise)."""
+
+    @functools.wraps(call)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if args and not takes_positional(self):  # qa("...") for qa(question="...")
+            raise keyword_only_error(type(self).__name__, input_names(self), args)
+        return call(self, *args, **kwargs)
+
+    return checked  # type: ignore[return-value]
