@@ -63,16 +63,18 @@ def demo_steps() -> list[tuple[str, Any, dict[str, Any]]]:
     ]
 
 
+# LM faults the embedded server injects (fault, rate, what the intro calls it); each is
+# absorbed by the LM's retries.
+DEMO_FAULTS = (
+    (Fault.server_error(500), 0.08, "HTTP 500"),
+    (Fault.rate_limited(retry_after=0.05), 0.05, "HTTP 429 with Retry-After"),
+    (Fault.malformed_json(), 0.03, "malformed bodies"),
+)
+
+
 def demo_faults(seed: int) -> FaultPlan:
-    """LM faults the embedded server injects: each is absorbed by the LM's retries."""
-    return FaultPlan(
-        [
-            FaultRule(Fault.server_error(500), rate=0.08),
-            FaultRule(Fault.rate_limited(retry_after=0.05), rate=0.05),
-            FaultRule(Fault.malformed_json(), rate=0.03),
-        ],
-        seed=seed,
-    )
+    """The embedded server's fault plan: ``DEMO_FAULTS``, seeded."""
+    return FaultPlan([FaultRule(fault, rate=rate) for fault, rate, _ in DEMO_FAULTS], seed=seed)
 
 
 @dataclass
@@ -135,9 +137,10 @@ def _lm_for(options: DemoOptions) -> Iterator[tuple[dsa.LM, SimLM | None]]:
 def intro_rows(options: DemoOptions) -> list[tuple[str, str]]:
     """What the demo runs, as (label, text) rows."""
     if options.lm is None:
+        faults = ", ".join(f"{rate:.0%} {what}" for _, rate, what in DEMO_FAULTS)
         lm = (
             "an embedded simulated LM (OpenAI-compatible HTTP server on loopback) that "
-            "fails on purpose: 8% HTTP 500, 5% HTTP 429 with Retry-After, 3% malformed bodies"
+            f"fails on purpose: {faults}"
         )
     else:
         lm = f"{options.lm} (a real provider: no LM faults injected, only the actor kills)"
@@ -195,8 +198,6 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> DemoResult:
     """Run the demo; prints what it runs, progress, sample answers, the tree and the
     summary to ``out`` as enabled (rich on a terminal, plain lines otherwise)."""
     display = display_for(out, options.show_progress)
-    if options.show_intro:
-        display.intro("dspy-actors demo", intro_rows(options), WATCH)
     supervisors.set_log_level("error")  # the demo shows its own summary of the chaos
     started = time.monotonic()
     restarts = Counter[str]()
@@ -206,11 +207,13 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> DemoResult:
         with lock:
             restarts[str(event.child_id)] += 1
 
-    with (
-        _lm_for(options) as (lm, sim),
-        tempfile.TemporaryDirectory(prefix="dspy-actors-demo-") as data_dir,
-        dsa.start(lm=lm, data_dir=data_dir, name="demo", lm_workers=32, submit_threads=64) as app,
-    ):
+    with _lm_for(options) as (lm, sim), contextlib.ExitStack() as stack:
+        if options.show_intro:  # once the LM is made: a missing key fails before the intro
+            display.intro("dspy-actors demo", intro_rows(options), WATCH)
+        data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="dspy-actors-demo-"))
+        app = stack.enter_context(
+            dsa.start(lm=lm, data_dir=data_dir, name="demo", lm_workers=32, submit_threads=64)
+        )
         app.subscribe("runtime.restart", on_restart)
         qa = app.program("qa", demo_steps(), idempotent=True, timeout=30.0)
         ledger = CallLedger(qa, hang_after_s=60.0)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -97,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AuthenticationError as exc:  # raised before any request: say the fix, no traceback
         print(f"dspy-actors {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `dspy-actors demo | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _run_demo_command(args: argparse.Namespace) -> int:
