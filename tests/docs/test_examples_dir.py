@@ -20,7 +20,8 @@ PYTEST_FILES = sorted(EXAMPLES.glob("test_*.py"))
 # Well above what each takes on an idle machine (a few seconds), for a busy CI runner.
 BOUND_S = 240
 
-# What each script must print: the lines that show it did what its docstring promises.
+# What a script must print: the lines that show it did what its docstring promises. A
+# script not listed (a new example) must still run cleanly.
 EXPECTED = {
     "quickstart.py": ["Predict:           4", "ChainOfThought:    42", "Demos after load:  1"],
     "rag_service.py": [
@@ -43,9 +44,9 @@ EXPECTED = {
 }
 
 
-def test_every_example_has_expectations() -> None:
-    assert SCRIPTS, "examples/ holds no scripts"
-    assert sorted(EXPECTED) == sorted(p.name for p in SCRIPTS)
+def test_the_expected_examples_exist() -> None:
+    missing = sorted(set(EXPECTED) - {p.name for p in SCRIPTS})
+    assert not missing, f"examples/ lost {missing} (or rename them in EXPECTED)"
     assert PYTEST_FILES, "examples/ holds no user-style pytest file"
 
 
@@ -61,7 +62,7 @@ def test_example_script_runs(script: Path, tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, f"{script.name} failed:\n{result.stderr[-4000:]}"
-    for line in EXPECTED[script.name]:
+    for line in EXPECTED.get(script.name, []):
         assert line in result.stdout, f"{script.name} did not print {line!r}:\n{result.stdout}"
     assert "Traceback" not in result.stderr, result.stderr[-4000:]
 
