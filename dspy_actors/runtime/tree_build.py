@@ -208,9 +208,10 @@ def instantiate_step(step: Sequence[Any]) -> tuple[str, Module]:
         try:
             module = target(**kwargs)
         except TypeError as exc:  # its arguments: name the step and where they go
-            name = getattr(target, "__name__", repr(target))
+            name = getattr(target, "__name__", type(target).__name__)
+            given = ", ".join(f"{k}=..." for k in kwargs)  # names only: values may be secret
             raise TypeError(
-                f"step {step_id!r}: {name}(**{dict(kwargs)!r}) failed: {exc}; a step's "
+                f"step {step_id!r}: {name}({given}) failed: {exc}; a step's "
                 f"arguments go in its third item, e.g. ({step_id!r}, {name}, "
                 "{'signature': 'question -> answer'})"
             ) from exc

@@ -184,7 +184,7 @@ def test_serving_a_class_instead_of_an_instance_says_so(sim: SimLM, tmp_path: Pa
     with dsa.start(lm=lm, data_dir=tmp_path, lm_workers=2) as app:
         with pytest.raises(TypeError, match=r"got the class ChainOfThought: pass an instance"):
             app.serve("qa", dsa.ChainOfThought)  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match=r"step 'answer': Predict\(\*\*\{\}\) failed: .*"
+        with pytest.raises(TypeError, match=r"step 'answer': Predict\(\) failed: .*"
                            r"arguments go in its third item"):  # fmt: skip
             app.program("p", [("answer", dsa.Predict)])
     lm.close()
