@@ -48,6 +48,15 @@ STEPS = [
 ]
 
 
+def wait_for_calls(outcomes: list[str], count: int, timeout: float = 60.0) -> None:
+    """Until ``count`` calls have finished (never forever: a stuck run is an error)."""
+    deadline = time.monotonic() + timeout
+    while len(outcomes) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(outcomes)} of {count} calls finished in {timeout} s")
+        time.sleep(0.01)
+
+
 def show(title: str, app: dsa.App) -> None:
     print(f"\n== {title}\n{app.tree().render()}")
 
@@ -103,19 +112,16 @@ def main() -> None:
                 try:
                     support.call(message="Any news on B-200?", timeout=10)
                     outcomes.append("answered")
-                except dsa.ModuleCrashed as exc:  # reported, never silent
-                    outcomes.append(f"failed: {exc}")
+                except Exception as exc:  # any failure is counted and shown, never silent
+                    outcomes.append(f"failed: {type(exc).__name__}: {exc}")
 
         callers = [threading.Thread(target=caller) for _ in range(4)]
         for thread in callers:
             thread.start()
         try:
-            while len(outcomes) < 20:  # calls are flowing before the upgrade
-                time.sleep(0.01)
+            wait_for_calls(outcomes, 20)  # calls are flowing before the upgrade
             version = support.upgrade({"reply.predict": reply_state})
-            upgraded_at = len(outcomes)
-            while len(outcomes) < upgraded_at + 20:  # and after it
-                time.sleep(0.01)
+            wait_for_calls(outcomes, len(outcomes) + 20)  # and after it
         finally:
             stop.set()
             for thread in callers:
@@ -123,6 +129,8 @@ def main() -> None:
         failed = [o for o in outcomes if o != "answered"]
         print(f"\n== 3. upgraded to v{version} under load: {len(outcomes)} calls, "
               f"{len(failed)} failed")  # fmt: skip
+        for failure in failed[:3]:
+            print("   ", failure)
         system = sim.requests[-1].messages[0]["content"]
         print(f"   v2's prompts carry the new instructions: {'Reply politely' in system}")
         show("   the tree now serves support@v2", app)
