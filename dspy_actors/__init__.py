@@ -125,3 +125,10 @@ __all__ = [
     "register_type",
     "start",
 ]
+
+# Agents and tools (issue 13).
+from dspy_actors.modules.react import ReAct
+from dspy_actors.modules.tool_runner import ToolRunner
+from dspy_actors.signatures.custom_types.tool import ToolArgumentError, ToolCall, ToolCalls
+
+__all__ += ["ReAct", "ToolArgumentError", "ToolCall", "ToolCalls", "ToolRunner"]

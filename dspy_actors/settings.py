@@ -4,7 +4,8 @@
 overrides for the current thread or asyncio task only (a ``contextvars`` layer), so two
 threads can run with different LMs or temperatures at the same time.
 
-Recognised keys: ``lm``, ``adapter``, ``cache`` (bool, per-call cache switch) and the LM
+Recognised keys: ``lm``, ``adapter``, ``cache`` (bool, per-call cache switch),
+``tool_runner`` (what runs an agent's tool calls) and the LM
 sampling parameters in :data:`SAMPLING_KEYS`, which an LM applies over its own defaults
 (per-call keyword arguments still win over both).
 """
@@ -34,6 +35,8 @@ SAMPLING_KEYS: frozenset[str] = frozenset(
 SETTING_KEYS: frozenset[str] = (
     frozenset({"lm", "adapter", "cache", "warn_on_type_mismatch"}) | SAMPLING_KEYS
 )
+# The runner an agent's tool calls go through (a serving app sets its own).
+SETTING_KEYS |= frozenset({"tool_runner"})
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _defaults: Mapping[str, Any] = _EMPTY

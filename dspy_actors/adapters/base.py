@@ -128,6 +128,9 @@ class Adapter:
     """
 
     name = "Adapter"
+    # Send a signature's ``list[Tool]`` input as the provider's tools and fill its
+    # ``ToolCalls`` output from the response's tool calls (adapters/native_tools.py).
+    use_native_function_calling: bool = False
 
     def __call__(
         self,
@@ -149,6 +152,15 @@ class Adapter:
     ) -> Steps[list[dict[str, Any]]]:
         """The same work as ``__call__``, as steps that ask for the LM call (see
         :mod:`dspy_actors.lm.steps`): the actor runtime drives these without blocking."""
+        if self.use_native_function_calling:
+            from dspy_actors.adapters.native_tools import plan_native_tools
+
+            plan = plan_native_tools(signature, inputs, lm_kwargs)
+            if plan is not None:
+                messages = self.format(plan.signature, demos, plan.inputs)
+                kwargs = {"response_format": self.response_format(lm, plan.signature)}
+                response = yield LMCall(lm, messages, {**kwargs, **plan.lm_kwargs})
+                return plan.outputs(response.outputs, response.tool_calls, self.parse)
         messages = self.format(signature, demos, inputs)
         kwargs = {"response_format": self.response_format(lm, signature), **dict(lm_kwargs)}
         response = yield LMCall(lm, messages, kwargs)

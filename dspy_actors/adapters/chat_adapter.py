@@ -48,8 +48,11 @@ class ChatAdapter(Adapter):
 
     name = "ChatAdapter"
 
-    def __init__(self, *, use_json_adapter_fallback: bool = True) -> None:
+    def __init__(
+        self, *, use_json_adapter_fallback: bool = True, use_native_function_calling: bool = False
+    ) -> None:
         self.use_json_adapter_fallback = use_json_adapter_fallback
+        self.use_native_function_calling = use_native_function_calling
 
     def __repr__(self) -> str:
         return f"ChatAdapter(use_json_adapter_fallback={self.use_json_adapter_fallback})"

@@ -52,6 +52,7 @@ from dspy_actors.runtime.module_actor import ModuleServices
 from dspy_actors.runtime.parameter_store import ParameterStore
 from dspy_actors.runtime.pipeline import PipelineStep
 from dspy_actors.runtime.poison import PoisonTracker, fingerprint
+from dspy_actors.runtime.tools import TOOL_LETTER_PREFIX, served_tool_runner
 from dspy_actors.runtime.tree_build import (
     TreeOptions,
     accepted_inputs,
@@ -231,6 +232,13 @@ class App:
         )
         self._programs: dict[str, ServedProgram] = {}
         self._programs_lock = threading.Lock()
+        # Served agents' tool calls: events and quarantine to dead letters (runtime/tools.py).
+        self.tools = served_tool_runner(
+            self.events.publish,
+            lambda: bool(self.events.subscriptions()),
+            lambda: self.stores.dead_letters,
+            thread_name_prefix=f"{self.name}-tool",
+        )
         # Stopped at interpreter exit if the host never called stop(), as an OTP node stops
         # its applications on shutdown: stores closed, worker processes ended, in order.
         # Weakly: registering must not keep an abandoned app alive.
@@ -695,11 +703,17 @@ class App:
         return [] if store is None else store.list(program)
 
     def replay_dead_letter(self, letter_id: str) -> Any:
-        """Release a quarantined input and call its program with it again."""
+        """Release a quarantined input and call its program with it again (a quarantined
+        tool call, program ``tool:<name>``, is released for agents to call again)."""
         store = self.stores.dead_letters
         letter = None if store is None else store.get(letter_id)
         if letter is None or store is None:
             raise KeyError(f"no dead letter {letter_id!r}")
+        if letter.program.startswith(TOOL_LETTER_PREFIX):
+            # A quarantined tool call: release it so agents may call it again (returns None).
+            self.tools.release(letter.program.removeprefix(TOOL_LETTER_PREFIX), letter.inputs)
+            store.mark_replayed(letter_id)
+            return None
         self.poison.release(fingerprint(letter.program, letter.inputs))
         store.mark_replayed(letter_id)
         return self.handle(letter.program).call_with(letter.inputs)
@@ -708,9 +722,13 @@ class App:
 
     def default_overrides(self) -> dict[str, Any]:
         """Settings every call through this app carries unless the caller set them."""
-        if self.lm is None or "lm" in settings.current_overrides():
-            return {}
-        return {"lm": self.lm}
+        active = settings.current_overrides()
+        defaults: dict[str, Any] = {}
+        if "tool_runner" not in active:
+            defaults["tool_runner"] = self.tools
+        if self.lm is not None and "lm" not in active:
+            defaults["lm"] = self.lm
+        return defaults
 
     def pooled_overrides(self) -> dict[str, Any]:
         """Like :meth:`default_overrides`, for code running outside actors (optimization
@@ -817,6 +835,8 @@ class App:
         # returns once on_exit has run (bounded: a callback that hangs is not waited for).
         self._exit_reported.wait(timeout=min(timeout, 10.0))
         self.executor.shutdown(wait=True, cancel_futures=True)
+        # Tool threads end with their tools; a hung one is abandoned (a daemon thread).
+        self.tools.join(min(timeout, 5.0))
 
     def __enter__(self) -> Self:
         return self

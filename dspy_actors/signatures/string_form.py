@@ -59,6 +59,7 @@ def allowed_type_names() -> dict[str, Any]:
         Reasoning,
         Tool,
     )
+    from dspy_actors.signatures.custom_types.tool import ToolCalls
 
     return {
         "str": str,
@@ -84,6 +85,7 @@ def allowed_type_names() -> dict[str, Any]:
         "Audio": Audio,
         "History": History,
         "Tool": Tool,
+        "ToolCalls": ToolCalls,
         "Code": Code,
         "Reasoning": Reasoning,
         "Document": Document,
