@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -90,6 +91,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         sim_main(sim_argv)
         return 0
 
+    from dspy_actors.lm.errors import AuthenticationError
+
+    try:
+        return _run_demo_command(args)
+    except AuthenticationError as exc:  # raised before any request: say the fix, no traceback
+        print(f"dspy-actors {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `dspy-actors demo | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _run_demo_command(args: argparse.Namespace) -> int:
     from dspy_actors._demo import DemoOptions, run_demo
 
     if args.command == "tree":
@@ -99,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 concurrency=4,
                 show_progress=False,
                 show_summary=False,
+                show_intro=False,
                 kill_every_s=0.2,
             )
         )

@@ -46,6 +46,7 @@ import httpx
 from dspy_actors import settings
 from dspy_actors.lm.cache import Cache, cache_key, default_cache
 from dspy_actors.lm.errors import (
+    AuthenticationError,
     BadRequest,
     LMConnectionError,
     LMError,
@@ -64,6 +65,19 @@ __all__ = ["LM", "LMStats", "PreparedCall", "WorkerSpec"]
 
 _ENV_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 _MAX_HISTORY = 1000
+
+
+def _check_key_configured(model: str, env_var: str, key: str | None, hosted: bool) -> None:
+    """A provider's own hosted endpoint always needs a key: say which one is missing and
+    how to give it now, before any request, rather than relay the provider's 401 after a
+    round trip. A server at another ``api_base`` (local, self-hosted) may need none."""
+    if key is None and hosted:
+        raise AuthenticationError(
+            f"no key was configured for {model}; set {env_var} or pass api_key=... "
+            "(for a local or self-hosted server, pass its api_base=...)"
+        )
+
+
 # Built once: json.dumps with options builds a new encoder on every call.
 _BODY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
@@ -191,6 +205,8 @@ class LM:
         env_key = _ENV_KEYS.get(provider.name) or provider.api_key_env
         key = api_key or (os.environ.get(env_key) if env_key else None) or None
         self._api_key = _Secret(key) if key else None
+        hosted = self.api_base == provider.default_api_base.rstrip("/")
+        _check_key_configured(model, _ENV_KEYS[provider.name], key, hosted)
         self._meter = UsageMeter()
         self.history: deque[dict[str, Any]] = deque(maxlen=self.max_history)
         self._counters = _Counters()

@@ -120,7 +120,12 @@ class Predict(Module, Parameter):
         """Restore demos, instructions and field texts. The LM is not restored (state never
         holds credentials); set it with ``lm=``/``configure``."""
         if not isinstance(state, dict) or "demos" not in state or "signature" not in state:
-            raise StateError("a predictor state needs 'demos' and 'signature'")
+            from dspy_actors.primitives._state_errors import shape_hint  # error path only
+
+            hint = shape_hint(state, "this Predict", ["self"])
+            raise StateError(
+                "a predictor state needs 'demos' and 'signature'" + (f"; {hint}" if hint else "")
+            )
         demos = state["demos"]
         if not isinstance(demos, list) or not all(isinstance(d, dict) for d in demos):
             raise StateError("'demos' must be a list of objects")

@@ -24,6 +24,7 @@ from dspy_actors.lm.usage import Usage, UsageMeter, metering
 from dspy_actors.primitives.call_history import ModuleHistory, start_recording, stop_recording
 from dspy_actors.primitives.dspy_state import from_dspy_state, is_dspy_state
 from dspy_actors.primitives.parameter import Parameter, StateError
+from dspy_actors.primitives.positional_inputs import inputs_by_keyword
 
 if TYPE_CHECKING:
     from dspy_actors.modules.predict import Predict
@@ -79,6 +80,7 @@ class Module:
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
+    @inputs_by_keyword  # qa("...") for qa(question="..."): an error naming the inputs
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Plain tokens rather than context managers: this runs on every module call.
         entering = _entering.set(self)
@@ -328,6 +330,11 @@ class Module:
                 parts.append(f"no state for predictor(s) {missing}")
             if unexpected:
                 parts.append(f"state for unknown predictor(s) {unexpected}")
+            from dspy_actors.primitives._state_errors import shape_hint  # error path only
+
+            hint = shape_hint(state, type(self).__name__, list(params))
+            if hint:
+                parts.append(hint)
             raise StateError(
                 f"state does not match {type(self).__name__}: {'; '.join(parts)} "
                 f"(the program has {list(params)})"

@@ -34,6 +34,7 @@ from dspy_actors.lm.breaker import CircuitBreaker
 from dspy_actors.lm.rate_limit import RateLimiter
 from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter
 from dspy_actors.primitives.module import Module
+from dspy_actors.primitives.parameter import StateError
 from dspy_actors.runtime import events as ev
 from dspy_actors.runtime.dead_letters import DeadLetter, DeadLetterStore
 from dspy_actors.runtime.errors import ModuleCrashed
@@ -392,13 +393,31 @@ class App:
         restart intensity of the program's subtree; ``max_crash_retries``: how many crashes
         an idempotent call rides out before it fails.
         """
-        if not isinstance(module, Module):
-            raise TypeError(f"app.serve({name!r}, ...) needs a Module, got {type(module).__name__}")
+        given: object = module  # typed Module, but callers pass anything
+        if not isinstance(given, Module):
+            got = (
+                f"the class {given.__name__}: pass an instance, {given.__name__}(...)"
+                if isinstance(given, type)
+                else type(given).__name__
+            )
+            raise TypeError(f"app.serve({name!r}, ...) needs a Module, got {got}")
+        with self._programs_lock:  # before loading state: a clash is about the name
+            if name in self._programs:
+                raise ValueError(f"a program named {name!r} is already served")
         template = module.deepcopy()
         params = self._params()
         saved = params.load(name) if load_saved_state else None
         if saved is not None:
-            Module.load_state(template, saved)
+            try:
+                Module.load_state(template, saved)
+            except StateError as error:
+                # State saved by another program under this name: reported, never loaded.
+                raise StateError(
+                    f"app.serve({name!r}, ...): the state saved for {name!r} in "
+                    f"{str(self.config.data_dir)!r} was saved from a different program "
+                    f"({error}); serve it under another name, or pass "
+                    "load_saved_state=False to start from this module's own state"
+                ) from None
             state_version = params.latest_version(name)
         else:
             state_version = params.save(name, program_state(template))
@@ -574,7 +593,15 @@ class App:
                     copy_ = module.deepcopy()
                     part = substate(state_or_module, sid)
                     if part is not None:
-                        Module.load_state(copy_, part)
+                        try:
+                            Module.load_state(copy_, part)
+                        except StateError as exc:
+                            raise StateError(
+                                f"step {sid!r} of {program.name!r}: {exc}. A pipeline's "
+                                "state is keyed by step and predictor path, e.g. "
+                                f"{{'{sid}.<path>': ...}} (or {{'{sid}': ...}} for a "
+                                "step that is itself a predictor); steps left out keep theirs"
+                            ) from exc
                     steps.append((sid, copy_))
                 template, state = steps, dict(state_or_module)
             program.state_version = params.save(program.name, state)

@@ -75,6 +75,16 @@ class _Gate:
             return self.by_version.get(version, 0)
 
 
+def _positional_call_error(program: ServedProgram, args: tuple[Any, ...]) -> TypeError:
+    """A served program takes its inputs by keyword: name the ones its entry takes."""
+    from dspy_actors.primitives.positional_inputs import input_names, keyword_only_error
+
+    entry = program.template if program.kind == "module" else program.template[0][1]
+    return keyword_only_error(
+        f"program {program.name!r}", input_names(entry), args, call_as=f"{program.name}.call"
+    )
+
+
 class ProgramHandle:
     """A served program, by name. Created by ``app.program`` / ``app.serve``."""
 
@@ -100,8 +110,10 @@ class ProgramHandle:
 
     # Calls. ------------------------------------------------------------------------------
 
-    def call(self, **inputs: Any) -> Any:
+    def call(self, *args: Any, **inputs: Any) -> Any:
         """Run the program on ``inputs`` and return its Prediction (or raise its error)."""
+        if args:  # qa.call("...") for qa.call(question="...")
+            raise _positional_call_error(self._program, args)
         return self.call_with(inputs)
 
     def call_with(

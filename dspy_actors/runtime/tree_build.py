@@ -228,7 +228,16 @@ def instantiate_step(step: Sequence[Any]) -> tuple[str, Module]:
             raise TypeError(f"step {step_id!r}: kwargs given for a module instance")
         return step_id, target
     if callable(target):
-        module = target(**kwargs)
+        try:
+            module = target(**kwargs)
+        except TypeError as exc:  # its arguments: name the step and where they go
+            name = getattr(target, "__name__", type(target).__name__)
+            given = ", ".join(f"{k}=..." for k in kwargs)  # names only: values may be secret
+            raise TypeError(
+                f"step {step_id!r}: {name}({given}) failed: {exc}; a step's "
+                f"arguments go in its third item, e.g. ({step_id!r}, {name}, "
+                "{'signature': 'question -> answer'})"
+            ) from exc
         if not isinstance(module, Module):
             raise TypeError(f"step {step_id!r}: {target!r} made {module!r}, not a Module")
         return step_id, module

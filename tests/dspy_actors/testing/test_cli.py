@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import queue
 import signal
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from dspy_actors._demo import DemoOptions, run_demo
 
 CLI = [sys.executable, "-m", "dspy_actors.cli"]
 
@@ -35,8 +38,17 @@ def test_demo_answers_under_chaos_and_prints_tree_and_summary() -> None:
     result = _run("demo", "--questions", "60", "--concurrency", "8", "--kill-every", "0.1")
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    assert "\r[" in out
-    assert "60/60" in out
+    # Not a terminal: plain lines for a log, no carriage returns, no colour codes.
+    assert "\r" not in out
+    assert "\x1b[" not in out
+    # It says what it runs and what to watch, before running it.
+    intro = out[: out.index("progress ")]
+    for label in ("Program", "retrieve", "ChainOfThought", "LM", "Chaos", "What to watch"):
+        assert label in intro
+    assert "progress 60/60: answered" in out
+    samples = out[out.index("A few of the questions") :]
+    assert "question: What is 0 + 0" in samples
+    assert "answer: 0" in samples  # the simulated LM does arithmetic right
     assert "modules (supervisor" in out
     assert "qa@v1 (supervisor" in out
     summary = out[out.index("Summary") :]
@@ -44,6 +56,7 @@ def test_demo_answers_under_chaos_and_prints_tree_and_summary() -> None:
         assert label in summary
     answered = int(summary.split("answered")[1].split()[0])
     assert answered >= 1
+    assert "In short: " in summary
 
 
 def test_demo_refuses_bad_arguments() -> None:
@@ -131,3 +144,28 @@ def test_demo_on_a_provider_given_by_lm_and_api_base(
     failed = int(summary.split("failed")[1].split()[0])
     assert answered >= 1
     assert answered + failed == 20
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal, as a person's would."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_demo_on_a_terminal_draws_panels_a_live_bar_and_tables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TERM", raising=False)
+    monkeypatch.setenv("COLUMNS", "120")
+    out = _Terminal()
+    result = run_demo(DemoOptions(questions=20, concurrency=4, kill_every_s=0.1), out=out)
+    text = out.getvalue()
+    assert result.answered + result.failed == 20
+    assert "╭─ dspy-actors demo" in text  # the intro panel
+    assert "What to watch" in text
+    assert "━" in text  # the progress bar
+    assert "┏" in text  # the sample table's frame
+    assert "What is 0 + 0" in text
+    assert "Summary" in text
+    assert "In short: " in text
