@@ -32,6 +32,7 @@ from dspy_actors.optimizers import (
 from dspy_actors.primitives import Example, Module, Prediction, StateError
 from dspy_actors.runtime.app import App, start
 from dspy_actors.runtime.errors import (
+    AppStopped,
     DeadLettered,
     DeadlineExceeded,
     ModuleCrashed,
@@ -60,6 +61,7 @@ __all__ = [
     "Adapter",
     "AdapterParseError",
     "App",
+    "AppStopped",
     "Audio",
     "BootstrapFewShot",
     "BootstrapFewShotWithRandomSearch",

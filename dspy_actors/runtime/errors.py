@@ -58,3 +58,23 @@ class DeadLettered(RuntimeCallError):
             f"letter {dead_letter_id} (list with app.dead_letters(), replay with "
             "app.replay_dead_letter(id))"
         )
+
+
+class AppStopped(RuntimeCallError):
+    """The app no longer serves calls: it was stopped, or its supervision tree exited."""
+
+    def __init__(self, app: str, program: str, why: str) -> None:
+        self.app = app
+        self.program = program
+        self.why = why
+        super().__init__(f"app {app!r} has stopped, so {program!r} cannot be called: {why}")
+
+
+class UnencodableInput(RuntimeCallError, ValueError):
+    """An input holds text that no request can carry (a lone surrogate, which UTF-8 cannot
+    encode): the call is refused before it reaches a module, naming where the text is."""
+
+    def __init__(self, program: str, where: str, detail: str) -> None:
+        self.program = program
+        self.where = where
+        super().__init__(f"input {where} of {program!r} cannot be sent: {detail}")
