@@ -58,6 +58,7 @@ from dspy_actors.lm.retry import RetryPolicy, call_with_retries, retry_delay
 from dspy_actors.lm.transport import ClientPool
 from dspy_actors.lm.types import Completion, LMResponse, StreamEvent
 from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter, record_usage
+from dspy_actors.redaction import clean_api_key, redact
 
 __all__ = ["LM", "LMStats", "PreparedCall", "WorkerSpec"]
 
@@ -182,7 +183,7 @@ class LM:
         self.retry_policy = retry_policy or RetryPolicy(max_retries=num_retries)
         self.timeout = timeout
         self.defaults: dict[str, Any] = dict(defaults)
-        key = api_key or os.environ.get(_ENV_KEYS[provider.name]) or None
+        key = clean_api_key(api_key or os.environ.get(_ENV_KEYS[provider.name]) or None)
         self._api_key = _Secret(key) if key else None
         self._meter = UsageMeter()
         self.history: deque[dict[str, Any]] = deque(maxlen=self.max_history)
@@ -798,9 +799,7 @@ class LM:
 
     def _scrub(self, error: LMError) -> LMError:
         """Make sure no error message can carry the API key (servers sometimes echo it)."""
-        key = self._api_key.value if self._api_key else None
-        if key and any(key in str(a) for a in error.args):
-            error.args = tuple(str(a).replace(key, "***") for a in error.args)
+        error.args = tuple(redact(a) if isinstance(a, str) else a for a in error.args)
         return error
 
 

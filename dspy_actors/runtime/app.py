@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import platformdirs
-import structlog
 
 import supervisors
-from dspy_actors import settings
+from dspy_actors import redaction, settings
 from dspy_actors.lm.breaker import CircuitBreaker
 from dspy_actors.lm.rate_limit import RateLimiter
 from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter
@@ -66,7 +65,9 @@ if TYPE_CHECKING:
     from dspy_actors.lm.lm import LM
 
 _app_ids = itertools.count(1)
-supervisors_log = structlog.get_logger("dspy_actors.runtime")
+supervisors_log = redaction.get_logger("dspy_actors.runtime")
+# Secrets never reach a log through the runtime's dependencies either (see redaction).
+redaction.install()
 
 # Restart delays of a whole program subtree under ``modules``: 10 ms doubling to 2 s.
 _PROGRAM_BACKOFF = supervisors.Backoff(min_delay=0.01, max_delay=2.0, jitter=0.1)

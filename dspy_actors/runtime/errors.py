@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dspy_actors.redaction import redact
+
 
 class RuntimeCallError(Exception):
     """Base class of the errors a served call can end with (besides the module's own)."""
@@ -34,7 +36,7 @@ class ModuleCrashed(RuntimeCallError):
 
     def __init__(self, module_path: str, reason: str, *, caused_by_call: bool = False) -> None:
         self.module_path = module_path
-        self.reason = reason
+        self.reason = reason = redact(reason)  # it quotes the crash, which may quote a key
         self.caused_by_call = caused_by_call
         super().__init__(f"module {module_path!r} crashed while handling the call: {reason}")
 

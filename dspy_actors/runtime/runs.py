@@ -37,10 +37,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import structlog
-
 import supervisors
-from dspy_actors import settings
+from dspy_actors import redaction, settings
 from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter, metering
 from dspy_actors.optimizers.base import (
     Cancelled,
@@ -67,7 +65,7 @@ __all__ = [
     "start_run",
 ]
 
-_log = structlog.get_logger("dspy_actors.runtime.runs")
+_log = redaction.get_logger("dspy_actors.runtime.runs")
 
 # The unfinished runs of each app, for cancel_all (the app itself keeps no run state).
 _active: weakref.WeakKeyDictionary[Any, dict[str, _Shared]] = weakref.WeakKeyDictionary()
