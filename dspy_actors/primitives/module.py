@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from dspy_actors.lm.usage import Usage, UsageMeter, metering
 from dspy_actors.primitives.parameter import Parameter, StateError
+from dspy_actors.primitives.state_file import read_state_file
 
 if TYPE_CHECKING:
     from dspy_actors.modules.predict import Predict
@@ -186,20 +187,10 @@ class Module:
         os.replace(tmp, target)  # atomic: a crash never leaves a half-written file
 
     def load(self, path: str | os.PathLike[str]) -> Self:
-        """Load state saved by ``save`` into this program."""
-        try:
-            payload = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise StateError(f"{str(path)!r} is not a JSON state file: {exc}") from exc
-        meta = payload.get("__metadata__") if isinstance(payload, dict) else None
-        if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
-            raise StateError(f"{str(path)!r} is not a {STATE_FORMAT} file")
-        if meta.get("version") != _STATE_VERSION:
-            raise StateError(
-                f"{str(path)!r} has state version {meta.get('version')!r}; "
-                f"expected {_STATE_VERSION}"
-            )
-        return self.load_state(payload["state"])
+        """Load state saved by ``save`` into this program (StateError if the file is not
+        one, or was saved from a program of another structure)."""
+        state = read_state_file(path, state_format=STATE_FORMAT, version=_STATE_VERSION)
+        return self.load_state(state)
 
     def __repr__(self) -> str:
         inner = "\n".join(f"  {path} = {param!r}" for path, param in self.named_parameters())

@@ -54,6 +54,7 @@ from dspy_actors.runtime.module_actor import ModuleServices
 from dspy_actors.runtime.parameter_store import ParameterStore
 from dspy_actors.runtime.pipeline import PipelineStep
 from dspy_actors.runtime.poison import PoisonTracker, fingerprint
+from dspy_actors.runtime.state_checks import check_upgrade
 from dspy_actors.runtime.tree_build import (
     TreeOptions,
     accepted_inputs,
@@ -648,6 +649,7 @@ class App:
     ) -> int:
         """Blue/green: start the new version beside the old, switch new calls to it, let the
         old version's calls in flight finish, then stop the old version."""
+        check_upgrade(program.name, program.kind, state_or_module)
         with program.lock:
             params = self._params()
             template: Any
