@@ -70,6 +70,9 @@ supervisors_log = redaction.get_logger("dspy_actors.runtime")
 # Secrets never reach a log through the runtime's dependencies either (see redaction).
 redaction.install()
 
+# How long an LM worker process may take to start before its start counts as failed.
+_PROCESS_START_SECONDS = 75.0  # beyond the process's own 60 s readiness wait
+
 # Restart delays of a whole program subtree under ``modules``: 10 ms doubling to 2 s.
 _PROGRAM_BACKOFF = supervisors.Backoff(min_delay=0.01, max_delay=2.0, jitter=0.1)
 
@@ -405,6 +408,9 @@ class App:
                         self._publisher_if_wanted,
                     ),
                     shutdown=10.0,
+                    # A process takes ~0.6 s to start when the machine is idle, many times
+                    # that when it is loaded: a start is not a failure until this long.
+                    start_timeout=_PROCESS_START_SECONDS,
                 )
                 for i in range(config.lm_processes)
             ]
