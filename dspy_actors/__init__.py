@@ -16,6 +16,7 @@ Served by the supervised runtime, from many threads, across crashes::
 """
 
 from dspy_actors.adapters import Adapter, AdapterParseError, ChatAdapter, JSONAdapter
+from dspy_actors.embedder import Embedder
 from dspy_actors.evaluate import Evaluate, EvaluationError, EvaluationResult, answer_exact_match
 from dspy_actors.lm import LM, LMError, LMResponse, RetryPolicy, Usage
 from dspy_actors.lm.breaker import CircuitOpen
@@ -29,7 +30,10 @@ from dspy_actors.optimizers import (
     LabeledFewShot,
     MIPROv2,
 )
+from dspy_actors.optimizers.gepa import GEPA
+from dspy_actors.optimizers.simba import SIMBA
 from dspy_actors.primitives import Example, Module, Prediction, StateError
+from dspy_actors.primitives.program_file import load, register_module, register_type
 from dspy_actors.runtime.app import App, start
 from dspy_actors.runtime.errors import (
     AppStopped,
@@ -46,10 +50,14 @@ from dspy_actors.runtime.stream import Stream
 from dspy_actors.settings import configure, context
 from dspy_actors.signatures import (
     Audio,
+    Citations,
+    Code,
+    Document,
     History,
     Image,
     InputField,
     OutputField,
+    Reasoning,
     Signature,
     SignatureSyntaxError,
     Tool,
@@ -57,7 +65,9 @@ from dspy_actors.signatures import (
 
 __all__ = [
     "COPRO",
+    "GEPA",
     "LM",
+    "SIMBA",
     "Adapter",
     "AdapterParseError",
     "App",
@@ -69,8 +79,12 @@ __all__ = [
     "ChainOfThought",
     "ChatAdapter",
     "CircuitOpen",
+    "Citations",
+    "Code",
     "DeadLettered",
     "DeadlineExceeded",
+    "Document",
+    "Embedder",
     "Ensemble",
     "Evaluate",
     "EvaluationError",
@@ -94,6 +108,7 @@ __all__ = [
     "Predict",
     "Prediction",
     "ProgramHandle",
+    "Reasoning",
     "RetryPolicy",
     "RunCancelled",
     "RunFailed",
@@ -107,5 +122,15 @@ __all__ = [
     "answer_exact_match",
     "configure",
     "context",
+    "load",
+    "register_module",
+    "register_type",
     "start",
 ]
+
+# Agents and tools (issue 13).
+from dspy_actors.modules.react import ReAct
+from dspy_actors.modules.tool_runner import ToolRunner
+from dspy_actors.signatures.custom_types.tool import ToolArgumentError, ToolCall, ToolCalls
+
+__all__ += ["ReAct", "ToolArgumentError", "ToolCall", "ToolCalls", "ToolRunner"]

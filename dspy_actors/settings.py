@@ -4,7 +4,8 @@
 overrides for the current thread or asyncio task only (a ``contextvars`` layer), so two
 threads can run with different LMs or temperatures at the same time.
 
-Recognised keys: ``lm``, ``adapter``, ``cache`` (bool, per-call cache switch) and the LM
+Recognised keys: ``lm``, ``adapter``, ``cache`` (bool, per-call cache switch),
+``tool_runner`` (what runs an agent's tool calls) and the LM
 sampling parameters in :data:`SAMPLING_KEYS`, which an LM applies over its own defaults
 (per-call keyword arguments still win over both).
 """
@@ -31,7 +32,11 @@ SAMPLING_KEYS: frozenset[str] = frozenset(
         "frequency_penalty",
     }
 )
-SETTING_KEYS: frozenset[str] = frozenset({"lm", "adapter", "cache"}) | SAMPLING_KEYS
+SETTING_KEYS: frozenset[str] = (
+    frozenset({"lm", "adapter", "cache", "warn_on_type_mismatch"}) | SAMPLING_KEYS
+)
+# The runner an agent's tool calls go through (a serving app sets its own).
+SETTING_KEYS |= frozenset({"tool_runner"})
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _defaults: Mapping[str, Any] = _EMPTY
@@ -46,6 +51,12 @@ def _check_keys(where: str, values: Mapping[str, Any]) -> None:
     if unknown:
         raise TypeError(
             f"{where}() got unknown setting(s) {unknown}; known settings are {sorted(SETTING_KEYS)}"
+        )
+    if isinstance(values.get("lm"), str):  # a model name where an LM belongs: say so now
+        name = values["lm"]
+        raise ValueError(
+            f"{where}(lm=...) needs an LM object, not the string {name!r}: use "
+            f"{where}(lm=dspy_actors.LM({name!r}))"
         )
 
 

@@ -17,12 +17,19 @@ from dspy_actors.primitives.example import Example
 from dspy_actors.signatures.custom_types import ContentPart, CustomType, History
 from dspy_actors.signatures.field import Field
 from dspy_actors.signatures.signature import Signature
-from dspy_actors.signatures.type_names import annotation_name
+from dspy_actors.signatures.type_names import annotation_name, is_optional
 
 if TYPE_CHECKING:
     from dspy_actors.lm.types import LMResponse
 
-__all__ = ["INCOMPLETE_DEMO_PREFIX", "NOT_SUPPLIED", "Adapter", "CompletionClient", "Message"]
+__all__ = [
+    "INCOMPLETE_DEMO_PREFIX",
+    "NOT_SUPPLIED",
+    "Adapter",
+    "CompletionClient",
+    "Message",
+    "fallback_for_missing",
+]
 
 Message = dict[str, Any]
 
@@ -42,6 +49,23 @@ class CompletionClient(Protocol):
         response_format: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> LMResponse: ...
+
+
+_NO_FALLBACK = object()
+
+
+def fallback_for_missing(field: Field) -> Any:
+    """The value of an output the LM left out: its default (or ``default_factory()``), else
+    None when its type allows None; ``_NO_FALLBACK`` when it is required (as in DSPy)."""
+    if field.has_default:
+        return field.get_default()
+    if is_optional(field.annotation):
+        return None
+    return _NO_FALLBACK
+
+
+def is_missing_required(value: Any) -> bool:
+    return value is _NO_FALLBACK
 
 
 def field_marker(name: str) -> str:
@@ -104,6 +128,9 @@ class Adapter:
     """
 
     name = "Adapter"
+    # Send a signature's ``list[Tool]`` input as the provider's tools and fill its
+    # ``ToolCalls`` output from the response's tool calls (adapters/native_tools.py).
+    use_native_function_calling: bool = False
 
     def __call__(
         self,
@@ -125,6 +152,15 @@ class Adapter:
     ) -> Steps[list[dict[str, Any]]]:
         """The same work as ``__call__``, as steps that ask for the LM call (see
         :mod:`dspy_actors.lm.steps`): the actor runtime drives these without blocking."""
+        if self.use_native_function_calling:
+            from dspy_actors.adapters.native_tools import plan_native_tools
+
+            plan = plan_native_tools(signature, inputs, lm_kwargs)
+            if plan is not None:
+                messages = self.format(plan.signature, demos, plan.inputs)
+                kwargs = {"response_format": self.response_format(lm, plan.signature)}
+                response = yield LMCall(lm, messages, {**kwargs, **plan.lm_kwargs})
+                return plan.outputs(response.outputs, response.tool_calls, self.parse)
         messages = self.format(signature, demos, inputs)
         kwargs = {"response_format": self.response_format(lm, signature), **dict(lm_kwargs)}
         response = yield LMCall(lm, messages, kwargs)
@@ -219,7 +255,8 @@ class Adapter:
         for f in prompt_inputs(signature):
             if f.name in values:
                 value = _revive_custom(f, values[f.name])
-                segments.append(join_content([field_marker(f.name), format_value(value)], "\n"))
+                shown = f.format(value) if f.format is not None else format_value(value)
+                segments.append(join_content([field_marker(f.name), shown], "\n"))
         return join_content(segments)
 
     def format_demos(
@@ -290,6 +327,11 @@ def describe_fields(fields: Sequence[Field]) -> str:
         line = f"{i}. `{f.name}` ({annotation_name(f.annotation)})"
         if f.desc:
             line += f": {f.desc}"
+        described = getattr(f.annotation, "description", None)
+        if isinstance(f.annotation, type) and issubclass(f.annotation, CustomType) and described:
+            line += f"\n{described()}"  # e.g. Code: how to write it
+        if f.constraints:
+            line += f"\nConstraints: {f.constraints_text()}"
         lines.append(line)
     return "\n".join(lines)
 

@@ -118,7 +118,14 @@ def serve(source: IO[bytes], sink: IO[bytes]) -> None:
         except BaseException as error:  # every error is the call's answer, bugs included
             answer(("done", call_id, False, _picklable(error), tally.requests, tally.retries))
             return
-        fields = (c.outputs, c.finish_reasons, c.prompt_tokens, c.completion_tokens, c.model)
+        fields = (
+            c.outputs,
+            c.finish_reasons,
+            c.prompt_tokens,
+            c.completion_tokens,
+            c.model,
+            c.tool_calls,
+        )
         answer(("done", call_id, True, fields, tally.requests, tally.retries))
 
     # Fixed threads on one SimpleQueue rather than a ThreadPoolExecutor: no Future and no

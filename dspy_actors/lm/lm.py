@@ -590,6 +590,7 @@ class LM:
                 "model": completion.model,
                 "prompt_tokens": completion.prompt_tokens,
                 "completion_tokens": completion.completion_tokens,
+                "tool_calls": completion.tool_calls,
             },
         )
 
@@ -601,7 +602,9 @@ class LM:
         except (KeyError, TypeError):
             return None  # an entry we cannot read is a miss
         self._count("cache_hits")
-        return LMResponse(outputs, ZERO_USAGE, model, finish, True, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        calls = hit.get("tool_calls")
+        return LMResponse(outputs, ZERO_USAGE, model, finish, True, elapsed, calls or None)
 
     def _finish(self, completion: Completion, start: float) -> LMResponse:
         calls = max(1, len(completion.outputs)) if not self._provider.supports_n else 1
@@ -615,6 +618,7 @@ class LM:
             completion.finish_reasons,
             False,
             time.perf_counter() - start,
+            completion.tool_calls,
         )
 
     def _note(
@@ -811,7 +815,14 @@ def _merge(parts: list[Completion]) -> Completion:
         sum(p.prompt_tokens for p in parts),
         sum(p.completion_tokens for p in parts),
         parts[0].model if parts else "",
+        _merged_tool_calls(parts),
     )
+
+
+def _merged_tool_calls(parts: list[Completion]) -> list[list[dict[str, Any]]] | None:
+    if all(p.tool_calls is None for p in parts):
+        return None
+    return [calls for p in parts for calls in (p.tool_calls or [[] for _ in p.outputs])]
 
 
 def _content_text(content: Any) -> str:

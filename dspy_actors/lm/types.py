@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from dspy_actors.lm.usage import Usage
 
@@ -20,6 +21,9 @@ class LMResponse:
     finish_reasons: list[str | None]
     cache_hit: bool
     latency_s: float
+    # Native function calling: per choice, the tool calls the LM made (``{"id", "name",
+    # "args"}``); None when the request offered no tools or the LM called none.
+    tool_calls: list[list[dict[str, Any]]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +53,4 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     model: str
+    tool_calls: list[list[dict[str, Any]]] | None = None  # as in LMResponse

@@ -37,6 +37,9 @@ class ChainOfThought(Module):
     def forward(self, **kwargs: Any) -> Prediction:
         return self.predict(**kwargs)  # type: ignore[no-any-return]
 
+    async def aforward(self, **kwargs: Any) -> Prediction:
+        return await self.predict.acall(**kwargs)  # type: ignore[no-any-return]
+
     def steps(self, **kwargs: Any) -> Steps[Prediction]:
         """Its predictor's steps (so the runtime serves it as one predictor actor)."""
         return self.predict.steps(**kwargs)

@@ -55,6 +55,7 @@ from dspy_actors.runtime.parameter_store import ParameterStore
 from dspy_actors.runtime.pipeline import PipelineStep
 from dspy_actors.runtime.poison import PoisonTracker, fingerprint
 from dspy_actors.runtime.state_checks import check_upgrade
+from dspy_actors.runtime.tools import TOOL_LETTER_PREFIX, served_tool_runner
 from dspy_actors.runtime.tree_build import (
     TreeOptions,
     accepted_inputs,
@@ -244,6 +245,13 @@ class App:
         )
         self._programs: dict[str, ServedProgram] = {}
         self._programs_lock = threading.Lock()
+        # Served agents' tool calls: events and quarantine to dead letters (runtime/tools.py).
+        self.tools = served_tool_runner(
+            self.events.publish,
+            lambda: bool(self.events.subscriptions()),
+            lambda: self.stores.dead_letters,
+            thread_name_prefix=f"{self.name}-tool",
+        )
         # Set once the root's exit was reported (and the on_exit callback has returned).
         self._exit_reported = threading.Event()
         self._unsubscribe_supervision: Any = None
@@ -267,6 +275,7 @@ class App:
             self._unsubscribe_supervision()
             self._unsubscribe_supervision = None
             self.executor.shutdown(wait=False, cancel_futures=True)
+            self.tools.join(1.0)
             raise
         # Stopped at interpreter exit if the host never called stop(), as an OTP node stops
         # its applications on shutdown: stores closed, worker processes ended, in order.
@@ -776,11 +785,17 @@ class App:
         return [] if store is None else store.list(program)
 
     def replay_dead_letter(self, letter_id: str) -> Any:
-        """Release a quarantined input and call its program with it again."""
+        """Release a quarantined input and call its program with it again (a quarantined
+        tool call, program ``tool:<name>``, is released for agents to call again)."""
         store = self.stores.dead_letters
         letter = None if store is None else store.get(letter_id)
         if letter is None or store is None:
             raise KeyError(f"no dead letter {letter_id!r}")
+        if letter.program.startswith(TOOL_LETTER_PREFIX):
+            # A quarantined tool call: release it so agents may call it again (returns None).
+            self.tools.release(letter.program.removeprefix(TOOL_LETTER_PREFIX), letter.inputs)
+            store.mark_replayed(letter_id)
+            return None
         self.poison.release(fingerprint(letter.program, letter.inputs))
         store.mark_replayed(letter_id)
         return self.handle(letter.program).call_with(letter.inputs)
@@ -789,9 +804,13 @@ class App:
 
     def default_overrides(self) -> dict[str, Any]:
         """Settings every call through this app carries unless the caller set them."""
-        if self.lm is None or "lm" in settings.current_overrides():
-            return {}
-        return {"lm": self.lm}
+        active = settings.current_overrides()
+        defaults: dict[str, Any] = {}
+        if "tool_runner" not in active:
+            defaults["tool_runner"] = self.tools
+        if self.lm is not None and "lm" not in active:
+            defaults["lm"] = self.lm
+        return defaults
 
     def pooled_overrides(self) -> dict[str, Any]:
         """Like :meth:`default_overrides`, for code running outside actors (optimization
@@ -907,6 +926,8 @@ class App:
         # returns once on_exit has run (bounded: a callback that hangs is not waited for).
         self._exit_reported.wait(timeout=min(timeout, 10.0))
         self.executor.shutdown(wait=True, cancel_futures=True)
+        # Tool threads end with their tools; a hung one is abandoned (a daemon thread).
+        self.tools.join(min(timeout, 5.0))
         if self.config.private_data_dir:
             shutil.rmtree(self.config.data_dir, ignore_errors=True)
 
@@ -934,8 +955,8 @@ def start(
     lm_processes: int = 0,
     breaker: Mapping[str, Any] | None = None,
     rate_limit: Mapping[str, Any] | None = None,
-    max_in_flight: int = 1024,
-    module_max_in_flight: int = 1024,
+    max_in_flight: int = 10_000,
+    module_max_in_flight: int = 10_000,
     poison_threshold: int = 3,
     call_timeout: float = 120.0,
     submit_threads: int = 256,
@@ -964,8 +985,9 @@ def start(
       them, calls fail fast with ``Overloaded``.
     - ``poison_threshold``: crashes by one input before it is dead-lettered.
     - ``call_timeout``: the default deadline of a call, in seconds.
-    - ``submit_threads``: threads behind ``handle.submit``/``acall``/``batch`` (calls in
-      flight through those at once; ``call`` from your own threads is not limited by it).
+    - ``submit_threads``: threads behind ``handle.submit``/``batch`` (calls in flight
+      through those at once; ``call`` from your own threads and ``acall``, which holds no
+      thread, are not limited by it).
     - ``log``: ``"json"`` or ``"console"`` to log every event through structlog.
     - ``on_exit``: called with the root's exit reason when the app's tree exits (after
       ``stop()``: shutdown; after a crash storm beyond the root's intensity: a crash with

@@ -1,11 +1,15 @@
-"""Sending a call to a module actor by name, and waiting for its reply without ever hanging."""
+"""Sending a call to a module actor by name, and waiting for its reply without ever hanging.
+
+The waiting is written as plans (runtime/plans.py): :func:`resending_plan` is driven by a
+blocking driver for a synchronous caller (:func:`call_resending`, :func:`wait_reply`) and
+by an asyncio driver for ``await handle.acall(...)``.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import pykka
@@ -17,9 +21,8 @@ from dspy_actors.runtime.context import CallContext
 from dspy_actors.runtime.errors import DeadlineExceeded, ModuleCrashed, ModuleUnavailable
 from dspy_actors.runtime.lm_pool import lending_this_thread
 from dspy_actors.runtime.messages import Call
-
-# A wait with no deadline still wakes this often (every wait in actor code is bounded).
-_MAX_WAIT_SLICE_SECONDS = 5.0
+from dspy_actors.runtime.plans import AwaitReply, Pause, Plan, await_reply_blocking, run_plan
+from dspy_actors.waiting import in_forward_greenlet
 
 # A module that is restarting is sent the call again this often, for at most this long: it
 # never ran the call, so resending is safe, while failing would make a retrying caller
@@ -34,7 +37,12 @@ def never_stopped() -> str | None:
 
 
 def send_call(
-    registry: supervisors.Registry, name: str, inputs: Mapping[str, Any], ctx: CallContext
+    registry: supervisors.Registry,
+    name: str,
+    inputs: Mapping[str, Any],
+    ctx: CallContext,
+    *,
+    lend: bool = True,
 ) -> Future[Any]:
     """Send ``Call`` to the actor registered as ``name`` now; its reply future.
 
@@ -44,6 +52,10 @@ def send_call(
     the call is in, this sender drains the inbox itself (whoever drains, each call is
     answered exactly once). That costs one flag read per call, where a monitor per call
     cost a lock round trip on the actor's lifecycle shared by every caller.
+
+    ``lend``: a blocking caller's thread, which would only wait, may run the call's LM
+    request itself (the LM pool's lending). An event loop's thread or a forward greenlet's
+    actor thread must never: they send with ``lend=False`` (a forward greenlet never lends).
     """
     reply: Future[Any] = Future()
     ref = registry.whereis(name)
@@ -52,9 +64,11 @@ def send_call(
         return reply
     try:
         # An idle module actor's turn is taken by this thread (see tell_inline): a cached
-        # call is answered here, an uncached one sent to the LM pool from here; and this
-        # thread, which would only wait for the answer, runs that LM request itself.
-        with lending_this_thread():
+        # call is answered here, an uncached one sent to the LM pool from here.
+        if lend and not in_forward_greenlet():
+            with lending_this_thread():
+                supervisors.tell_inline(ref, Call(inputs, ctx, reply))
+        else:
             supervisors.tell_inline(ref, Call(inputs, ctx, reply))
     except pykka.ActorDeadError:
         reject(reply, ModuleUnavailable(name))
@@ -78,35 +92,51 @@ def wait_reply(
 
     The reply always comes (see :func:`send_call`): the answer, the module's error,
     ``ModuleCrashed`` if the actor died with the call in hand, or ``ModuleUnavailable`` if
-    it died before taking it (safe to retry). No polling: the caller sleeps until then or
-    until the deadline, whichever comes first.
+    it died before taking it (safe to retry). No polling: the caller sleeps (or its forward
+    greenlet is parked) until then or until the deadline, whichever comes first.
     """
-    while True:
-        remaining = ctx.remaining()
-        if remaining is not None and timeout is not None:
-            remaining = min(remaining, timeout)
-        elif remaining is None:
-            remaining = timeout
-        if remaining is not None and remaining <= 0:
-            # The actor's late answer, if any, is dropped (the future is already done).
-            expired = DeadlineExceeded(ctx.trace_id, f"{kind} {path!r}")
-            if not reject(reply, expired) and _timed_out_beneath(reply):
-                # What timed out beneath it was this deadline (a caller that ran its LM
-                # request itself sees the request's timeout): the call's own error says so.
-                raise expired from reply.exception()
-            return reply.result(timeout=0)
-        wait = _MAX_WAIT_SLICE_SECONDS if remaining is None else remaining
-        try:
-            return reply.result(timeout=min(wait, _MAX_WAIT_SLICE_SECONDS))
-        except FutureTimeout:
-            continue
+    return await_reply_blocking(AwaitReply(reply, ctx, path, timeout, kind))
 
 
-def _timed_out_beneath(reply: Future[Any]) -> bool:
+def timed_out_beneath(reply: Future[Any]) -> bool:
     """Whether ``reply`` (done) failed because something beneath the call timed out."""
     if reply.cancelled():
         return False
     return isinstance(reply.exception(), LMTimeout | DeadlineExceeded)
+
+
+def resending_plan(
+    registry: supervisors.Registry,
+    name: str,
+    inputs: Mapping[str, Any],
+    ctx: CallContext,
+    path: str,
+    *,
+    timeout: float | None = None,
+    what: str = "module",
+    stopped: Callable[[], str | None] = never_stopped,
+    lend: bool = True,
+) -> Plan[Any]:
+    """The plan of :func:`call_resending` (see there)."""
+    since: float | None = None
+    while True:
+        reply = send_call(registry, name, inputs, ctx, lend=lend)
+        try:
+            return (yield AwaitReply(reply, ctx, path, timeout))
+        except ModuleUnavailable:
+            now = time.monotonic()
+            since = now if since is None else since
+            reason = stopped()
+            if reason is not None:
+                raise ModuleCrashed(path, reason) from None
+            remaining = ctx.remaining()
+            if now - since >= RESEND_LIMIT_SECONDS or (
+                remaining is not None and remaining <= RESEND_SECONDS
+            ):
+                raise ModuleCrashed(
+                    path, f"the {what} stayed unavailable for {now - since:.1f} s"
+                ) from None
+            yield Pause(RESEND_SECONDS)
 
 
 def call_resending(
@@ -126,24 +156,10 @@ def call_resending(
     Past ``RESEND_LIMIT_SECONDS``, the deadline, or once ``stopped()`` gives a reason the
     actor will not come back (the program was stopped, its version retired), the call
     fails with ``ModuleCrashed`` naming ``path`` (``what`` says what it is in the
-    message: "step", "sub-module").
+    message: "step", "sub-module"). On a forward greenlet the waits park the greenlet.
     """
-    since: float | None = None
-    while True:
-        reply = send_call(registry, name, inputs, ctx)
-        try:
-            return wait_reply(reply, ctx, path, timeout)
-        except ModuleUnavailable:
-            now = time.monotonic()
-            since = now if since is None else since
-            reason = stopped()
-            if reason is not None:
-                raise ModuleCrashed(path, reason) from None
-            remaining = ctx.remaining()
-            if now - since >= RESEND_LIMIT_SECONDS or (
-                remaining is not None and remaining <= RESEND_SECONDS
-            ):
-                raise ModuleCrashed(
-                    path, f"the {what} stayed unavailable for {now - since:.1f} s"
-                ) from None
-            time.sleep(RESEND_SECONDS)
+    return run_plan(
+        resending_plan(
+            registry, name, inputs, ctx, path, timeout=timeout, what=what, stopped=stopped
+        )
+    )

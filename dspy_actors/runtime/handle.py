@@ -3,25 +3,28 @@
 A handle holds a program *name*, never an actor ref: every call resolves the program's
 current entry actor, so handles keep working across restarts and upgrades.
 
-The calling thread does the work of a call: it sends the ``Call`` to the module's entry
-actor and waits for the reply; for a pipeline (``app.program``) it drives the call through
-the steps' actors itself, one after the other (runtime/pipeline.py), all on the version
-current when the attempt started. No actor sits between the caller and the modules.
+The caller does the work of a call: it sends the ``Call`` to the module's entry actor and
+waits for the reply; for a pipeline (``app.program``) it drives the call through the steps'
+actors itself, one after the other (runtime/pipeline.py), all on the version current when
+the attempt started. No actor sits between the caller and the modules. That logic is one
+plan (runtime/plans.py) with two drivers: ``call`` blocks the calling thread; ``acall``
+awaits the reply futures on the caller's event loop and holds no thread while in flight.
 
-- ``call(**inputs)`` blocks for the Prediction; ``submit`` returns a future; ``acall`` is
-  awaitable; ``batch`` runs many inputs at a bounded concurrency.
+- ``call(**inputs)`` blocks for the Prediction; ``acall`` is awaitable (no thread per
+  call); ``submit`` returns a future (run on the app's executor); ``batch`` runs many
+  inputs at a bounded concurrency.
 - A call never hangs: it ends by its deadline (``timeout``) at the latest.
 - A call that could not reach the module (restarting) is retried until it can (a later
   step of a pipeline is resent by itself, so the steps before it do not run again). A call
   in flight when a module crashed fails with ``ModuleCrashed``, or is retried (from the
   first step) if the call is idempotent. An input that itself crashes the module
   ``poison_threshold`` times is quarantined as a dead letter (``DeadLettered``).
-- At most ``max_in_flight`` calls per program: past it, ``Overloaded`` at once.
+- At most ``max_in_flight`` calls per program: past it, ``Overloaded`` at once. A call
+  leaves its slot when it ends, also when an awaiting ``acall`` is cancelled.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -30,11 +33,12 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from dspy_actors.lm.usage import Usage
-from dspy_actors.runtime.calls import send_call, wait_reply
-from dspy_actors.runtime.context import capture
+from dspy_actors.runtime.calls import send_call
+from dspy_actors.runtime.context import CallContext, capture
 from dspy_actors.runtime.errors import DeadLettered, ModuleCrashed, ModuleUnavailable, Overloaded
 from dspy_actors.runtime.input_check import check_encodable
-from dspy_actors.runtime.pipeline import run_pipeline
+from dspy_actors.runtime.pipeline import pipeline_plan
+from dspy_actors.runtime.plans import AwaitReply, Pause, Plan, arun_plan, run_plan
 from dspy_actors.runtime.poison import fingerprint
 
 if TYPE_CHECKING:
@@ -113,13 +117,52 @@ class ProgramHandle:
         """``call`` with options: ``timeout`` (seconds; the deadline for every hop beneath),
         ``idempotent`` (retry after a crash), ``trace_id``, and settings ``overrides``
         such as ``lm=`` or ``temperature=`` for this call only."""
+        ctx = self._context(timeout, trace_id, overrides)
+        return run_plan(self._call_plan(inputs, ctx, idempotent, lend=True))
+
+    async def acall(self, **inputs: Any) -> Any:
+        """``await handle.acall(...)`` from asyncio code: the call holds no thread while
+        in flight (the reply futures are awaited on the running loop). Cancelling the
+        awaiting task frees the call's slots (the program's and the module's)."""
+        return await self.acall_with(inputs)
+
+    async def acall_with(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        trace_id: str | None = None,
+        **overrides: Any,
+    ) -> Any:
+        """``acall`` with the options of :meth:`call_with`."""
+        ctx = self._context(timeout, trace_id, overrides)
+        return await arun_plan(self._call_plan(inputs, ctx, idempotent, lend=False))
+
+    def submit(self, **inputs: Any) -> Future[Any]:
+        """Start a call; the future gets its Prediction or error."""
+        return self._app.executor.submit(self.call_with, inputs)
+
+    def _context(
+        self, timeout: float | None, trace_id: str | None, overrides: Mapping[str, Any]
+    ) -> CallContext:
+        return capture(
+            timeout=self._program.call_timeout if timeout is None else timeout,
+            trace_id=trace_id,
+            **{**self._app.default_overrides(), **overrides},
+        )
+
+    def _call_plan(
+        self,
+        inputs: Mapping[str, Any],
+        ctx: CallContext,
+        idempotent: bool | None,
+        *,
+        lend: bool,
+    ) -> Plan[Any]:
+        """One call, with its retries, as a plan (runtime/plans.py) for either driver."""
         program = self._program
         app = self._app
-        ctx = capture(
-            timeout=program.call_timeout if timeout is None else timeout,
-            trace_id=trace_id,
-            **{**app.default_overrides(), **overrides},
-        )
         retry_crashes = program.idempotent if idempotent is None else idempotent
         check_encodable(program.name, inputs)
         key: str | None = None  # the input's fingerprint: computed only when it matters
@@ -139,17 +182,20 @@ class ProgramHandle:
                 raise Overloaded(f"program {program.name!r}", program.gate.limit)
             try:
                 if program.steps:
-                    return run_pipeline(
-                        app.registry,
-                        program.name,
-                        entry,
-                        program.steps,
-                        inputs,
-                        ctx,
-                        partial(program.gone, version),
+                    return (
+                        yield from pipeline_plan(
+                            app.registry,
+                            program.name,
+                            entry,
+                            program.steps,
+                            inputs,
+                            ctx,
+                            partial(program.gone, version),
+                            lend=lend,
+                        )
                     )
-                reply = send_call(app.registry, entry, inputs, ctx)
-                return wait_reply(reply, ctx, program.name, None, kind="program")
+                reply = send_call(app.registry, entry, inputs, ctx, lend=lend)
+                return (yield AwaitReply(reply, ctx, program.name, kind="program"))
             except ModuleUnavailable:
                 # Never reached a module (a pipeline: its first step): safe to retry, until
                 # it is back or time runs out.
@@ -160,7 +206,6 @@ class ProgramHandle:
                     raise
                 if remaining is not None and remaining <= _UNAVAILABLE_RETRY_SECONDS:
                     raise
-                time.sleep(_UNAVAILABLE_RETRY_SECONDS)
             except ModuleCrashed as crash:
                 unavailable_since = None  # it reached a module: a fresh wait if it retries
                 if crash.caused_by_call:
@@ -172,16 +217,10 @@ class ProgramHandle:
                 crashes_seen += 1
                 if not retry_crashes or crashes_seen > program.max_crash_retries:
                     raise
+                continue
             finally:
                 program.gate.leave(version)
-
-    def submit(self, **inputs: Any) -> Future[Any]:
-        """Start a call; the future gets its Prediction or error."""
-        return self._app.executor.submit(self.call_with, inputs)
-
-    async def acall(self, **inputs: Any) -> Any:
-        """``await handle.acall(...)`` from asyncio code."""
-        return await asyncio.wrap_future(self.submit(**inputs))
+            yield Pause(_UNAVAILABLE_RETRY_SECONDS)  # (outside the gate: not in flight)
 
     def batch(
         self,

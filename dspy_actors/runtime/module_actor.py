@@ -7,9 +7,22 @@ Two ways a call runs, chosen by what the module is:
   took an idle actor's turn: ``supervisors.tell_inline``); answers it from the cache at once, or
   sends it to the LM pool and goes on serving other calls. When the LM reply arrives (as a
   later message), the steps resume. No thread waits on the LM on the actor's behalf.
-- Any other module (a composite, or user code with its own I/O): its ``forward`` runs in a
-  short-lived call thread, with the call's context restored; its sub-modules are proxies
-  that send calls to their own actors. The actor itself never blocks.
+- Any other module (a composite with a user-written ``forward``): its ``forward`` runs on
+  a *forward greenlet* in the actor's thread, with the call's context restored; its
+  sub-modules are proxies that send calls to their own actors. When ``forward`` waits (a
+  sub-module's reply, or any future through ``dspy_actors.waiting.wait_future``), the greenlet
+  is parked and the actor goes on serving other calls; the future's completion (or the
+  wait's timeout) arrives as a message that switches the greenlet back in. So a call in
+  flight costs a greenlet, not a thread. Such an actor never takes a caller's thread
+  (``handles_in_caller`` is off): a greenlet lives on the thread that made it.
+- A module whose ``forward`` blocks on I/O of its own (a retriever's HTTP call, say) sets
+  ``blocking_forward = True`` (a class attribute): its ``forward`` then runs in a
+  short-lived call thread per call, as it would in a thread pool, and the actor never
+  blocks either way.
+
+Cancellation: a caller that gives up cancels the call's reply future (an ``acall`` whose
+task is cancelled); the actor then drops the call at once (closing its steps, or ending
+its forward greenlet), which frees its in-flight slot.
 
 Errors: an LM error, a parse error, a deadline or an overload is the call's answer. Any
 other exception is a bug: the caller gets :class:`ModuleCrashed` (with the exception as
@@ -27,6 +40,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import greenlet
 import pykka
 
 import supervisors
@@ -46,6 +60,7 @@ from dspy_actors.runtime.errors import (
 )
 from dspy_actors.runtime.lm_pool import Dispatcher, lm_reply_may_run_inline, submit_lm_request
 from dspy_actors.runtime.messages import Call
+from dspy_actors.waiting import ForwardGreenlet, Park, timers
 
 # Exceptions that answer a call without crashing the module: the caller's input or the
 # LM's output was bad, not the module's state. Everything else lets the actor crash.
@@ -86,11 +101,31 @@ class _ForwardDone:
     error: BaseException | None
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _ForwardWake:
+    """Switch the call's parked forward greenlet back in (its wait ``park`` is over)."""
+
+    call_id: int
+    park: int
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Cancelled:
+    """The caller cancelled the call's reply: drop the call."""
+
+    call_id: int
+
+
 @dataclass(slots=True, eq=False)
 class _InFlight:
     call: Call
     steps: Generator[LMCall, Any, Any] | None = None
     thread: threading.Thread | None = None
+    forward: ForwardGreenlet | None = None
+    # The current park of the forward greenlet (0: running) and its timer, if any.
+    park: int = 0
+    timer: int | None = None
+    lm_reply: Future[Any] | None = None
 
 
 @dataclass(slots=True)
@@ -108,8 +143,9 @@ def is_predictor(module: Any) -> bool:
 class ModuleActor(supervisors.SupervisedActor):
     """Serves calls of one module; see the module docstring."""
 
-    # Its handlers never block (LM calls are messages, forward runs in a call thread), so
-    # a caller may take the actor's turn while it is idle (supervisors.tell_inline).
+    # Its handlers never block (LM calls are messages, forward parks its greenlet or runs
+    # in a call thread), so a caller may take the actor's turn while it is idle
+    # (supervisors.tell_inline); not a ForwardActor, whose greenlets need its own thread.
     handles_in_caller = True
 
     def __init__(
@@ -148,6 +184,12 @@ class ModuleActor(supervisors.SupervisedActor):
             module.usage_meter = self.meter  # a composite's forward meters with it
         self.module = module
         self._predictor = is_predictor(module)
+        self._blocking_forward = bool(getattr(module, "blocking_forward", False))
+        if not self._predictor and not self._blocking_forward and self.handles_in_caller:
+            raise TypeError(
+                f"module {self.path!r} runs its forward on greenlets: serve it with a "
+                "ForwardActor (a greenlet cannot move between threads)"
+            )
 
     # Messages. ------------------------------------------------------------------------
 
@@ -156,6 +198,10 @@ class ModuleActor(supervisors.SupervisedActor):
             self._accept(message)
         elif isinstance(message, _LMDone):
             self._lm_done(message)
+        elif isinstance(message, _ForwardWake):
+            self._forward_wake(message)
+        elif isinstance(message, _Cancelled):
+            self._cancelled(message.call_id)
         elif isinstance(message, _ForwardDone):
             self._forward_done(message)
         else:
@@ -179,6 +225,8 @@ class ModuleActor(supervisors.SupervisedActor):
         record = _InFlight(call)
         self._inflight[call_id] = record
         self.services.on_event("module.start", self.path, {"trace_id": call.ctx.trace_id})
+        # A caller that gives up cancels the reply: drop the call then (frees its slot).
+        call.reply.add_done_callback(partial(_tell_if_cancelled, self.actor_ref, call_id))
         if self._predictor:
             # Making the generator runs none of the steps' code: the call's context is
             # restored where they run (_resume).
@@ -188,6 +236,9 @@ class ModuleActor(supervisors.SupervisedActor):
                 self._fail(call_id, error)
                 return
             self._resume(call_id, None, None, first=True)
+        elif not self._blocking_forward:
+            record.forward = ForwardGreenlet(partial(self._forward_body, record))
+            self._switch_in(call_id, record)
         else:
             thread = threading.Thread(
                 target=self._run_forward,
@@ -236,15 +287,57 @@ class ModuleActor(supervisors.SupervisedActor):
                     record.call.ctx.metered_by(self.meter),
                     found,
                 )
+                record.lm_reply = reply
                 reply.add_done_callback(partial(_tell_lm_done, self.actor_ref, call_id))
                 return
 
     def _lm_done(self, message: _LMDone) -> None:
         reply = message.reply
+        if reply.cancelled():
+            return  # we cancelled it: its call was dropped (_cancelled)
         error = reply.exception()
         self._resume(message.call_id, None if error is not None else reply.result(), error)
 
-    # Other modules: forward in a call thread. ----------------------------------------
+    # Composites: forward on a greenlet, parked while it waits. ------------------------
+
+    def _forward_body(self, record: _InFlight) -> Any:
+        with restored(record.call.ctx):
+            return self.module(**record.call.inputs)
+
+    def _switch_in(self, call_id: int, record: _InFlight) -> None:
+        """Run the call's forward greenlet until it ends or parks on a future."""
+        forward = record.forward
+        assert forward is not None
+        record.park = 0
+        try:
+            outcome = forward.switch()
+        except BaseException as error:
+            self._fail(call_id, error)
+            return
+        if forward.dead:
+            self._finish(call_id, outcome)
+            return
+        if not isinstance(outcome, Park):  # a switch we did not make: a bug in forward
+            forward.throw(greenlet.GreenletExit)
+            self._fail(call_id, RuntimeError(f"forward switched out with {outcome!r}"))
+            return
+        park = next(self._ids)
+        record.park = park
+        wake = partial(_tell_forward_wake, self.actor_ref, call_id, park)
+        if outcome.deadline is not None:
+            record.timer = timers.schedule(outcome.deadline, wake)
+        outcome.future.add_done_callback(lambda _future: wake())
+
+    def _forward_wake(self, message: _ForwardWake) -> None:
+        record = self._inflight.get(message.call_id)
+        if record is None or record.forward is None or record.park != message.park:
+            return  # the call ended, or this wait was already woken (future vs timer)
+        if record.timer is not None:
+            timers.cancel(record.timer)
+            record.timer = None
+        self._switch_in(message.call_id, record)
+
+    # Modules with blocking_forward: forward in a call thread. -------------------------
 
     def _run_forward(self, call_id: int, record: _InFlight) -> None:
         result: Any = None
@@ -265,6 +358,32 @@ class ModuleActor(supervisors.SupervisedActor):
             self._fail(message.call_id, message.error)
         else:
             self._finish(message.call_id, message.result)
+
+    def _cancelled(self, call_id: int) -> None:
+        record = self._inflight.pop(call_id, None)
+        if record is None:
+            return
+        # Every module.start has its end: a cancelled call ends as an error, "CancelledError".
+        trace_id = record.call.ctx.trace_id
+        data = {"trace_id": trace_id, "error": "CancelledError"}
+        self.services.on_event("module.error", self.path, data)
+        self._end_quietly(record)
+        if record.lm_reply is not None:
+            record.lm_reply.cancel()  # the LM pool may skip or drop it
+
+    def _end_quietly(self, record: _InFlight) -> None:
+        """End a dropped call's steps or forward greenlet (their ``finally`` blocks run)."""
+        if record.timer is not None:
+            timers.cancel(record.timer)
+            record.timer = None
+        if record.steps is not None:
+            record.steps.close()
+        forward = record.forward
+        if forward is not None and not forward.dead and forward.parent is not None:
+            try:
+                forward.throw(greenlet.GreenletExit)
+            except BaseException:  # forward's own cleanup failed: the call is gone anyway
+                pass
 
     # Outcomes. ------------------------------------------------------------------------
 
@@ -300,8 +419,7 @@ class ModuleActor(supervisors.SupervisedActor):
         self._inflight.clear()
         for record in records:
             reject(record.call.reply, ModuleCrashed(self.path, reason))
-            if record.steps is not None:
-                record.steps.close()
+            self._end_quietly(record)
         for record in records:
             if record.thread is not None and record.thread is not threading.current_thread():
                 record.thread.join(timeout=_CALL_THREAD_JOIN_SECONDS)
@@ -319,11 +437,34 @@ class ModuleActor(supervisors.SupervisedActor):
         self._abandon_inflight(f"the module actor crashed: {value!r}")
 
 
+class ForwardActor(ModuleActor):
+    """A :class:`ModuleActor` for a module whose ``forward`` runs on greenlets (a
+    composite): its greenlets live on its own thread, so no caller takes its turn."""
+
+    handles_in_caller = False
+
+
 def _probe(lm_call: LMCall) -> Any:
     """The cached response for this LM call if the LM can answer it without I/O; else a
     ``CacheMiss`` to send along (the worker then skips the lookup), or None (uncached)."""
     probe = getattr(lm_call.lm, "probe", None)  # an LM-like object without a cache: None
     return None if probe is None else probe(lm_call.messages, **lm_call.kwargs)
+
+
+def _tell_forward_wake(ref: pykka.ActorRef[Any], call_id: int, park: int) -> None:
+    try:
+        ref.tell(_ForwardWake(call_id, park))  # never inline: the greenlet's thread runs it
+    except pykka.ActorDeadError:
+        pass  # The actor died; its on_failure/on_stop answered the call already.
+
+
+def _tell_if_cancelled(ref: pykka.ActorRef[Any], call_id: int, reply: Future[Any]) -> None:
+    if not reply.cancelled():
+        return
+    try:
+        ref.tell(_Cancelled(call_id))
+    except pykka.ActorDeadError:
+        pass
 
 
 def _tell_lm_done(ref: pykka.ActorRef[Any], call_id: int, reply: Future[Any]) -> None:

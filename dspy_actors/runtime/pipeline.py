@@ -2,8 +2,8 @@
 
 ``app.program(name, steps)`` serves each step as its own actor (or subtree, for a
 composite step) under the program's supervisor; no actor sits between the steps. The
-caller's thread (``ProgramHandle.call_with``, which blocks anyway, and runs on the app's
-executor for ``submit``/``acall``) drives the call, step by step::
+caller drives the call, step by step (a plan, runtime/plans.py: the thread of a blocking
+``handle.call``, or the event loop of ``await handle.acall``, holding no thread)::
 
     caller ──Call──▶ step 1 actor ──reply──▶ caller ──Call──▶ step 2 actor ──reply──▶ caller
 
@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import supervisors
-from dspy_actors.runtime.calls import call_resending, never_stopped, send_call, wait_reply
+from dspy_actors.runtime.calls import never_stopped, resending_plan, send_call
 from dspy_actors.runtime.context import CallContext
+from dspy_actors.runtime.plans import AwaitReply, Plan, run_plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,21 @@ def run_pipeline(
     in this thread; the last step's Prediction, or the first error. ``stopped`` tells a
     step's retry to give up at once, and why (the program was stopped, or this version
     retired by an upgrade)."""
+    return run_plan(pipeline_plan(registry, program, prefix, steps, inputs, ctx, stopped))
+
+
+def pipeline_plan(
+    registry: supervisors.Registry,
+    program: str,
+    prefix: str,
+    steps: Sequence[PipelineStep],
+    inputs: Mapping[str, Any],
+    ctx: CallContext,
+    stopped: Callable[[], str | None] = never_stopped,
+    *,
+    lend: bool = True,
+) -> Plan[Any]:
+    """The plan of :func:`run_pipeline`, for either driver (``lend=False`` for asyncio)."""
     values = dict(inputs)
     result: Any = None
     last = len(steps) - 1
@@ -85,11 +101,11 @@ def run_pipeline(
             step_inputs = {k: v for k, v in values.items() if k in accepted}
         name, path = prefix + step.id, f"{program}.{step.id}"
         if index == 0:
-            reply = send_call(registry, name, step_inputs, ctx)
-            result = wait_reply(reply, ctx, path, None)
+            reply = send_call(registry, name, step_inputs, ctx, lend=lend)
+            result = yield AwaitReply(reply, ctx, path)
         else:
-            result = call_resending(
-                registry, name, step_inputs, ctx, path, what="step", stopped=stopped
+            result = yield from resending_plan(
+                registry, name, step_inputs, ctx, path, what="step", stopped=stopped, lend=lend
             )
         outputs = prediction_items(result)  # checked for the last step too
         if index < last:

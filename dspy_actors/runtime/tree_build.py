@@ -3,7 +3,10 @@
 - ``app.serve(name, module)``: a predictor is one actor; a composite module becomes a
   supervisor whose children are its sub-modules (recursively), plus an actor for the
   composite itself, which runs the user's ``forward`` with each sub-module replaced by a
-  :class:`ModuleProxy` that calls the sub-module's actor. ``forward`` works unchanged.
+  :class:`ModuleProxy` that calls the sub-module's actor. ``forward`` works unchanged; it
+  runs on a greenlet in the composite's actor, parked while a sub-module call is in flight
+  (see runtime/module_actor.py and dspy_actors/waiting.py), unless the module sets
+  ``blocking_forward = True``.
 - ``app.program(name, steps)``: one actor (or subtree) per step, side by side under the
   program's supervisor, and nothing else: no actor sits between the steps. The caller's
   thread drives a call through them (see :mod:`dspy_actors.runtime.pipeline`). Here:
@@ -24,7 +27,12 @@ import supervisors
 from dspy_actors.primitives.module import Module
 from dspy_actors.runtime.calls import call_resending
 from dspy_actors.runtime.context import capture
-from dspy_actors.runtime.module_actor import ModuleActor, ModuleServices, is_predictor
+from dspy_actors.runtime.module_actor import (
+    ForwardActor,
+    ModuleActor,
+    ModuleServices,
+    is_predictor,
+)
 
 ENTRY = "entry"  # the child id of a program's entry actor
 
@@ -36,14 +44,15 @@ class TreeOptions:
     strategy: supervisors.Strategy = "one_for_one"
     intensity: int = 10
     period: float = 5.0
-    max_in_flight: int = 256
+    max_in_flight: int = 10_000
     call_timeout: float = 300.0
 
 
 class ModuleProxy:
     """Stands in for a sub-module inside a served composite: calling it calls its actor.
 
-    The call inherits the running call's context (trace id, deadline, overrides).
+    The call inherits the running call's context (trace id, deadline, overrides). On a
+    forward greenlet the wait for the reply parks the greenlet (its actor serves on).
     """
 
     def __init__(self, registry: supervisors.Registry, name: str, path: str, timeout: float):
@@ -69,10 +78,20 @@ class ModuleProxy:
         return f"ModuleProxy({self.path!r})"
 
 
+def actor_class(module: Any) -> type[ModuleActor]:
+    """The actor serving ``module``: a :class:`ForwardActor` if its forward runs on
+    greenlets (any module but a predictor, whose steps are driven by messages, or one with
+    ``blocking_forward = True``, which gets a call thread per call for a forward that
+    blocks on I/O of its own); a plain :class:`ModuleActor` otherwise."""
+    if is_predictor(module) or getattr(module, "blocking_forward", False):
+        return ModuleActor
+    return ForwardActor
+
+
 def direct_sub_modules(module: Module) -> list[tuple[str, Module]]:
     """The sub-modules directly beneath ``module`` (attribute paths like ``retrieve``,
     ``hops[0]``), not those nested inside them."""
-    found = module.named_sub_modules()[1:]
+    found = module.attribute_sub_modules()[1:]
     direct: list[tuple[str, Module]] = []
     for path, sub in found:
         if not any(path.startswith(p + ".") or path.startswith(p + "[") for p, _ in direct):
@@ -138,7 +157,7 @@ def module_subtree(
     if not subs:
         return supervisors.ChildSpec(
             child_id,
-            ModuleActor,
+            actor_class(module),
             args=(label, template.deepcopy, services, options.max_in_flight, path),
             name=entry_name,
         )
@@ -154,7 +173,7 @@ def module_subtree(
     children.append(
         supervisors.ChildSpec(
             ENTRY if not path else "forward",
-            ModuleActor,
+            actor_class(module),
             args=(label, partial(copy.copy, shell), services, options.max_in_flight, None),
             name=entry_name,
         )

@@ -86,6 +86,8 @@ class SimReply:
 
     text: str | Sequence[str]
     finish_reason: str | None = None  # None = the provider's normal "stop" / "end_turn"
+    # Native tool calls (``{"name", "args"}``, optionally ``"id"``) every choice makes.
+    tool_calls: Sequence[Mapping[str, Any]] | None = None
 
 
 Responder = Callable[[SimRequest], "str | SimReply | Fault"]
@@ -530,9 +532,11 @@ class SimLM:
         return bearer == f"Bearer {self._api_key}" or headers.get("x-api-key") == self._api_key
 
     def _answer(self, h: _Handler, req: SimRequest, reply: str | SimReply) -> None:
+        calls = None
         if isinstance(reply, SimReply):
             texts = [reply.text] if isinstance(reply.text, str) else list(reply.text)
             finish = reply.finish_reason
+            calls = reply.tool_calls
         else:
             texts, finish = [reply], None
         n = req.n if req.provider == "openai" else 1
@@ -542,17 +546,20 @@ class SimLM:
         if req.provider == "anthropic":
             stop = finish or "end_turn"
             if req.stream:
-                self._stream(h, wire.anthropic_stream(req.model, texts[0], ptoks, stop))
+                frames = wire.anthropic_stream(req.model, texts[0], ptoks, stop, calls)
+                self._stream(h, frames)
             else:
-                h._send_json(200, wire.anthropic_message(req.model, texts[0], ptoks, stop))
+                body = wire.anthropic_message(req.model, texts[0], ptoks, stop, calls)
+                h._send_json(200, body)
             return
         finish = finish or "stop"
         if req.stream:
             opts = req.body.get("stream_options") or {}
             include_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
-            self._stream(h, wire.openai_stream(req.model, texts, ptoks, include_usage, finish))
+            frames = wire.openai_stream(req.model, texts, ptoks, include_usage, finish, calls)
+            self._stream(h, frames)
         else:
-            h._send_json(200, wire.openai_completion(req.model, texts, ptoks, finish))
+            h._send_json(200, wire.openai_completion(req.model, texts, ptoks, finish, calls))
 
     def _stream(self, h: _Handler, frames: Iterator[bytes], limit: int | None = None) -> None:
         h._start_sse()

@@ -7,7 +7,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from dspy_actors.testing.faults import ErrorCode
@@ -85,11 +85,34 @@ def anthropic_to_openai_messages(body: Mapping[str, Any]) -> list[dict[str, Any]
 # ---------------------------------------------------------------- OpenAI chat completions
 
 
+def _call_ids(calls: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Tool calls to send (``name``, ``args``) with an id each (one made up if none)."""
+    return [
+        {"id": c.get("id") or _new_id("call_"), "name": c["name"], "args": c.get("args") or {}}
+        for c in calls
+    ]
+
+
+def openai_tool_calls(calls: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": c["id"],
+            "type": "function",
+            "function": {"name": c["name"], "arguments": json.dumps(c["args"])},
+        }
+        for c in _call_ids(calls)
+    ]
+
+
 def openai_completion(
-    model: str, texts: list[str], prompt_toks: int, finish_reason: str = "stop"
+    model: str,
+    texts: list[str],
+    prompt_toks: int,
+    finish_reason: str = "stop",
+    tool_calls: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     completion = sum(count_tokens(t) for t in texts)
-    return {
+    body: dict[str, Any] = {
         "id": _new_id("chatcmpl-"),
         "object": "chat.completion",
         "created": int(time.time()),
@@ -109,6 +132,12 @@ def openai_completion(
             "total_tokens": prompt_toks + completion,
         },
     }
+    if tool_calls:  # every choice calls the tools: the message's tool_calls, no content
+        for choice in body["choices"]:
+            choice["message"]["tool_calls"] = openai_tool_calls(tool_calls)
+            choice["message"]["content"] = choice["message"]["content"] or None
+            choice["finish_reason"] = "tool_calls"
+    return body
 
 
 def sse(data: Mapping[str, Any] | str, event: str | None = None) -> bytes:
@@ -123,6 +152,7 @@ def openai_stream(
     prompt_toks: int,
     include_usage: bool,
     finish_reason: str = "stop",
+    tool_calls: Sequence[Mapping[str, Any]] | None = None,
 ) -> Iterator[bytes]:
     """SSE frames of a streamed chat completion: role, content deltas per choice, finish
     reasons, the usage chunk (when asked for), then ``[DONE]``."""
@@ -148,7 +178,16 @@ def openai_stream(
         for piece in split_pieces(text):
             yield chunk([{"index": i, "delta": {"content": piece}, "finish_reason": None}])
     for i in range(len(texts)):
-        yield chunk([{"index": i, "delta": {}, "finish_reason": finish_reason}])
+        # Tool calls as OpenAI streams them: id and name first, then the arguments in pieces.
+        for k, call in enumerate(openai_tool_calls(tool_calls or ())):
+            head = {"index": k, "id": call["id"], "type": "function"}
+            head["function"] = {"name": call["function"]["name"], "arguments": ""}
+            yield chunk([{"index": i, "delta": {"tool_calls": [head]}, "finish_reason": None}])
+            for piece in split_pieces(call["function"]["arguments"]):
+                part = {"index": k, "function": {"arguments": piece}}
+                yield chunk([{"index": i, "delta": {"tool_calls": [part]}, "finish_reason": None}])
+        finish = "tool_calls" if tool_calls else finish_reason
+        yield chunk([{"index": i, "delta": {}, "finish_reason": finish}])
     if include_usage:
         completion = sum(count_tokens(t) for t in texts)
         yield chunk(
@@ -166,9 +205,13 @@ def openai_stream(
 
 
 def anthropic_message(
-    model: str, text: str, prompt_toks: int, stop_reason: str = "end_turn"
+    model: str,
+    text: str,
+    prompt_toks: int,
+    stop_reason: str = "end_turn",
+    tool_calls: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    return {
+    message: dict[str, Any] = {
         "id": _new_id("msg_"),
         "type": "message",
         "role": "assistant",
@@ -178,10 +221,21 @@ def anthropic_message(
         "stop_sequence": None,
         "usage": {"input_tokens": prompt_toks, "output_tokens": count_tokens(text)},
     }
+    if tool_calls:
+        message["content"] = [b for b in message["content"] if b["text"]] + [
+            {"type": "tool_use", "id": c["id"], "name": c["name"], "input": c["args"]}
+            for c in _call_ids(tool_calls)
+        ]
+        message["stop_reason"] = "tool_use"
+    return message
 
 
 def anthropic_stream(
-    model: str, text: str, prompt_toks: int, stop_reason: str = "end_turn"
+    model: str,
+    text: str,
+    prompt_toks: int,
+    stop_reason: str = "end_turn",
+    tool_calls: Sequence[Mapping[str, Any]] | None = None,
 ) -> Iterator[bytes]:
     """SSE events of a streamed Anthropic message, in the documented order."""
     start = anthropic_message(model, "", prompt_toks, stop_reason)
@@ -200,6 +254,20 @@ def anthropic_stream(
             {"type": "content_block_delta", "index": 0, "delta": delta}, "content_block_delta"
         )
     yield sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+    for k, call in enumerate(_call_ids(tool_calls or ()), start=1):
+        block = {"type": "tool_use", "id": call["id"], "name": call["name"], "input": {}}
+        yield sse(
+            {"type": "content_block_start", "index": k, "content_block": block},
+            "content_block_start",
+        )
+        for piece in split_pieces(json.dumps(call["args"])):
+            delta = {"type": "input_json_delta", "partial_json": piece}
+            yield sse(
+                {"type": "content_block_delta", "index": k, "delta": delta}, "content_block_delta"
+            )
+        yield sse({"type": "content_block_stop", "index": k}, "content_block_stop")
+    if tool_calls:
+        stop_reason = "tool_use"
     yield sse(
         {
             "type": "message_delta",

@@ -19,13 +19,20 @@ from dspy_actors.lm.providers.base import (
     decode_event,
     int_or_zero,
 )
+from dspy_actors.lm.providers.tool_wire import (
+    AnthropicToolStream,
+    anthropic_tool_calls,
+    anthropic_tool_choice,
+    anthropic_tools,
+    anthropic_turn,
+)
 from dspy_actors.lm.types import Completion
 
 __all__ = ["AnthropicProvider"]
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
-_PASSTHROUGH = ("temperature", "top_p", "top_k", "metadata", "tools", "tool_choice", "thinking")
+_PASSTHROUGH = ("temperature", "top_p", "top_k", "metadata", "thinking")
 
 
 def _image_block(url: str) -> dict[str, Any]:
@@ -72,6 +79,7 @@ class _AnthropicStream(StreamAccumulator):
         self._output = 0
         self._stop: str | None = None
         self._done = False
+        self._tools = AnthropicToolStream()
 
     def feed(self, event: str, data: str) -> list[tuple[int, str]]:
         msg = decode_event(
@@ -80,9 +88,12 @@ class _AnthropicStream(StreamAccumulator):
         mtype = msg.get("type") or event
         if mtype == "content_block_delta":
             delta = msg.get("delta") or {}
+            self._tools.delta(int_or_zero(msg.get("index")), delta)
             if delta.get("type") == "text_delta" and delta.get("text"):
                 self._parts.append(delta["text"])
                 return [(0, delta["text"])]
+        elif mtype == "content_block_start":
+            self._tools.start(int_or_zero(msg.get("index")), msg.get("content_block") or {})
         elif mtype == "message_start":
             message = msg.get("message") or {}
             self._served_model = str(message.get("model") or self._served_model)
@@ -114,7 +125,12 @@ class _AnthropicStream(StreamAccumulator):
 
     def completion(self) -> Completion:
         return Completion(
-            ["".join(self._parts)], [self._stop], self._input, self._output, self._served_model
+            ["".join(self._parts)],
+            [self._stop],
+            self._input,
+            self._output,
+            self._served_model,
+            self._tools.result(),
         )
 
 
@@ -148,8 +164,11 @@ class AnthropicProvider(Provider):
         system: list[str] = []
         turns: list[dict[str, Any]] = []
         for msg in messages:
+            tool_turn = anthropic_turn(msg)  # tool_use / tool_result turns
             if msg.get("role") == "system":
                 system.append(_text(msg.get("content")))
+            elif tool_turn is not None:
+                turns.append(tool_turn)
             else:
                 turns.append({"role": msg["role"], "content": _content_blocks(msg.get("content"))})
         max_tokens = params.get("max_tokens")
@@ -163,6 +182,10 @@ class AnthropicProvider(Provider):
         for key in _PASSTHROUGH:
             if params.get(key) is not None:
                 body[key] = params[key]
+        if params.get("tools"):
+            body["tools"] = anthropic_tools(params["tools"])
+        if params.get("tool_choice") is not None:
+            body["tool_choice"] = anthropic_tool_choice(params["tool_choice"])
         stop = params.get("stop")
         if stop:
             body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
@@ -188,6 +211,7 @@ class AnthropicProvider(Provider):
             int_or_zero(usage.get("input_tokens")),
             int_or_zero(usage.get("output_tokens")),
             str(data.get("model") or model),
+            [calls] if (calls := anthropic_tool_calls(blocks)) else None,
         )
 
     def accumulator(self, *, endpoint: str, model: str) -> StreamAccumulator:

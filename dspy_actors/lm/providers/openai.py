@@ -18,6 +18,7 @@ from dspy_actors.lm.providers.base import (
     error_fields,
     int_or_zero,
 )
+from dspy_actors.lm.providers.tool_wire import OpenAIToolDeltas, openai_tool_calls
 from dspy_actors.lm.types import Completion
 
 __all__ = ["OpenAIProvider"]
@@ -35,6 +36,7 @@ class _OpenAIStream(StreamAccumulator):
         self._usage: tuple[int, int] = (0, 0)
         self._served_model = model
         self._done = False
+        self._tool_calls = OpenAIToolDeltas()
 
     def feed(self, event: str, data: str) -> list[tuple[int, str]]:
         if data.strip() == "[DONE]":
@@ -57,7 +59,10 @@ class _OpenAIStream(StreamAccumulator):
         for choice in chunk.get("choices") or ():
             index = int_or_zero(choice.get("index"))
             parts = self._texts.setdefault(index, [])
-            content = (choice.get("delta") or {}).get("content")
+            delta = choice.get("delta") or {}
+            if delta.get("tool_calls"):
+                self._tool_calls.feed(index, delta)
+            content = delta.get("content")
             if content:
                 parts.append(content)
                 deltas.append((index, content))
@@ -77,6 +82,7 @@ class _OpenAIStream(StreamAccumulator):
             prompt_tokens=self._usage[0],
             completion_tokens=self._usage[1],
             model=self._served_model,
+            tool_calls=self._tool_calls.result(indices),
         )
 
 
@@ -123,10 +129,12 @@ class OpenAIProvider(Provider):
             choices = data["choices"]
             outputs: list[str] = []
             finish: list[str | None] = []
+            calls: list[list[dict[str, Any]]] = []
             for choice in choices:
                 content = choice["message"].get("content")
                 outputs.append(content if isinstance(content, str) else "")
                 finish.append(choice.get("finish_reason"))
+                calls.append(openai_tool_calls(choice["message"]))
         except (KeyError, TypeError, AttributeError) as exc:
             raise MalformedResponse(
                 f"response has no choices[].message: {str(data)[:200]!r}",
@@ -142,6 +150,7 @@ class OpenAIProvider(Provider):
             int_or_zero(usage.get("prompt_tokens")),
             int_or_zero(usage.get("completion_tokens")),
             str(data.get("model") or model),
+            calls if any(calls) else None,
         )
 
     def accumulator(self, *, endpoint: str, model: str) -> StreamAccumulator:

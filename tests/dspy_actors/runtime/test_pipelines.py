@@ -247,18 +247,18 @@ def test_a_call_whose_version_an_upgrade_stopped_between_steps_fails_at_once(
         ],
     )
     between_steps, retired = threading.Event(), threading.Event()
-    original = pipeline.call_resending
+    original = pipeline.resending_plan
 
     def held_before_step_two(*args: Any, **kwargs: Any) -> Any:
         between_steps.set()
         retired.wait(10)
-        return original(*args, **kwargs)
+        return (yield from original(*args, **kwargs))
 
-    monkeypatch.setattr(pipeline, "call_resending", held_before_step_two)
+    monkeypatch.setattr(pipeline, "resending_plan", held_before_step_two)
     future = app.executor.submit(p.call, question="q")
     assert between_steps.wait(10)
     assert p.upgrade({}, drain_timeout=0.05) == 2
-    monkeypatch.setattr(pipeline, "call_resending", original)
+    monkeypatch.setattr(pipeline, "resending_plan", original)
     retired.set()
     started = time.monotonic()
     with pytest.raises(ModuleCrashed, match="version 1 was stopped by an upgrade") as crashed:

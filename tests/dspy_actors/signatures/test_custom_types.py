@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from dspy_actors.signatures import Audio, History, Image, Tool
+from dspy_actors.signatures.custom_types.tool import ToolArgumentError
 
 PNG = b"\x89PNG\r\n\x1a\nfake-image-bytes"
 
@@ -104,9 +105,9 @@ def test_tool_call_validates_arguments() -> None:
     assert tool.name == "web_search"
     assert tool.desc == "custom"
     assert tool(query="cats", limit="2") == ["cats-0-fast", "cats-1-fast"]  # "2" -> 2
-    with pytest.raises(TypeError, match="missing required argument"):
+    with pytest.raises(ToolArgumentError, match="missing required argument"):
         tool(limit=1)
-    with pytest.raises(TypeError, match="unexpected argument"):
+    with pytest.raises(ToolArgumentError, match="unexpected argument"):
         tool(query="x", nope=1)
-    with pytest.raises(ValidationError):
+    with pytest.raises(ToolArgumentError, match="argument 'mode' of tool 'web_search'"):
         tool(query="x", mode="slow")
