@@ -57,6 +57,7 @@ from dspy_actors.primitives import Example, Module, Prediction, StateError
 from dspy_actors.primitives.program_file import load, register_module, register_type
 from dspy_actors.runtime.app import App, start
 from dspy_actors.runtime.errors import (
+    AppStopped,
     DeadLettered,
     DeadlineExceeded,
     ModuleCrashed,
@@ -91,6 +92,7 @@ __all__ = [
     "Adapter",
     "AdapterParseError",
     "App",
+    "AppStopped",
     "Audio",
     "BaseCallback",
     "BestOfN",

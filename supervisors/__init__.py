@@ -47,7 +47,7 @@ from supervisors._errors import (
     SupervisorExited,
     TaskQueueFull,
 )
-from supervisors._events import SupervisorEvent, set_log_level, subscribe
+from supervisors._events import SupervisorEvent, set_log_level, set_reason_filter, subscribe
 from supervisors._exit import KILLED, NORMAL, SHUTDOWN, Down, ExitReason, MonitorRef
 from supervisors._handle import DynamicSupervisor, Supervisor, TaskSupervisor
 from supervisors._intensity import RestartIntensity
@@ -100,6 +100,7 @@ __all__ = [
     "registry",
     "request_exit",
     "set_log_level",
+    "set_reason_filter",
     "subscribe",
     "supervised",
     "tell_inline",

@@ -80,6 +80,28 @@ def subscribe(subscriber: Subscriber) -> Callable[[], None]:
     return unsubscribe
 
 
+_reason_filter: Callable[[str], str] | None = None
+
+
+def set_reason_filter(reason_filter: Callable[[str], str] | None) -> None:
+    """Pass every exit reason through ``reason_filter`` before it is logged or delivered
+    to subscribers (an application masks credentials an exception message may quote).
+    None: reasons as they are (the default)."""
+    global _reason_filter
+    _reason_filter = reason_filter
+
+
+def _reason_text(reason: object) -> str:
+    text = str(reason)
+    reason_filter = _reason_filter
+    if reason_filter is None:
+        return text
+    try:
+        return reason_filter(text)
+    except Exception:  # a broken filter must not break supervision; show nothing then
+        return f"<reason hidden: the reason filter failed> {type(reason).__name__}"
+
+
 def emit(
     kind: EventKind,
     supervisor: str,
@@ -91,7 +113,7 @@ def emit(
         kind,
         supervisor,
         child_id,
-        None if reason is None else str(reason),
+        None if reason is None else _reason_text(reason),
         restart_count,
         time.time(),
     )

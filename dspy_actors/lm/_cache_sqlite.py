@@ -34,11 +34,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import structlog
-
+from dspy_actors import redaction
 from dspy_actors._sqlite_file import FileProblem, PooledSqliteFile, write_tx
 
-_log = structlog.get_logger("dspy_actors.lm.cache")
+_log = redaction.get_logger("dspy_actors.lm.cache")
 
 T = TypeVar("T")
 

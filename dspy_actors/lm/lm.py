@@ -60,6 +60,7 @@ from dspy_actors.lm.retry import RetryPolicy, call_with_retries, retry_delay
 from dspy_actors.lm.transport import ClientPool
 from dspy_actors.lm.types import Completion, LMResponse, StreamEvent
 from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter, record_usage
+from dspy_actors.redaction import clean_api_key, redact
 
 __all__ = ["LM", "LMStats", "PreparedCall", "WorkerSpec"]
 
@@ -203,7 +204,7 @@ class LM:
         self.timeout = timeout
         self.defaults: dict[str, Any] = dict(defaults)
         env_key = _ENV_KEYS.get(provider.name) or provider.api_key_env
-        key = api_key or (os.environ.get(env_key) if env_key else None) or None
+        key = clean_api_key(api_key or (os.environ.get(env_key) if env_key else None) or None)
         self._api_key = _Secret(key) if key else None
         hosted = self.api_base == provider.default_api_base.rstrip("/")
         _check_key_configured(model, _ENV_KEYS[provider.name], key, hosted)
@@ -824,9 +825,7 @@ class LM:
 
     def _scrub(self, error: LMError) -> LMError:
         """Make sure no error message can carry the API key (servers sometimes echo it)."""
-        key = self._api_key.value if self._api_key else None
-        if key and any(key in str(a) for a in error.args):
-            error.args = tuple(str(a).replace(key, "***") for a in error.args)
+        error.args = tuple(redact(a) if isinstance(a, str) else a for a in error.args)
         return error
 
 

@@ -25,6 +25,7 @@ from dspy_actors.primitives.call_history import ModuleHistory, start_recording, 
 from dspy_actors.primitives.dspy_state import from_dspy_state, is_dspy_state
 from dspy_actors.primitives.parameter import Parameter, StateError
 from dspy_actors.primitives.positional_inputs import inputs_by_keyword
+from dspy_actors.primitives.state_file import read_json_file, state_of_payload
 
 if TYPE_CHECKING:
     from dspy_actors.modules.predict import Predict
@@ -384,12 +385,7 @@ class Module:
                 "cloudpickle, which dspy_actors never loads (it can run code): save the state "
                 "with DSPy as JSON (program.save('program.json')) and load that"
             )
-        try:
-            payload = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise StateError(f"{str(path)!r} is not a JSON state file: {exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise StateError(f"{str(path)!r} is not a JSON state file (not text)") from exc
+        payload = read_json_file(path)
         meta = payload.get("__metadata__") if isinstance(payload, dict) else None
         if not isinstance(meta, dict) and is_dspy_state(payload):
             fields = {
@@ -403,16 +399,10 @@ class Module:
                 return Module.load_state(self, state)
             except StateError as exc:
                 raise StateError(f"{str(path)!r} (saved by DSPy): {exc}") from exc
-        if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
-            raise StateError(
-                f"{str(path)!r} is not a {STATE_FORMAT} file (nor a state file saved by DSPy)"
-            )
-        if meta.get("version") != _STATE_VERSION:
-            raise StateError(
-                f"{str(path)!r} has state version {meta.get('version')!r}; "
-                f"expected {_STATE_VERSION}"
-            )
-        return self.load_state(payload["state"])
+        state = state_of_payload(
+            payload, repr(str(path)), state_format=STATE_FORMAT, version=_STATE_VERSION
+        )
+        return self.load_state(state)
 
     def __repr__(self) -> str:
         inner = "\n".join(f"  {path} = {param!r}" for path, param in self.named_parameters())

@@ -36,15 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Self, TypeVar
 
-import structlog
-
+from dspy_actors import redaction
 from dspy_actors._sqlite_file import FileProblem, PooledSqliteFile, write_tx
 
 __all__ = ["SqliteFile", "StoreError", "StoreHealth"]
 
 T = TypeVar("T")
 
-_log = structlog.get_logger("dspy_actors.runtime.store")
+_log = redaction.get_logger("dspy_actors.runtime.store")
 
 _BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
 _CORRUPT_CODES = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB

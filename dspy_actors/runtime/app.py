@@ -13,8 +13,11 @@ Children start in that order (each one's dependencies first) and stop in reverse
 from __future__ import annotations
 
 import atexit
+import collections
 import dataclasses
 import itertools
+import shutil
+import tempfile
 import threading
 import time
 import weakref
@@ -26,10 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import platformdirs
-import structlog
 
 import supervisors
-from dspy_actors import settings
+from dspy_actors import redaction, settings
 from dspy_actors.lm.breaker import CircuitBreaker
 from dspy_actors.lm.rate_limit import RateLimiter
 from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter
@@ -37,7 +39,7 @@ from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.parameter import StateError
 from dspy_actors.runtime import events as ev
 from dspy_actors.runtime.dead_letters import DeadLetter, DeadLetterStore
-from dspy_actors.runtime.errors import ModuleCrashed
+from dspy_actors.runtime.errors import AppStopped, ModuleCrashed
 from dspy_actors.runtime.handle import ProgramHandle, _Gate
 from dspy_actors.runtime.lm_pool import (
     Dispatcher,
@@ -52,6 +54,7 @@ from dspy_actors.runtime.module_actor import ModuleServices
 from dspy_actors.runtime.parameter_store import ParameterStore
 from dspy_actors.runtime.pipeline import PipelineStep
 from dspy_actors.runtime.poison import PoisonTracker, fingerprint
+from dspy_actors.runtime.state_checks import check_upgrade
 from dspy_actors.runtime.tools import TOOL_LETTER_PREFIX, served_tool_runner
 from dspy_actors.runtime.tree_build import (
     TreeOptions,
@@ -64,7 +67,12 @@ if TYPE_CHECKING:
     from dspy_actors.lm.lm import LM
 
 _app_ids = itertools.count(1)
-supervisors_log = structlog.get_logger("dspy_actors.runtime")
+supervisors_log = redaction.get_logger("dspy_actors.runtime")
+# Secrets never reach a log through the runtime's dependencies either (see redaction).
+redaction.install()
+
+# How long an LM worker process may take to start before its start counts as failed.
+_PROCESS_START_SECONDS = 75.0  # beyond the process's own 60 s readiness wait
 
 # Restart delays of a whole program subtree under ``modules``: 10 ms doubling to 2 s.
 _PROGRAM_BACKOFF = supervisors.Backoff(min_delay=0.01, max_delay=2.0, jitter=0.1)
@@ -213,6 +221,11 @@ class AppConfig:
     submit_threads: int
     log: Literal["json", "console"] | None
     on_exit: Callable[[supervisors.ExitReason], None] | None = None
+    root_intensity: int = 3
+    root_period: float = 5.0
+    self_restarts: int = 0
+    # A temporary directory of this app alone (no explicit name or data_dir): removed on stop.
+    private_data_dir: bool = False
 
 
 class App:
@@ -239,17 +252,39 @@ class App:
             lambda: self.stores.dead_letters,
             thread_name_prefix=f"{self.name}-tool",
         )
-        # Stopped at interpreter exit if the host never called stop(), as an OTP node stops
-        # its applications on shutdown: stores closed, worker processes ended, in order.
-        # Weakly: registering must not keep an abandoned app alive.
-        self._stop_at_exit = partial(_stop_if_alive, weakref.ref(self))
-        atexit.register(self._stop_at_exit)
         # Set once the root's exit was reported (and the on_exit callback has returned).
         self._exit_reported = threading.Event()
         self._unsubscribe_supervision: Any = None
+        # Why the app can no longer serve calls (None while it can): stop() or its tree's
+        # exit, with the crash reasons that led there. Calls fail at once with it.
+        self._stopped_because: str | None = None
+        self._stopping = False
+        self._self_restarts_left = config.self_restarts
+        self._lifecycle_lock = threading.Lock()
+        # The last crash reasons of the root's children: what an exited app reports.
+        self._recent_crashes: collections.deque[str] = collections.deque(maxlen=5)
+        self._restarter: threading.Thread | None = None
         if config.log is not None:
             self.events.subscribe("*", ev.structlog_subscriber(renderer=config.log))
-        self.root = supervisors.Supervisor.start(
+        self._unsubscribe_supervision = supervisors.subscribe(self._supervision_event)
+        try:
+            self.root = self._start_root()
+        except BaseException:
+            # Nothing of a tree that failed to start may outlive it: no subscription, no
+            # threads, and no exit hook for an app that never ran.
+            self._unsubscribe_supervision()
+            self._unsubscribe_supervision = None
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.tools.join(1.0)
+            raise
+        # Stopped at interpreter exit if the host never called stop(), as an OTP node stops
+        # its applications on shutdown: stores closed, worker processes ended, in order.
+        # Weakly: registering must not keep an abandoned app alive. Only once the tree runs.
+        self._stop_at_exit = partial(_stop_if_alive, weakref.ref(self))
+        atexit.register(self._stop_at_exit)
+
+    def _start_root(self) -> supervisors.Supervisor:
+        return supervisors.Supervisor.start(
             [
                 supervisors.ChildSpec("store", StoreOwner, args=(self.stores,), shutdown=10.0),
                 self.events.child_spec("events"),
@@ -266,17 +301,77 @@ class App:
                 ),
             ],
             name=self.name,
+            intensity=self.config.root_intensity,
+            period=self.config.root_period,
             registry=self.registry,
             on_exit=self._root_exited,
         )
-        self._unsubscribe_supervision = supervisors.subscribe(self._supervision_event)
+
+    @property
+    def stopped_because(self) -> str | None:
+        """Why the app no longer serves calls (``app.stop()``, or its tree's exit with the
+        crash reasons), or None while it runs."""
+        return self._stopped_because
+
+    def raise_if_stopped(self, program: str) -> None:
+        """Raise :class:`AppStopped` if the app can no longer serve calls (called by
+        handles before each attempt, so that a call never waits on a tree that is gone)."""
+        why = self._stopped_because
+        if why is not None:
+            raise AppStopped(self.name, program, why)
 
     def _root_exited(self, reason: supervisors.ExitReason) -> None:
+        with self._lifecycle_lock:
+            restart = reason.abnormal and not self._stopping and self._self_restarts_left > 0
+            if restart:
+                self._self_restarts_left -= 1
+            elif self._stopped_because is None:
+                self._stopped_because = self._exit_text(reason)
+        if restart:
+            # As OTP's heart restarts a node whose tree died: a fresh tree, the programs
+            # served again. Not from this thread: it is the old root's monitor.
+            supervisors_log.error(
+                "app_restarting",
+                app=self.name,
+                reason=str(reason),
+                restarts_left=self._self_restarts_left,
+            )
+            self._restarter = threading.Thread(
+                target=self._restart_tree, name=f"{self.name}-self-restart", daemon=True
+            )
+            self._restarter.start()
+            return
         try:
             if self.config.on_exit is not None:
                 self.config.on_exit(reason)
         finally:
             self._exit_reported.set()
+
+    def _exit_text(self, reason: supervisors.ExitReason) -> str:
+        if not reason.abnormal:
+            return "app.stop() was called"
+        text = f"its supervision tree exited ({reason})"
+        crashes = list(self._recent_crashes)
+        if crashes:
+            text += "; last crashes: " + "; ".join(crashes)
+        return text
+
+    def _restart_tree(self) -> None:
+        try:
+            root = self._start_root()
+        except BaseException as error:  # the restart itself failed: the app has stopped
+            with self._lifecycle_lock:
+                if self._stopped_because is None:
+                    self._stopped_because = f"its tree exited and could not start again: {error}"
+            self._exit_reported.set()
+            return
+        with self._lifecycle_lock:
+            self.root = root
+            stopping = self._stopping
+        if stopping:  # stop() came while the tree was restarting
+            root.stop(30.0)
+            return
+        self._relaunch_programs()
 
     # The tree. ------------------------------------------------------------------------
 
@@ -322,6 +417,9 @@ class App:
                         self._publisher_if_wanted,
                     ),
                     shutdown=10.0,
+                    # A process takes ~0.6 s to start when the machine is idle, many times
+                    # that when it is loaded: a start is not a failure until this long.
+                    start_timeout=_PROCESS_START_SECONDS,
                 )
                 for i in range(config.lm_processes)
             ]
@@ -575,6 +673,7 @@ class App:
     ) -> int:
         """Blue/green: start the new version beside the old, switch new calls to it, let the
         old version's calls in flight finish, then stop the old version."""
+        check_upgrade(program.name, program.kind, state_or_module)
         with program.lock:
             params = self._params()
             template: Any
@@ -777,6 +876,8 @@ class App:
         ours = event.supervisor == self.name or event.supervisor.startswith(self.name + "/")
         if not ours:
             return
+        if event.kind == "child_exited" and event.reason and event.supervisor == self.name:
+            self._recent_crashes.append(f"{event.child_id}: {event.reason}")
         if event.kind == "child_restarted":
             if event.supervisor == self.name and event.child_id == "modules":
                 # A DynamicSupervisor comes back empty: serve every program again.
@@ -820,6 +921,13 @@ class App:
         from dspy_actors.runtime.runs import cancel_all
 
         atexit.unregister(self._stop_at_exit)
+        with self._lifecycle_lock:
+            self._stopping = True
+            if self._stopped_because is None:
+                self._stopped_because = "app.stop() was called"
+        restarter = self._restarter
+        if restarter is not None:
+            restarter.join(timeout=min(timeout, 60.0))
         # A run's driver stops between examples when cancelled; stopping the tree without
         # this could abandon one busy in a long step.
         cancel_all(self, timeout=min(timeout, 30.0))
@@ -837,6 +945,8 @@ class App:
         self.executor.shutdown(wait=True, cancel_futures=True)
         # Tool threads end with their tools; a hung one is abandoned (a daemon thread).
         self.tools.join(min(timeout, 5.0))
+        if self.config.private_data_dir:
+            shutil.rmtree(self.config.data_dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self
@@ -869,12 +979,17 @@ def start(
     submit_threads: int = 256,
     log: Literal["json", "console"] | None = None,
     on_exit: Callable[[supervisors.ExitReason], None] | None = None,
+    root_intensity: int = 3,
+    root_period: float = 5.0,
+    self_restarts: int = 0,
 ) -> App:
     """Start an application tree (also a context manager: ``with dsa.start(...) as app``).
 
     - ``lm``: the default LM of every call through the app; ``fallbacks``: LMs tried, in
       order, while its circuit breaker is open.
-    - ``data_dir``: where the SQLite stores live (default: the user data dir / ``name``).
+    - ``data_dir``: where the SQLite stores live. Default: the user data dir / ``name``
+      when a ``name`` is given; with neither, a private temporary directory removed on
+      ``stop()`` (so state saved by one script never loads into another's programs).
     - ``lm_workers``: LM calls in flight at once (each worker does one blocking call);
       ``lm_max_queue``: LM requests waiting beyond that before ``Overloaded``.
     - ``lm_processes``: 0 (the default) runs LM calls' HTTP in worker threads of this
@@ -893,8 +1008,21 @@ def start(
     - ``log``: ``"json"`` or ``"console"`` to log every event through structlog.
     - ``on_exit``: called with the root's exit reason when the app's tree exits (after
       ``stop()``: shutdown; after a crash storm beyond the root's intensity: a crash with
-      RestartIntensityExceeded, and every call then fails clearly).
+      RestartIntensityExceeded, and every call then fails at once with ``AppStopped``
+      naming the crashes that led there).
+    - ``root_intensity``/``root_period``: the root gives up (the app stops) after more
+      than ``root_intensity`` restarts of its children within ``root_period`` seconds.
+    - ``self_restarts``: how many times an app whose tree gave up starts a fresh tree and
+      serves its programs again (as OTP's heart restarts a node), before it stays stopped.
+      Calls made while it restarts wait for it (within their deadline).
     """
+    if root_intensity < 0 or root_period <= 0:
+        raise ValueError(
+            "dsa.start(root_intensity=..., root_period=...) must be >= 0 and > 0, got "
+            f"{root_intensity!r} and {root_period!r}"
+        )
+    if self_restarts < 0:
+        raise ValueError(f"dsa.start(self_restarts=...) must be >= 0, got {self_restarts!r}")
     if lm_workers < 1:
         raise ValueError(f"dsa.start(lm_workers=...) must be >= 1, got {lm_workers!r}")
     if not 0 <= lm_processes <= lm_workers:
@@ -907,11 +1035,7 @@ def start(
             if each is not None:
                 each.worker_spec()  # fails now, not on the first call, for an LM it cannot send
     app_name = name or f"app{next(_app_ids)}"
-    directory = (
-        Path(data_dir)
-        if data_dir is not None
-        else Path(platformdirs.user_data_dir("dspy_actors")) / app_name
-    )
+    directory, private = _data_dir_for(name, data_dir)
     config = AppConfig(
         name=app_name,
         data_dir=directory,
@@ -929,5 +1053,32 @@ def start(
         submit_threads=submit_threads,
         log=log,
         on_exit=on_exit,
+        root_intensity=root_intensity,
+        root_period=root_period,
+        self_restarts=self_restarts,
+        private_data_dir=private,
     )
-    return App(config)
+    try:
+        return App(config)
+    except BaseException:
+        if private:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def _data_dir_for(name: str | None, data_dir: str | Path | None) -> tuple[Path, bool]:
+    """Where an app's stores live, and whether that directory is the app's own (removed
+    when it stops). Saved state is shared only by apps that ask for it: an explicit
+    ``data_dir``, or an explicit ``name`` (the user data dir / name). An app with neither
+    gets a private temporary directory, so a script never loads state another, unrelated
+    script saved under the same default name."""
+    if data_dir is not None:
+        path = Path(data_dir)
+        if path.exists() and not path.is_dir():
+            raise ValueError(
+                f"dsa.start(data_dir=...): {str(path)!r} exists and is not a directory"
+            )
+        return path, False
+    if name is not None:
+        return Path(platformdirs.user_data_dir("dspy_actors")) / name, False
+    return Path(tempfile.mkdtemp(prefix="dspy_actors-")), True

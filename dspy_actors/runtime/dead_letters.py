@@ -7,7 +7,8 @@ them, replays one (and then marks it replayed) or removes it.
 Inputs are stored as JSON. A value with no JSON form is stored as
 ``{"__repr__": repr(value), "__type__": "module.Class"}`` (see :data:`REPR_MARKER`), so the
 letter is always written; values under secret-looking keys (``api_key``, ...) are stored as
-``"<redacted>"``: a poison message must be recorded, but never a credential.
+``"<redacted>"``, and any API key in a text (an input, the message, the traceback) is masked
+(see ``dspy_actors.redaction``): a poison message must be recorded, never a credential.
 
 Each store lives in its own file by default (see the runtime docs): a burst of dead letters
 never contends with parameter saves, and a broken dead-letter file never costs the optimized
@@ -29,15 +30,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from pydantic import BaseModel
 
+from dspy_actors import redaction
 from dspy_actors.runtime._sqlite import SqliteStore, StoreError
 from dspy_actors.runtime.parameter_store import looks_like_secret
 
 __all__ = ["REDACTED", "REPR_MARKER", "DeadLetter", "DeadLetterStore", "StoreError", "jsonify"]
 
-_log = structlog.get_logger("dspy_actors.runtime.store")
+_log = redaction.get_logger("dspy_actors.runtime.store")
 
 SCHEMA_VERSION = 1
 _STORE = "dead_letters"
@@ -109,27 +110,53 @@ def _stand_in(value: Any) -> dict[str, str]:
         text = repr(value)
     except Exception as exc:  # a broken __repr__ must not lose the letter
         text = f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
-    return {REPR_MARKER: text, "__type__": _type_name(type(value))}
+    return {REPR_MARKER: _encodable(redaction.redact(text)), "__type__": _type_name(type(value))}
 
 
-def jsonify(value: Any) -> Any:
-    """``value`` as JSON data; values with no JSON form become repr stand-ins."""
-    if value is None or isinstance(value, str | bool | int):
+def _encodable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot encode (lone surrogates) escaped, so SQLite takes it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# Deeper inputs are stored as a stand-in below this depth: a letter must always be written
+# (and read back), however deep the poison that it records.
+MAX_DEPTH = 100
+
+
+def jsonify(value: Any, _depth: int = 0) -> Any:
+    """``value`` as JSON data; values with no JSON form become repr stand-ins (so do strings
+    UTF-8 cannot encode, such as lone surrogates, and anything nested past MAX_DEPTH)."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return _stand_in(value)  # repr escapes the surrogates
+        clean = redaction.redact(value)
+        if clean != value:  # a credential pasted into an input: stored masked, not replayable
+            return {REPR_MARKER: clean, "__type__": "str"}
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else _stand_in(value)
+    if isinstance(value, Mapping | list | tuple | BaseModel) and _depth >= MAX_DEPTH:
+        return {
+            REPR_MARKER: f"<nested deeper than {MAX_DEPTH} levels>",
+            "__type__": _type_name(type(value)),
+        }
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
             name = key if isinstance(key, str) else str(key)
-            out[name] = REDACTED if looks_like_secret(name) else jsonify(item)
+            name = _encodable(name)
+            out[name] = REDACTED if looks_like_secret(name) else jsonify(item, _depth + 1)
         return out
     if isinstance(value, list | tuple):
-        return [jsonify(item) for item in value]
+        return [jsonify(item, _depth + 1) for item in value]
     if isinstance(value, BaseModel):
         # A structured input type: its JSON form is what a signature validates back.
         try:
-            return jsonify(value.model_dump(mode="json"))
+            return jsonify(value.model_dump(mode="json"), _depth + 1)
         except Exception:
             return _stand_in(value)
     return _stand_in(value)
@@ -205,8 +232,8 @@ class DeadLetterStore(SqliteStore):
             module_path=module_path,
             inputs=jsonify(dict(inputs)),
             exception_type=exception_type or "unknown",
-            message=_clip(message or "", MAX_MESSAGE_CHARS),
-            traceback=_clip(traceback or "", MAX_TRACEBACK_CHARS),
+            message=_encodable(_clip(redaction.redact(message or ""), MAX_MESSAGE_CHARS)),
+            traceback=_encodable(_clip(redaction.redact(traceback or ""), MAX_TRACEBACK_CHARS)),
             attempts=int(attempts),
             created_at=time.time(),
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dspy_actors.redaction import redact
+
 
 class RuntimeCallError(Exception):
     """Base class of the errors a served call can end with (besides the module's own)."""
@@ -34,7 +36,7 @@ class ModuleCrashed(RuntimeCallError):
 
     def __init__(self, module_path: str, reason: str, *, caused_by_call: bool = False) -> None:
         self.module_path = module_path
-        self.reason = reason
+        self.reason = reason = redact(reason)  # it quotes the crash, which may quote a key
         self.caused_by_call = caused_by_call
         super().__init__(f"module {module_path!r} crashed while handling the call: {reason}")
 
@@ -58,3 +60,23 @@ class DeadLettered(RuntimeCallError):
             f"letter {dead_letter_id} (list with app.dead_letters(), replay with "
             "app.replay_dead_letter(id))"
         )
+
+
+class AppStopped(RuntimeCallError):
+    """The app no longer serves calls: it was stopped, or its supervision tree exited."""
+
+    def __init__(self, app: str, program: str, why: str) -> None:
+        self.app = app
+        self.program = program
+        self.why = why
+        super().__init__(f"app {app!r} has stopped, so {program!r} cannot be called: {why}")
+
+
+class UnencodableInput(RuntimeCallError, ValueError):
+    """An input holds text that no request can carry (a lone surrogate, which UTF-8 cannot
+    encode): the call is refused before it reaches a module, naming where the text is."""
+
+    def __init__(self, program: str, where: str, detail: str) -> None:
+        self.program = program
+        self.where = where
+        super().__init__(f"input {where} of {program!r} cannot be sent: {detail}")

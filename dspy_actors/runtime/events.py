@@ -23,6 +23,7 @@ with ``"lm."``), or ``"*"`` (everything).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import queue
@@ -37,6 +38,7 @@ import pykka
 import structlog
 
 import supervisors
+from dspy_actors import redaction
 from supervisors import ChildSpec, Registry, SupervisedActor
 
 __all__ = [
@@ -59,7 +61,7 @@ __all__ = [
     "structlog_subscriber",
 ]
 
-_log = structlog.get_logger("dspy_actors.runtime.events")
+_log = redaction.get_logger("dspy_actors.runtime.events")
 
 # ------------------------------------------------------------------------------- events
 
@@ -349,6 +351,7 @@ class EventBusActor(SupervisedActor):
             _log.warning("event_bus.not_an_event", type=type(message).__name__)
             return None
         stats = self._stats
+        message = _scrubbed(message)
         for sub in self._subscriptions.for_topic(topic):
             if not sub._active:
                 continue  # Unsubscribed after the table was cached.
@@ -372,6 +375,28 @@ class EventBusActor(SupervisedActor):
             else:
                 stats.delivered += 1
         return None
+
+
+# Free-text fields of events: an error message or exit reason may quote a credential (a
+# server echoing a header, an HTTP library's error). Scrubbed here, in the bus's thread,
+# once per event and only when set, so no subscriber (log, callback, UI) ever sees one.
+_FREE_TEXT_FIELDS = ("message", "reason")
+
+
+def _scrubbed(event: Any) -> Any:
+    changes = {}
+    for name in _FREE_TEXT_FIELDS:
+        text = getattr(event, name, None)
+        if isinstance(text, str) and text:
+            clean = redaction.redact(text)
+            if clean != text:
+                changes[name] = clean
+    if not changes:
+        return event
+    try:
+        return dataclasses.replace(event, **changes)
+    except (TypeError, ValueError):
+        return event
 
 
 # ----------------------------------------------------------------------------- the handle
@@ -572,7 +597,7 @@ def structlog_subscriber(
         raise ValueError(f"renderer must be 'json' or 'console', got {renderer!r}")
     bound = structlog.wrap_logger(
         structlog.PrintLogger(file=sys.stderr if stream is None else stream),
-        processors=[structlog.processors.add_log_level, render],
+        processors=[structlog.processors.add_log_level, redaction.redact_event_dict, render],
         # Explicit, so a global structlog configuration (a level filter, say) cannot apply.
         wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
         context_class=dict,

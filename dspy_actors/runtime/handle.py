@@ -36,6 +36,7 @@ from dspy_actors.lm.usage import Usage
 from dspy_actors.runtime.calls import send_call
 from dspy_actors.runtime.context import CallContext, capture
 from dspy_actors.runtime.errors import DeadLettered, ModuleCrashed, ModuleUnavailable, Overloaded
+from dspy_actors.runtime.input_check import check_encodable
 from dspy_actors.runtime.pipeline import pipeline_plan
 from dspy_actors.runtime.plans import AwaitReply, Pause, Plan, arun_plan, run_plan
 from dspy_actors.runtime.poison import fingerprint
@@ -175,6 +176,7 @@ class ProgramHandle:
         program = self._program
         app = self._app
         retry_crashes = program.idempotent if idempotent is None else idempotent
+        check_encodable(program.name, inputs)
         key: str | None = None  # the input's fingerprint: computed only when it matters
         if app.poison.any_quarantined():
             key = fingerprint(program.name, inputs)
@@ -184,6 +186,7 @@ class ProgramHandle:
         crashes_seen = 0
         unavailable_since: float | None = None
         while True:
+            app.raise_if_stopped(program.name)  # a tree that is gone: fail now, say why
             # (Upgrades switch entry_name before version: never an old entry with a new
             # version, so the version's drain counts this call.)
             version, entry = program.version, program.entry_name

@@ -37,9 +37,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pykka
-import structlog
 
 import supervisors
+from dspy_actors import redaction
 from dspy_actors.lm.breaker import CircuitBreaker, CircuitOpen, Permit
 from dspy_actors.lm.errors import LMError
 from dspy_actors.lm.lm import LM
@@ -395,7 +395,7 @@ def lm_reply_may_run_inline() -> bool:
     return _lender.answering
 
 
-_log = structlog.get_logger("dspy_actors.runtime.lm")
+_log = redaction.get_logger("dspy_actors.runtime.lm")
 
 
 @dataclass(slots=True, eq=False)

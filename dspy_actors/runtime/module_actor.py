@@ -49,6 +49,7 @@ from dspy_actors.lm.lm import CacheMiss
 from dspy_actors.lm.steps import LMCall
 from dspy_actors.lm.usage import UsageMeter
 from dspy_actors.primitives.module import Module
+from dspy_actors.redaction import scrub_exception
 from dspy_actors.runtime._futures import reject, resolve
 from dspy_actors.runtime.context import restored
 from dspy_actors.runtime.errors import (
@@ -407,7 +408,7 @@ class ModuleActor(supervisors.SupervisedActor):
             reject(record.call.reply, error)
             return
         crashed = ModuleCrashed(self.path, f"{type(error).__name__}: {error}", caused_by_call=True)
-        crashed.__cause__ = error
+        crashed.__cause__ = scrub_exception(error)  # the caller may print it: no credentials
         reject(record.call.reply, crashed)
         raise error  # let it crash: the supervisor restarts this actor, fresh
 

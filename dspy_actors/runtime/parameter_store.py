@@ -28,8 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
+from dspy_actors import redaction
 from dspy_actors.runtime._sqlite import SqliteStore, StoreError, StoreHealth
 
 __all__ = [
@@ -40,7 +39,7 @@ __all__ = [
     "looks_like_secret",
 ]
 
-_log = structlog.get_logger("dspy_actors.runtime.store")
+_log = redaction.get_logger("dspy_actors.runtime.store")
 
 SCHEMA_VERSION = 1
 _STORE = "parameter_store"

@@ -8,16 +8,95 @@ with restarts. A quarantined input is refused at once until its dead letter is r
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 
 def fingerprint(program: str, inputs: Mapping[str, Any]) -> str:
-    """A stable id for (program, inputs); values that are not JSON count by their repr."""
-    text = json.dumps(inputs, sort_keys=True, default=repr, ensure_ascii=False)
-    return hashlib.sha256(f"{program}\0{text}".encode()).hexdigest()
+    """A stable id for (program, inputs), for any input: however deep (no recursion), with
+    strings Unicode cannot encode (lone surrogates), cycles, or values that are not JSON
+    (counted by type and repr, or by type alone when their repr fails)."""
+    digest = hashlib.sha256()
+    digest.update(program.encode("utf-8", "surrogatepass"))
+    digest.update(b"\0")
+    for token in _tokens(inputs):
+        digest.update(token)
+    return digest.hexdigest()
+
+
+def _text(value: str) -> bytes:
+    data = value.encode("utf-8", "surrogatepass")
+    return b"s%d:" % len(data) + data
+
+
+def _tokens(root: Any) -> Iterator[bytes]:
+    """The canonical form of ``root`` as a stream of tokens, walked with an explicit stack.
+    Mappings count by their items sorted by key (so key order never matters)."""
+    stack: list[Any] = [root]
+    open_containers: set[int] = set()  # ids on the current path: a cycle counts as one
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Close):
+            open_containers.discard(item.container_id)
+            yield item.token
+            continue
+        if isinstance(item, str):
+            yield _text(item)
+        elif item is None or isinstance(item, bool | int | float):
+            yield f"{type(item).__name__}:{item!r};".encode()
+        elif isinstance(item, Mapping | list | tuple):
+            if id(item) in open_containers:
+                yield b"<cycle>"
+                continue
+            open_containers.add(id(item))
+            if isinstance(item, Mapping):
+                pairs = sorted(((_key_bytes(k), v) for k, v in item.items()), key=_first)
+                yield b"{"
+                stack.append(_Close(id(item), b"}"))
+                for key, value in reversed(pairs):
+                    stack.append(value)
+                    stack.append(_Raw(key))
+            else:
+                yield b"["
+                stack.append(_Close(id(item), b"]"))
+                stack.extend(reversed(item))
+        elif isinstance(item, _Raw):
+            yield item.token
+        else:
+            yield _other(item)
+
+
+class _Close:
+    __slots__ = ("container_id", "token")
+
+    def __init__(self, container_id: int, token: bytes) -> None:
+        self.container_id = container_id
+        self.token = token
+
+
+class _Raw:
+    __slots__ = ("token",)
+
+    def __init__(self, token: bytes) -> None:
+        self.token = token
+
+
+def _first(pair: tuple[bytes, Any]) -> bytes:
+    return pair[0]
+
+
+def _key_bytes(key: Any) -> bytes:
+    return b"k" + (_text(key) if isinstance(key, str) else _other(key))
+
+
+def _other(value: Any) -> bytes:
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    try:
+        text = repr(value)
+    except Exception:  # a repr that fails (or recurses too deep): the type alone counts
+        text = "<unrepresentable>"
+    return f"o{kind}:".encode() + _text(text)
 
 
 class PoisonTracker:

@@ -17,7 +17,9 @@ stop, is handled between steps) and saves each step's JSON result to
 ``<data_dir>/runs.sqlite3`` (run_id, step, data) before the next. A restarted driver, or a
 new ``start_run`` with the same ``run_id`` (even in another process, after ``kill -9``),
 builds the plan again and replays the saved steps without running them: the same seed
-gives the same program, and the finished steps' LM calls are not made again. Inside a
+gives the same program, and the finished steps' LM calls are not made again. Inside the
+step it resumes, every LM call that finished before the kill is answered from the run's LM
+journal (run_journal.py): only the calls in flight at the kill are made again. Inside a
 step, bootstrapping and candidate evaluation run in parallel on bounded threads.
 Progress is published on the app's event bus as ``RunProgress`` events (topic
 ``run.progress``).
@@ -37,10 +39,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import structlog
-
 import supervisors
-from dspy_actors import settings
+from dspy_actors import redaction, settings
 from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter, metering
 from dspy_actors.optimizers.base import (
     Cancelled,
@@ -52,6 +52,7 @@ from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.module import Module
 from dspy_actors.runtime._sqlite import SqliteFile
 from dspy_actors.runtime.events import RunProgress
+from dspy_actors.runtime.run_journal import JournaledLM, LMJournal
 
 if TYPE_CHECKING:
     from dspy_actors.runtime.app import App
@@ -67,7 +68,7 @@ __all__ = [
     "start_run",
 ]
 
-_log = structlog.get_logger("dspy_actors.runtime.runs")
+_log = redaction.get_logger("dspy_actors.runtime.runs")
 
 # The unfinished runs of each app, for cancel_all (the app itself keeps no run state).
 _active: weakref.WeakKeyDictionary[Any, dict[str, _Shared]] = weakref.WeakKeyDictionary()
@@ -91,6 +92,16 @@ _SCHEMA = (
         status TEXT NOT NULL,
         result TEXT,
         updated_at REAL NOT NULL
+    )""",
+    # Finished LM results of each run (see run_journal.py); added to files of this schema
+    # version when they are opened.
+    """CREATE TABLE IF NOT EXISTS run_lm_journal (
+        run_id TEXT NOT NULL,
+        request TEXT NOT NULL,
+        occurrence INTEGER NOT NULL,
+        response TEXT NOT NULL,
+        saved_at REAL NOT NULL,
+        PRIMARY KEY (run_id, request, occurrence)
     )""",
 )
 
@@ -136,6 +147,49 @@ class RunStore:
             )
 
         self._file.write("save step", op)
+
+    def journal_load(self, run_id: str, request: str, occurrence: int) -> dict[str, Any] | None:
+        """The journaled LM result of ``request`` (its ``occurrence``-th time), or None."""
+
+        def op(conn: sqlite3.Connection) -> Any:
+            return conn.execute(
+                "SELECT response FROM run_lm_journal WHERE run_id = ? AND request = ? "
+                "AND occurrence = ?",
+                (run_id, request, occurrence),
+            ).fetchone()
+
+        row = self._file.read("load LM result", op)
+        if row is None:
+            return None
+        try:
+            data = json.loads(row[0])
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def journal_save(
+        self, run_id: str, request: str, occurrence: int, data: dict[str, Any]
+    ) -> None:
+        text = json.dumps(data, ensure_ascii=False)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO run_lm_journal (run_id, request, occurrence, response, "
+                "saved_at) VALUES (?, ?, ?, ?, ?)",
+                (run_id, request, occurrence, text, time.time()),
+            )
+
+        self._file.write("save LM result", op)
+
+    def journal_size(self, run_id: str) -> int:
+        """How many LM results of the run are journaled."""
+
+        def op(conn: sqlite3.Connection) -> Any:
+            return conn.execute(
+                "SELECT COUNT(*) FROM run_lm_journal WHERE run_id = ?", (run_id,)
+            ).fetchone()
+
+        return int(self._file.read("count LM results", op)[0])
 
     def steps(self, run_id: str) -> list[str]:
         """The names of the run's saved steps, in the order they were saved."""
@@ -261,11 +315,14 @@ class RunActor(supervisors.SupervisedActor):
         self.shared = shared
         self.store = store
         self.runner: PlanRunner | None = None
+        self.journal: LMJournal | None = None
 
     def on_start(self) -> None:
         status = self.shared.update(attempts=self.shared.status.attempts + 1)
         ctx = self.optimizer.run_context(self.seed, self.shared.cancel)
         plan = self.optimizer.plan(self.student, self.trainset, self.valset, ctx)
+        # Fresh counts per attempt: a restarted driver asks again from the step it resumes.
+        self.journal = LMJournal(self.store, status.run_id)
         self.runner = PlanRunner(
             plan, SqliteCheckpointer(self.store, status.run_id), self._on_step, ctx=ctx
         )
@@ -303,7 +360,7 @@ class RunActor(supervisors.SupervisedActor):
         try:
             if self.shared.cancel.is_set():
                 raise Cancelled("the run was cancelled")
-            with settings.context(**self.app.pooled_overrides()), metering(self.shared.meter):
+            with settings.context(**self._overrides()), metering(self.shared.meter):
                 done = self.runner.advance()
         except Cancelled:
             self.store.set_status(run_id, name, self.seed, "cancelled")
@@ -318,6 +375,14 @@ class RunActor(supervisors.SupervisedActor):
         # The subtree is then terminated from outside (see start_run): the driver idles.
         self.shared.finish("done", result, None)
         return None
+
+    def _overrides(self) -> dict[str, Any]:
+        """The run's settings: the app's LM through its pool, and through the journal."""
+        overrides = self.app.pooled_overrides()
+        lm = overrides.get("lm")
+        if lm is not None and self.journal is not None:
+            overrides["lm"] = JournaledLM(lm, self.journal)
+        return overrides
 
     def on_stop(self) -> None:
         if self.runner is not None:

@@ -40,6 +40,10 @@ class SignatureSyntaxError(ValueError):
         )
 
 
+# Deeper type expressions are refused with a SignatureSyntaxError (no real type nests so).
+MAX_TYPE_NESTING = 32
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedField:
     name: str
@@ -180,7 +184,10 @@ class _Parser:
             self.fail("expected '->' between the input and output fields", self.tokens[-1])
         if len(arrows) > 1:
             self.fail("more than one '->' (a signature is 'inputs -> outputs')", arrows[1])
+        self._check_nesting()
         inputs = self.fields(stop="->")
+        if not inputs:
+            self.fail("expected at least one input field before '->'")
         self.expect("->", f"expected ',' or '->' but found {self.describe(self.tok)}")
         outputs = self.fields(stop="")
         if self.tok.kind != "end":
@@ -195,6 +202,18 @@ class _Parser:
         return inputs, outputs
 
     _name_tokens: list[tuple[str, _Token]]
+
+    def _check_nesting(self) -> None:
+        """Refuse types nested deeper than any real one before parsing them (the parser,
+        and the typing module after it, recurse once per level)."""
+        depth = 0
+        for tok in self.tokens:
+            if tok.kind == "punct" and tok.text == "[":
+                depth += 1
+                if depth > MAX_TYPE_NESTING:
+                    self.fail(f"types nested more than {MAX_TYPE_NESTING} levels deep", tok)
+            elif tok.kind == "punct" and tok.text == "]":
+                depth -= 1
 
     def fields(self, stop: str) -> list[ParsedField]:
         if not hasattr(self, "_name_tokens"):

@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import pykka
@@ -41,7 +40,10 @@ __all__ = ["ChaosMonkey", "ChaosRun", "CrashRule", "Kill"]
 
 _NAME = re.compile(r"^(?P<app>[^/]+)/(?P<program>[^/@]+)@v(?P<version>\d+)/(?P<path>.*)$")
 _STOP_JOIN_SECONDS = 5.0
-_TREE_ASK_SECONDS = 1.0
+# How long a supervisor (or process owner) may take to answer a tree walk: generous, as a
+# busy machine can delay any actor by seconds; one that is restarting answers at once
+# (dead), so this only bounds the slow case.
+_TREE_ASK_SECONDS = 10.0
 
 _run_ids = itertools.count(1)
 
@@ -163,11 +165,12 @@ class ChaosMonkey:
     def _by_tree(self) -> dict[str, pykka.ActorRef[Any]]:
         found: dict[str, pykka.ActorRef[Any]] = {}
 
-        def walk(handle: Callable[[], supervisors.Supervisor], prefix: str) -> None:
+        def walk(ref: pykka.ActorRef[Any], prefix: str) -> None:
+            # Wrapping the ref asks the supervisor its name: that ask, too, can time out
+            # on a busy machine, or find it dead.
             try:
-                # Wrapping a ref asks the supervisor its name: that ask may time out on a
-                # busy machine too, like which_children.
-                infos = handle().which_children()
+                handle = supervisors.Supervisor(ref, call_timeout=_TREE_ASK_SECONDS)
+                infos = handle.which_children()
             except (supervisors.SupervisorExited, pykka.Timeout, pykka.ActorDeadError):
                 return  # it is restarting or gone: nothing to pick from it on this tick
             for info in infos:
@@ -176,11 +179,9 @@ class ChaosMonkey:
                 path = f"{prefix}/{info.id}"
                 found[path] = info.ref
                 if info.type == "supervisor":
-                    wrap = partial(supervisors.Supervisor, info.ref, call_timeout=_TREE_ASK_SECONDS)
-                    walk(wrap, path)
+                    walk(info.ref, path)
 
-        root = self.app.root
-        walk(lambda: root, self.app.name)
+        walk(self.app.root.ref, self.app.name)
         return found
 
     def _kill(self, target: str, ref: pykka.ActorRef[Any], by: str) -> bool:
@@ -202,14 +203,9 @@ class ChaosMonkey:
                 killed.append(target)
         return killed
 
-    def kill_lm_process(self, *, sig: int = signal.SIGKILL) -> int | None:
-        """Send ``sig`` (SIGKILL: what the OOM killer sends) to one live LM worker process
-        of an app started with ``lm_processes``, picked with the monkey's seed; its pid, or
-        None if there is none. The process's owner actor crashes and is restarted with a
-        new process; the requests it held are retried once on another worker.
-
-        Unlike :meth:`kill`, this kills an OS process, not an actor: it tests what happens
-        when the process dies under the runtime, not when the runtime stops it."""
+    def lm_process_pids(self) -> dict[str, int]:
+        """The pid of each live LM worker process of the app, by its owner's tree path
+        (one that is restarting, or too slow to answer now, is left out)."""
         owners = self.targets("*/lm/workers/process-*", by="tree")
         pids: dict[str, int] = {}
         for target, ref in sorted(owners.items()):
@@ -220,6 +216,17 @@ class ChaosMonkey:
             pid = described.get("pid") if isinstance(described, dict) else None
             if isinstance(pid, int):
                 pids[target] = pid
+        return pids
+
+    def kill_lm_process(self, *, sig: int = signal.SIGKILL) -> int | None:
+        """Send ``sig`` (SIGKILL: what the OOM killer sends) to one live LM worker process
+        of an app started with ``lm_processes``, picked with the monkey's seed; its pid, or
+        None if there is none. The process's owner actor crashes and is restarted with a
+        new process; the requests it held are retried once on another worker.
+
+        Unlike :meth:`kill`, this kills an OS process, not an actor: it tests what happens
+        when the process dies under the runtime, not when the runtime stops it."""
+        pids = self.lm_process_pids()
         if not pids:
             return None
         target = self._rng.choice(sorted(pids))

@@ -337,9 +337,11 @@ class _NodeProblem:
     problem: str
 
 
-def _check_supervisor(handle: supervisors.Supervisor, path: str) -> list[_NodeProblem]:
+def _check_supervisor(ref: pykka.ActorRef[Any], path: str) -> list[_NodeProblem]:
     problems: list[_NodeProblem] = []
     try:
+        # Wrapping the ref asks the supervisor its name: that ask can time out too.
+        handle = supervisors.Supervisor(ref, call_timeout=_ASK_SECONDS)
         infos = handle.which_children()
         counts = handle.count_children()
     except (supervisors.SupervisorExited, pykka.ActorDeadError, pykka.Timeout) as error:
@@ -372,8 +374,7 @@ def _check_supervisor(handle: supervisors.Supervisor, path: str) -> list[_NodePr
         problems.append(_NodeProblem(path, f"{counts.abandoned} abandoned child thread(s)"))
     for info in running:
         if info.type == "supervisor" and info.ref is not None:
-            child = supervisors.Supervisor(info.ref, call_timeout=handle.call_timeout)
-            problems.extend(_check_supervisor(child, f"{path}/{info.id}"))
+            problems.extend(_check_supervisor(info.ref, f"{path}/{info.id}"))
     return problems
 
 
@@ -390,8 +391,7 @@ def assert_tree_healthy(
             problems = [_NodeProblem(app.name, f"the root exited: {app.root.exit_reason}")]
         else:
             # A short ask timeout: a stuck supervisor is reported, not waited on for a minute.
-            root = supervisors.Supervisor(app.root.ref, call_timeout=_ASK_SECONDS)
-            problems = _check_supervisor(root, app.name)
+            problems = _check_supervisor(app.root.ref, app.name)
         if not problems:
             return app.tree()
         if time.monotonic() >= deadline or not app.root.is_alive:
