@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench.loopback_server import LoopbackServer, raise_open_files_limit
+from loopback_server import LoopbackServer, raise_open_files_limit
 
 _BODY = json.dumps(
     {"model": "bench", "messages": [{"role": "user", "content": "What is 6 x 7?"}]}

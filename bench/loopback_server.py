@@ -70,7 +70,8 @@ async def _serve(host: str, port: int, latency: float) -> None:
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=16_384, reuse_address=True)
     await site.start()
-    sockets = site._server.sockets if site._server is not None else ()  # type: ignore[union-attr]
+    server = site._server
+    sockets = getattr(server, "sockets", None) or ()
     bound = sockets[0].getsockname()[1] if sockets else port
     print(f"http://{host}:{bound}/v1", flush=True)
     await asyncio.Event().wait()
