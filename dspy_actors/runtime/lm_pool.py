@@ -67,6 +67,21 @@ class LMWorkerCrashed(LMError):
     """The LM worker running the request died twice; the request was not completed."""
 
 
+class LMOverloaded(Overloaded):
+    """This process's own LM bound is reached (local overload, not the provider's): every
+    worker slot is busy and the queue behind them is full. Decided before any circuit
+    breaker is asked, so it never counts against a deployment's health."""
+
+    def __init__(self, in_flight: int, queued: int) -> None:
+        super().__init__("the LM pool", queued)
+        self.in_flight = in_flight
+        self.args = (
+            f"the LM pool is overloaded: {in_flight} LM calls in flight and {queued} waiting "
+            "(the bounds dsa.start(lm_max_in_flight=..., lm_max_queue=...) set); raise them "
+            "or retry later",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class LMPoolConfig:
     """How the LM pool behaves. ``fallbacks`` maps a deployment key to LMs to try instead."""
@@ -132,7 +147,7 @@ class Dispatcher:
         out = _Handover()
         with self._lock:
             if len(self._queue) >= self.config.max_queue:
-                out.fail(request.reply, Overloaded("the LM pool", self.config.max_queue))
+                out.fail(request.reply, LMOverloaded(len(self._workers), self.config.max_queue))
             else:
                 self._queue.append(_Pending(request))
                 self._assign(out)
@@ -569,8 +584,13 @@ class LMAttempt:
             if remaining <= 0:
                 reject(reply, DeadlineExceeded(ctx.trace_id, f"LM {lm.model}"))
                 return None
-            limit = kwargs.get("timeout")
-            kwargs["timeout"] = remaining if limit is None else min(limit, remaining)
+            if not _is_lm(lm):
+                # An LM-like object knows no deadline: its timeout is cut to what is left.
+                # (An LM gets the deadline below and cuts each attempt to the sooner of it
+                # and its own per-attempt timeout: replacing that timeout with what is left
+                # of the call would let one hung attempt eat the whole deadline.)
+                limit = kwargs.get("timeout", getattr(lm, "timeout", None))
+                kwargs["timeout"] = remaining if limit is None else min(limit, remaining)
         if isinstance(lm, LM):  # (an LM-like object gets neither: it may not know them)
             if request.known_miss is not None:
                 # complete()/prepare() ignore a miss probed on another LM (a fallback).
@@ -620,6 +640,11 @@ class LMAttempt:
                 )
             )
         return "failure" if type(error).__name__ in _UNHEALTHY else "ignore"
+
+
+def _is_lm(lm: object) -> bool:
+    """Whether ``lm`` is an LM (typed as one, but an LM-like object may stand in)."""
+    return isinstance(lm, LM)
 
 
 def submit_lm_request(
