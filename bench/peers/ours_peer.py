@@ -506,6 +506,8 @@ def runtime_ops(
     def new_app(lm: Any, workers: int, processes: int = 0) -> Any:
         data_dir = tempfile.mkdtemp(prefix="bench-rt-")
         dirs.append(data_dir)
+        if not processes:  # the default: the LM's HTTP on an event loop, no worker threads
+            return dsa.start(lm=lm, data_dir=data_dir)
         return dsa.start(lm=lm, data_dir=data_dir, lm_workers=workers, lm_processes=processes)
 
     def worker_process_cpu_s(app: Any) -> float:
