@@ -212,6 +212,8 @@ class EventLoopThread:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await close_loop_sessions()
+        # Host names are resolved in the loop's default executor: join its threads too.
+        await self._loop.shutdown_default_executor()
 
     def abandon_requests(self, reason: str) -> None:
         """Withdraw this loop's slots from the pool: the dispatcher retries each request
