@@ -151,7 +151,9 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> DemoResult:
     with (
         _lm_for(options) as (lm, sim),
         tempfile.TemporaryDirectory(prefix="dspy-actors-demo-") as data_dir,
-        dsa.start(lm=lm, data_dir=data_dir, name="demo", lm_workers=32, submit_threads=64) as app,
+        dsa.start(
+            lm=lm, data_dir=data_dir, name="demo", lm_max_in_flight=32, submit_threads=64
+        ) as app,
     ):
         app.subscribe("runtime.restart", on_restart)
         qa = app.program("qa", demo_steps(), idempotent=True, timeout=30.0)

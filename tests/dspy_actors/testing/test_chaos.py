@@ -120,11 +120,11 @@ def test_crash_on_message_matches_registry_names_too(app: App, chaos: ChaosMonke
 
 
 def test_kill_by_tree_path_reaches_lm_workers(app: App, chaos: ChaosMonkey) -> None:
-    killed = chaos.kill(f"{app.name}/lm/workers/worker-1", by="tree")
-    assert killed == [f"{app.name}/lm/workers/worker-1"]
+    killed = chaos.kill(f"{app.name}/lm/workers/loop-0", by="tree")  # the LM's event loop
+    assert killed == [f"{app.name}/lm/workers/loop-0"]
     assert_tree_healthy(app, within_s=10.0)
     workers = app.root.supervisor("lm").supervisor("workers").which_children()
-    assert {w.id: w.restart_count for w in workers}["worker-1"] == 1
+    assert {w.id: w.restart_count for w in workers}["loop-0"] == 1
     assert f"{app.name}/lm/workers" in chaos.targets(f"{app.name}/lm/*", by="tree")
 
 
