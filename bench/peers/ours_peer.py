@@ -307,6 +307,10 @@ def measure_common_args() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = measure_common_args().parse_args()
+    # stdout carries the protocol: any log line (a warning under load) goes to stderr.
+    import structlog
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
 
     import httpx
 
