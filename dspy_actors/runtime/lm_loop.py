@@ -80,6 +80,10 @@ class EventLoopThread:
         self._running = threading.Event()
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Seconds the loop has run behind schedule so far (see _measure_lag).
+        self.lag = 0.0
+        self._lag_probe: asyncio.Task[None] | None = None
+        self._probe_due = float("inf")  # when the probe's current sleep should end
 
     def start(self) -> None:
         self._thread.start()
@@ -89,10 +93,32 @@ class EventLoopThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._loop.call_soon(self._running.set)
+        self._loop.call_soon(self._start_lag_probe)
         try:
             self._loop.run_forever()
         finally:
             self._loop.close()
+
+    def _start_lag_probe(self) -> None:
+        self._lag_probe = self._loop.create_task(self._measure_lag())
+
+    async def _measure_lag(self) -> None:
+        """Add up how late the loop runs what is ready: with thousands of requests on one
+        loop (or a CPU-starved process) an answer can sit unread for seconds. That time is
+        this process's queueing, not the provider's slowness: it is taken off the duration
+        the circuit breaker judges."""
+        interval = 0.05
+        while True:
+            self._probe_due = time.monotonic() + interval
+            await asyncio.sleep(interval)
+            late = time.monotonic() - self._probe_due
+            self._probe_due = float("inf")
+            if late > 0.0:
+                self.lag += late
+
+    def _lag_now(self) -> float:
+        """The lag so far, with the lateness of the probe's sleep still running."""
+        return self.lag + max(0.0, time.monotonic() - self._probe_due)
 
     @property
     def in_flight(self) -> int:
@@ -139,8 +165,13 @@ class EventLoopThread:
             # request (retried elsewhere) when it does.
             pass
 
-    def _finished(self, slot: _Slot, attempt: LMAttempt, outcome: str) -> None:
-        self._dispatcher.finished(slot, outcome, time.monotonic() - attempt.started)
+    def _finished(
+        self, slot: _Slot, attempt: LMAttempt, outcome: str, provider_time: float | None = None
+    ) -> None:
+        """Free the slot; the breaker judges ``provider_time`` (the call's time on the loop
+        less the loop's lag meanwhile) when given, else the time since the hand-over."""
+        duration = time.monotonic() - attempt.started if provider_time is None else provider_time
+        self._dispatcher.finished(slot, outcome, max(0.0, duration))
 
     # On the loop. -------------------------------------------------------------------------
 
@@ -163,6 +194,7 @@ class EventLoopThread:
 
     async def _call(self, slot: _Slot, lm: LM, attempt: LMAttempt, prepared: PreparedCall) -> None:
         request = attempt.request
+        began, lag = time.monotonic(), self._lag_now()
         try:
             completion = await lm.arun(prepared)
         except asyncio.CancelledError:
@@ -172,7 +204,8 @@ class EventLoopThread:
             return
         except LMError as error:
             lm.count_remote(0, 0, failed=True)
-            self._finished(slot, attempt, attempt.failed(error))
+            spent = time.monotonic() - began - (self._lag_now() - lag)
+            self._finished(slot, attempt, attempt.failed(error), spent)
             return
         except Exception as error:  # a bug below us: the caller's answer, logged here
             _log.exception("lm_call_failed", lm=repr(lm))
@@ -186,7 +219,8 @@ class EventLoopThread:
             reject(request.reply, error)
             self._finished(slot, attempt, "ignore")
             return
-        self._finished(slot, attempt, attempt.succeeded(response))
+        spent = time.monotonic() - began - (self._lag_now() - lag)
+        self._finished(slot, attempt, attempt.succeeded(response), spent)
 
     # Stopping (the owner's thread). --------------------------------------------------------
 
@@ -207,6 +241,8 @@ class EventLoopThread:
             self._thread.join(timeout)
 
     async def _shutdown(self) -> None:
+        if self._lag_probe is not None:
+            self._lag_probe.cancel()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

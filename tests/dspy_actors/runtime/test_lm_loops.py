@@ -48,13 +48,19 @@ def loop_pool() -> Iterator[Callable[..., Dispatcher]]:
 
     def make(slots: int, **config: Any) -> Dispatcher:
         dispatcher = Dispatcher(LMPoolConfig(**config))
-        refs.append(LMLoop.start(f"test-loop-{len(refs)}", dispatcher, slots))
+        ref = LMLoop.start(f"test-loop-{len(refs)}", dispatcher, slots)
+        refs.append(ref)
         assert _until(lambda: dispatcher.stats()["idle"] == slots)  # its slots are offered
+        _loops[ref.actor_urn] = ref.proxy().loop.get(timeout=10.0)
         return dispatcher
 
     yield make
+    _loops.clear()
     for ref in refs:
         ref.stop(timeout=10.0)
+
+
+_loops: dict[str, Any] = {}  # the EventLoopThread of each loop_pool loop
 
 
 def _submit(dispatcher: Dispatcher, lm: LM, n: int, timeout: float = 60.0) -> list[Future[Any]]:
@@ -236,3 +242,25 @@ def test_4096_in_flight_hold_no_thread_each(loop_pool: Callable[..., Dispatcher]
         lm.close()
     # The loop's actor and its thread, plus a few helpers (DNS, timers): not one per call.
     assert in_flight_threads - threads_before <= 2 + 8, in_flight_threads - threads_before
+
+
+def test_time_the_loop_runs_late_is_not_a_slow_call(loop_pool: Callable[..., Dispatcher]) -> None:
+    """Answers that sit unread while the loop is busy (here: a callback hogging it for
+    1.5 s) are this process's queueing, not the provider's slowness."""
+    breaker = CircuitBreaker(
+        name="sim",
+        minimum_calls=2,
+        window_size=10,
+        slow_call_duration=0.8,
+        slow_call_rate_threshold=0.5,
+    )
+    with SimLM(latency=0.3) as sim:
+        lm = LM("openai/sim-model", api_base=sim.openai_base, api_key="k", cache=False)
+        dispatcher = loop_pool(8, breaker_factory=lambda _key: breaker)
+        loop = next(iter(_loops.values()))
+        replies = _submit(dispatcher, lm, 8)
+        assert _until(lambda: sim.request_count == 8)
+        loop._loop.call_soon_threadsafe(time.sleep, 1.5)  # the loop falls 1.5 s behind
+        assert all(r.result(timeout=60.0).outputs for r in replies)
+        assert breaker.state == "closed"
+        lm.close()
