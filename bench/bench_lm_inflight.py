@@ -123,7 +123,11 @@ def one_case(
         from dspy_actors.runtime.lm_pool import submit_lm_request
 
         lm = dsa.LM("openai/bench", api_base=base_url, api_key="k", cache=False, timeout=600)
-        options: dict[str, Any] = {"max_in_flight": max(1024, in_flight), "call_timeout": 600.0}
+        options: dict[str, Any] = {
+            "max_in_flight": max(1024, in_flight),
+            "module_max_in_flight": max(1024, in_flight),
+            "call_timeout": 600.0,
+        }
         if case == "acall" and acall_threads:
             options["submit_threads"] = in_flight
         app = dsa.start(lm=lm, data_dir=tempfile.mkdtemp(prefix="bench-inflight-"), **options)
