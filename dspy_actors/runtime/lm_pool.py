@@ -1,4 +1,10 @@
-"""The LM pool: worker actors that do the blocking HTTP calls, and the dispatch between them.
+"""The LM pool: the workers that make LM requests, and the dispatch between them.
+
+A worker is a *slot*: one request at a time. By default the slots are an event loop's
+(``runtime.lm_loop``: ``lm_max_in_flight`` slots over ``lm_loops`` loops, a request in
+flight costing a socket and a task, not a thread); with ``lm_workers=N`` each is an
+:class:`LMWorker` thread making one blocking call; with ``lm_processes=N`` a worker
+process's (``runtime.lm_process``). The dispatcher below treats them all alike.
 
 Module actors never wait on the LM: they hand an :class:`LMRequest` to the pool and go on
 serving; the request's future is completed by a worker, later. Flow control is per
@@ -16,10 +22,13 @@ when it finishes) is a short critical section in :class:`Dispatcher`, run by the
 and the finishing threads themselves: it costs no extra message hop. The :class:`LMRouter`
 actor owns the dispatcher's lifetime: it registers workers, monitors them (a dead worker's
 request is retried), wakes the queue when a rate limit allows, and, when it restarts,
-fails what was queued. Blocking I/O lives only in the workers (one request each), so
-``workers`` is the pool's concurrency.
+fails what was queued. The number of slots is the pool's concurrency; past it and
+``max_queue`` waiting, a request fails at once with :class:`LMOverloaded`, before any
+breaker is asked. The duration a breaker judges starts when a slot takes the request, so
+time queued here is never a slow call.
 
-A caller that would only wait for its answer may lend its thread to the pool
+With worker threads only (``lm_workers=N``), a caller that would only wait for its
+answer may lend its thread to the pool
 (:class:`lending_this_thread`): the request handed to an idle worker thread on its behalf is
 then run by the caller, on that worker's slot (the worker stays idle, its slot busy), so
 the pool's bound, breakers and rate limits hold, and two thread hand-offs go.
