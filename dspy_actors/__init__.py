@@ -29,6 +29,8 @@ from dspy_actors.optimizers import (
     LabeledFewShot,
     MIPROv2,
 )
+from dspy_actors.optimizers.gepa import GEPA
+from dspy_actors.optimizers.simba import SIMBA
 from dspy_actors.primitives import Example, Module, Prediction, StateError
 from dspy_actors.runtime.app import App, start
 from dspy_actors.runtime.errors import (
@@ -56,7 +58,9 @@ from dspy_actors.signatures import (
 
 __all__ = [
     "COPRO",
+    "GEPA",
     "LM",
+    "SIMBA",
     "Adapter",
     "AdapterParseError",
     "App",

@@ -17,12 +17,16 @@ from dspy_actors.optimizers.base import (
 from dspy_actors.optimizers.bootstrap import BootstrapFewShot, LabeledFewShot
 from dspy_actors.optimizers.copro import COPRO
 from dspy_actors.optimizers.ensemble import Ensemble, EnsembledProgram, majority
+from dspy_actors.optimizers.gepa import GEPA
 from dspy_actors.optimizers.knn import Embedder, KNNFewShot, KNNFewShotProgram
 from dspy_actors.optimizers.mipro import MIPROv2
 from dspy_actors.optimizers.random_search import BootstrapFewShotWithRandomSearch
+from dspy_actors.optimizers.simba import SIMBA
 
 __all__ = [
     "COPRO",
+    "GEPA",
+    "SIMBA",
     "BootstrapFewShot",
     "BootstrapFewShotWithRandomSearch",
     "Cancelled",

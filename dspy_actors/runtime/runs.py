@@ -289,7 +289,9 @@ class RunActor(supervisors.SupervisedActor):
                 kind="optimize",
                 completed=event.completed,
                 score=best,
-                message=("restored " if event.restored else "finished ") + event.step,
+                message=("restored " if event.restored else "finished ")
+                + event.step
+                + (f" ({note})" if isinstance(note := event.data.get("progress"), str) else ""),
             )
         )
 
