@@ -16,6 +16,7 @@ Served by the supervised runtime, from many threads, across crashes::
 """
 
 from dspy_actors.adapters import Adapter, AdapterParseError, ChatAdapter, JSONAdapter
+from dspy_actors.embedder import Embedder
 from dspy_actors.evaluate import Evaluate, EvaluationError, EvaluationResult, answer_exact_match
 from dspy_actors.lm import LM, LMError, LMResponse, RetryPolicy, Usage
 from dspy_actors.lm.breaker import CircuitOpen
@@ -32,6 +33,7 @@ from dspy_actors.optimizers import (
 from dspy_actors.optimizers.gepa import GEPA
 from dspy_actors.optimizers.simba import SIMBA
 from dspy_actors.primitives import Example, Module, Prediction, StateError
+from dspy_actors.primitives.program_file import load, register_module, register_type
 from dspy_actors.runtime.app import App, start
 from dspy_actors.runtime.errors import (
     DeadLettered,
@@ -47,10 +49,14 @@ from dspy_actors.runtime.stream import Stream
 from dspy_actors.settings import configure, context
 from dspy_actors.signatures import (
     Audio,
+    Citations,
+    Code,
+    Document,
     History,
     Image,
     InputField,
     OutputField,
+    Reasoning,
     Signature,
     SignatureSyntaxError,
     Tool,
@@ -71,8 +77,12 @@ __all__ = [
     "ChainOfThought",
     "ChatAdapter",
     "CircuitOpen",
+    "Citations",
+    "Code",
     "DeadLettered",
     "DeadlineExceeded",
+    "Document",
+    "Embedder",
     "Ensemble",
     "Evaluate",
     "EvaluationError",
@@ -96,6 +106,7 @@ __all__ = [
     "Predict",
     "Prediction",
     "ProgramHandle",
+    "Reasoning",
     "RetryPolicy",
     "RunCancelled",
     "RunFailed",
@@ -109,5 +120,8 @@ __all__ = [
     "answer_exact_match",
     "configure",
     "context",
+    "load",
+    "register_module",
+    "register_type",
     "start",
 ]

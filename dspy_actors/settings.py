@@ -31,7 +31,9 @@ SAMPLING_KEYS: frozenset[str] = frozenset(
         "frequency_penalty",
     }
 )
-SETTING_KEYS: frozenset[str] = frozenset({"lm", "adapter", "cache"}) | SAMPLING_KEYS
+SETTING_KEYS: frozenset[str] = (
+    frozenset({"lm", "adapter", "cache", "warn_on_type_mismatch"}) | SAMPLING_KEYS
+)
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _defaults: Mapping[str, Any] = _EMPTY
@@ -46,6 +48,12 @@ def _check_keys(where: str, values: Mapping[str, Any]) -> None:
     if unknown:
         raise TypeError(
             f"{where}() got unknown setting(s) {unknown}; known settings are {sorted(SETTING_KEYS)}"
+        )
+    if isinstance(values.get("lm"), str):  # a model name where an LM belongs: say so now
+        name = values["lm"]
+        raise ValueError(
+            f"{where}(lm=...) needs an LM object, not the string {name!r}: use "
+            f"{where}(lm=dspy_actors.LM({name!r}))"
         )
 
 

@@ -17,12 +17,19 @@ from dspy_actors.primitives.example import Example
 from dspy_actors.signatures.custom_types import ContentPart, CustomType, History
 from dspy_actors.signatures.field import Field
 from dspy_actors.signatures.signature import Signature
-from dspy_actors.signatures.type_names import annotation_name
+from dspy_actors.signatures.type_names import annotation_name, is_optional
 
 if TYPE_CHECKING:
     from dspy_actors.lm.types import LMResponse
 
-__all__ = ["INCOMPLETE_DEMO_PREFIX", "NOT_SUPPLIED", "Adapter", "CompletionClient", "Message"]
+__all__ = [
+    "INCOMPLETE_DEMO_PREFIX",
+    "NOT_SUPPLIED",
+    "Adapter",
+    "CompletionClient",
+    "Message",
+    "fallback_for_missing",
+]
 
 Message = dict[str, Any]
 
@@ -42,6 +49,23 @@ class CompletionClient(Protocol):
         response_format: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> LMResponse: ...
+
+
+_NO_FALLBACK = object()
+
+
+def fallback_for_missing(field: Field) -> Any:
+    """The value of an output the LM left out: its default (or ``default_factory()``), else
+    None when its type allows None; ``_NO_FALLBACK`` when it is required (as in DSPy)."""
+    if field.has_default:
+        return field.get_default()
+    if is_optional(field.annotation):
+        return None
+    return _NO_FALLBACK
+
+
+def is_missing_required(value: Any) -> bool:
+    return value is _NO_FALLBACK
 
 
 def field_marker(name: str) -> str:
@@ -219,7 +243,8 @@ class Adapter:
         for f in prompt_inputs(signature):
             if f.name in values:
                 value = _revive_custom(f, values[f.name])
-                segments.append(join_content([field_marker(f.name), format_value(value)], "\n"))
+                shown = f.format(value) if f.format is not None else format_value(value)
+                segments.append(join_content([field_marker(f.name), shown], "\n"))
         return join_content(segments)
 
     def format_demos(
@@ -290,6 +315,11 @@ def describe_fields(fields: Sequence[Field]) -> str:
         line = f"{i}. `{f.name}` ({annotation_name(f.annotation)})"
         if f.desc:
             line += f": {f.desc}"
+        described = getattr(f.annotation, "description", None)
+        if isinstance(f.annotation, type) and issubclass(f.annotation, CustomType) and described:
+            line += f"\n{described()}"  # e.g. Code: how to write it
+        if f.constraints:
+            line += f"\nConstraints: {f.constraints_text()}"
         lines.append(line)
     return "\n".join(lines)
 

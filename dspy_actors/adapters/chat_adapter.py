@@ -19,10 +19,15 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dspy_actors.adapters.base import Adapter, field_marker
+from dspy_actors.adapters.base import (
+    Adapter,
+    fallback_for_missing,
+    field_marker,
+    is_missing_required,
+)
 from dspy_actors.adapters.errors import AdapterParseError
 from dspy_actors.adapters.type_hints import output_requirement
-from dspy_actors.adapters.values import ValueParseError, format_value, parse_text
+from dspy_actors.adapters.values import ValueParseError, constrained, format_value, parse_text
 from dspy_actors.lm.steps import Steps
 from dspy_actors.primitives.example import Example
 from dspy_actors.signatures.signature import Signature
@@ -115,6 +120,10 @@ class ChatAdapter(Adapter):
         result: dict[str, Any] = {}
         for name, field in signature.output_fields.items():
             if name not in sections:
+                fallback = fallback_for_missing(field)
+                if not is_missing_required(fallback):
+                    result[name] = fallback
+                    continue
                 raise AdapterParseError(
                     name,
                     field.annotation,
@@ -123,7 +132,9 @@ class ChatAdapter(Adapter):
                     adapter=self.name,
                 )
             try:
-                result[name] = parse_text(sections[name], field.annotation)
+                result[name] = parse_text(
+                    sections[name], constrained(field.annotation, field.constraints)
+                )
             except ValueParseError as exc:
                 raise AdapterParseError(
                     name, field.annotation, completion, reason=str(exc), adapter=self.name

@@ -3,15 +3,21 @@ where the provider supports it)."""
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Mapping
 from typing import Any
 
-from dspy_actors.adapters.base import Adapter
+from dspy_actors.adapters.base import Adapter, fallback_for_missing, is_missing_required
 from dspy_actors.adapters.errors import AdapterParseError
 from dspy_actors.adapters.json_schema import response_format_for
 from dspy_actors.adapters.type_hints import output_requirement
-from dspy_actors.adapters.values import ValueParseError, strip_fences, validate_value
+from dspy_actors.adapters.values import (
+    ValueParseError,
+    constrained,
+    strip_fences,
+    validate_value,
+)
 from dspy_actors.primitives.jsonable import to_jsonable
 from dspy_actors.signatures.signature import Signature
 
@@ -72,6 +78,10 @@ class JSONAdapter(Adapter):
         result: dict[str, Any] = {}
         for name, field in signature.output_fields.items():
             if name not in data:
+                fallback = fallback_for_missing(field)
+                if not is_missing_required(fallback):
+                    result[name] = fallback
+                    continue
                 raise AdapterParseError(
                     name,
                     field.annotation,
@@ -80,7 +90,9 @@ class JSONAdapter(Adapter):
                     adapter=self.name,
                 )
             try:
-                result[name] = validate_value(data[name], field.annotation)
+                result[name] = validate_value(
+                    data[name], constrained(field.annotation, field.constraints)
+                )
             except ValueParseError as exc:
                 raise AdapterParseError(
                     name, field.annotation, completion, reason=str(exc), adapter=self.name
@@ -102,4 +114,23 @@ def _decode_object(text: str) -> dict[str, Any] | None:
             continue
         if isinstance(value, dict):
             return value
-    return None
+    return _repaired_object(candidates[-1])
+
+
+def _repaired_object(text: str) -> dict[str, Any] | None:
+    """Near-JSON an LM wrote, repaired: a Python dict literal (``{'a': 'x'}``, read with
+    ``ast.literal_eval``, which never runs code), else json-repair's fixes (missing quotes
+    or commas, trailing commas, an unclosed brace), as DSPy does."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        value = None
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return value
+    import json_repair
+
+    try:
+        repaired = json_repair.loads(text)
+    except Exception:  # json-repair gives up on some inputs: that is "not an object"
+        return None
+    return repaired if isinstance(repaired, dict) and repaired else None

@@ -35,9 +35,13 @@ def _literal_options(annotation: Any) -> tuple[Any, ...] | None:
     return None
 
 
+def _text_like(annotation: Any) -> bool:
+    return bool(getattr(annotation, "prompt_as_text", False)) and isinstance(annotation, type)
+
+
 def structure_note(annotation: Any) -> str:
     """The note after an output placeholder in the system message ("" for str)."""
-    if annotation is str:
+    if annotation is str or _text_like(annotation):
         return ""
     if annotation is bool:
         return "must be True or False"
@@ -57,7 +61,7 @@ def structure_note(annotation: Any) -> str:
 def output_requirement(annotation: Any) -> str:
     """The parenthesised hint of the final instruction ("" for str), e.g.
     ``" (must be formatted as a valid Python int)"``."""
-    if annotation is str:
+    if annotation is str or _text_like(annotation):
         return ""
     hint = f"must be formatted as a valid Python {annotation_name(annotation)}"
     if mentions_model(annotation):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import enum
 import json
 import re
+import secrets
 import types
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -14,7 +16,14 @@ from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.jsonable import to_jsonable
 from dspy_actors.signatures.custom_types import ContentPart, CustomType
 
-__all__ = ["Content", "ValueParseError", "format_value", "parse_text", "validate_value"]
+__all__ = [
+    "Content",
+    "ValueParseError",
+    "constrained",
+    "format_value",
+    "parse_text",
+    "validate_value",
+]
 
 Content = str | list[ContentPart]
 """A field's rendering: text, or content parts when it holds images or audio."""
@@ -41,10 +50,74 @@ def format_value(value: Any) -> Content:
     if isinstance(value, bool | int | float) or value is None:
         return str(value)
     data = value.to_dict() if isinstance(value, Example) else value
+    if isinstance(data, BaseModel | dict | list | tuple) and _holds_parts(data):
+        return _format_with_parts(data)
     jsonable = data.model_dump(mode="json") if isinstance(data, BaseModel) else to_jsonable(data)
     return json.dumps(
         jsonable, ensure_ascii=False, indent=2 if isinstance(jsonable, dict) else None
     )
+
+
+def _children(value: Any) -> list[Any]:
+    if isinstance(value, BaseModel):
+        return [getattr(value, name) for name in type(value).model_fields]
+    if isinstance(value, Example):
+        return list(value.to_dict().values())
+    if isinstance(value, dict):
+        return list(value.values())
+    if isinstance(value, list | tuple):
+        return list(value)
+    return []
+
+
+def _holds_parts(value: Any) -> bool:
+    """Whether an image or audio (a custom type formatted as content parts) is nested
+    anywhere inside ``value``."""
+    if isinstance(value, CustomType):
+        return not isinstance(value.format(), str)
+    return any(_holds_parts(v) for v in _children(value))
+
+
+_PART_SLOT = re.compile(r'"<<content-part-(\d+)-([0-9a-f]{16})>>"')
+
+
+def _format_with_parts(value: Any) -> Content:
+    """``value`` as JSON text with each nested image or audio cut out of the text and sent
+    as its own content part, where it sits (as DSPy does for images inside a model)."""
+    nonce = secrets.token_hex(8)  # a slot marker the value's own text cannot forge
+    slots: list[list[ContentPart]] = []
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, CustomType):
+            shown = v.format()
+            if isinstance(shown, str):
+                return shown
+            slots.append(shown)
+            return f"<<content-part-{len(slots) - 1}-{nonce}>>"
+        if isinstance(v, BaseModel):
+            return {name: plain(getattr(v, name)) for name in type(v).model_fields}
+        if isinstance(v, Example):
+            return plain(v.to_dict())
+        if isinstance(v, dict):
+            return {str(k): plain(item) for k, item in v.items()}
+        if isinstance(v, list | tuple):
+            return [plain(item) for item in v]
+        return to_jsonable(v)
+
+    data = plain(value)
+    text = json.dumps(data, ensure_ascii=False, indent=2 if isinstance(data, dict) else None)
+    parts: list[ContentPart] = []
+    pos = 0
+    for m in _PART_SLOT.finditer(text):
+        if m.group(2) != nonce:
+            continue
+        if m.start() > pos:
+            parts.append({"type": "text", "text": text[pos : m.start()]})
+        parts.extend(slots[int(m.group(1))])
+        pos = m.end()
+    if pos < len(text):
+        parts.append({"type": "text", "text": text[pos:]})
+    return parts
 
 
 def _join_parts(items: list[Content], sep: str) -> Content:
@@ -95,6 +168,32 @@ def _match_literal(text: str, options: tuple[Any, ...]) -> Any:
     raise ValueParseError(f"{text!r} is not one of {list(options)}")
 
 
+def constrained(annotation: Any, constraints: tuple[tuple[str, Any], ...]) -> Any:
+    """``annotation`` with a field's pydantic constraints (``ge=0``...) attached, so that
+    parsing checks them; ``annotation`` itself when there are none."""
+    if not constraints:
+        return annotation
+    from typing import Annotated
+
+    from pydantic import Field as PydanticField
+
+    return Annotated[annotation, PydanticField(**dict(constraints))]
+
+
+def _match_enum(text: str, enum_type: type[enum.Enum]) -> enum.Enum:
+    """An Enum member from its value or, failing that, its name (as DSPy does: an LM told
+    the values may still answer with a member's name)."""
+    cand = text.strip().strip("'\"`")
+    for member in enum_type:
+        if str(member.value) == cand:
+            return member
+    for member in enum_type:
+        if member.name == cand or f"{enum_type.__name__}.{member.name}" == cand:
+            return member
+    values = [m.value for m in enum_type]
+    raise ValueParseError(f"{text!r} is not a value of {enum_type.__name__} {values}")
+
+
 def validate_value(value: Any, annotation: Any) -> Any:
     """Validate an already-decoded value (e.g. from JSON) into ``annotation``."""
     if annotation is str:
@@ -119,6 +218,8 @@ def parse_text(text: str, annotation: Any) -> Any:
     options = _literal_options(annotation)
     if options is not None:
         return _match_literal(strip_fences(text), options)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return _match_enum(strip_fences(text), annotation)
     body = strip_fences(text)
     adapter = TypeAdapter(annotation)
     first_error: ValidationError | None = None

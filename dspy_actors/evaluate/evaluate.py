@@ -11,12 +11,17 @@ seconds after it started is a straggler: it is failed (``TimeoutError``), or wit
 call is abandoned, not killed: its thread ends when its LM call returns, and its late answer
 is ignored. Errors (from the program or the metric) score ``failure_score``; more than
 ``max_errors`` of them stop the run with :class:`EvaluationError`, which carries what was
-finished. Ctrl-C stops the run cleanly and returns what finished (``interrupted`` is True).
+finished. Ctrl-C stops the run cleanly and raises ``KeyboardInterrupt`` as DSPy does (its
+``partial_result`` attribute holds what finished); a ``cancel`` event returns what finished
+(``interrupted`` is True). With one thread (``num_threads=1``) and no ``timeout``, examples
+run inline in the calling thread, as in DSPy.
 """
 
 from __future__ import annotations
 
 import contextvars
+import copy
+import os
 import sys
 import threading
 import time
@@ -26,7 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from dspy_actors.evaluate.metrics import Metric, call_metric, metric_score
+from dspy_actors.evaluate.metrics import Metric, call_metric, metric_name, metric_score
 from dspy_actors.evaluate.result import EvaluationResult, ExampleResult
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.module import Module
@@ -80,17 +85,21 @@ def program_caller(program: Any, timeout: float | None) -> Callable[[Mapping[str
 class Evaluate:
     """Score a program on ``devset`` with ``metric``; see the module docstring.
 
-    ``concurrency`` (alias ``num_threads``) bounds examples in flight; ``max_errors`` =
-    None allows any number of errors; ``timeout`` is seconds per example (None: no limit);
-    ``progress`` prints a progress line to stderr; ``display_table`` prints the results
-    table (True, or the number of rows) when the run ends.
+    DSPy's names work (``num_threads``, ``display_progress``, ``display_table``,
+    ``save_as_csv``, ``save_as_json``, ``max_errors``, ``failure_score``) and are the
+    attributes; ``concurrency`` and ``progress`` are the same settings under this
+    project's names. ``max_errors`` = None allows any number of errors; ``timeout`` is
+    seconds per example (None: no limit); ``display_table`` prints the results table (True,
+    or the number of rows) when the run ends; ``save_as_csv``/``save_as_json`` write the
+    rows (DSPy's layout: example fields, prediction fields, and the metric's name holding
+    the score) to that file.
     """
 
     def __init__(
         self,
         *,
         devset: Sequence[Example],
-        metric: Metric,
+        metric: Metric | None = None,
         concurrency: int = 8,
         max_errors: int | None = None,
         failure_score: float = 0.0,
@@ -99,37 +108,88 @@ class Evaluate:
         progress: bool = True,
         display_table: bool | int = False,
         num_threads: int | None = None,
+        display_progress: bool | None = None,
+        save_as_csv: str | os.PathLike[str] | None = None,
+        save_as_json: str | os.PathLike[str] | None = None,
+        provide_traceback: bool | None = None,
         stream: TextIO | None = None,
     ) -> None:
         self.devset = list(devset)
         self.metric = metric
-        self.concurrency = max(1, num_threads if num_threads is not None else concurrency)
+        self.num_threads = num_threads if num_threads is not None else concurrency
         self.max_errors = max_errors
         self.failure_score = float(failure_score)
         self.timeout = timeout
         self.retry_stragglers = retry_stragglers
-        self.progress = progress
+        self.display_progress = progress if display_progress is None else display_progress
         self.display_table = display_table
+        self.save_as_csv = save_as_csv
+        self.save_as_json = save_as_json
+        self.provide_traceback = provide_traceback
         self.stream = stream
+
+    @property
+    def num_threads(self) -> int:
+        """Examples in flight at most (``concurrency`` is the same setting)."""
+        return self.concurrency
+
+    @num_threads.setter
+    def num_threads(self, value: int) -> None:
+        self.concurrency = max(1, int(value))
+
+    @property
+    def display_progress(self) -> bool:
+        """Whether a progress line is printed (``progress`` is the same setting)."""
+        return self.progress
+
+    @display_progress.setter
+    def display_progress(self, value: bool) -> None:
+        self.progress = bool(value)
 
     def __call__(
         self,
         program: Any,
-        *,
+        metric: Metric | None = None,
         devset: Sequence[Example] | None = None,
+        num_threads: int | None = None,
+        display_progress: bool | None = None,
+        display_table: bool | int | None = None,
+        save_as_csv: str | os.PathLike[str] | None = None,
+        save_as_json: str | os.PathLike[str] | None = None,
+        *,
         cancel: threading.Event | None = None,
         on_progress: ProgressCallback | None = None,
         limiter: threading.Semaphore | None = None,
     ) -> EvaluationResult:
-        """Evaluate ``program`` (a Module or served handle) and return the result.
+        """Evaluate ``program`` (a Module or served handle) and return the result; the
+        arguments override the constructor's for this run, as in DSPy.
 
-        ``cancel`` stops the run as Ctrl-C does; ``limiter`` (a semaphore shared with other
-        work, as an optimizer's candidates share one) is held while an example runs."""
+        ``cancel`` stops the run early and returns what finished; ``limiter`` (a semaphore
+        shared with other work, as an optimizer's candidates share one) is held while an
+        example runs."""
+        run = copy.copy(self)
+        if metric is not None:
+            run.metric = metric
+        if num_threads is not None:
+            run.num_threads = num_threads
+        if display_progress is not None:
+            run.display_progress = display_progress
+        if display_table is not None:
+            run.display_table = display_table
+        if run.metric is None:
+            raise TypeError("Evaluate needs a metric: Evaluate(devset=..., metric=...)")
         examples = list(devset) if devset is not None else self.devset
-        result = self._run(program, examples, cancel, on_progress, limiter)
-        if self.display_table:
-            rows = None if self.display_table is True else int(self.display_table)
-            print(result.table(max_rows=rows), file=self._out())
+        result = run._run(program, examples, cancel, on_progress, limiter)
+        if run.display_table:
+            rows = None if run.display_table is True else int(run.display_table)
+            print(result.table(max_rows=rows), file=run._out())
+        name = metric_name(run.metric)
+        csv_path = save_as_csv if save_as_csv is not None else self.save_as_csv
+        json_path = save_as_json if save_as_json is not None else self.save_as_json
+        if csv_path:
+            result.save_as_csv(csv_path, name)
+        if json_path:
+            result.save_as_json(json_path, name)
         return result
 
     # -- the run ------------------------------------------------------------------------
@@ -151,9 +211,33 @@ class Evaluate:
     def _one(
         self, call: Callable[[Mapping[str, Any]], Any], example: Example, task: _Task
     ) -> tuple[Any, float]:
+        assert self.metric is not None
         task.started = time.monotonic()
         prediction = call(example.inputs().to_dict())
         return prediction, metric_score(call_metric(self.metric, example, prediction))
+
+    def _run_inline(
+        self,
+        call: Callable[[Mapping[str, Any]], Any],
+        examples: list[Example],
+        cancel: threading.Event | None,
+        limiter: threading.Semaphore | None,
+        finish: Callable[[int, Any, float, BaseException | None], None],
+        stop_if_too_many: Callable[[], None],
+    ) -> bool:
+        """One example after another in this thread (``num_threads=1``, no timeout, as
+        DSPy runs it); True if ``cancel`` stopped it early."""
+        for index, example in enumerate(examples):
+            if cancel is not None and cancel.is_set():
+                return True
+            try:
+                prediction, score = self._work(call, example, _Task(index, 0), limiter)
+            except Exception as exc:
+                finish(index, None, self.failure_score, exc)
+            else:
+                finish(index, prediction, score, None)
+            stop_if_too_many()
+        return False
 
     def _run(
         self,
@@ -184,7 +268,21 @@ class Evaluate:
                 counts["errors"] += 1
             self._report(counts["done"], n, total_score, on_progress)
 
+        def stop_if_too_many() -> None:
+            if self.max_errors is not None and counts["errors"] > self.max_errors:
+                partial = self._result(slots, n, counts, total_score, interrupted=True)
+                raise EvaluationError(
+                    f"evaluation stopped: {counts['errors']} examples failed "
+                    f"(max_errors={self.max_errors}); last error: {self._last_error(slots)}",
+                    partial,
+                )
+
         try:
+            if self.concurrency == 1 and self.timeout is None:
+                interrupted = self._run_inline(
+                    call, examples, cancel, limiter, finish, stop_if_too_many
+                )
+                pending.clear()
             while pending or live:
                 if cancel is not None and cancel.is_set():
                     interrupted = True
@@ -207,15 +305,13 @@ class Evaluate:
                         finish(task.index, prediction, score, None)
                 if self.timeout is not None:
                     self._fail_stragglers(live, pending, finish, counts)
-                if self.max_errors is not None and counts["errors"] > self.max_errors:
-                    partial = self._result(slots, n, counts, total_score, interrupted=True)
-                    raise EvaluationError(
-                        f"evaluation stopped: {counts['errors']} examples failed "
-                        f"(max_errors={self.max_errors}); last error: {self._last_error(slots)}",
-                        partial,
-                    )
-        except KeyboardInterrupt:
-            interrupted = True
+                stop_if_too_many()
+        except KeyboardInterrupt as stop:
+            # Ctrl-C: stop, as DSPy does, by raising; what finished rides along.
+            stop.partial_result = self._result(  # type: ignore[attr-defined]
+                slots, n, counts, total_score, interrupted=True
+            )
+            raise
         finally:
             # Never wait here: a straggler or an interrupted call may still be running.
             pool.shutdown(wait=False, cancel_futures=True)

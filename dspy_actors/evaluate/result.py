@@ -16,13 +16,28 @@ from dspy_actors.primitives.jsonable import to_jsonable
 __all__ = ["EvaluationResult", "ExampleResult"]
 
 
-class ExampleResult(NamedTuple):
-    """One example's outcome: its prediction (None if it failed), score and error."""
-
+class _Outcome(NamedTuple):
     example: Example
     prediction: Any
     score: float
-    error: BaseException | None = None
+
+
+class ExampleResult(_Outcome):
+    """One example's outcome: ``(example, prediction, score)`` as in DSPy (so
+    ``for example, prediction, score in result.results`` works), plus ``error``: what the
+    program or metric raised (the prediction is then None)."""
+
+    error: BaseException | None
+
+    def __new__(
+        cls, example: Example, prediction: Any, score: float, error: BaseException | None = None
+    ) -> ExampleResult:
+        self = super().__new__(cls, example, prediction, score)
+        self.error = error
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ExampleResult, (self.example, self.prediction, self.score, self.error))
 
 
 def _cell(value: Any, width: int) -> str:
@@ -42,11 +57,25 @@ class EvaluationResult:
 
     score: float
     results: list[ExampleResult]
-    total: int
+    total: int = -1  # -1: as many as ``results`` (DSPy builds it from score and results)
     interrupted: bool = False
     errors: int = 0
     timed_out: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.results = [
+            r if isinstance(r, ExampleResult) else ExampleResult(*r) for r in self.results
+        ]
+        if self.total < 0:
+            self.total = len(self.results)
+        if not self.errors:
+            self.errors = sum(1 for r in self.results if r.error is not None)
+
+    def __repr__(self) -> str:
+        return (
+            f"EvaluationResult(score={self.score}, results=<list of {len(self.results)} results>)"
+        )
 
     def __iter__(self) -> Iterator[Any]:
         # ``score, results = evaluate(program)`` works as with DSPy's tuple form.
@@ -121,6 +150,48 @@ class EvaluationResult:
                         for c, v in ((c, row.get(c)) for c in columns)
                     }
                 )
+        return target
+
+    def dspy_rows(self, metric_name: str) -> list[dict[str, Any]]:
+        """DSPy's saved layout: each example's fields and its prediction's fields (a name in
+        both gets ``example_``/``pred_`` prefixes), and the score under ``metric_name``."""
+        out = []
+        for r in self.results:
+            ex = {k: to_jsonable(v) for k, v in r.example.items()}
+            if r.prediction is not None and hasattr(r.prediction, "items"):
+                pred = {k: to_jsonable(v) for k, v in r.prediction.items()}
+                row = {(f"example_{k}" if k in pred else k): v for k, v in ex.items()}
+                row.update({(f"pred_{k}" if k in ex else k): v for k, v in pred.items()})
+            else:
+                row = {**ex, "prediction": to_jsonable(r.prediction)}
+            row[metric_name] = r.score
+            out.append(row)
+        return out
+
+    def save_as_csv(self, path: str | os.PathLike[str], metric_name: str = "score") -> Path:
+        """Write :meth:`dspy_rows` as CSV (what ``Evaluate(save_as_csv=...)`` writes)."""
+        rows = self.dspy_rows(metric_name)
+        columns = self._columns(rows)
+        target = Path(path)
+        with target.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(
+                    {
+                        c: v if isinstance(v, str | int | float) or v is None else json.dumps(v)
+                        for c, v in ((c, row.get(c)) for c in columns)
+                    }
+                )
+        return target
+
+    def save_as_json(self, path: str | os.PathLike[str], metric_name: str = "score") -> Path:
+        """Write :meth:`dspy_rows` as a JSON list (what ``Evaluate(save_as_json=...)``
+        writes)."""
+        target = Path(path)
+        target.write_text(
+            json.dumps(self.dspy_rows(metric_name), ensure_ascii=False), encoding="utf-8"
+        )
         return target
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:

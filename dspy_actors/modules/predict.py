@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from dspy_actors import settings
-from dspy_actors.adapters.base import Adapter, is_history
+from dspy_actors.adapters.base import Adapter
 from dspy_actors.adapters.chat_adapter import ChatAdapter
 from dspy_actors.lm.steps import Steps, run_steps
+from dspy_actors.modules.input_checks import checked_inputs
+from dspy_actors.primitives.call_history import with_history
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.jsonable import to_jsonable
-from dspy_actors.primitives.module import Module
+from dspy_actors.primitives.module import Module, reject_lm_string
 from dspy_actors.primitives.parameter import Parameter, StateError
 from dspy_actors.primitives.prediction import Prediction
 from dspy_actors.signatures.signature import Signature, ensure_signature
-from dspy_actors.signatures.type_names import is_optional
 
 __all__ = ["NoLMConfiguredError", "Predict"]
 
@@ -63,6 +63,7 @@ class Predict(Module, Parameter):
         runtime sends those calls to its LM pool as messages); see
         :mod:`dspy_actors.lm.steps`."""
         lm = kwargs.pop("lm", None) or self.lm or settings.get("lm")
+        reject_lm_string(lm)
         config = {**self.config, **(kwargs.pop("config", None) or {})}
         demos = kwargs.pop("demos", None)
         demos = self.demos if demos is None else demos
@@ -73,14 +74,18 @@ class Predict(Module, Parameter):
                 "dspy_actors.configure(lm=dspy_actors.LM('openai/<model>', ...)), use "
                 "`with dspy_actors.context(lm=...)`, or pass lm=... to the call"
             )
-        inputs = _check_inputs(signature, kwargs)
+        warn_types = settings.get("warn_on_type_mismatch")
+        inputs = checked_inputs(signature, kwargs, warn_on_type_mismatch=warn_types is not False)
         adapter: Adapter = settings.get("adapter") or _DEFAULT_ADAPTER
-        outputs = yield from adapter.steps(lm, config, signature, demos, inputs)
+        calls = adapter.steps(lm, config, signature, demos, inputs)
+        outputs = yield from with_history(calls, self.history)
         return Prediction.from_completions(outputs)
 
     # -- Parameter ----------------------------------------------------------------------
     def reset(self) -> None:
+        """Forget demos and the LM set on this predictor (as DSPy's ``reset``)."""
         self.demos = []
+        self.lm = None
 
     def dump_state(self) -> dict[str, Any]:
         model = getattr(self.lm, "model", None) if self.lm is not None else None
@@ -124,22 +129,3 @@ class Predict(Module, Parameter):
         self.signature = signature
         self.demos = [Example(d) for d in demos]
         return self
-
-
-def _check_inputs(signature: type[Signature], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The signature's inputs from the call's kwargs; an error names any that are missing."""
-    inputs: dict[str, Any] = {}
-    missing: list[str] = []
-    for name, field in signature.input_fields.items():
-        if name in kwargs:
-            inputs[name] = kwargs[name]
-        elif field.has_default:
-            inputs[name] = field.default
-        elif not (is_optional(field.annotation) or is_history(field)):
-            missing.append(name)
-    if missing:
-        raise TypeError(
-            f"missing input field(s) {missing} for signature {signature.signature!r} "
-            f"(got {sorted(kwargs)})"
-        )
-    return inputs

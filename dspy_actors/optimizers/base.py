@@ -18,12 +18,13 @@ as an uninterrupted one. In-process, :class:`NullCheckpointer` keeps nothing.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from dspy_actors.evaluate.parallel import Cancelled, parallel_map
 from dspy_actors.primitives.example import Example
@@ -248,6 +249,10 @@ class Optimizer:
     ) -> Plan:
         raise NotImplementedError
 
+    def _with(self, **changes: Any) -> Self:
+        result: Self = _with_settings(self, **changes)
+        return result
+
     def run_context(self, seed: int, cancel: threading.Event | None = None) -> RunContext:
         """The context a run of this optimizer gets (its thread bounds and error limit)."""
         return RunContext(
@@ -263,12 +268,24 @@ class Optimizer:
         student: Module,
         *,
         trainset: Sequence[Example],
+        teacher: Module | None = None,
         valset: Sequence[Example] | None = None,
         seed: int | None = None,
         checkpointer: Checkpointer | None = None,
         on_step: Callable[[StepEvent], None] | None = None,
     ) -> Module:
-        """Optimize ``student`` and return the compiled copy (``student`` is not changed)."""
+        """Optimize ``student`` and return the compiled copy (``student`` is not changed).
+        ``teacher`` (as in DSPy's ``compile(student, teacher=..., trainset=...)``) runs in
+        place of the constructor's teacher, for optimizers that bootstrap from one."""
+        if teacher is not None:
+            return self._with(teacher=teacher).compile(
+                student,
+                trainset=trainset,
+                valset=valset,
+                seed=seed,
+                checkpointer=checkpointer,
+                on_step=on_step,
+            )
         ctx = self.run_context(self.seed if seed is None else seed)
         return execute(
             self.plan(student, list(trainset), _maybe_list(valset), ctx),
@@ -276,6 +293,22 @@ class Optimizer:
             on_step,
             ctx,
         )
+
+
+def _with_settings(optimizer: Any, **changes: Any) -> Any:
+    """A shallow copy of ``optimizer`` with some attributes changed (a compile argument
+    that overrides a constructor setting for one run); a clear error for a setting the
+    optimizer does not have."""
+    for name in changes:
+        if not hasattr(optimizer, name):
+            raise TypeError(
+                f"{type(optimizer).__name__}.compile() got {name}=, which "
+                f"{type(optimizer).__name__} does not use"
+            )
+    run = copy.copy(optimizer)
+    for name, value in changes.items():
+        setattr(run, name, value)
+    return run
 
 
 def _maybe_list(items: Sequence[Example] | None) -> list[Example] | None:

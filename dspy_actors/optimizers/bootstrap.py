@@ -43,6 +43,19 @@ class LabeledFewShot(Optimizer):
         self.sample = sample
         self.seed = seed
 
+    def compile(
+        self,
+        student: Module,
+        *,
+        trainset: Sequence[Example],
+        sample: bool | None = None,
+        **kwargs: Any,
+    ) -> Module:
+        """As :meth:`Optimizer.compile`; ``sample`` (DSPy's compile argument) overrides
+        the constructor's for this run: False takes the first ``k`` examples."""
+        run = self if sample is None else self._with(sample=sample)
+        return Optimizer.compile(run, student, trainset=trainset, **kwargs)
+
     def labeled_demos(
         self, student: Module, trainset: Sequence[Example], rng: random.Random
     ) -> DemoSets:
@@ -164,6 +177,7 @@ class BootstrapFewShot(Optimizer):
         max_rounds: int = 1,
         metric_threshold: float | None = None,
         num_threads: int = 8,
+        max_errors: int | None = None,
         seed: int = 0,
     ) -> None:
         self.metric = metric
@@ -173,6 +187,8 @@ class BootstrapFewShot(Optimizer):
         self.max_rounds = max_rounds
         self.metric_threshold = metric_threshold
         self.num_threads = num_threads
+        if max_errors is not None:  # None: the default bound, as DSPy's settings.max_errors
+            self.max_errors = max_errors
         self.seed = seed
 
     def demo_sets(

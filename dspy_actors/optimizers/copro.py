@@ -27,6 +27,10 @@ from dspy_actors.primitives.module import Module
 
 __all__ = ["COPRO"]
 
+_EVAL_KWARGS = frozenset(
+    {"num_threads", "max_errors", "display_progress", "display_table", "provide_traceback"}
+)
+
 
 class COPRO(Optimizer):
     """Instruction search; ``prompt_model`` proposes (the settings' LM if None)."""
@@ -51,6 +55,29 @@ class COPRO(Optimizer):
         self.init_temperature = init_temperature
         self.num_threads = num_threads
         self.seed = seed
+
+    def compile(
+        self,
+        student: Module,
+        *,
+        trainset: Sequence[Example],
+        eval_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Module:
+        """As :meth:`Optimizer.compile`. ``eval_kwargs`` are DSPy's arguments for the
+        evaluations: ``num_threads`` and ``max_errors`` apply; ``display_progress``,
+        ``display_table`` and ``provide_traceback`` are accepted and have nothing to show
+        here (an optimizer's evaluations print nothing)."""
+        run = self
+        if eval_kwargs:
+            unknown = sorted(set(eval_kwargs) - _EVAL_KWARGS)
+            if unknown:
+                raise TypeError(
+                    f"COPRO.compile(eval_kwargs=...) got {unknown}; it takes {sorted(_EVAL_KWARGS)}"
+                )
+            changes = {k: eval_kwargs[k] for k in ("num_threads", "max_errors") if k in eval_kwargs}
+            run = self._with(**changes)
+        return Optimizer.compile(run, student, trainset=trainset, **kwargs)
 
     def _lm(self, student: Module) -> Any:
         return self.prompt_model or settings.get("lm") or student.get_lm()

@@ -71,19 +71,35 @@ class KNNFewShotProgram(Module):
 
 
 class KNNFewShot(Optimizer):
-    """``KNNFewShot(k, trainset, embedder, **bootstrap_args)``; ``compile(student)``."""
+    """``KNNFewShot(k, trainset, vectorizer, **bootstrap_args)``; ``compile(student)``.
+
+    ``vectorizer`` is DSPy's name: a :class:`dspy_actors.Embedder` or any function from a
+    list of texts to vectors; ``embedder=`` is the same argument under this project's
+    name."""
 
     def __init__(
         self,
         k: int,
         trainset: Sequence[Example],
-        embedder: Embedder,
+        vectorizer: Embedder | None = None,
+        *,
+        embedder: Embedder | None = None,
         **bootstrap_args: Any,
     ) -> None:
+        chosen = vectorizer if vectorizer is not None else embedder
+        if chosen is None or (vectorizer is not None and embedder is not None):
+            raise TypeError(
+                "KNNFewShot needs one vectorizer: KNNFewShot(k, trainset, "
+                "vectorizer=dspy_actors.Embedder(...))"
+            )
         self.k = k
         self.trainset = list(trainset)
-        self.embedder = embedder
+        self.embedder = chosen
         self.bootstrap_args = bootstrap_args
+
+    @property
+    def vectorizer(self) -> Embedder:
+        return self.embedder
 
     def plan(
         self,

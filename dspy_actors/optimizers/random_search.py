@@ -40,8 +40,11 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
         stop_at_score: float | None = None,
         metric_threshold: float | None = None,
         min_num_samples: int = 1,
+        max_errors: int | None = None,
         seed: int = 0,
     ) -> None:
+        if max_errors is not None:  # None: the default bound, as DSPy's settings.max_errors
+            self.max_errors = max_errors
         self.metric = metric
         self.teacher = teacher
         self.max_bootstrapped_demos = max_bootstrapped_demos

@@ -7,26 +7,55 @@ usage meter active, so ``module.usage`` is the token usage of every LM call made
 
 from __future__ import annotations
 
+import contextvars
 import copy
+import functools
 import json
+import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from dspy_actors.lm.usage import Usage, UsageMeter, metering
+from dspy_actors.primitives.call_history import ModuleHistory, start_recording, stop_recording
 from dspy_actors.primitives.parameter import Parameter, StateError
 
 if TYPE_CHECKING:
     from dspy_actors.modules.predict import Predict
 
-__all__ = ["STATE_FORMAT", "Module"]
+__all__ = ["STATE_FORMAT", "Module", "reject_lm_string"]
 
 STATE_FORMAT = "dspy_actors.module_state"
 _STATE_VERSION = 1
 _METER_ATTR = "_usage_meter"
+_HISTORY_ATTR = "_call_history"
+_PER_INSTANCE = frozenset({_METER_ATTR, _HISTORY_ATTR})  # never walked, never copied
 _meter_lock = threading.Lock()
+_log = logging.getLogger("dspy_actors.module")
+
+# The module whose forward its own __call__ is running: a forward entered while another
+# module (or none) is the one being called was called directly (DSPy warns about that).
+# One contextvar read per forward; super().forward(...) sees its own module, so is fine.
+_entering: contextvars.ContextVar[Module | None] = contextvars.ContextVar(
+    "dspy_actors_entering_forward", default=None
+)
+
+
+def _warn_if_called_directly(forward: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(forward)
+    def checked(self: Module, *args: Any, **kwargs: Any) -> Any:
+        if _entering.get() is not self:
+            _log.warning(
+                "Calling module.forward(...) on %s directly is discouraged: call the module "
+                "itself, module(...), so its usage, history and callbacks are recorded.",
+                type(self).__name__,
+            )
+        return forward(self, *args, **kwargs)
+
+    checked.__dspy_actors_checked__ = True  # type: ignore[attr-defined]
+    return checked
 
 
 class Module:
@@ -37,12 +66,48 @@ class Module:
     # connections and locks, and a copy of a program should talk to the same LM.
     _share_on_copy: ClassVar[frozenset[str]] = frozenset()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        forward = cls.__dict__.get("forward")
+        if callable(forward) and not getattr(forward, "__dspy_actors_checked__", False):
+            cls.forward = _warn_if_called_directly(forward)  # type: ignore[method-assign]
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with metering(self.usage_meter):
-            return self.forward(*args, **kwargs)
+        # Plain tokens rather than context managers: this runs on every module call.
+        entering = _entering.set(self)
+        recording = start_recording(self.history)
+        try:
+            with metering(self.usage_meter):
+                return self.forward(*args, **kwargs)
+        finally:
+            stop_recording(recording)
+            _entering.reset(entering)
+
+    # -- history ------------------------------------------------------------------------
+    @property
+    def history(self) -> ModuleHistory:
+        """The LM calls made beneath this module, oldest first (each a dict with
+        ``messages``, ``outputs``, ``usage``, ``model``...), as DSPy's ``module.history``."""
+        found: ModuleHistory | None = self.__dict__.get(_HISTORY_ATTR)
+        if found is None:
+            found = self.__dict__.setdefault(_HISTORY_ATTR, ModuleHistory())
+        return found
+
+    def inspect_history(self, n: int = 1) -> str:
+        """The last ``n`` LM calls beneath this module as readable text."""
+        lines: list[str] = []
+        for entry in list(self.history)[-n:] if n > 0 else []:
+            lines.append(f"--- {entry.get('model')} ---")
+            for message in entry.get("messages", []):
+                content = message.get("content")
+                shown = content if isinstance(content, str) else json.dumps(content)
+                lines.append(f"[{message.get('role')}]\n{shown}")
+            for i, output in enumerate(entry.get("outputs", [])):
+                lines.append(f"[response{'' if i == 0 else f' {i + 1}'}]\n{output}")
+        return "\n\n".join(lines)
 
     # -- usage --------------------------------------------------------------------------
     @property
@@ -82,14 +147,53 @@ class Module:
                 found.append((path, value))
         return found
 
-    def named_sub_modules(self) -> list[tuple[str, Module]]:
-        """Every module beneath this one (itself first, as ``"self"``)."""
+    def parameters(self) -> list[Parameter]:
+        """Every parameter beneath this module (``named_parameters`` without the names)."""
+        return [param for _, param in self.named_parameters()]
+
+    def named_sub_modules(
+        self, type_: type | None = None, skip_compiled: bool = False
+    ) -> list[tuple[str, Module]]:
+        """Every module beneath this one, breadth first, named as DSPy names them: itself
+        as ``"self"``, then ``"self.qa"``, ``"self.steps[0]"``, ``"self.by_name[key]"``.
+        ``type_`` keeps only instances of that class; ``skip_compiled`` does not look
+        inside modules marked ``_compiled``."""
+        wanted = Module if type_ is None else type_
+        found: list[tuple[str, Module]] = []
+        queue: list[tuple[str, Any]] = [("self", self)]
+        seen = {id(self)}
+        while queue:
+            name, item = queue.pop(0)
+            if isinstance(item, wanted) and isinstance(item, Module):
+                found.append((name, item))
+            if isinstance(item, Module):
+                if skip_compiled and getattr(item, "_compiled", False):
+                    continue
+                children = [
+                    (f"{name}.{k}", v) for k, v in vars(item).items() if k not in _PER_INSTANCE
+                ]
+            elif isinstance(item, list | tuple):
+                children = [(f"{name}[{i}]", v) for i, v in enumerate(item)]
+            elif isinstance(item, dict):
+                children = [(f"{name}[{k}]", v) for k, v in item.items()]
+            else:
+                continue
+            for child_name, child in children:
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    queue.append((child_name, child))
+        return found
+
+    def attribute_sub_modules(self) -> list[tuple[str, Module]]:
+        """Every module beneath this one by attribute path (``"qa"``, ``"steps[0]"``,
+        ``"by_name['key']"``; itself first as ``"self"``), depth first: the paths the actor
+        runtime serves sub-modules at and that ``named_parameters`` uses."""
         seen: set[int] = {id(self)}
         return [("self", self)] + [(p, v) for p, v in self._walk(seen) if isinstance(v, Module)]
 
     def _walk(self, seen: set[int], prefix: str = "") -> Iterator[tuple[str, Any]]:
         for name, value in vars(self).items():
-            if name == _METER_ATTR:
+            if name in _PER_INSTANCE:
                 continue
             yield from _walk_value(f"{prefix}{name}", value, seen)
 
@@ -103,6 +207,7 @@ class Module:
 
     def set_lm(self, lm: Any) -> None:
         """Use ``lm`` for every predictor of this program."""
+        reject_lm_string(lm)
         for p in self.predictors():
             p.lm = lm
 
@@ -118,8 +223,8 @@ class Module:
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for name, value in vars(self).items():
-            if name == _METER_ATTR:
-                continue  # a copy meters its own calls
+            if name in _PER_INSTANCE:
+                continue  # a copy meters and records its own calls
             if name in self._share_on_copy:
                 new.__dict__[name] = value
                 continue
@@ -134,10 +239,14 @@ class Module:
         return copy.deepcopy(self)
 
     def reset_copy(self) -> Self:
-        """A copy with every parameter reset (no demos)."""
+        """A copy with every parameter reset (no demos); predictors keep their LM (DSPy's
+        ``reset`` also drops it, which would leave an optimizer's copy with no LM)."""
         new = self.deepcopy()
         for _, param in new.named_parameters():
+            kept = param.__dict__.get("lm")  # an optimizer's copy talks to the same LM
             param.reset()
+            if kept is not None:
+                param.__dict__["lm"] = kept
         return new
 
     # -- state --------------------------------------------------------------------------
@@ -170,8 +279,18 @@ class Module:
                 raise StateError(f"predictor {path!r}: {exc}") from exc
         return self
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the learned state to a JSON file (no pickle: loading never runs code)."""
+    def save(self, path: str | os.PathLike[str], save_program: bool = False) -> None:
+        """Write the learned state to a JSON file (no pickle: loading never runs code).
+
+        ``save_program=True`` saves the whole program instead (its module classes,
+        signatures and state, as data) into the directory ``path``; read it back with
+        :func:`dspy_actors.load`. Unlike DSPy's pickle, loading rebuilds the program from
+        registered module classes and never executes code from the file."""
+        if save_program:
+            from dspy_actors.primitives.program_file import save_program as save_whole
+
+            save_whole(self, path)
+            return
         payload = {
             "__metadata__": {
                 "format": STATE_FORMAT,
@@ -204,6 +323,15 @@ class Module:
     def __repr__(self) -> str:
         inner = "\n".join(f"  {path} = {param!r}" for path, param in self.named_parameters())
         return f"{type(self).__name__}(\n{inner}\n)" if inner else f"{type(self).__name__}()"
+
+
+def reject_lm_string(lm: Any) -> None:
+    """A clear error for an LM given as a model name (a common slip when porting)."""
+    if isinstance(lm, str):
+        raise ValueError(
+            f"an LM must be an LM object, not the string {lm!r}: use "
+            f"dspy_actors.LM({lm!r}) (e.g. configure(lm=dspy_actors.LM({lm!r})))"
+        )
 
 
 def _walk_value(path: str, value: Any, seen: set[int]) -> Iterator[tuple[str, Any]]:

@@ -72,7 +72,7 @@ class ModuleProxy:
 def direct_sub_modules(module: Module) -> list[tuple[str, Module]]:
     """The sub-modules directly beneath ``module`` (attribute paths like ``retrieve``,
     ``hops[0]``), not those nested inside them."""
-    found = module.named_sub_modules()[1:]
+    found = module.attribute_sub_modules()[1:]
     direct: list[tuple[str, Module]] = []
     for path, sub in found:
         if not any(path.startswith(p + ".") or path.startswith(p + "[") for p, _ in direct):

@@ -1,6 +1,16 @@
 """Signatures: typed input/output declarations of LM tasks, and custom field types."""
 
-from dspy_actors.signatures.custom_types import Audio, CustomType, History, Image, Tool
+from dspy_actors.signatures.custom_types import (
+    Audio,
+    Citations,
+    Code,
+    CustomType,
+    Document,
+    History,
+    Image,
+    Reasoning,
+    Tool,
+)
 from dspy_actors.signatures.field import Field, InputField, OutputField
 from dspy_actors.signatures.signature import (
     Signature,
@@ -13,12 +23,16 @@ from dspy_actors.signatures.type_names import annotation_name
 
 __all__ = [
     "Audio",
+    "Citations",
+    "Code",
     "CustomType",
+    "Document",
     "Field",
     "History",
     "Image",
     "InputField",
     "OutputField",
+    "Reasoning",
     "Signature",
     "SignatureMeta",
     "SignatureSyntaxError",

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-__all__ = ["MISSING", "Field", "FieldKind", "InputField", "OutputField", "infer_prefix"]
+__all__ = [
+    "CONSTRAINT_WORDS",
+    "MISSING",
+    "Field",
+    "FieldKind",
+    "InputField",
+    "OutputField",
+    "infer_prefix",
+]
 
 FieldKind = Literal["input", "output"]
 
@@ -45,6 +54,16 @@ class Field:
     desc: str = ""
     prefix: str = ""
     default: Any = MISSING
+    # Called for a fresh default each time (DSPy/pydantic's ``default_factory``).
+    default_factory: Callable[[], Any] | None = None
+    # Renders this input's value for the prompt instead of the default rendering.
+    format: Callable[[Any], str] | None = None
+    # Pydantic constraints (``ge=0``, ``max_length=5``...) as sorted (name, value) pairs:
+    # shown to the LM with the field and checked when an output is parsed.
+    constraints: tuple[tuple[str, Any], ...] = ()
+    # False when the declaration gave no type (it defaults to str): inputs are not
+    # type-checked against it.
+    typed: bool = True
 
     @property
     def is_input(self) -> bool:
@@ -56,7 +75,17 @@ class Field:
 
     @property
     def has_default(self) -> bool:
-        return self.default is not MISSING
+        return self.default is not MISSING or self.default_factory is not None
+
+    def get_default(self) -> Any:
+        """The default value (a fresh one from ``default_factory`` if it has one)."""
+        if self.default_factory is not None:
+            return self.default_factory()
+        return self.default
+
+    def constraints_text(self) -> str:
+        """The constraints as a person reads them: ``greater than or equal to: 0``."""
+        return ", ".join(f"{CONSTRAINT_WORDS[k]}{v}" for k, v in self.constraints)
 
     def bind(self, name: str, annotation: Any) -> Field:
         """This field, named ``name`` with type ``annotation`` (prefix inferred if unset)."""
@@ -69,17 +98,82 @@ class Field:
         return replace(self, **changes)
 
 
-def InputField(*, desc: str = "", prefix: str = "", default: Any = MISSING) -> Any:
+CONSTRAINT_WORDS = {
+    "gt": "greater than: ",
+    "ge": "greater than or equal to: ",
+    "lt": "less than: ",
+    "le": "less than or equal to: ",
+    "min_length": "minimum length: ",
+    "max_length": "maximum length: ",
+    "multiple_of": "a multiple of the given number: ",
+    "allow_inf_nan": "allow 'inf', '-inf', 'nan' values: ",
+}
+"""The pydantic constraints a field accepts, with the words the prompt uses for each."""
+
+
+def _make_field(
+    kind: FieldKind,
+    desc: str,
+    prefix: str,
+    default: Any,
+    default_factory: Callable[[], Any] | None,
+    format: Callable[[Any], str] | None,
+    extra: dict[str, Any],
+) -> Field:
+    description = extra.pop("description", None)
+    unknown = sorted(set(extra) - set(CONSTRAINT_WORDS))
+    if unknown:
+        raise TypeError(
+            f"{'InputField' if kind == 'input' else 'OutputField'}() got unknown argument(s) "
+            f"{unknown}; it takes desc, prefix, default, default_factory, format and the "
+            f"constraints {sorted(CONSTRAINT_WORDS)}"
+        )
+    if default is not MISSING and default_factory is not None:
+        raise TypeError("give a field default or default_factory, not both")
+    return Field(
+        kind,
+        desc=desc or (description if isinstance(description, str) else ""),
+        prefix=prefix,
+        default=default,
+        default_factory=default_factory,
+        format=format,
+        constraints=tuple(sorted(extra.items())),
+    )
+
+
+def InputField(
+    *,
+    desc: str = "",
+    prefix: str = "",
+    default: Any = MISSING,
+    default_factory: Callable[[], Any] | None = None,
+    format: Callable[[Any], str] | None = None,
+    **constraints: Any,
+) -> Any:
     """Declare an input field: ``question: str = InputField(desc="...")``.
 
-    Returns ``Any`` so the declaration type-checks against any annotation (as in DSPy).
+    ``format`` renders the value for the prompt; pydantic constraints (``ge=0``,
+    ``max_length=3``...) are shown to the LM. Returns ``Any`` so the declaration
+    type-checks against any annotation (as in DSPy).
     """
-    return Field("input", desc=desc, prefix=prefix, default=default)
+    return _make_field("input", desc, prefix, default, default_factory, format, constraints)
 
 
-def OutputField(*, desc: str = "", prefix: str = "", default: Any = MISSING) -> Any:
-    """Declare an output field: ``answer: int = OutputField(desc="...")``."""
-    return Field("output", desc=desc, prefix=prefix, default=default)
+def OutputField(
+    *,
+    desc: str = "",
+    prefix: str = "",
+    default: Any = MISSING,
+    default_factory: Callable[[], Any] | None = None,
+    format: Callable[[Any], str] | None = None,
+    **constraints: Any,
+) -> Any:
+    """Declare an output field: ``answer: int = OutputField(desc="...", ge=0)``.
+
+    A ``default`` (or ``default_factory``) is used when the LM leaves the field out;
+    constraints are shown to the LM and checked when the output is parsed.
+    """
+    return _make_field("output", desc, prefix, default, default_factory, format, constraints)
 
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")

@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from dspy_actors.signatures.field import Field, FieldKind
-from dspy_actors.signatures.string_form import parse_signature_string
+from dspy_actors.signatures.string_form import caller_scope_lookup, parse_signature_string
 from dspy_actors.signatures.type_names import annotation_name
 
 __all__ = ["Signature", "SignatureMeta", "ensure_signature", "make_signature"]
@@ -126,13 +126,49 @@ class SignatureMeta(type):
     def with_instructions(cls, instructions: str) -> type[Signature]:
         return _build(cls.__name__, instructions, list(cls._fields.values()))
 
+    def append_instructions(cls, instructions: str) -> type[Signature]:
+        """A copy whose instructions are these followed by ``instructions`` (a blank line
+        between); ``with_instructions`` replaces them instead."""
+        return _build(
+            cls.__name__, f"{cls.instructions}\n\n{instructions}", list(cls._fields.values())
+        )
+
+    def dump_state(cls) -> dict[str, Any]:
+        """Instructions and each field's prefix and description, as JSON data (DSPy's
+        shape: ``{"instructions": ..., "fields": [{"prefix": ..., "description": ...}]}``)."""
+        return {
+            "instructions": cls.instructions,
+            "fields": [{"prefix": f.prefix, "description": f.desc} for f in cls._fields.values()],
+        }
+
+    def load_state(cls, state: Mapping[str, Any]) -> type[Signature]:
+        """A copy with what ``dump_state`` saved: instructions and, field by field in
+        order, prefixes and descriptions."""
+        saved = state.get("fields", [])
+        if not isinstance(saved, list) or len(saved) != len(cls._fields):
+            raise ValueError(
+                f"signature state has {len(saved) if isinstance(saved, list) else 'no'} "
+                f"fields; {cls.__name__} has {len(cls._fields)} ({list(cls._fields)})"
+            )
+        fields = [
+            f.updated(prefix=str(s.get("prefix", f.prefix)), desc=str(s.get("description", f.desc)))
+            for f, s in zip(cls._fields.values(), saved, strict=True)
+        ]
+        instructions = state.get("instructions")
+        return _build(
+            cls.__name__,
+            instructions if isinstance(instructions, str) else cls._instructions,
+            fields,
+        )
+
     def with_updated_fields(cls, name: str, type_: Any = None, **changes: Any) -> type[Signature]:
         """A copy with field ``name`` changed: its type and/or ``desc``/``prefix``/``default``."""
         if name not in cls._fields:
             raise KeyError(f"{cls.__name__} has no field {name!r}; fields are {list(cls._fields)}")
         if type_ is not None:
             changes["annotation"] = type_
-        unknown = set(changes) - {"annotation", "desc", "prefix", "default"}
+            changes["typed"] = True
+        unknown = set(changes) - {"annotation", "typed", "desc", "prefix", "default"}
         if unknown:
             raise TypeError(
                 f"cannot update {sorted(unknown)}; updatable: desc, prefix, default, type_"
@@ -198,24 +234,25 @@ def _declared_fields(cls_name: str, namespace: dict[str, Any]) -> list[Field]:
     """Fields declared in a class body, in order, with their raw (possibly string)
     annotations; resolved after the class exists."""
     annotations: dict[str, Any] = namespace.get("__annotations__", {})
-    out: list[Field] = []
     for name, annotation in annotations.items():
         if typing.get_origin(annotation) is ClassVar or (
             isinstance(annotation, str) and annotation.startswith(("ClassVar", "typing.ClassVar"))
         ):
             continue
-        value = namespace.get(name)
-        if not isinstance(value, Field):
+        if not isinstance(namespace.get(name), Field):
             raise TypeError(
                 f"field {name!r} of signature {cls_name} must be declared with InputField() or "
                 f"OutputField(), e.g. `{name}: str = InputField()`"
             )
-        _check_name(name)
-        out.append(value.bind(name, annotation))
+    # The class body's order (annotated or not), which is the prompt's order, as in DSPy.
+    out: list[Field] = []
     for name, value in namespace.items():
-        if isinstance(value, Field) and name not in annotations:
+        if isinstance(value, Field):
             _check_name(name)
-            out.append(value.bind(name, str))  # no annotation: a str field, as in DSPy
+            if name in annotations:
+                out.append(value.bind(name, annotations[name]))
+            else:  # unannotated: a str field, as in DSPy
+                out.append(value.bind(name, str).updated(typed=False))
     return out
 
 
@@ -258,7 +295,7 @@ def _build(name: str, instructions: str | None, fields: list[Field]) -> type[Sig
 
 
 def make_signature(
-    spec: str | Mapping[str, tuple[Any, Any]],
+    spec: str | Mapping[str, Any],
     instructions: str | None = None,
     signature_name: str = "StringSignature",
     custom_types: Mapping[str, Any] | None = None,
@@ -270,21 +307,27 @@ def make_signature(
     """
     fields: list[Field] = []
     if isinstance(spec, str):
-        inputs, outputs = parse_signature_string(spec, custom_types)
+        inputs, outputs = parse_signature_string(spec, custom_types, caller_scope_lookup())
         for kind, parsed in (("input", inputs), ("output", outputs)):
             for p in parsed:
-                fields.append(_string_field(kind, p.name, p.annotation))  # type: ignore[arg-type]
+                fields.append(_string_field(kind, p.name, p.annotation, p.annotated))  # type: ignore[arg-type]
     else:
         for fname, pair in spec.items():
-            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], Field)):
-                raise TypeError(f"field {fname!r}: expected (type, InputField()/OutputField())")
             _check_name(fname)
+            if isinstance(pair, Field):  # untyped: a str field
+                fields.append(pair.bind(fname, str).updated(typed=False))
+                continue
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], Field)):
+                raise TypeError(
+                    f"field {fname!r}: expected InputField()/OutputField() or "
+                    f"(type, InputField()/OutputField()), not {type(pair).__name__}"
+                )
             fields.append(pair[1].bind(fname, pair[0]))
     return _build(signature_name, instructions, fields)
 
 
-def _string_field(kind: FieldKind, name: str, annotation: Any) -> Field:
-    return Field(kind).bind(name, annotation)
+def _string_field(kind: FieldKind, name: str, annotation: Any, typed: bool) -> Field:
+    return Field(kind, typed=typed).bind(name, annotation)
 
 
 def ensure_signature(
@@ -310,7 +353,7 @@ class Signature(metaclass=SignatureMeta):
     # checkers that calling Signature with a string gives a signature class.
     def __new__(  # type: ignore[misc]
         cls,
-        spec: str | Mapping[str, tuple[Any, Any]],
+        spec: str | Mapping[str, Any],
         instructions: str | None = None,
         signature_name: str = "StringSignature",
         custom_types: Mapping[str, Any] | None = None,

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import keyword
 import re
+import sys
+import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
-__all__ = ["ParsedField", "SignatureSyntaxError", "allowed_type_names", "parse_signature_string"]
+__all__ = [
+    "ParsedField",
+    "SignatureSyntaxError",
+    "allowed_type_names",
+    "caller_scope_lookup",
+    "parse_signature_string",
+    "parse_type_name",
+]
 
 
 class SignatureSyntaxError(ValueError):
@@ -40,7 +49,16 @@ class ParsedField:
 
 def allowed_type_names() -> dict[str, Any]:
     """Names a signature string may use without passing ``custom_types``."""
-    from dspy_actors.signatures.custom_types import Audio, History, Image, Tool
+    from dspy_actors.signatures.custom_types import (
+        Audio,
+        Citations,
+        Code,
+        Document,
+        History,
+        Image,
+        Reasoning,
+        Tool,
+    )
 
     return {
         "str": str,
@@ -66,6 +84,10 @@ def allowed_type_names() -> dict[str, Any]:
         "Audio": Audio,
         "History": History,
         "Tool": Tool,
+        "Code": Code,
+        "Reasoning": Reasoning,
+        "Document": Document,
+        "Citations": Citations,
     }
 
 
@@ -74,9 +96,10 @@ _TOKEN = re.compile(
     (?P<space>\s+)
   | (?P<arrow>->)
   | (?P<string>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
+  | (?P<ellipsis>\.\.\.)
   | (?P<number>-?\d+(?:\.\d+)?)
   | (?P<name>[A-Za-z_][A-Za-z_0-9]*(?:\.[A-Za-z_][A-Za-z_0-9]*)*)
-  | (?P<punct>[:,\[\]|])
+  | (?P<punct>[:,\[\]|()])
     """,
     re.VERBOSE,
 )
@@ -106,10 +129,21 @@ def _tokenize(text: str) -> list[_Token]:
     return tokens
 
 
+ScopeLookup = Callable[[str], Any]
+"""Finds a (possibly dotted) type name in the caller's scope; ``_NOT_FOUND`` if absent."""
+
+_NOT_FOUND: Any = object()
+# Prefixes a ported program writes before this package's type names: ``dspy.Image``.
+_PACKAGE_ALIASES = ("dspy.", "dsa.", "dspy_actors.", "typing.")
+
+
 class _Parser:
-    def __init__(self, text: str, types: Mapping[str, Any]) -> None:
+    def __init__(
+        self, text: str, types: Mapping[str, Any], scope: ScopeLookup | None = None
+    ) -> None:
         self.text = text
         self.types = types
+        self.scope = scope
         self.tokens = _tokenize(text)
         self.i = 0
 
@@ -202,25 +236,49 @@ class _Parser:
         except TypeError as exc:
             self.fail(f"invalid union: {exc}", start)
 
+    def lookup(self, tok: _Token) -> Any:
+        """A type name: the allow-list and ``custom_types``, then the caller's scope (names
+        only, looked up, never evaluated), then ``dspy.X``-style names of our own types."""
+        name = tok.text
+        if name in self.types:
+            return self.types[name]
+        if self.scope is not None:
+            found = self.scope(name)
+            if found is not _NOT_FOUND:
+                return found
+        for alias in _PACKAGE_ALIASES:
+            if name.startswith(alias) and name[len(alias) :] in self.types:
+                return self.types[name[len(alias) :]]
+        known = ", ".join(sorted(k for k in self.types if "." not in k))
+        self.fail(
+            f"unknown type {name!r}; known types are {known}, and types in the caller's "
+            "scope (pass custom_types={...} for others)",
+            tok,
+        )
+
     def primary(self) -> Any:
         tok = self.tok
+        if self.at("("):  # a parenthesised union: str | (int | float)
+            open_tok = self.advance()
+            inner = self.type_expr()
+            if not self.at(")"):
+                self.fail(
+                    f"expected ')' to close the '(' at column {open_tok.pos + 1} "
+                    f"but found {self.describe(self.tok)}"
+                )
+            self.advance()
+            return inner
         if tok.kind != "name":
             self.fail(f"expected a type name but found {self.describe(tok)}")
         self.advance()
-        if tok.text not in self.types:
-            known = ", ".join(sorted(k for k in self.types if "." not in k))
-            self.fail(
-                f"unknown type {tok.text!r}; known types are {known} "
-                "(pass custom_types={...} for your own)",
-                tok,
-            )
-        base = self.types[tok.text]
+        base = self.lookup(tok)
         if not self.at("["):
             if base is Optional or base is Union or base is Literal:
                 self.fail(f"{tok.text} needs arguments, e.g. {tok.text}[...]")
             return type(None) if base is None else base
         open_tok = self.advance()
-        args = self.literal_args() if base is Literal else self.type_args()
+        takes_values = base is Literal or getattr(base, "language", None) is not None
+        args = self.literal_args() if takes_values else self.type_args()  # Code["java"]
         if not self.at("]"):
             self.fail(
                 f"expected ',' or ']' to close the '[' at column {open_tok.pos + 1} "
@@ -233,11 +291,17 @@ class _Parser:
             self.fail(f"invalid type arguments for {tok.text}: {exc}", tok)
 
     def type_args(self) -> list[Any]:
-        args = [self.type_expr()]
+        args = [self.type_arg()]
         while self.at(","):
             self.advance()
-            args.append(self.type_expr())
+            args.append(self.type_arg())
         return args
+
+    def type_arg(self) -> Any:
+        if self.tok.kind == "ellipsis":  # tuple[int, ...]
+            self.advance()
+            return Ellipsis
+        return self.type_expr()
 
     def literal_args(self) -> list[Any]:
         args = [self.literal_value()]
@@ -272,8 +336,52 @@ def _unquote(text: str) -> str:
 
 
 def parse_signature_string(
-    text: str, custom_types: Mapping[str, Any] | None = None
+    text: str,
+    custom_types: Mapping[str, Any] | None = None,
+    scope: ScopeLookup | None = None,
 ) -> tuple[list[ParsedField], list[ParsedField]]:
-    """Parse ``"a: int, b -> c: list[str]"`` into (input fields, output fields)."""
+    """Parse ``"a: int, b -> c: list[str]"`` into (input fields, output fields); ``scope``
+    finds names not in the allow-list or ``custom_types`` (see :func:`caller_scope_lookup`)."""
     types = {**allowed_type_names(), **(custom_types or {})}
-    return _Parser(text, types).signature()
+    return _Parser(text, types, scope).signature()
+
+
+def parse_type_name(text: str, custom_types: Mapping[str, Any] | None = None) -> Any:
+    """A type from its name as signatures print it (``list[str]``, ``Optional[int]``,
+    ``Literal['a', 'b']``), using the same allow-list; nothing is evaluated."""
+    types = {**allowed_type_names(), **(custom_types or {})}
+    parser = _Parser(text, types)
+    parser._name_tokens = []
+    annotation = parser.type_expr()
+    if parser.tok.kind != "end":
+        parser.fail(f"unexpected {parser.describe(parser.tok)} after the type")
+    return annotation
+
+
+def caller_scope_lookup() -> ScopeLookup:
+    """Looks names up where the signature string was written: the locals, then globals, of
+    the first calling frame outside this package, following dots by attribute (``mod.T``).
+    Only types (and typing's generic forms) are accepted; nothing is evaluated."""
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("dspy_actors."):
+        frame = frame.f_back
+    if frame is None:
+        return lambda _name: _NOT_FOUND
+    local_ns, global_ns = frame.f_locals, frame.f_globals  # read only, during the parse
+
+    def lookup(name: str) -> Any:
+        head, *rest = name.split(".")
+        if head in local_ns:
+            value = local_ns[head]
+        elif head in global_ns:
+            value = global_ns[head]
+        else:
+            return _NOT_FOUND
+        for attr in rest:
+            value = getattr(value, attr, _NOT_FOUND)
+            if value is _NOT_FOUND:
+                return _NOT_FOUND
+        is_type = isinstance(value, type) or typing.get_origin(value) is not None
+        return value if is_type else _NOT_FOUND
+
+    return lookup

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["ContentPart", "CustomType"]
 
@@ -17,6 +17,10 @@ class CustomType:
     ``format()`` returns either text or a list of content parts (images, audio), which the
     adapter splices into the user message in place of the field's value.
     """
+
+    # True for text-like types (Code, Reasoning): prompts ask for them as plain text, not
+    # as JSON matching a schema.
+    prompt_as_text: ClassVar[bool] = False
 
     def format(self) -> str | list[ContentPart]:
         raise NotImplementedError

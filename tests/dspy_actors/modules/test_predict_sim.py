@@ -129,11 +129,15 @@ def test_image_inputs_reach_the_server_as_content_parts(sim_lm: SimLM, make_lm: 
     assert {"type": "image_url", "image_url": {"url": pic.url}} in content
 
 
-def test_no_lm_and_missing_inputs_are_clear_errors(make_lm: MakeLM) -> None:
+def test_no_lm_is_a_clear_error_and_missing_inputs_warn(
+    make_lm: MakeLM, caplog: pytest.LogCaptureFixture
+) -> None:
     with pytest.raises(NoLMConfiguredError, match=r"dspy_actors.configure\(lm="):
         Predict("question -> answer")(question="hi")
-    with pytest.raises(TypeError, match=r"missing input field\(s\) \['context'\]"):
-        Predict("question, context -> answer")(question="hi", lm=make_lm())
+    # As in DSPy: a missing input is a warning, and the LM is still called.
+    pred = Predict("question, context -> answer")(question="hi", lm=make_lm())
+    assert pred.answer
+    assert "Missing: ['context']" in caplog.text
 
 
 def test_per_call_lm_and_context_overrides_in_two_threads(sim_lm: SimLM, make_lm: MakeLM) -> None:

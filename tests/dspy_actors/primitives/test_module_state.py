@@ -32,7 +32,8 @@ def test_named_parameters_and_predictors_walk_attributes() -> None:
     assert names == ["retrieve", "answer.predict", "steps[0]", "steps[1]", "by_name['judge']"]
     assert [n for n, _ in prog.named_parameters()] == names
     assert len(prog.predictors()) == 5
-    assert [n for n, _ in prog.named_sub_modules()][:3] == ["self", "retrieve", "answer"]
+    assert [n for n, _ in prog.named_sub_modules()][:3] == ["self", "self.retrieve", "self.answer"]
+    assert [n for n, _ in prog.attribute_sub_modules()][:3] == ["self", "retrieve", "answer"]
     single = Predict("q -> a")
     assert single.named_predictors() == [("self", single)]
 

@@ -116,7 +116,7 @@ def test_string_form_custom_types_and_instructions() -> None:
         ("a: Literal['x -> b", 12, "unterminated string"),
         ("a, a -> b", 4, "duplicate field name 'a'"),
         ("class -> b", 1, "Python keyword"),
-        ("a: __import__('os') -> b", 14, "unexpected character '('"),
+        ("a: __import__('os') -> b", 4, "unknown type '__import__'"),
         ("a: __import__ -> b", 4, "unknown type '__import__'"),
         ("a; b -> c", 2, "unexpected character ';'"),
     ],
