@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 import structlog
@@ -205,7 +206,8 @@ class EventLoopThread:
         except LMError as error:
             lm.count_remote(0, 0, failed=True)
             spent = time.monotonic() - began - (self._lag_now() - lag)
-            self._finished(slot, attempt, attempt.failed(error), spent)
+            # The breaker counts it before the caller hears of it (and calls again).
+            attempt.failed(error, partial(self._finished, slot, attempt, provider_time=spent))
             return
         except Exception as error:  # a bug below us: the caller's answer, logged here
             _log.exception("lm_call_failed", lm=repr(lm))
@@ -220,7 +222,7 @@ class EventLoopThread:
             self._finished(slot, attempt, "ignore")
             return
         spent = time.monotonic() - began - (self._lag_now() - lag)
-        self._finished(slot, attempt, attempt.succeeded(response), spent)
+        attempt.succeeded(response, partial(self._finished, slot, attempt, provider_time=spent))
 
     # Stopping (the owner's thread). --------------------------------------------------------
 

@@ -627,7 +627,11 @@ class LMAttempt:
             raise
         return self.succeeded(response)
 
-    def succeeded(self, response: Any) -> str:
+    def succeeded(self, response: Any, before_answer: Callable[[str], None] | None = None) -> str:
+        """Answer ``response``; ``before_answer(outcome)`` runs first (the breaker then
+        counts the outcome before the caller can make its next call)."""
+        if before_answer is not None:
+            before_answer("success")
         resolve(self.request.reply, response)
         if self.publish is not None and self.ended is not None:
             self.publish(
@@ -640,7 +644,11 @@ class LMAttempt:
             )
         return "success"
 
-    def failed(self, error: LMError) -> str:
+    def failed(self, error: LMError, before_answer: Callable[[str], None] | None = None) -> str:
+        """Answer ``error``; ``before_answer(outcome)`` runs first, as for succeeded."""
+        outcome = "failure" if type(error).__name__ in _UNHEALTHY else "ignore"
+        if before_answer is not None:
+            before_answer(outcome)
         reject(self.request.reply, error)
         if self.publish is not None and self.ended is not None:
             self.publish(
@@ -648,7 +656,7 @@ class LMAttempt:
                     latency_s=time.monotonic() - self.started, error_type=type(error).__name__
                 )
             )
-        return "failure" if type(error).__name__ in _UNHEALTHY else "ignore"
+        return outcome
 
 
 def _is_lm(lm: object) -> bool:
