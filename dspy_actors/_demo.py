@@ -212,7 +212,7 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> DemoResult:
             display.intro("dspy-actors demo", intro_rows(options), WATCH)
         data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="dspy-actors-demo-"))
         app = stack.enter_context(
-            dsa.start(lm=lm, data_dir=data_dir, name="demo", lm_workers=32, submit_threads=64)
+            dsa.start(lm=lm, data_dir=data_dir, name="demo", lm_max_in_flight=32, submit_threads=64)
         )
         app.subscribe("runtime.restart", on_restart)
         qa = app.program("qa", demo_steps(), idempotent=True, timeout=30.0)

@@ -307,6 +307,10 @@ def measure_common_args() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = measure_common_args().parse_args()
+    # stdout carries the protocol: any log line (a warning under load) goes to stderr.
+    import structlog
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
 
     import httpx
 
@@ -506,6 +510,8 @@ def runtime_ops(
     def new_app(lm: Any, workers: int, processes: int = 0) -> Any:
         data_dir = tempfile.mkdtemp(prefix="bench-rt-")
         dirs.append(data_dir)
+        if not processes:  # the default: the LM's HTTP on an event loop, no worker threads
+            return dsa.start(lm=lm, data_dir=data_dir)
         return dsa.start(lm=lm, data_dir=data_dir, lm_workers=workers, lm_processes=processes)
 
     def worker_process_cpu_s(app: Any) -> float:

@@ -30,6 +30,7 @@ messages, logs, or ``dump_state()``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -37,13 +38,15 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
+import aiohttp
 import httpx
 
 from dspy_actors import settings
+from dspy_actors.lm._aio_transport import AioClients, aiter_sse
 from dspy_actors.lm.cache import Cache, cache_key, default_cache
 from dspy_actors.lm.errors import (
     AuthenticationError,
@@ -56,7 +59,7 @@ from dspy_actors.lm.errors import (
 from dspy_actors.lm.history import format_history, record_history
 from dspy_actors.lm.providers import resolve_model
 from dspy_actors.lm.providers.base import iter_sse
-from dspy_actors.lm.retry import RetryPolicy, call_with_retries, retry_delay
+from dspy_actors.lm.retry import RetryPolicy, acall_with_retries, call_with_retries, retry_delay
 from dspy_actors.lm.transport import ClientPool
 from dspy_actors.lm.types import Completion, LMResponse, StreamEvent
 from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter, record_usage
@@ -217,6 +220,8 @@ class LM:
         self._clients = ClientPool(
             headers=provider.headers(key), timeout=timeout, verify=verify, trust_env=trust_env
         )
+        # The same targets, TLS context and proxies, on asyncio (acomplete/astream).
+        self._aio = AioClients(self._clients, self._clients.ssl_context)
 
     # ---------------------------------------------------------------- public API
     def __call__(
@@ -316,6 +321,62 @@ class LM:
             self._cache_put(prepared.cache_key, completion)
         self._note(prepared.messages, prepared.params, prepared.response_format, response)
         return response
+
+    async def acomplete(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        response_format: dict[str, Any] | None = None,
+        cache: bool | None = None,
+        timeout: float | None = None,
+        known_miss: CacheMiss | None = None,
+        deadline: float | None = None,
+        **sampling: Any,
+    ) -> LMResponse:
+        """:meth:`complete` on the running asyncio event loop: the same cache, retries
+        (``Retry-After`` honoured), per-attempt ``timeout``, ``deadline``, usage and
+        history, with the HTTP over aiohttp; no thread waits while the request is out.
+
+        Raises an :class:`~dspy_actors.lm.errors.LMError` subclass when it cannot succeed."""
+        prepared = self.prepare(
+            messages,
+            response_format=response_format,
+            cache=cache,
+            timeout=timeout,
+            known_miss=known_miss,
+            deadline=deadline,
+            **sampling,
+        )
+        if isinstance(prepared, LMResponse):
+            return prepared
+        try:
+            completion = await self.arun(prepared)
+        except LMError:
+            self._count("failures")
+            raise
+        return self.settle(prepared, completion)
+
+    async def arun(self, prepared: PreparedCall) -> Completion:
+        """:meth:`run` on the running event loop. A request that must go through a SOCKS
+        proxy (which aiohttp does not speak) runs :meth:`run` in a thread instead."""
+        if self._aio.target(self.endpoint).needs_thread:
+            return await asyncio.to_thread(self.run, prepared)
+        params, response_format = prepared.params, prepared.response_format
+        n = params.get("n") or 1
+        if n > 1 and not self._provider.supports_n:
+            one = {k: v for k, v in params.items() if k != "n"}
+            content = self._body(prepared.messages, one, response_format, False)
+            parts = [
+                await self._apost_with_retries(content, prepared.timeout, prepared.deadline)
+                for _ in range(n)
+            ]
+            return _merge(parts)
+        content = self._body(prepared.messages, params, response_format, False)
+        return await self._apost_with_retries(content, prepared.timeout, prepared.deadline)
+
+    async def aclose(self) -> None:
+        """Close this LM's connections made on the running event loop."""
+        await self._aio.aclose()
 
     def count_remote(self, requests: int, retries: int, failed: bool) -> None:
         """Count HTTP attempts made for this LM elsewhere (by a worker process's copy)."""
@@ -435,6 +496,51 @@ class LM:
         except LMError:
             self._count("failures")
             raise
+        response = self._finish(completion, start)
+        if key is not None:
+            self._cache_put(key, completion)
+        self._note(messages, params, response_format, response)
+        yield StreamEvent(index=0, response=response)
+
+    async def astream(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        response_format: dict[str, Any] | None = None,
+        cache: bool | None = None,
+        timeout: float | None = None,
+        **sampling: Any,
+    ) -> AsyncIterator[StreamEvent]:
+        """:meth:`stream` on the running event loop: text deltas as they arrive, then one
+        final event with the response. Transient failures are retried only until the
+        first delta has been yielded."""
+        start = time.perf_counter()
+        params = self._params(sampling)
+        hit, key = self._try_cache(messages, params, response_format, cache, start)
+        if hit is not None:
+            for index, text in enumerate(hit.outputs):
+                yield StreamEvent(text, index)
+            yield StreamEvent(index=0, response=hit)
+            return
+        n = params.get("n") or 1
+        parts: list[Completion] = []
+        try:
+            if n > 1 and not self._provider.supports_n:
+                one = {k: v for k, v in params.items() if k != "n"}
+                for i in range(n):
+                    async for event in self._astream_once(
+                        messages, one, response_format, timeout, i, parts
+                    ):
+                        yield event
+            else:
+                async for event in self._astream_once(
+                    messages, params, response_format, timeout, 0, parts
+                ):
+                    yield event
+        except LMError:
+            self._count("failures")
+            raise
+        completion = _merge(parts) if len(parts) > 1 else parts[0]
         response = self._finish(completion, start)
         if key is not None:
             self._cache_put(key, completion)
@@ -733,21 +839,124 @@ class LM:
             )
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, timeout) from exc
-        if r.status_code >= 300:
+        return self._answer(r.status_code, r.headers, r.content)
+
+    def _answer(self, status: int, headers: Mapping[str, str], body: bytes) -> Completion:
+        """The completion in an HTTP answer, or the error it says (either transport's)."""
+        if status >= 300:
             raise self._scrub(
                 self._provider.error(
-                    r.status_code, r.headers, r.content, endpoint=self.endpoint, model=self.model
+                    status, headers, body, endpoint=self.endpoint, model=self.model
                 )
             )
         try:
-            data = json.loads(r.content)
+            data = json.loads(body)
         except ValueError as exc:
             raise MalformedResponse(
-                f"HTTP {r.status_code} with a body that is not JSON: {r.content[:200]!r}",
+                f"HTTP {status} with a body that is not JSON: {body[:200]!r}",
                 endpoint=self.endpoint,
                 model=self.model,
             ) from exc
         return self._provider.parse(data, endpoint=self.endpoint, model=self.model)
+
+    async def _apost_with_retries(
+        self, content: bytes, timeout: float | None, deadline: float | None
+    ) -> Completion:
+        async def attempt() -> Completion:
+            limit = self.timeout if timeout is None else timeout
+            if deadline is not None:  # never wait past the deadline, retries included
+                limit = max(0.001, min(limit, deadline - time.monotonic()))
+            return await self._apost(content, limit)
+
+        return await acall_with_retries(
+            attempt, self.retry_policy, rng=self._rng, on_retry=self._on_retry, deadline=deadline
+        )
+
+    async def _apost(self, content: bytes, limit: float) -> Completion:
+        self._count("requests")
+        try:
+            status, headers, body = await self._aio.post(self.endpoint, content, limit)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._aio_error(exc, limit) from exc
+        return self._answer(status, headers, body)
+
+    async def _astream_once(
+        self,
+        messages: list[dict[str, Any]],
+        params: Mapping[str, Any],
+        response_format: Mapping[str, Any] | None,
+        timeout: float | None,
+        index_offset: int,
+        into: list[Completion],
+    ) -> AsyncIterator[StreamEvent]:
+        """Yield the StreamEvents of one streamed request, then append its Completion to
+        ``into``. Retries transient failures while nothing has been yielded yet."""
+        content = self._body(messages, params, response_format, True)
+        limit = timeout if timeout is not None else self.timeout
+        if self._aio.target(self.endpoint).needs_thread:
+            raise LMConnectionError(
+                "astream() cannot go through a SOCKS proxy: use stream() in a thread",
+                endpoint=self.endpoint,
+                model=self.model,
+            )
+        policy = self.retry_policy
+        attempt = 0
+        while True:
+            yielded = False
+            try:
+                self._count("requests")
+                acc = self._provider.accumulator(endpoint=self.endpoint, model=self.model)
+                try:
+                    async with self._aio.stream(self.endpoint, content, limit) as r:
+                        if r.status >= 300:
+                            body = await r.read()
+                            raise self._scrub(
+                                self._provider.error(
+                                    r.status,
+                                    r.headers,
+                                    body,
+                                    endpoint=self.endpoint,
+                                    model=self.model,
+                                )
+                            )
+                        async for event, data in aiter_sse(r):
+                            for index, text in acc.feed(event, data):
+                                yielded = True
+                                yield StreamEvent(text, index + index_offset)
+                            if acc.finished:
+                                break
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    raise self._aio_error(exc, limit) from exc
+                if not acc.finished:
+                    raise LMConnectionError(
+                        "stream ended before its end marker",
+                        endpoint=self.endpoint,
+                        model=self.model,
+                    )
+                into.append(acc.completion())
+                return
+            except LMError as exc:
+                if yielded or not exc.retryable or attempt >= policy.max_retries:
+                    raise
+                delay = retry_delay(exc, attempt, policy, self._rng)
+                self._on_retry(exc, delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    def _aio_error(self, exc: BaseException, limit: float) -> LMError:
+        if isinstance(exc, TimeoutError):
+            return LMTimeout(
+                f"no answer within {limit:g}s ({type(exc).__name__})",
+                endpoint=self.endpoint,
+                model=self.model,
+            )
+        return self._scrub(
+            LMConnectionError(
+                f"connection failed: {type(exc).__name__}: {exc}",
+                endpoint=self.endpoint,
+                model=self.model,
+            )
+        )
 
     def _stream_once(
         self,

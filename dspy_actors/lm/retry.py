@@ -9,17 +9,24 @@ server says how long to wait (``Retry-After`` in seconds or as an HTTP date, or
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 from dspy_actors.lm.errors import LMError
 
-__all__ = ["RetryPolicy", "call_with_retries", "parse_retry_after", "retry_delay"]
+__all__ = [
+    "RetryPolicy",
+    "acall_with_retries",
+    "call_with_retries",
+    "parse_retry_after",
+    "retry_delay",
+]
 
 T = TypeVar("T")
 log = logging.getLogger("dspy_actors.lm")
@@ -101,4 +108,38 @@ def call_with_retries(
             if on_retry is not None:
                 on_retry(exc, delay)
             sleep(delay)
+            attempt += 1
+
+
+async def acall_with_retries(
+    attempt_fn: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    rng: random.Random | None = None,
+    on_retry: Callable[[LMError, float], None] | None = None,
+    deadline: float | None = None,
+) -> T:
+    """:func:`call_with_retries` for a coroutine: the same policy, deadline and logging;
+    the wait between attempts is an ``asyncio.sleep`` (the loop serves others meanwhile)."""
+    rng = rng or random.Random()
+    attempt = 0
+    while True:
+        try:
+            return await attempt_fn()
+        except LMError as exc:
+            if not exc.retryable or attempt >= policy.max_retries:
+                raise
+            delay = retry_delay(exc, attempt, policy, rng)
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                raise
+            log.info(
+                "LM call failed (%s); retry %d/%d in %.3fs",
+                exc,
+                attempt + 1,
+                policy.max_retries,
+                delay,
+            )
+            if on_retry is not None:
+                on_retry(exc, delay)
+            await asyncio.sleep(delay)
             attempt += 1

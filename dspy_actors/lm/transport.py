@@ -334,6 +334,17 @@ class ClientPool:
         finally:
             response.close()
 
+    def target(self, url: str) -> _Target:
+        """Where requests to ``url`` go: its parsed URL, headers and proxy (the async
+        transport, ``_aio_transport``, sends the same)."""
+        return self._targets.get(url) or self._target_for(url)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context of every shard (made once, on first use)."""
+        if self._ssl is None:
+            self._ssl = _ssl_context(self._verify)
+        return self._ssl
+
     def _target_for(self, url: str) -> _Target:
         """The cached ``_Target`` for ``url`` (callers look the cache up inline first)."""
         target = self._targets.get(url)

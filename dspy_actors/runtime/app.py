@@ -41,6 +41,7 @@ from dspy_actors.runtime import events as ev
 from dspy_actors.runtime.dead_letters import DeadLetter, DeadLetterStore
 from dspy_actors.runtime.errors import AppStopped, ModuleCrashed
 from dspy_actors.runtime.handle import ProgramHandle, _Gate
+from dspy_actors.runtime.lm_loop import LMLoop
 from dspy_actors.runtime.lm_pool import (
     Dispatcher,
     LMPoolConfig,
@@ -226,6 +227,8 @@ class AppConfig:
     self_restarts: int = 0
     # A temporary directory of this app alone (no explicit name or data_dir): removed on stop.
     private_data_dir: bool = False
+    lm_max_in_flight: int = 4096
+    lm_loops: int = 1
 
 
 class App:
@@ -405,7 +408,7 @@ class App:
         workers: list[supervisors.ChildSpec]
         if config.lm_processes > 0:
             # The same concurrency, spread over the processes' slots.
-            slots = -(-config.lm_workers // config.lm_processes)
+            slots = -(-(config.lm_workers or _PROCESS_SLOTS) // config.lm_processes)
             workers = [
                 supervisors.ChildSpec(
                     f"process-{i}",
@@ -422,6 +425,23 @@ class App:
                     start_timeout=_PROCESS_START_SECONDS,
                 )
                 for i in range(config.lm_processes)
+            ]
+        elif config.lm_workers == 0:
+            # The default: event loops, lm_max_in_flight requests spread over them.
+            slots = -(-config.lm_max_in_flight // config.lm_loops)
+            workers = [
+                supervisors.ChildSpec(
+                    f"loop-{i}",
+                    LMLoop,
+                    args=(
+                        f"{self.name}-lm-loop-{i}",
+                        self.dispatcher,
+                        slots,
+                        self._publisher_if_wanted,
+                    ),
+                    shutdown=10.0,
+                )
+                for i in range(config.lm_loops)
             ]
         else:
             workers = [
@@ -955,6 +975,10 @@ class App:
         self.stop()
 
 
+# LM calls in flight over worker processes when lm_workers does not say.
+_PROCESS_SLOTS = 64
+
+
 def _stop_if_alive(app_ref: weakref.ref[App]) -> None:
     app = app_ref()
     if app is not None and app.root.is_alive:
@@ -967,7 +991,7 @@ def start(
     fallbacks: Sequence[LM] = (),
     name: str | None = None,
     data_dir: str | Path | None = None,
-    lm_workers: int = 64,
+    lm_workers: int = 0,
     lm_max_queue: int = 4096,
     lm_processes: int = 0,
     breaker: Mapping[str, Any] | None = None,
@@ -982,6 +1006,8 @@ def start(
     root_intensity: int = 3,
     root_period: float = 5.0,
     self_restarts: int = 0,
+    lm_max_in_flight: int = 4096,
+    lm_loops: int = 1,
 ) -> App:
     """Start an application tree (also a context manager: ``with dsa.start(...) as app``).
 
@@ -990,11 +1016,15 @@ def start(
     - ``data_dir``: where the SQLite stores live. Default: the user data dir / ``name``
       when a ``name`` is given; with neither, a private temporary directory removed on
       ``stop()`` (so state saved by one script never loads into another's programs).
-    - ``lm_workers``: LM calls in flight at once (each worker does one blocking call);
-      ``lm_max_queue``: LM requests waiting beyond that before ``Overloaded``.
-    - ``lm_processes``: 0 (the default) runs LM calls' HTTP in worker threads of this
-      process; N > 0 runs it in N worker processes (``lm_workers`` calls in flight spread
-      over them), which frees this process's GIL when hundreds of calls are in flight.
+    - ``lm_max_in_flight``: LM requests in flight at once (default 4,096), on ``lm_loops``
+      asyncio event loops (default 1), each a supervised actor owning one thread: a
+      request in flight costs a socket, not a thread. ``lm_max_queue``: LM requests
+      waiting beyond that before ``LMOverloaded`` (an ``Overloaded`` naming both bounds;
+      never counted against a circuit breaker).
+    - ``lm_workers``: 0 (the default) uses the event loops; N > 0 runs LM calls in N
+      blocking worker threads instead (N calls in flight), as before the loops.
+    - ``lm_processes``: N > 0 runs LM calls' HTTP in N worker processes (``lm_workers``
+      calls in flight, 64 if 0, spread over them).
       Each process costs ~0.6 s to start and ~40 MB. See ``dspy_actors.runtime.lm_process``.
     - ``breaker``: CircuitBreaker options (``failure_rate_threshold``, ``wait_in_open``, ...);
       ``rate_limit``: RateLimiter options per deployment.
@@ -1023,12 +1053,19 @@ def start(
         )
     if self_restarts < 0:
         raise ValueError(f"dsa.start(self_restarts=...) must be >= 0, got {self_restarts!r}")
-    if lm_workers < 1:
-        raise ValueError(f"dsa.start(lm_workers=...) must be >= 1, got {lm_workers!r}")
-    if not 0 <= lm_processes <= lm_workers:
+    if lm_workers < 0:
+        raise ValueError(f"dsa.start(lm_workers=...) must be >= 0, got {lm_workers!r}")
+    if lm_max_in_flight < 1:
+        raise ValueError(f"dsa.start(lm_max_in_flight=...) must be >= 1, got {lm_max_in_flight!r}")
+    if not 1 <= lm_loops <= lm_max_in_flight:
         raise ValueError(
-            f"dsa.start(lm_processes=...) must be between 0 and lm_workers ({lm_workers}), "
-            f"got {lm_processes!r}"
+            f"dsa.start(lm_loops=...) must be between 1 and lm_max_in_flight "
+            f"({lm_max_in_flight}), got {lm_loops!r}"
+        )
+    if not 0 <= lm_processes <= (lm_workers or _PROCESS_SLOTS):
+        raise ValueError(
+            f"dsa.start(lm_processes=...) must be between 0 and lm_workers "
+            f"({lm_workers or _PROCESS_SLOTS}), got {lm_processes!r}"
         )
     if lm_processes:
         for each in (lm, *fallbacks):
@@ -1057,6 +1094,8 @@ def start(
         root_period=root_period,
         self_restarts=self_restarts,
         private_data_dir=private,
+        lm_max_in_flight=lm_max_in_flight,
+        lm_loops=lm_loops,
     )
     try:
         return App(config)

@@ -1,4 +1,10 @@
-"""The LM pool: worker actors that do the blocking HTTP calls, and the dispatch between them.
+"""The LM pool: the workers that make LM requests, and the dispatch between them.
+
+A worker is a *slot*: one request at a time. By default the slots are an event loop's
+(``runtime.lm_loop``: ``lm_max_in_flight`` slots over ``lm_loops`` loops, a request in
+flight costing a socket and a task, not a thread); with ``lm_workers=N`` each is an
+:class:`LMWorker` thread making one blocking call; with ``lm_processes=N`` a worker
+process's (``runtime.lm_process``). The dispatcher below treats them all alike.
 
 Module actors never wait on the LM: they hand an :class:`LMRequest` to the pool and go on
 serving; the request's future is completed by a worker, later. Flow control is per
@@ -16,10 +22,13 @@ when it finishes) is a short critical section in :class:`Dispatcher`, run by the
 and the finishing threads themselves: it costs no extra message hop. The :class:`LMRouter`
 actor owns the dispatcher's lifetime: it registers workers, monitors them (a dead worker's
 request is retried), wakes the queue when a rate limit allows, and, when it restarts,
-fails what was queued. Blocking I/O lives only in the workers (one request each), so
-``workers`` is the pool's concurrency.
+fails what was queued. The number of slots is the pool's concurrency; past it and
+``max_queue`` waiting, a request fails at once with :class:`LMOverloaded`, before any
+breaker is asked. The duration a breaker judges starts when a slot takes the request, so
+time queued here is never a slow call.
 
-A caller that would only wait for its answer may lend its thread to the pool
+With worker threads only (``lm_workers=N``), a caller that would only wait for its
+answer may lend its thread to the pool
 (:class:`lending_this_thread`): the request handed to an idle worker thread on its behalf is
 then run by the caller, on that worker's slot (the worker stays idle, its slot busy), so
 the pool's bound, breakers and rate limits hold, and two thread hand-offs go.
@@ -65,6 +74,21 @@ def deployment_key(lm: LM) -> str:
 
 class LMWorkerCrashed(LMError):
     """The LM worker running the request died twice; the request was not completed."""
+
+
+class LMOverloaded(Overloaded):
+    """This process's own LM bound is reached (local overload, not the provider's): every
+    worker slot is busy and the queue behind them is full. Decided before any circuit
+    breaker is asked, so it never counts against a deployment's health."""
+
+    def __init__(self, in_flight: int, queued: int) -> None:
+        super().__init__("the LM pool", queued)
+        self.in_flight = in_flight
+        self.args = (
+            f"the LM pool is overloaded: {in_flight} LM calls in flight and {queued} waiting "
+            "(the bounds dsa.start(lm_max_in_flight=..., lm_max_queue=...) set); raise them "
+            "or retry later",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +156,7 @@ class Dispatcher:
         out = _Handover()
         with self._lock:
             if len(self._queue) >= self.config.max_queue:
-                out.fail(request.reply, Overloaded("the LM pool", self.config.max_queue))
+                out.fail(request.reply, LMOverloaded(len(self._workers), self.config.max_queue))
             else:
                 self._queue.append(_Pending(request))
                 self._assign(out)
@@ -569,8 +593,13 @@ class LMAttempt:
             if remaining <= 0:
                 reject(reply, DeadlineExceeded(ctx.trace_id, f"LM {lm.model}"))
                 return None
-            limit = kwargs.get("timeout")
-            kwargs["timeout"] = remaining if limit is None else min(limit, remaining)
+            if not _is_lm(lm):
+                # An LM-like object knows no deadline: its timeout is cut to what is left.
+                # (An LM gets the deadline below and cuts each attempt to the sooner of it
+                # and its own per-attempt timeout: replacing that timeout with what is left
+                # of the call would let one hung attempt eat the whole deadline.)
+                limit = kwargs.get("timeout", getattr(lm, "timeout", None))
+                kwargs["timeout"] = remaining if limit is None else min(limit, remaining)
         if isinstance(lm, LM):  # (an LM-like object gets neither: it may not know them)
             if request.known_miss is not None:
                 # complete()/prepare() ignore a miss probed on another LM (a fallback).
@@ -598,7 +627,11 @@ class LMAttempt:
             raise
         return self.succeeded(response)
 
-    def succeeded(self, response: Any) -> str:
+    def succeeded(self, response: Any, before_answer: Callable[[str], None] | None = None) -> str:
+        """Answer ``response``; ``before_answer(outcome)`` runs first (the breaker then
+        counts the outcome before the caller can make its next call)."""
+        if before_answer is not None:
+            before_answer("success")
         resolve(self.request.reply, response)
         if self.publish is not None and self.ended is not None:
             self.publish(
@@ -611,7 +644,11 @@ class LMAttempt:
             )
         return "success"
 
-    def failed(self, error: LMError) -> str:
+    def failed(self, error: LMError, before_answer: Callable[[str], None] | None = None) -> str:
+        """Answer ``error``; ``before_answer(outcome)`` runs first, as for succeeded."""
+        outcome = "failure" if type(error).__name__ in _UNHEALTHY else "ignore"
+        if before_answer is not None:
+            before_answer(outcome)
         reject(self.request.reply, error)
         if self.publish is not None and self.ended is not None:
             self.publish(
@@ -619,7 +656,12 @@ class LMAttempt:
                     latency_s=time.monotonic() - self.started, error_type=type(error).__name__
                 )
             )
-        return "failure" if type(error).__name__ in _UNHEALTHY else "ignore"
+        return outcome
+
+
+def _is_lm(lm: object) -> bool:
+    """Whether ``lm`` is an LM (typed as one, but an LM-like object may stand in)."""
+    return isinstance(lm, LM)
 
 
 def submit_lm_request(

@@ -76,7 +76,7 @@ def app(sim_lm: SimLM, tmp_path: Path) -> Iterator[App]:
         timeout=10.0,
         retry_policy=RetryPolicy(max_retries=3, base_delay=0.005, max_delay=0.05),
     )
-    running = start(lm=lm, data_dir=tmp_path / "dspy-actors-app", lm_workers=8)
+    running = start(lm=lm, data_dir=tmp_path / "dspy-actors-app", lm_max_in_flight=8)
     try:
         yield running
     finally:

@@ -120,12 +120,12 @@ def test_crash_on_message_matches_registry_names_too(app: App, chaos: ChaosMonke
 
 
 def test_kill_by_tree_path_reaches_lm_workers(app: App, chaos: ChaosMonkey) -> None:
-    killed = chaos.kill(f"{app.name}/lm/workers/worker-1", by="tree")
-    assert killed == [f"{app.name}/lm/workers/worker-1"]
+    killed = chaos.kill(f"{app.name}/lm/workers/loop-0", by="tree")  # the LM's event loop
+    assert killed == [f"{app.name}/lm/workers/loop-0"]
 
     def restarts() -> int:
         workers = app.root.supervisor("lm").supervisor("workers").which_children()
-        return {w.id: w.restart_count for w in workers}["worker-1"]
+        return {w.id: w.restart_count for w in workers}["loop-0"]
 
     # The kill is asynchronous (the worker finishes its message first): wait for the
     # restart itself, not for a healthy tree, which the kill may not have reached yet.
