@@ -210,7 +210,7 @@ class LM:
         key = clean_api_key(api_key or (os.environ.get(env_key) if env_key else None) or None)
         self._api_key = _Secret(key) if key else None
         hosted = self.api_base == provider.default_api_base.rstrip("/")
-        _check_key_configured(model, _ENV_KEYS[provider.name], key, hosted)
+        _check_key_configured(model, env_key or "its API key variable", key, hosted)
         self._meter = UsageMeter()
         self.history: deque[dict[str, Any]] = deque(maxlen=self.max_history)
         self._counters = _Counters()

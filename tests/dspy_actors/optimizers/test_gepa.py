@@ -207,8 +207,9 @@ def test_gepa_under_app_optimize_survives_a_killed_driver(
     assert status.attempts == 2
     assert status.steps_restored >= 2
     assert status.best_score == 100.0
-    # The step in flight when the kill came finished first: nothing was redone.
-    assert sim.request_count - before == calls
+    # Nothing was redone: at most the uninterrupted run's calls (the run's LM journal also
+    # answers a request the resumed run repeats, so it may make fewer).
+    assert 0 < sim.request_count - before <= calls
     assert any("Pareto frontier" in e.message for e in events)
 
 
