@@ -632,7 +632,8 @@ class LMAttempt:
         counts the outcome before the caller can make its next call)."""
         if before_answer is not None:
             before_answer("success")
-        resolve(self.request.reply, response)
+        # lm.end is published before the caller is answered, so a caller that flushes the
+        # event bus after its reply always finds it there.
         if self.publish is not None and self.ended is not None:
             self.publish(
                 self.ended(
@@ -642,6 +643,7 @@ class LMAttempt:
                     cache_hit=response.cache_hit,
                 )
             )
+        resolve(self.request.reply, response)
         return "success"
 
     def failed(self, error: LMError, before_answer: Callable[[str], None] | None = None) -> str:
@@ -649,13 +651,13 @@ class LMAttempt:
         outcome = "failure" if type(error).__name__ in _UNHEALTHY else "ignore"
         if before_answer is not None:
             before_answer(outcome)
-        reject(self.request.reply, error)
         if self.publish is not None and self.ended is not None:
             self.publish(
                 self.ended(
                     latency_s=time.monotonic() - self.started, error_type=type(error).__name__
                 )
             )
+        reject(self.request.reply, error)
         return outcome
 
 
