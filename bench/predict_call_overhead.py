@@ -1,7 +1,8 @@
 """CPU per cached ``Predict`` call, and per adapter round (the part without the module's
-own bookkeeping), for the tree on ``PYTHONPATH``: compare two trees in one run with
+own bookkeeping), for the tree on ``PYTHONPATH``: compare two checkouts (say, two
+commits in ``git worktree``s ``../before`` and ``.``) in one run with
 
-    for t in /work/main /work/wt-23 /work/main /work/wt-23; do
+    for t in ../before . ../before .; do
         PYTHONPATH=$t .venv/bin/python bench/predict_call_overhead.py $t; done
 
 Best of 9 rounds of CPU time (process time, so other load on the machine counts less).
