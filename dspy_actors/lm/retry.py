@@ -93,22 +93,35 @@ def call_with_retries(
         try:
             return attempt_fn()
         except LMError as exc:
-            if not exc.retryable or attempt >= policy.max_retries:
+            delay = _planned_retry(exc, attempt, policy, rng, on_retry, deadline)
+            if delay is None:
                 raise
-            delay = retry_delay(exc, attempt, policy, rng)
-            if deadline is not None and time.monotonic() + delay >= deadline:
-                raise
-            log.info(
-                "LM call failed (%s); retry %d/%d in %.3fs",
-                exc,
-                attempt + 1,
-                policy.max_retries,
-                delay,
-            )
-            if on_retry is not None:
-                on_retry(exc, delay)
             sleep(delay)
             attempt += 1
+
+
+def _planned_retry(
+    exc: LMError,
+    attempt: int,
+    policy: RetryPolicy,
+    rng: random.Random,
+    on_retry: Callable[[LMError, float], None] | None,
+    deadline: float | None,
+) -> float | None:
+    """The wait before retrying after ``exc`` failed attempt ``attempt`` (logged, and told
+    to ``on_retry``), or None when it is not retried: not retryable, retries used up, or
+    the retry would start past ``deadline``. One decision for the sync and async loops."""
+    if not exc.retryable or attempt >= policy.max_retries:
+        return None
+    delay = retry_delay(exc, attempt, policy, rng)
+    if deadline is not None and time.monotonic() + delay >= deadline:
+        return None
+    log.info(
+        "LM call failed (%s); retry %d/%d in %.3fs", exc, attempt + 1, policy.max_retries, delay
+    )
+    if on_retry is not None:
+        on_retry(exc, delay)
+    return delay
 
 
 async def acall_with_retries(
@@ -127,19 +140,8 @@ async def acall_with_retries(
         try:
             return await attempt_fn()
         except LMError as exc:
-            if not exc.retryable or attempt >= policy.max_retries:
+            delay = _planned_retry(exc, attempt, policy, rng, on_retry, deadline)
+            if delay is None:
                 raise
-            delay = retry_delay(exc, attempt, policy, rng)
-            if deadline is not None and time.monotonic() + delay >= deadline:
-                raise
-            log.info(
-                "LM call failed (%s); retry %d/%d in %.3fs",
-                exc,
-                attempt + 1,
-                policy.max_retries,
-                delay,
-            )
-            if on_retry is not None:
-                on_retry(exc, delay)
             await asyncio.sleep(delay)
             attempt += 1

@@ -38,7 +38,7 @@ from dspy_actors.lm.lm import LM, PreparedCall
 from dspy_actors.lm.types import LMResponse
 from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime.context import restored
-from dspy_actors.runtime.lm_pool import Dispatcher, LMAttempt, Work, _is_lm
+from dspy_actors.runtime.lm_pool import Dispatcher, LMAttempt, Slot, Work, _is_lm
 
 __all__ = ["EventLoopThread", "LMLoop"]
 
@@ -50,22 +50,6 @@ Publisher = Callable[[], Callable[[Any], None] | None]
 _log = structlog.get_logger("dspy_actors.runtime.lm")
 
 
-class _Slot:
-    """One worker the dispatcher sees: one request at a time, on its loop."""
-
-    __slots__ = ("_loop", "actor_urn")
-
-    def __init__(self, loop: EventLoopThread, index: int) -> None:
-        self._loop = loop
-        self.actor_urn = f"{loop.name}/slot-{index}"
-
-    def tell(self, message: Any) -> None:
-        self._loop.send(self, message)
-
-    def __repr__(self) -> str:
-        return f"<LM loop slot {self.actor_urn}>"
-
-
 class EventLoopThread:
     """An asyncio loop in a thread of its own, running the LM requests of its slots."""
 
@@ -75,7 +59,7 @@ class EventLoopThread:
         self.name = name
         self._dispatcher = dispatcher
         self._publisher = publisher
-        self.slots = [_Slot(self, i) for i in range(slots)]
+        self.slots = [Slot(self, i, "loop") for i in range(slots)]
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=f"{name}-loop", daemon=True)
         self._running = threading.Event()
@@ -127,7 +111,7 @@ class EventLoopThread:
 
     # Sending (any thread). ----------------------------------------------------------------
 
-    def send(self, slot: _Slot, work: Work) -> None:
+    def send(self, slot: Slot, work: Work) -> None:
         """Hand ``work`` to the loop, or answer it here (a cache hit, a deadline already
         past, an LM-like object) and free the slot."""
         try:
@@ -136,7 +120,7 @@ class EventLoopThread:
             reject(work.pending.request.reply, error)
             self._dispatcher.finished(slot, "ignore", 0.0)
 
-    def _send(self, slot: _Slot, work: Work) -> None:
+    def _send(self, slot: Slot, work: Work) -> None:
         request, lm = work.pending.request, work.lm
         attempt = LMAttempt.begin(request, lm, work.key, self._publisher)
         if attempt is None:
@@ -167,7 +151,7 @@ class EventLoopThread:
             pass
 
     def _finished(
-        self, slot: _Slot, attempt: LMAttempt, outcome: str, provider_time: float | None = None
+        self, slot: Slot, attempt: LMAttempt, outcome: str, provider_time: float | None = None
     ) -> None:
         """Free the slot; the breaker judges ``provider_time`` (the call's time on the loop
         less the loop's lag meanwhile) when given, else the time since the hand-over."""
@@ -176,7 +160,7 @@ class EventLoopThread:
 
     # On the loop. -------------------------------------------------------------------------
 
-    def _begin(self, slot: _Slot, lm: LM, attempt: LMAttempt, prepared: PreparedCall) -> None:
+    def _begin(self, slot: Slot, lm: LM, attempt: LMAttempt, prepared: PreparedCall) -> None:
         task = self._loop.create_task(self._call(slot, lm, attempt, prepared))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -193,7 +177,7 @@ class EventLoopThread:
 
         attempt.request.reply.add_done_callback(caller_gave_up)
 
-    async def _call(self, slot: _Slot, lm: LM, attempt: LMAttempt, prepared: PreparedCall) -> None:
+    async def _call(self, slot: Slot, lm: LM, attempt: LMAttempt, prepared: PreparedCall) -> None:
         request = attempt.request
         began, lag = time.monotonic(), self._lag_now()
         try:

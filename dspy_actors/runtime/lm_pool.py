@@ -131,6 +131,34 @@ class Work:
     permit: Permit
 
 
+class SlotOwner(Protocol):
+    """What runs the requests of its :class:`Slot`s: an LM event loop
+    (``runtime.lm_loop``) or an LM worker process (``runtime.lm_process``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def send(self, slot: Slot, work: Work) -> None: ...
+
+
+class Slot:
+    """One worker the dispatcher sees (a :class:`PoolWorker`): one request at a time,
+    run by its owner, which offers as many slots as it takes requests at once."""
+
+    __slots__ = ("_kind", "_owner", "actor_urn")
+
+    def __init__(self, owner: SlotOwner, index: int, kind: str) -> None:
+        self._owner = owner
+        self._kind = kind
+        self.actor_urn = f"{owner.name}/slot-{index}"
+
+    def tell(self, message: Any) -> None:
+        self._owner.send(self, message)
+
+    def __repr__(self) -> str:
+        return f"<LM {self._kind} slot {self.actor_urn}>"
+
+
 class Dispatcher:
     """The pool's shared state: queue, idle workers, busy workers, breakers. Thread-safe.
 

@@ -50,7 +50,7 @@ from dspy_actors.lm.lm import LM, PreparedCall, WorkerSpec
 from dspy_actors.lm.types import Completion, LMResponse
 from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime.context import restored
-from dspy_actors.runtime.lm_pool import Dispatcher, LMAttempt, Work
+from dspy_actors.runtime.lm_pool import Dispatcher, LMAttempt, Slot, Work
 
 __all__ = ["LMProcess", "LMProcessExited", "WorkerProcess"]
 
@@ -74,26 +74,10 @@ class LMProcessExited(RuntimeError):
 
 @dataclass(slots=True, eq=False)
 class _Sent:
-    slot: _Slot
+    slot: Slot
     lm: LM
     attempt: LMAttempt
     prepared: PreparedCall
-
-
-class _Slot:
-    """One worker the dispatcher sees: runs one request at a time in its process."""
-
-    __slots__ = ("_process", "actor_urn")
-
-    def __init__(self, process: WorkerProcess, index: int) -> None:
-        self._process = process
-        self.actor_urn = f"{process.name}/slot-{index}"
-
-    def tell(self, message: Any) -> None:
-        self._process.send(self, message)
-
-    def __repr__(self) -> str:
-        return f"<LM process slot {self.actor_urn}>"
 
 
 class WorkerProcess:
@@ -114,7 +98,7 @@ class WorkerProcess:
         self._dispatcher = dispatcher
         self._publisher = publisher
         self._on_exit = on_exit
-        self.slots = [_Slot(self, i) for i in range(slots)]
+        self.slots = [Slot(self, i, "process") for i in range(slots)]
         self._ids = itertools.count(1)
         self._pending: dict[int, _Sent] = {}
         self._pending_lock = threading.Lock()
@@ -218,12 +202,10 @@ class WorkerProcess:
 
     # Sending (any thread). ----------------------------------------------------------------
 
-    def send(self, slot: _Slot, work: Work) -> None:
+    def send(self, slot: Slot, work: Work) -> None:
         """Hand ``work`` to the process, or answer it here (a cache hit, an LM that cannot
         be sent, a deadline already past) and free the slot."""
-        backlog: deque[tuple[WorkerProcess, _Slot, Work]] | None = getattr(
-            _sending, "backlog", None
-        )
+        backlog: deque[tuple[WorkerProcess, Slot, Work]] | None = getattr(_sending, "backlog", None)
         if backlog is not None:
             # Freeing a slot below makes the dispatcher hand this thread the next request:
             # queue it instead of recursing (a long queue of such requests would otherwise
@@ -242,7 +224,7 @@ class WorkerProcess:
         finally:
             _sending.backlog = None
 
-    def _send_one(self, slot: _Slot, work: Work) -> None:
+    def _send_one(self, slot: Slot, work: Work) -> None:
         request = work.pending.request
         lm = work.lm
         attempt = LMAttempt.begin(request, lm, work.key, self._publisher)
@@ -263,7 +245,7 @@ class WorkerProcess:
                     lm_id = self._lm_ids[spec] = len(self._lm_ids) + 1
         return lm_id
 
-    def _send(self, slot: _Slot, lm: Any, attempt: LMAttempt) -> str | None:
+    def _send(self, slot: Slot, lm: Any, attempt: LMAttempt) -> str | None:
         request = attempt.request
         if type(lm) is not LM:
             # An LM-like object, or a subclass whose overrides the process's plain LM would
@@ -303,7 +285,7 @@ class WorkerProcess:
         self._post(call_frame, (lm_id, spec))
         return None
 
-    def _run_here(self, slot: _Slot, lm: Any, attempt: LMAttempt) -> None:
+    def _run_here(self, slot: Slot, lm: Any, attempt: LMAttempt) -> None:
         """Run a call that cannot go to the process in a thread of this process, as an LM
         worker thread would. It holds its slot until it ends, so the pool's bound holds."""
         threading.Thread(
