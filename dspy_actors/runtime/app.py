@@ -38,7 +38,8 @@ from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter
 from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.parameter import StateError
 from dspy_actors.runtime import events as ev
-from dspy_actors.runtime.dead_letters import DeadLetter, DeadLetterStore
+from dspy_actors.runtime._store_wiring import AppStores, check_store_url
+from dspy_actors.runtime.dead_letters import DeadLetter
 from dspy_actors.runtime.errors import AppStopped, ModuleCrashed
 from dspy_actors.runtime.handle import ProgramHandle, _Gate
 from dspy_actors.runtime.lm_loop import LMLoop
@@ -144,29 +145,10 @@ class ServedProgram:
         return None
 
 
-class _Stores:
-    """The app's SQLite stores; reopened by the ``store`` actor when it restarts."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.params: ParameterStore | None = None
-        self.dead_letters: DeadLetterStore | None = None
-
-    def open(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.params = ParameterStore(self.data_dir / "parameters.sqlite3")
-        self.dead_letters = DeadLetterStore(self.data_dir / "dead_letters.sqlite3")
-
-    def close(self) -> None:
-        for store in (self.params, self.dead_letters):
-            if store is not None:
-                store.close()
-
-
 class StoreOwner(supervisors.SupervisedActor):
     """The ``store`` node: owns the stores' lifetime (they are thread-safe objects)."""
 
-    def __init__(self, stores: _Stores) -> None:
+    def __init__(self, stores: AppStores) -> None:
         super().__init__()
         self.stores = stores
 
@@ -229,6 +211,8 @@ class AppConfig:
     private_data_dir: bool = False
     lm_max_in_flight: int = 4096
     lm_loops: int = 1
+    # A postgresql:// URL: the stores live in that database, shared by replicas.
+    store: str | None = None
 
 
 class App:
@@ -240,7 +224,9 @@ class App:
         self.lm = config.lm
         self.registry = supervisors.Registry()
         self.poison = PoisonTracker(config.poison_threshold)
-        self.stores = _Stores(config.data_dir)
+        self.stores = AppStores(
+            config.data_dir, config.store, on_saved=self._follow_saved, name=config.name
+        )
         self.events = ev.EventBus(name=f"{self.name}/events", registry=self.registry)
         self.router_name = f"{self.name}/lm/router"
         self.executor = ThreadPoolExecutor(
@@ -689,12 +675,20 @@ class App:
         return ProgramHandle(self, program)
 
     def upgrade(
-        self, program: ServedProgram, state_or_module: Any, *, drain_timeout: float = 60.0
+        self,
+        program: ServedProgram,
+        state_or_module: Any,
+        *,
+        drain_timeout: float = 60.0,
+        saved_version: int | None = None,
     ) -> int:
         """Blue/green: start the new version beside the old, switch new calls to it, let the
-        old version's calls in flight finish, then stop the old version."""
+        old version's calls in flight finish, then stop the old version. ``saved_version``:
+        the state is that version, already in the store (saved by another replica)."""
         check_upgrade(program.name, program.kind, state_or_module)
         with program.lock:
+            if saved_version is not None and saved_version <= (program.state_version or 0):
+                return program.version  # this replica is there already
             params = self._params()
             template: Any
             if program.kind == "module":
@@ -723,7 +717,9 @@ class App:
                             ) from exc
                     steps.append((sid, copy_))
                 template, state = steps, dict(state_or_module)
-            program.state_version = params.save(program.name, state)
+            program.state_version = (
+                params.save(program.name, state) if saved_version is None else saved_version
+            )
             old_version, old_child = program.version, program.child_id
             program.template = template
             new_version = old_version + 1
@@ -770,6 +766,15 @@ class App:
         self._modules().terminate_child(program.child_id)
 
     # State and dead letters. ---------------------------------------------------------------
+
+    def _follow_saved(self, name: str | None) -> None:
+        """Another replica saved a state of ``name`` (None: of any program): upgrade to it."""
+        from dspy_actors.runtime._follow import follow_saved_state
+
+        with self._programs_lock:
+            programs = [p for p in self._programs.values() if name in (None, p.name)]
+        for program in programs:
+            follow_saved_state(self, program)
 
     def _params(self) -> ParameterStore:
         store = self.stores.params
@@ -1008,11 +1013,16 @@ def start(
     self_restarts: int = 0,
     lm_max_in_flight: int = 4096,
     lm_loops: int = 1,
+    store: str | None = None,
 ) -> App:
     """Start an application tree (also a context manager: ``with dsa.start(...) as app``).
 
     - ``lm``: the default LM of every call through the app; ``fallbacks``: LMs tried, in
       order, while its circuit breaker is open.
+    - ``store``: a ``postgresql://`` URL to keep the parameter store, dead letters and
+      runs in that database instead of SQLite files, shared by every replica started with
+      it (an upgrade on one reaches all; see docs/deploying.md). Needs the ``postgres``
+      extra.
     - ``data_dir``: where the SQLite stores live. Default: the user data dir / ``name``
       when a ``name`` is given; with neither, a private temporary directory removed on
       ``stop()`` (so state saved by one script never loads into another's programs).
@@ -1071,6 +1081,7 @@ def start(
         for each in (lm, *fallbacks):
             if each is not None:
                 each.worker_spec()  # fails now, not on the first call, for an LM it cannot send
+    check_store_url(store)
     app_name = name or f"app{next(_app_ids)}"
     directory, private = _data_dir_for(name, data_dir)
     config = AppConfig(
@@ -1096,6 +1107,7 @@ def start(
         private_data_dir=private,
         lm_max_in_flight=lm_max_in_flight,
         lm_loops=lm_loops,
+        store=store,
     )
     try:
         return App(config)

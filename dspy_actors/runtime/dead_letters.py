@@ -22,19 +22,22 @@ import builtins
 import json
 import math
 import os
-import sqlite3
 import time
 import traceback as traceback_module
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from dspy_actors import redaction
-from dspy_actors.runtime._sqlite import SqliteStore, StoreError
+from dspy_actors.runtime._sqlite import StoreError
+from dspy_actors.runtime._store_backend import Connection, Store
 from dspy_actors.runtime.parameter_store import looks_like_secret
+
+if TYPE_CHECKING:
+    from dspy_actors.runtime._postgres import PostgresDatabase
 
 __all__ = ["REDACTED", "REPR_MARKER", "DeadLetter", "DeadLetterStore", "StoreError", "jsonify"]
 
@@ -64,6 +67,24 @@ _SCHEMA = (
         attempts INTEGER NOT NULL,
         created_at REAL NOT NULL,
         replayed_at REAL
+    )""",
+    "CREATE INDEX IF NOT EXISTS dead_letters_by_program ON dead_letters (program, created_at)",
+    "CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (created_at)",
+)
+# PostgreSQL has no rowid: ``seq`` keeps the order letters were added in.
+_PG_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        id TEXT PRIMARY KEY,
+        seq BIGSERIAL,
+        program TEXT NOT NULL,
+        module_path TEXT NOT NULL,
+        inputs TEXT NOT NULL,
+        exception_type TEXT NOT NULL,
+        message TEXT NOT NULL,
+        traceback TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        replayed_at DOUBLE PRECISION
     )""",
     "CREATE INDEX IF NOT EXISTS dead_letters_by_program ON dead_letters (program, created_at)",
     "CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (created_at)",
@@ -180,8 +201,9 @@ def _clip(text: str, limit: int) -> str:
     return f"{text[:half]}\n... [{len(text) - limit} characters cut] ...\n{text[-half:]}"
 
 
-class DeadLetterStore(SqliteStore):
-    """Dead letters in one SQLite file. Thread-safe; several processes may share the file.
+class DeadLetterStore(Store):
+    """Dead letters in one SQLite file or a PostgreSQL database (``path`` a ``postgresql://``
+    URL or a shared PostgresDatabase). Thread-safe; several processes may share it.
 
     ``max_letters``: past this many, the oldest letters are dropped (replayed ones first), so
     a poison input arriving forever cannot fill the disk. None: no limit.
@@ -189,7 +211,7 @@ class DeadLetterStore(SqliteStore):
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | PostgresDatabase,
         *,
         max_letters: int | None = 10_000,
         busy_timeout: float = 5.0,
@@ -201,6 +223,7 @@ class DeadLetterStore(SqliteStore):
             path,
             store=_STORE,
             schema=_SCHEMA,
+            pg_schema=_PG_SCHEMA,
             schema_version=SCHEMA_VERSION,
             busy_timeout=busy_timeout,
         )
@@ -249,20 +272,24 @@ class DeadLetterStore(SqliteStore):
             letter.created_at,
         )
         limit = self.max_letters
+        order = "seq" if self._file.is_postgres else "rowid"
 
-        def insert(conn: sqlite3.Connection) -> int:
+        def insert(conn: Connection) -> int:
             conn.execute(
                 f"INSERT INTO dead_letters ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                 row,
             )
             if limit is None:
                 return 0
+            (total,) = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
+            excess = int(total) - limit
+            if excess <= 0:
+                return 0
             # Replayed letters go first, then the oldest; the new letter is never dropped.
             cursor = conn.execute(
                 "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters "
-                "WHERE id != ? ORDER BY replayed_at IS NULL, created_at, rowid "
-                "LIMIT max(0, (SELECT count(*) FROM dead_letters) - ?))",
-                (letter.id, limit),
+                f"WHERE id != ? ORDER BY replayed_at IS NULL, created_at, {order} LIMIT ?)",
+                (letter.id, excess),
             )
             return int(cursor.rowcount)
 
@@ -276,10 +303,11 @@ class DeadLetterStore(SqliteStore):
     ) -> builtins.list[DeadLetter]:
         """Dead letters, oldest first (of one program if given; unreplayed only by default)."""
         where, args = _filter(program, include_replayed)
+        order = "seq" if self._file.is_postgres else "rowid"
         rows = self._file.read(
             "list",
             lambda conn: conn.execute(
-                f"SELECT {_COLUMNS} FROM dead_letters{where} ORDER BY created_at, rowid", args
+                f"SELECT {_COLUMNS} FROM dead_letters{where} ORDER BY created_at, {order}", args
             ).fetchall(),
         )
         letters = [self._letter(row) for row in rows]
@@ -299,7 +327,7 @@ class DeadLetterStore(SqliteStore):
         """Record that this letter was replayed (now); the updated letter, or None if unknown."""
         now = time.time()
 
-        def update(conn: sqlite3.Connection) -> Any:
+        def update(conn: Connection) -> Any:
             conn.execute("UPDATE dead_letters SET replayed_at = ? WHERE id = ?", (now, id))
             return conn.execute(
                 f"SELECT {_COLUMNS} FROM dead_letters WHERE id = ?", (id,)
@@ -311,7 +339,7 @@ class DeadLetterStore(SqliteStore):
     def remove(self, id: str) -> bool:
         """Delete one letter; False if there was none with this id."""
 
-        def delete(conn: sqlite3.Connection) -> bool:
+        def delete(conn: Connection) -> bool:
             return conn.execute("DELETE FROM dead_letters WHERE id = ?", (id,)).rowcount > 0
 
         return self._file.write("remove", delete)

@@ -22,14 +22,17 @@ import json
 import math
 import os
 import re
-import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dspy_actors import redaction
-from dspy_actors.runtime._sqlite import SqliteStore, StoreError, StoreHealth
+from dspy_actors.runtime._sqlite import StoreError, StoreHealth
+from dspy_actors.runtime._store_backend import Connection, Store
+
+if TYPE_CHECKING:
+    from dspy_actors.runtime._postgres import PostgresDatabase
 
 __all__ = [
     "ParameterStore",
@@ -60,6 +63,24 @@ _SCHEMA = (
         last_version INTEGER NOT NULL
     )""",
 )
+_PG_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS parameter_versions (
+        program TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        saved_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (program, version)
+    )""",
+    """CREATE TABLE IF NOT EXISTS parameter_counters (
+        program TEXT PRIMARY KEY,
+        last_version BIGINT NOT NULL
+    )""",
+)
+
+SAVED_CHANNEL = "dspy_actors_parameters"
+"""The PostgreSQL channel told of every save (payload: JSON ``{"program", "version"}``), in
+the saving transaction: replicas sharing the database follow upgrades through it."""
 
 # Normalised (lowercase, letters and digits only) key names that hold credentials, and
 # endings that do ("openai_api_key", "client_secret", "x-api-key", "proxy_authorization").
@@ -140,8 +161,10 @@ class VersionInfo:
     size: int
 
 
-class ParameterStore(SqliteStore):
-    """Versioned learned parameters per program name, in one SQLite file. Thread-safe.
+class ParameterStore(Store):
+    """Versioned learned parameters per program name, in one SQLite file or a PostgreSQL
+    database (``path`` is then a ``postgresql://`` URL or a shared PostgresDatabase).
+    Thread-safe.
 
     ``keep_versions``: keep only this many latest versions per program (None: keep all).
     ``busy_timeout``: seconds to wait for another process's write lock before StoreError.
@@ -149,7 +172,7 @@ class ParameterStore(SqliteStore):
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | PostgresDatabase,
         *,
         keep_versions: int | None = None,
         busy_timeout: float = 5.0,
@@ -161,6 +184,7 @@ class ParameterStore(SqliteStore):
             path,
             store=_STORE,
             schema=_SCHEMA,
+            pg_schema=_PG_SCHEMA,
             schema_version=SCHEMA_VERSION,
             busy_timeout=busy_timeout,
         )
@@ -175,16 +199,18 @@ class ParameterStore(SqliteStore):
         size = len(text.encode())
         keep = self.keep_versions
 
-        def insert(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT last_version FROM parameter_counters WHERE program = ?", (program,)
+        notify = self._file.is_postgres
+
+        def insert(conn: Connection) -> int:
+            # One statement takes the next number: two writers (even in two processes) never
+            # get the same one.
+            (version,) = conn.execute(
+                "INSERT INTO parameter_counters (program, last_version) VALUES (?, 1) "
+                "ON CONFLICT (program) DO UPDATE "
+                "SET last_version = parameter_counters.last_version + 1 RETURNING last_version",
+                (program,),
             ).fetchone()
-            version = 1 if row is None else int(row[0]) + 1
-            conn.execute(
-                "INSERT INTO parameter_counters (program, last_version) VALUES (?, ?) "
-                "ON CONFLICT (program) DO UPDATE SET last_version = excluded.last_version",
-                (program, version),
-            )
+            version = int(version)
             conn.execute(
                 "INSERT INTO parameter_versions (program, version, state, size, saved_at) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -195,6 +221,10 @@ class ParameterStore(SqliteStore):
                     "DELETE FROM parameter_versions WHERE program = ? AND version <= ?",
                     (program, version - keep),
                 )
+            if notify:
+                # Delivered at commit, to every replica listening (runtime/_replicas.py).
+                payload = json.dumps({"program": program, "version": version})
+                conn.execute("SELECT pg_notify(?, ?)", (SAVED_CHANNEL, payload))
             return version
 
         return self._file.write("save", insert)
@@ -203,7 +233,7 @@ class ParameterStore(SqliteStore):
         """The state saved as ``version`` of ``program`` (the latest if None), or None."""
         _check_program(program)
 
-        def select(conn: sqlite3.Connection) -> tuple[int, str] | None:
+        def select(conn: Connection) -> tuple[int, str] | None:
             if version is None:
                 cursor = conn.execute(
                     "SELECT version, state FROM parameter_versions WHERE program = ? "
@@ -270,7 +300,7 @@ class ParameterStore(SqliteStore):
         """Delete every version of ``program``; returns how many. Its numbers are not reused."""
         _check_program(program)
 
-        def remove(conn: sqlite3.Connection) -> int:
+        def remove(conn: Connection) -> int:
             cursor = conn.execute("DELETE FROM parameter_versions WHERE program = ?", (program,))
             return int(cursor.rowcount)
 

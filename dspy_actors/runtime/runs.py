@@ -28,7 +28,6 @@ Progress is published on the app's event bus as ``RunProgress`` events (topic
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 import uuid
@@ -36,7 +35,6 @@ import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import supervisors
@@ -50,7 +48,7 @@ from dspy_actors.optimizers.base import (
 )
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.module import Module
-from dspy_actors.runtime._sqlite import SqliteFile
+from dspy_actors.runtime._store_backend import Connection, Store
 from dspy_actors.runtime.events import RunProgress
 from dspy_actors.runtime.run_journal import JournaledLM, LMJournal
 
@@ -104,6 +102,32 @@ _SCHEMA = (
         PRIMARY KEY (run_id, request, occurrence)
     )""",
 )
+_PG_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS run_steps (
+        run_id TEXT NOT NULL,
+        step TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        data TEXT NOT NULL,
+        saved_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (run_id, step)
+    )""",
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY,
+        optimizer TEXT NOT NULL,
+        seed BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        result TEXT,
+        updated_at DOUBLE PRECISION NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS run_lm_journal (
+        run_id TEXT NOT NULL,
+        request TEXT NOT NULL,
+        occurrence BIGINT NOT NULL,
+        response TEXT NOT NULL,
+        saved_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (run_id, request, occurrence)
+    )""",
+)
 
 
 class RunCancelled(RuntimeError):
@@ -114,15 +138,23 @@ class RunFailed(RuntimeError):
     """The run's supervisor gave up on it (its driver kept crashing)."""
 
 
-class RunStore:
-    """Step checkpoints of runs in one SQLite file (thread- and process-safe)."""
+class RunStore(Store):
+    """Step checkpoints and LM journals of runs in one SQLite file or a PostgreSQL database
+    (``path`` a ``postgresql://`` URL or a shared PostgresDatabase): thread- and
+    process-safe, so a run started by one replica can be resumed by another."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._file = SqliteFile(self.path, store="runs", schema=_SCHEMA, schema_version=1)
+    def __init__(self, path: Any, *, busy_timeout: float = 5.0) -> None:
+        super().__init__(
+            path,
+            store="runs",
+            schema=_SCHEMA,
+            pg_schema=_PG_SCHEMA,
+            schema_version=1,
+            busy_timeout=busy_timeout,
+        )
 
     def load(self, run_id: str, step: str) -> dict[str, Any] | None:
-        def op(conn: sqlite3.Connection) -> Any:
+        def op(conn: Connection) -> Any:
             return conn.execute(
                 "SELECT data FROM run_steps WHERE run_id = ? AND step = ?", (run_id, step)
             ).fetchone()
@@ -136,13 +168,14 @@ class RunStore:
     def save(self, run_id: str, step: str, data: dict[str, Any]) -> None:
         text = json.dumps(data)
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Connection) -> None:
             (seq,) = conn.execute(
                 "SELECT COUNT(*) FROM run_steps WHERE run_id = ?", (run_id,)
             ).fetchone()
             conn.execute(
-                "INSERT OR REPLACE INTO run_steps (run_id, step, seq, data, saved_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO run_steps (run_id, step, seq, data, saved_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, step) DO UPDATE SET "
+                "seq = excluded.seq, data = excluded.data, saved_at = excluded.saved_at",
                 (run_id, step, seq, text, time.time()),
             )
 
@@ -151,7 +184,7 @@ class RunStore:
     def journal_load(self, run_id: str, request: str, occurrence: int) -> dict[str, Any] | None:
         """The journaled LM result of ``request`` (its ``occurrence``-th time), or None."""
 
-        def op(conn: sqlite3.Connection) -> Any:
+        def op(conn: Connection) -> Any:
             return conn.execute(
                 "SELECT response FROM run_lm_journal WHERE run_id = ? AND request = ? "
                 "AND occurrence = ?",
@@ -172,10 +205,11 @@ class RunStore:
     ) -> None:
         text = json.dumps(data, ensure_ascii=False)
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Connection) -> None:
             conn.execute(
-                "INSERT OR REPLACE INTO run_lm_journal (run_id, request, occurrence, response, "
-                "saved_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO run_lm_journal (run_id, request, occurrence, response, "
+                "saved_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, request, occurrence) "
+                "DO UPDATE SET response = excluded.response, saved_at = excluded.saved_at",
                 (run_id, request, occurrence, text, time.time()),
             )
 
@@ -184,7 +218,7 @@ class RunStore:
     def journal_size(self, run_id: str) -> int:
         """How many LM results of the run are journaled."""
 
-        def op(conn: sqlite3.Connection) -> Any:
+        def op(conn: Connection) -> Any:
             return conn.execute(
                 "SELECT COUNT(*) FROM run_lm_journal WHERE run_id = ?", (run_id,)
             ).fetchone()
@@ -194,7 +228,7 @@ class RunStore:
     def steps(self, run_id: str) -> list[str]:
         """The names of the run's saved steps, in the order they were saved."""
 
-        def op(conn: sqlite3.Connection) -> list[str]:
+        def op(conn: Connection) -> list[str]:
             rows = conn.execute(
                 "SELECT step FROM run_steps WHERE run_id = ? ORDER BY seq", (run_id,)
             ).fetchall()
@@ -207,24 +241,23 @@ class RunStore:
     ) -> None:
         payload = None if result is None else json.dumps(result)
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Connection) -> None:
             conn.execute(
-                "INSERT OR REPLACE INTO runs (run_id, optimizer, seed, status, result, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (run_id, optimizer, seed, status, result, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+                "optimizer = excluded.optimizer, seed = excluded.seed, status = excluded.status, "
+                "result = excluded.result, updated_at = excluded.updated_at",
                 (run_id, optimizer, seed, status, payload, time.time()),
             )
 
         self._file.write("set status", op)
 
     def status(self, run_id: str) -> str | None:
-        def op(conn: sqlite3.Connection) -> Any:
+        def op(conn: Connection) -> Any:
             return conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
 
         row = self._file.read("status", op)
         return None if row is None else str(row[0])
-
-    def close(self) -> None:
-        self._file.close()
 
 
 class SqliteCheckpointer:
@@ -465,8 +498,7 @@ def start_run(
             runs.terminate_child(child_id)
         except supervisors.SupervisorError:
             pass  # removed in the meantime
-    app.config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = RunStore(app.config.data_dir / "runs.sqlite3")
+    store = RunStore(app.stores.location("runs.sqlite3"))
     shared = _Shared(run_id)
     store.set_status(run_id, type(optimizer).__name__, seed, "running")
     driver = supervisors.ChildSpec(

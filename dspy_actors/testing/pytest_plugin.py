@@ -7,6 +7,9 @@ Installing the package enables them in every test suite (a ``pytest11`` entry po
   ``make_sim_lm``: a factory of servers.
 - ``app``: a running app on ``sim_lm`` with its data in ``tmp_path``, stopped after.
 - ``chaos``: a :class:`ChaosMonkey` on ``app``, stopped after.
+- ``postgres_cluster``: a throwaway PostgreSQL server for the session (see
+  ``dspy_actors.testing.postgres``; the test skips without PostgreSQL binaries);
+  ``postgres_url``: the URL of a fresh, empty database on it, one per test.
 
 A test's own fixture of the same name overrides these.
 """
@@ -95,3 +98,24 @@ def chaos(app: App) -> Iterator[ChaosMonkey]:
         yield monkey
     finally:
         monkey.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Any]:
+    """A PostgreSQL server started with initdb/pg_ctl in a temp dir for the whole session,
+    stopped (and its files removed) at the end. Skips the test if PostgreSQL is missing."""
+    from dspy_actors.testing.postgres import PostgresCluster, PostgresUnavailable
+
+    try:
+        cluster = PostgresCluster()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: Any) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    url: str = postgres_cluster.create_database()
+    return url

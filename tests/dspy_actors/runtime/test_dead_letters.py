@@ -42,9 +42,16 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "dead_letters.sqlite"
 
 
-@pytest.fixture
-def store(path: Path) -> Iterator[DeadLetterStore]:
-    s = DeadLetterStore(path)
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, path: Path) -> Iterator[DeadLetterStore]:
+    """The store on each backend; tests of the SQLite file itself are marked sqlite_only."""
+    if request.param == "postgres":
+        if request.node.get_closest_marker("sqlite_only"):
+            pytest.skip("a test of the SQLite file itself")
+        where: Any = request.getfixturevalue("postgres_url")
+    else:
+        where = path
+    s = DeadLetterStore(where)
     yield s
     s.close()
 
@@ -207,6 +214,7 @@ def test_many_threads_add(store: DeadLetterStore) -> None:
     assert store.count(program="p1") == 80
 
 
+@pytest.mark.sqlite_only
 def test_deleted_file_is_rebuilt_and_reported(store: DeadLetterStore, path: Path) -> None:
     store.add(program="qa", module_path="qa", inputs={"i": 1})
     path.unlink()

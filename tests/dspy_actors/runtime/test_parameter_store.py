@@ -32,9 +32,16 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "params.sqlite"
 
 
-@pytest.fixture
-def store(path: Path) -> Iterator[ParameterStore]:
-    s = ParameterStore(path)
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, path: Path) -> Iterator[ParameterStore]:
+    """The store on each backend; tests of the SQLite file itself are marked sqlite_only."""
+    if request.param == "postgres":
+        if request.node.get_closest_marker("sqlite_only"):
+            pytest.skip("a test of the SQLite file itself")
+        where: Any = request.getfixturevalue("postgres_url")
+    else:
+        where = path
+    s = ParameterStore(where)
     yield s
     s.close()
 
@@ -68,6 +75,7 @@ def test_save_load_roundtrip_and_versions(store: ParameterStore) -> None:
     assert store.programs() == ["other", "qa"]
 
 
+@pytest.mark.sqlite_only
 def test_states_are_stored_as_json_text(store: ParameterStore, path: Path) -> None:
     store.save("qa", STATE)
     with sqlite3.connect(path) as raw:
@@ -219,6 +227,7 @@ def test_processes_share_the_file(path: Path) -> None:
 # --------------------------------------------------------------------------- robustness
 
 
+@pytest.mark.sqlite_only
 def test_deleted_file_is_rebuilt_and_reported(store: ParameterStore, path: Path) -> None:
     store.save("qa", STATE)
     path.unlink()
@@ -236,6 +245,7 @@ def test_deleted_file_is_rebuilt_and_reported(store: ParameterStore, path: Path)
     assert store.load("qa") == {"a": 1}
 
 
+@pytest.mark.sqlite_only
 def test_file_overwritten_with_garbage_is_moved_aside(store: ParameterStore, path: Path) -> None:
     store.save("qa", STATE)
     path.write_bytes(b"this is not a database" * 100)
@@ -294,6 +304,7 @@ def test_file_rebuilt_by_another_process_is_reopened(path: Path) -> None:
         a.close()
 
 
+@pytest.mark.sqlite_only
 def test_threads_keep_working_while_the_file_is_deleted(store: ParameterStore, path: Path) -> None:
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -342,6 +353,7 @@ def test_lock_held_too_long_raises_store_error_not_sqlite_error(path: Path) -> N
         assert not s.health().history_lost
 
 
+@pytest.mark.sqlite_only
 def test_damaged_row_is_reported_not_raised(store: ParameterStore, path: Path) -> None:
     store.save("qa", STATE)
     with sqlite3.connect(path) as raw:

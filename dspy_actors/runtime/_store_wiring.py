@@ -1,0 +1,101 @@
+"""Which stores an app opens, and where: SQLite files in its data dir (the default), or one
+PostgreSQL database shared by every replica (``dsa.start(store="postgresql://...")``).
+
+With PostgreSQL, the app's stores share one connection pool, and a listener follows the
+states other replicas save (see ``_postgres_replicas``). The database may be unreachable
+when the app starts: the app starts anyway, and operations needing a store wait for it (up
+to the pool's ``retry_for``), then fail with StoreError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dspy_actors.runtime._store_backend import is_database_url
+from dspy_actors.runtime.dead_letters import DeadLetterStore
+from dspy_actors.runtime.parameter_store import ParameterStore
+
+__all__ = ["AppStores", "check_store_url"]
+
+
+def check_store_url(store: str | None) -> None:
+    """Fail early, naming the argument, on a ``store=`` that is no PostgreSQL URL."""
+    if store is None:
+        return
+    if not is_database_url(store):
+        shown = store.split("://", 1)[0] + "://..." if "://" in store else "a non-URL string"
+        raise ValueError(
+            f"dsa.start(store=...) takes a postgresql:// URL (or None for SQLite files in "
+            f"data_dir), got {shown}"
+        )
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(
+            "dsa.start(store='postgresql://...') needs psycopg 3 and psycopg_pool: "
+            "pip install 'dspy-actors[postgres]'"
+        ) from exc
+
+
+class AppStores:
+    """The app's stores; reopened by the ``store`` actor when it restarts.
+
+    ``on_saved(program)``: called (PostgreSQL only) when any replica saved a state of
+    ``program`` (None: check every program), on the listener's thread.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        store_url: str | None = None,
+        *,
+        on_saved: Callable[[str | None], None] | None = None,
+        name: str = "app",
+    ) -> None:
+        self.data_dir = data_dir
+        self.store_url = store_url
+        self.params: ParameterStore | None = None
+        self.dead_letters: DeadLetterStore | None = None
+        self._on_saved = on_saved
+        self._name = name
+        self._database: Any = None
+        self._listener: Any = None
+
+    def open(self) -> None:
+        if self.store_url is None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.params = ParameterStore(self.data_dir / "parameters.sqlite3")
+            self.dead_letters = DeadLetterStore(self.data_dir / "dead_letters.sqlite3")
+            return
+        from dspy_actors.runtime._postgres import PostgresDatabase
+        from dspy_actors.runtime._postgres_replicas import SavedStateListener
+
+        self._database = PostgresDatabase(self.store_url)
+        self.params = ParameterStore(self._database)
+        self.dead_letters = DeadLetterStore(self._database)
+        if self._on_saved is not None:
+            self._listener = SavedStateListener(
+                self.store_url, self._on_saved, thread_name=f"{self._name}-pg-listen"
+            ).start()
+
+    def location(self, filename: str) -> Any:
+        """Where another store of the app lives: ``data_dir/filename``, or the app's
+        PostgreSQL database (shared pool)."""
+        if self._database is not None:
+            return self._database
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.data_dir / filename
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+        for store in (self.params, self.dead_letters):
+            if store is not None:
+                store.close()
+        if self._database is not None:
+            self._database.close()
+            self._database = None
