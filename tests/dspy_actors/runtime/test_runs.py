@@ -190,16 +190,25 @@ from dspy_actors.lm import LM
 from dspy_actors.runtime.runs import start_run
 from tests.dspy_actors.runtime.test_runs import DEV, SEED, TRAIN, make_optimizer, student
 
-url, data_dir = sys.argv[1], sys.argv[2]
+url, data_dir, store = sys.argv[1], sys.argv[2], sys.argv[3] or None
 lm = LM("openai/sim-task", api_base=url, api_key="k", cache=False)
-app = dsa.start(lm=lm, data_dir=data_dir, lm_workers=4)
+app = dsa.start(lm=lm, data_dir=data_dir, lm_workers=4, store=store)
 run = start_run(app, make_optimizer(), student(), trainset=TRAIN, valset=DEV, seed=SEED,
                 run_id="p1")
 run.result(120)
 """
 
 
-def _saved_steps(db: Path) -> int:
+def _saved_steps(db: Path | str) -> int:
+    if isinstance(db, str):  # a PostgreSQL URL
+        import psycopg
+
+        try:
+            with psycopg.connect(db, connect_timeout=5) as conn:
+                row = conn.execute("SELECT COUNT(*) FROM run_steps WHERE run_id = 'p1'").fetchone()
+                return 0 if row is None else int(row[0])
+        except psycopg.Error:  # no table yet
+            return 0
     if not db.exists():
         return 0
     try:
@@ -210,17 +219,28 @@ def _saved_steps(db: Path) -> int:
         return 0
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_kill_9_of_the_process_then_resume_in_another(
-    sim: SimLM, lm: LM, tmp_path: Path, reference: tuple[dict[str, Any], int]
+    sim: SimLM,
+    lm: LM,
+    tmp_path: Path,
+    reference: tuple[dict[str, Any], int],
+    backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
+    """The run's process killed; another process (another replica, for PostgreSQL: its
+    own data dir, only the database shared) resumes it from the checkpoints."""
     state, calls = reference
     sim.latency = 0.04  # slow enough to kill it mid-run
     data_dir = tmp_path / "shared"
-    db = data_dir / "runs.sqlite3"
+    store: str | None = None
+    db: Path | str = data_dir / "runs.sqlite3"
+    if backend == "postgres":
+        store = db = request.getfixturevalue("postgres_url")
     before = sim.request_count
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, sim.openai_base, str(data_dir)],
+        [sys.executable, "-c", _CHILD, sim.openai_base, str(data_dir), store or ""],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -236,7 +256,8 @@ def test_kill_9_of_the_process_then_resume_in_another(
     first_process = sim.request_count - before
 
     before = sim.request_count
-    with start(lm=lm, data_dir=data_dir, lm_workers=4) as app:
+    resumer_dir = data_dir if store is None else tmp_path / "other-replica"
+    with start(lm=lm, data_dir=resumer_dir, lm_workers=4, store=store) as app:
         run = start_run(app, make_optimizer(), student(), trainset=TRAIN, valset=DEV,
                         seed=SEED, run_id="p1")  # fmt: skip
         program = run.result(60)
