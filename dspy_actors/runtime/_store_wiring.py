@@ -54,6 +54,7 @@ class AppStores:
         *,
         on_saved: Callable[[str | None], None] | None = None,
         name: str = "app",
+        retry_for: float = 10.0,
     ) -> None:
         self.data_dir = data_dir
         self.store_url = store_url
@@ -61,6 +62,7 @@ class AppStores:
         self.dead_letters: DeadLetterStore | None = None
         self._on_saved = on_saved
         self._name = name
+        self._retry_for = retry_for
         self._database: Any = None
         self._listener: Any = None
 
@@ -73,13 +75,17 @@ class AppStores:
         from dspy_actors.runtime._postgres import PostgresDatabase
         from dspy_actors.runtime._postgres_replicas import SavedStateListener
 
-        self._database = PostgresDatabase(self.store_url)
+        self._database = PostgresDatabase(self.store_url, retry_for=self._retry_for)
         self.params = ParameterStore(self._database)
         self.dead_letters = DeadLetterStore(self._database)
         if self._on_saved is not None:
             self._listener = SavedStateListener(
                 self.store_url, self._on_saved, thread_name=f"{self._name}-pg-listen"
             ).start()
+
+    def listening(self) -> bool:
+        """Whether this app is listening for other replicas' saves (PostgreSQL only)."""
+        return self._listener is not None and self._listener.connected.is_set()
 
     def location(self, filename: str) -> Any:
         """Where another store of the app lives: ``data_dir/filename``, or the app's

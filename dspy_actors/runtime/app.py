@@ -53,7 +53,7 @@ from dspy_actors.runtime.lm_pool import (
 )
 from dspy_actors.runtime.lm_process import LMProcess
 from dspy_actors.runtime.module_actor import ModuleServices
-from dspy_actors.runtime.parameter_store import ParameterStore
+from dspy_actors.runtime.parameter_store import ParameterStore, StoreError
 from dspy_actors.runtime.pipeline import PipelineStep
 from dspy_actors.runtime.poison import PoisonTracker, fingerprint
 from dspy_actors.runtime.state_checks import check_upgrade
@@ -213,6 +213,7 @@ class AppConfig:
     lm_loops: int = 1
     # A postgresql:// URL: the stores live in that database, shared by replicas.
     store: str | None = None
+    store_retry_for: float = 10.0
 
 
 class App:
@@ -225,7 +226,11 @@ class App:
         self.registry = supervisors.Registry()
         self.poison = PoisonTracker(config.poison_threshold)
         self.stores = AppStores(
-            config.data_dir, config.store, on_saved=self._follow_saved, name=config.name
+            config.data_dir,
+            config.store,
+            on_saved=self._follow_saved,
+            name=config.name,
+            retry_for=config.store_retry_for,
         )
         self.events = ev.EventBus(name=f"{self.name}/events", registry=self.registry)
         self.router_name = f"{self.name}/lm/router"
@@ -510,7 +515,18 @@ class App:
                 raise ValueError(f"a program named {name!r} is already served")
         template = module.deepcopy()
         params = self._params()
-        saved = params.load(name) if load_saved_state else None
+        try:
+            saved = params.load(name) if load_saved_state else None
+        except StoreError as error:
+            if self.config.store is None:
+                raise
+            # A shared database down: serve this module's own state now; the replica
+            # listener brings the program to the latest saved state once it is back.
+            supervisors_log.warning(
+                "store.unavailable", program=name, error=str(error), action="served"
+            )
+            return self._launch(self._module_program(name, template, idempotent, timeout,
+                max_in_flight, strategy, intensity, period, max_crash_retries))  # fmt: skip
         if saved is not None:
             try:
                 Module.load_state(template, saved)
@@ -525,20 +541,13 @@ class App:
             state_version = params.latest_version(name)
         else:
             state_version = params.save(name, program_state(template))
-        program = self._new_program(
-            name,
-            "module",
-            template,
-            idempotent,
-            timeout,
-            max_in_flight,
-            strategy,
-            intensity,
-            period,
-            max_crash_retries,
-        )
+        program = self._module_program(name, template, idempotent, timeout,
+            max_in_flight, strategy, intensity, period, max_crash_retries)  # fmt: skip
         program.state_version = state_version
         return self._launch(program)
+
+    def _module_program(self, name: str, template: Module, *options: Any) -> ServedProgram:
+        return self._new_program(name, "module", template, *options)
 
     def program(
         self,
@@ -787,7 +796,12 @@ class App:
     ) -> dict[str, Any] | None:
         if version is None or self.stores.params is None:
             return None
-        return substate(self.stores.params.load(program.name, version), path)
+        try:
+            return substate(self.stores.params.load(program.name, version), path)
+        except StoreError:
+            if self.config.store is None:
+                raise
+            return None  # a shared database down: the template holds this version's state
 
     @property
     def parameters(self) -> ParameterStore:
@@ -1014,6 +1028,7 @@ def start(
     lm_max_in_flight: int = 4096,
     lm_loops: int = 1,
     store: str | None = None,
+    store_retry_for: float = 10.0,
 ) -> App:
     """Start an application tree (also a context manager: ``with dsa.start(...) as app``).
 
@@ -1022,7 +1037,8 @@ def start(
     - ``store``: a ``postgresql://`` URL to keep the parameter store, dead letters and
       runs in that database instead of SQLite files, shared by every replica started with
       it (an upgrade on one reaches all; see docs/deploying.md). Needs the ``postgres``
-      extra.
+      extra. ``store_retry_for``: seconds a store operation retries a lost or unreachable
+      database before it fails with ``StoreError`` (the app starts with the database down).
     - ``data_dir``: where the SQLite stores live. Default: the user data dir / ``name``
       when a ``name`` is given; with neither, a private temporary directory removed on
       ``stop()`` (so state saved by one script never loads into another's programs).
@@ -1082,6 +1098,8 @@ def start(
             if each is not None:
                 each.worker_spec()  # fails now, not on the first call, for an LM it cannot send
     check_store_url(store)
+    if store_retry_for < 0:
+        raise ValueError(f"dsa.start(store_retry_for=...) must be >= 0, got {store_retry_for!r}")
     app_name = name or f"app{next(_app_ids)}"
     directory, private = _data_dir_for(name, data_dir)
     config = AppConfig(
@@ -1108,6 +1126,7 @@ def start(
         lm_max_in_flight=lm_max_in_flight,
         lm_loops=lm_loops,
         store=store,
+        store_retry_for=store_retry_for,
     )
     try:
         return App(config)

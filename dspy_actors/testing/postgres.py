@@ -119,8 +119,9 @@ class PostgresCluster:
 
     def restart(self) -> None:
         """Stop the server (fast: connections are cut) and start it again on the same port."""
+        # (-l: the new server must not hold our pipes open, or this would wait forever.)
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t",
-                  str(int(self.start_timeout)), "restart",
+                  str(int(self.start_timeout)), "-l", str(self.root / "log"), "restart",
                   timeout=self.start_timeout + 10)  # fmt: skip
 
     def create_database(self, name: str | None = None) -> str:
