@@ -28,12 +28,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import platformdirs
 
+from dspy_actors._postgres_url import is_database_url
 from dspy_actors.lm._cache_memory import MemoryLRU
 from dspy_actors.lm._cache_sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from dspy_actors.lm._cache_postgres import PostgresCacheTier
 
 __all__ = [
     "Cache",
@@ -146,7 +150,7 @@ class CacheHealth:
     """
 
     status: Literal["ok", "memory_only", "degraded", "closed"]
-    disk_path: Path | None
+    disk_path: Path | str | None
     rebuilds: int
     errors: int
     last_error: str | None
@@ -169,7 +173,10 @@ class Cache:
     """Memory LRU in front of an optional SQLite file; safe to share between threads.
 
     ``disk_path=None`` keeps everything in memory. Several ``Cache`` objects, in one process or
-    many, may use the same file. ``busy_timeout`` bounds how long a disk operation waits for
+    many, may use the same file. A ``postgresql://`` URL as ``disk_path`` puts that tier in
+    a table of that database instead, shared by every replica pointing at it (``disk_*``
+    names and stats then describe that table; the memory tier stays in front).
+    ``busy_timeout`` bounds how long a disk operation waits for
     another writer before it is skipped (and counted as an error). Close the cache when done
     (or use it as a context manager); a closed cache misses every ``get`` and ignores ``put``.
     """
@@ -187,13 +194,17 @@ class Cache:
         self._misses_lock = threading.Lock()
         self._closed = False
         path = default_disk_path() if isinstance(disk_path, _Default) else disk_path
-        self._disk: SqliteStore | None = (
-            None
-            if path is None
-            else SqliteStore(
+        self._disk: SqliteStore | PostgresCacheTier | None
+        if path is None:
+            self._disk = None
+        elif is_database_url(path):
+            from dspy_actors.lm._cache_postgres import PostgresCacheTier
+
+            self._disk = PostgresCacheTier(str(path), max_bytes=disk_max_bytes)
+        else:
+            self._disk = SqliteStore(
                 Path(path).expanduser(), max_bytes=disk_max_bytes, busy_timeout=busy_timeout
             )
-        )
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The value cached under ``key`` or ``None``. Read-only: do not mutate it."""
@@ -253,7 +264,8 @@ class Cache:
         self.close()
 
     @property
-    def disk_path(self) -> Path | None:
+    def disk_path(self) -> Path | str | None:
+        """The SQLite file, or the shared tier's database URL (without a password)."""
         return None if self._disk is None else self._disk.path
 
     @property

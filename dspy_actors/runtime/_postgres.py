@@ -27,10 +27,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import conninfo as pg_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from dspy_actors import redaction
+from dspy_actors._postgres_url import display_url
 from dspy_actors.runtime._sqlite import StoreError, StoreHealth
 
 __all__ = ["PostgresDatabase", "PostgresStoreBackend", "display_url"]
@@ -49,19 +49,6 @@ _META_SCHEMA = (
 )
 # pg_advisory_xact_lock key for schema creation ("dspyact" in ASCII): one creator at a time.
 _SCHEMA_LOCK = 0x64737079616374
-
-
-def display_url(url: str) -> str:
-    """``url`` without its password (and other secrets), for messages and logs."""
-    try:
-        params = pg_conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "<an unparsable PostgreSQL URL>"
-    user = params.get("user")
-    host = params.get("host") or "localhost"
-    port = params.get("port")
-    db = params.get("dbname") or ""
-    return f"postgresql://{f'{user}@' if user else ''}{host}{f':{port}' if port else ''}/{db}"
 
 
 def _describe(exc: BaseException) -> str:

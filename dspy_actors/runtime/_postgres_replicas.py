@@ -19,7 +19,7 @@ from collections.abc import Callable
 import psycopg
 
 from dspy_actors import redaction
-from dspy_actors.runtime._postgres import display_url
+from dspy_actors._postgres_url import display_url
 from dspy_actors.runtime.parameter_store import SAVED_CHANNEL
 
 __all__ = ["SavedStateListener"]

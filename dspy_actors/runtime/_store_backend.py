@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
+from dspy_actors._postgres_url import is_database_url
 from dspy_actors.runtime._sqlite import SqliteFile, StoreError, StoreHealth
 
 __all__ = [
@@ -70,11 +71,6 @@ class StoreBackend(Protocol):
     def health(self) -> StoreHealth: ...
 
     def close(self) -> None: ...
-
-
-def is_database_url(where: object) -> bool:
-    """True for a PostgreSQL URL (``postgresql://`` or ``postgres://``)."""
-    return isinstance(where, str) and where.startswith(("postgresql://", "postgres://"))
 
 
 class _SqliteBackend:
