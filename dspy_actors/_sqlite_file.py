@@ -13,6 +13,10 @@ with each; what is here is the same for both:
   re-reads pages it cached, so without it a deleted file would go on "working";
 - explicit write transactions (``BEGIN IMMEDIATE``: two writers never deadlock upgrading
   a read lock);
+- telling a lock held too long (``is_busy``: try later) from a broken file (``is_corrupt``),
+  naming an error the same way in both (``describe``), opening a new file with the retries
+  its switch to WAL may need (``attach_with_retries``), and finding whether the file at
+  ``path`` is still the broken one before discarding it (``is_same_file``);
 - care with our own descriptor of the file: under POSIX, closing *any* descriptor of a file
   drops every fcntl lock this process holds on it, including the SHARED lock each WAL-mode
   connection holds on the database file. Without that lock, another process closing its
@@ -27,9 +31,12 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
+
+T = TypeVar("T")
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -42,6 +49,70 @@ class FileProblem(Exception):
     def __init__(self, kind: FileProblemKind, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
+
+
+_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
+_CORRUPT_CODES = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def _code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def is_busy(exc: BaseException) -> bool:
+    """True for "try later" (a lock held past the busy timeout), not "the file is bad"."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = _code(exc)
+    if code is not None:
+        return code in _BUSY_CODES
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """True for a file that is no (healthy) SQLite database any more."""
+    if isinstance(exc, FileProblem):
+        return exc.kind == "corrupt"
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = _code(exc)
+    if code is not None:
+        return code in _CORRUPT_CODES
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message [SQLITE_CODE]`` (``file <kind>: ...`` for a FileProblem)."""
+    if isinstance(exc, FileProblem):
+        return f"file {exc.kind}: {exc}"
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{type(exc).__name__}: {exc}" + (f" [{name}]" if name else "")
+
+
+def attach_with_retries(attach: Callable[[], T], attempts: int = 5) -> T:
+    """``attach()``, retried briefly while busy: a brand-new file switching to WAL can
+    report "locked" at once while another process creates the same file."""
+    for attempt in range(attempts):
+        try:
+            return attach()
+        except sqlite3.Error as exc:
+            if not is_busy(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def is_same_file(path: Path, identity: tuple[int, int] | None) -> bool | None:
+    """Whether the file at ``path`` is the one with ``identity`` (dev, inode): None if no
+    file is there; True when ``identity`` is None (any file will do)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return identity is None or (st.st_dev, st.st_ino) == identity
 
 
 @contextlib.contextmanager

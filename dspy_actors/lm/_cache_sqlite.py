@@ -35,7 +35,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from dspy_actors import redaction
-from dspy_actors._sqlite_file import FileProblem, PooledSqliteFile, write_tx
+from dspy_actors._sqlite_file import (
+    FileProblem,
+    PooledSqliteFile,
+    attach_with_retries,
+    describe,
+    is_busy,
+    is_same_file,
+    write_tx,
+)
 
 _log = redaction.get_logger("dspy_actors.lm.cache")
 
@@ -55,8 +63,6 @@ MAX_PENDING_TOUCHES = 4096
 MAX_RECOVERIES = 3
 RECOVERY_WINDOW_S = 60.0
 
-_SQLITE_BUSY = 5
-_SQLITE_LOCKED = 6
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS entries (
@@ -94,22 +100,10 @@ def _is_transient(exc: BaseException) -> bool:
     """True for errors that say "try later" (a lock held too long), not "the file is bad"."""
     if isinstance(exc, sqlite3.ProgrammingError | sqlite3.InterfaceError):
         return True  # misuse such as a connection closed by ``close()``: not a disk fault
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        if code is not None:
-            return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
-        message = str(exc).lower()
-        return "locked" in message or "busy" in message
-    return False
+    return is_busy(exc)
 
 
-def _describe(exc: BaseException) -> str:
-    name = getattr(exc, "sqlite_errorname", None)
-    suffix = f" [{name}]" if name else ""
-    return f"{type(exc).__name__}: {exc}{suffix}"
-
-
-class SqliteStore(PooledSqliteFile):
+class SqliteCacheFile(PooledSqliteFile):
     """The SQLite tier. Thread-safe; every public method is total (never raises)."""
 
     def __init__(self, path: Path, *, max_bytes: int, busy_timeout: float) -> None:
@@ -223,7 +217,7 @@ class SqliteStore(PooledSqliteFile):
                         "lm_cache.disk_busy",
                         path=str(self.path),
                         op=op,
-                        error=_describe(exc),
+                        error=describe(exc),
                         action="skipped",
                     )
                     return None
@@ -235,16 +229,7 @@ class SqliteStore(PooledSqliteFile):
         return self.status == "ok"
 
     def _attach_with_retries(self) -> None:
-        # Switching a brand-new file to WAL can report "locked" without waiting while another
-        # process creates the same file: a few short retries cover that race.
-        for attempt in range(5):
-            try:
-                self._attach()
-                return
-            except sqlite3.Error as exc:
-                if not _is_transient(exc) or attempt == 4:
-                    raise
-                time.sleep(0.02 * (attempt + 1))
+        attach_with_retries(self._attach)
 
     def _attach(self) -> None:
         """Open (creating if needed) the file at ``path`` and make it the current one."""
@@ -307,11 +292,11 @@ class SqliteStore(PooledSqliteFile):
                         "lm_cache.disk_busy",
                         path=str(self.path),
                         op=op,
-                        error=_describe(rebuild_exc),
+                        error=describe(rebuild_exc),
                         action="skipped",
                     )
                     return False
-                self._disable(op, exc, reason=f"recovery failed: {_describe(rebuild_exc)}")
+                self._disable(op, exc, reason=f"recovery failed: {describe(rebuild_exc)}")
                 return False
             with self._lock:
                 self.rebuilds += 1
@@ -319,7 +304,7 @@ class SqliteStore(PooledSqliteFile):
                 "lm_cache.disk_error",
                 path=str(self.path),
                 op=op,
-                error=_describe(exc),
+                error=describe(exc),
                 action=action,
             )
             return True
@@ -343,7 +328,7 @@ class SqliteStore(PooledSqliteFile):
                     "lm_cache.disk_busy",
                     path=str(self.path),
                     op="open",
-                    error=_describe(exc),
+                    error=describe(exc),
                     action="skipped",
                 )
                 return
@@ -351,7 +336,7 @@ class SqliteStore(PooledSqliteFile):
         try:
             action = self._reattach("error", None)
         except Exception as exc:
-            self._disable("open", first, reason=f"recovery failed: {_describe(exc)}")
+            self._disable("open", first, reason=f"recovery failed: {describe(exc)}")
             return
         with self._lock:
             self.rebuilds += 1
@@ -359,7 +344,7 @@ class SqliteStore(PooledSqliteFile):
             "lm_cache.disk_error",
             path=str(self.path),
             op="open",
-            error=_describe(first),
+            error=describe(first),
             action=action,
         )
 
@@ -397,12 +382,11 @@ class SqliteStore(PooledSqliteFile):
         With ``bad_identity`` given, the file is deleted only if it is still that file: another
         process may already have put a fresh one in its place.
         """
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
+        same = is_same_file(self.path, bad_identity)
+        if same is None:
             self._remove_orphan_sidecars()
             return
-        if bad_identity is not None and (st.st_dev, st.st_ino) != bad_identity:
+        if not same:
             return
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
@@ -410,16 +394,16 @@ class SqliteStore(PooledSqliteFile):
 
     def _disable(self, op: str, exc: BaseException, reason: str | None = None) -> None:
         self._drop_connections()
-        why = reason or _describe(exc)
+        why = reason or describe(exc)
         with self._lock:
             self.status = "degraded"
-            self.last_error = _describe(exc)
+            self.last_error = describe(exc)
             self.detail = f"disk tier disabled, caching in memory only: {self.path} failed ({why})"
         _log.warning(
             "lm_cache.disk_error",
             path=str(self.path),
             op=op,
-            error=_describe(exc),
+            error=describe(exc),
             action="memory_only",
             detail=self.detail,
         )
@@ -451,7 +435,7 @@ class SqliteStore(PooledSqliteFile):
 
     def _remember(self, exc: BaseException) -> None:
         with self._lock:
-            self.last_error = _describe(exc)
+            self.last_error = describe(exc)
 
 
 _TOUCH = "UPDATE entries SET accessed = ? WHERE key = ? AND accessed < ?"

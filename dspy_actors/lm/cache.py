@@ -34,7 +34,7 @@ import platformdirs
 
 from dspy_actors._postgres_url import is_database_url
 from dspy_actors.lm._cache_memory import MemoryLRU
-from dspy_actors.lm._cache_sqlite import SqliteStore
+from dspy_actors.lm._cache_sqlite import SqliteCacheFile
 
 if TYPE_CHECKING:
     from dspy_actors.lm._cache_postgres import PostgresCacheTier
@@ -194,7 +194,7 @@ class Cache:
         self._misses_lock = threading.Lock()
         self._closed = False
         path = default_disk_path() if isinstance(disk_path, _Default) else disk_path
-        self._disk: SqliteStore | PostgresCacheTier | None
+        self._disk: SqliteCacheFile | PostgresCacheTier | None
         if path is None:
             self._disk = None
         elif is_database_url(path):
@@ -202,7 +202,7 @@ class Cache:
 
             self._disk = PostgresCacheTier(str(path), max_bytes=disk_max_bytes)
         else:
-            self._disk = SqliteStore(
+            self._disk = SqliteCacheFile(
                 Path(path).expanduser(), max_bytes=disk_max_bytes, busy_timeout=busy_timeout
             )
 

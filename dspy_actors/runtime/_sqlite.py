@@ -1,6 +1,7 @@
 """One SQLite file shared by many threads and processes, that survives being deleted or broken.
 
-Shared by the parameter store and the dead-letter store. How it stays correct:
+Shared by the parameter store, the dead-letter store and the run store (through
+``_store_backend``). How it stays correct:
 
 * WAL journal mode (readers never block the writer; processes share the file) and a
   ``busy_timeout`` on every connection. Writes take the write lock up front (``BEGIN
@@ -34,10 +35,19 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Self, TypeVar
+from typing import Literal, TypeVar
 
 from dspy_actors import redaction
-from dspy_actors._sqlite_file import FileProblem, PooledSqliteFile, write_tx
+from dspy_actors._sqlite_file import (
+    FileProblem,
+    PooledSqliteFile,
+    attach_with_retries,
+    describe,
+    is_busy,
+    is_corrupt,
+    is_same_file,
+    write_tx,
+)
 
 __all__ = ["SqliteFile", "StoreError", "StoreHealth"]
 
@@ -45,8 +55,6 @@ T = TypeVar("T")
 
 _log = redaction.get_logger("dspy_actors.runtime.store")
 
-_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
-_CORRUPT_CODES = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
 # Idle connections kept for reuse; more are opened under load and closed when returned.
 _MAX_IDLE = 8
 
@@ -92,41 +100,6 @@ class StoreHealth:
 
 class _Incompatible(Exception):
     """A healthy file written by a newer schema: never moved, never rebuilt."""
-
-
-def _code(exc: BaseException) -> int | None:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return None if code is None else int(code) & 0xFF
-
-
-def _is_busy(exc: BaseException) -> bool:
-    if not isinstance(exc, sqlite3.OperationalError):
-        return False
-    code = _code(exc)
-    if code is not None:
-        return code in _BUSY_CODES
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
-def _is_corrupt(exc: BaseException) -> bool:
-    if isinstance(exc, FileProblem):
-        return exc.kind == "corrupt"
-    if not isinstance(exc, sqlite3.DatabaseError):
-        return False
-    code = _code(exc)
-    if code is not None:
-        return code in _CORRUPT_CODES
-    text = str(exc).lower()
-    return "malformed" in text or "not a database" in text
-
-
-def describe(exc: BaseException) -> str:
-    """``Type: message [SQLITE_CODE]`` for logs and error messages."""
-    if isinstance(exc, FileProblem):
-        return f"file {exc.kind}: {exc}"
-    name = getattr(exc, "sqlite_errorname", None)
-    return f"{type(exc).__name__}: {exc}" + (f" [{name}]" if name else "")
 
 
 class SqliteFile(PooledSqliteFile):
@@ -229,7 +202,7 @@ class SqliteFile(PooledSqliteFile):
                 self._count(exc)
                 if isinstance(exc, _Incompatible):
                     raise StoreError(str(exc)) from None
-                if _is_busy(exc):
+                if is_busy(exc):
                     raise StoreError(
                         f"{self.store} at {self.path}: {op} gave up after waiting "
                         f"{self._busy_timeout:g} s for a lock held by another connection "
@@ -260,19 +233,7 @@ class SqliteFile(PooledSqliteFile):
         Returns True if this is the file we had before (same file id), False if it is another.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        last: BaseException | None = None
-        # A brand-new file switching to WAL can report "locked" at once while another
-        # process creates the same file: a few short retries cover that race.
-        for attempt in range(5):
-            try:
-                return self._attach_once()
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-                last = exc
-                time.sleep(0.02 * (attempt + 1))
-        assert last is not None
-        raise last
+        return attach_with_retries(self._attach_once)
 
     def _attach_once(self) -> bool:
         conn = self._connect()
@@ -332,7 +293,7 @@ class SqliteFile(PooledSqliteFile):
             raise StoreError(str(exc)) from None
         except (sqlite3.Error, OSError, FileProblem) as exc:
             self._count(exc)
-            if _is_busy(exc):
+            if is_busy(exc):
                 # Locked by another process past the timeout: not a broken file. The first
                 # operation opens it (and recovers then if it really is broken).
                 _log.warning(
@@ -344,7 +305,7 @@ class SqliteFile(PooledSqliteFile):
                     action="deferred",
                 )
                 return
-            if not _is_corrupt(exc):
+            if not is_corrupt(exc):
                 self.close()
                 raise StoreError(
                     f"cannot open {self.store} at {self.path}: {describe(exc)}"
@@ -367,7 +328,7 @@ class SqliteFile(PooledSqliteFile):
             bad_identity = self._identity
             kind = exc.kind if isinstance(exc, FileProblem) else "error"
             try:
-                if _is_corrupt(exc):
+                if is_corrupt(exc):
                     # Move the file aside *before* closing our connections: the last one to
                     # close would checkpoint its WAL into the broken file, unless SQLite sees
                     # that the file has moved (then it leaves both alone, as evidence).
@@ -387,7 +348,7 @@ class SqliteFile(PooledSqliteFile):
                     try:
                         same = self._attach()
                     except (sqlite3.DatabaseError, FileProblem) as reopen_exc:
-                        if _is_busy(reopen_exc) or not _is_corrupt(reopen_exc):
+                        if is_busy(reopen_exc) or not is_corrupt(reopen_exc):
                             raise
                         self._rebuild(op, reopen_exc, None)
                     else:
@@ -425,12 +386,11 @@ class SqliteFile(PooledSqliteFile):
 
     def _quarantine(self, bad_identity: tuple[int, int] | None) -> None:
         """Move the broken file (and its WAL sidecars) aside, unless already replaced."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
+        same = is_same_file(self.path, bad_identity)
+        if same is None:
             self._remove_orphan_sidecars()
             return
-        if bad_identity is not None and (st.st_dev, st.st_ino) != bad_identity:
+        if not same:
             return  # Another process already put a fresh file in its place.
         target = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
         os.replace(self.path, target)
@@ -439,43 +399,3 @@ class SqliteFile(PooledSqliteFile):
                 os.replace(f"{self.path}{suffix}", f"{target}{suffix}")
         with self._lock:
             self._quarantined.append(target)
-
-
-class SqliteStore:
-    """What every store built on one :class:`SqliteFile` shares: the file, health, close,
-    ``with``. Subclasses pass their store name, schema and schema version."""
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        store: str,
-        schema: Sequence[str],
-        schema_version: int,
-        busy_timeout: float,
-    ) -> None:
-        self._file = SqliteFile(
-            path,
-            store=store,
-            schema=schema,
-            schema_version=schema_version,
-            busy_timeout=busy_timeout,
-        )
-        self.path: Path = self._file.path
-
-    def health(self) -> StoreHealth:
-        """The file's state: rebuilds, lost history, errors (see :class:`StoreHealth`)."""
-        return self._file.health()
-
-    def close(self) -> None:
-        """Close the file's connections; later calls raise StoreError. Idempotent."""
-        self._file.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.path)!r})"

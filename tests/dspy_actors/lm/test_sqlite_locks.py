@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from dspy_actors.lm._cache_sqlite import SqliteStore
+from dspy_actors.lm._cache_sqlite import SqliteCacheFile
 
 _OTHER_PROCESS = """
 import sqlite3, sys
@@ -32,7 +32,7 @@ def _another_process_writes_and_closes(path: Path) -> None:
 
 def test_a_recovery_keeps_the_locks_of_connections_still_in_use(tmp_path: Path) -> None:
     path = tmp_path / "cache.sqlite3"
-    store = SqliteStore(path, max_bytes=10_000_000, busy_timeout=5.0)
+    store = SqliteCacheFile(path, max_bytes=10_000_000, busy_timeout=5.0)
     try:
         store.put("k", '{"outputs": ["v"]}')
         holding, release = threading.Event(), threading.Event()
