@@ -16,6 +16,7 @@ from typing import Any
 from dspy_actors.runtime._store_backend import is_database_url
 from dspy_actors.runtime.dead_letters import DeadLetterStore
 from dspy_actors.runtime.parameter_store import ParameterStore
+from dspy_actors.runtime.poison import PoisonCounts
 
 __all__ = ["AppStores", "check_store_url"]
 
@@ -60,6 +61,8 @@ class AppStores:
         self.store_url = store_url
         self.params: ParameterStore | None = None
         self.dead_letters: DeadLetterStore | None = None
+        # Crash counts shared by replicas (PostgreSQL only; in memory with SQLite).
+        self.poison_counts: PoisonCounts | None = None
         self._on_saved = on_saved
         self._name = name
         self._retry_for = retry_for
@@ -78,6 +81,7 @@ class AppStores:
         self._database = PostgresDatabase(self.store_url, retry_for=self._retry_for)
         self.params = ParameterStore(self._database)
         self.dead_letters = DeadLetterStore(self._database)
+        self.poison_counts = PoisonCounts(self._database)
         if self._on_saved is not None:
             self._listener = SavedStateListener(
                 self.store_url, self._on_saved, thread_name=f"{self._name}-pg-listen"
@@ -99,7 +103,7 @@ class AppStores:
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
-        for store in (self.params, self.dead_letters):
+        for store in (self.params, self.dead_letters, self.poison_counts):
             if store is not None:
                 store.close()
         if self._database is not None:

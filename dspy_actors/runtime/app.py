@@ -224,7 +224,7 @@ class App:
         self.name = config.name
         self.lm = config.lm
         self.registry = supervisors.Registry()
-        self.poison = PoisonTracker(config.poison_threshold)
+        self.poison = PoisonTracker(config.poison_threshold, lambda: self.stores.poison_counts)
         self.stores = AppStores(
             config.data_dir,
             config.store,

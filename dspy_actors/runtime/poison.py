@@ -3,14 +3,74 @@
 The count survives actor restarts (it lives in the app, keyed by program and input), so a
 crash-looping input is stopped after ``threshold`` crashes instead of taking the tree down
 with restarts. A quarantined input is refused at once until its dead letter is replayed.
+
+With a shared PostgreSQL store (``dsa.start(store=...)``), crash counts live in the database
+(:class:`PoisonCounts`): crashes of one input on every replica add up, so an input that
+crashes each replica once is quarantined after ``threshold`` crashes overall. If the
+database cannot be reached, the count falls back to this process's own (a crash is never
+lost, only counted locally). Quarantine itself is per replica (each refuses at once the
+inputs it quarantined; the dead letter is in the shared store for all to see).
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
+from dspy_actors import redaction
+from dspy_actors.runtime._sqlite import StoreError
+from dspy_actors.runtime._store_backend import Connection, Store
+
+_log = redaction.get_logger("dspy_actors.runtime.store")
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS poison_counts (
+        key TEXT PRIMARY KEY,
+        crashes INTEGER NOT NULL
+    )""",
+)
+_PG_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS poison_counts (
+        key TEXT PRIMARY KEY,
+        crashes BIGINT NOT NULL
+    )""",
+)
+
+
+class PoisonCounts(Store):
+    """Crash counts per input fingerprint, in a store shared by replicas. Thread-safe."""
+
+    def __init__(self, path: Any, *, busy_timeout: float = 5.0) -> None:
+        super().__init__(
+            path,
+            store="poison_counts",
+            schema=_SCHEMA,
+            pg_schema=_PG_SCHEMA,
+            schema_version=1,
+            busy_timeout=busy_timeout,
+        )
+
+    def crashed(self, key: str) -> int:
+        """Count one crash of this input; how many it has caused (on every replica)."""
+
+        def bump(conn: Connection) -> int:
+            (count,) = conn.execute(
+                "INSERT INTO poison_counts (key, crashes) VALUES (?, 1) ON CONFLICT (key) "
+                "DO UPDATE SET crashes = poison_counts.crashes + 1 RETURNING crashes",
+                (key,),
+            ).fetchone()
+            return int(count)
+
+        return self._file.write("count crash", bump)
+
+    def forget(self, key: str) -> None:
+        """Drop the count of this input (quarantined or released)."""
+        self._file.write(
+            "forget crashes",
+            lambda conn: conn.execute("DELETE FROM poison_counts WHERE key = ?", (key,)),
+        )
 
 
 def fingerprint(program: str, inputs: Mapping[str, Any]) -> str:
@@ -100,12 +160,18 @@ def _other(value: Any) -> bytes:
 
 
 class PoisonTracker:
-    """Counts crashes per input; says when an input is poison. Thread-safe."""
+    """Counts crashes per input; says when an input is poison. Thread-safe.
 
-    def __init__(self, threshold: int) -> None:
+    ``shared()``: the :class:`PoisonCounts` of a shared store to count in (None: count in
+    memory), looked up at each crash (the store opens after the tracker is made)."""
+
+    def __init__(
+        self, threshold: int, shared: Callable[[], PoisonCounts | None] = lambda: None
+    ) -> None:
         if threshold < 1:
             raise ValueError(f"poison threshold must be >= 1, got {threshold!r}")
         self.threshold = threshold
+        self._shared = shared
         self._lock = threading.Lock()
         self._crashes: dict[str, int] = {}
         self._quarantined: dict[str, str] = {}  # fingerprint -> dead letter id
@@ -115,12 +181,29 @@ class PoisonTracker:
         with self._lock:
             count = self._crashes.get(key, 0) + 1
             self._crashes[key] = count
-            return count
+        shared = self._shared()
+        if shared is not None:
+            try:
+                # The shared count includes this process's crashes (and forgets them when
+                # any replica quarantines or releases the input).
+                return shared.crashed(key)
+            except StoreError as exc:
+                _log.warning("poison.count_local", error=str(exc), action="counted locally")
+        return count
 
     def quarantine(self, key: str, dead_letter_id: str) -> None:
         with self._lock:
             self._quarantined[key] = dead_letter_id
             self._crashes.pop(key, None)
+        self._forget_shared(key)
+
+    def _forget_shared(self, key: str) -> None:
+        shared = self._shared()
+        if shared is not None:
+            try:
+                shared.forget(key)
+            except StoreError as exc:
+                _log.warning("poison.forget_failed", error=str(exc), action="kept")
 
     def any_quarantined(self) -> bool:
         """Whether any input is quarantined (lets callers skip fingerprinting)."""
@@ -134,3 +217,4 @@ class PoisonTracker:
         with self._lock:
             self._quarantined.pop(key, None)
             self._crashes.pop(key, None)
+        self._forget_shared(key)
