@@ -7,7 +7,7 @@ is delivered once the state is committed, never before). Each app on that databa
 program the app serves, upgrades it to the saved version (blue/green, draining the calls in
 flight, as a local ``handle.upgrade`` does). A notification lost while the listener was
 disconnected is made up for on reconnecting: every served program is compared with the
-latest saved version then.
+latest saved version then, and again after each poll until a check succeeds.
 """
 
 from __future__ import annotations
@@ -63,10 +63,12 @@ class SavedStateListener:
                     conn.execute(f"LISTEN {SAVED_CHANNEL}")
                     self.connected.set()
                     pause = 0.1
-                    self._deliver(None)
+                    pending = not self._deliver(None)
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=_POLL_SECONDS):
-                            self._deliver(_program_of(note.payload))
+                            pending |= not self._deliver(_program_of(note.payload))
+                        if pending:  # a follow failed (the pool still reconnecting): again
+                            pending = not self._deliver(None)
             except psycopg.Error as exc:
                 self.connected.clear()
                 if self._stop.is_set():
@@ -80,15 +82,18 @@ class SavedStateListener:
                 pause = min(pause * 2, 2.0)
         self.connected.clear()
 
-    def _deliver(self, program: str | None) -> None:
+    def _deliver(self, program: str | None) -> bool:
+        """False if following failed (it is retried: every program is checked again)."""
         try:
             self._on_saved(program)
+            return True
         except Exception as exc:  # one bad follow must not stop the listener
             _log.warning(
                 "store.follow_failed",
                 program=program,
                 error=redaction.redact(f"{type(exc).__name__}: {exc}"),
             )
+            return False
 
 
 def _program_of(payload: str) -> str | None:
