@@ -58,6 +58,8 @@ from dspy_actors.runtime.poison import PoisonTracker, fingerprint
 from dspy_actors.runtime.state_checks import check_upgrade
 from dspy_actors.runtime.tools import TOOL_LETTER_PREFIX, served_tool_runner
 from dspy_actors.runtime.tree_build import (
+    PROGRAM_INTENSITY,
+    PROGRAM_PERIOD,
     TreeOptions,
     accepted_inputs,
     instantiate_step,
@@ -499,8 +501,8 @@ class App:
         max_in_flight: int | None = None,
         strategy: supervisors.Strategy = "one_for_one",
         load_saved_state: bool = True,
-        intensity: int = 10,
-        period: float = 5.0,
+        intensity: int = PROGRAM_INTENSITY,
+        period: float = PROGRAM_PERIOD,
         max_crash_retries: int = 3,
     ) -> ProgramHandle:
         """Serve any Module as a supervised subtree mirroring its composition.
@@ -563,8 +565,8 @@ class App:
         idempotent: bool = False,
         timeout: float | None = None,
         max_in_flight: int | None = None,
-        intensity: int = 10,
-        period: float = 5.0,
+        intensity: int = PROGRAM_INTENSITY,
+        period: float = PROGRAM_PERIOD,
         max_crash_retries: int = 3,
     ) -> ProgramHandle:
         """Serve a pipeline: each ``(id, ModuleClass, kwargs)`` step is a supervised actor

@@ -16,8 +16,10 @@ awaits the reply futures on the caller's event loop and holds no thread while in
 - A call never hangs: it ends by its deadline (``timeout``) at the latest.
 - A call that could not reach the module (restarting) is retried until it can (a later
   step of a pipeline is resent by itself, so the steps before it do not run again). A call
-  in flight when a module crashed fails with ``ModuleCrashed``, or is retried (from the
-  first step) if the call is idempotent. An input that itself crashes the module
+  in flight on a *predictor* whose actor died is sent to it again (it is safe to repeat:
+  ``ModuleCrashed.repeatable``, at most ``calls.REPEAT_LIMIT`` times). A call in flight in
+  a user-written ``forward`` when its module crashed fails with ``ModuleCrashed``, or is
+  retried (from the first step) if the call is idempotent. An input that itself crashes the module
   ``poison_threshold`` times is quarantined as a dead letter (``DeadLettered``).
 - At most ``max_in_flight`` calls per program: past it, ``Overloaded`` at once. A call
   leaves its slot when it ends, also when an awaiting ``acall`` is cancelled.
@@ -33,7 +35,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from dspy_actors.lm.usage import Usage
-from dspy_actors.runtime.calls import send_call
+from dspy_actors.runtime.calls import REPEAT_LIMIT, send_call
 from dspy_actors.runtime.context import CallContext, capture
 from dspy_actors.runtime.errors import DeadLettered, ModuleCrashed, ModuleUnavailable, Overloaded
 from dspy_actors.runtime.input_check import check_encodable
@@ -184,6 +186,7 @@ class ProgramHandle:
             if dead is not None:
                 raise DeadLettered(program.name, dead, app.poison.threshold)
         crashes_seen = 0
+        repeats = 0  # lost in flight on a predictor (the entry, or a pipeline's first step)
         unavailable_since: float | None = None
         while True:
             app.raise_if_stopped(program.name)  # a tree that is gone: fail now, say why
@@ -226,6 +229,9 @@ class ProgramHandle:
                     if count >= app.poison.threshold:
                         letter = app.dead_letter(program.name, inputs, crash, count)
                         raise DeadLettered(program.name, letter, count) from crash
+                if crash.repeatable and repeats < REPEAT_LIMIT:
+                    repeats += 1
+                    continue
                 crashes_seen += 1
                 if not retry_crashes or crashes_seen > program.max_crash_retries:
                     raise

@@ -27,7 +27,8 @@ its forward greenlet), which frees its in-flight slot.
 Errors: an LM error, a parse error, a deadline or an overload is the call's answer. Any
 other exception is a bug: the caller gets :class:`ModuleCrashed` (with the exception as
 its cause), then the actor crashes and its supervisor restarts it, fresh, with its learned
-parameters reloaded. Calls still in flight on a crashed actor get ``ModuleCrashed`` too.
+parameters reloaded. Calls still in flight on a crashed actor get ``ModuleCrashed`` too;
+a predictor's are marked ``repeatable`` (safe to send again: its callers do, by themselves).
 """
 
 from __future__ import annotations
@@ -418,8 +419,13 @@ class ModuleActor(supervisors.SupervisedActor):
         records = list(self._inflight.values())
         self._inflight.clear()
         for record in records:
-            reject(record.call.reply, ModuleCrashed(self.path, reason))
+            # A predictor's call in flight is safe to repeat (its LM calls have no side
+            # effects): its caller resends it; a user forward's is not (idempotent=...).
+            crashed = ModuleCrashed(self.path, reason, repeatable=self._predictor)
+            reject(record.call.reply, crashed)
             self._end_quietly(record)
+            if record.lm_reply is not None:
+                record.lm_reply.cancel()  # nobody will resume these steps: free its LM slot
         for record in records:
             if record.thread is not None and record.thread is not threading.current_thread():
                 record.thread.join(timeout=_CALL_THREAD_JOIN_SECONDS)

@@ -86,7 +86,7 @@ def test_crash_storm_escalates_the_program_subtree_and_the_modules_supervisor_re
     app = start_app()
     restarts: list[Any] = []
     app.subscribe("runtime.restart", restarts.append)
-    storm = app.serve("storm", Storm())
+    storm = app.serve("storm", Storm(), intensity=10)  # (the default rides out more)
     healthy = app.serve("healthy", dsa.Predict("question -> answer"))
     ledger = CallLedger(storm, hang_after_s=30.0)
     # Distinct inputs (none is poison on its own), more crashes than 10 in 5 s.

@@ -224,10 +224,9 @@ def test_many_callers_while_a_step_is_killed_all_get_an_answer_or_a_clear_error(
     errors = [e for e in failed if isinstance(e, ModuleCrashed | ModuleUnavailable)]
     assert errors == failed, failed[:3]  # only the runtime's clear errors
     assert all(e.module_path == "qa.answer" for e in errors), errors[:3]
-    if idempotent:
-        assert errors == []  # three kills, each crashing a call at most once: within retries
-    else:
-        assert errors, "the calls in flight on the killed step must fail"
+    # Either way: the killed step is a predictor, so the calls it dropped are sent to it
+    # again (safe to repeat); idempotent only matters for a user-written forward.
+    assert errors == []
     assert all(o.answer for o in outcomes if not isinstance(o, BaseException))
     # The step came back: the next call is answered.
     assert qa.call(question="after").answer

@@ -40,19 +40,35 @@ def _actor(app: Any, child_path: str) -> Any:
 def test_killing_a_module_actor_mid_flight_fails_its_calls_clearly(
     start_app: StartApp, sim: SimLM
 ) -> None:
+    # A user-written forward (RAG's) is not repeated without idempotent=True: its calls
+    # in flight fail. (A predictor's are sent again: test_predictor_calls_repeat.py.)
     sim.respond_with(_slow_responder(0.3))
     app = start_app()
-    qa = app.serve("qa", Predict("question -> answer"))
+    qa = app.serve("qa", RAG())
     futures = [qa.submit(question=f"q{i}") for i in range(6)]
     time.sleep(0.1)  # let them reach the actor and the LM
     supervisors.kill(_actor(app, "qa@v1/"))
     outcomes = [f.exception(timeout=30.0) for f in futures]
     assert all(e is None or isinstance(e, ModuleCrashed) for e in outcomes)
-    crashes = [str(e) for e in outcomes if e is not None]
+    crashes = [e for e in outcomes if isinstance(e, ModuleCrashed)]
     assert crashes, "the calls in flight on the killed actor must fail"
-    assert all("module 'qa' crashed" in c and "was killed" in c for c in crashes)
+    assert all("module 'qa' crashed" in str(c) and "was killed" in str(c) for c in crashes)
+    assert not any(c.repeatable for c in crashes)
     # The supervisor restarted it: the next call is answered.
     assert qa.call(question="after").answer
+
+
+def test_killing_a_predictor_mid_flight_sends_its_calls_again(
+    start_app: StartApp, sim: SimLM
+) -> None:
+    sim.respond_with(_slow_responder(0.3))
+    app = start_app()
+    qa = app.serve("qa", Predict("question -> answer"))
+    futures = [qa.submit(question=f"q{i}") for i in range(6)]
+    wait_until(lambda: sim.request_count >= 6, timeout=10.0)  # all at the LM
+    supervisors.kill(_actor(app, "qa@v1/"))
+    assert all(f.result(timeout=30.0).answer for f in futures)
+    assert sim.request_count >= 12  # each dropped call was sent again
 
 
 def test_idempotent_calls_are_retried_after_a_crash(start_app: StartApp, sim: SimLM) -> None:
