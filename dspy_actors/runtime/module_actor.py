@@ -58,6 +58,7 @@ from dspy_actors.runtime.errors import (
     Overloaded,
     RuntimeCallError,
 )
+from dspy_actors.runtime.events import Event, ModuleEnd, ModuleError, ModuleStart
 from dspy_actors.runtime.lm_pool import Dispatcher, lm_reply_may_run_inline, submit_lm_request
 from dspy_actors.runtime.messages import Call
 from dspy_actors.waiting import ForwardGreenlet, Park, timers
@@ -82,7 +83,9 @@ class ModuleServices:
     registry: supervisors.Registry
     dispatcher: Dispatcher
     load_state: Callable[[str], dict[str, Any] | None] = lambda _path: None
-    on_event: Callable[[str, str, dict[str, Any]], None] = lambda _t, _p, _d: None
+    # How to publish the module's typed events, or None while nobody listens (then no
+    # event is even built): module.start, module.end, module.error.
+    publisher: Callable[[], Callable[[Event], None] | None] = lambda: None
     # The usage meter of the module at a path: the same one across the actor's restarts
     # and the program's upgrades, so a module's usage adds up over its whole service.
     meter_for: Callable[[str], UsageMeter] = lambda _path: UsageMeter()
@@ -224,7 +227,9 @@ class ModuleActor(supervisors.SupervisedActor):
         self.counters.calls += 1
         record = _InFlight(call)
         self._inflight[call_id] = record
-        self.services.on_event("module.start", self.path, {"trace_id": call.ctx.trace_id})
+        publish = self.services.publisher()
+        if publish is not None:
+            publish(ModuleStart(trace_id=call.ctx.trace_id, module_path=self.path))
         # A caller that gives up cancels the reply: drop the call then (frees its slot).
         call.reply.add_done_callback(partial(_tell_if_cancelled, self.actor_ref, call_id))
         if self._predictor:
@@ -364,9 +369,15 @@ class ModuleActor(supervisors.SupervisedActor):
         if record is None:
             return
         # Every module.start has its end: a cancelled call ends as an error, "CancelledError".
-        trace_id = record.call.ctx.trace_id
-        data = {"trace_id": trace_id, "error": "CancelledError"}
-        self.services.on_event("module.error", self.path, data)
+        publish = self.services.publisher()
+        if publish is not None:
+            publish(
+                ModuleError(
+                    trace_id=record.call.ctx.trace_id,
+                    module_path=self.path,
+                    error_type="CancelledError",
+                )
+            )
         self._end_quietly(record)
         if record.lm_reply is not None:
             record.lm_reply.cancel()  # the LM pool may skip or drop it
@@ -392,18 +403,24 @@ class ModuleActor(supervisors.SupervisedActor):
         if record is None:
             return
         resolve(record.call.reply, prediction)
-        self.services.on_event("module.end", self.path, {"trace_id": record.call.ctx.trace_id})
+        publish = self.services.publisher()
+        if publish is not None:
+            publish(ModuleEnd(trace_id=record.call.ctx.trace_id, module_path=self.path))
 
     def _fail(self, call_id: int, error: BaseException) -> None:
         record = self._inflight.pop(call_id, None)
         if record is None:
             return
         self.counters.errors += 1
-        self.services.on_event(
-            "module.error",
-            self.path,
-            {"trace_id": record.call.ctx.trace_id, "error": type(error).__name__},
-        )
+        publish = self.services.publisher()
+        if publish is not None:
+            publish(
+                ModuleError(
+                    trace_id=record.call.ctx.trace_id,
+                    module_path=self.path,
+                    error_type=type(error).__name__,
+                )
+            )
         if isinstance(error, EXPECTED_ERRORS):
             reject(record.call.reply, error)
             return

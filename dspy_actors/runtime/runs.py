@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import supervisors
 from dspy_actors import redaction, settings
@@ -55,7 +55,10 @@ from dspy_actors.runtime.events import RunProgress
 from dspy_actors.runtime.run_journal import JournaledLM, LMJournal
 
 if TYPE_CHECKING:
-    from dspy_actors.runtime.app import App
+    from concurrent.futures import Executor
+
+    from dspy_actors.runtime.app_config import AppConfig
+    from dspy_actors.runtime.events import EventBus
 
 __all__ = [
     "RunCancelled",
@@ -69,6 +72,26 @@ __all__ = [
 ]
 
 _log = redaction.get_logger("dspy_actors.runtime.runs")
+
+
+class RunHost(Protocol):
+    """What a run needs of the app it runs in (``App`` is one): its ``runs`` supervisor
+    (under ``root``), registry, settings, events, executor and LM pool."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def registry(self) -> supervisors.Registry: ...
+    @property
+    def config(self) -> AppConfig: ...
+    @property
+    def events(self) -> EventBus: ...
+    @property
+    def executor(self) -> Executor: ...
+    @property
+    def root(self) -> supervisors.Supervisor: ...
+    def pooled_overrides(self) -> dict[str, Any]: ...
+
 
 # The unfinished runs of each app, for cancel_all (the app itself keeps no run state).
 _active: weakref.WeakKeyDictionary[Any, dict[str, _Shared]] = weakref.WeakKeyDictionary()
@@ -296,7 +319,7 @@ class RunActor(supervisors.SupervisedActor):
 
     def __init__(
         self,
-        app: App,
+        app: RunHost,
         optimizer: Optimizer,
         student: Module,
         trainset: list[Example],
@@ -392,7 +415,7 @@ class RunActor(supervisors.SupervisedActor):
 class RunHandle:
     """A run started by :func:`start_run` (``app.optimize``)."""
 
-    def __init__(self, app: App, run_id: str, child_id: str, shared: _Shared) -> None:
+    def __init__(self, app: RunHost, run_id: str, child_id: str, shared: _Shared) -> None:
         self._app = app
         self.run_id = run_id
         self.child_id = child_id
@@ -428,18 +451,18 @@ class RunHandle:
         return f"RunHandle({self.run_id!r}, {self._shared.status.state})"
 
 
-def _driver_name(app: App, run_id: str) -> str:
+def _driver_name(app: RunHost, run_id: str) -> str:
     return f"{app.name}/runs/{run_id}/driver"
 
 
-def _runs(app: App) -> supervisors.DynamicSupervisor:
+def _runs(app: RunHost) -> supervisors.DynamicSupervisor:
     handle = app.root.supervisor("runs")
     assert isinstance(handle, supervisors.DynamicSupervisor)
     return handle
 
 
 def start_run(
-    app: App,
+    app: RunHost,
     optimizer: Optimizer,
     student: Module,
     *,
@@ -521,7 +544,7 @@ def start_run(
     return RunHandle(app, run_id, child_id, shared)
 
 
-def cancel_all(app: App, timeout: float = 30.0) -> int:
+def cancel_all(app: RunHost, timeout: float = 30.0) -> int:
     """Cancel every unfinished run of ``app`` and wait (up to ``timeout`` overall) until
     they stop; returns how many were cancelled. Call before stopping the app, so a driver
     busy with a long step stops at the next example rather than being abandoned."""
