@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from dspy_actors.lm.usage import Usage
+from dspy_actors.runtime._streaming import astream_plan, stream_plan
 from dspy_actors.runtime.calls import send_call
 from dspy_actors.runtime.context import CallContext, capture
 from dspy_actors.runtime.errors import DeadLettered, ModuleCrashed, ModuleUnavailable, Overloaded
@@ -40,6 +41,10 @@ from dspy_actors.runtime.input_check import check_encodable
 from dspy_actors.runtime.pipeline import pipeline_plan
 from dspy_actors.runtime.plans import AwaitReply, Pause, Plan, arun_plan, run_plan
 from dspy_actors.runtime.poison import fingerprint
+from dspy_actors.streaming._channel import DEFAULT_CAPACITY, StreamingChannel
+from dspy_actors.streaming._tap import StreamTap
+from dspy_actors.streaming.listener import StreamListener
+from dspy_actors.streaming.messages import ModuleStatusMessages, StatusMessageProvider
 
 if TYPE_CHECKING:
     from dspy_actors.runtime.app import App, ServedProgram
@@ -150,6 +155,72 @@ class ProgramHandle:
         """``acall`` with the options of :meth:`call_with`."""
         ctx = self._context(timeout, trace_id, overrides)
         return await arun_plan(self._call_plan(inputs, ctx, idempotent, lend=False))
+
+    def stream(self, *args: Any, **inputs: Any) -> Iterator[Any]:
+        """Run the program on ``inputs``, yielding its answer as it is made: a
+        ``StatusMessage`` when a module starts or ends, a ``StreamResponse`` for each
+        piece of each output field's text, and last the Prediction. See
+        docs/streaming.md; :meth:`stream_with` takes options."""
+        if args:
+            raise _positional_call_error(self._program, args)
+        return self.stream_with(inputs)
+
+    def stream_with(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        stream_listeners: Sequence[StreamListener] = (),
+        status_message_provider: StatusMessageProvider | None = None,
+        buffer: int = DEFAULT_CAPACITY,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        trace_id: str | None = None,
+        **overrides: Any,
+    ) -> Iterator[Any]:
+        """``stream`` with options: ``stream_listeners`` (only these fields stream; each
+        listener's ``predict_name`` is matched against module paths), the
+        ``status_message_provider``, ``buffer`` (pieces held for a slow reader before the
+        LM's HTTP read pauses), and the options of :meth:`call_with`."""
+        channel, ctx = self._streamed_context(
+            stream_listeners, status_message_provider, buffer, timeout, trace_id, overrides
+        )
+        return stream_plan(self._call_plan(inputs, ctx, idempotent, lend=False), channel)
+
+    def astream(self, **inputs: Any) -> AsyncIterator[Any]:
+        """``async for piece in handle.astream(...)``: :meth:`stream` on the running event
+        loop, holding no thread while in flight."""
+        return self.astream_with(inputs)
+
+    def astream_with(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        stream_listeners: Sequence[StreamListener] = (),
+        status_message_provider: StatusMessageProvider | None = None,
+        buffer: int = DEFAULT_CAPACITY,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        trace_id: str | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[Any]:
+        """``astream`` with the options of :meth:`stream_with`."""
+        channel, ctx = self._streamed_context(
+            stream_listeners, status_message_provider, buffer, timeout, trace_id, overrides
+        )
+        return astream_plan(self._call_plan(inputs, ctx, idempotent, lend=False), channel)
+
+    def _streamed_context(
+        self,
+        listeners: Sequence[StreamListener],
+        status: StatusMessageProvider | None,
+        buffer: int,
+        timeout: float | None,
+        trace_id: str | None,
+        overrides: Mapping[str, Any],
+    ) -> tuple[StreamingChannel, CallContext]:
+        channel = StreamingChannel(buffer)
+        tap = StreamTap(channel, status or ModuleStatusMessages(), listeners)
+        return channel, self._context(timeout, trace_id, overrides).streamed_by(tap)
 
     def submit(self, **inputs: Any) -> Future[Any]:
         """Start a call; the future gets its Prediction or error."""
