@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import Any
 
 from dspy_actors.runtime.errors import ModuleCrashed
@@ -35,7 +35,81 @@ from dspy_actors.runtime.plans import (
 from dspy_actors.streaming._channel import StreamingChannel
 from dspy_actors.streaming.messages import StreamingInterrupted
 
-__all__ = ["astream_plan", "stream_plan"]
+__all__ = ["AsyncStreaming", "Streaming", "astream_plan", "stream_plan"]
+
+
+class Streaming(Iterator[Any]):
+    """What ``handle.stream`` returns: an iterator over the pieces and, last, the
+    Prediction. ``close()`` (or leaving a ``with`` block, or ``break`` in a ``for`` that
+    drops it) cancels the call. ``buffered`` and ``high_water`` say how many pieces wait
+    for the reader now and at most so far (never much beyond ``capacity``)."""
+
+    def __init__(self, plan: Plan[Any], channel: StreamingChannel) -> None:
+        self._channel = channel
+        self._pieces = stream_plan(plan, channel)
+
+    def __iter__(self) -> Streaming:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._pieces.close()
+
+    def __enter__(self) -> Streaming:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def capacity(self) -> int:
+        return self._channel.capacity
+
+    @property
+    def buffered(self) -> int:
+        return self._channel.buffered
+
+    @property
+    def high_water(self) -> int:
+        return self._channel.high_water
+
+
+class AsyncStreaming(AsyncIterator[Any]):
+    """What ``handle.astream`` returns: :class:`Streaming` for ``async for``; ``aclose()``
+    (or cancelling the reading task) cancels the call."""
+
+    def __init__(self, plan: Plan[Any], channel: StreamingChannel) -> None:
+        self._channel = channel
+        self._pieces = astream_plan(plan, channel)
+
+    def __aiter__(self) -> AsyncStreaming:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._pieces.__anext__()
+
+    async def aclose(self) -> None:
+        await self._pieces.aclose()
+
+    async def __aenter__(self) -> AsyncStreaming:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def capacity(self) -> int:
+        return self._channel.capacity
+
+    @property
+    def buffered(self) -> int:
+        return self._channel.buffered
+
+    @property
+    def high_water(self) -> int:
+        return self._channel.high_water
 
 
 def _guarded(plan: Plan[Any], channel: StreamingChannel) -> Plan[Any]:
@@ -62,7 +136,7 @@ def _guarded(plan: Plan[Any], channel: StreamingChannel) -> Plan[Any]:
         plan.close()
 
 
-def stream_plan(plan: Plan[Any], channel: StreamingChannel) -> Iterator[Any]:
+def stream_plan(plan: Plan[Any], channel: StreamingChannel) -> Generator[Any, None, None]:
     """Drive ``plan`` in this thread, yielding the channel's pieces as they come, then
     the plan's result."""
     guarded = _guarded(plan, channel)
@@ -108,7 +182,7 @@ def stream_plan(plan: Plan[Any], channel: StreamingChannel) -> Iterator[Any]:
         guarded.close()
 
 
-async def astream_plan(plan: Plan[Any], channel: StreamingChannel) -> AsyncIterator[Any]:
+async def astream_plan(plan: Plan[Any], channel: StreamingChannel) -> AsyncGenerator[Any, None]:
     """:func:`stream_plan` on the running event loop (the plan runs as a task on it)."""
     task = asyncio.ensure_future(arun_plan(_guarded(plan, channel)))
     task.add_done_callback(lambda _task: channel.wake())

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from dspy_actors.lm.usage import Usage
-from dspy_actors.runtime._streaming import astream_plan, stream_plan
+from dspy_actors.runtime._streaming import AsyncStreaming, Streaming
 from dspy_actors.runtime.calls import send_call
 from dspy_actors.runtime.context import CallContext, capture
 from dspy_actors.runtime.errors import DeadLettered, ModuleCrashed, ModuleUnavailable, Overloaded
@@ -156,7 +156,7 @@ class ProgramHandle:
         ctx = self._context(timeout, trace_id, overrides)
         return await arun_plan(self._call_plan(inputs, ctx, idempotent, lend=False))
 
-    def stream(self, *args: Any, **inputs: Any) -> Iterator[Any]:
+    def stream(self, *args: Any, **inputs: Any) -> Streaming:
         """Run the program on ``inputs``, yielding its answer as it is made: a
         ``StatusMessage`` when a module starts or ends, a ``StreamResponse`` for each
         piece of each output field's text, and last the Prediction. See
@@ -176,7 +176,7 @@ class ProgramHandle:
         idempotent: bool | None = None,
         trace_id: str | None = None,
         **overrides: Any,
-    ) -> Iterator[Any]:
+    ) -> Streaming:
         """``stream`` with options: ``stream_listeners`` (only these fields stream; each
         listener's ``predict_name`` is matched against module paths), the
         ``status_message_provider``, ``buffer`` (pieces held for a slow reader before the
@@ -184,9 +184,9 @@ class ProgramHandle:
         channel, ctx = self._streamed_context(
             stream_listeners, status_message_provider, buffer, timeout, trace_id, overrides
         )
-        return stream_plan(self._call_plan(inputs, ctx, idempotent, lend=False), channel)
+        return Streaming(self._call_plan(inputs, ctx, idempotent, lend=False), channel)
 
-    def astream(self, **inputs: Any) -> AsyncIterator[Any]:
+    def astream(self, **inputs: Any) -> AsyncStreaming:
         """``async for piece in handle.astream(...)``: :meth:`stream` on the running event
         loop, holding no thread while in flight."""
         return self.astream_with(inputs)
@@ -202,12 +202,12 @@ class ProgramHandle:
         idempotent: bool | None = None,
         trace_id: str | None = None,
         **overrides: Any,
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncStreaming:
         """``astream`` with the options of :meth:`stream_with`."""
         channel, ctx = self._streamed_context(
             stream_listeners, status_message_provider, buffer, timeout, trace_id, overrides
         )
-        return astream_plan(self._call_plan(inputs, ctx, idempotent, lend=False), channel)
+        return AsyncStreaming(self._call_plan(inputs, ctx, idempotent, lend=False), channel)
 
     def _streamed_context(
         self,

@@ -46,6 +46,10 @@ class StreamingChannel:
         self.high_water = 0  # the most pieces ever buffered at once
 
     @property
+    def buffered(self) -> int:
+        return len(self._items)
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dspy_actors.lm.errors import LMError
+
 __all__ = ["StatusMessage", "StatusMessageProvider", "StreamResponse", "StreamingInterrupted"]
 
 
@@ -30,9 +32,13 @@ class StatusMessage:
     message: str
 
 
-class StreamingInterrupted(RuntimeError):
+class StreamingInterrupted(LMError):
     """A stream ended before its answer: part of it had reached the consumer when what
-    was producing it failed, so it is not retried (the consumer would see text twice)."""
+    was producing it failed (an LM event loop, a module actor), so it is not retried (the
+    consumer would see text twice); or its consumer went away. An LM error, so that a
+    module seeing it fails the call without counting the input as poison."""
+
+    retryable = False
 
 
 class StatusMessageProvider:
