@@ -110,8 +110,7 @@ def test_provider_dropping_mid_stream_ends_it_with_a_clear_error(
     sim.inject(Fault.truncated(after_chunks=40))
     pieces: list[Any] = []
     with pytest.raises(LMError, match="connection failed"):
-        for piece in qa.stream(question="q"):
-            pieces.append(piece)
+        pieces.extend(qa.stream(question="q"))
     assert any(isinstance(p, StreamResponse) for p in pieces)
     assert sim.request_count == 1  # not retried: part of it had reached the reader
 
