@@ -167,3 +167,9 @@ from dspy_actors.modules.tool_runner import ToolRunner
 from dspy_actors.signatures.custom_types.tool import ToolArgumentError, ToolCall, ToolCalls
 
 __all__ += ["ReAct", "ToolArgumentError", "ToolCall", "ToolCalls", "ToolRunner"]
+
+# Streaming answers (issue 15): dsa.streamify, dsa.streaming.StreamListener, as in DSPy.
+from dspy_actors import streaming  # noqa: E402
+from dspy_actors.streaming import StatusMessage, StreamListener, StreamResponse, streamify  # noqa: E402
+
+__all__ += ["StatusMessage", "StreamListener", "StreamResponse", "streamify", "streaming"]

@@ -11,6 +11,7 @@ from dspy_actors.streaming.messages import (
     StreamingInterrupted,
     StreamResponse,
 )
+from dspy_actors.streaming.streamify import streamify
 
 __all__ = [
     "ModuleStatusMessages",
@@ -19,4 +20,5 @@ __all__ = [
     "StreamListener",
     "StreamResponse",
     "StreamingInterrupted",
+    "streamify",
 ]
