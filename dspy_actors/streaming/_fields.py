@@ -284,6 +284,8 @@ class FieldSplitter:
             stripped = self._lead.lstrip()
             if not stripped:
                 return []
+            if len(stripped) < 3 and "```".startswith(stripped):
+                return []  # maybe the start of a fence: wait for more
             if stripped.startswith("```"):  # a fenced JSON answer: wait for the fence
                 if "\n" not in stripped:
                     return []
