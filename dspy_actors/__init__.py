@@ -206,3 +206,9 @@ __all__ += [
     "TrajectoryTooLong",
     "UnencodableInput",
 ]
+
+# Streaming answers (issue 15): dsa.streamify, dsa.streaming.StreamListener, as in DSPy.
+from dspy_actors import streaming  # noqa: E402
+from dspy_actors.streaming import StatusMessage, StreamListener, StreamResponse, streamify  # noqa: E402
+
+__all__ += ["StatusMessage", "StreamListener", "StreamResponse", "streamify", "streaming"]

@@ -26,12 +26,13 @@ awaits the reply futures on the caller's event loop and holds no thread while in
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dspy_actors.lm.usage import Usage
+from dspy_actors.runtime._streaming import AsyncStreaming, Streaming
 from dspy_actors.runtime.calls import send_call
 from dspy_actors.runtime.context import CallContext, capture
 from dspy_actors.runtime.errors import DeadLettered, ModuleCrashed, ModuleUnavailable, Overloaded
@@ -39,6 +40,10 @@ from dspy_actors.runtime.input_check import check_encodable
 from dspy_actors.runtime.pipeline import pipeline_plan
 from dspy_actors.runtime.plans import AwaitReply, Pause, Plan, arun_plan, run_plan
 from dspy_actors.runtime.poison import fingerprint
+from dspy_actors.streaming._channel import DEFAULT_CAPACITY, StreamingChannel
+from dspy_actors.streaming._tap import StreamTap
+from dspy_actors.streaming.listener import StreamListener
+from dspy_actors.streaming.messages import ModuleStatusMessages, StatusMessageProvider
 
 if TYPE_CHECKING:
     import supervisors
@@ -83,6 +88,14 @@ def _option_as_input_error(program: ServedProgram, inputs: Mapping[str, Any]) ->
         f"does not take as an input (its inputs are {sorted(names)}); to set the call's "
         f"option, use {program.name}.call_with({{...inputs...}}, {options})"
     )
+
+
+def _reject_options_as_inputs(program: ServedProgram, inputs: Mapping[str, Any]) -> None:
+    """Raise :func:`_option_as_input_error`'s error if ``inputs`` hold a call option."""
+    if not _CALL_OPTIONS.isdisjoint(inputs):  # qa.call(question=..., timeout=1)?
+        error = _option_as_input_error(program, inputs)
+        if error is not None:
+            raise error
 
 
 class ProgramHost(Protocol):
@@ -138,10 +151,7 @@ class ProgramHandle:
         takes an input of that name."""
         if args:  # qa.call("...") for qa.call(question="...")
             raise _positional_call_error(self._program, args)
-        if not _CALL_OPTIONS.isdisjoint(inputs):  # qa.call(question=..., timeout=1)?
-            error = _option_as_input_error(self._program, inputs)
-            if error is not None:
-                raise error
+        _reject_options_as_inputs(self._program, inputs)
         return self.call_with(inputs)
 
     def call_with(
@@ -163,10 +173,7 @@ class ProgramHandle:
         """``await handle.acall(...)`` from asyncio code: the call holds no thread while
         in flight (the reply futures are awaited on the running loop). Cancelling the
         awaiting task frees the call's slots (the program's and the module's)."""
-        if not _CALL_OPTIONS.isdisjoint(inputs):
-            error = _option_as_input_error(self._program, inputs)
-            if error is not None:
-                raise error
+        _reject_options_as_inputs(self._program, inputs)
         return await self.acall_with(inputs)
 
     async def acall_with(
@@ -182,12 +189,77 @@ class ProgramHandle:
         ctx = self._context(timeout, trace_id, overrides)
         return await arun_plan(self._call_plan(inputs, ctx, idempotent, lend=False))
 
+    def stream(self, *args: Any, **inputs: Any) -> Streaming:
+        """Run the program on ``inputs``, yielding its answer as it is made: a
+        ``StatusMessage`` when a module starts or ends, a ``StreamResponse`` for each
+        piece of each output field's text, and last the Prediction. See
+        docs/streaming.md; :meth:`stream_with` takes options."""
+        if args:
+            raise _positional_call_error(self._program, args)
+        _reject_options_as_inputs(self._program, inputs)
+        return self.stream_with(inputs)
+
+    def stream_with(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        stream_listeners: Sequence[StreamListener] = (),
+        status_message_provider: StatusMessageProvider | None = None,
+        buffer: int = DEFAULT_CAPACITY,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        trace_id: str | None = None,
+        **overrides: Any,
+    ) -> Streaming:
+        """``stream`` with options: ``stream_listeners`` (only these fields stream; each
+        listener's ``predict_name`` is matched against module paths), the
+        ``status_message_provider``, ``buffer`` (pieces held for a slow reader before the
+        LM's HTTP read pauses), and the options of :meth:`call_with`."""
+        channel, ctx = self._streamed_context(
+            stream_listeners, status_message_provider, buffer, timeout, trace_id, overrides
+        )
+        return Streaming(self._call_plan(inputs, ctx, idempotent, lend=False), channel)
+
+    def astream(self, **inputs: Any) -> AsyncStreaming:
+        """``async for piece in handle.astream(...)``: :meth:`stream` on the running event
+        loop, holding no thread while in flight."""
+        _reject_options_as_inputs(self._program, inputs)
+        return self.astream_with(inputs)
+
+    def astream_with(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        stream_listeners: Sequence[StreamListener] = (),
+        status_message_provider: StatusMessageProvider | None = None,
+        buffer: int = DEFAULT_CAPACITY,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        trace_id: str | None = None,
+        **overrides: Any,
+    ) -> AsyncStreaming:
+        """``astream`` with the options of :meth:`stream_with`."""
+        channel, ctx = self._streamed_context(
+            stream_listeners, status_message_provider, buffer, timeout, trace_id, overrides
+        )
+        return AsyncStreaming(self._call_plan(inputs, ctx, idempotent, lend=False), channel)
+
+    def _streamed_context(
+        self,
+        listeners: Sequence[StreamListener],
+        status: StatusMessageProvider | None,
+        buffer: int,
+        timeout: float | None,
+        trace_id: str | None,
+        overrides: Mapping[str, Any],
+    ) -> tuple[StreamingChannel, CallContext]:
+        channel = StreamingChannel(buffer)
+        tap = StreamTap(channel, status or ModuleStatusMessages(), listeners)
+        return channel, self._context(timeout, trace_id, overrides).streamed_by(tap)
+
     def submit(self, **inputs: Any) -> Future[Any]:
         """Start a call; the future gets its Prediction or error."""
-        if not _CALL_OPTIONS.isdisjoint(inputs):
-            error = _option_as_input_error(self._program, inputs)
-            if error is not None:
-                raise error
+        _reject_options_as_inputs(self._program, inputs)
         return self._app.executor.submit(self.call_with, inputs)
 
     def _context(

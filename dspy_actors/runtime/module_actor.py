@@ -51,6 +51,7 @@ from dspy_actors.lm.usage import UsageMeter
 from dspy_actors.primitives.module import Module
 from dspy_actors.redaction import scrub_exception
 from dspy_actors.runtime._futures import reject, resolve
+from dspy_actors.runtime._streaming_hooks import predictor_tap
 from dspy_actors.runtime.context import restored
 from dspy_actors.runtime.errors import (
     ModuleCrashed,
@@ -129,6 +130,8 @@ class _InFlight:
     park: int = 0
     timer: int | None = None
     lm_reply: Future[Any] | None = None
+    # A streamed call's LM call in flight: its answer's last pieces go out on arrival.
+    stream_tap: Any = None
 
 
 @dataclass(slots=True)
@@ -230,6 +233,8 @@ class ModuleActor(supervisors.SupervisedActor):
         publish = self.services.publisher()
         if publish is not None:
             publish(ModuleStart(trace_id=call.ctx.trace_id, module_path=self.path))
+        if call.ctx.streaming is not None:
+            call.ctx.streaming.say("module_start_status_message", self.path, dict(call.inputs))
         # A caller that gives up cancels the reply: drop the call then (frees its slot).
         call.reply.add_done_callback(partial(_tell_if_cancelled, self.actor_ref, call_id))
         if self._predictor:
@@ -263,6 +268,10 @@ class ModuleActor(supervisors.SupervisedActor):
         if record is None or record.steps is None:
             return
         steps = record.steps
+        if record.stream_tap is not None:  # the streamed LM call's answer (or error)
+            tap, record.stream_tap = record.stream_tap, None
+            if error is None:
+                tap.finish(response)
         with restored(record.call.ctx):
             while True:
                 try:
@@ -280,19 +289,26 @@ class ModuleActor(supervisors.SupervisedActor):
                     return
                 first, error = False, None
                 found = _probe(lm_call)
+                tap = predictor_tap(record.call.ctx, self.path)
                 if found is not None and not isinstance(found, CacheMiss):
+                    if tap is not None:
+                        tap.finish(found)  # a cache hit streams as one piece per field
                     response = found
                     continue
+                # The module's meter counts the call too, as Module.__call__'s does.
+                ctx = record.call.ctx.metered_by(self.meter)
+                if tap is not None:
+                    ctx = ctx.streamed_by(tap)
                 reply = submit_lm_request(
                     self.services.dispatcher,
                     lm_call.lm,
                     lm_call.messages,
                     lm_call.kwargs,
-                    # The module's meter counts the call too, as Module.__call__'s does.
-                    record.call.ctx.metered_by(self.meter),
+                    ctx,
                     found,
                 )
                 record.lm_reply = reply
+                record.stream_tap = tap
                 reply.add_done_callback(partial(_tell_lm_done, self.actor_ref, call_id))
                 return
 
@@ -402,6 +418,8 @@ class ModuleActor(supervisors.SupervisedActor):
         record = self._inflight.pop(call_id, None)
         if record is None:
             return
+        if record.call.ctx.streaming is not None:  # (before the answer: it comes last)
+            record.call.ctx.streaming.say("module_end_status_message", prediction)
         resolve(record.call.reply, prediction)
         publish = self.services.publisher()
         if publish is not None:
