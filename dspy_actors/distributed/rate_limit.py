@@ -43,12 +43,16 @@ class RateLimitBooking:
 
 def limiter_actor(name: str, options: Mapping[str, Any]) -> Any:
     """The cluster's limiter actor called ``name`` (created on first use, then shared by
-    every driver and worker that asks for the same name)."""
+    every driver and worker that asks for the same name; the first one's ``options``
+    hold until the cluster stops, as the actor is detached)."""
     import ray
 
     remote_cls: Any = ray.remote(num_cpus=0, max_restarts=-1)(RateLimitBooking)
     return remote_cls.options(
-        name=ACTOR_PREFIX + name, get_if_exists=True, lifetime="detached"
+        name=ACTOR_PREFIX + name,
+        namespace="dspy-actors",
+        get_if_exists=True,
+        lifetime="detached",
     ).remote(dict(options))
 
 
