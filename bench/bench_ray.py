@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lm.close()
     finally:
         ray.shutdown()
-        cluster.shutdown()
+        cluster.shutdown()  # type: ignore[no-untyped-call]
         for proc, _ in sims:
             proc.kill()
             proc.wait(timeout=30)
