@@ -175,7 +175,10 @@ class RayExecutor:
         size = self.chunk_size or self._default_chunk(len(items))
         fn_ref = ray.put(fn)
         limiter = self.limiter()
-        task = run_chunk.options(max_retries=self.max_retries, retry_exceptions=False)
+        # SPREAD: chunks go to every node, not first to the driver's until it is full.
+        task = run_chunk.options(
+            max_retries=self.max_retries, retry_exceptions=False, scheduling_strategy="SPREAD"
+        )
         pending: dict[Any, int] = {}
         for start in range(0, len(items), size):
             chunk = list(items[start : start + size])
