@@ -132,15 +132,23 @@ class RunContext:
         # local one: its own cancel flag and slots. The driver stops remote work by
         # cancelling its tasks, and a lock cannot cross processes anyway.
         return (
-            RunContext,
-            (self.seed, self.num_threads, threading.Event(), self.step_concurrency,
-             self.max_errors),
-        )  # fmt: skip
+            _local_context,
+            (self.seed, self.num_threads, self.step_concurrency, self.max_errors),
+        )
 
     def check(self) -> None:
         """Raise :class:`Cancelled` if the run was cancelled."""
         if self.cancel.is_set():
             raise Cancelled("the run was cancelled")
+
+
+def _local_context(
+    seed: int, num_threads: int, step_concurrency: int, max_errors: int | None
+) -> RunContext:
+    return RunContext(
+        seed=seed, num_threads=num_threads, step_concurrency=step_concurrency,
+        max_errors=max_errors,
+    )  # fmt: skip
 
 
 def step_rng(seed: int, step: str) -> random.Random:
