@@ -331,17 +331,21 @@ class App:
         valset: Sequence[Any] | None = None,
         run_id: str | None = None,
         seed: int = 0,
+        executor: Any = None,
     ) -> Any:
         """Start an optimization run as a supervised subtree under ``runs`` and return its
         ``RunHandle`` (``progress()``, ``result(timeout)``, ``cancel()``). It checkpoints
         after every step; starting again with the ``run_id`` of an earlier run (even one
         whose process was killed) resumes it from its last checkpoint. See runtime/runs.py.
+        ``executor`` (a ``dspy_actors.distributed.RayExecutor``, say) runs its examples
+        elsewhere; the default is the app's ``ray_address`` cluster, else local threads.
         """
         from dspy_actors.runtime.runs import start_run
 
         return start_run(
-            self, optimizer, student, trainset=trainset, valset=valset, run_id=run_id, seed=seed
-        )
+            self, optimizer, student, trainset=trainset, valset=valset, run_id=run_id, seed=seed,
+            executor=executor,
+        )  # fmt: skip
 
     def stop_program(self, name: str) -> None:
         """Stop serving ``name`` (KeyError if it is not served)."""
@@ -466,6 +470,7 @@ def start(
     self_restarts: int = 0,
     lm_max_in_flight: int = 4096,
     lm_loops: int = 1,
+    ray_address: str | None = None,
 ) -> App:
     """Start an application tree (also a context manager: ``with dsa.start(...) as app``).
 
@@ -503,6 +508,9 @@ def start(
     - ``self_restarts``: how many times an app whose tree gave up starts a fresh tree and
       serves its programs again (as OTP's heart restarts a node), before it stays stopped.
       Calls made while it restarts wait for it (within their deadline).
+    - ``ray_address``: runs started by ``app.optimize`` fan their examples out over this
+      Ray cluster (``"auto"``: the one this machine belongs to), with ``rate_limit``
+      enforced across it; see docs/deploying.md and ``dspy_actors.distributed``.
     """
     if root_intensity < 0 or root_period <= 0:
         raise ValueError(
@@ -551,6 +559,7 @@ def start(
         root_intensity=root_intensity,
         root_period=root_period,
         self_restarts=self_restarts,
+        ray_address=ray_address,
         private_data_dir=private,
         lm_max_in_flight=lm_max_in_flight,
         lm_loops=lm_loops,

@@ -44,6 +44,8 @@ class AppConfig:
     private_data_dir: bool = False
     lm_max_in_flight: int = 4096
     lm_loops: int = 1
+    # A Ray cluster that runs started by app.optimize fan their examples out over.
+    ray_address: str | None = None
 
 
 def data_dir_for(name: str | None, data_dir: str | Path | None) -> tuple[Path, bool]:
