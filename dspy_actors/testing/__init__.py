@@ -17,6 +17,7 @@ from dspy_actors.testing.invariants import (
     assert_tree_healthy,
     thread_snapshot,
 )
+from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM, SimReply, SimRequest, SimStats
 from dspy_actors.testing.sim_responder import default_responder, scripted
 
@@ -41,4 +42,5 @@ __all__ = [
     "default_responder",
     "scripted",
     "thread_snapshot",
+    "wait_until",
 ]

@@ -12,6 +12,7 @@ import pykka
 import pytest
 
 import supervisors as sup
+from dspy_actors.testing.polling import wait_until
 from tests.supervisors.actors import (
     EventLog,
     FakeClock,
@@ -20,7 +21,6 @@ from tests.supervisors.actors import (
     crash,
     new_ref,
     spec,
-    wait_until,
 )
 
 # --- restart type x exit kind --------------------------------------------------------------------

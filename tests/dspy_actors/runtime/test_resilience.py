@@ -17,11 +17,11 @@ from dspy_actors.modules.predict import Predict
 from dspy_actors.runtime.errors import DeadLettered, DeadlineExceeded, ModuleCrashed, Overloaded
 from dspy_actors.runtime.lm_pool import PoolStats
 from dspy_actors.testing.faults import Fault
+from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
 from tests.dspy_actors.runtime.conftest import StartApp
 from tests.dspy_actors.runtime.programs import RAG, Poisonable, Retriever, TracedPredict
-from tests.supervisors.actors import wait_until
 
 
 def _slow_responder(seconds: float) -> Any:
