@@ -8,6 +8,7 @@ package) gives tests the ``sim_lm``, ``app`` and ``chaos`` fixtures.
 
 from dspy_actors.testing.chaos import ChaosMonkey, ChaosRun, CrashRule, Kill
 from dspy_actors.testing.faults import Fault, FaultPlan, FaultRule
+from dspy_actors.testing.held_responder import HeldResponder, slow_responder
 from dspy_actors.testing.invariants import (
     CLEAR_ERRORS,
     CallLedger,
@@ -31,6 +32,7 @@ __all__ = [
     "Fault",
     "FaultPlan",
     "FaultRule",
+    "HeldResponder",
     "Kill",
     "SimLM",
     "SimReply",
@@ -41,6 +43,7 @@ __all__ = [
     "assert_tree_healthy",
     "default_responder",
     "scripted",
+    "slow_responder",
     "thread_snapshot",
     "wait_until",
 ]
