@@ -168,6 +168,7 @@ def test_kill_9_mid_run_then_app_optimize_resumes_it(task: tuple[Any, LM], tmp_p
     before = sim.request_count
     with start(lm=lm, data_dir=data_dir, lm_workers=4) as app:
         run = app.optimize(make_optimizer(), student(), trainset=TRAIN, seed=SEED, run_id="s9")
+        assert isinstance(run, dsa.RunHandle)
         program = run.result(120)
         status = run.progress()
     resumed_calls = sim.request_count - before
