@@ -35,20 +35,11 @@ from dspy_actors.runtime.lm_pool import Dispatcher, LMPoolConfig, LMWorkerCrashe
 from dspy_actors.runtime.lm_process import LMProcessExited, WorkerProcess
 from dspy_actors.runtime.messages import LMRequest
 from dspy_actors.testing.faults import Fault
-from dspy_actors.testing.held_responder import HeldResponder
+from dspy_actors.testing.held_responder import HeldResponder, slow_responder
 from dspy_actors.testing.polling import wait_until
-from dspy_actors.testing.sim_lm import SimLM, SimRequest
-from dspy_actors.testing.sim_responder import default_responder
+from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.runtime.conftest import StartApp, run_in_threads
 from tests.dspy_actors.runtime.programs import RecordingLM
-
-
-def _slow(seconds: float) -> Callable[[SimRequest], Any]:
-    def respond(request: SimRequest) -> Any:
-        time.sleep(seconds)
-        return default_responder(request)
-
-    return respond
 
 
 def _process_pids(app: App) -> list[int]:
@@ -91,7 +82,7 @@ def test_frames_round_trip_and_a_torn_frame_ends_the_stream() -> None:
 def test_calls_from_many_threads_are_answered_through_worker_processes(
     start_app: StartApp, sim: SimLM
 ) -> None:
-    sim.respond_with(_slow(0.05))
+    sim.respond_with(slow_responder(0.05))
     app = start_app(lm_processes=2, lm_workers=16)
     assert len(_process_pids(app)) == 2
     qa = app.program("qa", [("answer", Predict, {"signature": "question -> answer"})])
@@ -150,7 +141,7 @@ def test_errors_keep_their_type_and_retries_are_counted(start_app: StartApp, sim
 def test_a_deadline_shorter_than_the_server_fails_the_call_clearly(
     start_app: StartApp, sim: SimLM
 ) -> None:
-    sim.respond_with(_slow(1.0))
+    sim.respond_with(slow_responder(1.0))
     app = start_app(lm_processes=1, lm_workers=4)
     qa = app.serve("qa", Predict("question -> answer"))
     started = time.monotonic()
@@ -162,7 +153,7 @@ def test_a_deadline_shorter_than_the_server_fails_the_call_clearly(
 def test_a_killed_worker_process_is_replaced_and_its_calls_retried(
     start_app: StartApp, sim: SimLM
 ) -> None:
-    sim.respond_with(_slow(0.4))
+    sim.respond_with(slow_responder(0.4))
     app = start_app(lm_processes=2, lm_workers=32)
     qa = app.serve("qa", Predict("question -> answer"))
     before = _process_pids(app)
@@ -252,7 +243,7 @@ def test_under_load_with_processes_killed_repeatedly_no_call_hangs(
 ) -> None:
     """48 callers; a worker process is SIGKILLed every 0.3 s, four times. Every call ends
     with an answer or with a clear LM error; none is lost or hangs."""
-    sim.respond_with(_slow(0.1))
+    sim.respond_with(slow_responder(0.1))
     app = start_app(lm_processes=2, lm_workers=32)
     qa = app.serve("qa", Predict("question -> answer"))
     outcomes: list[str] = []
@@ -310,7 +301,7 @@ def test_under_load_with_processes_killed_repeatedly_no_call_hangs(
 
 
 def test_stopping_the_app_mid_flight_answers_every_call(start_app: StartApp, sim: SimLM) -> None:
-    sim.respond_with(_slow(0.5))
+    sim.respond_with(slow_responder(0.5))
     app = start_app(lm_processes=2, lm_workers=8)
     qa = app.serve("qa", Predict("question -> answer"))
     pids = _process_pids(app)

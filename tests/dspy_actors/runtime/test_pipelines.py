@@ -14,6 +14,7 @@ from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.prediction import Prediction
 from dspy_actors.runtime import calls, pipeline
 from dspy_actors.runtime.errors import DeadlineExceeded, ModuleCrashed, ModuleUnavailable
+from dspy_actors.testing.held_responder import slow_responder
 from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
@@ -21,14 +22,6 @@ from tests.dspy_actors.runtime.conftest import StartApp
 from tests.dspy_actors.runtime.programs import RAG, Retriever
 
 ANSWER = ("answer", Predict, {"signature": "context: list[str], question -> answer"})
-
-
-def _slow_responder(seconds: float) -> Any:
-    def respond(request: SimRequest) -> Any:
-        time.sleep(seconds)
-        return default_responder(request)
-
-    return respond
 
 
 class CountingRetriever(Module):
@@ -177,10 +170,13 @@ class SlowRestart(Module):
 
 
 def test_a_step_unavailable_past_the_limit_fails_naming_it_without_rerunning_step_one(
-    start_app: StartApp,
+    start_app: StartApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """At the default resend limit (``calls.RESEND_LIMIT_SECONDS``, 5 s): step 2's restart
-    is held until the call has failed, so the limit, not a race, decides."""
+    """Step 2's restart is held until the call has failed, so the resend limit, not a
+    race, decides. Not at its 5 s default: a restart held that long also hits the 5 s
+    start timeout, and the retried start would answer the call first. 1 s keeps well
+    inside it."""
+    monkeypatch.setattr(calls, "RESEND_LIMIT_SECONDS", 1.0)
     app = start_app()
     KillsStepTwo.runs = 0
     SlowRestart.release.clear()
@@ -209,7 +205,7 @@ def test_a_step_unavailable_past_the_limit_fails_naming_it_without_rerunning_ste
 def test_many_callers_while_a_step_is_killed_all_get_an_answer_or_a_clear_error(
     start_app: StartApp, sim: SimLM, idempotent: bool
 ) -> None:
-    sim.respond_with(_slow_responder(0.05))
+    sim.respond_with(slow_responder(0.05))
     app = start_app(lm_workers=16)
     qa = app.program(
         "qa", [("retrieve", Retriever, {"k": 2}), ANSWER], idempotent=idempotent, timeout=30.0
