@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import inspect
 import re
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import dspy_actors as dsa
 import supervisors
+from dspy_actors.evaluate import Evaluate, answer_exact_match
 from dspy_actors.runtime.app import start
 from dspy_actors.runtime.errors import RuntimeCallError
 from dspy_actors.runtime.lm_pool import LMOverloaded
-from dspy_actors.testing import HeldResponder, SimLM, wait_until
+from dspy_actors.testing import HeldResponder, SimLM, SimRequest, default_responder, wait_until
 from tests.dspy_actors.runtime.conftest import StartApp
+from tests.dspy_actors.runtime.programs import Poisonable
 from tests.supervisors.actors import Worker
 
 TESTS_DIR = Path(__file__).resolve().parents[2]
@@ -146,3 +150,39 @@ def test_registry_unregister_removes_a_name_or_only_one_ref() -> None:
     finally:
         a.stop()
         b.stop()
+
+
+def test_evaluate_on_a_served_program_scores_crashes_and_stragglers_as_failures(
+    start_app: StartApp, sim: SimLM
+) -> None:
+    """Evaluate through a real served program: an input that crashes the module is an
+    error (ModuleCrashed), one whose LM request is held past the timeout a straggler."""
+    held_question = "What is 3 + 3?"
+
+    def respond(request: SimRequest) -> Any:
+        if held_question in request.last_user_text:
+            released.wait(60.0)
+        return default_responder(request)
+
+    released = threading.Event()
+    sim.respond_with(respond)
+    app = start_app()
+    # Idempotent: the crash also fails the other calls in flight on the actor, which are
+    # then sent again; the poison input itself is quarantined after the threshold.
+    svc = app.serve("svc", Poisonable(), idempotent=True)
+    devset = [
+        dsa.Example(question=q, answer=a).with_inputs("question")
+        for q, a in [("What is 2 + 2?", "4"), ("poison", "-"), (held_question, "6")]
+    ]
+    try:
+        result = Evaluate(
+            devset=devset, metric=answer_exact_match, concurrency=3, timeout=5.0, progress=False
+        )(svc)
+    finally:
+        released.set()
+    by_question = {r.example.question: r for r in result.results}
+    assert by_question["What is 2 + 2?"].score == 1.0
+    assert isinstance(by_question["poison"].error, dsa.DeadLettered | dsa.ModuleCrashed)
+    assert isinstance(by_question[held_question].error, dsa.DeadlineExceeded | TimeoutError)
+    assert (result.errors, result.timed_out) == (2, 1)  # errors include the straggler
+    assert result.score == 33.33  # rounded to two places, as DSPy
