@@ -184,5 +184,7 @@ def test_evaluate_on_a_served_program_scores_crashes_and_stragglers_as_failures(
     assert by_question["What is 2 + 2?"].score == 1.0
     assert isinstance(by_question["poison"].error, dsa.DeadLettered | dsa.ModuleCrashed)
     assert isinstance(by_question[held_question].error, dsa.DeadlineExceeded | TimeoutError)
-    assert (result.errors, result.timed_out) == (2, 1)  # errors include the straggler
+    # The straggler ends at 5 s by the runtime deadline or by Evaluate's own timeout
+    # (counted in timed_out too), whichever fires first.
+    assert result.errors == 2
     assert result.score == 33.33  # rounded to two places, as DSPy
