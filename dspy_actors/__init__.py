@@ -25,10 +25,19 @@ from dspy_actors.adapters import (
 )
 from dspy_actors.asyncify import asyncify
 from dspy_actors.callbacks import BaseCallback
-from dspy_actors.embedder import Embedder
+from dspy_actors.embedder import Embedder, EmbeddingError
 from dspy_actors.evaluate import Evaluate, EvaluationError, EvaluationResult, answer_exact_match
 from dspy_actors.lm import LM, LMError, LMResponse, RetryPolicy, Usage
 from dspy_actors.lm.breaker import CircuitOpen
+from dspy_actors.lm.errors import (
+    AuthenticationError,
+    BadRequest,
+    LMConnectionError,
+    LMTimeout,
+    MalformedResponse,
+    RateLimited,
+    ServerError,
+)
 from dspy_actors.lm.history import inspect_history
 from dspy_actors.lm.track_usage import track_usage
 from dspy_actors.modules import (
@@ -41,6 +50,9 @@ from dspy_actors.modules import (
     Predict,
     Refine,
 )
+from dspy_actors.modules._fan_out import FanOutTimeout
+from dspy_actors.modules.react import TrajectoryTooLong
+from dspy_actors.modules.tool_runner import ToolTimeout
 from dspy_actors.optimizers import (
     COPRO,
     BootstrapFewShot,
@@ -51,10 +63,12 @@ from dspy_actors.optimizers import (
     MIPROv2,
     majority,
 )
+from dspy_actors.optimizers.bootstrap import BootstrapError
 from dspy_actors.optimizers.gepa import GEPA
 from dspy_actors.optimizers.simba import SIMBA
 from dspy_actors.primitives import Example, Module, Prediction, StateError
 from dspy_actors.primitives.program_file import load, register_module, register_type
+from dspy_actors.runtime._sqlite import StoreError
 from dspy_actors.runtime.app import App, start
 from dspy_actors.runtime.errors import (
     AppStopped,
@@ -63,9 +77,13 @@ from dspy_actors.runtime.errors import (
     ModuleCrashed,
     ModuleUnavailable,
     Overloaded,
+    RuntimeCallError,
+    UnencodableInput,
 )
 from dspy_actors.runtime.events import Callback
 from dspy_actors.runtime.handle import ProgramHandle
+from dspy_actors.runtime.lm_pool import LMOverloaded, LMWorkerCrashed
+from dspy_actors.runtime.lm_process import LMProcessExited
 from dspy_actors.runtime.runs import RunCancelled, RunFailed, RunHandle
 from dspy_actors.runtime.stream import Stream
 from dspy_actors.settings import configure, context
@@ -167,3 +185,30 @@ from dspy_actors.modules.tool_runner import ToolRunner
 from dspy_actors.signatures.custom_types.tool import ToolArgumentError, ToolCall, ToolCalls
 
 __all__ += ["ReAct", "ToolArgumentError", "ToolCall", "ToolCalls", "ToolRunner"]
+
+__all__ += [
+    "AuthenticationError",
+    "BadRequest",
+    "BootstrapError",
+    "EmbeddingError",
+    "FanOutTimeout",
+    "LMConnectionError",
+    "LMOverloaded",
+    "LMProcessExited",
+    "LMTimeout",
+    "LMWorkerCrashed",
+    "MalformedResponse",
+    "RateLimited",
+    "RuntimeCallError",
+    "ServerError",
+    "StoreError",
+    "ToolTimeout",
+    "TrajectoryTooLong",
+    "UnencodableInput",
+]
+
+# Streaming answers (issue 15): dsa.streamify, dsa.streaming.StreamListener, as in DSPy.
+from dspy_actors import streaming  # noqa: E402
+from dspy_actors.streaming import StatusMessage, StreamListener, StreamResponse, streamify  # noqa: E402
+
+__all__ += ["StatusMessage", "StreamListener", "StreamResponse", "streamify", "streaming"]

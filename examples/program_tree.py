@@ -110,7 +110,7 @@ def main() -> None:
         def caller() -> None:
             while not stop.is_set():
                 try:
-                    support.call(message="Any news on B-200?", timeout=10)
+                    support.call_with({"message": "Any news on B-200?"}, timeout=10)
                     outcomes.append("answered")
                 except Exception as exc:  # any failure is counted and shown, never silent
                     outcomes.append(f"failed: {type(exc).__name__}: {exc}")

@@ -15,6 +15,11 @@ finished. Ctrl-C stops the run cleanly and raises ``KeyboardInterrupt`` as DSPy 
 ``partial_result`` attribute holds what finished); a ``cancel`` event returns what finished
 (``interrupted`` is True). With one thread (``num_threads=1``) and no ``timeout``, examples
 run inline in the calling thread, as in DSPy.
+
+With an executor (``executor=``, or an enclosing ``use_executor(...)``, see
+evaluate/executor.py), a Module's examples run wherever the executor sends them (a Ray
+cluster: ``dspy_actors.distributed.RayExecutor``); a served handle, or a ``timeout``
+(stragglers are a local thread's matter), keeps them on local threads.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from dspy_actors.evaluate.executor import Executor, Outcome, current_executor
 from dspy_actors.evaluate.metrics import Metric, call_metric, metric_name, metric_score
+from dspy_actors.evaluate.parallel import Cancelled
 from dspy_actors.evaluate.result import EvaluationResult, ExampleResult
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.module import Module
@@ -57,6 +64,19 @@ class _Task:
     index: int
     attempt: int
     started: float | None = None
+
+
+class _ScoreOne:
+    """One example's prediction and score: the unit of work an executor ships elsewhere
+    (a plain object, so it pickles with the program and metric it holds)."""
+
+    def __init__(self, program: Module, metric: Metric) -> None:
+        self.program = program
+        self.metric = metric
+
+    def __call__(self, example: Example) -> tuple[Any, float]:
+        prediction = self.program(**example.inputs().to_dict())
+        return prediction, metric_score(call_metric(self.metric, example, prediction))
 
 
 def program_caller(program: Any, timeout: float | None) -> Callable[[Mapping[str, Any]], Any]:
@@ -92,7 +112,8 @@ class Evaluate:
     seconds per example (None: no limit); ``display_table`` prints the results table (True,
     or the number of rows) when the run ends; ``save_as_csv``/``save_as_json`` write the
     rows (DSPy's layout: example fields, prediction fields, and the metric's name holding
-    the score) to that file.
+    the score) to that file. ``executor`` runs the examples elsewhere (see the module
+    docstring); it needs a Module (not a served handle) and no ``timeout``.
     """
 
     def __init__(
@@ -113,8 +134,10 @@ class Evaluate:
         save_as_json: str | os.PathLike[str] | None = None,
         provide_traceback: bool | None = None,
         stream: TextIO | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.devset = list(devset)
+        self.executor = executor
         self.metric = metric
         self.num_threads = num_threads if num_threads is not None else concurrency
         self.max_errors = max_errors
@@ -179,7 +202,11 @@ class Evaluate:
         if run.metric is None:
             raise TypeError("Evaluate needs a metric: Evaluate(devset=..., metric=...)")
         examples = list(devset) if devset is not None else self.devset
-        result = run._run(program, examples, cancel, on_progress, limiter)
+        executor = run._executor_for(program)
+        if executor is not None:
+            result = run._run_on(executor, program, examples, cancel, on_progress)
+        else:
+            result = run._run(program, examples, cancel, on_progress, limiter)
         if run.display_table:
             rows = None if run.display_table is True else int(run.display_table)
             print(result.table(max_rows=rows), file=run._out())
@@ -193,6 +220,69 @@ class Evaluate:
         return result
 
     # -- the run ------------------------------------------------------------------------
+    def _executor_for(self, program: Any) -> Executor | None:
+        if self.executor is None:
+            executor = current_executor()
+            local = not isinstance(program, Module) or self.timeout is not None
+            return None if local else executor
+        if not isinstance(program, Module):
+            raise TypeError(
+                f"Evaluate(executor=...) runs a Module on other workers; a "
+                f"{type(program).__name__} can only be evaluated here (drop executor=)"
+            )
+        if self.timeout is not None:
+            raise ValueError(
+                "Evaluate(executor=...) does not take a timeout (stragglers are abandoned "
+                "local threads); drop timeout= or executor="
+            )
+        return self.executor
+
+    def _run_on(
+        self,
+        executor: Executor,
+        program: Module,
+        examples: list[Example],
+        cancel: threading.Event | None,
+        on_progress: ProgressCallback | None,
+    ) -> EvaluationResult:
+        """The examples through ``executor``; results arrive as each batch finishes."""
+        assert self.metric is not None
+        n = len(examples)
+        slots: list[ExampleResult | None] = [None] * n
+        counts = {"done": 0, "errors": 0, "timed_out": 0}
+        total = [0.0]
+
+        def arrived(index: int, outcome: Outcome[Any]) -> None:
+            if outcome.error is not None:
+                score, prediction = self.failure_score, None
+                counts["errors"] += 1
+            else:
+                value: tuple[Any, float] = outcome.value  # type: ignore[assignment]
+                prediction, score = value
+            slots[index] = ExampleResult(examples[index], prediction, score, outcome.error)
+            counts["done"] += 1
+            total[0] += score
+            self._report(counts["done"], n, total[0], on_progress)
+            if self.max_errors is not None and counts["errors"] > self.max_errors:
+                partial = self._result(slots, n, counts, total[0], interrupted=True)
+                raise EvaluationError(
+                    f"evaluation stopped: {counts['errors']} examples failed "
+                    f"(max_errors={self.max_errors}); last error: {self._last_error(slots)}",
+                    partial,
+                )
+
+        interrupted = False
+        try:
+            executor.map_outcomes(
+                _ScoreOne(program, self.metric), examples, cancel=cancel, on_outcome=arrived
+            )
+        except Cancelled:
+            interrupted = True
+        finally:
+            if self.progress:
+                print(file=self._out())
+        return self._result(slots, n, counts, total[0], interrupted)
+
     def _out(self) -> TextIO:
         return self.stream if self.stream is not None else sys.stderr
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
+from dspy_actors.evaluate.executor import current_executor
+
 __all__ = ["Cancelled", "parallel_map"]
 
 T = TypeVar("T")
@@ -40,6 +42,7 @@ def parallel_map(
     cancel: threading.Event | None = None,
     limiter: threading.Semaphore | None = None,
     thread_name_prefix: str = "dsa-parallel",
+    local: bool = False,
 ) -> list[R]:
     """``[fn(x) for x in items]`` on at most ``num_threads`` threads, results in input order.
 
@@ -47,9 +50,20 @@ def parallel_map(
     ``cancel`` being set stops submitting and raises :class:`Cancelled`. ``limiter``, if
     given, is held around each call: several maps sharing one limiter together run at
     most its count of calls at once.
+
+    Inside ``use_executor(...)`` (evaluate/executor.py) the items go to that executor
+    instead (``num_threads`` and ``limiter`` bound local threads only), unless ``local``:
+    work that must stay in this process (a plan's steps, which checkpoint here).
     """
     if not items:
         return []
+    executor = None if local else current_executor()
+    if executor is not None:
+        outcomes = executor.map_outcomes(fn, items, cancel=cancel)
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise outcome.error
+        return [outcome.value for outcome in outcomes]  # type: ignore[misc]
     if limiter is not None:
         fn = _limited(fn, limiter)
     workers = max(1, min(num_threads, len(items)))

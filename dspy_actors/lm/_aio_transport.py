@@ -42,6 +42,9 @@ _DROPPED = frozenset({"host", "content-length", "connection", "accept-encoding"}
 _loop_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[aiohttp.ClientSession]]
 _loop_sessions = weakref.WeakKeyDictionary()
 
+# (See AioClients.stream.)
+_STREAM_READ_BUFSIZE = 16 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class AioTarget:
@@ -141,6 +144,9 @@ class AioClients:
             proxy=target.proxy,
             proxy_headers=target.proxy_headers,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+            # What aiohttp reads ahead of a stream's reader before it pauses the socket
+            # (twice this): a stalled reader then holds ~32 KiB here, not ~128 KiB.
+            read_bufsize=_STREAM_READ_BUFSIZE,
         ) as response:
             yield response
 

@@ -96,16 +96,22 @@ class CircuitOpen(LMError):
 
 @dataclass(frozen=True, slots=True)
 class BreakerTransition:
-    """One state change. ``failure_rate`` and ``slow_rate`` are those of the outcomes that
-    decided it (for ``open -> half_open``: those that opened the breaker); ``at`` is the
-    breaker clock's reading."""
+    """One state change. ``failure_rate`` and ``slow_call_rate`` are those of the outcomes
+    that decided it (for ``open -> half_open``: those that opened the breaker); ``at`` is the
+    breaker clock's reading. The app publishes it as the ``breaker.transition`` event
+    (runtime/events.py), whose rates have the same names."""
 
     name: str
     from_state: BreakerState
     to_state: BreakerState
     failure_rate: float
-    slow_rate: float
+    slow_call_rate: float
     at: float
+
+    @property
+    def slow_rate(self) -> float:
+        """``slow_call_rate`` by its earlier name."""
+        return self.slow_call_rate
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -373,6 +373,29 @@ class LM:
             return _merge(parts)
         content = self._body(prepared.messages, params, response_format, False)
         return await self._apost_with_retries(content, prepared.timeout, prepared.deadline)
+
+    async def arun_streaming(
+        self, prepared: PreparedCall, on_text: Callable[[int, str], Awaitable[None]]
+    ) -> Completion:
+        """:meth:`arun`, reading the answer as a stream: ``on_text(index, text)`` is awaited
+        for each text delta as it arrives, and the next read waits for it (a receiver that
+        stops taking text stops the read, and the socket's window closes). Transient
+        failures are retried only before the first delta went to ``on_text``. Not
+        streamed (one :meth:`arun`) with ``n > 1`` or through a SOCKS proxy."""
+        params = prepared.params
+        if (params.get("n") or 1) > 1 or self._aio.target(self.endpoint).needs_thread:
+            return await self.arun(prepared)
+        parts: list[Completion] = []
+        async for event in self._astream_once(
+            prepared.messages,
+            params,
+            prepared.response_format,
+            prepared.timeout,
+            0,
+            parts,
+        ):
+            await on_text(event.index, event.text)
+        return parts[0]
 
     async def aclose(self) -> None:
         """Close this LM's connections made on the running event loop."""

@@ -12,7 +12,8 @@ adapter) is written once, as a generator that yields an :class:`LMCall` and rece
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+import contextvars
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,6 +35,13 @@ class LMCall:
 
 Steps = Generator[LMCall, "LMResponse", T]
 
+# In-process streaming (``dspy_actors.streaming.streamify``) sets this in the thread that
+# runs the program: each LM call is then made by it, which streams the answer's text out
+# as it arrives, instead of by ``lm.complete``.
+lm_call_hook: contextvars.ContextVar[Callable[[LMCall], LMResponse] | None] = (
+    contextvars.ContextVar("dspy_actors_lm_call_hook", default=None)
+)
+
 
 def run_steps(steps: Generator[LMCall, LMResponse, T]) -> T:
     """Drive ``steps`` in this thread, making each LM call as it is asked for."""
@@ -42,8 +50,12 @@ def run_steps(steps: Generator[LMCall, LMResponse, T]) -> T:
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     while True:
+        hook = lm_call_hook.get()
         try:
-            response = call.lm.complete(call.messages, **call.kwargs)
+            if hook is None:
+                response = call.lm.complete(call.messages, **call.kwargs)
+            else:
+                response = hook(call)
         except Exception as error:
             try:
                 call = steps.throw(error)

@@ -32,18 +32,22 @@ _trace: contextvars.ContextVar[list[TraceEntry] | None] = contextvars.ContextVar
 )
 
 
-def _tracing_forward(name: str, predictor: Predict) -> Any:
-    original = type(predictor).forward
+class _TracingForward:
+    """A predictor's ``forward`` that also records the call in the current trace. A class,
+    not a closure, so an instrumented program pickles (to run on a Ray worker)."""
 
-    def forward(**kwargs: Any) -> Prediction:
-        prediction = original(predictor, **kwargs)
+    def __init__(self, name: str, predictor: Predict) -> None:
+        self.name = name
+        self.predictor = predictor
+
+    def __call__(self, **kwargs: Any) -> Prediction:
+        predictor = self.predictor
+        prediction: Prediction = type(predictor).forward(predictor, **kwargs)
         trace = _trace.get()
         if trace is not None:
             inputs = {k: v for k, v in kwargs.items() if k in predictor.signature.input_fields}
-            trace.append((name, inputs, prediction))
+            trace.append((self.name, inputs, prediction))
         return prediction
-
-    return forward
 
 
 def instrument(program: Module) -> Module:
@@ -51,7 +55,7 @@ def instrument(program: Module) -> Module:
     current trace. The per-instance ``forward`` shadows the class's: Module.__call__ calls
     ``self.forward``, so the predictor runs unchanged and also reports."""
     for name, predictor in program.named_predictors():
-        predictor.__dict__["forward"] = _tracing_forward(name, predictor)
+        predictor.__dict__["forward"] = _TracingForward(name, predictor)
     return program
 
 

@@ -75,14 +75,12 @@ def rollouts(
     feedback; more than ``ctx.max_errors`` of those fail the step (an outage must not pass
     for a bad candidate)."""
     runnable = instrument(program.deepcopy())
-    errors: list[str] = []
 
     def one(example: Example) -> Rollout:
         with traced() as trace:
             try:
                 prediction = runnable(**example.inputs().to_dict())
             except Exception as exc:
-                errors.append(repr(exc))
                 message = f"The program raised {type(exc).__name__}: {exc}"
                 return {
                     "score": failure_score,
@@ -122,6 +120,8 @@ def rollouts(
     results = parallel_map(
         one, list(examples), num_threads=ctx.num_threads, cancel=ctx.cancel, limiter=ctx.slots
     )
+    # Counted from the results, not in ``one``: it may run in another process.
+    errors = [str(r["error"]) for r in results if r["error"] is not None]
     if ctx.max_errors is not None and len(errors) > ctx.max_errors:
         raise RuntimeError(
             f"{len(errors)} of {len(results)} examples failed (more than max_errors="

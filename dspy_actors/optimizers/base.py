@@ -127,10 +127,28 @@ class RunContext:
     def __post_init__(self) -> None:
         self.slots = threading.BoundedSemaphore(max(1, self.num_threads))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # In another process (a Ray worker running a step's examples) the context is a
+        # local one: its own cancel flag and slots. The driver stops remote work by
+        # cancelling its tasks, and a lock cannot cross processes anyway.
+        return (
+            _local_context,
+            (self.seed, self.num_threads, self.step_concurrency, self.max_errors),
+        )
+
     def check(self) -> None:
         """Raise :class:`Cancelled` if the run was cancelled."""
         if self.cancel.is_set():
             raise Cancelled("the run was cancelled")
+
+
+def _local_context(
+    seed: int, num_threads: int, step_concurrency: int, max_errors: int | None
+) -> RunContext:
+    return RunContext(
+        seed=seed, num_threads=num_threads, step_concurrency=step_concurrency,
+        max_errors=max_errors,
+    )  # fmt: skip
 
 
 def step_rng(seed: int, step: str) -> random.Random:
@@ -188,6 +206,7 @@ class PlanRunner:
                     num_threads=self._ctx.step_concurrency,
                     cancel=self._ctx.cancel,
                     thread_name_prefix="dsa-steps",
+                    local=True,  # steps checkpoint here; their examples may go elsewhere
                 )
                 for i, fresh in zip(todo, ran, strict=True):
                     saved[i] = fresh

@@ -297,6 +297,11 @@ class Module:
                 new.__dict__[name] = value
         return new
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled (for another process: a Ray worker), a module carries its program, not
+        # this process's usage meter and call history, as deepcopy() leaves them out.
+        return {k: v for k, v in vars(self).items() if k not in _PER_INSTANCE}
+
     def deepcopy(self) -> Self:
         """An independent copy: learned state copied, LM clients shared."""
         return copy.deepcopy(self)

@@ -29,6 +29,13 @@ from dspy_actors.waiting import in_forward_greenlet
 # re-run whatever already ran before it (earlier pipeline steps, a composite's forward).
 RESEND_SECONDS = 0.005
 RESEND_LIMIT_SECONDS = 5.0
+# A call lost in flight on a predictor (its actor killed, or crashed by another call) is
+# safe to repeat and is sent again, at most this many times: each time, its actor died
+# again with the call in hand. The call's deadline is the real bound; this one only ends
+# a pathological loop sooner. It is high because a kill drops *every* call in flight on
+# the actor: under a kill every 200 ms of two predictors at 64 in flight, a limit of 5
+# failed 3% of a composite's calls (bench/bench_kill_storm.py).
+REPEAT_LIMIT = 50
 
 
 def never_stopped() -> str | None:
@@ -119,10 +126,22 @@ def resending_plan(
 ) -> Plan[Any]:
     """The plan of :func:`call_resending` (see there)."""
     since: float | None = None
+    repeats = 0
     while True:
         reply = send_call(registry, name, inputs, ctx, lend=lend)
         try:
             return (yield AwaitReply(reply, ctx, path, timeout))
+        except ModuleCrashed as crash:
+            if not crash.repeatable:
+                raise
+            if repeats >= REPEAT_LIMIT:
+                # Not repeatable any more: a caller must not re-run what ran before it.
+                raise ModuleCrashed(
+                    path, f"it crashed {repeats + 1} times with the call in flight: {crash.reason}"
+                ) from crash
+            repeats += 1
+            since = None  # it reached the module: a fresh wait while it restarts
+            yield Pause(RESEND_SECONDS)
         except ModuleUnavailable:
             now = time.monotonic()
             since = now if since is None else since
@@ -152,6 +171,9 @@ def call_resending(
 ) -> Any:
     """Call the module actor registered as ``name`` and wait for its answer; while it is
     restarting (``ModuleUnavailable``), send the call again every ``RESEND_SECONDS``.
+
+    A call lost in flight on a predictor (``ModuleCrashed.repeatable``) is sent again
+    too, at most ``REPEAT_LIMIT`` times.
 
     Past ``RESEND_LIMIT_SECONDS``, the deadline, or once ``stopped()`` gives a reason the
     actor will not come back (the program was stopped, its version retired), the call

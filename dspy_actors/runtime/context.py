@@ -35,13 +35,22 @@ class CallContext:
     # The usage meters active where the call was made (``dspy_actors.lm.metering``, the
     # calling modules'): the LM calls made for it are counted in them wherever they run.
     meters: tuple[UsageMeter, ...] = ()
+    # A streamed call's tap (dspy_actors.streaming._tap): where its modules announce
+    # themselves and its LM calls send their text as it arrives. None: not streamed.
+    streaming: Any = None
 
     def metered_by(self, meter: UsageMeter) -> CallContext:
         """This context with ``meter`` counting too (a module actor adds its module's);
         itself if ``meter`` already counts (a module calling itself counts once)."""
         if meter in self.meters:
             return self
-        return CallContext(self.trace_id, self.deadline, self.overrides, (*self.meters, meter))
+        return CallContext(
+            self.trace_id, self.deadline, self.overrides, (*self.meters, meter), self.streaming
+        )
+
+    def streamed_by(self, tap: Any) -> CallContext:
+        """This context with ``tap`` as its stream (a predictor's, for one LM call)."""
+        return CallContext(self.trace_id, self.deadline, self.overrides, self.meters, tap)
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (may be negative), or None without one."""
@@ -93,6 +102,8 @@ def capture(
         deadline,
         MappingProxyType(dict(merged)) if merged else _EMPTY,
         active_meters(),
+        # A sub-module call streams into its caller's stream.
+        parent.streaming.root if parent is not None and parent.streaming is not None else None,
     )
 
 

@@ -32,12 +32,23 @@ class ModuleCrashed(RuntimeCallError):
 
     ``caused_by_call`` is True when this call's own handling raised the crash (a candidate
     poison input), False when the call was only in flight while the actor died.
+    ``repeatable`` is True when the call is safe to send again as it is: it was only in
+    flight on a *predictor* (its LM calls have no side effects) when the actor died; the
+    runtime then resends it by itself (runtime/calls.py).
     """
 
-    def __init__(self, module_path: str, reason: str, *, caused_by_call: bool = False) -> None:
+    def __init__(
+        self,
+        module_path: str,
+        reason: str,
+        *,
+        caused_by_call: bool = False,
+        repeatable: bool = False,
+    ) -> None:
         self.module_path = module_path
         self.reason = reason = redact(reason)  # it quotes the crash, which may quote a key
         self.caused_by_call = caused_by_call
+        self.repeatable = repeatable and not caused_by_call
         super().__init__(f"module {module_path!r} crashed while handling the call: {reason}")
 
 

@@ -39,6 +39,8 @@ import structlog
 
 import supervisors
 from dspy_actors import redaction
+from dspy_actors.lm import breaker
+from dspy_actors.lm.breaker import BreakerState
 from supervisors import ChildSpec, Registry, SupervisedActor
 
 __all__ = [
@@ -179,9 +181,6 @@ class RuntimeEscalation(Event):
     reason: str = ""
 
 
-BreakerState = Literal["closed", "open", "half_open"]
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BreakerTransition(Event):
     """A deployment's circuit breaker changed state."""
@@ -195,6 +194,17 @@ class BreakerTransition(Event):
 
     def log_level(self) -> str:
         return "warning" if self.to_state == "open" else "info"
+
+    @classmethod
+    def of(cls, transition: breaker.BreakerTransition) -> BreakerTransition:
+        """The event of a circuit breaker's state change (its ``on_transition`` report)."""
+        return cls(
+            deployment=transition.name,
+            from_state=transition.from_state,
+            to_state=transition.to_state,
+            failure_rate=transition.failure_rate,
+            slow_call_rate=transition.slow_call_rate,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

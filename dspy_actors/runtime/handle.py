@@ -16,8 +16,10 @@ awaits the reply futures on the caller's event loop and holds no thread while in
 - A call never hangs: it ends by its deadline (``timeout``) at the latest.
 - A call that could not reach the module (restarting) is retried until it can (a later
   step of a pipeline is resent by itself, so the steps before it do not run again). A call
-  in flight when a module crashed fails with ``ModuleCrashed``, or is retried (from the
-  first step) if the call is idempotent. An input that itself crashes the module
+  in flight on a *predictor* whose actor died is sent to it again (it is safe to repeat:
+  ``ModuleCrashed.repeatable``, at most ``calls.REPEAT_LIMIT`` times). A call in flight in
+  a user-written ``forward`` when its module crashed fails with ``ModuleCrashed``, or is
+  retried (from the first step) if the call is idempotent. An input that itself crashes the module
   ``poison_threshold`` times is quarantined as a dead letter (``DeadLettered``).
 - At most ``max_in_flight`` calls per program: past it, ``Overloaded`` at once. A call
   leaves its slot when it ends, also when an awaiting ``acall`` is cancelled.
@@ -25,71 +27,103 @@ awaits the reply futures on the caller's event loop and holds no thread while in
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterable, Mapping
-from concurrent.futures import Future
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Executor, Future
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dspy_actors.lm.usage import Usage
-from dspy_actors.runtime.calls import send_call
+from dspy_actors.runtime._streaming import AsyncStreaming, Streaming
+from dspy_actors.runtime.calls import REPEAT_LIMIT, send_call
 from dspy_actors.runtime.context import CallContext, capture
 from dspy_actors.runtime.errors import DeadLettered, ModuleCrashed, ModuleUnavailable, Overloaded
 from dspy_actors.runtime.input_check import check_encodable
 from dspy_actors.runtime.pipeline import pipeline_plan
 from dspy_actors.runtime.plans import AwaitReply, Pause, Plan, arun_plan, run_plan
 from dspy_actors.runtime.poison import fingerprint
+from dspy_actors.streaming._channel import DEFAULT_CAPACITY, StreamingChannel
+from dspy_actors.streaming._tap import StreamTap
+from dspy_actors.streaming.listener import StreamListener
+from dspy_actors.streaming.messages import ModuleStatusMessages, StatusMessageProvider
 
 if TYPE_CHECKING:
-    from dspy_actors.runtime.app import App, ServedProgram
+    import supervisors
+    from dspy_actors.runtime.errors import ModuleCrashed as _Crash
+    from dspy_actors.runtime.poison import PoisonTracker
+    from dspy_actors.runtime.served import ServedProgram
 
 # While a module restarts, calls that could not reach it are retried this often.
 _UNAVAILABLE_RETRY_SECONDS = 0.002
 _UNAVAILABLE_RETRY_LIMIT_SECONDS = 5.0
 
 
-class _Gate:
-    """Counts calls in flight per program (and per version, for draining upgrades)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._lock = threading.Lock()
-        self.total = 0
-        self.by_version: dict[int, int] = {}
-
-    def enter(self, version: int) -> bool:
-        with self._lock:
-            if self.total >= self.limit:
-                return False
-            self.total += 1
-            self.by_version[version] = self.by_version.get(version, 0) + 1
-            return True
-
-    def leave(self, version: int) -> None:
-        with self._lock:
-            self.total -= 1
-            self.by_version[version] -= 1
-
-    def in_flight(self, version: int) -> int:
-        with self._lock:
-            return self.by_version.get(version, 0)
-
-
 def _positional_call_error(program: ServedProgram, args: tuple[Any, ...]) -> TypeError:
     """A served program takes its inputs by keyword: name the ones its entry takes."""
     from dspy_actors.primitives.positional_inputs import input_names, keyword_only_error
 
-    entry = program.template if program.kind == "module" else program.template[0][1]
     return keyword_only_error(
-        f"program {program.name!r}", input_names(entry), args, call_as=f"{program.name}.call"
+        f"program {program.name!r}",
+        input_names(program.entry_module()),
+        args,
+        call_as=f"{program.name}.call",
     )
+
+
+# The options of call_with/acall_with: passed to call/acall, they are a mistake unless the
+# program's entry names an input so (then they are that input).
+_CALL_OPTIONS = frozenset({"timeout", "idempotent", "trace_id"})
+
+
+def _option_as_input_error(program: ServedProgram, inputs: Mapping[str, Any]) -> TypeError | None:
+    """The error for a call option passed to ``call``/``acall`` as if it were an input (None
+    if every such name is an input of the program's entry module)."""
+    from dspy_actors.primitives.positional_inputs import input_names
+
+    names = set(input_names(program.entry_module()))
+    mistaken = sorted(key for key in _CALL_OPTIONS.intersection(inputs) if key not in names)
+    if not mistaken:
+        return None
+    options = ", ".join(f"{key}={inputs[key]!r}" for key in mistaken)
+    return TypeError(
+        f"{program.name}.call got {', '.join(mistaken)}, which program {program.name!r} "
+        f"does not take as an input (its inputs are {sorted(names)}); to set the call's "
+        f"option, use {program.name}.call_with({{...inputs...}}, {options})"
+    )
+
+
+def _reject_options_as_inputs(program: ServedProgram, inputs: Mapping[str, Any]) -> None:
+    """Raise :func:`_option_as_input_error`'s error if ``inputs`` hold a call option."""
+    if not _CALL_OPTIONS.isdisjoint(inputs):  # qa.call(question=..., timeout=1)?
+        error = _option_as_input_error(program, inputs)
+        if error is not None:
+            raise error
+
+
+class ProgramHost(Protocol):
+    """What a handle needs of the app serving its program (``App`` is one)."""
+
+    @property
+    def registry(self) -> supervisors.Registry: ...
+    @property
+    def poison(self) -> PoisonTracker: ...
+    @property
+    def executor(self) -> Executor: ...
+    def raise_if_stopped(self, program: str) -> None: ...
+    def default_overrides(self) -> dict[str, Any]: ...
+    def dead_letter(
+        self, program: str, inputs: Mapping[str, Any], crash: _Crash, crashes: int
+    ) -> str: ...
+    def upgrade(
+        self, program: ServedProgram, state_or_module: Any, *, drain_timeout: float = ...
+    ) -> int: ...
+    def stop_program(self, name: str) -> None: ...
 
 
 class ProgramHandle:
     """A served program, by name. Created by ``app.program`` / ``app.serve``."""
 
-    def __init__(self, app: App, program: ServedProgram) -> None:
+    def __init__(self, app: ProgramHost, program: ServedProgram) -> None:
         self._app = app
         self._program = program
         self.name = program.name
@@ -112,9 +146,14 @@ class ProgramHandle:
     # Calls. ------------------------------------------------------------------------------
 
     def call(self, *args: Any, **inputs: Any) -> Any:
-        """Run the program on ``inputs`` and return its Prediction (or raise its error)."""
+        """Run the program on ``inputs`` and return its Prediction (or raise its error).
+
+        Options of the call (``timeout``, ``idempotent``, ``trace_id``) go to
+        :meth:`call_with`; passed here they are a TypeError saying so, unless the program
+        takes an input of that name."""
         if args:  # qa.call("...") for qa.call(question="...")
             raise _positional_call_error(self._program, args)
+        _reject_options_as_inputs(self._program, inputs)
         return self.call_with(inputs)
 
     def call_with(
@@ -136,6 +175,7 @@ class ProgramHandle:
         """``await handle.acall(...)`` from asyncio code: the call holds no thread while
         in flight (the reply futures are awaited on the running loop). Cancelling the
         awaiting task frees the call's slots (the program's and the module's)."""
+        _reject_options_as_inputs(self._program, inputs)
         return await self.acall_with(inputs)
 
     async def acall_with(
@@ -151,8 +191,77 @@ class ProgramHandle:
         ctx = self._context(timeout, trace_id, overrides)
         return await arun_plan(self._call_plan(inputs, ctx, idempotent, lend=False))
 
+    def stream(self, *args: Any, **inputs: Any) -> Streaming:
+        """Run the program on ``inputs``, yielding its answer as it is made: a
+        ``StatusMessage`` when a module starts or ends, a ``StreamResponse`` for each
+        piece of each output field's text, and last the Prediction. See
+        docs/streaming.md; :meth:`stream_with` takes options."""
+        if args:
+            raise _positional_call_error(self._program, args)
+        _reject_options_as_inputs(self._program, inputs)
+        return self.stream_with(inputs)
+
+    def stream_with(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        stream_listeners: Sequence[StreamListener] = (),
+        status_message_provider: StatusMessageProvider | None = None,
+        buffer: int = DEFAULT_CAPACITY,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        trace_id: str | None = None,
+        **overrides: Any,
+    ) -> Streaming:
+        """``stream`` with options: ``stream_listeners`` (only these fields stream; each
+        listener's ``predict_name`` is matched against module paths), the
+        ``status_message_provider``, ``buffer`` (pieces held for a slow reader before the
+        LM's HTTP read pauses), and the options of :meth:`call_with`."""
+        channel, ctx = self._streamed_context(
+            stream_listeners, status_message_provider, buffer, timeout, trace_id, overrides
+        )
+        return Streaming(self._call_plan(inputs, ctx, idempotent, lend=False), channel)
+
+    def astream(self, **inputs: Any) -> AsyncStreaming:
+        """``async for piece in handle.astream(...)``: :meth:`stream` on the running event
+        loop, holding no thread while in flight."""
+        _reject_options_as_inputs(self._program, inputs)
+        return self.astream_with(inputs)
+
+    def astream_with(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        stream_listeners: Sequence[StreamListener] = (),
+        status_message_provider: StatusMessageProvider | None = None,
+        buffer: int = DEFAULT_CAPACITY,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        trace_id: str | None = None,
+        **overrides: Any,
+    ) -> AsyncStreaming:
+        """``astream`` with the options of :meth:`stream_with`."""
+        channel, ctx = self._streamed_context(
+            stream_listeners, status_message_provider, buffer, timeout, trace_id, overrides
+        )
+        return AsyncStreaming(self._call_plan(inputs, ctx, idempotent, lend=False), channel)
+
+    def _streamed_context(
+        self,
+        listeners: Sequence[StreamListener],
+        status: StatusMessageProvider | None,
+        buffer: int,
+        timeout: float | None,
+        trace_id: str | None,
+        overrides: Mapping[str, Any],
+    ) -> tuple[StreamingChannel, CallContext]:
+        channel = StreamingChannel(buffer)
+        tap = StreamTap(channel, status or ModuleStatusMessages(), listeners)
+        return channel, self._context(timeout, trace_id, overrides).streamed_by(tap)
+
     def submit(self, **inputs: Any) -> Future[Any]:
         """Start a call; the future gets its Prediction or error."""
+        _reject_options_as_inputs(self._program, inputs)
         return self._app.executor.submit(self.call_with, inputs)
 
     def _context(
@@ -184,6 +293,7 @@ class ProgramHandle:
             if dead is not None:
                 raise DeadLettered(program.name, dead, app.poison.threshold)
         crashes_seen = 0
+        repeats = 0  # lost in flight on a predictor (the entry, or a pipeline's first step)
         unavailable_since: float | None = None
         while True:
             app.raise_if_stopped(program.name)  # a tree that is gone: fail now, say why
@@ -226,6 +336,9 @@ class ProgramHandle:
                     if count >= app.poison.threshold:
                         letter = app.dead_letter(program.name, inputs, crash, count)
                         raise DeadLettered(program.name, letter, count) from crash
+                if crash.repeatable and repeats < REPEAT_LIMIT:
+                    repeats += 1
+                    continue
                 crashes_seen += 1
                 if not retry_crashes or crashes_seen > program.max_crash_retries:
                     raise

@@ -37,6 +37,7 @@ from dspy_actors.lm.errors import LMError
 from dspy_actors.lm.lm import LM, PreparedCall
 from dspy_actors.lm.types import LMResponse
 from dspy_actors.runtime._futures import reject
+from dspy_actors.runtime._streaming_hooks import StreamEnded, run_streamed
 from dspy_actors.runtime.context import restored
 from dspy_actors.runtime.lm_pool import Dispatcher, LMAttempt, Slot, Work, _is_lm
 
@@ -180,8 +181,16 @@ class EventLoopThread:
     async def _call(self, slot: Slot, lm: LM, attempt: LMAttempt, prepared: PreparedCall) -> None:
         request = attempt.request
         began, lag = time.monotonic(), self._lag_now()
+        tap = request.ctx.streaming  # a streamed call: its text goes out as it arrives
         try:
-            completion = await lm.arun(prepared)
+            if tap is None:
+                completion = await lm.arun(prepared)
+            else:
+                completion = await run_streamed(lm, prepared, tap, request.ctx.trace_id)
+        except StreamEnded as ended:  # not the provider's doing: the breaker counts nothing
+            reject(request.reply, ended.error)
+            self._finished(slot, attempt, "ignore")
+            return
         except asyncio.CancelledError:
             if self._closing:
                 raise  # unanswered: withdrawn with the slot, retried elsewhere

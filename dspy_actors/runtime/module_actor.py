@@ -27,7 +27,8 @@ its forward greenlet), which frees its in-flight slot.
 Errors: an LM error, a parse error, a deadline or an overload is the call's answer. Any
 other exception is a bug: the caller gets :class:`ModuleCrashed` (with the exception as
 its cause), then the actor crashes and its supervisor restarts it, fresh, with its learned
-parameters reloaded. Calls still in flight on a crashed actor get ``ModuleCrashed`` too.
+parameters reloaded. Calls still in flight on a crashed actor get ``ModuleCrashed`` too;
+a predictor's are marked ``repeatable`` (safe to send again: its callers do, by themselves).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from dspy_actors.lm.usage import UsageMeter
 from dspy_actors.primitives.module import Module
 from dspy_actors.redaction import scrub_exception
 from dspy_actors.runtime._futures import reject, resolve
+from dspy_actors.runtime._streaming_hooks import predictor_tap
 from dspy_actors.runtime.context import restored
 from dspy_actors.runtime.errors import (
     ModuleCrashed,
@@ -58,6 +60,7 @@ from dspy_actors.runtime.errors import (
     Overloaded,
     RuntimeCallError,
 )
+from dspy_actors.runtime.events import Event, ModuleEnd, ModuleError, ModuleStart
 from dspy_actors.runtime.lm_pool import Dispatcher, lm_reply_may_run_inline, submit_lm_request
 from dspy_actors.runtime.messages import Call
 from dspy_actors.waiting import ForwardGreenlet, Park, timers
@@ -82,7 +85,9 @@ class ModuleServices:
     registry: supervisors.Registry
     dispatcher: Dispatcher
     load_state: Callable[[str], dict[str, Any] | None] = lambda _path: None
-    on_event: Callable[[str, str, dict[str, Any]], None] = lambda _t, _p, _d: None
+    # How to publish the module's typed events, or None while nobody listens (then no
+    # event is even built): module.start, module.end, module.error.
+    publisher: Callable[[], Callable[[Event], None] | None] = lambda: None
     # The usage meter of the module at a path: the same one across the actor's restarts
     # and the program's upgrades, so a module's usage adds up over its whole service.
     meter_for: Callable[[str], UsageMeter] = lambda _path: UsageMeter()
@@ -126,6 +131,8 @@ class _InFlight:
     park: int = 0
     timer: int | None = None
     lm_reply: Future[Any] | None = None
+    # A streamed call's LM call in flight: its answer's last pieces go out on arrival.
+    stream_tap: Any = None
 
 
 @dataclass(slots=True)
@@ -224,7 +231,11 @@ class ModuleActor(supervisors.SupervisedActor):
         self.counters.calls += 1
         record = _InFlight(call)
         self._inflight[call_id] = record
-        self.services.on_event("module.start", self.path, {"trace_id": call.ctx.trace_id})
+        publish = self.services.publisher()
+        if publish is not None:
+            publish(ModuleStart(trace_id=call.ctx.trace_id, module_path=self.path))
+        if call.ctx.streaming is not None:
+            call.ctx.streaming.say("module_start_status_message", self.path, dict(call.inputs))
         # A caller that gives up cancels the reply: drop the call then (frees its slot).
         call.reply.add_done_callback(partial(_tell_if_cancelled, self.actor_ref, call_id))
         if self._predictor:
@@ -258,6 +269,10 @@ class ModuleActor(supervisors.SupervisedActor):
         if record is None or record.steps is None:
             return
         steps = record.steps
+        if record.stream_tap is not None:  # the streamed LM call's answer (or error)
+            tap, record.stream_tap = record.stream_tap, None
+            if error is None:
+                tap.finish(response)
         with restored(record.call.ctx):
             while True:
                 try:
@@ -275,19 +290,26 @@ class ModuleActor(supervisors.SupervisedActor):
                     return
                 first, error = False, None
                 found = _probe(lm_call)
+                tap = predictor_tap(record.call.ctx, self.path)
                 if found is not None and not isinstance(found, CacheMiss):
+                    if tap is not None:
+                        tap.finish(found)  # a cache hit streams as one piece per field
                     response = found
                     continue
+                # The module's meter counts the call too, as Module.__call__'s does.
+                ctx = record.call.ctx.metered_by(self.meter)
+                if tap is not None:
+                    ctx = ctx.streamed_by(tap)
                 reply = submit_lm_request(
                     self.services.dispatcher,
                     lm_call.lm,
                     lm_call.messages,
                     lm_call.kwargs,
-                    # The module's meter counts the call too, as Module.__call__'s does.
-                    record.call.ctx.metered_by(self.meter),
+                    ctx,
                     found,
                 )
                 record.lm_reply = reply
+                record.stream_tap = tap
                 reply.add_done_callback(partial(_tell_lm_done, self.actor_ref, call_id))
                 return
 
@@ -364,9 +386,15 @@ class ModuleActor(supervisors.SupervisedActor):
         if record is None:
             return
         # Every module.start has its end: a cancelled call ends as an error, "CancelledError".
-        trace_id = record.call.ctx.trace_id
-        data = {"trace_id": trace_id, "error": "CancelledError"}
-        self.services.on_event("module.error", self.path, data)
+        publish = self.services.publisher()
+        if publish is not None:
+            publish(
+                ModuleError(
+                    trace_id=record.call.ctx.trace_id,
+                    module_path=self.path,
+                    error_type="CancelledError",
+                )
+            )
         self._end_quietly(record)
         if record.lm_reply is not None:
             record.lm_reply.cancel()  # the LM pool may skip or drop it
@@ -391,19 +419,27 @@ class ModuleActor(supervisors.SupervisedActor):
         record = self._inflight.pop(call_id, None)
         if record is None:
             return
+        if record.call.ctx.streaming is not None:  # (before the answer: it comes last)
+            record.call.ctx.streaming.say("module_end_status_message", prediction)
         resolve(record.call.reply, prediction)
-        self.services.on_event("module.end", self.path, {"trace_id": record.call.ctx.trace_id})
+        publish = self.services.publisher()
+        if publish is not None:
+            publish(ModuleEnd(trace_id=record.call.ctx.trace_id, module_path=self.path))
 
     def _fail(self, call_id: int, error: BaseException) -> None:
         record = self._inflight.pop(call_id, None)
         if record is None:
             return
         self.counters.errors += 1
-        self.services.on_event(
-            "module.error",
-            self.path,
-            {"trace_id": record.call.ctx.trace_id, "error": type(error).__name__},
-        )
+        publish = self.services.publisher()
+        if publish is not None:
+            publish(
+                ModuleError(
+                    trace_id=record.call.ctx.trace_id,
+                    module_path=self.path,
+                    error_type=type(error).__name__,
+                )
+            )
         if isinstance(error, EXPECTED_ERRORS):
             reject(record.call.reply, error)
             return
@@ -418,8 +454,13 @@ class ModuleActor(supervisors.SupervisedActor):
         records = list(self._inflight.values())
         self._inflight.clear()
         for record in records:
-            reject(record.call.reply, ModuleCrashed(self.path, reason))
+            # A predictor's call in flight is safe to repeat (its LM calls have no side
+            # effects): its caller resends it; a user forward's is not (idempotent=...).
+            crashed = ModuleCrashed(self.path, reason, repeatable=self._predictor)
+            reject(record.call.reply, crashed)
             self._end_quietly(record)
+            if record.lm_reply is not None:
+                record.lm_reply.cancel()  # nobody will resume these steps: free its LM slot
         for record in records:
             if record.thread is not None and record.thread is not threading.current_thread():
                 record.thread.join(timeout=_CALL_THREAD_JOIN_SECONDS)

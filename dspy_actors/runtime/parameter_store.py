@@ -222,7 +222,7 @@ class ParameterStore(Store):
                     (program, version - keep),
                 )
             if notify:
-                # Delivered at commit, to every replica listening (runtime/_replicas.py).
+                # Delivered at commit, to every replica listening (runtime/_postgres_replicas.py).
                 payload = json.dumps({"program": program, "version": version})
                 conn.execute("SELECT pg_notify(?, ?)", (SAVED_CHANNEL, payload))
             return version

@@ -20,7 +20,11 @@ builds the plan again and replays the saved steps without running them: the same
 gives the same program, and the finished steps' LM calls are not made again. Inside the
 step it resumes, every LM call that finished before the kill is answered from the run's LM
 journal (run_journal.py): only the calls in flight at the kill are made again. Inside a
-step, bootstrapping and candidate evaluation run in parallel on bounded threads.
+step, bootstrapping and candidate evaluation run in parallel on bounded threads, or, with
+an ``executor`` (``start_run(..., executor=RayExecutor(...))``, or the app's
+``ray_address``), as that executor's work on other machines (evaluate/executor.py); the
+driver still runs the plan and checkpoints here. The LM journal covers the driver's own
+calls only: a step resumed mid-way redoes its remote examples.
 Progress is published on the app's event bus as ``RunProgress`` events (topic
 ``run.progress``).
 """
@@ -35,10 +39,11 @@ import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import supervisors
 from dspy_actors import redaction, settings
+from dspy_actors.evaluate.executor import Executor, use_executor
 from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter, metering
 from dspy_actors.optimizers.base import (
     Cancelled,
@@ -53,7 +58,10 @@ from dspy_actors.runtime.events import RunProgress
 from dspy_actors.runtime.run_journal import JournaledLM, LMJournal
 
 if TYPE_CHECKING:
-    from dspy_actors.runtime.app import App
+    from concurrent.futures import Executor as ThreadExecutor
+
+    from dspy_actors.runtime.app_config import AppConfig
+    from dspy_actors.runtime.events import EventBus
 
 __all__ = [
     "RunCancelled",
@@ -67,6 +75,37 @@ __all__ = [
 ]
 
 _log = redaction.get_logger("dspy_actors.runtime.runs")
+
+
+class RunStoreLocation(Protocol):
+    """Where an app keeps its stores (``runtime.stores.Stores`` is one)."""
+
+    def location(self, filename: str) -> Any:
+        """``data_dir/filename``, or the app's shared PostgreSQL database."""
+        ...
+
+
+class RunHost(Protocol):
+    """What a run needs of the app it runs in (``App`` is one): its ``runs`` supervisor
+    (under ``root``), registry, settings, events, executor, LM pool and where its run
+    store lives (``stores``: SQLite file or the shared database)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def registry(self) -> supervisors.Registry: ...
+    @property
+    def config(self) -> AppConfig: ...
+    @property
+    def events(self) -> EventBus: ...
+    @property
+    def executor(self) -> ThreadExecutor: ...
+    @property
+    def root(self) -> supervisors.Supervisor: ...
+    @property
+    def stores(self) -> RunStoreLocation: ...
+    def pooled_overrides(self) -> dict[str, Any]: ...
+
 
 # The unfinished runs of each app, for cancel_all (the app itself keeps no run state).
 _active: weakref.WeakKeyDictionary[Any, dict[str, _Shared]] = weakref.WeakKeyDictionary()
@@ -329,7 +368,7 @@ class RunActor(supervisors.SupervisedActor):
 
     def __init__(
         self,
-        app: App,
+        app: RunHost,
         optimizer: Optimizer,
         student: Module,
         trainset: list[Example],
@@ -337,8 +376,10 @@ class RunActor(supervisors.SupervisedActor):
         seed: int,
         shared: _Shared,
         store: RunStore,
+        executor: Executor | None = None,
     ) -> None:
         super().__init__()
+        self.executor = executor
         self.app = app
         self.optimizer = optimizer
         self.student = student
@@ -393,7 +434,11 @@ class RunActor(supervisors.SupervisedActor):
         try:
             if self.shared.cancel.is_set():
                 raise Cancelled("the run was cancelled")
-            with settings.context(**self._overrides()), metering(self.shared.meter):
+            with (
+                settings.context(**self._overrides()),
+                metering(self.shared.meter),
+                use_executor(self.executor),
+            ):
                 done = self.runner.advance()
         except Cancelled:
             self.store.set_status(run_id, name, self.seed, "cancelled")
@@ -425,7 +470,7 @@ class RunActor(supervisors.SupervisedActor):
 class RunHandle:
     """A run started by :func:`start_run` (``app.optimize``)."""
 
-    def __init__(self, app: App, run_id: str, child_id: str, shared: _Shared) -> None:
+    def __init__(self, app: RunHost, run_id: str, child_id: str, shared: _Shared) -> None:
         self._app = app
         self.run_id = run_id
         self.child_id = child_id
@@ -461,18 +506,18 @@ class RunHandle:
         return f"RunHandle({self.run_id!r}, {self._shared.status.state})"
 
 
-def _driver_name(app: App, run_id: str) -> str:
+def _driver_name(app: RunHost, run_id: str) -> str:
     return f"{app.name}/runs/{run_id}/driver"
 
 
-def _runs(app: App) -> supervisors.DynamicSupervisor:
+def _runs(app: RunHost) -> supervisors.DynamicSupervisor:
     handle = app.root.supervisor("runs")
     assert isinstance(handle, supervisors.DynamicSupervisor)
     return handle
 
 
 def start_run(
-    app: App,
+    app: RunHost,
     optimizer: Optimizer,
     student: Module,
     *,
@@ -482,9 +527,14 @@ def start_run(
     seed: int = 0,
     intensity: int = 3,
     period: float = 5.0,
+    executor: Executor | None = None,
 ) -> RunHandle:
     """Start (or resume, with the ``run_id`` of an earlier run) an optimization run as a
-    supervised subtree of ``app``'s ``runs`` supervisor. See the module docstring."""
+    supervised subtree of ``app``'s ``runs`` supervisor. See the module docstring.
+    ``executor`` runs the steps' examples elsewhere (default: the app's Ray cluster if it
+    was started with ``ray_address``, else local threads)."""
+    if executor is None:
+        executor = _app_executor(app)
     run_id = run_id or uuid.uuid4().hex[:12]
     child_id = f"run-{run_id}"
     runs = _runs(app)
@@ -506,7 +556,7 @@ def start_run(
         RunActor,
         args=(
             app, optimizer, student.deepcopy(), list(trainset),
-            None if valset is None else list(valset), seed, shared, store,
+            None if valset is None else list(valset), seed, shared, store, executor,
         ),
         restart="transient",
         shutdown=30.0,
@@ -553,7 +603,24 @@ def start_run(
     return RunHandle(app, run_id, child_id, shared)
 
 
-def cancel_all(app: App, timeout: float = 30.0) -> int:
+def _app_executor(app: RunHost) -> Executor | None:
+    """The executor of an app started with ``ray_address`` (one per app, made on first use)."""
+    address = getattr(app.config, "ray_address", None)
+    if address is None:
+        return None
+    with _active_lock:
+        found = _executors.get(app)
+        if found is None:
+            from dspy_actors.distributed import RayExecutor
+
+            found = _executors[app] = RayExecutor(address, rate_limit=app.config.rate_limit)
+        return found
+
+
+_executors: weakref.WeakKeyDictionary[Any, Executor] = weakref.WeakKeyDictionary()
+
+
+def cancel_all(app: RunHost, timeout: float = 30.0) -> int:
     """Cancel every unfinished run of ``app`` and wait (up to ``timeout`` overall) until
     they stop; returns how many were cancelled. Call before stopping the app, so a driver
     busy with a long step stops at the next example rather than being abandoned."""

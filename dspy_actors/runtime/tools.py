@@ -129,4 +129,11 @@ class _DeadlineBoundRunner(ToolRunner):
         remaining = None if ctx is None else ctx.remaining()
         if remaining is not None:
             timeout = remaining if timeout is None else min(timeout, remaining)
-        return super().run(tool, args, timeout=timeout)
+        # A streamed call announces its tool calls (handle.stream's StatusMessages).
+        tap = None if ctx is None or ctx.streaming is None else ctx.streaming.root
+        if tap is not None:
+            tap.say("tool_start_status_message", tool, dict(args))
+        outcome = super().run(tool, args, timeout=timeout)
+        if tap is not None:
+            tap.say("tool_end_status_message", outcome.observation)
+        return outcome

@@ -37,13 +37,22 @@ from dspy_actors.runtime.module_actor import (
 ENTRY = "entry"  # the child id of a program's entry actor
 
 
+# A served program's default restart intensity: more than this many restarts within
+# PROGRAM_PERIOD seconds and its subtree gives up (``modules`` restarts it whole). Sized to
+# ride out a crash somewhere in the program every 100 ms without restarting all of it (a
+# composite's own actor would lose its calls in flight), while a crash loop, whose restarts
+# come milliseconds apart, still gives up within a fraction of a second.
+PROGRAM_INTENSITY = 50
+PROGRAM_PERIOD = 5.0
+
+
 @dataclass(frozen=True, slots=True)
 class TreeOptions:
     """How a served program's subtree behaves."""
 
     strategy: supervisors.Strategy = "one_for_one"
-    intensity: int = 10
-    period: float = 5.0
+    intensity: int = PROGRAM_INTENSITY
+    period: float = PROGRAM_PERIOD
     max_in_flight: int = 10_000
     call_timeout: float = 300.0
 

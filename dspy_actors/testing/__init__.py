@@ -8,6 +8,7 @@ package) gives tests the ``sim_lm``, ``app`` and ``chaos`` fixtures.
 
 from dspy_actors.testing.chaos import ChaosMonkey, ChaosRun, CrashRule, Kill
 from dspy_actors.testing.faults import Fault, FaultPlan, FaultRule
+from dspy_actors.testing.held_responder import HeldResponder, slow_responder
 from dspy_actors.testing.invariants import (
     CLEAR_ERRORS,
     CallLedger,
@@ -17,6 +18,7 @@ from dspy_actors.testing.invariants import (
     assert_tree_healthy,
     thread_snapshot,
 )
+from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM, SimReply, SimRequest, SimStats
 from dspy_actors.testing.sim_responder import default_responder, scripted
 
@@ -30,6 +32,7 @@ __all__ = [
     "Fault",
     "FaultPlan",
     "FaultRule",
+    "HeldResponder",
     "Kill",
     "SimLM",
     "SimReply",
@@ -40,5 +43,7 @@ __all__ = [
     "assert_tree_healthy",
     "default_responder",
     "scripted",
+    "slow_responder",
     "thread_snapshot",
+    "wait_until",
 ]

@@ -41,6 +41,10 @@ EXPECTED = {
         "Same program as an uninterrupted run: True",
     ],
     "supervision_tree.py": ["hung: 0", "healthy: True"],
+    "streaming_service.py": [
+        "Streams answered in full: 80 (each text whole: True)",
+        "Clients that hung up mid-stream: 20",
+    ],
 }
 
 

@@ -10,8 +10,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import pytest
 
+from dspy_actors.testing.polling import wait_until
 from dspy_actors.waiting import Timers, in_forward_greenlet, wait_future
-from tests.supervisors.actors import wait_until
 
 
 def test_wait_future_outside_a_forward_blocks_for_the_result() -> None:

@@ -7,8 +7,6 @@ import itertools
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from dspy_actors.primitives.parameter import StateError
 from dspy_actors.runtime import app as app_module
 from dspy_actors.runtime.errors import AppStopped
 from dspy_actors.testing import SimLM
+from dspy_actors.testing.polling import wait_until
 from tests.reliability.programs import StartApp, make_lm
 
 
@@ -26,13 +25,6 @@ def _kill_modules(app: dsa.App) -> None:
     modules = app.root.child("modules")
     assert modules is not None
     supervisors.kill(modules)
-
-
-def _wait_until(condition: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert condition(), "condition not met in time"
 
 
 def test_after_the_root_gives_up_calls_fail_at_once_saying_the_app_stopped_and_why(
@@ -45,7 +37,7 @@ def test_after_the_root_gives_up_calls_fail_at_once_saying_the_app_stopped_and_w
     root = app.root
     _kill_modules(app)  # intensity 0: the first restart is one too many
     assert root.wait(20.0) is not None
-    _wait_until(lambda: app.stopped_because is not None)
+    wait_until(lambda: app.stopped_because is not None)
     # Not ModuleUnavailable after a 5 s retry loop: AppStopped, before any wait.
     with pytest.raises(AppStopped) as error:
         qa.call_with({"question": "after"}, timeout=300.0)
@@ -54,7 +46,7 @@ def test_after_the_root_gives_up_calls_fail_at_once_saying_the_app_stopped_and_w
     assert app.name in text
     assert "RestartIntensityExceeded" in text
     assert "modules" in text
-    _wait_until(lambda: bool(exits))
+    wait_until(lambda: bool(exits))
     assert exits[0].abnormal
 
 
@@ -64,7 +56,7 @@ def test_the_root_intensity_is_configurable(start_app: StartApp) -> None:
     for round_ in range(3):  # three restarts within the period: within an intensity of 5
         old = app.root.child("modules")
         _kill_modules(app)
-        _wait_until(lambda old=old: app.root.child("modules") not in (None, old))
+        wait_until(lambda old=old: app.root.child("modules") not in (None, old))
         assert qa.call_with({"question": f"round {round_}"}, timeout=60.0).answer
     assert app.stopped_because is None
 
@@ -77,7 +69,7 @@ def test_an_app_that_asked_for_it_restarts_its_tree_and_serves_its_programs_agai
     first_root = app.root
     _kill_modules(app)
     assert first_root.wait(20.0) is not None
-    _wait_until(lambda: app.root is not first_root and app.root.is_alive)
+    wait_until(lambda: app.root is not first_root and app.root.is_alive)
     # The fresh tree serves the program again; the call waits for it within its deadline.
     assert qa.call_with({"question": "after restart"}, timeout=60.0).answer
     assert app.stopped_because is None
@@ -85,7 +77,7 @@ def test_an_app_that_asked_for_it_restarts_its_tree_and_serves_its_programs_agai
     second_root = app.root
     _kill_modules(app)
     assert second_root.wait(20.0) is not None
-    _wait_until(lambda: app.stopped_because is not None)
+    wait_until(lambda: app.stopped_because is not None)
     with pytest.raises(AppStopped, match="RestartIntensityExceeded"):
         qa.call(question="gone")
 

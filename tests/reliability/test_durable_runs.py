@@ -8,7 +8,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import dspy_actors as dsa
 from dspy_actors.lm import LM
 from dspy_actors.optimizers import BootstrapFewShot, BootstrapFewShotWithRandomSearch
 from dspy_actors.runtime.runs import RunStore, start_run
+from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.optimizers.task import FAST_RETRY, dataset, metric, responder
 
@@ -94,14 +94,6 @@ def _journaled(db: Path) -> int:
         return 0
 
 
-def _wait(predicate: Callable[[], bool], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
-
-
 @pytest.mark.parametrize("kind", list(OPTIMIZERS))
 def test_a_run_killed_mid_step_redoes_only_the_calls_in_flight(
     kind: str, sim: SimLM, lm: LM, tmp_path: Path
@@ -123,7 +115,7 @@ def test_a_run_killed_mid_step_redoes_only_the_calls_in_flight(
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        _wait(lambda: _journaled(db) >= total // 2 or child.poll() is not None)
+        wait_until(lambda: _journaled(db) >= total // 2 or child.poll() is not None)
         child.kill()  # SIGKILL: no cleanup of any kind
     finally:
         _, err = child.communicate(timeout=60)

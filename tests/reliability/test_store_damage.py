@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from pathlib import Path
 
 import dspy_actors as dsa
@@ -16,6 +15,7 @@ from dspy_actors.testing import (
     SimLM,
     assert_all_accounted,
     assert_tree_healthy,
+    wait_until,
 )
 from tests.reliability.programs import Poison, StartApp, make_lm
 
@@ -61,7 +61,14 @@ def test_cache_and_store_files_damaged_while_serving_no_caller_crashes(
         run = monkey.kill_every(f"{app.name}/qa@v*/", every_s=0.2, duration_s=None)
         driver.start()
         for round_ in range(4):
-            time.sleep(0.25)  # let calls, kills and restarts run on the damaged files
+            # Let calls, kills and restarts run on the damaged files: wait for more calls
+            # answered and another kill since the last damage.
+            answered, kills = ledger.answered, run.kills
+            wait_until(
+                lambda a=answered, k=kills: ledger.answered >= a + 20 and run.kills > k,
+                timeout=60.0,
+                what=f"calls and a kill in round {round_}",
+            )
             how = "delete" if round_ % 2 == 0 else "corrupt"
             for path in files:
                 _damage(path, how)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import supervisors as sup
+from dspy_actors.testing.polling import wait_until
 
 
 class Journal:
@@ -90,15 +91,6 @@ def spec(
         if key in options:
             kwargs[key] = options.pop(key)
     return sup.ChildSpec(child_id, Worker, kwargs=kwargs, **options)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    """Poll ``predicate`` until true; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.002)
 
 
 def crash(ref: Any) -> sup.ExitReason | None:

@@ -11,7 +11,8 @@ from pykka import ThreadingFuture
 from pykka._envelope import Envelope
 
 import supervisors as sup
-from tests.supervisors.actors import Journal, Worker, wait_until
+from dspy_actors.testing.polling import wait_until
+from tests.supervisors.actors import Journal, Worker
 
 
 def test_normal_stop_reports_normal_and_runs_on_stop() -> None:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 import supervisors as sup
-from tests.supervisors.actors import Journal, Worker, crash, new_ref, spec, wait_until
+from dspy_actors.testing.polling import wait_until
+from tests.supervisors.actors import Journal, Worker, crash, new_ref, spec
 
 
 class Tagged(sup.SupervisedActor):

@@ -8,7 +8,8 @@ import pykka
 import pytest
 
 import supervisors as sup
-from tests.supervisors.actors import Worker, wait_until
+from dspy_actors.testing.polling import wait_until
+from tests.supervisors.actors import Worker
 
 
 def test_unique_names_refuse_a_second_live_actor_and_drop_dead_ones() -> None:

@@ -21,6 +21,7 @@ import pykka
 import pytest
 
 import supervisors as sup
+from dspy_actors.testing.polling import wait_until
 
 CHILDREN = 1000
 CHAOS_SECONDS = 3.0
@@ -150,14 +151,6 @@ def _crasher(registry: sup.Registry, seed: int, stop: threading.Event, stats: Cr
         time.sleep(CRASH_PAUSE)
 
 
-def _wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
-
-
 def _ask_until_answered(registry: sup.Registry, index: int, timeout: float) -> Any:
     """Call a child by name, retrying restart errors: it must answer within ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -213,7 +206,7 @@ def test_thousand_children_random_crashes_end_healthy() -> None:
         assert not [t.name for t in threads if t.is_alive()], "a caller or crasher hung"
 
         # Quiesce: every child running again, nothing waiting for a restart.
-        _wait_for(
+        wait_until(
             lambda: (c := dyn.count_children()).active == CHILDREN and c.restarting == 0,
             20.0,
             "all children to be running again",

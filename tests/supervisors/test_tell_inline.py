@@ -10,7 +10,7 @@ import pykka
 import pytest
 
 import supervisors as sup
-from tests.supervisors.actors import wait_until
+from dspy_actors.testing.polling import wait_until
 
 TIMEOUT = 10.0
 

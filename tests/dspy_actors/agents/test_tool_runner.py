@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dspy_actors import Tool, ToolRunner
+from dspy_actors import Tool, ToolRunner, ToolTimeout
 from dspy_actors.modules.tool_runner import ToolOutcome
 from tests.dspy_actors.agents.conftest import WAIT
 
@@ -70,6 +70,7 @@ def test_a_hung_tool_is_abandoned_and_counted(runner: ToolRunner, gate: threadin
 
     out = runner.run(Tool(stuck, timeout=0.05), {})
     assert out.outcome == "timeout"
+    assert isinstance(out.error, ToolTimeout)
     assert "did not answer within 0.05s" in out.observation
     assert runner.stats()["stuck"] == {"timeout": 1, "running": 1}
     gate.set()

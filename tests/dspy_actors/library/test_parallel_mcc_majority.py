@@ -43,6 +43,34 @@ def test_parallel_returns_results_in_order_with_none_for_failures(
     assert isinstance(errors[0], LMError)
 
 
+def test_a_pair_past_the_parallel_timeout_fails_with_fan_out_timeout() -> None:
+    release = threading.Event()
+
+    class Stuck(dsa.Module):
+        def forward(self, question: str) -> dsa.Prediction:
+            release.wait(30.0)  # held until the fan-out has given up on it
+            return dsa.Prediction(answer=question)
+
+    class Quick(dsa.Module):
+        def forward(self, question: str) -> dsa.Prediction:
+            return dsa.Prediction(answer=question)
+
+    pairs = [(Quick(), {"question": "a"}), (Stuck(), {"question": "b"})]
+    try:
+        results, failed, errors = dsa.Parallel(
+            num_threads=2, timeout=0.2, return_failed_examples=True
+        )(pairs)
+    finally:
+        release.set()
+    assert results[0] is not None
+    assert results[0].answer == "a"
+    assert results[1] is None
+    assert failed == [{"question": "b"}]
+    assert len(errors) == 1
+    assert isinstance(errors[0], dsa.FanOutTimeout)
+    assert "did not finish within 0.2s" in str(errors[0])
+
+
 def test_parallel_stops_at_max_errors_with_a_clear_error(sim_lm: SimLM, make_lm: MakeLM) -> None:
     settings.configure(lm=make_lm())
     sim_lm.inject(Fault.bad_request(), times=100)

@@ -313,12 +313,16 @@ def test_stream_client_error_is_not_retried(sim_lm: SimLM, make_lm: MakeLM) -> N
 def test_a_retry_that_would_start_after_the_deadline_is_not_made(
     sim_lm: SimLM, make_lm: MakeLM
 ) -> None:
-    sim_lm.inject(Fault.rate_limited(retry_after=2.0))
+    # The server asks for a wait longer than the whole deadline: no retry can fit, so the
+    # call fails at once instead of sleeping. The bound is far from both the 60 s asked for
+    # and the 30 s deadline, so a busy machine cannot fail it, and a regression (sleeping
+    # until the deadline or as asked) cannot pass it.
+    sim_lm.inject(Fault.rate_limited(retry_after=60.0))
     lm = make_lm(api_base=sim_lm.openai_base)
     start = time.monotonic()
     with pytest.raises(RateLimited):
-        lm.complete(MESSAGES, deadline=start + 0.5)
-    assert time.monotonic() - start < 0.4  # it did not sleep the 2 s the server asked for
+        lm.complete(MESSAGES, deadline=start + 30.0)
+    assert time.monotonic() - start < 15.0
     assert sim_lm.request_count == 1
     assert lm.stats.retries == 0
 
@@ -326,13 +330,15 @@ def test_a_retry_that_would_start_after_the_deadline_is_not_made(
 def test_each_attempt_is_cut_to_what_is_left_of_the_deadline(
     sim_lm: SimLM, make_lm: MakeLM
 ) -> None:
-    sim_lm.inject(Fault.hang(3.0))
-    lm = make_lm(api_base=sim_lm.openai_base, timeout=30.0)
+    sim_lm.inject(Fault.hang(60.0))
+    lm = make_lm(api_base=sim_lm.openai_base, timeout=90.0)
     start = time.monotonic()
     with pytest.raises(LMTimeout):
         lm.complete(MESSAGES, deadline=start + 0.4)
     took = time.monotonic() - start
-    assert 0.35 <= took < 1.5  # the deadline, not the LM's 30 s timeout nor the 3 s hang
+    # The deadline, not the LM's 90 s timeout nor the 60 s hang: the upper bound leaves a
+    # busy machine 20 s of slack and still fails any path that ignores the deadline.
+    assert 0.35 <= took < 20.0
 
 
 def test_without_a_deadline_retries_wait_as_the_server_asks(sim_lm: SimLM, make_lm: MakeLM) -> None:

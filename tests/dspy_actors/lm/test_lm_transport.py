@@ -25,6 +25,7 @@ from dspy_actors.lm import LM
 from dspy_actors.lm.providers.openai import OpenAIProvider
 from dspy_actors.lm.transport import BACKENDS, Backend, ClientPool
 from dspy_actors.testing import SimLM
+from dspy_actors.testing.polling import wait_until
 
 MakeLM = Callable[..., LM]
 
@@ -44,16 +45,6 @@ def _server_connections(sim: SimLM) -> int:
     return sum(t.name.startswith(prefix) for t in threading.enumerate())
 
 
-def _wait_for(predicate: object, timeout: float = 5.0) -> bool:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return bool(predicate())
-
-
 def test_threads_spread_over_shards_and_close_drops_every_connection(sim_lm: SimLM) -> None:
     sim_lm.latency = 0.05  # keep calls overlapping so threads hold distinct connections
     lm = LM("openai/sim", api_base=sim_lm.openai_base, api_key="k", cache=False)
@@ -66,7 +57,7 @@ def test_threads_spread_over_shards_and_close_drops_every_connection(sim_lm: Sim
     finally:
         lm.close()
     assert lm._clients.open_clients == 0
-    assert _wait_for(lambda: _server_connections(sim_lm) == 0), "connections left open"
+    wait_until(lambda: _server_connections(sim_lm) == 0, timeout=5.0, what="connections closed")
 
 
 def test_lm_reconnects_after_close(sim_lm: SimLM) -> None:
@@ -155,7 +146,7 @@ def test_one_thread_reuses_one_kept_alive_connection_with_tcp_nodelay(
         assert _server_connections(sim_lm) == 1
     finally:
         pool.close()
-    assert _wait_for(lambda: _server_connections(sim_lm) == 0), "connections left open"
+    wait_until(lambda: _server_connections(sim_lm) == 0, timeout=5.0, what="connections closed")
 
 
 def test_a_shard_opens_concurrent_connections_then_keeps_them(
@@ -181,7 +172,7 @@ def test_a_shard_opens_concurrent_connections_then_keeps_them(
         assert _server_connections(sim_lm) == opened  # kept alive and reused
     finally:
         pool.close()
-    assert _wait_for(lambda: _server_connections(sim_lm) == 0), "connections left open"
+    wait_until(lambda: _server_connections(sim_lm) == 0, timeout=5.0, what="connections closed")
 
 
 def test_timeouts_and_refusals_raise_httpx_errors(sim_lm: SimLM, backend: Backend) -> None:

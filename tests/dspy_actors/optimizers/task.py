@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dspy_actors.lm import LM, RetryPolicy
+from dspy_actors.lm import LM
 from dspy_actors.primitives.example import Example
 from dspy_actors.testing.sim_lm import SimLM, SimReply, SimRequest
 from dspy_actors.testing.sim_responder import requested_fields
 from dspy_actors.testing.sim_wire import message_text
+from tests.dspy_actors.conftest import FAST_RETRY
 
 WORDS = [
     "apple", "river", "stone", "cloud", "tiger", "maple", "ocean", "piano", "lemon", "candle",
@@ -31,7 +32,6 @@ PROPOSALS = [
     "Respond quickly.",
 ]
 _WORD = re.compile(r"Reverse the word: (\w+)")
-FAST_RETRY = RetryPolicy(max_retries=1, base_delay=0.001, max_delay=0.005)
 
 
 def dataset(start: int, count: int) -> list[Example]:

@@ -5,7 +5,6 @@ and survives a killed driver."""
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from dspy_actors.optimizers import GEPA, MemoryCheckpointer
 from dspy_actors.optimizers.gepa import _Pool, auto_budget
 from dspy_actors.runtime.app import start
 from dspy_actors.runtime.runs import start_run
+from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.reflective_task import (
     BASE_INSTRUCTION,
     RULES,
@@ -172,14 +172,6 @@ def test_merge_combines_what_two_frontier_candidates_changed() -> None:
     assert draws == {1, 2}
 
 
-def _wait(predicate: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
-
-
 def test_gepa_under_app_optimize_survives_a_killed_driver(
     task: tuple[Any, LM], tmp_path: Path
 ) -> None:
@@ -196,7 +188,7 @@ def test_gepa_under_app_optimize_survives_a_killed_driver(
         before = sim.request_count
         run = start_run(app, optimizer, student(), trainset=TRAIN, valset=VAL, seed=4,
                         run_id="g1")  # fmt: skip
-        _wait(lambda: run.progress().steps_run >= 2)
+        wait_until(lambda: run.progress().steps_run >= 2)
         ref = run.driver()
         assert ref is not None
         supervisors.kill(ref)

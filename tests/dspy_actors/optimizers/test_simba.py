@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from dspy_actors.lm import LM
 from dspy_actors.optimizers import SIMBA, MemoryCheckpointer
 from dspy_actors.optimizers.simba import _percentile, _poisson
 from dspy_actors.runtime.app import start
+from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.reflective_task import BASE_INSTRUCTION, dataset, metric, reflective_lm
 
 TRAIN = dataset(0, 24)
@@ -138,14 +138,6 @@ def _saved_steps(db: Path) -> int:
         return 0
 
 
-def _wait(predicate: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
-
-
 def test_kill_9_mid_run_then_app_optimize_resumes_it(task: tuple[Any, LM], tmp_path: Path) -> None:
     sim, lm = task
     before = sim.request_count
@@ -162,7 +154,7 @@ def test_kill_9_mid_run_then_app_optimize_resumes_it(task: tuple[Any, LM], tmp_p
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        _wait(lambda: _saved_steps(db) >= 3 or child.poll() is not None, timeout=120)
+        wait_until(lambda: _saved_steps(db) >= 3 or child.poll() is not None, timeout=120)
         child.kill()  # SIGKILL: no cleanup of any kind
     finally:
         _, err = child.communicate(timeout=30)
@@ -176,6 +168,7 @@ def test_kill_9_mid_run_then_app_optimize_resumes_it(task: tuple[Any, LM], tmp_p
     before = sim.request_count
     with start(lm=lm, data_dir=data_dir, lm_workers=4) as app:
         run = app.optimize(make_optimizer(), student(), trainset=TRAIN, seed=SEED, run_id="s9")
+        assert isinstance(run, dsa.RunHandle)
         program = run.result(120)
         status = run.progress()
     resumed_calls = sim.request_count - before

@@ -10,18 +10,18 @@ from typing import Any
 
 import pytest
 
-from dspy_actors.lm import LM, RetryPolicy
+from dspy_actors.lm import LM
 from dspy_actors.runtime.app import App, start
 from dspy_actors.testing.sim_lm import SimLM
+from tests.dspy_actors.conftest import FAST_RETRY
 
-FAST_RETRY = RetryPolicy(max_retries=1, base_delay=0.001, max_delay=0.005)
 StartApp = Callable[..., App]
 
 
 @pytest.fixture
-def sim() -> Iterator[SimLM]:
-    with SimLM() as server:
-        yield server
+def sim(sim_lm: SimLM) -> SimLM:
+    """The test's SimLM: the plugin's ``sim_lm`` under the name these tests use."""
+    return sim_lm
 
 
 @pytest.fixture

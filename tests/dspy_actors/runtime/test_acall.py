@@ -21,11 +21,11 @@ from dspy_actors.runtime.app import App
 from dspy_actors.runtime.errors import RuntimeCallError
 from dspy_actors.runtime.handle import ProgramHandle
 from dspy_actors.testing.faults import Fault
+from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
 from tests.dspy_actors.runtime.conftest import StartApp
 from tests.dspy_actors.runtime.programs import RAG, Retriever
-from tests.supervisors.actors import wait_until
 
 
 class Draft(Module):

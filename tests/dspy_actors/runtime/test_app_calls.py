@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -93,26 +92,29 @@ def test_many_callers_at_once_all_get_answers(start_app: StartApp) -> None:
 
 
 def test_one_predictor_actor_serves_many_calls_in_flight(start_app: StartApp, sim: SimLM) -> None:
-    """The actor sends LM requests and keeps serving: the server sees them concurrently."""
+    """The actor sends LM requests and keeps serving: the server sees them concurrently.
+
+    No request is answered until 10 are in flight at once; an actor that serialised its
+    calls would never get there (its first request would be held until the 30 s timeout)."""
     in_flight = 0
     peak = 0
-    lock = threading.Lock()
+    lock = threading.Condition()
 
-    def slow(request: SimRequest) -> Any:
+    def held_until_ten_in_flight(request: SimRequest) -> Any:
         nonlocal in_flight, peak
         with lock:
             in_flight += 1
             peak = max(peak, in_flight)
-        time.sleep(0.2)
-        with lock:
+            lock.notify_all()
+            lock.wait_for(lambda: peak >= 10, timeout=30.0)
             in_flight -= 1
         return default_responder(request)
 
-    sim.respond_with(slow)
+    sim.respond_with(held_until_ten_in_flight)
     app = start_app(lm_workers=16)
     qa = app.serve("qa", Predict("question -> answer"))
     futures = [qa.submit(question=f"q{i}") for i in range(12)]
-    assert all(f.result(timeout=30.0).answer for f in futures)
+    assert all(f.result(timeout=60.0).answer for f in futures)
     assert peak >= 10, f"the predictor actor serialised its calls (peak {peak} in flight)"
 
 

@@ -17,19 +17,12 @@ from dspy_actors.modules.predict import Predict
 from dspy_actors.runtime.errors import DeadLettered, DeadlineExceeded, ModuleCrashed, Overloaded
 from dspy_actors.runtime.lm_pool import PoolStats
 from dspy_actors.testing.faults import Fault
+from dspy_actors.testing.held_responder import HeldResponder
+from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
 from tests.dspy_actors.runtime.conftest import StartApp
 from tests.dspy_actors.runtime.programs import RAG, Poisonable, Retriever, TracedPredict
-from tests.supervisors.actors import wait_until
-
-
-def _slow_responder(seconds: float) -> Any:
-    def respond(request: SimRequest) -> Any:
-        time.sleep(seconds)
-        return default_responder(request)
-
-    return respond
 
 
 def _actor(app: Any, child_path: str) -> Any:
@@ -40,29 +33,55 @@ def _actor(app: Any, child_path: str) -> Any:
 def test_killing_a_module_actor_mid_flight_fails_its_calls_clearly(
     start_app: StartApp, sim: SimLM
 ) -> None:
-    sim.respond_with(_slow_responder(0.3))
+    # A user-written forward (RAG's) is not repeated without idempotent=True: its calls
+    # in flight fail. (A predictor's are sent again: test_predictor_calls_repeat.py.)
+    held = HeldResponder()
+    sim.respond_with(held)
     app = start_app()
-    qa = app.serve("qa", Predict("question -> answer"))
+    qa = app.serve("qa", RAG())
     futures = [qa.submit(question=f"q{i}") for i in range(6)]
-    time.sleep(0.1)  # let them reach the actor and the LM
+    held.wait_for_arrivals(6)  # every call is in flight, waiting on the LM
     supervisors.kill(_actor(app, "qa@v1/"))
+    wait_until(lambda: all(f.done() for f in futures), what="the killed calls to fail")
+    held.open()
     outcomes = [f.exception(timeout=30.0) for f in futures]
-    assert all(e is None or isinstance(e, ModuleCrashed) for e in outcomes)
-    crashes = [str(e) for e in outcomes if e is not None]
-    assert crashes, "the calls in flight on the killed actor must fail"
-    assert all("module 'qa' crashed" in c and "was killed" in c for c in crashes)
+    assert all(isinstance(e, ModuleCrashed) for e in outcomes), outcomes
+    crashes = [e for e in outcomes if isinstance(e, ModuleCrashed)]
+    assert all("module 'qa' crashed" in str(c) and "was killed" in str(c) for c in crashes)
+    assert not any(c.repeatable for c in crashes)
     # The supervisor restarted it: the next call is answered.
     assert qa.call(question="after").answer
 
 
+def test_killing_a_predictor_mid_flight_sends_its_calls_again(
+    start_app: StartApp, sim: SimLM
+) -> None:
+    held = HeldResponder()
+    sim.respond_with(held)
+    app = start_app()
+    qa = app.serve("qa", Predict("question -> answer"))
+    futures = [qa.submit(question=f"q{i}") for i in range(6)]
+    held.wait_for_arrivals(6)  # every call is in flight, waiting on the LM
+    supervisors.kill(_actor(app, "qa@v1/"))
+    held.wait_for_arrivals(12)  # each dropped call was sent again
+    held.open()
+    assert all(f.result(timeout=30.0).answer for f in futures)
+
+
 def test_idempotent_calls_are_retried_after_a_crash(start_app: StartApp, sim: SimLM) -> None:
-    sim.respond_with(_slow_responder(0.3))
+    held = HeldResponder()
+    sim.respond_with(held)
     app = start_app()
     qa = app.serve("qa", Predict("question -> answer"), idempotent=True)
     futures = [qa.submit(question=f"q{i}") for i in range(6)]
-    time.sleep(0.1)
+    held.wait_for_arrivals(6)  # every call is in flight on the actor the kill hits
     supervisors.kill(_actor(app, "qa@v1/"))
+    # The calls are sent again to the restarted actor (the held first requests keep the
+    # pool's slots until the server answers, so only a few fit in before that).
+    held.wait_for_arrivals(7)
+    held.open()
     assert all(f.result(timeout=30.0).answer for f in futures)
+    assert held.arrived >= 12  # all six were lost with the actor, and all six sent again
 
 
 def test_lm_workers_killed_mid_call_finish_it_and_are_replaced(
@@ -89,10 +108,11 @@ def test_lm_workers_killed_mid_call_finish_it_and_are_replaced(
         assert ref is not None
         supervisors.kill(ref)
     assert future.result(timeout=30.0).answer
-    supervisors_ready = lambda: supervisors.ask(router, PoolStats(), timeout=5.0)["idle"] == 2  # noqa: E731
-    deadline = time.monotonic() + 10.0
-    while not supervisors_ready() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(
+        lambda: supervisors.ask(router, PoolStats(), timeout=5.0)["idle"] == 2,
+        timeout=30.0,
+        what="both replaced workers idle",
+    )
     after = [info.ref for info in workers.which_children()]
     assert all(a is not None and a not in before for a in after)
     assert qa.call(question="next").answer
@@ -126,7 +146,7 @@ def test_a_worker_dying_without_answering_has_its_request_retried(
         ref.tell(pykka.messages.ProxyCall(("module", "hold"), (held, release), {}))
         assert held.wait(10.0)
         answer = qa.submit(question="retried")
-        time.sleep(0.1)  # queued behind the held turn
+        wait_until(lambda: ref.actor_inbox.qsize() >= 1, what="the call queued behind the turn")
         release.set()
         assert answer.result(timeout=30.0).answer
         assert DiesOnce.died == 1
@@ -157,44 +177,56 @@ def test_a_caller_torn_down_mid_request_hands_it_back_to_the_pool(
         thread.start()
         thread.join(10.0)
         assert [type(e) for e in raised] == [SystemExit]
-        deadline = time.monotonic() + 10.0
-        while len(sim.requests) < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: sim.requests, timeout=30.0, what="a worker to make the request")
         assert len(sim.requests) == 1  # a worker made the request the caller gave back
         router = app.registry.lookup(app.router_name)
-        while supervisors.ask(router, PoolStats(), timeout=5.0)["busy"] and (
-            time.monotonic() < deadline
-        ):
-            time.sleep(0.01)
-        assert supervisors.ask(router, PoolStats(), timeout=5.0)["busy"] == 0
+        wait_until(
+            lambda: supervisors.ask(router, PoolStats(), timeout=5.0)["busy"] == 0,
+            timeout=30.0,
+            what="the pool to be idle",
+        )
         assert qa.call(question="next").answer
     finally:
         lm.close()
 
 
 def test_overload_fails_fast_instead_of_queueing(start_app: StartApp, sim: SimLM) -> None:
-    sim.respond_with(_slow_responder(0.5))
+    held = HeldResponder()
+    sim.respond_with(held)
     app = start_app(max_in_flight=3)
     qa = app.serve("qa", Predict("question -> answer"))
     futures = [qa.submit(question=f"q{i}") for i in range(3)]
-    time.sleep(0.1)
-    with pytest.raises(Overloaded, match="3 calls already in flight"):
-        qa.call(question="one too many")
+    held.wait_for_arrivals(3)
+    try:
+        with pytest.raises(Overloaded, match="3 calls already in flight"):
+            qa.call(question="one too many")
+    finally:
+        held.open()
     assert all(f.result(timeout=30.0).answer for f in futures)
+    assert held.arrived == 3  # the refused call never reached the LM
 
 
 def test_a_deadline_bounds_every_hop_beneath_the_call(start_app: StartApp, sim: SimLM) -> None:
-    sim.respond_with(_slow_responder(2.0))
-    app = start_app()
+    held = HeldResponder(hold_limit=60.0)
+    sim.respond_with(held)
+    app = start_app(lm_workers=1)
     rag = app.serve("rag", RAG())  # entry -> answer (predictor) -> LM pool: three hops
-    began = time.monotonic()
-    with pytest.raises(DeadlineExceeded):
-        rag.call_with({"question": "slow"}, timeout=0.3)
-    # The LM request carried the deadline as its HTTP timeout, so no worker stays stuck.
-    # (On a busy machine the request may still be on its way to the server when the
-    # deadline passes: it was sent, so wait for it to arrive.)
-    wait_until(lambda: bool(sim.requests), timeout=10.0, what="the call reached the LM")
-    assert time.monotonic() - began < 30.0
+    try:
+        with pytest.raises(DeadlineExceeded):
+            rag.call_with({"question": "slow"}, timeout=0.3)
+        # The LM request carried the deadline as its HTTP timeout, so no worker stays
+        # stuck: the pool is idle again while the server still holds the request (it would
+        # answer only after 60 s).
+        held.wait_for_arrivals(1)
+        router = app.registry.lookup(app.router_name)
+        wait_until(
+            lambda: supervisors.ask(router, PoolStats(), timeout=5.0)["busy"] == 0,
+            timeout=30.0,
+            what="the LM worker to give up the request at the deadline",
+        )
+        assert held.in_flight == 1, "the server must still be holding the request"
+    finally:
+        held.open()
 
 
 def test_breaker_opens_on_a_dead_server_fails_fast_then_closes_when_it_returns(
@@ -221,8 +253,14 @@ def test_breaker_opens_on_a_dead_server_fails_fast_then_closes_when_it_returns(
         qa.call(question="fails fast")
     assert len(sim.requests) == seen, "an open breaker must not send requests"
     sim.clear_faults()
-    time.sleep(0.6)
-    assert qa.call(question="back").answer
+
+    def answered_once_the_breaker_lets_a_call_through() -> bool:
+        try:
+            return bool(qa.call(question="back").answer)
+        except CircuitOpen:
+            return False  # still open (wait_in_open not over): no request was sent
+
+    wait_until(answered_once_the_breaker_lets_a_call_through, timeout=30.0, what="half-open")
     assert app.events.flush(5.0)
     assert transitions == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
 
@@ -290,10 +328,7 @@ def test_restarts_are_published_as_runtime_events(start_app: StartApp) -> None:
     qa = app.serve("qa", Predict("question -> answer"))
     qa.call(question="warm")
     supervisors.kill(_actor(app, "qa@v1/"))
-    deadline = time.monotonic() + 10.0
-    while not restarts and time.monotonic() < deadline:
-        app.events.flush(1.0)
-        time.sleep(0.01)
+    wait_until(lambda: app.events.flush(1.0) and restarts, timeout=30.0, what="a restart event")
     assert [(e.supervisor, e.child_id) for e in restarts] == [(f"{app.name}/modules", "qa@v1")]
 
 
@@ -319,7 +354,5 @@ def test_the_owner_learns_how_the_app_exited(start_app: StartApp) -> None:
     exits: list[Any] = []
     app = start_app(on_exit=exits.append)
     app.stop()
-    deadline = time.monotonic() + 5.0
-    while not exits and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: exits, timeout=30.0, what="the exit callback")
     assert exits == [supervisors.SHUTDOWN]

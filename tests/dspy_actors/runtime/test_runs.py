@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from dspy_actors.lm import LM
 from dspy_actors.optimizers import BootstrapFewShotWithRandomSearch
 from dspy_actors.runtime.app import App, start
 from dspy_actors.runtime.runs import RunCancelled, RunFailed, RunStore, cancel_all, start_run
+from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.sim_lm import Fault, SimLM
 from tests.dspy_actors.optimizers.task import FAST_RETRY, dataset, metric, responder
 
@@ -76,14 +76,6 @@ def app(lm: LM, tmp_path: Path) -> Iterator[App]:
         yield running
 
 
-def _wait(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
-
-
 def test_run_reports_progress_checkpoints_and_matches_compile(
     app: App, sim: SimLM, reference: tuple[dict[str, Any], int]
 ) -> None:
@@ -119,7 +111,7 @@ def test_run_reports_progress_checkpoints_and_matches_compile(
     assert events[-1].completed == len(STEPS)
     assert events[-1].run_id == "r1"
     # A finished run's subtree is removed from `runs`.
-    _wait(lambda: not app.root.supervisor("runs").which_children())
+    wait_until(lambda: not app.root.supervisor("runs").which_children())
     # The compiled program goes into a served program while it serves.
     handle = app.serve("reverse", student())
     assert handle.call(question="Reverse the word: abc").answer == "unknown"
@@ -143,7 +135,7 @@ def test_killed_driver_is_restarted_and_resumes_from_its_checkpoint(
     before = sim.request_count
     run = start_run(app, make_optimizer(), student(), trainset=TRAIN, valset=DEV, seed=SEED,
                     run_id="k1")  # fmt: skip
-    _wait(lambda: run.progress().steps_run >= 2)
+    wait_until(lambda: run.progress().steps_run >= 2)
     ref = run.driver()
     assert ref is not None
     supervisors.kill(ref)
@@ -164,12 +156,12 @@ def test_cancel_stops_the_run_and_a_restart_with_its_id_finishes_it(
     before = sim.request_count
     run = start_run(app, make_optimizer(), student(), trainset=TRAIN, valset=DEV, seed=SEED,
                     run_id="c1")  # fmt: skip
-    _wait(lambda: run.progress().steps_run >= 1)
+    wait_until(lambda: run.progress().steps_run >= 1)
     assert run.cancel(timeout=30)
     with pytest.raises(RunCancelled):
         run.result(5)
     assert run.progress().state == "cancelled"
-    _wait(lambda: not app.root.supervisor("runs").which_children())
+    wait_until(lambda: not app.root.supervisor("runs").which_children())
     cancelled_calls = sim.request_count - before
     before = sim.request_count
     resumed = start_run(app, make_optimizer(), student(), trainset=TRAIN, valset=DEV, seed=SEED,
@@ -244,7 +236,7 @@ def test_kill_9_of_the_process_then_resume_in_another(
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        _wait(lambda: _saved_steps(db) >= 2 or child.poll() is not None, timeout=60)
+        wait_until(lambda: _saved_steps(db) >= 2 or child.poll() is not None, timeout=60)
         child.kill()  # SIGKILL: no cleanup of any kind
     finally:
         _, err = child.communicate(timeout=30)
@@ -280,14 +272,14 @@ def test_a_driver_that_keeps_crashing_fails_the_run(app: App, sim: SimLM) -> Non
     status = run.progress()
     assert status.state == "failed"
     assert status.attempts == 3  # the first start and two restarts, then the supervisor gave up
-    _wait(lambda: not app.root.supervisor("runs").which_children())
+    wait_until(lambda: not app.root.supervisor("runs").which_children())
 
 
 def test_cancel_all_stops_a_run_busy_inside_a_step(app: App, sim: SimLM) -> None:
     sim.latency = 0.2
     run = start_run(app, make_optimizer(), student(), trainset=TRAIN, valset=DEV, seed=SEED,
                     run_id="s1")  # fmt: skip
-    _wait(lambda: sim.request_count > 0)
+    wait_until(lambda: sim.request_count > 0)
     assert cancel_all(app, timeout=30) == 1
     with pytest.raises(RunCancelled):
         run.result(1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from dspy_actors.runtime.app import App
 from dspy_actors.runtime.lm_pool import LMWorkerCrashed
 from dspy_actors.testing import ChaosMonkey, SimLM, assert_tree_healthy
 from dspy_actors.testing.invariants import CallLedger, assert_all_accounted
+from dspy_actors.testing.polling import wait_until
 
 STEPS: list[tuple[str, Any, dict[str, Any]]] = [
     ("first", dsa.Predict, {"signature": "question -> draft"}),
@@ -40,9 +40,7 @@ def test_kill_every_kills_matching_actors_in_a_named_thread_until_max_kills(
     assert {k.target for k in chaos.log} <= {f"{app.name}/qa@v1/first", f"{app.name}/qa@v1/answer"}
     assert_tree_healthy(app, within_s=60.0)
     # A killed actor finishes its message before it exits: the last restart may lag.
-    deadline = time.monotonic() + 10.0
-    while sum(_restarts(app, "qa@v1").values()) < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: sum(_restarts(app, "qa@v1").values()) >= 4, timeout=60.0, what="4 restarts")
     assert sum(_restarts(app, "qa@v1").values()) == 4
     assert qa.call(question="still served?").answer
 
@@ -55,7 +53,8 @@ def test_kill_every_stops_after_its_duration_and_on_stop(app: App, chaos: ChaosM
     assert not timed.running
     assert timed.kills >= 1
     endless = chaos.kill_every("no such actor", every_s=0.01, duration_s=None)
-    time.sleep(0.1)
+    # It looked for victims, found none, and kept going: proof it had the chance to kill.
+    wait_until(lambda: endless.idle_ticks >= 2, timeout=30.0, what="two idle ticks")
     assert endless.thread is not None
     assert endless.thread.is_alive()
     chaos.stop()
@@ -70,7 +69,20 @@ def test_same_seed_same_victims(sim_lm: SimLM, tmp_path: Path) -> None:
         with dsa.start(lm=lm, name="repro", data_dir=tmp_path / f"r{run_index}") as app:
             app.program("qa", STEPS)
             with ChaosMonkey(app, seed=seed) as monkey:
-                run = monkey.kill_every("repro/qa@v1/?*", every_s=0.1, max_kills=6)
+                # The victims a tick picks from are the live ones: on a busy machine the
+                # step killed last may not have restarted by the next tick. Hold each tick
+                # until both steps are live, so the seed alone decides the choice.
+                live_targets = monkey.targets
+
+                def both_steps_live(pattern: str, **kw: Any) -> dict[str, Any]:
+                    return wait_until(
+                        lambda: found if len(found := live_targets(pattern, **kw)) == 2 else {},
+                        timeout=30.0,
+                        what="both steps live",
+                    )
+
+                monkey.targets = both_steps_live  # type: ignore[method-assign]
+                run = monkey.kill_every("repro/qa@v1/?*", every_s=0.02, max_kills=6)
                 assert run.thread is not None
                 run.thread.join(60.0)
                 assert run.kills == 6
@@ -87,7 +99,10 @@ def test_crash_on_message_kills_the_module_on_its_kth_call(app: App, chaos: Chao
     rule = chaos.crash_on_message("qa.answer", 3)
     for i in range(2):
         assert qa.call(question=f"call {i}").answer
-    assert not rule.fired.wait(0.3), "fired before the 3rd call"
+    # Both calls' module.start events have reached the monkey: it had its chance to fire.
+    assert app.events.flush(10.0)
+    assert not rule.fired.is_set(), "fired before the 3rd call"
+    assert rule.counts == {"qa.answer": 2}
     try:
         qa.call(question="the third")
     except dsa.ModuleCrashed:
@@ -107,16 +122,20 @@ def test_crash_on_message_kills_the_module_on_its_kth_call(app: App, chaos: Chao
 def test_crash_on_message_matches_registry_names_too(app: App, chaos: ChaosMonkey) -> None:
     qa = app.program("qa", STEPS, idempotent=True)
     rule = chaos.crash_on_message(f"{app.name}/qa@v*/first", 1, times=2)
-    for i in range(6):
-        qa.call(question=f"call {i}")
-        if rule.done:
-            break
-        rule.fired.wait(1.0)
-    deadline = time.monotonic() + 5.0
-    while not rule.done and time.monotonic() < deadline:
-        qa.call(question="more")
-        time.sleep(0.05)
+    calls = 0
+
+    def one_more_call_then_done() -> bool:
+        nonlocal calls
+        calls += 1
+        assert qa.call(question=f"call {calls}").answer  # idempotent: retried past a kill
+        app.events.flush(10.0)
+        return rule.done
+
+    wait_until(one_more_call_then_done, timeout=60.0, what="the rule to fire twice")
     assert rule.crashes == 2
+    assert {k.target for k in chaos.log} == {f"{app.name}/qa@v1/first"}
+    wait_until(lambda: _restarts(app, "qa@v1")["first"] == 2, timeout=60.0, what="2 restarts")
+    assert _restarts(app, "qa@v1")["answer"] == 0
 
 
 def test_kill_by_tree_path_reaches_lm_workers(app: App, chaos: ChaosMonkey) -> None:
@@ -129,9 +148,7 @@ def test_kill_by_tree_path_reaches_lm_workers(app: App, chaos: ChaosMonkey) -> N
 
     # The kill is asynchronous (the worker finishes its message first): wait for the
     # restart itself, not for a healthy tree, which the kill may not have reached yet.
-    deadline = time.monotonic() + 60.0
-    while restarts() < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: restarts() >= 1, timeout=60.0, what="loop-0 restarted")
     assert restarts() == 1
     assert_tree_healthy(app, within_s=60.0)
     assert f"{app.name}/lm/workers" in chaos.targets(f"{app.name}/lm/*", by="tree")
@@ -176,14 +193,17 @@ def test_kill_lm_process_sigkills_a_worker_process_and_no_call_is_lost(
         # once 1 + 16k calls have finished): conditions, not sleeps, so a busy machine only
         # makes the test slower.
         pids: list[int] = []
-        deadline = time.monotonic() + 120
-        while len(pids) < 3 and sender.is_alive() and time.monotonic() < deadline:
-            if _finished(ledger) < 1 + 16 * len(pids):
-                time.sleep(0.01)
-                continue
-            pid = monkey.kill_lm_process()
-            if pid is not None:
-                pids.append(pid)
+        for k in range(3):
+            wait_until(
+                lambda k=k: _finished(ledger) >= 1 + 16 * k or not sender.is_alive(),
+                timeout=120.0,
+                what=f"{1 + 16 * k} calls finished",
+            )
+            if not sender.is_alive():
+                break
+            # A process being replaced is not a victim: wait for a live one.
+            pid = wait_until(monkey.kill_lm_process, timeout=60.0, what="a live LM process")
+            pids.append(pid)
         sender.join(timeout=120)
         assert not sender.is_alive()
         assert pids, "a worker process must have been found and killed"

@@ -86,11 +86,15 @@ def test_max_failed_bounds_even_clear_failures(handle: FakeHandle) -> None:
 def test_a_call_past_the_bound_is_hung_and_listed(handle: FakeHandle) -> None:
     ledger = CallLedger(handle, hang_after_s=0.2)
     ledger.submit(question="ok").result(timeout=5.0)
-    ledger.submit(question="slow")
+    slow = ledger.submit(question="slow")
+    # Done callbacks run in the order they were added: once this one runs, the ledger's
+    # own (which records the answer) has run for the late answer.
+    late_answer_seen = threading.Event()
+    slow.add_done_callback(lambda _f: late_answer_seen.set())
     with pytest.raises(AssertionError, match=r"1 call\(s\) hung .*'question': 'slow'"):
         assert_all_accounted(ledger)
     handle.release.set()
-    time.sleep(0.05)
+    assert late_answer_seen.wait(30.0)
     assert ledger.hung == 1  # a late answer does not undo it
 
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from dspy_actors.testing import Fault, SimLM, SimReply, SimRequest
+from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.sim_responder import default_responder
 
 CHAT_SENTENCE = (
@@ -338,15 +339,13 @@ def test_stop_ends_hangs_joins_threads_and_names_them() -> None:
     callers = [threading.Thread(target=call) for _ in range(3)]
     for t in callers:
         t.start()
-    deadline = time.monotonic() + 10
-    while sim.request_count < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: sim.request_count >= 3, timeout=30.0, what="3 hung requests")
     ours = [t for t in threading.enumerate() if t.name.startswith("sim-lm-stoptest")]
     assert len(ours) == 4  # the accept loop and three connections
 
     start = time.monotonic()
     sim.stop()
-    assert time.monotonic() - start < 2.0, "stop() must cut hangs short"
+    assert time.monotonic() - start < 20.0, "stop() must cut the 60 s hangs short"
     for t in callers:
         t.join(5)
     assert len(errors) == 3

@@ -1,5 +1,6 @@
-"""Which stores an app opens, and where: SQLite files in its data dir (the default), or one
-PostgreSQL database shared by every replica (``dsa.start(store="postgresql://...")``).
+"""The app's stores (parameters, dead letters, shared poison counts) and the ``store`` node
+owning them: SQLite files in its data dir (the default), or one PostgreSQL database shared
+by every replica (``dsa.start(store="postgresql://...")``).
 
 With PostgreSQL, the app's stores share one connection pool, and a listener follows the
 states other replicas save (see ``_postgres_replicas``). The database may be unreachable
@@ -13,12 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import supervisors
 from dspy_actors.runtime._store_backend import is_database_url
 from dspy_actors.runtime.dead_letters import DeadLetterStore
 from dspy_actors.runtime.parameter_store import ParameterStore
 from dspy_actors.runtime.poison import PoisonCounts
 
-__all__ = ["AppStores", "check_store_url"]
+__all__ = ["StoreOwner", "Stores", "check_store_url"]
 
 
 def check_store_url(store: str | None) -> None:
@@ -41,7 +43,7 @@ def check_store_url(store: str | None) -> None:
         ) from exc
 
 
-class AppStores:
+class Stores:
     """The app's stores; reopened by the ``store`` actor when it restarts.
 
     ``on_saved(program)``: called (PostgreSQL only) when any replica saved a state of
@@ -51,23 +53,28 @@ class AppStores:
     def __init__(
         self,
         data_dir: Path,
+        app_name: str,
         store_url: str | None = None,
         *,
         on_saved: Callable[[str | None], None] | None = None,
-        name: str = "app",
         retry_for: float = 10.0,
     ) -> None:
         self.data_dir = data_dir
+        self.app_name = app_name
         self.store_url = store_url
         self.params: ParameterStore | None = None
         self.dead_letters: DeadLetterStore | None = None
         # Crash counts shared by replicas (PostgreSQL only; in memory with SQLite).
         self.poison_counts: PoisonCounts | None = None
         self._on_saved = on_saved
-        self._name = name
         self._retry_for = retry_for
         self._database: Any = None
         self._listener: Any = None
+
+    @property
+    def shared(self) -> bool:
+        """Whether the stores live in a database shared by replicas (it may be down)."""
+        return self.store_url is not None
 
     def open(self) -> None:
         if self.store_url is None:
@@ -84,7 +91,7 @@ class AppStores:
         self.poison_counts = PoisonCounts(self._database)
         if self._on_saved is not None:
             self._listener = SavedStateListener(
-                self.store_url, self._on_saved, thread_name=f"{self._name}-pg-listen"
+                self.store_url, self._on_saved, thread_name=f"{self.app_name}-pg-listen"
             ).start()
 
     def listening(self) -> bool:
@@ -109,3 +116,27 @@ class AppStores:
         if self._database is not None:
             self._database.close()
             self._database = None
+
+    def parameters(self) -> ParameterStore:
+        """The parameter store (RuntimeError while it is not open)."""
+        store = self.params
+        if store is None:
+            raise RuntimeError(f"app {self.app_name!r}: the parameter store is not open")
+        return store
+
+
+class StoreOwner(supervisors.SupervisedActor):
+    """The ``store`` node: owns the stores' lifetime (they are thread-safe objects)."""
+
+    def __init__(self, stores: Stores) -> None:
+        super().__init__()
+        self.stores = stores
+
+    def on_start(self) -> None:
+        self.stores.open()
+
+    def on_stop(self) -> None:
+        self.stores.close()
+
+    def on_failure(self, *_exc: object) -> None:
+        self.stores.close()

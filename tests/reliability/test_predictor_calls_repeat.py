@@ -1,0 +1,205 @@
+"""Calls in flight on a killed predictor are sent again (issue 20, item 6): a predictor's
+LM calls have no side effects, so its callers resend what it dropped; a user-written
+``forward`` is re-run only on the explicit ``idempotent=True``."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+
+import dspy_actors as dsa
+from dspy_actors.testing import (
+    CallLedger,
+    ChaosMonkey,
+    SimLM,
+    SimRequest,
+    assert_all_accounted,
+    assert_tree_healthy,
+)
+from tests.reliability.programs import StartApp, make_lm
+
+CALLS = 8
+WAIT_S = 20.0
+
+STEPS: list[tuple[str, Any, dict[str, Any]]] = [
+    ("hint", dsa.Predict, {"signature": "question -> hint"}),
+    ("answer", dsa.Predict, {"signature": "question, hint -> answer"}),
+]
+
+
+class HintThenAnswer(dsa.Module):
+    """A composite: a user-written forward over two predictors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hint = dsa.Predict("question -> hint")
+        self.answer = dsa.Predict("question, hint -> answer")
+
+    def forward(self, question: str) -> Any:
+        hint = self.hint(question=question).hint
+        return self.answer(question=question, hint=hint)
+
+
+def _is_answer_step(request: SimRequest) -> bool:
+    return "answer" in json.dumps(request.messages)
+
+
+class GatedSim:
+    """A SimLM whose answer-step requests wait for ``gate`` (bounded), so calls are surely
+    in flight on the answer actor when it is killed."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.sim = SimLM(latency=self._latency)
+
+    def _latency(self, request: SimRequest) -> float:
+        if _is_answer_step(request):
+            self.gate.wait(WAIT_S)
+        return 0.0
+
+    def count(self, answer_step: bool) -> int:
+        return sum(1 for r in self.sim.requests if _is_answer_step(r) == answer_step)
+
+
+@pytest.fixture
+def gated() -> Iterator[GatedSim]:
+    gated = GatedSim()
+    with gated.sim:
+        try:
+            yield gated
+        finally:
+            gated.gate.set()
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def _send(handle: Any) -> list[Future[Any]]:
+    return [handle.submit(question=f"q{i}") for i in range(CALLS)]
+
+
+def _outcomes(futures: list[Future[Any]]) -> list[Any]:
+    outcomes: list[Any] = []
+    for future in futures:
+        try:
+            outcomes.append(future.result(timeout=WAIT_S))
+        except Exception as error:
+            outcomes.append(error)
+    return outcomes
+
+
+def _kill_once(app: Any, name: str) -> None:
+    killed = ChaosMonkey(app).kill(f"{app.name}/{name}")
+    assert killed == [f"{app.name}/{name}"], killed
+
+
+def test_a_pipeline_step_killed_with_calls_in_flight_answers_them_all(
+    start_app: StartApp, gated: GatedSim
+) -> None:
+    lm = make_lm(gated.sim)
+    app = start_app(lm=lm)
+    qa = app.program("qa", STEPS, timeout=30.0)  # not idempotent: the default
+    futures = _send(qa)
+    _wait_for(lambda: gated.count(answer_step=True) >= CALLS, "the answer step's requests")
+    _kill_once(app, "qa@v1/answer")
+    gated.gate.set()
+    outcomes = _outcomes(futures)
+    assert all(isinstance(o, dsa.Prediction) for o in outcomes), outcomes
+    assert gated.count(answer_step=True) >= 2 * CALLS  # each dropped call was sent again
+    assert gated.count(answer_step=False) == CALLS  # to its step only: the first ran once
+    lm.close()
+
+
+def test_a_killed_sub_module_leaves_its_composite_serving(
+    start_app: StartApp, gated: GatedSim
+) -> None:
+    lm = make_lm(gated.sim)
+    app = start_app(lm=lm)
+    qa = app.serve("qa", HintThenAnswer(), timeout=30.0)
+    entry = app.registry.whereis(f"{app.name}/qa@v1/")
+    futures = _send(qa)
+    _wait_for(lambda: gated.count(answer_step=True) >= CALLS, "the answer sub-module's requests")
+    _kill_once(app, "qa@v1/answer")
+    gated.gate.set()
+    outcomes = _outcomes(futures)
+    assert all(isinstance(o, dsa.Prediction) for o in outcomes), outcomes
+    assert gated.count(answer_step=True) >= 2 * CALLS
+    assert gated.count(answer_step=False) == CALLS  # forward was not re-run
+    # The composite's own actor lived through it: the same actor serves on.
+    assert app.registry.whereis(f"{app.name}/qa@v1/") is entry
+    assert qa.call(question="after").answer
+    lm.close()
+
+
+def test_a_killed_user_forward_is_retried_only_when_idempotent(
+    start_app: StartApp, gated: GatedSim
+) -> None:
+    lm = make_lm(gated.sim)
+    app = start_app(lm=lm)
+    plain = app.serve("plain", HintThenAnswer(), timeout=30.0)
+    futures = _send(plain)
+    _wait_for(lambda: gated.count(answer_step=True) >= CALLS, "the answer sub-module's requests")
+    _kill_once(app, "plain@v1/")  # the composite's own actor: its forwards are dropped
+    gated.gate.set()
+    outcomes = _outcomes(futures)
+    assert all(isinstance(o, dsa.ModuleCrashed) for o in outcomes), outcomes
+    assert not any(o.repeatable for o in outcomes)
+    assert gated.count(answer_step=False) == CALLS  # nothing re-ran the user's forward
+
+    gated.gate.clear()
+    before = gated.count(answer_step=False)
+    opted_in = app.serve("opted", HintThenAnswer(), timeout=30.0, idempotent=True)
+    futures = _send(opted_in)
+    _wait_for(
+        lambda: gated.count(answer_step=True) >= 2 * CALLS, "the answer sub-module's requests"
+    )
+    _kill_once(app, "opted@v1/")
+    gated.gate.set()
+    outcomes = _outcomes(futures)
+    assert all(isinstance(o, dsa.Prediction) for o in outcomes), outcomes
+    assert gated.count(answer_step=False) - before == 2 * CALLS  # forward ran again
+    lm.close()
+
+
+@pytest.mark.parametrize("kind", ["pipeline", "composite"])
+def test_calls_under_a_kill_storm_are_all_answered_with_the_defaults(
+    start_app: StartApp, sim_lm: SimLM, kind: str
+) -> None:
+    lm = make_lm(sim_lm)
+    app = start_app(lm=lm, submit_threads=32)
+    if kind == "pipeline":
+        qa = app.program("qa", STEPS, timeout=30.0)
+        pattern = f"{app.name}/qa@v1/*"  # both steps
+    else:
+        qa = app.serve("qa", HintThenAnswer(), timeout=30.0)
+        pattern = f"{app.name}/qa@v1/?*"  # its sub-modules
+    ledger = CallLedger(qa, hang_after_s=45.0)
+    kills_wanted, min_calls, max_calls = 8, 200, 20_000
+    with ChaosMonkey(app, seed=3) as monkey:
+        run = monkey.kill_every(pattern, every_s=0.1, duration_s=None)
+        # Calls go on until the monkey has killed enough (a condition, not a duration).
+        inputs = (
+            {"question": f"question {i}"}
+            for i in itertools.takewhile(
+                lambda i: i < max_calls and (i < min_calls or run.kills < kills_wanted),
+                itertools.count(),
+            )
+        )
+        ledger.run(inputs, concurrency=32)
+        monkey.stop()
+    assert run.error is None
+    assert run.kills >= kills_wanted, f"the monkey killed only {run.kills} actors"
+    assert_all_accounted(ledger, max_failed=0)
+    assert_tree_healthy(app, within_s=15.0)
+    lm.close()
