@@ -113,7 +113,7 @@ class Programs:
                 # State saved by another program under this name: reported, never loaded.
                 raise StateError(
                     f"app.serve({name!r}, ...): the state saved for {name!r} in "
-                    f"{str(self.stores.data_dir)!r} was saved from a different program "
+                    f"{self.stores.where!r} was saved from a different program "
                     f"({error}); serve it under another name, or pass "
                     "load_saved_state=False to start from this module's own state"
                 ) from None

@@ -76,6 +76,16 @@ class Stores:
         """Whether the stores live in a database shared by replicas (it may be down)."""
         return self.store_url is not None
 
+    @property
+    def where(self) -> str:
+        """Where the stores live, for messages: the data dir, or the database's URL without
+        its password."""
+        if self.store_url is None:
+            return str(self.data_dir)
+        from dspy_actors._postgres_url import display_url
+
+        return display_url(self.store_url)
+
     def open(self) -> None:
         if self.store_url is None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
