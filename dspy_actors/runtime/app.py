@@ -32,6 +32,7 @@ import platformdirs
 
 import supervisors
 from dspy_actors import redaction, settings
+from dspy_actors._stop_hooks import run_stop_hooks
 from dspy_actors.lm.breaker import CircuitBreaker
 from dspy_actors.lm.rate_limit import RateLimiter
 from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter
@@ -862,6 +863,13 @@ class App:
         """Subscribe to app events by topic (``"lm.*"``, ``"module.end"``, ``"*"``)."""
         return self.events.subscribe(pattern, callback)
 
+    def console(self, port: int = 0, **options: Any) -> Any:
+        """Serve the live console of this app on 127.0.0.1:``port`` and return it (a
+        ``dspy_actors.console.Console``); see ``dspy_actors.console.start_console``."""
+        from dspy_actors.console import start_console
+
+        return start_console(self, port, **options)
+
     def _publisher_if_wanted(self) -> Callable[[ev.Event], None] | None:
         """How to publish, or None while nobody listens (then no event is even built)."""
         return self.events.publish if self.events.subscriptions() else None
@@ -951,6 +959,7 @@ class App:
         # A run's driver stops between examples when cancelled; stopping the tree without
         # this could abandon one busy in a long step.
         cancel_all(self, timeout=min(timeout, 30.0))
+        run_stop_hooks(self)  # consoles, metrics, tracing attached to this app
         if self._unsubscribe_supervision is not None:
             self._unsubscribe_supervision()
             self._unsubscribe_supervision = None
