@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from dspy_actors.runtime.app import App, ServedProgram
 
 __all__ = [
+    "call_end_path",
     "dead_letter_detail",
     "dead_letter_summaries",
     "deployments",
@@ -53,6 +54,16 @@ def served_programs(app: App) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def call_end_path(app: App, name: str) -> str:
+    """The module path whose end ends a call of program ``name``: its root module, or a
+    pipeline's last step."""
+    with app._programs_lock:
+        program = app._programs.get(name)
+    if program is not None and program.kind == "pipeline" and program.template:
+        return f"{name}.{program.template[-1][0]}"
+    return name
 
 
 def _lms(app: App) -> list[Any]:

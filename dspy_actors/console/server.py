@@ -94,6 +94,8 @@ class Hub:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             except TimeoutError:
                 continue
+            if self.closing:
+                break
             await asyncio.sleep(_COALESCE_S)
             self._wake.clear()
             with self._lock:
@@ -127,6 +129,12 @@ class Hub:
 
     def stop(self) -> None:
         self.closing = True
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            try:
+                loop.call_soon_threadsafe(wake.set)  # the broadcaster ends now, not in 1 s
+            except RuntimeError:
+                pass  # its loop has ended already
         for queue in list(self._clients):
             try:
                 queue.put_nowait(None)
