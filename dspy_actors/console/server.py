@@ -70,8 +70,13 @@ class Hub:
         self._wake: asyncio.Event | None = None
         self._clients: set[asyncio.Queue[str | None]] = set()
         self._task: asyncio.Task[None] | None = None
-        self.closing = False
+        self._closing = threading.Event()
         self._lock = threading.Lock()
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`stop` was called (streams end, the broadcaster returns)."""
+        return self._closing.is_set()
 
     def mark(self, section: str) -> None:
         with self._lock:
@@ -94,7 +99,7 @@ class Hub:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             except TimeoutError:
                 continue
-            if self.closing:
+            if self._closing.is_set():
                 break
             await asyncio.sleep(_COALESCE_S)
             self._wake.clear()
@@ -128,7 +133,7 @@ class Hub:
         self._clients.discard(queue)
 
     def stop(self) -> None:
-        self.closing = True
+        self._closing.set()
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
             try:
