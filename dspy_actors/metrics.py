@@ -108,6 +108,7 @@ class AppMetrics:
         # Module call starts per (trace, path): the end's latency is measured from them.
         self._starts: dict[tuple[str | None, str], list[float]] = {}
         self._lock = threading.Lock()
+        self._children: dict[str, tuple[Any, Any]] = {}
         self._subscriptions = [
             app.subscribe("module.*", self._module_event),
             app.subscribe("lm.end", self._lm_end),
@@ -146,11 +147,20 @@ class AppMetrics:
             begun = started.pop(0) if started else None
             if started == []:
                 del self._starts[key]
-        program = _program_of(path)
-        self.module_calls.labels(program, path).inc()
+        children = self._children.get(path)
+        if children is None:
+            # Looked up once per module path: labels() costs more than the increment.
+            program = _program_of(path)
+            children = self._children[path] = (
+                self.module_calls.labels(program, path),
+                self.module_latency.labels(program, path),
+            )
+        calls, latency = children
+        calls.inc()
         if begun is not None:
-            self.module_latency.labels(program, path).observe(max(0.0, event.timestamp - begun))
+            latency.observe(max(0.0, event.timestamp - begun))
         if isinstance(event, ev.ModuleError):
+            program = _program_of(path)
             self.module_errors.labels(program, path, event.error_type or "error").inc()
 
     def _lm_end(self, event: ev.LMEnd) -> None:
