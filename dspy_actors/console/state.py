@@ -203,9 +203,11 @@ class ConsoleState:
             self.record("restart", f"{where} restarted (#{event.restart_count})", node=where)
         elif event.kind == "escalated":
             self.record("escalation", f"{event.supervisor} gave up: {event.reason}", node=where)
+        elif event.kind == "child_started" and event.supervisor == f"{name}/modules":
+            # A program served, or a new version of one (an upgrade), as it happens.
+            self.record("serve", f"serving {event.child_id}", node=where)
+            self._on_change("programs")
         self._on_change("tree")
-        if event.kind == "child_started" and event.supervisor == f"{name}/modules":
-            self._on_change("programs")  # a program served, or a new version (upgrade)
 
     # The activity log. ------------------------------------------------------------------
 

@@ -123,8 +123,11 @@ def test_errors_by_type_and_upgrades_show(app: Any, console: Console) -> None:
     assert app.events.flush(10.0)
     with _client(console) as client:
         (program,) = [p for p in client.get("/api/state").json()["programs"] if p["name"] == "svc"]
+        activity = client.get("/api/state").json()["activity"]
     assert program["errors"] == {"RuntimeError": 1}
     assert program["version"] == 2
+    served = [e["text"] for e in activity if e["kind"] == "serve"]
+    assert "serving svc@v2" in served
 
 
 def _read_sse(response: httpx.Response) -> Iterator[tuple[str, Any]]:
