@@ -59,7 +59,7 @@ def _read_stream(console: Any, stop: threading.Event, received: list[int]) -> No
 @contextlib.contextmanager
 def observed(app: Any, on: bool) -> Iterator[dict[str, int]]:
     """Console (+ /metrics) with a reading client, and tracing, when ``on``."""
-    counts = {"spans": 0, "pushes": 0}
+    counts = {"spans": 0, "pushes": 0, "cpu_us": 0}
     if not on:
         yield counts
         return
@@ -97,11 +97,12 @@ def cached_call_us(sim: SimLM, on: bool, calls: int) -> tuple[float, dict[str, i
         with observed(app, on) as counts:
             for _ in range(200):  # warm up
                 qa.call(question="What is 2 + 3?")
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for _ in range(calls):
                 qa.call(question="What is 2 + 3?")
             elapsed = time.perf_counter() - start
-            app.events.flush(30.0)
+            app.events.flush(30.0)  # the bus's work for these calls counts too
+            counts["cpu_us"] = round((time.process_time() - cpu) / calls * 1e6)
     return elapsed / calls * 1e6, counts
 
 
@@ -142,6 +143,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.05, help="the LM's, seconds")
     args = parser.parse_args()
     cached: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
     rates: dict[bool, list[float]] = {False: [], True: []}
     seen: dict[str, int] = {}
     with SimLM() as fast, SimLM(latency=args.latency) as slow:
@@ -149,6 +151,7 @@ def main() -> None:
             for on in (False, True):
                 us, counts = cached_call_us(fast, on, args.calls)
                 cached[on].append(us)
+                cpu[on].append(counts.pop("cpu_us"))
                 rate, more = throughput(slow, on, args.total, args.in_flight)
                 rates[on].append(rate)
                 if on:
@@ -158,6 +161,9 @@ def main() -> None:
     print(f"cached call, us (best of {args.rounds}; all: off {_fmt(cached[False])}, "
           f"on {_fmt(cached[True])})")  # fmt: skip
     print(f"  off {off_us:.1f}  on {on_us:.1f}  on/off {on_us / off_us:.3f}")
+    off_cpu, on_cpu = min(cpu[False]), min(cpu[True])
+    print(f"  CPU per call (process time, bus thread included): off {off_cpu:.0f} us, "
+          f"on {on_cpu:.0f} us, on/off {on_cpu / off_cpu:.3f}")  # fmt: skip
     print(f"{args.in_flight} in flight, {args.latency * 1000:.0f} ms LM, calls/s (best of "
           f"{args.rounds}; all: off {_fmt(rates[False])}, on {_fmt(rates[True])})")  # fmt: skip
     print(f"  off {off_rate:.1f}  on {on_rate:.1f}  on/off {on_rate / off_rate:.3f}")
