@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -90,6 +90,11 @@ class DemoOptions:
     show_tree: bool = True
     show_summary: bool = True
     show_intro: bool = True
+    # The live console (``--console``): served on this port (0: any free one) while the
+    # demo runs; ``hold(console)`` is called after the batch, before the app stops (the
+    # command waits there for Ctrl-C so the page stays up).
+    console_port: int | None = None
+    hold: Callable[[Any], None] | None = None
 
 
 @dataclass
@@ -215,6 +220,9 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> DemoResult:
             dsa.start(lm=lm, data_dir=data_dir, name="demo", lm_max_in_flight=32, submit_threads=64)
         )
         app.subscribe("runtime.restart", on_restart)
+        console = None
+        if options.console_port is not None:  # printed first: open it and watch the chaos
+            console = stack.enter_context(app.console(options.console_port, announce=out))
         qa = app.program("qa", demo_steps(), idempotent=True, timeout=30.0)
         ledger = CallLedger(qa, hang_after_s=60.0)
         questions = [
@@ -224,6 +232,8 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> DemoResult:
         with ChaosMonkey(app, seed=options.seed) as monkey:
             _run_batch(ledger, questions, options, monkey, display)
         app.events.flush(5.0)
+        if options.hold is not None and console is not None:
+            options.hold(console)
         tree = app.tree().render()
         result = DemoResult(
             answered=ledger.answered,

@@ -3,6 +3,8 @@
 - ``dspy-actors demo``: serve a multi-step program, answer a batch of questions at
   concurrency while actors are killed and the LM misbehaves; print the tree and a summary.
 - ``dspy-actors sim-lm``: run the simulated LM server (optionally with a fault plan file).
+- ``dspy-actors console``: the demo with its live console open in the browser, kept up
+  after the run until Ctrl-C (``dspy-actors demo --console`` does the same for the demo).
 - ``dspy-actors tree``: print the supervision tree of the demo app after a short run. There
   is no remote introspection yet, so this cannot attach to another process's app; in your
   own process, ``print(app.tree().render())`` shows yours.
@@ -13,7 +15,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def _positive_int(text: str) -> int:
@@ -56,6 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=7, help="chaos and fault seed (default 7)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _console_options(demo, flag=True)
+
+    console = commands.add_parser(
+        "console",
+        help="run the demo with its live console (tree, programs, LM, dead letters)",
+        description=(
+            "Start the demo app with its console on 127.0.0.1, print the console's URL "
+            "(with its token), run the chaos demo while you watch restarts and breaker "
+            "trips, then keep the console open until Ctrl-C."
+        ),
+    )
+    console.add_argument("--questions", type=_positive_int, default=2000, help="default 2000")
+    console.add_argument("--concurrency", type=_positive_int, default=8, help="default 8")
+    console.add_argument(
+        "--kill-every",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="kill one of the program's actors this often (default 1.0)",
+    )
+    _console_options(console, flag=False)
 
     sim = commands.add_parser(
         "sim-lm",
@@ -77,6 +103,38 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     return parser
+
+
+def _console_options(parser: argparse.ArgumentParser, *, flag: bool) -> None:
+    if flag:
+        parser.add_argument(
+            "--console", action="store_true", help="serve the live console while it runs"
+        )
+    parser.add_argument(
+        "--console-port", type=int, default=0, metavar="PORT",
+        help="the console's port on 127.0.0.1 (default: any free port; the URL is printed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--hold", type=float, default=None, metavar="SECONDS",
+        help="keep the console open this long after the run (default: until Ctrl-C)",
+    )  # fmt: skip
+
+
+def _hold_for(seconds: float | None) -> Callable[[Any], None]:
+    """Keep the console up after the run: ``seconds``, or until Ctrl-C (None)."""
+
+    def hold(console: Any) -> None:
+        print(f"console still open at {console.url} (Ctrl-C to stop)", flush=True)
+        stop = threading.Event()
+        deadline = None if seconds is None else time.monotonic() + seconds
+        try:
+            while not stop.wait(0.5):
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+        except KeyboardInterrupt:
+            return
+
+    return hold
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,6 +176,18 @@ def _run_demo_command(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    if args.command == "console":
+        result = run_demo(
+            DemoOptions(
+                questions=args.questions,
+                concurrency=args.concurrency,
+                kill_every_s=args.kill_every,
+                console_port=args.console_port,
+                hold=_hold_for(args.hold),
+            )
+        )
+        return 0 if result.answered > 0 else 1
+    with_console = args.console
     result = run_demo(
         DemoOptions(
             questions=args.questions,
@@ -127,6 +197,8 @@ def _run_demo_command(args: argparse.Namespace) -> int:
             kill_every_s=args.kill_every,
             seed=args.seed,
             show_progress=not args.no_progress,
+            console_port=args.console_port if with_console else None,
+            hold=_hold_for(args.hold) if with_console else None,
         )
     )
     # Failures under chaos are reported, not fatal; a hung call or no answer at all is.

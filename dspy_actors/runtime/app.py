@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 import supervisors
 from dspy_actors import redaction, settings
+from dspy_actors._stop_hooks import run_stop_hooks
 from dspy_actors.primitives.module import Module
 from dspy_actors.runtime import events as ev
 from dspy_actors.runtime.app_config import AppConfig, data_dir_for
@@ -411,6 +412,13 @@ class App:
         """Subscribe to app events by topic (``"lm.*"``, ``"module.end"``, ``"*"``)."""
         return self.events.subscribe(pattern, callback)
 
+    def console(self, port: int = 0, **options: Any) -> Any:
+        """Serve the live console of this app on 127.0.0.1:``port`` and return it (a
+        ``dspy_actors.console.Console``); see ``dspy_actors.console.start_console``."""
+        from dspy_actors.console import start_console
+
+        return start_console(self, port, **options)
+
     # Stopping. ------------------------------------------------------------------------------
 
     def stop(self, timeout: float = 60.0) -> None:
@@ -429,6 +437,7 @@ class App:
         # A run's driver stops between examples when cancelled; stopping the tree without
         # this could abandon one busy in a long step.
         cancel_all(self, timeout=min(timeout, 30.0))
+        run_stop_hooks(self)  # consoles, metrics, tracing attached to this app
         if self._unsubscribe_supervision is not None:
             self._unsubscribe_supervision()
             self._unsubscribe_supervision = None

@@ -152,6 +152,8 @@ class LMEnd(Event):
     completion_tokens: int | None = None
     cache_hit: bool = False
     error_type: str | None = None
+    # Why each choice ended ("stop", "length", ...), as the provider said; () if unknown.
+    finish_reasons: tuple[str, ...] = ()
 
     def log_level(self) -> str:
         return "info" if self.error_type is None else "warning"

@@ -669,6 +669,9 @@ class LMAttempt:
                     prompt_tokens=response.usage.prompt_tokens,
                     completion_tokens=response.usage.completion_tokens,
                     cache_hit=response.cache_hit,
+                    finish_reasons=tuple(
+                        r for r in getattr(response, "finish_reasons", ()) or () if r
+                    ),
                 )
             )
         resolve(self.request.reply, response)

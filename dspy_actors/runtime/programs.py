@@ -294,6 +294,16 @@ class Programs:
         program.stopped = True
         self._modules().terminate_child(program.child_id)
 
+    def served(self) -> list[ServedProgram]:
+        """The programs being served now (not stopped), for views such as the console."""
+        with self._lock:
+            return [p for p in self._programs.values() if not p.stopped]
+
+    def find(self, name: str) -> ServedProgram | None:
+        """The program served as ``name``, or None (unlike :meth:`get`, never raises)."""
+        with self._lock:
+            return self._programs.get(name)
+
     def stop_all(self) -> None:
         """Mark every program stopped (the app is stopping): calls fail at once."""
         with self._lock:

@@ -635,3 +635,22 @@ def cancel_all(app: RunHost, timeout: float = 30.0) -> int:
         except TimeoutError:
             pass
     return len(shared)
+
+
+def active_run_status(app: RunHost, run_id: str) -> RunStatus | None:
+    """The status of ``app``'s run ``run_id`` while it is running (None once it is done
+    or if there is no such run): what the console shows beside the run's events."""
+    with _active_lock:
+        shared = _active.get(app, {}).get(run_id)
+    return None if shared is None else shared.status
+
+
+def cancel_run(app: RunHost, run_id: str) -> bool:
+    """Ask ``app``'s running run ``run_id`` to stop at its next example (as
+    ``RunHandle.cancel`` does, without waiting); False if no such run is running."""
+    with _active_lock:
+        shared = _active.get(app, {}).get(run_id)
+    if shared is None or shared.future.done():
+        return False
+    shared.cancel.set()
+    return True

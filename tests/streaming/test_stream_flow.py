@@ -125,6 +125,13 @@ def test_a_failure_before_the_first_piece_is_retried(sim: SimLM, start_app: Star
     assert sim.request_count == 2
 
 
+def _loops_running(workers: supervisors.Supervisor, count: int) -> bool:
+    children = workers.which_children()
+    return len(children) == count and all(
+        info.ref is not None and info.ref.is_alive() for info in children
+    )
+
+
 def test_lm_loop_killed_mid_stream_ends_it_with_a_clear_error(
     sim: SimLM, start_app: StartApp
 ) -> None:
@@ -143,6 +150,8 @@ def test_lm_loop_killed_mid_stream_ends_it_with_a_clear_error(
         list(stream)
     assert "mid-stream" in str(failure.value) or "LM event loop was stopped" in str(failure.value)
     assert until(lambda: busy(app) == 0)
+    # Both loops restarted (a call sent while they still restart may meet two dead loops).
+    assert until(lambda: _loops_running(workers, 2))
     assert qa.call(question="after").answer == HUGE  # the pool came back
 
 

@@ -1,0 +1,267 @@
+"""Prometheus metrics of a running app, on a registry of its own.
+
+    metrics = dspy_actors.metrics.app_metrics(app)   # starts counting (once per app)
+    body, content_type = metrics.exposition()        # what /metrics serves
+
+Counters and histograms are built from the app's events by one subscriber, so a call
+costs nothing more while no metrics are kept; gauges (breaker state, LM requests in flight
+and queued, calls in flight per program) and usage (tokens, cost, retries) are read from
+the app when scraped. The names are listed in docs/observability.md and in ``METRIC_NAMES``.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+import supervisors
+from dspy_actors._stop_hooks import forget_stop_hook, on_stop
+from dspy_actors.runtime import events as ev
+
+if TYPE_CHECKING:
+    from dspy_actors.runtime.app import App
+
+__all__ = ["METRIC_NAMES", "AppMetrics", "app_metrics"]
+
+METRIC_NAMES = (
+    "dspy_actors_module_calls_total",
+    "dspy_actors_module_errors_total",
+    "dspy_actors_module_latency_seconds",
+    "dspy_actors_lm_requests_total",
+    "dspy_actors_lm_latency_seconds",
+    "dspy_actors_lm_tokens_total",
+    "dspy_actors_lm_retries_total",
+    "dspy_actors_lm_in_flight",
+    "dspy_actors_lm_queue_depth",
+    "dspy_actors_breaker_state",
+    "dspy_actors_breaker_transitions_total",
+    "dspy_actors_program_in_flight",
+    "dspy_actors_program_tokens_total",
+    "dspy_actors_program_cost_usd_total",
+    "dspy_actors_program_version",
+    "dspy_actors_restarts_total",
+    "dspy_actors_dead_letters_total",
+    "dspy_actors_events_dropped_total",
+)
+
+_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BREAKER_STATES = ("closed", "open", "half_open")
+
+
+def _program_of(path: str) -> str:
+    return path.split(".", 1)[0]
+
+
+class AppMetrics:
+    """The metrics of one app (see the module docstring); :meth:`close` stops counting."""
+
+    def __init__(self, app: App) -> None:
+        self._app = weakref.ref(app)
+        self.app_name = app.name
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        labels = ("program", "module")
+        self.module_calls = Counter(
+            "dspy_actors_module_calls", "Module calls ended (success or error).", labels,
+            registry=r,
+        )  # fmt: skip
+        self.module_errors = Counter(
+            "dspy_actors_module_errors", "Module calls that failed, by error type.",
+            (*labels, "error_type"), registry=r,
+        )  # fmt: skip
+        self.module_latency = Histogram(
+            "dspy_actors_module_latency_seconds", "Module call latency.", labels,
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.lm_requests = Counter(
+            "dspy_actors_lm_requests", "LM requests ended; outcome: ok, cache_hit or the "
+            "error type.", ("deployment", "model", "outcome"), registry=r,
+        )  # fmt: skip
+        self.lm_latency = Histogram(
+            "dspy_actors_lm_latency_seconds", "LM request latency.", ("deployment",),
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.lm_tokens = Counter(
+            "dspy_actors_lm_tokens", "LM tokens; kind: input or output.",
+            ("deployment", "kind"), registry=r,
+        )  # fmt: skip
+        self.breaker_transitions = Counter(
+            "dspy_actors_breaker_transitions", "Circuit-breaker state changes.",
+            ("deployment", "to_state"), registry=r,
+        )  # fmt: skip
+        self.restarts = Counter(
+            "dspy_actors_restarts", "Actors restarted by their supervisor.", ("supervisor",),
+            registry=r,
+        )  # fmt: skip
+        self.dead_letters = Counter(
+            "dspy_actors_dead_letters", "Inputs quarantined as dead letters.", ("program",),
+            registry=r,
+        )  # fmt: skip
+        r.register(_ScrapeTimeCollector(self))
+        # Module call starts per (trace, path): the end's latency is measured from them.
+        self._starts: dict[tuple[str | None, str], list[float]] = {}
+        self._lock = threading.Lock()
+        self._children: dict[str, tuple[Any, Any]] = {}
+        self._subscriptions = [
+            app.subscribe("module.*", self._module_event),
+            app.subscribe("lm.end", self._lm_end),
+            app.subscribe("breaker.transition", self._breaker),
+            app.subscribe("dead_letter", self._dead_letter),
+        ]
+        self._unsubscribe_supervision = supervisors.subscribe(self._supervision)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The metrics in Prometheus' text format, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def close(self) -> None:
+        app = self._app()
+        if app is not None:
+            for sub in self._subscriptions:
+                app.events.unsubscribe(sub)
+        self._subscriptions = []
+        self._unsubscribe_supervision()
+        with _lock:
+            if _by_app.get(id(app)) is self:
+                del _by_app[id(app)]
+        if app is not None:
+            forget_stop_hook(app, self.close)
+
+    # Subscribers (the event bus's thread). -----------------------------------------------
+
+    def _module_event(self, event: ev.Event) -> None:
+        path = getattr(event, "module_path", "")
+        key = (event.trace_id, path)
+        with self._lock:
+            if isinstance(event, ev.ModuleStart):
+                self._starts.setdefault(key, []).append(event.timestamp)
+                return
+            started = self._starts.get(key)
+            begun = started.pop(0) if started else None
+            if started == []:
+                del self._starts[key]
+        children = self._children.get(path)
+        if children is None:
+            # Looked up once per module path: labels() costs more than the increment.
+            program = _program_of(path)
+            children = self._children[path] = (
+                self.module_calls.labels(program, path),
+                self.module_latency.labels(program, path),
+            )
+        calls, latency = children
+        calls.inc()
+        if begun is not None:
+            latency.observe(max(0.0, event.timestamp - begun))
+        if isinstance(event, ev.ModuleError):
+            program = _program_of(path)
+            self.module_errors.labels(program, path, event.error_type or "error").inc()
+
+    def _lm_end(self, event: ev.LMEnd) -> None:
+        if event.error_type is not None:
+            outcome = event.error_type
+        else:
+            outcome = "cache_hit" if event.cache_hit else "ok"
+        self.lm_requests.labels(event.deployment, event.model, outcome).inc()
+        if event.cache_hit:
+            return
+        self.lm_latency.labels(event.deployment).observe(event.latency_s)
+        if event.prompt_tokens:
+            self.lm_tokens.labels(event.deployment, "input").inc(event.prompt_tokens)
+        if event.completion_tokens:
+            self.lm_tokens.labels(event.deployment, "output").inc(event.completion_tokens)
+
+    def _breaker(self, event: ev.BreakerTransition) -> None:
+        self.breaker_transitions.labels(event.deployment, event.to_state).inc()
+
+    def _dead_letter(self, event: ev.DeadLetterEvent) -> None:
+        self.dead_letters.labels(event.program).inc()
+
+    def _supervision(self, event: supervisors.SupervisorEvent) -> None:
+        name = self.app_name
+        ours = event.supervisor == name or event.supervisor.startswith(name + "/")
+        if ours and event.kind == "child_restarted":
+            self.restarts.labels(event.supervisor).inc()
+
+
+class _ScrapeTimeCollector(Collector):
+    """What is read from the app when scraped: gauges, and usage the app already counts."""
+
+    def __init__(self, metrics: AppMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []  # no fixed set: families depend on the app's programs and deployments
+
+    def collect(self) -> Iterator[Any]:
+        from dspy_actors.console.app_view import deployments, served_programs
+
+        app = self._metrics._app()
+        if app is None:
+            return
+        in_flight = GaugeMetricFamily(
+            "dspy_actors_program_in_flight", "Calls in flight per program.", labels=["program"]
+        )
+        version = GaugeMetricFamily(
+            "dspy_actors_program_version", "The version a program serves.", labels=["program"]
+        )
+        tokens = CounterMetricFamily(
+            "dspy_actors_program_tokens", "Tokens a program's calls spent; kind: input or "
+            "output.", labels=["program", "kind"],
+        )  # fmt: skip
+        cost = CounterMetricFamily(
+            "dspy_actors_program_cost_usd", "Cost in USD of a program's calls, where known.",
+            labels=["program"],
+        )  # fmt: skip
+        for p in served_programs(app):
+            in_flight.add_metric([p["name"]], p["in_flight"])
+            version.add_metric([p["name"]], p["version"])
+            tokens.add_metric([p["name"], "input"], p["prompt_tokens"])
+            tokens.add_metric([p["name"], "output"], p["completion_tokens"])
+            cost.add_metric([p["name"]], p["cost_usd"] or 0.0)
+        yield from (in_flight, version, tokens, cost)
+        state = GaugeMetricFamily(
+            "dspy_actors_breaker_state", "1 for a deployment's current breaker state.",
+            labels=["deployment", "state"],
+        )  # fmt: skip
+        retries = CounterMetricFamily(
+            "dspy_actors_lm_retries", "HTTP retries of a deployment's LM.", labels=["deployment"]
+        )
+        for d in deployments(app, {}):
+            for s in _BREAKER_STATES:
+                state.add_metric([d["deployment"], s], 1.0 if d["breaker"]["state"] == s else 0.0)
+            if d["retries"] is not None:
+                retries.add_metric([d["deployment"]], d["retries"])
+        yield from (state, retries)
+        pool = app.dispatcher.stats()
+        yield GaugeMetricFamily(
+            "dspy_actors_lm_in_flight", "LM requests in flight in the pool.", value=pool["busy"]
+        )
+        yield GaugeMetricFamily(
+            "dspy_actors_lm_queue_depth", "LM requests waiting in the pool's queue.",
+            value=pool["queued"],
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "dspy_actors_events_dropped", "Events the bus could not deliver.",
+            value=app.events.stats.dropped,
+        )  # fmt: skip
+
+
+_by_app: dict[int, AppMetrics] = {}
+_lock = threading.Lock()
+
+
+def app_metrics(app: App) -> AppMetrics:
+    """The metrics of ``app``, started on first use (one registry per app)."""
+    with _lock:
+        metrics = _by_app.get(id(app))
+        if metrics is None or metrics._app() is not app:
+            metrics = _by_app[id(app)] = AppMetrics(app)
+            on_stop(app, metrics.close)
+        return metrics
