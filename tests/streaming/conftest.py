@@ -1,80 +1,8 @@
-"""Fixtures for runtime tests: a SimLM per test and apps started on it (stopped after)."""
+"""Streaming tests use the runtime tests' fixtures: a SimLM per test (``sim``), ``make_lm``
+and ``start_app`` (apps started on it, stopped after)."""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from tests.dspy_actors.runtime.conftest import StartApp, make_lm, sim, start_app
 
-import pytest
-
-from dspy_actors.lm import LM, RetryPolicy
-from dspy_actors.runtime.app import App, start
-from dspy_actors.testing.sim_lm import SimLM
-
-FAST_RETRY = RetryPolicy(max_retries=1, base_delay=0.001, max_delay=0.005)
-StartApp = Callable[..., App]
-
-
-@pytest.fixture
-def sim() -> Iterator[SimLM]:
-    with SimLM() as server:
-        yield server
-
-
-@pytest.fixture
-def make_lm(sim: SimLM) -> Iterator[Callable[..., LM]]:
-    made: list[LM] = []
-
-    def make(**kw: Any) -> LM:
-        kw.setdefault("cache", False)
-        kw.setdefault("retry_policy", FAST_RETRY)
-        lm = LM("openai/sim-model", api_base=sim.openai_base, api_key="test-key", **kw)
-        made.append(lm)
-        return lm
-
-    yield make
-    for lm in made:
-        lm.close()
-
-
-@pytest.fixture
-def start_app(tmp_path: Path, make_lm: Callable[..., LM]) -> Iterator[StartApp]:
-    """Start apps on the test's SimLM; every app is stopped when the test ends."""
-    apps: list[App] = []
-
-    def make(**kw: Any) -> App:
-        kw.setdefault("lm", make_lm())
-        kw.setdefault("data_dir", tmp_path / f"app{len(apps)}")
-        kw.setdefault("lm_max_in_flight", 8)  # on the default event loop
-        app = start(**kw)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.stop()
-
-
-def run_in_threads(target: Callable[[int], object], count: int, timeout: float = 60.0) -> None:
-    """Run ``target(i)`` in ``count`` threads at once; re-raise the first error one of them
-    raised, and fail if one is still running after ``timeout`` seconds."""
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            target(i)
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(i,), name=f"caller-{i}") for i in range(count)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    assert not any(thread.is_alive() for thread in threads), "a caller thread hung"
-    if errors:
-        raise errors[0]
+__all__ = ["StartApp", "make_lm", "sim", "start_app"]
