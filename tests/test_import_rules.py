@@ -58,13 +58,10 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     # Runs drive an optimizer's plan (PlanRunner, StepEvent, Cancelled): to be inverted so
     # that optimizers hand runs what they need (issue 19, item 4; not done this session).
     ("dspy_actors/runtime/runs.py", "dspy_actors.optimizers.base"): "issue 19",
-    # Module.set_lm/predictors and Module.batch reach Predict and Parallel lazily.
     # A run chooses the executor its steps' examples go through (the app's Ray cluster):
     # to move with the runs/optimizers inversion above.
     ("dspy_actors/runtime/runs.py", "dspy_actors.evaluate.executor"): "issue 19",
     ("dspy_actors/runtime/runs.py", "dspy_actors.distributed"): "issue 19",
-    ("dspy_actors/primitives/module.py", "dspy_actors.modules.predict"): "issue 19",
-    ("dspy_actors/primitives/module.py", "dspy_actors.modules.parallel"): "issue 19",
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from dspy_actors.modules._fan_out import NotRun, Outcome, fan_out
 from dspy_actors.primitives.example import Example
+from dspy_actors.primitives.module import register_batch_runner
 
 __all__ = ["Parallel", "ParallelError"]
 
@@ -117,3 +118,11 @@ class Parallel:
             f"Parallel: pair {index} has a {type(example).__name__} example; use an Example, "
             "dict, tuple, or a list for a nested Parallel"
         )
+
+
+def _batch(module: Any, examples: Sequence[Example], **options: Any) -> Any:
+    """``Module.batch``: ``module`` on each example's inputs through a ``Parallel``."""
+    return Parallel(**options)([(module, example.inputs()) for example in examples])
+
+
+register_batch_runner(_batch)

@@ -15,8 +15,9 @@ from dspy_actors.primitives.call_history import with_history
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.jsonable import to_jsonable
 from dspy_actors.primitives.module import Module, reject_lm_string
-from dspy_actors.primitives.parameter import Parameter, StateError
+from dspy_actors.primitives.parameter import StateError
 from dspy_actors.primitives.prediction import Prediction
+from dspy_actors.primitives.predictor import Predictor
 from dspy_actors.signatures.signature import Signature, ensure_signature
 
 __all__ = ["NoLMConfiguredError", "Predict"]
@@ -30,7 +31,7 @@ class NoLMConfiguredError(RuntimeError):
     """A predictor was called with no LM: none passed, set on it, or configured."""
 
 
-class Predict(Module, Parameter):
+class Predict(Module, Predictor):
     """Call an LM for ``signature``: ``Predict("question -> answer")(question="...")``.
 
     ``config`` holds sampling parameters for every call (``temperature``, ``n``, ...). A call

@@ -37,6 +37,7 @@ from dspy_actors.modules.predict import Predict
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.prediction import Prediction
+from dspy_actors.primitives.predictor import Predictor
 from dspy_actors.signatures.field import InputField, OutputField
 from dspy_actors.signatures.signature import Signature
 
@@ -85,7 +86,7 @@ def _fields_key(signature: type[Signature]) -> tuple[str, ...]:
     return tuple(name for name in signature.fields if name != HINT_FIELD)
 
 
-def describe_predictors(predictors: Sequence[tuple[str, Predict]]) -> str:
+def describe_predictors(predictors: Sequence[tuple[str, Predictor]]) -> str:
     """Each predictor's name, input and output fields and instructions, for the advisor."""
     rule = "-" * 80
     out = [rule]
@@ -216,14 +217,14 @@ class Refine(Module):
             raise last_error
         return best
 
-    def _current_predictors(self) -> list[tuple[str, Predict]]:
+    def _current_predictors(self) -> list[tuple[str, Predictor]]:
         named = getattr(self.module, "named_predictors", None)
         return list(named()) if callable(named) else list(self._predictors)
 
     def _advise(
         self,
         inputs: Mapping[str, Any],
-        predictors: Sequence[tuple[str, Predict]],
+        predictors: Sequence[tuple[str, Predictor]],
         module_names: list[str],
         trajectory: list[dict[str, Any]],
         outputs: Prediction,

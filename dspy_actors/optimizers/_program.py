@@ -55,7 +55,8 @@ def instrument(program: Module) -> Module:
     current trace. The per-instance ``forward`` shadows the class's: Module.__call__ calls
     ``self.forward``, so the predictor runs unchanged and also reports."""
     for name, predictor in program.named_predictors():
-        predictor.__dict__["forward"] = _TracingForward(name, predictor)
+        if isinstance(predictor, Predict):  # the library's predictors all are
+            predictor.__dict__["forward"] = _TracingForward(name, predictor)
     return program
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from dspy_actors.modules.predict import Predict
 from dspy_actors.primitives.example import Example
+from dspy_actors.primitives.predictor import Predictor
 from dspy_actors.signatures.field import InputField, OutputField
 from dspy_actors.signatures.signature import Signature
 
@@ -55,7 +56,7 @@ TIPS = (
 )
 
 
-def describe_task(predictor: Predict) -> str:
+def describe_task(predictor: Predictor) -> str:
     sig = predictor.signature
     return f"Fields: {sig.signature}\nCurrent instruction: {sig.instructions}"
 

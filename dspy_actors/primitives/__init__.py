@@ -5,6 +5,7 @@ from dspy_actors.primitives.jsonable import to_jsonable
 from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.parameter import Parameter, StateError
 from dspy_actors.primitives.prediction import Completions, Prediction
+from dspy_actors.primitives.predictor import Predictor
 
 __all__ = [
     "Completions",
@@ -12,6 +13,7 @@ __all__ = [
     "Module",
     "Parameter",
     "Prediction",
+    "Predictor",
     "StateError",
     "to_jsonable",
 ]

@@ -25,13 +25,13 @@ from dspy_actors.primitives.call_history import ModuleHistory, start_recording, 
 from dspy_actors.primitives.dspy_state import from_dspy_state, is_dspy_state
 from dspy_actors.primitives.parameter import Parameter, StateError
 from dspy_actors.primitives.positional_inputs import inputs_by_keyword
+from dspy_actors.primitives.predictor import Predictor
 from dspy_actors.primitives.state_file import read_json_file, state_of_payload
 
 if TYPE_CHECKING:
-    from dspy_actors.modules.predict import Predict
     from dspy_actors.primitives.example import Example
 
-__all__ = ["STATE_FORMAT", "Module", "reject_lm_string"]
+__all__ = ["STATE_FORMAT", "BatchRunner", "Module", "register_batch_runner", "reject_lm_string"]
 
 STATE_FORMAT = "dspy_actors.module_state"
 _STATE_VERSION = 1
@@ -47,6 +47,21 @@ _log = logging.getLogger("dspy_actors.module")
 _entering: contextvars.ContextVar[Module | None] = contextvars.ContextVar(
     "dspy_actors_entering_forward", default=None
 )
+
+
+BatchRunner = Callable[..., Any]
+"""``runner(module, examples, **options)``: what ``Module.batch`` hands its work to."""
+
+# Set by dspy_actors.modules.parallel when it is imported (dspy_actors/__init__ does): the
+# fan-out lives with Parallel in the modules built on this class, not beneath them.
+_batch_runner: BatchRunner | None = None
+
+
+def register_batch_runner(runner: BatchRunner) -> None:
+    """Make ``runner`` the one ``Module.batch`` calls (``modules.parallel`` registers
+    ``Parallel``'s)."""
+    global _batch_runner
+    _batch_runner = runner
 
 
 def _warn_if_called_directly(forward: Callable[..., Any]) -> Callable[..., Any]:
@@ -159,9 +174,14 @@ class Module:
         results in order, None for a failed one; with ``return_failed_examples``,
         ``(results, failed_examples, exceptions)``. To run a served program over many
         inputs, ``handle.batch`` is the actor runtime's own (bounded, streaming) way."""
-        from dspy_actors.modules.parallel import Parallel  # modules build on this class
-
-        parallel = Parallel(
+        if _batch_runner is None:
+            raise RuntimeError(
+                "Module.batch runs through dspy_actors.modules.Parallel, which is not "
+                "loaded: import dspy_actors (or dspy_actors.modules) first"
+            )
+        return _batch_runner(
+            self,
+            examples,
             num_threads=num_threads,
             max_errors=max_errors,
             return_failed_examples=return_failed_examples,
@@ -170,7 +190,6 @@ class Module:
             timeout=timeout,
             straggler_limit=straggler_limit,
         )
-        return parallel([(self, example.inputs()) for example in examples])
 
     # -- usage --------------------------------------------------------------------------
     @property
@@ -260,12 +279,12 @@ class Module:
                 continue
             yield from _walk_value(f"{prefix}{name}", value, seen)
 
-    def named_predictors(self) -> list[tuple[str, Predict]]:
-        from dspy_actors.modules.predict import Predict
+    def named_predictors(self) -> list[tuple[str, Predictor]]:
+        """Every predictor (``Predict``, and the ones built on it) beneath this module, by
+        attribute path, as ``named_parameters`` names them."""
+        return [(n, p) for n, p in self.named_parameters() if isinstance(p, Predictor)]
 
-        return [(n, p) for n, p in self.named_parameters() if isinstance(p, Predict)]
-
-    def predictors(self) -> list[Predict]:
+    def predictors(self) -> list[Predictor]:
         return [p for _, p in self.named_predictors()]
 
     def set_lm(self, lm: Any) -> None:
