@@ -55,13 +55,6 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     # App.console() is the console's front door on the facade (a lazy import: the console
     # is an optional view above the runtime; it would move to a console entry point).
     ("dspy_actors/runtime/app.py", "dspy_actors.console"): "issue 16",
-    # Runs drive an optimizer's plan (PlanRunner, StepEvent, Cancelled): to be inverted so
-    # that optimizers hand runs what they need (issue 19, item 4; not done this session).
-    ("dspy_actors/runtime/runs.py", "dspy_actors.optimizers.base"): "issue 19",
-    # A run chooses the executor its steps' examples go through (the app's Ray cluster):
-    # to move with the runs/optimizers inversion above.
-    ("dspy_actors/runtime/runs.py", "dspy_actors.evaluate.executor"): "issue 19",
-    ("dspy_actors/runtime/runs.py", "dspy_actors.distributed"): "issue 19",
 }
 
 

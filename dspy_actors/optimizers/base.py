@@ -26,9 +26,12 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
+from dspy_actors.distributed.cluster import app_cluster_executor
+from dspy_actors.evaluate.executor import use_executor
 from dspy_actors.evaluate.parallel import Cancelled, parallel_map
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.module import Module
+from dspy_actors.runtime.run_plan import AttemptState, RunSetup
 
 __all__ = [
     "Cancelled",
@@ -37,6 +40,7 @@ __all__ = [
     "NullCheckpointer",
     "Optimizer",
     "Plan",
+    "PlanAttempt",
     "PlanRunner",
     "RunContext",
     "Step",
@@ -250,6 +254,32 @@ def execute(
     return runner.result
 
 
+class PlanAttempt:
+    """One attempt of a supervised run (runtime/run_plan.py's ``RunAttempt``): the plan
+    driven by a :class:`PlanRunner`, its examples sent to the run's executor, a cancelled
+    evaluation reported as ``"cancelled"``."""
+
+    def __init__(self, runner: PlanRunner, executor: Any) -> None:
+        self._runner = runner
+        self._executor = executor
+
+    def advance(self) -> AttemptState:
+        try:
+            with use_executor(self._executor):
+                return "done" if self._runner.advance() else "more"
+        except Cancelled:
+            return "cancelled"
+
+    def result(self) -> Module:
+        result = self._runner.result
+        if result is None:
+            raise RuntimeError("the run's plan has not returned its program yet")
+        return result
+
+    def close(self) -> None:
+        self._runner.close()
+
+
 class Optimizer:
     """Base of the optimizers: ``compile(student, trainset=..., valset=...)`` runs
     :meth:`plan` in-process. Subclasses implement :meth:`plan`."""
@@ -281,6 +311,18 @@ class Optimizer:
             step_concurrency=self.step_concurrency,
             max_errors=self.max_errors,
         )
+
+    def start_attempt(self, setup: RunSetup) -> PlanAttempt:
+        """An attempt of a supervised run (``app.optimize``; runtime/run_plan.py): the plan
+        from the run's seed, checkpointed by the run; its examples go to the run's executor,
+        else the app's Ray cluster (``ray_address``), else local threads."""
+        ctx = self.run_context(setup.seed, setup.cancel)
+        plan = self.plan(setup.student, setup.trainset, setup.valset, ctx)
+        runner = PlanRunner(plan, setup.checkpointer, setup.on_step, ctx=ctx)
+        executor = setup.executor
+        if executor is None:
+            executor = app_cluster_executor(setup.app, setup.app_config)
+        return PlanAttempt(runner, executor)
 
     def compile(
         self,

@@ -20,14 +20,12 @@ import hashlib
 import json
 import threading
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dspy_actors.lm.cache import cache_key
 from dspy_actors.lm.types import LMResponse
 from dspy_actors.lm.usage import Usage
-
-if TYPE_CHECKING:
-    from dspy_actors.runtime.runs import RunStore
+from dspy_actors.runtime.run_store import RunStore
 
 __all__ = ["JournaledLM", "LMJournal", "request_key"]
 

@@ -12,9 +12,11 @@ A run is a subtree under the app's ``runs`` DynamicSupervisor::
     └── run-<run_id>        supervisor (temporary: a finished or failed run is not restarted)
         └── driver          RunActor (transient: restarted after a crash or a kill)
 
-The driver runs the optimizer's plan one step per message (so a cancel, or a supervisor's
-stop, is handled between steps) and saves each step's JSON result to
-``<data_dir>/runs.sqlite3`` (run_id, step, data) before the next. A restarted driver, or a
+On each start the driver asks the optimizer for an attempt of the run (run_plan.py: the
+runtime's side of the contract; ``dspy_actors.optimizers.Optimizer`` fills it in) and
+advances it one step per message (so a cancel, or a supervisor's stop, is handled between
+steps); each step's JSON result is saved to ``<data_dir>/runs.sqlite3`` (run_store.py)
+before the next. A restarted driver, or a
 new ``start_run`` with the same ``run_id`` (even in another process, after ``kill -9``),
 builds the plan again and replays the saved steps without running them: the same seed
 gives the same program, and the finished steps' LM calls are not made again. Inside the
@@ -22,8 +24,9 @@ step it resumes, every LM call that finished before the kill is answered from th
 journal (run_journal.py): only the calls in flight at the kill are made again. Inside a
 step, bootstrapping and candidate evaluation run in parallel on bounded threads, or, with
 an ``executor`` (``start_run(..., executor=RayExecutor(...))``, or the app's
-``ray_address``), as that executor's work on other machines (evaluate/executor.py); the
-driver still runs the plan and checkpoints here. The LM journal covers the driver's own
+``ray_address``), as that executor's work on other machines (evaluate/executor.py: the
+optimizer's attempt sends them; the run only hands its executor on); the driver still
+runs the plan and checkpoints here. The LM journal covers the driver's own
 calls only: a step resumed mid-way redoes its remote examples.
 Progress is published on the app's event bus as ``RunProgress`` events (topic
 ``run.progress``).
@@ -31,7 +34,6 @@ Progress is published on the app's event bus as ``RunProgress`` events (topic
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -43,19 +45,19 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import supervisors
 from dspy_actors import redaction, settings
-from dspy_actors.evaluate.executor import Executor, use_executor
 from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter, metering
-from dspy_actors.optimizers.base import (
-    Cancelled,
-    Optimizer,
-    PlanRunner,
-    StepEvent,
-)
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.module import Module
-from dspy_actors.runtime._store_backend import Connection, Store
 from dspy_actors.runtime.events import RunProgress
 from dspy_actors.runtime.run_journal import JournaledLM, LMJournal
+from dspy_actors.runtime.run_plan import (
+    AttemptState,
+    RunAttempt,
+    RunnableOptimizer,
+    RunSetup,
+    StepReport,
+)
+from dspy_actors.runtime.run_store import RunStore, SqliteCheckpointer
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor as ThreadExecutor
@@ -113,61 +115,6 @@ _active_lock = threading.Lock()
 
 RunState = Literal["running", "done", "failed", "cancelled"]
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS run_steps (
-        run_id TEXT NOT NULL,
-        step TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        data TEXT NOT NULL,
-        saved_at REAL NOT NULL,
-        PRIMARY KEY (run_id, step)
-    )""",
-    """CREATE TABLE IF NOT EXISTS runs (
-        run_id TEXT PRIMARY KEY,
-        optimizer TEXT NOT NULL,
-        seed INTEGER NOT NULL,
-        status TEXT NOT NULL,
-        result TEXT,
-        updated_at REAL NOT NULL
-    )""",
-    # Finished LM results of each run (see run_journal.py); added to files of this schema
-    # version when they are opened.
-    """CREATE TABLE IF NOT EXISTS run_lm_journal (
-        run_id TEXT NOT NULL,
-        request TEXT NOT NULL,
-        occurrence INTEGER NOT NULL,
-        response TEXT NOT NULL,
-        saved_at REAL NOT NULL,
-        PRIMARY KEY (run_id, request, occurrence)
-    )""",
-)
-_PG_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS run_steps (
-        run_id TEXT NOT NULL,
-        step TEXT NOT NULL,
-        seq BIGINT NOT NULL,
-        data TEXT NOT NULL,
-        saved_at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (run_id, step)
-    )""",
-    """CREATE TABLE IF NOT EXISTS runs (
-        run_id TEXT PRIMARY KEY,
-        optimizer TEXT NOT NULL,
-        seed BIGINT NOT NULL,
-        status TEXT NOT NULL,
-        result TEXT,
-        updated_at DOUBLE PRECISION NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS run_lm_journal (
-        run_id TEXT NOT NULL,
-        request TEXT NOT NULL,
-        occurrence BIGINT NOT NULL,
-        response TEXT NOT NULL,
-        saved_at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (run_id, request, occurrence)
-    )""",
-)
-
 
 class RunCancelled(RuntimeError):
     """The run was cancelled before it finished."""
@@ -175,142 +122,6 @@ class RunCancelled(RuntimeError):
 
 class RunFailed(RuntimeError):
     """The run's supervisor gave up on it (its driver kept crashing)."""
-
-
-class RunStore(Store):
-    """Step checkpoints and LM journals of runs in one SQLite file or a PostgreSQL database
-    (``path`` a ``postgresql://`` URL or a shared PostgresDatabase): thread- and
-    process-safe, so a run started by one replica can be resumed by another."""
-
-    def __init__(self, path: Any, *, busy_timeout: float = 5.0) -> None:
-        super().__init__(
-            path,
-            store="runs",
-            schema=_SCHEMA,
-            pg_schema=_PG_SCHEMA,
-            schema_version=1,
-            busy_timeout=busy_timeout,
-        )
-
-    def load(self, run_id: str, step: str) -> dict[str, Any] | None:
-        def op(conn: Connection) -> Any:
-            return conn.execute(
-                "SELECT data FROM run_steps WHERE run_id = ? AND step = ?", (run_id, step)
-            ).fetchone()
-
-        row = self._file.read("load step", op)
-        if row is None:
-            return None
-        data: dict[str, Any] = json.loads(row[0])
-        return data
-
-    def save(self, run_id: str, step: str, data: dict[str, Any]) -> None:
-        text = json.dumps(data)
-
-        def op(conn: Connection) -> None:
-            (seq,) = conn.execute(
-                "SELECT COUNT(*) FROM run_steps WHERE run_id = ?", (run_id,)
-            ).fetchone()
-            conn.execute(
-                "INSERT INTO run_steps (run_id, step, seq, data, saved_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, step) DO UPDATE SET "
-                "seq = excluded.seq, data = excluded.data, saved_at = excluded.saved_at",
-                (run_id, step, seq, text, time.time()),
-            )
-
-        self._file.write("save step", op)
-
-    def journal_load(self, run_id: str, request: str, occurrence: int) -> dict[str, Any] | None:
-        """The journaled LM result of ``request`` (its ``occurrence``-th time), or None."""
-
-        def op(conn: Connection) -> Any:
-            return conn.execute(
-                "SELECT response FROM run_lm_journal WHERE run_id = ? AND request = ? "
-                "AND occurrence = ?",
-                (run_id, request, occurrence),
-            ).fetchone()
-
-        row = self._file.read("load LM result", op)
-        if row is None:
-            return None
-        try:
-            data = json.loads(row[0])
-        except ValueError:
-            return None
-        return data if isinstance(data, dict) else None
-
-    def journal_save(
-        self, run_id: str, request: str, occurrence: int, data: dict[str, Any]
-    ) -> None:
-        text = json.dumps(data, ensure_ascii=False)
-
-        def op(conn: Connection) -> None:
-            conn.execute(
-                "INSERT INTO run_lm_journal (run_id, request, occurrence, response, "
-                "saved_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, request, occurrence) "
-                "DO UPDATE SET response = excluded.response, saved_at = excluded.saved_at",
-                (run_id, request, occurrence, text, time.time()),
-            )
-
-        self._file.write("save LM result", op)
-
-    def journal_size(self, run_id: str) -> int:
-        """How many LM results of the run are journaled."""
-
-        def op(conn: Connection) -> Any:
-            return conn.execute(
-                "SELECT COUNT(*) FROM run_lm_journal WHERE run_id = ?", (run_id,)
-            ).fetchone()
-
-        return int(self._file.read("count LM results", op)[0])
-
-    def steps(self, run_id: str) -> list[str]:
-        """The names of the run's saved steps, in the order they were saved."""
-
-        def op(conn: Connection) -> list[str]:
-            rows = conn.execute(
-                "SELECT step FROM run_steps WHERE run_id = ? ORDER BY seq", (run_id,)
-            ).fetchall()
-            return [r[0] for r in rows]
-
-        return self._file.read("list steps", op)
-
-    def set_status(
-        self, run_id: str, optimizer: str, seed: int, status: str, result: Any = None
-    ) -> None:
-        payload = None if result is None else json.dumps(result)
-
-        def op(conn: Connection) -> None:
-            conn.execute(
-                "INSERT INTO runs (run_id, optimizer, seed, status, result, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
-                "optimizer = excluded.optimizer, seed = excluded.seed, status = excluded.status, "
-                "result = excluded.result, updated_at = excluded.updated_at",
-                (run_id, optimizer, seed, status, payload, time.time()),
-            )
-
-        self._file.write("set status", op)
-
-    def status(self, run_id: str) -> str | None:
-        def op(conn: Connection) -> Any:
-            return conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-
-        row = self._file.read("status", op)
-        return None if row is None else str(row[0])
-
-
-class SqliteCheckpointer:
-    """The :class:`~dspy_actors.optimizers.Checkpointer` of one run in a :class:`RunStore`."""
-
-    def __init__(self, store: RunStore, run_id: str) -> None:
-        self.store = store
-        self.run_id = run_id
-
-    def load(self, step: str) -> dict[str, Any] | None:
-        return self.store.load(self.run_id, step)
-
-    def save(self, step: str, data: dict[str, Any]) -> None:
-        self.store.save(self.run_id, step, data)
 
 
 @dataclass(frozen=True)
@@ -369,14 +180,14 @@ class RunActor(supervisors.SupervisedActor):
     def __init__(
         self,
         app: RunHost,
-        optimizer: Optimizer,
+        optimizer: RunnableOptimizer,
         student: Module,
         trainset: list[Example],
         valset: list[Example] | None,
         seed: int,
         shared: _Shared,
         store: RunStore,
-        executor: Executor | None = None,
+        executor: Any = None,
     ) -> None:
         super().__init__()
         self.executor = executor
@@ -388,21 +199,30 @@ class RunActor(supervisors.SupervisedActor):
         self.seed = seed
         self.shared = shared
         self.store = store
-        self.runner: PlanRunner | None = None
+        self.attempt: RunAttempt | None = None
         self.journal: LMJournal | None = None
 
     def on_start(self) -> None:
         status = self.shared.update(attempts=self.shared.status.attempts + 1)
-        ctx = self.optimizer.run_context(self.seed, self.shared.cancel)
-        plan = self.optimizer.plan(self.student, self.trainset, self.valset, ctx)
         # Fresh counts per attempt: a restarted driver asks again from the step it resumes.
         self.journal = LMJournal(self.store, status.run_id)
-        self.runner = PlanRunner(
-            plan, SqliteCheckpointer(self.store, status.run_id), self._on_step, ctx=ctx
+        self.attempt = self.optimizer.start_attempt(
+            RunSetup(
+                student=self.student,
+                trainset=self.trainset,
+                valset=self.valset,
+                seed=self.seed,
+                cancel=self.shared.cancel,
+                checkpointer=SqliteCheckpointer(self.store, status.run_id),
+                on_step=self._on_step,
+                executor=self.executor,
+                app=self.app,
+                app_config=self.app.config,
+            )
         )
         self.actor_ref.tell("step")
 
-    def _on_step(self, event: StepEvent) -> None:
+    def _on_step(self, event: StepReport) -> None:
         status = self.shared.status
         score = event.data.get("score") if isinstance(event.data, dict) else None
         best = status.best_score
@@ -427,28 +247,22 @@ class RunActor(supervisors.SupervisedActor):
         )
 
     def on_receive(self, message: Any) -> Any:
-        if message != "step" or self.runner is None:
+        if message != "step" or self.attempt is None:
             return None
         run_id = self.shared.status.run_id
         name = type(self.optimizer).__name__
-        try:
-            if self.shared.cancel.is_set():
-                raise Cancelled("the run was cancelled")
-            with (
-                settings.context(**self._overrides()),
-                metering(self.shared.meter),
-                use_executor(self.executor),
-            ):
-                done = self.runner.advance()
-        except Cancelled:
+        state: AttemptState = "cancelled"
+        if not self.shared.cancel.is_set():
+            with settings.context(**self._overrides()), metering(self.shared.meter):
+                state = self.attempt.advance()
+        if state == "cancelled":
             self.store.set_status(run_id, name, self.seed, "cancelled")
             self.shared.finish("cancelled", None, RunCancelled(f"run {run_id!r} was cancelled"))
             return None
-        if not done:
+        if state == "more":
             self.actor_ref.tell("step")
             return None
-        result = self.runner.result
-        assert result is not None
+        result = self.attempt.result()
         self.store.set_status(run_id, name, self.seed, "done", Module.dump_state(result))
         # The subtree is then terminated from outside (see start_run): the driver idles.
         self.shared.finish("done", result, None)
@@ -463,8 +277,8 @@ class RunActor(supervisors.SupervisedActor):
         return overrides
 
     def on_stop(self) -> None:
-        if self.runner is not None:
-            self.runner.close()
+        if self.attempt is not None:
+            self.attempt.close()
 
 
 class RunHandle:
@@ -518,7 +332,7 @@ def _runs(app: RunHost) -> supervisors.DynamicSupervisor:
 
 def start_run(
     app: RunHost,
-    optimizer: Optimizer,
+    optimizer: RunnableOptimizer,
     student: Module,
     *,
     trainset: Sequence[Example],
@@ -527,14 +341,13 @@ def start_run(
     seed: int = 0,
     intensity: int = 3,
     period: float = 5.0,
-    executor: Executor | None = None,
+    executor: Any = None,
 ) -> RunHandle:
     """Start (or resume, with the ``run_id`` of an earlier run) an optimization run as a
     supervised subtree of ``app``'s ``runs`` supervisor. See the module docstring.
     ``executor`` runs the steps' examples elsewhere (default: the app's Ray cluster if it
-    was started with ``ray_address``, else local threads)."""
-    if executor is None:
-        executor = _app_executor(app)
+    was started with ``ray_address``, else local threads): the optimizer uses it (see
+    run_plan.py); the run only hands it on."""
     run_id = run_id or uuid.uuid4().hex[:12]
     child_id = f"run-{run_id}"
     runs = _runs(app)
@@ -601,23 +414,6 @@ def start_run(
         _active.setdefault(app, {})[run_id] = shared
     shared.future.add_done_callback(remove)
     return RunHandle(app, run_id, child_id, shared)
-
-
-def _app_executor(app: RunHost) -> Executor | None:
-    """The executor of an app started with ``ray_address`` (one per app, made on first use)."""
-    address = getattr(app.config, "ray_address", None)
-    if address is None:
-        return None
-    with _active_lock:
-        found = _executors.get(app)
-        if found is None:
-            from dspy_actors.distributed import RayExecutor
-
-            found = _executors[app] = RayExecutor(address, rate_limit=app.config.rate_limit)
-        return found
-
-
-_executors: weakref.WeakKeyDictionary[Any, Executor] = weakref.WeakKeyDictionary()
 
 
 def cancel_all(app: RunHost, timeout: float = 30.0) -> int:
