@@ -19,6 +19,9 @@ One addition of ours: an actor class with ``handles_in_caller = True`` lets a se
 handle a message in the sender's own thread while the actor is idle (:func:`tell_inline`).
 Whoever handles a message holds the actor's *turn*, so messages are still handled one at a
 time, in order per sender, and a crash still crashes the actor in its own thread.
+
+Over 400 lines: every exit path Pykka takes goes through this one class; the sharp edges
+above are handled side by side so none is missed.
 """
 
 from __future__ import annotations

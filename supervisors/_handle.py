@@ -3,6 +3,9 @@
 A handle talks to its supervisor actor through asks with timeouts, and turns "the actor is
 gone" into :class:`SupervisorExited` carrying the exit reason (for a root that gave up, a
 :class:`RestartIntensityExceeded`), so whoever started a tree always learns why it ended.
+
+Over 400 lines: one handle class per kind of supervisor, each method a bounded ask; they
+share the exit-reason translation.
 """
 
 from __future__ import annotations

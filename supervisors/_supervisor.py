@@ -8,6 +8,9 @@ All of a supervisor's decisions happen in its own thread, one message at a time:
 arrive as messages (from monitors), API calls arrive as asks. It waits on its children only
 while starting or stopping them (each wait bounded by the child's ``start_timeout`` or
 ``shutdown``), as OTP's supervisor does.
+
+Over 400 lines: OTP's supervisor is one actor with one loop of decisions (start, restart,
+stop, intensity); split, a decision's state would be spread out.
 """
 
 from __future__ import annotations

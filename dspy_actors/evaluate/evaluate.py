@@ -20,6 +20,9 @@ With an executor (``executor=``, or an enclosing ``use_executor(...)``, see
 evaluate/executor.py), a Module's examples run wherever the executor sends them (a Ray
 cluster: ``dspy_actors.distributed.RayExecutor``); a served handle, or a ``timeout``
 (stragglers are a local thread's matter), keeps them on local threads.
+
+Over 400 lines: ``Evaluate`` and its result carry DSPy's many options (threads, stragglers,
+errors, Ctrl-C, executors, CSV/JSON); the fan-out itself is parallel.py.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ inode and header, because an open SQLite connection keeps working on a deleted f
 re-reads a page it has cached) is reopened or rebuilt; if that fails, or happens too often,
 the tier is disabled and the cache goes on in memory only. Every such event is logged as a
 structured warning and counted.
+
+Over 400 lines: one file tier: its byte budget, eviction, batched touches and recovery work
+on the same connection pool and meta row.
 """
 
 from __future__ import annotations

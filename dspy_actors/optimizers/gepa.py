@@ -44,6 +44,9 @@ cannot step, whose RNG state lives in a pickle, cannot resume mid-run with the s
 and no redone LM calls, and its evaluations would not share the run's LM slots. So the
 algorithm is written here as a plan: every iteration's choices come from ``step_rng`` (the
 seed and the step's name) and the checkpointed results of earlier steps.
+
+Over 400 lines: one optimizer's plan: the frontier, reflective mutation and merge (above)
+share the candidate pool and its scores.
 """
 
 from __future__ import annotations

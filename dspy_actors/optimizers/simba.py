@@ -32,6 +32,9 @@ the candidates and scores each as soon as it exists; ``final/eval/<program>``); 
 comes from ``step_rng`` and the checkpointed results, so a resumed run makes the same
 choices without redoing LM calls.
 The trajectories of a phase run in parallel, bounded by the run's LM slots.
+
+Over 400 lines: one optimizer's plan, with DSPy's sampling and candidate rules (above) kept
+in the order DSPy applies them.
 """
 
 from __future__ import annotations

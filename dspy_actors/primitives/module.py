@@ -3,6 +3,9 @@
 A module finds its parameters (predictors) by walking its attributes: sub-modules, and
 lists, tuples and dicts of them. Calling a module runs ``forward`` with the module's own
 usage meter active, so ``module.usage`` is the token usage of every LM call made beneath it.
+
+Over 400 lines: ``Module`` is DSPy's one base class (call, batch, structure, copies, state,
+save and load), kept as DSPy users know it; the helpers are in this package's other modules.
 """
 
 from __future__ import annotations

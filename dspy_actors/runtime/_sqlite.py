@@ -22,6 +22,9 @@ What happens on failure (no raw ``sqlite3`` error ever reaches a caller):
   :meth:`SqliteFile.health`, and -- since the rows are gone -- reported as lost history.
 * Lock held by another process longer than ``busy_timeout``, an unwritable disk, a file from
   a newer schema, or a closed store: :class:`StoreError` with what happened and what to do.
+
+Over 400 lines: one SQLite file's whole recovery story (pool, file identity checks, move-
+aside, errors) is one state machine; split, its invariants would span files.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ every other job to a service of its own, each in its own module:
 - ``quarantine`` runtime/quarantine.py: dead letters
 - ``bridge``     runtime/event_bridge.py: module, breaker and supervision reports as events
 - ``config``     runtime/app_config.py: the settings ``start`` checked
+
+Over 400 lines: the facade: ``start``'s documented, checked arguments and one short
+delegating method per public ``App`` operation; the work is in the services above.
 """
 
 from __future__ import annotations

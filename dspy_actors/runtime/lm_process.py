@@ -23,6 +23,9 @@ Only a plain :class:`~dspy_actors.lm.LM` can be sent. A call for anything else (
 LM-like object, an ``LM`` subclass whose overrides a plain LM in the process would skip,
 ``verify=<ssl.SSLContext>``) runs in a thread of this process instead, holding its slot.
 Streaming (``LM.stream``) does not go through the pool and is not affected.
+
+Over 400 lines: the worker process, its owner actor and the pipe protocol between them
+change together.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ runs the plan and checkpoints here. The LM journal covers the driver's own
 calls only: a step resumed mid-way redoes its remote examples.
 Progress is published on the app's event bus as ``RunProgress`` events (topic
 ``run.progress``).
+
+Over 400 lines: a run's driver, handle, start and cancel share the run's ``_Shared`` state
+and its lock; its store (run_store.py) and the optimizer contract (run_plan.py) are apart.
 """
 
 from __future__ import annotations

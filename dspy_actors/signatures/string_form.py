@@ -4,6 +4,9 @@ A small tokenizer and recursive-descent parser. Nothing is ever ``eval``-ed: typ
 looked up in an allow-list (builtins, ``typing`` names, this package's custom types) plus
 the ``custom_types`` the caller passes. A malformed string raises
 :class:`SignatureSyntaxError`, which quotes the string and puts a caret under the problem.
+
+Over 400 lines: one tokenizer and one recursive-descent parser for one small grammar, with
+the error messages that quote it.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ that speaks OpenAI chat completions (``POST /v1/chat/completions``) and Anthropi
 Every thread it starts is named with ``thread_name_prefix`` ("sim-lm" by default) and
 ``stop()`` shuts the server down, drops open keep-alive connections, cuts hangs and latency
 short, and joins its threads (bounded by a timeout).
+
+Over 400 lines: one HTTP server: request parsing, responders, faults and counters share its
+connection threads; the wire formats are in sim_wire.py.
 """
 
 from __future__ import annotations

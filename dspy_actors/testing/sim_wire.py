@@ -1,6 +1,10 @@
 """The wire formats the simulated LM server speaks: OpenAI chat completions (also as Azure
 OpenAI serves them), Anthropic messages and Gemini's generateContent, as JSON bodies, SSE
-frames and error bodies (server side of the protocol)."""
+frames and error bodies (server side of the protocol).
+
+Over 400 lines: three providers' wire formats (bodies, SSE frames, errors), each a few short
+functions; kept together so the server speaks them the same way.
+"""
 
 from __future__ import annotations
 
