@@ -38,7 +38,13 @@ _types: dict[str, Any] = {}
 
 
 def _class_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+    """``module.QualName``; for this package's own classes without the underscores that mark
+    private modules (``dspy_actors.modules._predict`` is written ``dspy_actors.modules.
+    predict``), so a file names the same class however the package's files are arranged."""
+    module = cls.__module__
+    if module.startswith(_PACKAGE):
+        module = ".".join(part.lstrip("_") for part in module.split("."))
+    return f"{module}.{cls.__qualname__}"
 
 
 def register_module(cls: type[Module]) -> type[Module]:

@@ -126,3 +126,17 @@ def test_values_that_are_not_data_are_refused_at_save(tmp_path: Path) -> None:
     prog2.save(tmp_path / "state.json")
     with pytest.raises(StateError, match=r"not a dspy_actors\.program file"):
         dsa.load(tmp_path / "state.json")
+
+
+def test_the_packages_own_classes_are_named_by_their_public_path(tmp_path: Path) -> None:
+    # A file names dspy_actors' classes without the marks of private modules, so a file
+    # saved before a module was marked private (or after) loads either way.
+    class Hidden(Predict):
+        pass
+
+    Hidden.__module__ = "dspy_actors.modules._hidden"
+    Hidden.__qualname__ = "Hidden"
+    Hidden("question -> answer").save(tmp_path / "h", save_program=True)
+    data = json.loads((tmp_path / "h" / "program.json").read_text())
+    assert data["program"]["__module__"] == "dspy_actors.modules.hidden.Hidden"
+    assert type(dsa.load(tmp_path / "h")) is Hidden
