@@ -54,6 +54,8 @@ from dspy_actors.runtime.parameter_store import ParameterStore
 from dspy_actors.runtime.poison import PoisonTracker
 from dspy_actors.runtime.programs import ProgramLimits, Programs
 from dspy_actors.runtime.quarantine import Quarantine
+from dspy_actors.runtime.run_plan import RunnableOptimizer
+from dspy_actors.runtime.runs import RunHandle, cancel_all, start_run
 from dspy_actors.runtime.served import ProgramOptions, ServedProgram
 from dspy_actors.runtime.served import program_state as program_state  # re-exported
 from dspy_actors.runtime.served import substate as substate  # re-exported
@@ -338,7 +340,7 @@ class App:
 
     def optimize(
         self,
-        optimizer: Any,
+        optimizer: RunnableOptimizer,
         student: Module,
         *,
         trainset: Sequence[Any],
@@ -346,7 +348,7 @@ class App:
         run_id: str | None = None,
         seed: int = 0,
         executor: Any = None,
-    ) -> Any:
+    ) -> RunHandle:
         """Start an optimization run as a supervised subtree under ``runs`` and return its
         ``RunHandle`` (``progress()``, ``result(timeout)``, ``cancel()``). It checkpoints
         after every step; starting again with the ``run_id`` of an earlier run (even one
@@ -354,8 +356,6 @@ class App:
         ``executor`` (a ``dspy_actors.distributed.RayExecutor``, say) runs its examples
         elsewhere; the default is the app's ``ray_address`` cluster, else local threads.
         """
-        from dspy_actors.runtime.runs import start_run
-
         return start_run(
             self, optimizer, student, trainset=trainset, valset=valset, run_id=run_id, seed=seed,
             executor=executor,
@@ -427,8 +427,6 @@ class App:
     def stop(self, timeout: float = 60.0) -> None:
         """Shut the tree down in reverse order; no thread is left behind. Runs by itself at
         interpreter exit for an app that was not stopped."""
-        from dspy_actors.runtime.runs import cancel_all
-
         atexit.unregister(self._stop_at_exit)
         with self._lifecycle_lock:
             self._stopping = True

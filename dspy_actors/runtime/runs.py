@@ -351,6 +351,12 @@ def start_run(
     ``executor`` runs the steps' examples elsewhere (default: the app's Ray cluster if it
     was started with ``ray_address``, else local threads): the optimizer uses it (see
     run_plan.py); the run only hands it on."""
+    if not callable(getattr(optimizer, "start_attempt", None)):
+        raise TypeError(
+            f"app.optimize takes an optimizer (dspy_actors.optimizers: BootstrapFewShot, "
+            f"MIPROv2, ...; or anything with start_attempt(setup), see runtime/run_plan.py), "
+            f"not {type(optimizer).__name__}"
+        )
     run_id = run_id or uuid.uuid4().hex[:12]
     child_id = f"run-{run_id}"
     runs = _runs(app)

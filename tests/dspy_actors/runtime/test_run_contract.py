@@ -127,3 +127,9 @@ def test_a_run_drives_any_runnable_optimizer_and_resumes_it(app: App, sim: SimLM
         "restored ask/1",
         "finished ask/2",
     ]
+
+
+def test_something_that_is_no_optimizer_is_refused_at_once(app: App) -> None:
+    with pytest.raises(TypeError, match=r"app.optimize takes an optimizer .*not Predict"):
+        app.optimize(dsa.Predict("q -> a"), dsa.Predict("q -> a"), trainset=[])  # type: ignore[arg-type]
+    assert app.root.supervisor("runs").which_children() == []  # nothing was started
