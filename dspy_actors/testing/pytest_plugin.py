@@ -5,6 +5,8 @@ Installing the package enables them in every test suite (a ``pytest11`` entry po
 
 - ``sim_lm``: a fresh :class:`SimLM` per test; ``sim_lm_session``: one per session;
   ``make_sim_lm``: a factory of servers.
+- ``make_lm``: a factory of LMs on ``sim_lm`` (:func:`~dspy_actors.testing.lm_on`: uncached,
+  fast retries), all closed after; the test fails if ``sim_lm``'s responder raised.
 - ``app``: a running app on ``sim_lm`` with its data in ``tmp_path``, stopped after.
 - ``chaos``: a :class:`ChaosMonkey` on ``app``, stopped after.
 - ``postgres_cluster``: a throwaway PostgreSQL server for the session (see
@@ -26,6 +28,7 @@ from dspy_actors.testing.sim_lm import SimLM
 
 if TYPE_CHECKING:
     # Imported lazily in the fixtures: loading the plugin must stay cheap for every suite.
+    from dspy_actors.lm import LM
     from dspy_actors.runtime.app import App
     from dspy_actors.testing.chaos import ChaosMonkey
 
@@ -64,21 +67,36 @@ def make_sim_lm() -> Iterator[Callable[..., SimLM]]:
 
 
 @pytest.fixture
+def make_lm(sim_lm: SimLM) -> Iterator[Callable[..., LM]]:
+    """A factory of LMs on this test's ``sim_lm`` (``lm_on``'s defaults: uncached, fast
+    retries, a 10 s timeout; ``make_lm("anthropic/sim-model", temperature=0.5)``), all
+    closed when the test ends. The test then fails if a responder it gave ``sim_lm``
+    raised (the server answered those requests with a 500, which may have been retried
+    into a pass)."""
+    from dspy_actors.testing.sim_clients import lm_on
+
+    made: list[LM] = []
+
+    def make(model: str = "openai/sim-model", **kw: Any) -> LM:
+        lm = lm_on(sim_lm, model, **kw)
+        made.append(lm)
+        return lm
+
+    yield make
+    for lm in made:
+        lm.close()
+    assert not sim_lm.responder_errors, f"the responder raised: {sim_lm.responder_errors!r}"
+
+
+@pytest.fixture
 def app(sim_lm: SimLM, tmp_path: Path) -> Iterator[App]:
     """An app (``dsa.start``) on this test's ``sim_lm``, with its stores in ``tmp_path``,
-    8 LM workers and fast LM retries (the LM cache is off, so every call reaches the
-    server); stopped, with every thread it started, when the test ends."""
-    from dspy_actors.lm import LM, RetryPolicy
+    8 LM workers and an LM from ``lm_on`` (fast retries; the LM cache is off, so every
+    call reaches the server); stopped, with every thread it started, when the test ends."""
     from dspy_actors.runtime.app import start
+    from dspy_actors.testing.sim_clients import lm_on
 
-    lm = LM(
-        "openai/sim-model",
-        api_base=sim_lm.openai_base,
-        api_key="sim",
-        cache=False,
-        timeout=10.0,
-        retry_policy=RetryPolicy(max_retries=3, base_delay=0.005, max_delay=0.05),
-    )
+    lm = lm_on(sim_lm)
     running = start(lm=lm, data_dir=tmp_path / "dspy-actors-app", lm_max_in_flight=8)
     try:
         yield running

@@ -11,10 +11,7 @@ import pytest
 
 import dspy_actors as dsa
 from dspy_actors.runtime.app import App
-from dspy_actors.testing import SimLM
-
-# Fast LM retries: the suite injects many faults and must still finish quickly.
-FAST_RETRIES = dsa.RetryPolicy(max_retries=3, base_delay=0.002, max_delay=0.02)
+from dspy_actors.testing import SimLM, lm_on
 
 StartApp = Callable[..., App]
 
@@ -70,13 +67,6 @@ class NeverStarts(dsa.Module):
         return NeverStarts()
 
 
-def make_lm(sim: SimLM, **kw: Any) -> dsa.LM:
-    kw.setdefault("cache", False)
-    kw.setdefault("retry_policy", FAST_RETRIES)
-    kw.setdefault("timeout", 10.0)
-    return dsa.LM("openai/sim-model", api_base=sim.openai_base, api_key="sim", **kw)
-
-
 @pytest.fixture
 def start_app(sim_lm: SimLM, tmp_path: Path) -> Iterator[StartApp]:
     """Start apps on the test's SimLM (stores in tmp_path); all stopped at the end."""
@@ -85,7 +75,7 @@ def start_app(sim_lm: SimLM, tmp_path: Path) -> Iterator[StartApp]:
 
     def make(**kw: Any) -> App:
         if "lm" not in kw:
-            kw["lm"] = make_lm(sim_lm)
+            kw["lm"] = lm_on(sim_lm)
             lms.append(kw["lm"])
         kw.setdefault("data_dir", tmp_path / f"app{len(apps)}")
         kw.setdefault("lm_workers", 16)

@@ -19,8 +19,9 @@ from dspy_actors.lm import LM
 from dspy_actors.optimizers import BootstrapFewShot, BootstrapFewShotWithRandomSearch
 from dspy_actors.runtime.runs import RunStore, start_run
 from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing.sim_clients import lm_on
 from dspy_actors.testing.sim_lm import SimLM
-from tests.dspy_actors.optimizers.task import FAST_RETRY, dataset, metric, responder
+from tests.dspy_actors.optimizers.task import dataset, metric, responder
 
 TRAIN = dataset(0, 8)
 DEV = dataset(12, 6)
@@ -73,10 +74,7 @@ def sim() -> Iterator[SimLM]:
 
 @pytest.fixture
 def lm(sim: SimLM) -> Iterator[LM]:
-    client = LM(
-        "openai/sim-task", api_base=sim.openai_base, api_key="k", cache=False,
-        retry_policy=FAST_RETRY,
-    )  # fmt: skip
+    client = lm_on(sim, "openai/sim-task", api_key="k")
     yield client
     client.close()
 

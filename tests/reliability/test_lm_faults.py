@@ -13,8 +13,9 @@ from dspy_actors.testing import (
     FaultRule,
     SimLM,
     assert_all_accounted,
+    lm_on,
 )
-from tests.reliability.programs import StartApp, make_lm
+from tests.reliability.programs import StartApp
 
 # Per attempt 40% of requests fail; 15 retries make a call's failure odds 0.4**16 ~ 4e-7.
 PATIENT = dsa.RetryPolicy(max_retries=15, base_delay=0.002, max_delay=0.02, max_retry_after=0.05)
@@ -43,7 +44,7 @@ def test_faulty_provider_every_call_succeeds_through_retries(
     sim_lm: SimLM, start_app: StartApp
 ) -> None:
     sim_lm.faults = _faulty_plan()
-    lm = make_lm(sim_lm, retry_policy=PATIENT, timeout=0.25)
+    lm = lm_on(sim_lm, retry_policy=PATIENT, timeout=0.25)
     app = start_app(lm=lm, breaker=BREAKER, lm_workers=32)
     qa = app.serve("qa", dsa.Predict("question -> answer"))
     ledger = CallLedger(qa, hang_after_s=60.0)
@@ -60,7 +61,7 @@ def test_provider_down_opens_the_breaker_calls_fail_fast_then_it_closes(
     sim_lm: SimLM, start_app: StartApp
 ) -> None:
     transitions: list[tuple[str, str]] = []
-    lm = make_lm(sim_lm, retry_policy=dsa.RetryPolicy(max_retries=2, base_delay=0.001))
+    lm = lm_on(sim_lm, retry_policy=dsa.RetryPolicy(max_retries=2, base_delay=0.001))
     app = start_app(lm=lm, breaker=BREAKER)
     app.subscribe("breaker.transition", lambda e: transitions.append((e.from_state, e.to_state)))
     qa = app.serve("qa", dsa.Predict("question -> answer"))

@@ -22,8 +22,9 @@ from dspy_actors.testing import (
     SimRequest,
     assert_all_accounted,
     assert_tree_healthy,
+    lm_on,
 )
-from tests.reliability.programs import StartApp, make_lm
+from tests.reliability.programs import StartApp
 
 CALLS = 8
 WAIT_S = 20.0
@@ -107,7 +108,7 @@ def _kill_once(app: Any, name: str) -> None:
 def test_a_pipeline_step_killed_with_calls_in_flight_answers_them_all(
     start_app: StartApp, gated: GatedSim
 ) -> None:
-    lm = make_lm(gated.sim)
+    lm = lm_on(gated.sim)
     app = start_app(lm=lm)
     qa = app.program("qa", STEPS, timeout=30.0)  # not idempotent: the default
     futures = _send(qa)
@@ -124,7 +125,7 @@ def test_a_pipeline_step_killed_with_calls_in_flight_answers_them_all(
 def test_a_killed_sub_module_leaves_its_composite_serving(
     start_app: StartApp, gated: GatedSim
 ) -> None:
-    lm = make_lm(gated.sim)
+    lm = lm_on(gated.sim)
     app = start_app(lm=lm)
     qa = app.serve("qa", HintThenAnswer(), timeout=30.0)
     entry = app.registry.whereis(f"{app.name}/qa@v1/")
@@ -145,7 +146,7 @@ def test_a_killed_sub_module_leaves_its_composite_serving(
 def test_a_killed_user_forward_is_retried_only_when_idempotent(
     start_app: StartApp, gated: GatedSim
 ) -> None:
-    lm = make_lm(gated.sim)
+    lm = lm_on(gated.sim)
     app = start_app(lm=lm)
     plain = app.serve("plain", HintThenAnswer(), timeout=30.0)
     futures = _send(plain)
@@ -176,7 +177,7 @@ def test_a_killed_user_forward_is_retried_only_when_idempotent(
 def test_calls_under_a_kill_storm_are_all_answered_with_the_defaults(
     start_app: StartApp, sim_lm: SimLM, kind: str
 ) -> None:
-    lm = make_lm(sim_lm)
+    lm = lm_on(sim_lm)
     app = start_app(lm=lm, submit_threads=32)
     if kind == "pipeline":
         qa = app.program("qa", STEPS, timeout=30.0)

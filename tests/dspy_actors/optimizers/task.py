@@ -13,10 +13,10 @@ from typing import Any
 
 from dspy_actors.lm import LM
 from dspy_actors.primitives.example import Example
+from dspy_actors.testing.sim_clients import lm_on
 from dspy_actors.testing.sim_lm import SimLM, SimReply, SimRequest
 from dspy_actors.testing.sim_responder import requested_fields
 from dspy_actors.testing.sim_wire import message_text
-from tests.dspy_actors.conftest import FAST_RETRY
 
 WORDS = [
     "apple", "river", "stone", "cloud", "tiger", "maple", "ocean", "piano", "lemon", "candle",
@@ -77,14 +77,7 @@ def responder(request: SimRequest) -> str | SimReply:
 def task_lm(**kw: Any) -> Iterator[tuple[SimLM, LM]]:
     """A SimLM serving the task and an uncached LM on it (closed afterwards)."""
     with SimLM(responder) as sim:
-        lm = LM(
-            "openai/sim-task",
-            api_base=sim.openai_base,
-            api_key="k",
-            cache=kw.pop("cache", False),
-            retry_policy=FAST_RETRY,
-            **kw,
-        )
+        lm = lm_on(sim, "openai/sim-task", api_key="k", **kw)
         try:
             yield sim, lm
         finally:

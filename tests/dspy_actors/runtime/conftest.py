@@ -1,4 +1,5 @@
-"""Fixtures for runtime tests: a SimLM per test and apps started on it (stopped after)."""
+"""Fixtures for runtime tests: apps started on the test's SimLM (stopped after), with LMs
+from the plugin's ``make_lm``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import pytest
 from dspy_actors.lm import LM
 from dspy_actors.runtime.app import App, start
 from dspy_actors.testing.sim_lm import SimLM
-from tests.dspy_actors.conftest import FAST_RETRY
 
 StartApp = Callable[..., App]
 
@@ -22,22 +22,6 @@ StartApp = Callable[..., App]
 def sim(sim_lm: SimLM) -> SimLM:
     """The test's SimLM: the plugin's ``sim_lm`` under the name these tests use."""
     return sim_lm
-
-
-@pytest.fixture
-def make_lm(sim: SimLM) -> Iterator[Callable[..., LM]]:
-    made: list[LM] = []
-
-    def make(**kw: Any) -> LM:
-        kw.setdefault("cache", False)
-        kw.setdefault("retry_policy", FAST_RETRY)
-        lm = LM("openai/sim-model", api_base=sim.openai_base, api_key="test-key", **kw)
-        made.append(lm)
-        return lm
-
-    yield make
-    for lm in made:
-        lm.close()
 
 
 @pytest.fixture
