@@ -157,6 +157,7 @@ class KillsStepTwo(Module):
 
 class SlowRestart(Module):
     slow = False
+    held = threading.Event()  # a start is being held
     release = threading.Event()
 
     def forward(self, draft: str) -> Prediction:
@@ -164,8 +165,40 @@ class SlowRestart(Module):
 
     def deepcopy(self) -> Any:
         if SlowRestart.slow:  # every start waits while the flag is up
+            SlowRestart.held.set()
             SlowRestart.release.wait(60.0)
         return super().deepcopy()
+
+
+def test_a_step_restarting_within_the_limit_answers_without_rerunning_step_one(
+    start_app: StartApp,
+) -> None:
+    """Step 1 (a side effect: think of an e-mail sent) kills step 2, whose restart is held
+    until it has begun: the call is answered once step 2 is back, and the handle does
+    not re-run step 1 (not idempotent: the default)."""
+    app = start_app()
+    KillsStepTwo.runs = 0
+    SlowRestart.held.clear()
+    SlowRestart.release.clear()
+    p = app.program("p", [("first", KillsStepTwo), ("second", SlowRestart)])
+    KillsStepTwo.target = app.registry.lookup(f"{app.name}/p@v1/second")
+
+    def release_once_held() -> None:
+        if SlowRestart.held.wait(60.0):
+            SlowRestart.slow = False
+            SlowRestart.release.set()
+
+    releaser = threading.Thread(target=release_once_held, name="release-step-two")
+    releaser.start()
+    try:
+        assert p.call(question="once").answer == "once"
+        assert SlowRestart.held.is_set(), "step 2's restart was never held"
+    finally:
+        SlowRestart.slow = False
+        SlowRestart.held.set()
+        SlowRestart.release.set()
+        releaser.join(60.0)
+    assert KillsStepTwo.runs == 1
 
 
 def test_a_step_unavailable_past_the_limit_fails_naming_it_without_rerunning_step_one(
