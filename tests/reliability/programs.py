@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import dspy_actors as dsa
 from dspy_actors.runtime.app import App
-from dspy_actors.testing import SimLM, lm_on
 
 StartApp = Callable[..., App]
 
@@ -68,23 +66,12 @@ class NeverStarts(dsa.Module):
 
 
 @pytest.fixture
-def start_app(sim_lm: SimLM, tmp_path: Path) -> Iterator[StartApp]:
-    """Start apps on the test's SimLM (stores in tmp_path); all stopped at the end."""
-    apps: list[App] = []
-    lms: list[dsa.LM] = []
+def start_app(make_app: StartApp) -> StartApp:
+    """The plugin's ``make_app`` (an LM on the test's SimLM, stores in tmp_path, all
+    stopped after), with 16 LM worker threads unless told otherwise."""
 
     def make(**kw: Any) -> App:
-        if "lm" not in kw:
-            kw["lm"] = lm_on(sim_lm)
-            lms.append(kw["lm"])
-        kw.setdefault("data_dir", tmp_path / f"app{len(apps)}")
         kw.setdefault("lm_workers", 16)
-        app = dsa.start(**kw)
-        apps.append(app)
-        return app
+        return make_app(**kw)
 
-    yield make
-    for app in apps:
-        app.stop()
-    for lm in lms:
-        lm.close()
+    return make

@@ -13,6 +13,7 @@ from dspy_actors.lm.breaker import CircuitOpen
 from dspy_actors.runtime.errors import DeadlineExceeded
 from dspy_actors.runtime.events import Event
 from dspy_actors.streaming import StatusMessage
+from dspy_actors.testing import FAST_RETRIES
 from dspy_actors.testing.faults import Fault
 from dspy_actors.testing.sim_agent import AgentStep, react_responder
 from dspy_actors.testing.sim_lm import SimLM
@@ -109,8 +110,8 @@ def test_an_open_breaker_fails_a_stream_as_it_fails_a_call(sim: SimLM, start_app
         breaker={"minimum_calls": 2, "window_size": 2, "wait_in_open": 60.0},
     )
     qa = app.serve("qa", dsa.Predict("question -> answer"))
-    for _ in range(4):
-        sim.inject(Fault.server_error())
+    # Every attempt of both calls fails (each call tries 1 + max_retries times).
+    sim.inject(Fault.server_error(), times=2 * (1 + FAST_RETRIES.max_retries))
     for i in range(2):
         with pytest.raises(dsa.lm.errors.LMError):
             qa.call(question=f"fail {i}")
