@@ -8,7 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,8 @@ from dspy_actors.lm import LM
 from dspy_actors.optimizers import BootstrapFewShot, BootstrapFewShotWithRandomSearch
 from dspy_actors.runtime.runs import RunStore, start_run
 from dspy_actors.testing.polling import wait_until
-from dspy_actors.testing.sim_clients import lm_on
 from dspy_actors.testing.sim_lm import SimLM
-from tests.dspy_actors.optimizers.task import dataset, metric, responder
+from tests.dspy_actors.optimizers.task import dataset, metric, task_lm_client, task_sim  # noqa: F401 - fixtures
 
 TRAIN = dataset(0, 8)
 DEV = dataset(12, 6)
@@ -64,19 +63,6 @@ run = start_run(app, OPTIMIZERS[kind](), student(), trainset=TRAIN, valset=DEV, 
                 run_id="d1")
 run.result(300)
 """
-
-
-@pytest.fixture
-def sim() -> Iterator[SimLM]:
-    with SimLM(responder, latency=0.01) as server:
-        yield server
-
-
-@pytest.fixture
-def lm(sim: SimLM) -> Iterator[LM]:
-    client = lm_on(sim, "openai/sim-task", api_key="k")
-    yield client
-    client.close()
 
 
 def _journaled(db: Path, *, writer_dead: bool = False) -> int:

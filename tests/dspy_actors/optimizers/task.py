@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from dspy_actors.lm import LM
 from dspy_actors.primitives.example import Example
 from dspy_actors.testing.sim_clients import lm_on
@@ -85,3 +87,20 @@ def task_lm(**kw: Any) -> Iterator[tuple[SimLM, LM]]:
 
 
 MetricFn = Callable[[Example, Any], bool]
+
+
+@pytest.fixture(name="sim")
+def task_sim() -> Iterator[SimLM]:
+    """Fixture ``sim``: a SimLM serving the task, 10 ms per answer (import ``task_sim``
+    into a test module)."""
+    with SimLM(responder, latency=0.01) as server:
+        yield server
+
+
+@pytest.fixture(name="lm")
+def task_lm_client(sim: SimLM) -> Iterator[LM]:
+    """Fixture ``lm``: an LM on ``sim`` (``lm_on``: uncached, fast retries), closed after
+    (import ``task_lm_client`` into a test module)."""
+    client = lm_on(sim, "openai/sim-task", api_key="k")
+    yield client
+    client.close()

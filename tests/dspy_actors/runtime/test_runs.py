@@ -21,9 +21,8 @@ from dspy_actors.optimizers import BootstrapFewShotWithRandomSearch
 from dspy_actors.runtime.app import App, start
 from dspy_actors.runtime.runs import RunCancelled, RunFailed, RunStore, cancel_all, start_run
 from dspy_actors.testing.polling import wait_until
-from dspy_actors.testing.sim_clients import lm_on
 from dspy_actors.testing.sim_lm import Fault, SimLM
-from tests.dspy_actors.optimizers.task import dataset, metric, responder
+from tests.dspy_actors.optimizers.task import dataset, metric, task_lm_client, task_sim  # noqa: F401 - fixtures
 
 TRAIN = dataset(0, 8)
 DEV = dataset(12, 6)
@@ -44,19 +43,6 @@ def make_optimizer() -> BootstrapFewShotWithRandomSearch:
 
 def student() -> dsa.Predict:
     return dsa.Predict("question -> answer")
-
-
-@pytest.fixture
-def sim() -> Iterator[SimLM]:
-    with SimLM(responder, latency=0.01) as server:
-        yield server
-
-
-@pytest.fixture
-def lm(sim: SimLM) -> Iterator[LM]:
-    client = lm_on(sim, "openai/sim-task", api_key="k")
-    yield client
-    client.close()
 
 
 @pytest.fixture
