@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 
 import dspy_actors as dsa
-from dspy_actors.lm import LM
 from dspy_actors.primitives.module import Module
 from dspy_actors.runtime.app import App, start
 from dspy_actors.runtime.events import RunProgress
 from dspy_actors.runtime.run_plan import AttemptState, RunSetup
 from dspy_actors.runtime.runs import RunCancelled
 from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing.sim_clients import lm_on
 from dspy_actors.testing.sim_lm import SimLM
-from tests.dspy_actors.optimizers.task import FAST_RETRY, dataset, responder
+from tests.dspy_actors.optimizers.task import dataset, responder
 
 QUESTIONS = [str(e.question) for e in dataset(0, 3)]
 
@@ -89,8 +89,7 @@ def sim() -> Iterator[SimLM]:
 
 @pytest.fixture
 def app(sim: SimLM, tmp_path: Path) -> Iterator[App]:
-    lm = LM("openai/sim-task", api_base=sim.openai_base, api_key="k", cache=False,
-            retry_policy=FAST_RETRY)  # fmt: skip
+    lm = lm_on(sim, "openai/sim-task")
     with start(lm=lm, data_dir=tmp_path / "data", lm_workers=2) as running:
         yield running
     lm.close()
