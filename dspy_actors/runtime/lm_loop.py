@@ -217,8 +217,7 @@ class EventLoopThread:
                 raise  # unanswered: withdrawn with the slot, retried elsewhere
             self._finished(slot, attempt, "ignore")  # its caller gave up
             return
-        except LMError as error:
-            lm.count_remote(0, 0, failed=True)
+        except LMError as error:  # (counted in lm.stats by arun)
             spent = time.monotonic() - began - (self._lag_now() - lag)
             # The breaker counts it before the caller hears of it (and calls again).
             attempt.failed(error, partial(self._finished, slot, attempt, provider_time=spent))

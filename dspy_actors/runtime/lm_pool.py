@@ -542,16 +542,16 @@ class LMAttempt:
             if remaining <= 0:
                 reject(reply, DeadlineExceeded(ctx.trace_id, f"LM {lm.model}"))
                 return None
-            if not _is_lm(lm):
+            if not _plain_lm(lm):
                 # An LM-like object knows no deadline: its timeout is cut to what is left.
                 # (An LM gets the deadline below and cuts each attempt to the sooner of it
                 # and its own per-attempt timeout: replacing that timeout with what is left
                 # of the call would let one hung attempt eat the whole deadline.)
                 limit = kwargs.get("timeout", getattr(lm, "timeout", None))
                 kwargs["timeout"] = remaining if limit is None else min(limit, remaining)
-        if isinstance(lm, LM):  # (an LM-like object gets neither: it may not know them)
+        if _plain_lm(lm):  # (an LM-like object gets neither: it may not know them)
             if request.known_miss is not None:
-                # complete()/prepare() ignore a miss probed on another LM (a fallback).
+                # prepare() ignores a miss probed on another LM (a fallback).
                 kwargs["known_miss"] = request.known_miss
             if ctx.deadline is not None:
                 kwargs["deadline"] = ctx.deadline  # bounds the retries too
@@ -568,7 +568,10 @@ class LMAttempt:
         request = self.request
         try:
             with restored(request.ctx):
-                response = lm.complete(request.messages, **self.kwargs)
+                if _plain_lm(lm):  # look up (with the probe's miss), send, settle
+                    response = lm.send(lm.prepare(request.messages, **self.kwargs))
+                else:  # an LM-like object, or an LM whose complete() is its own
+                    response = lm.complete(request.messages, **self.kwargs)
         except LMError as error:
             return self.failed(error)
         except Exception as error:
@@ -611,6 +614,13 @@ class LMAttempt:
             )
         reject(self.request.reply, error)
         return outcome
+
+
+def _plain_lm(lm: object) -> bool:
+    """Whether ``lm`` is an LM whose ``complete`` is LM's own, so the pool may run its
+    phases itself (``prepare`` with the probe's miss and the deadline, ``send``); an LM
+    subclass overriding ``complete`` is called through it, as an LM-like object is."""
+    return isinstance(lm, LM) and type(lm).complete is LM.complete
 
 
 def _is_lm(lm: object) -> bool:
