@@ -26,6 +26,12 @@ proxy URL sent as ``Proxy-Authorization``, and ``NO_PROXY`` naming the hosts rea
 The API key comes from the argument or from ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``.
 It is kept only in the request headers: not in ``repr``, history, cache keys, error
 messages, logs, or ``dump_state()``.
+
+Layout: every entry point runs one request value, a ``PreparedCall``, through three
+phases: look up (``prepare``: parameters and the one cache lookup, ``_lm_books.py``),
+send (``run``/``arun``/streamed: ``_lm_send.py``, one ``RetryLoop``), settle (``settle``:
+usage, cache put, history, ``_lm_books.py``). This file (over 400 lines on purpose) is the
+LM's whole public surface, DSPy's names and semantics, in one class a user reads.
 """
 
 from __future__ import annotations
@@ -36,21 +42,21 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from dspy_actors import settings
 from dspy_actors.lm._aio_transport import AioClients
+from dspy_actors.lm._lm_books import _Books
 from dspy_actors.lm._lm_send import PreparedCall, _Counters, _Sending
-from dspy_actors.lm.cache import Cache, cache_key, default_cache
+from dspy_actors.lm.cache import Cache
 from dspy_actors.lm.errors import AuthenticationError, LMError
-from dspy_actors.lm.history import format_history, record_history
+from dspy_actors.lm.history import format_history
 from dspy_actors.lm.providers import resolve_model
 from dspy_actors.lm.retry import RetryPolicy
 from dspy_actors.lm.transport import ClientPool
 from dspy_actors.lm.types import Completion, LMResponse, StreamEvent
-from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter, record_usage
+from dspy_actors.lm.usage import Usage, UsageMeter
 from dspy_actors.redaction import clean_api_key
 
 __all__ = ["LM", "LMStats", "PreparedCall", "WorkerSpec"]
@@ -118,7 +124,7 @@ class _Secret:
         raise TypeError("an API key is not picklable")
 
 
-class LM(_Sending):
+class LM(_Books, _Sending):
     """A client for one model at one endpoint. See the module docstring."""
 
     max_history: int = _MAX_HISTORY
@@ -432,29 +438,6 @@ class LM(_Sending):
             return response
         return None if key is None else CacheMiss(self, key)
 
-    def _try_cache(
-        self,
-        messages: list[dict[str, Any]],
-        params: Mapping[str, Any],
-        response_format: dict[str, Any] | None,
-        cache: bool | None,
-        start: float,
-    ) -> tuple[LMResponse | None, str | None]:
-        """(the cached response or None, the request's cache key or None if uncached)."""
-        if not self._use_cache(cache):
-            return None, None
-        found = self._cache_lookup(messages, params, response_format)
-        if found is None:
-            return None, None
-        store, key = found
-        hit = store.get(key)
-        if hit is not None:
-            response = self._from_cache(hit, start)
-            if response is not None:
-                self._note(messages, params, response_format, response)
-                return response, key
-        return None, key
-
     @property
     def usage(self) -> Usage:
         """Total usage of every call this LM made (cache hits add nothing)."""
@@ -573,108 +556,6 @@ class LM(_Sending):
         # Pickling must not carry the API key: rebuild from the key-free state (the
         # unpickled LM reads its key from the environment).
         return (_lm_from_state, (self.dump_state(),))
-
-    # ---------------------------------------------------------------- internals
-    def _params(self, sampling: Mapping[str, Any]) -> dict[str, Any]:
-        overrides = settings.sampling_overrides()
-        if not overrides and not sampling:
-            return self.defaults
-        return {**self.defaults, **overrides, **sampling}
-
-    def _use_cache(self, per_call: bool | None) -> bool:
-        if per_call is not None:
-            return per_call
-        return self.cache and settings.get("cache", True) is not False
-
-    def _cache_lookup(
-        self,
-        messages: list[dict[str, Any]],
-        params: Mapping[str, Any],
-        response_format: Mapping[str, Any] | None,
-    ) -> tuple[Cache, str] | None:
-        """The cache and this request's key, or None if the request cannot be keyed
-        (a parameter that is not JSON data): such a call simply goes uncached."""
-        store = self.cache_store
-        if store is None:
-            store = self.cache_store = default_cache()
-        request = {
-            "provider": self.provider,
-            "api_base": self.api_base,
-            "model": self.model_name,
-            "messages": messages,
-            "response_format": response_format,
-            "params": params,
-        }
-        try:
-            return store, cache_key(request)
-        except (TypeError, ValueError):
-            return None
-
-    def _cache_put(self, key: str, completion: Completion) -> None:
-        assert self.cache_store is not None
-        self.cache_store.put(
-            key,
-            {
-                "outputs": completion.outputs,
-                "finish_reasons": completion.finish_reasons,
-                "model": completion.model,
-                "prompt_tokens": completion.prompt_tokens,
-                "completion_tokens": completion.completion_tokens,
-                "tool_calls": completion.tool_calls,
-            },
-        )
-
-    def _from_cache(self, hit: Mapping[str, Any], start: float) -> LMResponse | None:
-        try:
-            outputs = list(hit["outputs"])
-            finish = list(hit.get("finish_reasons") or [None] * len(outputs))
-            model = str(hit.get("model") or self.model_name)
-        except (KeyError, TypeError):
-            return None  # an entry we cannot read is a miss
-        self._count("cache_hits")
-        elapsed = time.perf_counter() - start
-        calls = hit.get("tool_calls")
-        return LMResponse(outputs, ZERO_USAGE, model, finish, True, elapsed, calls or None)
-
-    def _finish(self, completion: Completion, start: float) -> LMResponse:
-        calls = max(1, len(completion.outputs)) if not self._provider.supports_n else 1
-        usage = Usage(completion.prompt_tokens, completion.completion_tokens, calls)
-        self._meter.add(usage)
-        record_usage(usage, self.model)
-        return LMResponse(
-            completion.outputs,
-            usage,
-            completion.model,
-            completion.finish_reasons,
-            False,
-            time.perf_counter() - start,
-            completion.tool_calls,
-        )
-
-    def _note(
-        self,
-        messages: list[dict[str, Any]],
-        params: Mapping[str, Any],
-        response_format: Mapping[str, Any] | None,
-        response: LMResponse,
-    ) -> None:
-        kwargs = dict(params)
-        if response_format is not None:
-            kwargs["response_format"] = response_format
-        entry = {
-            "model": self.model,
-            "messages": messages,
-            "kwargs": kwargs,
-            "outputs": response.outputs,
-            "finish_reasons": response.finish_reasons,
-            "usage": response.usage,
-            "cost": response.usage.cost,
-            "cache_hit": response.cache_hit,
-            "latency_s": response.latency_s,
-            "timestamp": time.time(),
-        }
-        self.history.append(entry)
-        record_history(entry)  # the process-wide history (dspy_actors.inspect_history)
 
 
 def _replayed(hit: LMResponse) -> Iterator[StreamEvent]:
