@@ -1,8 +1,13 @@
 """OpenTelemetry spans of a running app: one per call, per module step, per LM request.
 
 Off unless configured: ``trace_app(app, tracer_provider)`` subscribes to the app's events
-and turns them into spans (started and ended at the events' own timestamps), so the
-runtime's hot path is the same with tracing on or off, apart from publishing the events.
+(in batches, on the event bus's thread) and turns them into spans started and ended at the
+events' own timestamps, so the runtime's hot path is the same with tracing on or off, apart
+from publishing the events. With the SDK's ``TracerProvider`` the provider's sampler decides
+once per call (a call not sampled gets no module or LM spans either), and each span is
+handed to the provider's span processors as a finished ``ReadableSpan`` built from the
+recorded times, ids and attributes: about a tenth of the CPU of a live SDK span (no locks,
+no per-attribute checks). Any other provider gets live spans through its tracer.
 
 - ``call <program>``: a call of a served program (the span a caller's trace continues);
 - ``module <path>``: each module (or pipeline step) that handled it, nested by path;
@@ -23,25 +28,24 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.trace import (
-    NonRecordingSpan,
     Span,
     SpanContext,
     SpanKind,
-    Status,
-    StatusCode,
     TraceFlags,
     TracerProvider,
 )
 
 from dspy_actors._stop_hooks import forget_stop_hook, on_stop
 from dspy_actors.runtime import events as ev
+from dspy_actors.tracing._spans import OpenSpan, Spans
 
 if TYPE_CHECKING:
     from dspy_actors.runtime.app import App
@@ -50,7 +54,8 @@ __all__ = ["AppTracing", "trace_app", "trace_id_from_traceparent", "traceparent_
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 # The runtime trace id of a call that continues a W3C trace: "<trace-id>-<parent-span-id>".
-_W3C_TRACE_ID = re.compile(r"([0-9a-f]{32})-([0-9a-f]{16})")
+# (A caller that did not sample its trace adds its flags: "<trace-id>-<span-id>-00".)
+_W3C_TRACE_ID = re.compile(r"([0-9a-f]{32})-([0-9a-f]{16})(?:-([0-9a-f]{2}))?")
 _PROGRAM_IN_NODE = re.compile(r"(?:^|/)([^/@]+)@v\d+")
 # Open spans kept per app at most: events that lost their end (dropped) must not grow memory.
 _MAX_OPEN = 100_000
@@ -64,9 +69,11 @@ def trace_id_from_traceparent(header: str | None) -> str | None:
     match = _TRACEPARENT.fullmatch(header.strip().lower())
     if match is None:
         return None
-    version, trace_hex, span_hex, _flags = match.groups()
+    version, trace_hex, span_hex, flags = match.groups()
     if version == "ff" or set(trace_hex) == {"0"} or set(span_hex) == {"0"}:
         return None
+    if not int(flags, 16) & TraceFlags.SAMPLED:
+        return f"{trace_hex}-{span_hex}-{flags}"  # the sampler may follow the caller's "no"
     return f"{trace_hex}-{span_hex}"
 
 
@@ -76,18 +83,17 @@ def traceparent_of(span: Span) -> str:
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
 
 
-def _remote_parent(trace_id: str | None) -> Context:
-    """The caller's span as the parent context, for a trace id from a ``traceparent``."""
+def _remote_parent_of(trace_id: str | None) -> SpanContext | None:
+    """The caller's span, for a trace id from a ``traceparent``; None for our own trace."""
     match = _W3C_TRACE_ID.fullmatch(trace_id or "")
     if match is None:
-        return Context()  # a trace of our own: the call span is a root
-    remote = SpanContext(
+        return None
+    return SpanContext(
         trace_id=int(match.group(1), 16),
         span_id=int(match.group(2), 16),
         is_remote=True,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        trace_flags=TraceFlags(int(match.group(3) or "01", 16)),
     )
-    return trace.set_span_in_context(NonRecordingSpan(remote))
 
 
 def _ns(seconds: float) -> int:
@@ -96,11 +102,11 @@ def _ns(seconds: float) -> int:
 
 @dataclass
 class _Call:
-    span: Span
+    span: OpenSpan | None  # None: not sampled (its modules and LM requests get no spans)
     program: str
     end_path: str
-    # Open module spans of this call, in start order: (path, span).
-    modules: list[tuple[str, Span]] = field(default_factory=list)
+    # Open module spans of this call, in start order: (path, span; None if not sampled).
+    modules: list[tuple[str, OpenSpan | None]] = field(default_factory=list)
 
 
 class AppTracing:
@@ -108,20 +114,21 @@ class AppTracing:
 
     def __init__(self, app: App, tracer_provider: TracerProvider | None = None) -> None:
         provider = tracer_provider or trace.get_tracer_provider()
-        self.tracer = provider.get_tracer("dspy_actors")
+        self._spans = Spans(provider)
+        self.tracer = self._spans.tracer
         self._app = weakref.ref(app)
         self._lock = threading.Lock()
         self._calls: dict[str | None, _Call] = {}
         # Calls of a trace that ended in an error, per program: the next is a retry.
         self._failed: dict[tuple[str | None, str], int] = {}
-        self._lm: dict[tuple[str | None, str], list[Span]] = {}
+        self._lm: dict[tuple[str | None, str], list[OpenSpan]] = {}
         self._shapes: dict[str, str] = {}
         # Restarts of a program's actors since its last failed call: the retry's call span
         # gets them as events (the failed call's span has ended by the time they happen).
         self._restarts: dict[str, list[tuple[dict[str, Any], int]]] = {}
         self._subscriptions = [
-            app.subscribe("module.*", self._module_event),
-            app.subscribe("lm.*", self._lm_event),
+            app.events.subscribe("module.*", self._module_events, batch=True),
+            app.events.subscribe("lm.*", self._lm_events, batch=True),
             app.subscribe("runtime.restart", self._restart),
         ]
 
@@ -137,13 +144,15 @@ class AppTracing:
                     del _by_app[id(app)]
         self._subscriptions = []
         with self._lock:
-            open_spans = [c.span for c in self._calls.values()]
-            open_spans += [s for c in self._calls.values() for _, s in c.modules]
+            open_spans = [s for _, s in (m for c in self._calls.values() for m in c.modules)]
+            open_spans += [c.span for c in self._calls.values()]
             open_spans += [s for spans in self._lm.values() for s in spans]
             self._calls.clear()
             self._lm.clear()
-        for span in open_spans:
-            span.end()
+            now = time.time_ns()
+            for span in open_spans:
+                if span is not None:
+                    self._spans.end(span, now)
 
     # Which module path ends a call of a program: its root, or a pipeline's last step.
     def _end_path(self, program: str) -> str:
@@ -161,119 +170,135 @@ class AppTracing:
 
     # Subscribers (the event bus's thread). -----------------------------------------------
 
-    def _module_event(self, event: ev.Event) -> None:
+    def _module_events(self, events: Sequence[ev.Event]) -> None:
+        with self._lock:
+            for event in events:
+                if isinstance(event, ev.ModuleStart):
+                    self._module_started(event)
+                else:
+                    self._module_ended(event)
+
+    def _module_ended(self, event: ev.Event) -> None:
+        path: str = getattr(event, "module_path", "")
+        trace_id = event.trace_id
+        call = self._calls.get(trace_id)
+        if call is None:
+            return  # started before tracing was on
+        found = False
+        span = None
+        for i in range(len(call.modules) - 1, -1, -1):
+            if call.modules[i][0] == path:
+                span = call.modules.pop(i)[1]
+                found = True
+                break
+        failed = isinstance(event, ev.ModuleError)
+        ends_call = path == call.end_path or (failed and not call.modules)
+        if not found and not ends_call:
+            return
+        if ends_call:
+            del self._calls[trace_id]
+            if failed:
+                key = (trace_id, path.split(".", 1)[0])
+                self._failed[key] = self._failed.get(key, 0) + 1
+                if len(self._failed) > _MAX_OPEN:
+                    self._failed.clear()
+        error = event.error_type if isinstance(event, ev.ModuleError) else None
+        at = _ns(event.timestamp)
+        for s in (span, call.span if ends_call else None):
+            if s is not None:
+                self._spans.end(s, at, error)
+
+    def _module_started(self, event: ev.Event) -> None:
         path: str = getattr(event, "module_path", "")
         program = path.split(".", 1)[0]
         trace_id = event.trace_id
-        with self._lock:
-            if isinstance(event, ev.ModuleStart):
-                self._module_started(trace_id, program, path, event.timestamp)
-                return
-            call = self._calls.get(trace_id)
-            if call is None:
-                return  # started before tracing was on
-            span = None
-            for i in range(len(call.modules) - 1, -1, -1):
-                if call.modules[i][0] == path:
-                    span = call.modules.pop(i)[1]
-                    break
-            failed = isinstance(event, ev.ModuleError)
-            ends_call = path == call.end_path or (failed and not call.modules)
-            if ends_call:
-                del self._calls[trace_id]
-                if failed:
-                    key = (trace_id, program)
-                    self._failed[key] = self._failed.get(key, 0) + 1
-                    if len(self._failed) > _MAX_OPEN:
-                        self._failed.clear()
-        error = event.error_type if isinstance(event, ev.ModuleError) else None
-        ended = [s for s in (span, call.span if ends_call else None) if s is not None]
-        for s in ended:
-            if error:
-                s.set_status(Status(StatusCode.ERROR, error))
-                s.set_attribute("error.type", error)
-                s.add_event("exception", {"exception.type": error}, timestamp=_ns(event.timestamp))
-            s.end(end_time=_ns(event.timestamp))
-
-    def _module_started(self, trace_id: str | None, program: str, path: str, at: float) -> None:
+        at = _ns(event.timestamp)
         call = self._calls.get(trace_id)
         if call is None:
             if len(self._calls) >= _MAX_OPEN:
                 self._calls.clear()
-            span = self.tracer.start_span(
+            span = self._spans.start(
                 f"call {program}",
-                context=_remote_parent(trace_id),
-                kind=SpanKind.SERVER,
-                attributes={"dspy_actors.program": program, "dspy_actors.trace_id": trace_id or ""},
-                start_time=_ns(at),
+                SpanKind.SERVER,
+                _remote_parent_of(trace_id),
+                {"dspy_actors.program": program, "dspy_actors.trace_id": trace_id or ""},
+                at,
             )
             retried = self._failed.pop((trace_id, program), 0)
-            if retried:
+            if retried and span is not None:
                 for attributes, when in self._restarts.pop(program, []):
-                    span.add_event("restart", attributes, timestamp=when)
-                span.add_event("retry", {"dspy_actors.attempt": retried + 1}, timestamp=_ns(at))
+                    self._spans.add_event(span, "restart", attributes, when)
+                self._spans.add_event(span, "retry", {"dspy_actors.attempt": retried + 1}, at)
             call = self._calls[trace_id] = _Call(span, program, self._end_path(program))
-        parent = call.span
+        if call.span is None:
+            call.modules.append((path, None))  # not sampled: only the shape is kept
+            return
+        parent: OpenSpan = call.span
         for open_path, open_span in reversed(call.modules):
-            if path.startswith(open_path + "."):
+            if open_span is not None and path.startswith(open_path + "."):
                 parent = open_span
                 break
-        span = self.tracer.start_span(
-            f"module {path}",
-            context=trace.set_span_in_context(parent),
-            kind=SpanKind.INTERNAL,
-            attributes={"dspy_actors.module_path": path},
-            start_time=_ns(at),
+        span = self._spans.start(
+            f"module {path}", SpanKind.INTERNAL, parent, {"dspy_actors.module_path": path}, at
         )
         call.modules.append((path, span))
 
-    def _lm_event(self, event: ev.Event) -> None:
-        deployment: str = getattr(event, "deployment", "")
-        key = (event.trace_id, deployment)
-        if isinstance(event, ev.LMStart):
-            with self._lock:
-                call = self._calls.get(event.trace_id)
-                if call is not None:
-                    parent = call.modules[-1][1] if call.modules else call.span
-                    context = trace.set_span_in_context(parent)
-                else:
-                    context = _remote_parent(event.trace_id)
-                span = self.tracer.start_span(
-                    f"chat {event.model}",
-                    context=context,
-                    kind=SpanKind.CLIENT,
-                    attributes={
-                        "gen_ai.operation.name": "chat",
-                        "gen_ai.request.model": event.model,
-                        "gen_ai.provider.name": event.model.split("/", 1)[0],
-                        "dspy_actors.deployment": deployment,
-                    },
-                    start_time=_ns(event.timestamp),
-                )
-                if len(self._lm) >= _MAX_OPEN:
-                    self._lm.clear()
-                self._lm.setdefault(key, []).append(span)
-            return
-        if not isinstance(event, ev.LMEnd):
-            return
+    def _lm_events(self, events: Sequence[ev.Event]) -> None:
         with self._lock:
-            spans = self._lm.get(key)
-            if not spans:
-                return
-            span = spans.pop(0)
-            if not spans:
-                del self._lm[key]
+            for event in events:
+                if isinstance(event, ev.LMStart):
+                    self._lm_started(event)
+                elif isinstance(event, ev.LMEnd):
+                    self._lm_ended(event)
+
+    def _lm_started(self, event: ev.LMStart) -> None:
+        call = self._calls.get(event.trace_id)
+        parent: OpenSpan | SpanContext | None
+        if call is not None:
+            if call.span is None:
+                return  # the call is not sampled
+            parent = call.span
+            for _, module_span in reversed(call.modules):
+                if module_span is not None:
+                    parent = module_span
+                    break
+        else:
+            parent = _remote_parent_of(event.trace_id)
+        span = self._spans.start(
+            f"chat {event.model}",
+            SpanKind.CLIENT,
+            parent,
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": event.model,
+                "gen_ai.provider.name": event.model.split("/", 1)[0],
+                "dspy_actors.deployment": event.deployment,
+            },
+            _ns(event.timestamp),
+        )
+        if span is None:
+            return
+        if len(self._lm) >= _MAX_OPEN:
+            self._lm.clear()
+        self._lm.setdefault((event.trace_id, event.deployment), []).append(span)
+
+    def _lm_ended(self, event: ev.LMEnd) -> None:
+        key = (event.trace_id, event.deployment)
+        spans = self._lm.get(key)
+        if not spans:
+            return
+        span = spans.pop(0)
+        if not spans:
+            del self._lm[key]
+        attributes = span.attributes
         if event.prompt_tokens is not None:
-            span.set_attribute("gen_ai.usage.input_tokens", event.prompt_tokens)
+            attributes["gen_ai.usage.input_tokens"] = event.prompt_tokens
         if event.completion_tokens is not None:
-            span.set_attribute("gen_ai.usage.output_tokens", event.completion_tokens)
+            attributes["gen_ai.usage.output_tokens"] = event.completion_tokens
         if event.finish_reasons:
-            span.set_attribute("gen_ai.response.finish_reasons", list(event.finish_reasons))
-        span.set_attribute("dspy_actors.cache_hit", event.cache_hit)
-        if event.error_type is not None:
-            span.set_attribute("error.type", event.error_type)
-            span.set_status(Status(StatusCode.ERROR, event.error_type))
-        span.end(end_time=_ns(event.timestamp))
+            attributes["gen_ai.response.finish_reasons"] = list(event.finish_reasons)
+        attributes["dspy_actors.cache_hit"] = event.cache_hit
+        self._spans.end(span, _ns(event.timestamp), event.error_type)
 
     def _restart(self, event: ev.RuntimeRestart) -> None:
         match = _PROGRAM_IN_NODE.search(f"{event.supervisor}/{event.child_id}")
@@ -285,14 +310,15 @@ class AppTracing:
             "dspy_actors.child_id": event.child_id,
             "dspy_actors.restart_count": event.restart_count,
         }
+        at = _ns(event.timestamp)
         with self._lock:
-            spans = [c.span for c in self._calls.values() if c.program == program]
+            for call in self._calls.values():
+                if call.program == program and call.span is not None:
+                    self._spans.add_event(call.span, "restart", attributes, at)
             if any(p == program for _, p in self._failed):
                 pending = self._restarts.setdefault(program, [])
-                pending.append((attributes, _ns(event.timestamp)))
+                pending.append((attributes, at))
                 del pending[:-20]
-        for span in spans:
-            span.add_event("restart", attributes, timestamp=_ns(event.timestamp))
 
 
 _by_app: dict[int, AppTracing] = {}
