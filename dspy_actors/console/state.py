@@ -107,6 +107,20 @@ class ConsoleState:
             app.subscribe("run.progress", self._run_event),
         ]
         self._unsubscribe_supervision = supervisors.subscribe(self._supervision_event)
+        self._load_kept_actions()
+
+    def _load_kept_actions(self) -> None:
+        """Start the activity log with the operators' actions kept in the app's store (the
+        ones before this console, or this process, started)."""
+        from dspy_actors.console.app_view import action_log
+
+        try:
+            kept = action_log(self.app, limit=_ACTIVITY_KEPT // 2)
+        except Exception:
+            return  # a store that cannot be read now: the live log still works
+        for entry in kept:
+            del entry["kind"]
+            self.record("action", entry.pop("text"), **entry)
 
     def close(self) -> None:
         for sub in self._subscriptions:
