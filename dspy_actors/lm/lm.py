@@ -47,6 +47,7 @@ import httpx
 
 from dspy_actors import settings
 from dspy_actors.lm._aio_transport import AioClients, aiter_sse
+from dspy_actors.lm._retry_listener import note_retry
 from dspy_actors.lm.cache import Cache, cache_key, default_cache
 from dspy_actors.lm.errors import (
     AuthenticationError,
@@ -798,6 +799,7 @@ class LM:
 
     def _on_retry(self, error: LMError, delay: float) -> None:
         self._count("retries")
+        note_retry(error, delay)  # the runtime's lm.retry event, with the call's trace id
 
     def _body(
         self,

@@ -55,6 +55,7 @@ __all__ = [
     "EventBus",
     "EventBusActor",
     "LMEnd",
+    "LMRetry",
     "LMStart",
     "ModuleEnd",
     "ModuleError",
@@ -161,6 +162,19 @@ class LMEnd(Event):
 
     def log_level(self) -> str:
         return "info" if self.error_type is None else "warning"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LMRetry(Event):
+    """An LM request's HTTP attempt failed with ``error_type`` and is retried after
+    ``delay_s`` seconds (between its ``lm.start`` and ``lm.end``)."""
+
+    topic: ClassVar[str] = "lm.retry"
+    level: ClassVar[str] = "warning"
+    deployment: str
+    model: str
+    error_type: str = ""
+    delay_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -627,7 +641,9 @@ class EventBus:
         """Call ``callback(event)`` for every event whose topic matches ``pattern``.
 
         With ``batch=True``, ``callback(events)`` gets a list of the matching events
-        delivered together instead (in publish order; never empty).
+        delivered together instead (in publish order; never empty). Batches of different
+        subscriptions are delivered one after the other: a subscriber that needs the order
+        between topics (say ``module.*`` and ``lm.*``) takes them in one subscription.
         """
         _check_pattern(pattern)
         if not callable(callback):

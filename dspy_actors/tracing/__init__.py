@@ -16,7 +16,9 @@ no per-attribute checks). Any other provider gets live spans through its tracer.
   ``gen_ai.usage.output_tokens``, ``gen_ai.response.finish_reasons``, ``error.type``).
 
 A crash retried by an idempotent program is a ``retry`` event on the new call span; an
-actor restarted while a call of its program is open is a ``restart`` event on it.
+actor restarted while a call of its program is open is a ``restart`` event on it; an LM
+request's HTTP retry (a 5xx, a 429, a timeout) is a ``retry`` event on its ``chat`` span,
+with ``error.type`` and ``dspy_actors.retry_delay_s``.
 
 W3C trace context: ``trace_id_from_traceparent(header)`` turns an incoming
 ``traceparent`` header into the runtime's trace id; pass it as ``call_with(...,
@@ -126,11 +128,9 @@ class AppTracing:
         # Restarts of a program's actors since its last failed call: the retry's call span
         # gets them as events (the failed call's span has ended by the time they happen).
         self._restarts: dict[str, list[tuple[dict[str, Any], int]]] = {}
-        self._subscriptions = [
-            app.events.subscribe("module.*", self._module_events, batch=True),
-            app.events.subscribe("lm.*", self._lm_events, batch=True),
-            app.subscribe("runtime.restart", self._restart),
-        ]
+        # One subscription for every topic: spans depend on the order of module, LM and
+        # restart events, which separate batches (one per subscription) would not keep.
+        self._subscriptions = [app.events.subscribe("*", self._events, batch=True)]
 
     def close(self) -> None:
         """Stop making spans; spans still open are ended now."""
@@ -170,13 +170,21 @@ class AppTracing:
 
     # Subscribers (the event bus's thread). -----------------------------------------------
 
-    def _module_events(self, events: Sequence[ev.Event]) -> None:
+    def _events(self, events: Sequence[ev.Event]) -> None:
         with self._lock:
             for event in events:
                 if isinstance(event, ev.ModuleStart):
                     self._module_started(event)
-                else:
+                elif isinstance(event, ev.ModuleEnd | ev.ModuleError):
                     self._module_ended(event)
+                elif isinstance(event, ev.LMStart):
+                    self._lm_started(event)
+                elif isinstance(event, ev.LMEnd):
+                    self._lm_ended(event)
+                elif isinstance(event, ev.LMRetry):
+                    self._lm_retried(event)
+                elif isinstance(event, ev.RuntimeRestart):
+                    self._restart(event)
 
     def _module_ended(self, event: ev.Event) -> None:
         path: str = getattr(event, "module_path", "")
@@ -243,13 +251,14 @@ class AppTracing:
         )
         call.modules.append((path, span))
 
-    def _lm_events(self, events: Sequence[ev.Event]) -> None:
-        with self._lock:
-            for event in events:
-                if isinstance(event, ev.LMStart):
-                    self._lm_started(event)
-                elif isinstance(event, ev.LMEnd):
-                    self._lm_ended(event)
+    def _lm_retried(self, event: ev.LMRetry) -> None:
+        spans = self._lm.get((event.trace_id, event.deployment))
+        if spans:  # (the latest request of this call on this deployment)
+            attributes = {
+                "error.type": event.error_type,
+                "dspy_actors.retry_delay_s": event.delay_s,
+            }
+            self._spans.add_event(spans[-1], "retry", attributes, _ns(event.timestamp))
 
     def _lm_started(self, event: ev.LMStart) -> None:
         call = self._calls.get(event.trace_id)
@@ -311,14 +320,13 @@ class AppTracing:
             "dspy_actors.restart_count": event.restart_count,
         }
         at = _ns(event.timestamp)
-        with self._lock:
-            for call in self._calls.values():
-                if call.program == program and call.span is not None:
-                    self._spans.add_event(call.span, "restart", attributes, at)
-            if any(p == program for _, p in self._failed):
-                pending = self._restarts.setdefault(program, [])
-                pending.append((attributes, at))
-                del pending[:-20]
+        for call in self._calls.values():
+            if call.program == program and call.span is not None:
+                self._spans.add_event(call.span, "restart", attributes, at)
+        if any(p == program for _, p in self._failed):
+            pending = self._restarts.setdefault(program, [])
+            pending.append((attributes, at))
+            del pending[:-20]
 
 
 _by_app: dict[int, AppTracing] = {}

@@ -84,3 +84,39 @@ def test_another_provider_gets_live_spans_with_the_same_shape(app: Any) -> None:
     assert chat.parent is not None
     assert chat.parent.span_id == module.context.span_id
     assert chat.attributes["gen_ai.usage.input_tokens"] > 0
+
+
+@pytest.mark.parametrize("lm_workers", [None, 1], ids=["event-loop", "worker-thread"])
+def test_lm_http_retries_are_events_on_the_chat_span(tmp_path: Path, lm_workers: Any) -> None:
+    from dspy_actors.lm.retry import RetryPolicy
+    from dspy_actors.testing.faults import Fault
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    options: dict[str, Any] = {} if lm_workers is None else {"lm_workers": lm_workers}
+    with SimLM() as sim:
+        lm = dsa.LM(
+            "openai/sim-model", api_base=sim.openai_base, api_key="sim", cache=False,
+            retry_policy=RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05),
+        )  # fmt: skip
+        with dsa.start(lm=lm, data_dir=tmp_path, **options) as app:
+            tracing = trace_app(app, provider)
+            qa = app.serve("qa", dsa.Predict("question -> answer"))
+            sim.inject(Fault.server_error(), times=2)
+            assert qa.call(question="flaky provider").answer
+            qa.call(question="a healthy one")
+            assert app.events.flush(10.0)
+            tracing.close()
+    provider.shutdown()
+    chats = [s for s in exporter.get_finished_spans() if s.name.startswith("chat ")]
+    assert len(chats) == 2
+    flaky, healthy = sorted(chats, key=lambda s: s.start_time or 0)
+    retries = [e for e in flaky.events if e.name == "retry"]
+    assert len(retries) == 2
+    for event in retries:
+        assert event.attributes is not None
+        assert event.attributes["error.type"] == "ServerError"
+        assert event.attributes["dspy_actors.retry_delay_s"] > 0
+        assert (flaky.start_time or 0) <= event.timestamp <= (flaky.end_time or 0)
+    assert not [e for e in healthy.events if e.name == "retry"]
