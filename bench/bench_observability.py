@@ -3,6 +3,8 @@
 
     .venv/bin/python bench/bench_observability.py
     .venv/bin/python bench/bench_observability.py --rounds 5 --calls 3000 --total 4096
+    .venv/bin/python bench/bench_observability.py --parts     # CPU per cached call, by part
+    .venv/bin/python bench/bench_observability.py --pieces    # each piece's CPU, in isolation
 
 "on" is what a service would run: ``app.console()`` (which keeps ``/metrics`` too) with one
 browser-like client reading its event stream, and ``trace_app`` with a batch span processor
@@ -140,6 +142,117 @@ def throughput(
     return rate, counts
 
 
+def part_cpu_us(sim: SimLM, part: str, calls: int) -> float:
+    """CPU (process time, bus thread included) per cached call with one part on alone."""
+    from dspy_actors.console.state import ConsoleState
+    from dspy_actors.metrics import app_metrics
+
+    with dsa.start(
+        lm=dsa.LM("openai/sim-model", api_base=sim.openai_base, api_key="sim"),
+        data_dir=tempfile.mkdtemp(prefix="bench-obs-"),
+    ) as app:
+        qa = app.serve("qa", dsa.Predict("question -> answer"))
+        qa.call(question="What is 2 + 3?")
+        closers: list[Any] = []
+        if part == "events":  # events built, queued and delivered to a no-op subscriber
+            app.subscribe("*", lambda _event: None)
+        elif part == "metrics":
+            app_metrics(app)
+        elif part == "console-state":  # the aggregates, without the server
+            closers.append(ConsoleState(app).close)
+        elif part.startswith("tracing"):
+            ratio = 0.1 if part == "tracing-10%" else 1.0
+            provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
+            provider.add_span_processor(BatchSpanProcessor(_DropSpans(), max_queue_size=65536))
+            closers += [trace_app(app, provider).close, provider.shutdown]
+        for _ in range(200):
+            qa.call(question="What is 2 + 3?")
+        app.events.flush(30.0)
+        cpu = time.process_time()
+        for _ in range(calls):
+            qa.call(question="What is 2 + 3?")
+        app.events.flush(30.0)
+        used = (time.process_time() - cpu) / calls * 1e6
+        for close in closers:
+            close()
+    return used
+
+
+def parts(rounds: int, calls: int) -> None:
+    names = ("off", "events", "metrics", "console-state", "tracing", "tracing-10%")
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    with SimLM() as sim:
+        for _ in range(rounds):
+            for name in names:
+                cpu[name].append(part_cpu_us(sim, name, calls))
+    print(f"CPU per cached call, one part on at a time, us (best of {rounds}; all in brackets)")
+    for name in names:
+        print(f"  {name:14s} {min(cpu[name]):7.1f}  [{_fmt(cpu[name])}]  "
+              f"+{min(cpu[name]) - min(cpu['off']):.1f} over off")  # fmt: skip
+
+
+def pieces(rounds: int, calls: int) -> None:
+    """Each piece of a cached call's observability, timed alone on the events such a call
+    makes (module.start + module.end): steadier on a busy machine than whole calls."""
+    from dspy_actors.console.state import ConsoleState
+    from dspy_actors.metrics import app_metrics
+    from dspy_actors.runtime import events as ev
+
+    def best(work: Any) -> float:  # CPU us per call, best of ``rounds``
+        times = []
+        for _ in range(rounds):
+            cpu = time.process_time()
+            work()
+            times.append((time.process_time() - cpu) / calls * 1e6)
+        return min(times)
+
+    def build() -> None:
+        for i in range(calls):
+            ev.ModuleStart(trace_id=str(i), module_path="qa")
+            ev.ModuleEnd(trace_id=str(i), module_path="qa")
+
+    batch: list[Any] = []
+    for i in range(calls):
+        batch += [ev.ModuleStart(trace_id=f"{i:032x}", module_path="qa"),
+                  ev.ModuleEnd(trace_id=f"{i:032x}", module_path="qa")]  # fmt: skip
+    bus = ev.EventBus.start(max_pending=None)
+    bus.subscribe("*", lambda _event: None)
+
+    def publish() -> None:
+        for event in batch:
+            bus.publish(event)
+        bus.flush(30.0)
+
+    print(f"CPU per cached call's events, us (best of {rounds}, {calls} calls)")
+    print(f"  build 2 events (caller)              {best(build):6.1f}")
+    print(f"  publish + deliver to a no-op (both)  {best(publish):6.1f}")
+    bus.stop()
+    with (
+        SimLM() as sim,
+        dsa.start(
+            lm=dsa.LM("openai/sim-model", api_base=sim.openai_base, api_key="sim"),
+            data_dir=tempfile.mkdtemp(prefix="bench-obs-"),
+        ) as app,
+    ):
+        app.serve("qa", dsa.Predict("question -> answer"))
+        metrics, state = app_metrics(app), ConsoleState(app)
+        used = best(lambda: metrics._module_events(batch))
+        print(f"  metrics' batch subscriber            {used:6.1f}")
+        used = best(lambda: state._module_events(batch))
+        print(f"  console's batch subscriber           {used:6.1f}")
+        state.close()
+        metrics.close()
+        for ratio in (1.0, 0.1):
+            provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
+            exporter = _DropSpans()
+            provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=1 << 20))
+            tracing = trace_app(app, provider)
+            used = best(lambda t=tracing: t._events(batch))
+            tracing.close()
+            provider.shutdown()  # (its export thread's work is not in the number above)
+            print(f"  tracing, {ratio:.0%} sampled{'':17s}{used:6.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -147,7 +260,15 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=2048, help="uncached calls per round")
     parser.add_argument("--in-flight", type=int, default=256)
     parser.add_argument("--latency", type=float, default=0.05, help="the LM's, seconds")
+    parser.add_argument("--parts", action="store_true", help="CPU by part instead")
+    parser.add_argument("--pieces", action="store_true", help="each piece's CPU instead")
     args = parser.parse_args()
+    if args.parts:
+        parts(args.rounds, args.calls)
+        return
+    if args.pieces:
+        pieces(args.rounds, args.calls)
+        return
     configs: dict[str, float | None] = {"off": None, "on": 1.0, "on-10%": 0.1}
     cached: dict[str, list[float]] = {name: [] for name in configs}
     cpu: dict[str, list[float]] = {name: [] for name in configs}
