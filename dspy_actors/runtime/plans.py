@@ -87,6 +87,19 @@ def _expired(step: AwaitReply) -> Any:
     return reply.result(timeout=0)
 
 
+def _answer(step: AwaitReply) -> Any:
+    """The done reply's outcome. A timeout beneath the call that came once the deadline
+    had passed was the deadline's (the LM's limit was the time left): ``DeadlineExceeded``
+    naming the step, as when this wait's own timeout wakes it first. On a busy machine
+    either can wake it first; the caller sees the same error."""
+    from dspy_actors.runtime.calls import timed_out_beneath
+
+    remaining = step.ctx.remaining()
+    if remaining is not None and remaining <= 0 and timed_out_beneath(step.reply):
+        return _expired(step)
+    return step.reply.result(timeout=0)
+
+
 def await_reply_blocking(step: AwaitReply) -> Any:
     """The reply's result, waiting (blocking, or parking a forward greenlet) at most
     until the step's deadline. The module always answers (see ``calls.send_call``)."""
@@ -104,7 +117,7 @@ def await_reply_blocking(step: AwaitReply) -> Any:
             reply.cancel()
             raise
         if done:
-            return reply.result(timeout=0)
+            return _answer(step)
 
 
 async def await_reply_async(step: AwaitReply) -> Any:
@@ -128,7 +141,7 @@ async def await_reply_async(step: AwaitReply) -> Any:
     except asyncio.CancelledError:
         reply.cancel()
         raise
-    return waiter.result()
+    return _answer(step)
 
 
 def _retrieved(waiter: asyncio.Future[Any]) -> None:
