@@ -21,6 +21,7 @@ import aiohttp
 import httpx
 
 from dspy_actors.lm._aio_transport import AioClients, aiter_sse
+from dspy_actors.lm._retry_listener import note_retry
 from dspy_actors.lm.errors import (
     BadRequest,
     LMConnectionError,
@@ -86,6 +87,7 @@ class _Sending:
 
     def _on_retry(self, error: LMError, delay: float) -> None:
         self._count("retries")
+        note_retry(error, delay)  # the runtime's lm.retry event, with the call's trace id
 
     def _retries(self, deadline: float | None = None) -> RetryLoop:
         return RetryLoop(self.retry_policy, self._rng, self._on_retry, deadline)

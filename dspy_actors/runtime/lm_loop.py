@@ -34,6 +34,7 @@ import structlog
 
 import supervisors
 from dspy_actors.lm._aio_transport import close_loop_sessions
+from dspy_actors.lm._retry_listener import retry_listener
 from dspy_actors.lm.errors import LMError
 from dspy_actors.lm.lm import LM, PreparedCall
 from dspy_actors.lm.types import LMResponse
@@ -201,6 +202,8 @@ class EventLoopThread:
 
     async def _call(self, slot: Slot, lm: LM, attempt: LMAttempt, prepared: PreparedCall) -> None:
         request = attempt.request
+        if attempt.publish is not None:  # (in this task's own context: no reset needed)
+            retry_listener.set(attempt.retried)
         began, lag = time.monotonic(), self._lag_now()
         tap = request.ctx.streaming  # a streamed call: its text goes out as it arrives
         try:

@@ -48,6 +48,7 @@ import pykka
 
 import supervisors
 from dspy_actors import redaction
+from dspy_actors.lm._retry_listener import retry_listener
 from dspy_actors.lm.breaker import CircuitBreaker, CircuitOpen, Permit
 from dspy_actors.lm.errors import LMError
 from dspy_actors.lm.lm import LM
@@ -55,7 +56,7 @@ from dspy_actors.lm.rate_limit import RateLimiter
 from dspy_actors.runtime._futures import reject, resolve
 from dspy_actors.runtime.context import CallContext, restored
 from dspy_actors.runtime.errors import DeadlineExceeded, ModuleUnavailable, Overloaded
-from dspy_actors.runtime.events import LMEnd, LMStart
+from dspy_actors.runtime.events import LMEnd, LMRetry, LMStart
 from dspy_actors.runtime.messages import LMRequest
 
 if TYPE_CHECKING:
@@ -562,10 +563,17 @@ class LMAttempt:
             ended = partial(LMEnd, trace_id=ctx.trace_id, deployment=key, model=lm.model)
         return cls(request, kwargs, publish, ended, time.monotonic())
 
+    def retried(self, error: LMError, delay: float) -> None:
+        """An HTTP retry of this request: the ``lm.retry`` event (``retry_listener``)."""
+        ended = self.ended  # (a partial holding the request's trace id, deployment, model)
+        if self.publish is not None and isinstance(ended, partial):
+            self.publish(LMRetry(**ended.keywords, error_type=type(error).__name__, delay_s=delay))
+
     def run(self, lm: Any) -> str:
         """Make the call in this thread (it blocks) and answer it; the outcome. Anything but
         an ``LMError`` is a bug below us: the caller's answer, then raised here."""
         request = self.request
+        listening = retry_listener.set(self.retried if self.publish is not None else None)
         try:
             with restored(request.ctx):
                 if _plain_lm(lm):  # look up (with the probe's miss), send, settle
@@ -577,6 +585,8 @@ class LMAttempt:
         except Exception as error:
             reject(request.reply, error)
             raise
+        finally:
+            retry_listener.reset(listening)
         return self.succeeded(response)
 
     def succeeded(self, response: Any, before_answer: Callable[[str], None] | None = None) -> str:
