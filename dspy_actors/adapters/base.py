@@ -91,8 +91,11 @@ def history_fields(signature: type[Signature]) -> tuple[Field, ...]:
 
 def join_content(segments: Sequence[Content], sep: str = "\n\n") -> Content:
     """Join text and content parts into one message content (text if it is all text)."""
-    if all(isinstance(s, str) for s in segments):
-        return sep.join(s for s in segments if isinstance(s, str))
+    for segment in segments:  # a plain loop: this runs for every part of every prompt
+        if not isinstance(segment, str):
+            break
+    else:
+        return sep.join(segments)  # type: ignore[arg-type]  # (all str: checked above)
     parts: list[ContentPart] = []
     for i, seg in enumerate(segments):
         text_prefix = sep if i else ""

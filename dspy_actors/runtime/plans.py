@@ -43,7 +43,9 @@ T = TypeVar("T")
 MAX_WAIT_SLICE_SECONDS = 5.0
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+# Not frozen: one is made per wait, and a frozen dataclass's __init__ costs three times
+# as much (object.__setattr__ per field). Nothing changes one once made.
+@dataclass(slots=True, eq=False)
 class AwaitReply:
     """Wait for ``reply`` until the call's deadline (or ``timeout``, if earlier).
 
