@@ -28,7 +28,12 @@ from dspy_actors.waiting import in_forward_greenlet
 # never ran the call, so resending is safe, while failing would make a retrying caller
 # re-run whatever already ran before it (earlier pipeline steps, a composite's forward).
 RESEND_SECONDS = 0.005
-RESEND_LIMIT_SECONDS = 5.0
+# How long a module actor's start may take (ChildSpec's default, which module actors keep).
+MODULE_START_TIMEOUT_SECONDS = supervisors.ChildSpec("module", pykka.ThreadingActor).start_timeout
+# Twice that: a restart that uses its whole start timeout, fails and is started again
+# still answers the call; only a module that cannot come back fails it. (Equal to the
+# start timeout, the limit raced the retried start.)
+RESEND_LIMIT_SECONDS = 2 * MODULE_START_TIMEOUT_SECONDS
 # A call lost in flight on a predictor (its actor killed, or crashed by another call) is
 # safe to repeat and is sent again, at most this many times: each time, its actor died
 # again with the call in hand. The call's deadline is the real bound; this one only ends

@@ -90,12 +90,25 @@ def _expired(step: AwaitReply) -> Any:
     return reply.result(timeout=0)
 
 
+def _answer(step: AwaitReply) -> Any:
+    """The done reply's outcome. A timeout beneath the call that came once the deadline
+    had passed was the deadline's (the LM's limit was the time left): ``DeadlineExceeded``
+    naming the step, as when this wait's own timeout wakes it first. On a busy machine
+    either can wake it first; the caller sees the same error."""
+    from dspy_actors.runtime.calls import timed_out_beneath
+
+    remaining = step.ctx.remaining()
+    if remaining is not None and remaining <= 0 and timed_out_beneath(step.reply):
+        return _expired(step)
+    return step.reply.result(timeout=0)
+
+
 def await_reply_blocking(step: AwaitReply) -> Any:
     """The reply's result, waiting (blocking, or parking a forward greenlet) at most
     until the step's deadline. The module always answers (see ``calls.send_call``)."""
     reply = step.reply
-    if reply.done():  # answered in the send (a cache hit): its answer stands
-        return reply.result(timeout=0)
+    if reply.done():  # answered in the send (a cache hit)
+        return _answer(step)
     while True:
         remaining = _remaining(step)
         if remaining is not None and remaining <= 0:
@@ -109,7 +122,7 @@ def await_reply_blocking(step: AwaitReply) -> Any:
             reply.cancel()
             raise
         if done:
-            return reply.result(timeout=0)
+            return _answer(step)
 
 
 async def await_reply_async(step: AwaitReply) -> Any:
@@ -119,7 +132,7 @@ async def await_reply_async(step: AwaitReply) -> Any:
     module actor to drop the call (module_actor: a cancelled reply frees its slot)."""
     reply = step.reply
     if reply.done():  # answered in the send (a cache hit, an idle actor's quick answer)
-        return reply.result(timeout=0)
+        return _answer(step)
     loop = asyncio.get_running_loop()
     # One loop future, woken by the reply (from the thread that completes it) or by a
     # timer: cheaper than wrap_future + asyncio.wait, which chain two futures both ways
@@ -143,7 +156,7 @@ async def await_reply_async(step: AwaitReply) -> Any:
     except asyncio.CancelledError:
         reply.cancel()
         raise
-    return reply.result(timeout=0)
+    return _answer(step)
 
 
 def _wake(woken: asyncio.Future[None]) -> None:

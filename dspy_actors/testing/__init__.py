@@ -3,7 +3,8 @@ plans that schedule them, responders that script its answers, a chaos monkey tha
 actors of a running app, and invariants that prove nothing was lost.
 
 The pytest plugin (``dspy_actors.testing.pytest_plugin``, enabled by installing the
-package) gives tests the ``sim_lm``, ``app`` and ``chaos`` fixtures.
+package) gives tests the ``sim_lm``, ``make_lm``, ``app`` and ``chaos`` fixtures;
+``lm_on(sim)`` is the LM they use (uncached, fast retries).
 """
 
 from dspy_actors.testing.chaos import ChaosMonkey, ChaosRun, CrashRule, Kill
@@ -19,11 +20,13 @@ from dspy_actors.testing.invariants import (
     thread_snapshot,
 )
 from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing.sim_clients import FAST_RETRIES, lm_on
 from dspy_actors.testing.sim_lm import SimLM, SimReply, SimRequest, SimStats
 from dspy_actors.testing.sim_responder import default_responder, scripted
 
 __all__ = [
     "CLEAR_ERRORS",
+    "FAST_RETRIES",
     "CallLedger",
     "CallOutcome",
     "ChaosMonkey",
@@ -42,6 +45,7 @@ __all__ = [
     "assert_no_leaked_threads",
     "assert_tree_healthy",
     "default_responder",
+    "lm_on",
     "scripted",
     "slow_responder",
     "thread_snapshot",

@@ -126,6 +126,10 @@ class ChaosMonkey:
         self._runs: list[ChaosRun] = []
         self._rules: list[CrashRule] = []
         self.log: list[Kill] = []
+        # Actors (urns) and processes ("pid N") this monkey killed: one still exiting is not
+        # live, and is never a victim twice (on a busy machine a later tick could find it
+        # still registered, and two kills would make one restart).
+        self._killed: set[str] = set()
 
     # Counters. ---------------------------------------------------------------------------
 
@@ -145,12 +149,17 @@ class ChaosMonkey:
     def targets(
         self, pattern: str, *, by: Literal["name", "tree"] = "name"
     ) -> dict[str, pykka.ActorRef[Any]]:
-        """The live actors matching ``pattern`` now, by registry name or tree path."""
+        """The live actors matching ``pattern`` now, by registry name or tree path (not
+        one this monkey already killed that is still exiting)."""
         found = self._by_name() if by == "name" else self._by_tree()
+        with self._lock:
+            killed = set(self._killed)
         return {
             target: ref
             for target, ref in found.items()
-            if fnmatch.fnmatchcase(target, pattern) and not ref.actor_stopped.is_set()
+            if fnmatch.fnmatchcase(target, pattern)
+            and not ref.actor_stopped.is_set()
+            and ref.actor_urn not in killed
         }
 
     def _by_name(self) -> dict[str, pykka.ActorRef[Any]]:
@@ -190,6 +199,7 @@ class ChaosMonkey:
         except (TypeError, pykka.ActorDeadError):
             return False  # not a supervised actor, or already gone
         with self._lock:
+            self._killed.add(ref.actor_urn)
             self.log.append(Kill(target, time.monotonic(), by))
         return True
 
@@ -216,7 +226,8 @@ class ChaosMonkey:
             pid = described.get("pid") if isinstance(described, dict) else None
             if isinstance(pid, int):
                 pids[target] = pid
-        return pids
+        with self._lock:  # a process already sent a signal, its owner not yet told
+            return {target: pid for target, pid in pids.items() if f"pid {pid}" not in self._killed}
 
     def kill_lm_process(self, *, sig: int = signal.SIGKILL) -> int | None:
         """Send ``sig`` (SIGKILL: what the OOM killer sends) to one live LM worker process
@@ -235,6 +246,7 @@ class ChaosMonkey:
         except ProcessLookupError:
             return None  # it died meanwhile
         with self._lock:
+            self._killed.add(f"pid {pids[target]}")
             self.log.append(
                 Kill(f"{target} (pid {pids[target]})", time.monotonic(), "kill_lm_process")
             )

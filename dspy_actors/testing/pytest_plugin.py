@@ -5,7 +5,10 @@ Installing the package enables them in every test suite (a ``pytest11`` entry po
 
 - ``sim_lm``: a fresh :class:`SimLM` per test; ``sim_lm_session``: one per session;
   ``make_sim_lm``: a factory of servers.
-- ``app``: a running app on ``sim_lm`` with its data in ``tmp_path``, stopped after.
+- ``make_lm``: a factory of LMs on ``sim_lm`` (:func:`~dspy_actors.testing.lm_on`: uncached,
+  fast retries), all closed after; the test fails if ``sim_lm``'s responder raised.
+- ``make_app``: a factory of apps (``dsa.start``) on ``sim_lm``, each with its data in
+  ``tmp_path``, all stopped after; ``app``: one of them, started for the test.
 - ``chaos``: a :class:`ChaosMonkey` on ``app``, stopped after.
 - ``postgres_cluster``: a throwaway PostgreSQL server for the session (see
   ``dspy_actors.testing.postgres``; the test skips without PostgreSQL binaries);
@@ -26,6 +29,7 @@ from dspy_actors.testing.sim_lm import SimLM
 
 if TYPE_CHECKING:
     # Imported lazily in the fixtures: loading the plugin must stay cheap for every suite.
+    from dspy_actors.lm import LM
     from dspy_actors.runtime.app import App
     from dspy_actors.testing.chaos import ChaosMonkey
 
@@ -64,27 +68,54 @@ def make_sim_lm() -> Iterator[Callable[..., SimLM]]:
 
 
 @pytest.fixture
-def app(sim_lm: SimLM, tmp_path: Path) -> Iterator[App]:
-    """An app (``dsa.start``) on this test's ``sim_lm``, with its stores in ``tmp_path``,
-    8 LM workers and fast LM retries (the LM cache is off, so every call reaches the
-    server); stopped, with every thread it started, when the test ends."""
-    from dspy_actors.lm import LM, RetryPolicy
+def make_lm(sim_lm: SimLM) -> Iterator[Callable[..., LM]]:
+    """A factory of LMs on this test's ``sim_lm`` (``lm_on``'s defaults: uncached, fast
+    retries, a 10 s timeout; ``make_lm("anthropic/sim-model", temperature=0.5)``), all
+    closed when the test ends. The test then fails if a responder it gave ``sim_lm``
+    raised (the server answered those requests with a 500, which may have been retried
+    into a pass)."""
+    from dspy_actors.testing.sim_clients import lm_on
+
+    made: list[LM] = []
+
+    def make(model: str = "openai/sim-model", **kw: Any) -> LM:
+        lm = lm_on(sim_lm, model, **kw)
+        made.append(lm)
+        return lm
+
+    yield make
+    for lm in made:
+        lm.close()
+    assert not sim_lm.responder_errors, f"the responder raised: {sim_lm.responder_errors!r}"
+
+
+@pytest.fixture
+def make_app(make_lm: Callable[..., LM], tmp_path: Path) -> Iterator[Callable[..., App]]:
+    """A factory of apps: ``make_app(**options)`` is ``dsa.start(**options)`` with, unless
+    given, an LM from ``make_lm`` (on this test's ``sim_lm``) and a fresh data dir in
+    ``tmp_path``. Every app is stopped, with every thread it started, when the test ends."""
     from dspy_actors.runtime.app import start
 
-    lm = LM(
-        "openai/sim-model",
-        api_base=sim_lm.openai_base,
-        api_key="sim",
-        cache=False,
-        timeout=10.0,
-        retry_policy=RetryPolicy(max_retries=3, base_delay=0.005, max_delay=0.05),
-    )
-    running = start(lm=lm, data_dir=tmp_path / "dspy-actors-app", lm_max_in_flight=8)
-    try:
-        yield running
-    finally:
+    apps: list[App] = []
+
+    def make(**options: Any) -> App:
+        options.setdefault("lm", make_lm())
+        options.setdefault("data_dir", tmp_path / f"app{len(apps)}")
+        running = start(**options)
+        apps.append(running)
+        return running
+
+    yield make
+    for running in reversed(apps):
         running.stop()
-        lm.close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., App]) -> App:
+    """An app on this test's ``sim_lm`` (``make_app``: an LM from ``lm_on`` with fast
+    retries and no cache, so every call reaches the server; its stores in ``tmp_path``)
+    with 8 LM requests in flight at most; stopped when the test ends."""
+    return make_app(lm_max_in_flight=8)
 
 
 @pytest.fixture

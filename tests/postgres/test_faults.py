@@ -5,7 +5,6 @@ are retried or fail with our StoreError; nothing is half-written."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import dspy_actors as dsa
 from dspy_actors.lm import LM
 from dspy_actors.runtime.app import program_state
 from dspy_actors.runtime.parameter_store import ParameterStore, StoreError
+from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.postgres import PostgresCluster
 from dspy_actors.testing.sim_lm import SimLM
 
@@ -28,13 +28,6 @@ def lm(sim_lm_session: SimLM) -> Iterator[LM]:
     client = LM("openai/sim-model", api_base=sim_lm_session.openai_base, api_key="k", cache=False)
     yield client
     client.close()
-
-
-def _wait(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def _demo_state() -> dict[str, Any]:
@@ -65,7 +58,7 @@ def test_unreachable_at_start_serves_then_catches_up_when_it_is_back(
             with ParameterStore(url) as other_replica:
                 saved = other_replica.save("qa", _demo_state())
             # The listener connects, checks every program, and follows the saved state.
-            _wait(lambda: qa.version == 2)
+            wait_until(lambda: qa.version == 2)
             assert app.parameters.latest_version("qa") == saved
         finally:
             app.stop()
@@ -78,7 +71,7 @@ def test_connections_killed_are_replaced_and_the_listener_resyncs(
     with dsa.start(lm=lm, data_dir=tmp_path / "a", store=postgres_url) as app:
         qa = app.serve("qa", dsa.Predict("question -> answer"))
         first = app.parameters.latest_version("qa")
-        _wait(app.stores.listening)
+        wait_until(app.stores.listening)
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             killed = admin.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -92,7 +85,7 @@ def test_connections_killed_are_replaced_and_the_listener_resyncs(
         # caught by the notification, or by the check every program gets on reconnect.
         with ParameterStore(postgres_url) as other_replica:
             saved = other_replica.save("qa", _demo_state())
-        _wait(lambda: qa.version == 2)
+        wait_until(lambda: qa.version == 2)
         assert app.parameters.latest_version("qa") == saved
 
 
@@ -136,11 +129,11 @@ def test_database_restarted_under_load(
         for thread in threads:
             thread.start()
         try:
-            _wait(lambda: len(saved) >= 20)
+            wait_until(lambda: len(saved) >= 20)
             before = (len(saved), calls[0])
             postgres_cluster.restart()
             # Saves and calls go on after the restart (saves retried on new connections).
-            _wait(lambda: len(saved) >= before[0] + 20 and calls[0] >= before[1] + 20)
+            wait_until(lambda: len(saved) >= before[0] + 20 and calls[0] >= before[1] + 20)
         finally:
             stop.set()
             for thread in threads:

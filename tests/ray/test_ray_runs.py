@@ -22,8 +22,9 @@ from dspy_actors.lm import LM
 from dspy_actors.optimizers import BootstrapFewShotWithRandomSearch
 from dspy_actors.primitives.example import Example
 from dspy_actors.runtime.app import start
+from dspy_actors.testing import lm_on, wait_until
 from dspy_actors.testing.sim_lm import SimLM
-from tests.dspy_actors.optimizers.task import FAST_RETRY, dataset, metric, responder
+from tests.dspy_actors.optimizers.task import dataset, metric, responder
 from tests.ray.conftest import NODE, REPO
 
 ray = pytest.importorskip("ray")
@@ -59,8 +60,7 @@ def sim() -> Iterator[SimLM]:
 
 
 def make_lm(sim: SimLM) -> LM:
-    return LM("openai/sim-task", api_base=sim.openai_base, api_key="k", cache=False,
-              retry_policy=FAST_RETRY)  # fmt: skip
+    return lm_on(sim, "openai/sim-task", api_key="k")
 
 
 @pytest.fixture
@@ -80,14 +80,6 @@ def reference(sim: SimLM) -> dict[str, Any]:
     finally:
         client.close()
     return program.dump_state()
-
-
-def _wait(predicate: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 @ray.remote(num_cpus=0)
@@ -180,7 +172,11 @@ def test_run_on_cluster_survives_a_worker_node_killed_mid_run(
         with start(lm=lm, data_dir=tmp_path / "data", lm_workers=4) as app:
             run = app.optimize(optimizer, student(), trainset=TRAIN, valset=DEV, seed=SEED,
                                run_id="w1", executor=executor)  # fmt: skip
-            _wait(lambda: victim.node_id in ray.get(log.seen.remote(), timeout=30))
+            wait_until(
+                lambda: victim.node_id in ray.get(log.seen.remote(), timeout=30),
+                timeout=60.0,
+                what="the doomed node to reach the metric",
+            )
             cluster.remove_node(victim, allow_graceful=False)  # its raylet and workers die
             program = run.result(120)
         assert program.dump_state() == reference
@@ -231,7 +227,11 @@ def test_driver_killed_then_the_run_resumes_from_its_checkpoint_elsewhere(
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        _wait(lambda: _saved_steps(db) >= 2 or child.poll() is not None, timeout=90)
+        wait_until(
+            lambda: _saved_steps(db) >= 2 or child.poll() is not None,
+            timeout=90.0,
+            what="two checkpointed steps (or the driver to exit)",
+        )
         child.kill()  # SIGKILL: the first driver's machine is gone
     finally:
         _, err = child.communicate(timeout=30)

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import dspy_actors as dsa
 from dspy_actors.runtime.app import App
-from dspy_actors.testing import SimLM
-
-# Fast LM retries: the suite injects many faults and must still finish quickly.
-FAST_RETRIES = dsa.RetryPolicy(max_retries=3, base_delay=0.002, max_delay=0.02)
 
 StartApp = Callable[..., App]
 
@@ -70,31 +65,13 @@ class NeverStarts(dsa.Module):
         return NeverStarts()
 
 
-def make_lm(sim: SimLM, **kw: Any) -> dsa.LM:
-    kw.setdefault("cache", False)
-    kw.setdefault("retry_policy", FAST_RETRIES)
-    kw.setdefault("timeout", 10.0)
-    return dsa.LM("openai/sim-model", api_base=sim.openai_base, api_key="sim", **kw)
-
-
 @pytest.fixture
-def start_app(sim_lm: SimLM, tmp_path: Path) -> Iterator[StartApp]:
-    """Start apps on the test's SimLM (stores in tmp_path); all stopped at the end."""
-    apps: list[App] = []
-    lms: list[dsa.LM] = []
+def start_app(make_app: StartApp) -> StartApp:
+    """The plugin's ``make_app`` (an LM on the test's SimLM, stores in tmp_path, all
+    stopped after), with 16 LM worker threads unless told otherwise."""
 
     def make(**kw: Any) -> App:
-        if "lm" not in kw:
-            kw["lm"] = make_lm(sim_lm)
-            lms.append(kw["lm"])
-        kw.setdefault("data_dir", tmp_path / f"app{len(apps)}")
         kw.setdefault("lm_workers", 16)
-        app = dsa.start(**kw)
-        apps.append(app)
-        return app
+        return make_app(**kw)
 
-    yield make
-    for app in apps:
-        app.stop()
-    for lm in lms:
-        lm.close()
+    return make

@@ -16,9 +16,9 @@ import supervisors
 from dspy_actors.primitives.parameter import StateError
 from dspy_actors.runtime import app as app_module
 from dspy_actors.runtime.errors import AppStopped
-from dspy_actors.testing import SimLM
+from dspy_actors.testing import SimLM, lm_on
 from dspy_actors.testing.polling import wait_until
-from tests.reliability.programs import StartApp, make_lm
+from tests.reliability.programs import StartApp
 
 
 def _kill_modules(app: dsa.App) -> None:
@@ -128,7 +128,7 @@ def test_apps_without_name_or_data_dir_never_share_state(
     """Two scripts, each with a default app: the second's fresh program must not come up
     with what the first one learned (the default names collide across processes)."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "user-data"))
-    lm = make_lm(sim_lm)
+    lm = lm_on(sim_lm)
     try:
         first = dsa.start(lm=lm, lm_workers=2)
         try:

@@ -14,9 +14,10 @@ from dspy_actors.testing import (
     SimLM,
     assert_all_accounted,
     assert_tree_healthy,
+    lm_on,
     wait_until,
 )
-from tests.reliability.programs import PIPELINE, StartApp, make_lm
+from tests.reliability.programs import PIPELINE, StartApp
 
 IN_FLIGHT = 64
 # The traffic is paced by the kills, one kill per this many calls at least, so however fast
@@ -30,7 +31,7 @@ def _run_under_kills(
     # 1,000 distinct questions, each asked 5 times: one call in five goes to the LM pool, the
     # others are answered from the (memory) cache inside the module actor. Every call still
     # crosses both step actors, which is what the kills hit.
-    lm = make_lm(sim_lm, cache=True, cache_store=Cache(disk_path=None))
+    lm = lm_on(sim_lm, cache=True, cache_store=Cache(disk_path=None))
     app = start_app(lm=lm, submit_threads=IN_FLIGHT)
     qa = app.program("qa", PIPELINE, idempotent=True, timeout=30.0, **program)
     ledger = CallLedger(qa, hang_after_s=45.0)

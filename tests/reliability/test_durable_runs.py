@@ -8,7 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from dspy_actors.optimizers import BootstrapFewShot, BootstrapFewShotWithRandomS
 from dspy_actors.runtime.runs import RunStore, start_run
 from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM
-from tests.dspy_actors.optimizers.task import FAST_RETRY, dataset, metric, responder
+from tests.dspy_actors.optimizers.task import dataset, metric, task_lm_client, task_sim  # noqa: F401 - fixtures
 
 TRAIN = dataset(0, 8)
 DEV = dataset(12, 6)
@@ -63,22 +63,6 @@ run = start_run(app, OPTIMIZERS[kind](), student(), trainset=TRAIN, valset=DEV, 
                 run_id="d1")
 run.result(300)
 """
-
-
-@pytest.fixture
-def sim() -> Iterator[SimLM]:
-    with SimLM(responder, latency=0.01) as server:
-        yield server
-
-
-@pytest.fixture
-def lm(sim: SimLM) -> Iterator[LM]:
-    client = LM(
-        "openai/sim-task", api_base=sim.openai_base, api_key="k", cache=False,
-        retry_policy=FAST_RETRY,
-    )  # fmt: skip
-    yield client
-    client.close()
 
 
 def _journaled(db: Path, *, writer_dead: bool = False) -> int:

@@ -38,6 +38,8 @@ def test_poison_input_is_dead_lettered_without_escalating(
     start_app: StartApp, supervision_events: list[supervisors.SupervisorEvent]
 ) -> None:
     app = start_app(poison_threshold=3)
+    published: list[Any] = []
+    app.subscribe("dead_letter", published.append)
     qa = app.serve("qa", Poison(), idempotent=True)
     ledger = CallLedger(qa, hang_after_s=30.0)
     before = Poison.crashes
@@ -59,13 +61,22 @@ def test_poison_input_is_dead_lettered_without_escalating(
 
     letters = app.dead_letters("qa")
     assert [dict(letter.inputs) for letter in letters] == [{"question": "poison"}]
-    assert letters[0].exception_type.endswith("RuntimeError")
+    (letter,) = letters
+    assert letter.exception_type.endswith("RuntimeError")
+    assert "cannot digest this input" in letter.traceback
+    assert letter.id in str(quarantined.value)  # the caller can find it
+    assert app.events.flush(5.0)
+    assert [e.dead_letter_id for e in published] == [letter.id]
     # Nothing escalated: the program's subtree restarted its entry actor 3 times, no more.
     assert not [e for e in supervision_events if e.kind == "escalated"]
     program = app.root.supervisor("modules").supervisor("qa@v1")
     assert sum(info.restart_count for info in program.which_children()) == 3
     assert _children(app.root.supervisor("modules"))["qa@v1"].restart_count == 0
     assert_tree_healthy(app, within_s=10.0)
+    # Replaying a still-poisonous input runs it again and quarantines it again.
+    with pytest.raises(dsa.DeadLettered):
+        app.replay_dead_letter(letter.id)
+    assert app.root.is_alive
 
 
 class Storm(dsa.Module):

@@ -4,6 +4,7 @@ request can carry is refused at once; the caller only ever sees our errors."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,10 @@ from dspy_actors.runtime.errors import ModuleCrashed, RuntimeCallError, Unencoda
 from dspy_actors.runtime.poison import fingerprint
 from dspy_actors.testing import SimLM
 from tests.reliability.programs import StartApp
+
+# Ten times the interpreter's recursion limit: any recursive walk of it fails, as at 100k
+# levels, at a tenth of the cost (a walk is linear in the depth).
+DEEP = 10 * sys.getrecursionlimit()
 
 
 def _nested(depth: int, leaf: Any = "bottom") -> dict[str, Any]:
@@ -36,7 +41,7 @@ def test_every_input_has_a_stable_fingerprint() -> None:
     cycle: list[Any] = []
     cycle.append(cycle)
     odd_inputs: list[dict[str, Any]] = [
-        {"q": _nested(100_000)},
+        {"q": _nested(DEEP)},
         {"q": "lone \ud800 surrogate"},
         {"q": cycle},
         {"q": _BadRepr()},
@@ -50,7 +55,7 @@ def test_every_input_has_a_stable_fingerprint() -> None:
     assert fingerprint("p", {"a": 1, "b": [2]}) == fingerprint("p", {"b": [2], "a": 1})
     assert fingerprint("p", {"a": 1}) != fingerprint("p", {"a": "1"})
     assert fingerprint("p", {"a": 1}) != fingerprint("p", {"a": True})
-    assert fingerprint("p", {"q": _nested(100_000)}) != fingerprint("p", {"q": _nested(99_999)})
+    assert fingerprint("p", {"q": _nested(DEEP)}) != fingerprint("p", {"q": _nested(DEEP - 1)})
     assert fingerprint("p", {"q": "\ud800"}) != fingerprint("p", {"q": "\ud801"})
     assert fingerprint("p", {"a": 1}) != fingerprint("other", {"a": 1})
 
@@ -58,7 +63,7 @@ def test_every_input_has_a_stable_fingerprint() -> None:
 def test_a_deeply_nested_input_is_quarantined_after_the_threshold(start_app: StartApp) -> None:
     app = start_app(poison_threshold=2)
     qa = app.serve("qa", dsa.Predict("question -> answer"))
-    deep = {"question": _nested(100_000)}
+    deep = {"question": _nested(DEEP)}
     errors: list[BaseException] = []
     for _ in range(4):
         with pytest.raises(RuntimeCallError) as caught:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -22,8 +21,10 @@ from dspy_actors.testing import (
     SimRequest,
     assert_all_accounted,
     assert_tree_healthy,
+    lm_on,
 )
-from tests.reliability.programs import StartApp, make_lm
+from dspy_actors.testing.polling import wait_until
+from tests.reliability.programs import StartApp
 
 CALLS = 8
 WAIT_S = 20.0
@@ -78,13 +79,6 @@ def gated() -> Iterator[GatedSim]:
             gated.gate.set()
 
 
-def _wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-
-
 def _send(handle: Any) -> list[Future[Any]]:
     return [handle.submit(question=f"q{i}") for i in range(CALLS)]
 
@@ -107,11 +101,15 @@ def _kill_once(app: Any, name: str) -> None:
 def test_a_pipeline_step_killed_with_calls_in_flight_answers_them_all(
     start_app: StartApp, gated: GatedSim
 ) -> None:
-    lm = make_lm(gated.sim)
+    lm = lm_on(gated.sim)
     app = start_app(lm=lm)
     qa = app.program("qa", STEPS, timeout=30.0)  # not idempotent: the default
     futures = _send(qa)
-    _wait_for(lambda: gated.count(answer_step=True) >= CALLS, "the answer step's requests")
+    wait_until(
+        lambda: gated.count(answer_step=True) >= CALLS,
+        timeout=WAIT_S,
+        what="the answer step's requests",
+    )
     _kill_once(app, "qa@v1/answer")
     gated.gate.set()
     outcomes = _outcomes(futures)
@@ -124,12 +122,16 @@ def test_a_pipeline_step_killed_with_calls_in_flight_answers_them_all(
 def test_a_killed_sub_module_leaves_its_composite_serving(
     start_app: StartApp, gated: GatedSim
 ) -> None:
-    lm = make_lm(gated.sim)
+    lm = lm_on(gated.sim)
     app = start_app(lm=lm)
     qa = app.serve("qa", HintThenAnswer(), timeout=30.0)
     entry = app.registry.whereis(f"{app.name}/qa@v1/")
     futures = _send(qa)
-    _wait_for(lambda: gated.count(answer_step=True) >= CALLS, "the answer sub-module's requests")
+    wait_until(
+        lambda: gated.count(answer_step=True) >= CALLS,
+        timeout=WAIT_S,
+        what="the answer sub-module's requests",
+    )
     _kill_once(app, "qa@v1/answer")
     gated.gate.set()
     outcomes = _outcomes(futures)
@@ -145,11 +147,15 @@ def test_a_killed_sub_module_leaves_its_composite_serving(
 def test_a_killed_user_forward_is_retried_only_when_idempotent(
     start_app: StartApp, gated: GatedSim
 ) -> None:
-    lm = make_lm(gated.sim)
+    lm = lm_on(gated.sim)
     app = start_app(lm=lm)
     plain = app.serve("plain", HintThenAnswer(), timeout=30.0)
     futures = _send(plain)
-    _wait_for(lambda: gated.count(answer_step=True) >= CALLS, "the answer sub-module's requests")
+    wait_until(
+        lambda: gated.count(answer_step=True) >= CALLS,
+        timeout=WAIT_S,
+        what="the answer sub-module's requests",
+    )
     _kill_once(app, "plain@v1/")  # the composite's own actor: its forwards are dropped
     gated.gate.set()
     outcomes = _outcomes(futures)
@@ -161,8 +167,10 @@ def test_a_killed_user_forward_is_retried_only_when_idempotent(
     before = gated.count(answer_step=False)
     opted_in = app.serve("opted", HintThenAnswer(), timeout=30.0, idempotent=True)
     futures = _send(opted_in)
-    _wait_for(
-        lambda: gated.count(answer_step=True) >= 2 * CALLS, "the answer sub-module's requests"
+    wait_until(
+        lambda: gated.count(answer_step=True) >= 2 * CALLS,
+        timeout=WAIT_S,
+        what="the answer sub-module's requests",
     )
     _kill_once(app, "opted@v1/")
     gated.gate.set()
@@ -178,7 +186,7 @@ def test_an_idempotent_call_rides_out_crashes_until_its_deadline_not_a_count_of_
     """The same calls are dropped by four kills of their composite's own actor, each kill
     once every call is back in flight; with the defaults every call is answered (a count
     of 3 crash retries answered 64% of such calls under bench/bench_kill_storm.py)."""
-    lm = make_lm(gated.sim)
+    lm = lm_on(gated.sim)
     app = start_app(lm=lm)
     qa = app.serve("qa", HintThenAnswer(), timeout=30.0, idempotent=True)
     # Few calls: each kill leaves their answer-step requests held at the gate, and the
@@ -187,9 +195,10 @@ def test_an_idempotent_call_rides_out_crashes_until_its_deadline_not_a_count_of_
     futures = [qa.submit(question=f"q{i}") for i in range(calls)]
     for kill in range(1, kills + 1):
         wanted = kill * calls
-        _wait_for(
+        wait_until(
             lambda wanted=wanted: gated.count(answer_step=True) >= wanted,
-            f"the answer sub-module's requests before kill {kill}",
+            timeout=WAIT_S,
+            what=f"the answer sub-module's requests before kill {kill}",
         )
         _kill_once(app, "qa@v1/")
     gated.gate.set()
@@ -202,13 +211,17 @@ def test_an_idempotent_call_rides_out_crashes_until_its_deadline_not_a_count_of_
 def test_an_idempotent_call_rides_out_only_the_crashes_max_crash_retries_allows(
     start_app: StartApp, gated: GatedSim
 ) -> None:
-    lm = make_lm(gated.sim)
+    lm = lm_on(gated.sim)
     app = start_app(lm=lm)
     capped = app.serve(
         "capped", HintThenAnswer(), timeout=30.0, idempotent=True, max_crash_retries=0
     )
     futures = _send(capped)
-    _wait_for(lambda: gated.count(answer_step=True) >= CALLS, "the answer sub-module's requests")
+    wait_until(
+        lambda: gated.count(answer_step=True) >= CALLS,
+        timeout=WAIT_S,
+        what="the answer sub-module's requests",
+    )
     _kill_once(app, "capped@v1/")
     gated.gate.set()
     outcomes = _outcomes(futures)
@@ -221,7 +234,7 @@ def test_an_idempotent_call_rides_out_only_the_crashes_max_crash_retries_allows(
 def test_calls_under_a_kill_storm_are_all_answered_with_the_defaults(
     start_app: StartApp, sim_lm: SimLM, kind: str
 ) -> None:
-    lm = make_lm(sim_lm)
+    lm = lm_on(sim_lm)
     app = start_app(lm=lm, submit_threads=32)
     if kind == "pipeline":
         qa = app.program("qa", STEPS, timeout=30.0)

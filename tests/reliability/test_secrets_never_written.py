@@ -18,8 +18,7 @@ import structlog.testing
 
 import dspy_actors as dsa
 from dspy_actors.redaction import clean_api_key, exception_text, get_logger, redact
-from dspy_actors.testing import Fault, SimLM, SimRequest
-from tests.reliability.programs import FAST_RETRIES
+from dspy_actors.testing import FAST_RETRIES, Fault, SimLM, SimRequest
 
 _TOKEN = "Zq7Xv2Lw9Rt4Ys8Kp3Nm6Bd1Hg5Jc0Fa"  # distinctive: any hit is the key leaking
 

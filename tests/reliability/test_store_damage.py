@@ -15,9 +15,10 @@ from dspy_actors.testing import (
     SimLM,
     assert_all_accounted,
     assert_tree_healthy,
+    lm_on,
     wait_until,
 )
-from tests.reliability.programs import Poison, StartApp, make_lm
+from tests.reliability.programs import Poison, StartApp
 
 GARBAGE = b"this is not an SQLite database, it was overwritten on purpose\n" * 64
 
@@ -37,7 +38,7 @@ def test_cache_and_store_files_damaged_while_serving_no_caller_crashes(
 ) -> None:
     cache_path = tmp_path / "lm_cache.sqlite3"
     cache = Cache(disk_path=cache_path)
-    lm = make_lm(sim_lm, cache=True, cache_store=cache)
+    lm = lm_on(sim_lm, cache=True, cache_store=cache)
     data_dir = tmp_path / "data"
     app = start_app(lm=lm, data_dir=data_dir, poison_threshold=2)
     qa = app.serve("qa", dsa.ChainOfThought("question -> answer"), idempotent=True)

@@ -1,8 +1,6 @@
-"""Streaming tests use the runtime tests' fixtures: a SimLM per test (``sim``), ``make_lm``
-and ``start_app`` (apps started on it, stopped after)."""
+"""Streaming tests use the runtime tests' fixtures: a SimLM per test (``sim``) and
+``start_app``; LMs come from the plugin's ``make_lm``."""
 
-from __future__ import annotations
+from tests.dspy_actors.runtime.conftest import StartApp, sim, start_app
 
-from tests.dspy_actors.runtime.conftest import StartApp, make_lm, sim, start_app
-
-__all__ = ["StartApp", "make_lm", "sim", "start_app"]
+__all__ = ["StartApp", "sim", "start_app"]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,21 +14,13 @@ from dspy_actors.runtime.app import App
 from dspy_actors.runtime.lm_pool import LMWorkerCrashed, PoolStats
 from dspy_actors.streaming import StreamingInterrupted, StreamResponse
 from dspy_actors.testing.faults import Fault
+from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM
 from tests.streaming.conftest import StartApp
 from tests.streaming.test_handle_stream import chat_answer
 
 # Word by word from SimLM: about 3,000 deltas, far more than any buffer here.
 HUGE = " ".join(f"w{i}" for i in range(3000))
-
-
-def until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
 
 
 def busy(app: App) -> int:
@@ -54,7 +44,7 @@ def test_a_reader_that_stops_holds_the_stream_at_its_buffer(
     with qa.stream_with({"question": "q"}, buffer=8) as stream:
         first_field_piece(stream)
         # The LM request goes on until the buffer is full, then waits for the reader.
-        assert until(lambda: stream.buffered == stream.capacity)
+        wait_until(lambda: stream.buffered == stream.capacity, timeout=20.0)
         assert busy(app) == 1  # still in flight: paused, not finished
         pieces = list(stream)
     assert pieces[-1].answer == HUGE
@@ -73,7 +63,7 @@ def test_closing_the_stream_aborts_the_lm_request_and_frees_its_slot(
     first_field_piece(stream)
     assert busy(app) == 1
     stream.close()
-    assert until(lambda: busy(app) == 0)
+    wait_until(lambda: busy(app) == 0, timeout=20.0)
     # The slot is free for the next call, which runs to its end.
     assert qa.call(question="again").answer == HUGE
 
@@ -98,7 +88,7 @@ def test_cancelling_an_astream_task_frees_the_slot(sim: SimLM, start_app: StartA
             await task
 
     asyncio.run(main())
-    assert until(lambda: busy(app) == 0)
+    wait_until(lambda: busy(app) == 0, timeout=20.0)
 
 
 def test_provider_dropping_mid_stream_ends_it_with_a_clear_error(
@@ -149,9 +139,9 @@ def test_lm_loop_killed_mid_stream_ends_it_with_a_clear_error(
     with pytest.raises((StreamingInterrupted, LMWorkerCrashed)) as failure:
         list(stream)
     assert "mid-stream" in str(failure.value) or "LM event loop was stopped" in str(failure.value)
-    assert until(lambda: busy(app) == 0)
+    wait_until(lambda: busy(app) == 0, timeout=20.0)
     # Both loops restarted (a call sent while they still restart may meet two dead loops).
-    assert until(lambda: _loops_running(workers, 2))
+    wait_until(lambda: _loops_running(workers, 2), timeout=20.0)
     assert qa.call(question="after").answer == HUGE  # the pool came back
 
 
@@ -167,4 +157,4 @@ def test_module_actor_killed_mid_stream_ends_it_with_a_clear_error(
     supervisors.kill(ref)
     with pytest.raises(StreamingInterrupted, match="not retried mid-stream"):
         list(stream)
-    assert until(lambda: busy(app) == 0)
+    wait_until(lambda: busy(app) == 0, timeout=20.0)

@@ -13,13 +13,15 @@ from dspy_actors.lm.breaker import CircuitOpen
 from dspy_actors.runtime.errors import DeadlineExceeded
 from dspy_actors.runtime.events import Event
 from dspy_actors.streaming import StatusMessage
+from dspy_actors.testing import FAST_RETRIES
 from dspy_actors.testing.faults import Fault
+from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.sim_agent import AgentStep, react_responder
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.runtime.programs import Retriever
 from tests.streaming.conftest import StartApp
 from tests.streaming.test_handle_stream import chat_answer, texts
-from tests.streaming.test_stream_flow import HUGE, busy, first_field_piece, until
+from tests.streaming.test_stream_flow import HUGE, busy, first_field_piece
 
 
 def test_a_pipeline_streams_each_steps_fields_by_path(sim: SimLM, start_app: StartApp) -> None:
@@ -86,7 +88,9 @@ def test_streamed_calls_publish_the_events_of_a_call(sim: SimLM, start_app: Star
             return {e.topic for e in seen if e.trace_id == "trace-streamed"}
 
     # (Events are delivered by the event bus actor, after the answer.)
-    assert until(lambda: {"module.start", "module.end", "lm.start", "lm.end"} <= topics())
+    wait_until(
+        lambda: {"module.start", "module.end", "lm.start", "lm.end"} <= topics(), timeout=20.0
+    )
 
 
 def test_a_reader_stalled_past_the_deadline_gets_deadline_exceeded(
@@ -99,7 +103,7 @@ def test_a_reader_stalled_past_the_deadline_gets_deadline_exceeded(
     first_field_piece(stream)
     # The reader stalls: the LM request waits at the full buffer until the deadline ends
     # it (its slot freed), however long the provider would take.
-    assert until(lambda: busy(app) == 0)
+    wait_until(lambda: busy(app) == 0, timeout=20.0)
     with pytest.raises(DeadlineExceeded):
         list(stream)  # reads on: what was buffered, then the error
 
@@ -109,8 +113,8 @@ def test_an_open_breaker_fails_a_stream_as_it_fails_a_call(sim: SimLM, start_app
         breaker={"minimum_calls": 2, "window_size": 2, "wait_in_open": 60.0},
     )
     qa = app.serve("qa", dsa.Predict("question -> answer"))
-    for _ in range(4):
-        sim.inject(Fault.server_error())
+    # Every attempt of both calls fails (each call tries 1 + max_retries times).
+    sim.inject(Fault.server_error(), times=2 * (1 + FAST_RETRIES.max_retries))
     for i in range(2):
         with pytest.raises(dsa.lm.errors.LMError):
             qa.call(question=f"fail {i}")

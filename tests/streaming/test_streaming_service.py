@@ -14,9 +14,10 @@ import aiohttp
 import pytest
 
 import dspy_actors as dsa
+from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM
 from tests.streaming.conftest import StartApp
-from tests.streaming.test_stream_flow import busy, until
+from tests.streaming.test_stream_flow import busy
 
 STREAMS = 500
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "streaming_service.py"
@@ -72,7 +73,7 @@ def test_five_hundred_concurrent_streams_with_clients_hanging_up(
         assert r["text"]["answer"] == r["done"]["answer"]
         assert r["chunks"] > 10
     # Every disconnected client's call was cancelled: no LM request is left running.
-    assert until(lambda: busy(app) == 0)
+    wait_until(lambda: busy(app) == 0, timeout=20.0)
 
 
 @pytest.mark.timeout(120)
@@ -97,5 +98,5 @@ def test_a_client_hanging_up_aborts_its_lm_request(sim: SimLM, start_app: StartA
 
         results = asyncio.run(main())
         assert all(r.get("hung_up") for r in results)
-        assert until(lambda: busy(app) == 0)
+        wait_until(lambda: busy(app) == 0, timeout=20.0)
     assert qa.usage.total_tokens == 0  # no LM request ran to its end (none was settled)

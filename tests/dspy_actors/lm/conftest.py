@@ -1,30 +1,8 @@
-"""Fixtures for the LM tests: a fresh SimLM per test and LMs that are closed afterwards."""
+"""The LM tests use the plugin's fixtures: ``sim_lm`` and ``make_lm`` (LMs on it, uncached,
+fast retries, closed afterwards; a test passes ``api_base=`` for another server)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from dspy_actors.testing.pytest_plugin import make_lm, sim_lm
 
-import pytest
-
-from dspy_actors.lm import LM, RetryPolicy
-from dspy_actors.testing.pytest_plugin import sim_lm  # noqa: F401 - re-exported fixture
-
-
-@pytest.fixture
-def make_lm() -> Iterator[Callable[..., LM]]:
-    """Build LMs (uncached and with fast retries unless told otherwise); close them all."""
-    made: list[LM] = []
-
-    def make(model: str = "openai/sim-model", **kw: Any) -> LM:
-        kw.setdefault("cache", False)
-        # Retries wait milliseconds, not seconds (Retry-After headers still rule).
-        kw.setdefault("retry_policy", RetryPolicy(max_retries=3, base_delay=0.005, max_delay=0.02))
-        kw.setdefault("api_key", "test-key")
-        lm = LM(model, **kw)
-        made.append(lm)
-        return lm
-
-    yield make
-    for lm in made:
-        lm.close()
+__all__ = ["make_lm", "sim_lm"]

@@ -11,12 +11,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from dspy_actors.lm import LM
 from dspy_actors.primitives.example import Example
+from dspy_actors.testing.sim_clients import lm_on
 from dspy_actors.testing.sim_lm import SimLM, SimReply, SimRequest
 from dspy_actors.testing.sim_responder import requested_fields
 from dspy_actors.testing.sim_wire import message_text
-from tests.dspy_actors.conftest import FAST_RETRY
 
 WORDS = [
     "apple", "river", "stone", "cloud", "tiger", "maple", "ocean", "piano", "lemon", "candle",
@@ -77,14 +79,7 @@ def responder(request: SimRequest) -> str | SimReply:
 def task_lm(**kw: Any) -> Iterator[tuple[SimLM, LM]]:
     """A SimLM serving the task and an uncached LM on it (closed afterwards)."""
     with SimLM(responder) as sim:
-        lm = LM(
-            "openai/sim-task",
-            api_base=sim.openai_base,
-            api_key="k",
-            cache=kw.pop("cache", False),
-            retry_policy=FAST_RETRY,
-            **kw,
-        )
+        lm = lm_on(sim, "openai/sim-task", api_key="k", **kw)
         try:
             yield sim, lm
         finally:
@@ -92,3 +87,20 @@ def task_lm(**kw: Any) -> Iterator[tuple[SimLM, LM]]:
 
 
 MetricFn = Callable[[Example, Any], bool]
+
+
+@pytest.fixture(name="sim")
+def task_sim() -> Iterator[SimLM]:
+    """Fixture ``sim``: a SimLM serving the task, 10 ms per answer (import ``task_sim``
+    into a test module)."""
+    with SimLM(responder, latency=0.01) as server:
+        yield server
+
+
+@pytest.fixture(name="lm")
+def task_lm_client(sim: SimLM) -> Iterator[LM]:
+    """Fixture ``lm``: an LM on ``sim`` (``lm_on``: uncached, fast retries), closed after
+    (import ``task_lm_client`` into a test module)."""
+    client = lm_on(sim, "openai/sim-task", api_key="k")
+    yield client
+    client.close()

@@ -1,19 +1,17 @@
-"""Fixtures for runtime tests: a SimLM per test and apps started on it (stopped after)."""
+"""Fixtures for runtime tests: apps started on the test's SimLM (stopped after), with LMs
+from the plugin's ``make_lm``."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from dspy_actors.lm import LM
-from dspy_actors.runtime.app import App, start
+from dspy_actors.runtime.app import App
 from dspy_actors.testing.sim_lm import SimLM
-from tests.dspy_actors.conftest import FAST_RETRY
 
 StartApp = Callable[..., App]
 
@@ -25,37 +23,14 @@ def sim(sim_lm: SimLM) -> SimLM:
 
 
 @pytest.fixture
-def make_lm(sim: SimLM) -> Iterator[Callable[..., LM]]:
-    made: list[LM] = []
-
-    def make(**kw: Any) -> LM:
-        kw.setdefault("cache", False)
-        kw.setdefault("retry_policy", FAST_RETRY)
-        lm = LM("openai/sim-model", api_base=sim.openai_base, api_key="test-key", **kw)
-        made.append(lm)
-        return lm
-
-    yield make
-    for lm in made:
-        lm.close()
-
-
-@pytest.fixture
-def start_app(tmp_path: Path, make_lm: Callable[..., LM]) -> Iterator[StartApp]:
-    """Start apps on the test's SimLM; every app is stopped when the test ends."""
-    apps: list[App] = []
+def start_app(make_app: StartApp) -> StartApp:
+    """The plugin's ``make_app``, at most 8 LM requests in flight unless told otherwise."""
 
     def make(**kw: Any) -> App:
-        kw.setdefault("lm", make_lm())
-        kw.setdefault("data_dir", tmp_path / f"app{len(apps)}")
         kw.setdefault("lm_max_in_flight", 8)  # on the default event loop
-        app = start(**kw)
-        apps.append(app)
-        return app
+        return make_app(**kw)
 
-    yield make
-    for app in apps:
-        app.stop()
+    return make
 
 
 def run_in_threads(target: Callable[[int], object], count: int, timeout: float = 60.0) -> None:

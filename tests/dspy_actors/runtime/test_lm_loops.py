@@ -26,19 +26,11 @@ from dspy_actors.runtime.lm_pool import (
     submit_lm_request,
 )
 from dspy_actors.testing.faults import Fault
+from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.runtime.conftest import StartApp
 
 MESSAGES = [{"role": "user", "content": "question: hi"}]
-
-
-def _until(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.fixture
@@ -50,7 +42,7 @@ def loop_pool() -> Iterator[Callable[..., Dispatcher]]:
         dispatcher = Dispatcher(LMPoolConfig(**config))
         ref = LMLoop.start(f"test-loop-{len(refs)}", dispatcher, slots)
         refs.append(ref)
-        assert _until(lambda: dispatcher.stats()["idle"] == slots)  # its slots are offered
+        wait_until(lambda: dispatcher.stats()["idle"] == slots)  # its slots are offered
         _loops[ref.actor_urn] = ref.proxy().loop.get(timeout=10.0)
         return dispatcher
 
@@ -147,14 +139,14 @@ def test_a_loop_killed_mid_flight_loses_no_call(
         app = start_app(lm=lm, lm_loops=2, lm_max_in_flight=64)
         qa = app.serve("qa", Predict("question -> answer"))
         futures = [qa.submit(question=f"q{i}") for i in range(40)]
-        assert _until(lambda: sim.request_count >= 20)
+        wait_until(lambda: sim.request_count >= 20)
         loops = app.root.supervisor("lm").supervisor("workers")
         before = [info.ref for info in loops.which_children()]
         assert before[0] is not None
         supervisors.kill(before[0])
         answers = [f.result(timeout=60.0) for f in futures]
         assert all(a.answer for a in answers)
-        assert _until(lambda: loops.which_children()[0].ref not in (None, before[0]))
+        wait_until(lambda: loops.which_children()[0].ref not in (None, before[0]))
         assert qa.call(question="after").answer
         lm.close()
 
@@ -166,11 +158,11 @@ def test_a_caller_that_gives_up_frees_its_slot_at_once(
         lm = LM("openai/sim-model", api_base=sim.openai_base, api_key="k", cache=False)
         dispatcher = loop_pool(4)
         replies = _submit(dispatcher, lm, 4)
-        assert _until(lambda: sim.request_count == 4)
+        wait_until(lambda: sim.request_count == 4)
         assert dispatcher.stats()["busy"] == 4
         for reply in replies:
             reply.cancel()
-        assert _until(lambda: dispatcher.stats()["busy"] == 0, timeout=10.0)
+        wait_until(lambda: dispatcher.stats()["busy"] == 0, timeout=10.0)
         sim.latency = 0.0
         assert _submit(dispatcher, lm, 1)[0].result(timeout=30.0).outputs
         lm.close()
@@ -220,7 +212,7 @@ def test_the_breaker_opens_for_a_failing_provider(loop_pool: Callable[..., Dispa
         dispatcher = loop_pool(4, breaker_factory=lambda _key: breaker)
         for reply in _submit(dispatcher, lm, 4):
             assert isinstance(reply.exception(timeout=30.0), ServerError)
-        assert _until(lambda: breaker.state == "open", timeout=10.0)
+        wait_until(lambda: breaker.state == "open", timeout=10.0)
         assert isinstance(_submit(dispatcher, lm, 1)[0].exception(timeout=10.0), CircuitOpen)
         lm.close()
 
@@ -236,7 +228,7 @@ def test_4096_in_flight_hold_no_thread_each(loop_pool: Callable[..., Dispatcher]
         threads_before = threading.active_count()
         dispatcher = loop_pool(4096)
         replies = _submit(dispatcher, lm, 4096, timeout=300.0)
-        assert _until(lambda: dispatcher.stats()["busy"] == 4096, timeout=60.0)
+        wait_until(lambda: dispatcher.stats()["busy"] == 4096, timeout=60.0)
         in_flight_threads = threading.active_count()
         assert all(r.result(timeout=300.0).outputs for r in replies)
         lm.close()
@@ -259,7 +251,7 @@ def test_time_the_loop_runs_late_is_not_a_slow_call(loop_pool: Callable[..., Dis
         dispatcher = loop_pool(8, breaker_factory=lambda _key: breaker)
         loop = next(iter(_loops.values()))
         replies = _submit(dispatcher, lm, 8)
-        assert _until(lambda: sim.request_count == 8)
+        wait_until(lambda: sim.request_count == 8)
         loop._loop.call_soon_threadsafe(time.sleep, 1.5)  # the loop falls 1.5 s behind
         assert all(r.result(timeout=60.0).outputs for r in replies)
         assert breaker.state == "closed"

@@ -139,8 +139,8 @@ def test_a_crash_in_step_two_names_it_and_an_idempotent_call_retries_from_step_o
 
 
 class KillsStepTwo(Module):
-    """Step 1: kills step 2's actor and holds its restart until ``SlowRestart.release`` is
-    set (once)."""
+    """Step 1: kills step 2's actor; its starts are held (``SlowRestart.slow``) until
+    ``SlowRestart.release`` is set."""
 
     runs = 0
     target: Any = None
@@ -157,26 +157,58 @@ class KillsStepTwo(Module):
 
 class SlowRestart(Module):
     slow = False
+    held = threading.Event()  # a start is being held
     release = threading.Event()
 
     def forward(self, draft: str) -> Prediction:
         return Prediction(answer=draft)
 
     def deepcopy(self) -> Any:
-        if SlowRestart.slow:
-            SlowRestart.slow = False
+        if SlowRestart.slow:  # every start waits while the flag is up
+            SlowRestart.held.set()
             SlowRestart.release.wait(60.0)
         return super().deepcopy()
 
 
-def test_a_step_unavailable_past_the_limit_fails_naming_it_without_rerunning_step_one(
-    start_app: StartApp, monkeypatch: pytest.MonkeyPatch
+def test_a_step_restarting_within_the_limit_answers_without_rerunning_step_one(
+    start_app: StartApp,
 ) -> None:
-    """Step 2's restart is held until the call has failed, so the resend limit, not a
-    race, decides. Not at its 5 s default: a restart held that long also hits the 5 s
-    start timeout, and the retried start would answer the call first. 1 s keeps well
-    inside it."""
-    monkeypatch.setattr(calls, "RESEND_LIMIT_SECONDS", 1.0)
+    """Step 1 (a side effect: think of an e-mail sent) kills step 2, whose restart is held
+    until it has begun: the call is answered once step 2 is back, and the handle does
+    not re-run step 1 (not idempotent: the default)."""
+    app = start_app()
+    KillsStepTwo.runs = 0
+    SlowRestart.held.clear()
+    SlowRestart.release.clear()
+    p = app.program("p", [("first", KillsStepTwo), ("second", SlowRestart)])
+    KillsStepTwo.target = app.registry.lookup(f"{app.name}/p@v1/second")
+
+    def release_once_held() -> None:
+        if SlowRestart.held.wait(60.0):
+            SlowRestart.slow = False
+            SlowRestart.release.set()
+
+    releaser = threading.Thread(target=release_once_held, name="release-step-two")
+    releaser.start()
+    try:
+        assert p.call(question="once").answer == "once"
+        assert SlowRestart.held.is_set(), "step 2's restart was never held"
+    finally:
+        SlowRestart.slow = False
+        SlowRestart.held.set()
+        SlowRestart.release.set()
+        releaser.join(60.0)
+    assert KillsStepTwo.runs == 1
+
+
+def test_a_step_unavailable_past_the_limit_fails_naming_it_without_rerunning_step_one(
+    start_app: StartApp,
+) -> None:
+    """At the default limit: every start of step 2 is held until the call has failed, so
+    the step cannot come back and the resend limit, not a race, decides. The limit is
+    twice the start timeout, so the call outlived a start that timed out and was retried
+    (a restart slower than the start timeout alone never fails a call)."""
+    assert calls.RESEND_LIMIT_SECONDS == 2 * calls.MODULE_START_TIMEOUT_SECONDS
     app = start_app()
     KillsStepTwo.runs = 0
     SlowRestart.release.clear()
@@ -188,6 +220,7 @@ def test_a_step_unavailable_past_the_limit_fails_naming_it_without_rerunning_ste
             p.call(question="once")
         assert time.monotonic() - began >= calls.RESEND_LIMIT_SECONDS * 0.9
     finally:
+        SlowRestart.slow = False
         SlowRestart.release.set()
     assert crashed.value.module_path == "p.second"
     assert KillsStepTwo.runs == 1

@@ -11,10 +11,9 @@ import pytest
 
 import supervisors
 from dspy_actors.lm import LM
-from dspy_actors.lm.breaker import CircuitOpen
 from dspy_actors.lm.errors import ServerError
 from dspy_actors.modules.predict import Predict
-from dspy_actors.runtime.errors import DeadLettered, DeadlineExceeded, ModuleCrashed, Overloaded
+from dspy_actors.runtime.errors import DeadlineExceeded, ModuleCrashed, Overloaded
 from dspy_actors.runtime.lm_pool import PoolStats
 from dspy_actors.testing.faults import Fault
 from dspy_actors.testing.held_responder import HeldResponder
@@ -227,68 +226,6 @@ def test_a_deadline_bounds_every_hop_beneath_the_call(start_app: StartApp, sim: 
         assert held.in_flight == 1, "the server must still be holding the request"
     finally:
         held.open()
-
-
-def test_breaker_opens_on_a_dead_server_fails_fast_then_closes_when_it_returns(
-    start_app: StartApp, sim: SimLM
-) -> None:
-    app = start_app(
-        breaker={
-            "window_size": 4,
-            "minimum_calls": 4,
-            "failure_rate_threshold": 0.5,
-            "wait_in_open": 0.5,
-            "half_open_permitted_calls": 1,
-        },
-    )
-    transitions: list[tuple[str, str]] = []
-    app.subscribe("breaker.transition", lambda e: transitions.append((e.from_state, e.to_state)))
-    qa = app.serve("qa", Predict("question -> answer"))
-    sim.inject(Fault.server_error(500), times=1000)
-    for i in range(4):
-        with pytest.raises(ServerError):
-            qa.call(question=f"down {i}")
-    seen = len(sim.requests)
-    with pytest.raises(CircuitOpen):
-        qa.call(question="fails fast")
-    assert len(sim.requests) == seen, "an open breaker must not send requests"
-    sim.clear_faults()
-
-    def answered_once_the_breaker_lets_a_call_through() -> bool:
-        try:
-            return bool(qa.call(question="back").answer)
-        except CircuitOpen:
-            return False  # still open (wait_in_open not over): no request was sent
-
-    wait_until(answered_once_the_breaker_lets_a_call_through, timeout=30.0, what="half-open")
-    assert app.events.flush(5.0)
-    assert transitions == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
-
-
-def test_a_poison_input_is_dead_lettered_without_escalating(start_app: StartApp) -> None:
-    Poisonable.crashes = 0
-    app = start_app(poison_threshold=3)
-    letters: list[Any] = []
-    app.subscribe("dead_letter", letters.append)
-    svc = app.serve("svc", Poisonable(), idempotent=True)
-    with pytest.raises(DeadLettered, match="crashed module") as quarantined:
-        svc.call(question="poison")
-    assert Poisonable.crashes == 3
-    # Quarantined: refused at once, without touching the module again.
-    with pytest.raises(DeadLettered):
-        svc.call(question="poison")
-    assert Poisonable.crashes == 3
-    assert svc.call(question="fine").answer
-    assert app.root.is_alive
-    (letter,) = app.dead_letters("svc")
-    assert letter.inputs == {"question": "poison"}
-    assert letter.exception_type.endswith("RuntimeError")
-    assert "cannot digest this input" in letter.traceback
-    assert letter.id in str(quarantined.value)
-    assert app.events.flush(5.0)
-    assert [e.dead_letter_id for e in letters] == [letter.id]
-    with pytest.raises(DeadLettered):  # replaying a still-poisonous input quarantines it again
-        app.replay_dead_letter(letter.id)
 
 
 def test_a_crash_in_a_pipeline_step_reaches_the_caller(start_app: StartApp) -> None:

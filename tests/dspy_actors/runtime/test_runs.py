@@ -22,7 +22,7 @@ from dspy_actors.runtime.app import App, start
 from dspy_actors.runtime.runs import RunCancelled, RunFailed, RunStore, cancel_all, start_run
 from dspy_actors.testing.polling import wait_until
 from dspy_actors.testing.sim_lm import Fault, SimLM
-from tests.dspy_actors.optimizers.task import FAST_RETRY, dataset, metric, responder
+from tests.dspy_actors.optimizers.task import dataset, metric, task_lm_client, task_sim  # noqa: F401 - fixtures
 
 TRAIN = dataset(0, 8)
 DEV = dataset(12, 6)
@@ -43,22 +43,6 @@ def make_optimizer() -> BootstrapFewShotWithRandomSearch:
 
 def student() -> dsa.Predict:
     return dsa.Predict("question -> answer")
-
-
-@pytest.fixture
-def sim() -> Iterator[SimLM]:
-    with SimLM(responder, latency=0.01) as server:
-        yield server
-
-
-@pytest.fixture
-def lm(sim: SimLM) -> Iterator[LM]:
-    client = LM(
-        "openai/sim-task", api_base=sim.openai_base, api_key="k", cache=False,
-        retry_policy=FAST_RETRY,
-    )  # fmt: skip
-    yield client
-    client.close()
 
 
 @pytest.fixture
