@@ -179,7 +179,7 @@ class ProgramHandle:
         ``idempotent`` (retry after a crash), ``trace_id``, and settings ``overrides``
         such as ``lm=`` or ``temperature=`` for this call only."""
         ctx = self._context(timeout, trace_id, overrides)
-        return run_plan(self._call_plan(inputs, ctx, idempotent, lend=True))
+        return run_plan(self._call_plan(inputs, ctx, idempotent))
 
     async def acall(self, **inputs: Any) -> Any:
         """``await handle.acall(...)`` from asyncio code: the call holds no thread while
@@ -199,7 +199,7 @@ class ProgramHandle:
     ) -> Any:
         """``acall`` with the options of :meth:`call_with`."""
         ctx = self._context(timeout, trace_id, overrides)
-        return await arun_plan(self._call_plan(inputs, ctx, idempotent, lend=False))
+        return await arun_plan(self._call_plan(inputs, ctx, idempotent))
 
     def stream(self, *args: Any, **inputs: Any) -> Streaming:
         """Run the program on ``inputs``, yielding its answer as it is made: a
@@ -230,7 +230,7 @@ class ProgramHandle:
         channel, ctx = self._streamed_context(
             stream_listeners, status_message_provider, buffer, timeout, trace_id, overrides
         )
-        return Streaming(self._call_plan(inputs, ctx, idempotent, lend=False), channel)
+        return Streaming(self._call_plan(inputs, ctx, idempotent), channel)
 
     def astream(self, **inputs: Any) -> AsyncStreaming:
         """``async for piece in handle.astream(...)``: :meth:`stream` on the running event
@@ -254,7 +254,7 @@ class ProgramHandle:
         channel, ctx = self._streamed_context(
             stream_listeners, status_message_provider, buffer, timeout, trace_id, overrides
         )
-        return AsyncStreaming(self._call_plan(inputs, ctx, idempotent, lend=False), channel)
+        return AsyncStreaming(self._call_plan(inputs, ctx, idempotent), channel)
 
     def _streamed_context(
         self,
@@ -288,8 +288,6 @@ class ProgramHandle:
         inputs: Mapping[str, Any],
         ctx: CallContext,
         idempotent: bool | None,
-        *,
-        lend: bool,
     ) -> Plan[Any]:
         """One call, with its retries, as a plan (runtime/plans.py) for either driver."""
         program = self._program
@@ -323,10 +321,9 @@ class ProgramHandle:
                             inputs,
                             ctx,
                             partial(program.gone, version),
-                            lend=lend,
                         )
                     )
-                reply = send_call(app.registry, entry, inputs, ctx, lend=lend)
+                reply = send_call(app.registry, entry, inputs, ctx)
                 return (yield AwaitReply(reply, ctx, program.name, kind="program"))
             except ModuleUnavailable:
                 # Never reached a module (a pipeline: its first step): safe to retry, until

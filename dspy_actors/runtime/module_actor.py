@@ -61,7 +61,7 @@ from dspy_actors.runtime.errors import (
     RuntimeCallError,
 )
 from dspy_actors.runtime.events import Event, ModuleEnd, ModuleError, ModuleStart
-from dspy_actors.runtime.lm_pool import Dispatcher, lm_reply_may_run_inline, submit_lm_request
+from dspy_actors.runtime.lm_pool import Dispatcher, submit_lm_request
 from dspy_actors.runtime.messages import Call
 from dspy_actors.waiting import ForwardGreenlet, Park, timers
 
@@ -523,9 +523,6 @@ def _tell_if_cancelled(ref: pykka.ActorRef[Any], call_id: int, reply: Future[Any
 
 def _tell_lm_done(ref: pykka.ActorRef[Any], call_id: int, reply: Future[Any]) -> None:
     try:
-        if lm_reply_may_run_inline():  # a lending caller ran the request: it may resume it
-            supervisors.tell_inline(ref, _LMDone(call_id, reply))
-        else:
-            ref.tell(_LMDone(call_id, reply))
+        ref.tell(_LMDone(call_id, reply))
     except pykka.ActorDeadError:
         pass  # The actor died; its on_failure answered the call already.
