@@ -3,12 +3,16 @@
 
     .venv/bin/python bench/bench_observability.py
     .venv/bin/python bench/bench_observability.py --rounds 5 --calls 3000 --total 4096
+    .venv/bin/python bench/bench_observability.py --parts     # CPU per cached call, by part
+    .venv/bin/python bench/bench_observability.py --pieces    # each piece's CPU, in isolation
 
 "on" is what a service would run: ``app.console()`` (which keeps ``/metrics`` too) with one
 browser-like client reading its event stream, and ``trace_app`` with a batch span processor
-(spans exported to a sink that drops them). Rounds alternate off/on, each on a fresh app;
-the best round of each is reported (the least disturbed by other load on the machine),
-with every round's numbers beside it.
+(spans exported to a sink that drops them), measured twice: every call traced ("on"), and
+with the head sampling a service at this rate runs, ``ParentBased(TraceIdRatioBased(0.1))``
+("on-10%"). Rounds alternate off/on/on-10%, each on a fresh app; the best round of each is
+reported (the least disturbed by other load on the machine), with every round's numbers
+beside it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 import httpx
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 import dspy_actors as dsa
 from dspy_actors.testing import SimLM
@@ -57,14 +62,15 @@ def _read_stream(console: Any, stop: threading.Event, received: list[int]) -> No
 
 
 @contextlib.contextmanager
-def observed(app: Any, on: bool) -> Iterator[dict[str, int]]:
-    """Console (+ /metrics) with a reading client, and tracing, when ``on``."""
+def observed(app: Any, sampled: float | None) -> Iterator[dict[str, int]]:
+    """Console (+ /metrics) with a reading client, and tracing with ``sampled`` of the
+    calls, unless ``sampled`` is None (all off)."""
     counts = {"spans": 0, "pushes": 0, "cpu_us": 0}
-    if not on:
+    if sampled is None:
         yield counts
         return
     exporter = _DropSpans()
-    provider = TracerProvider()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(sampled)))
     provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=65536))
     tracing = trace_app(app, provider)
     received = [0]
@@ -87,7 +93,7 @@ def observed(app: Any, on: bool) -> Iterator[dict[str, int]]:
             counts["pushes"] = received[0]
 
 
-def cached_call_us(sim: SimLM, on: bool, calls: int) -> tuple[float, dict[str, int]]:
+def cached_call_us(sim: SimLM, on: float | None, calls: int) -> tuple[float, dict[str, int]]:
     with dsa.start(
         lm=dsa.LM("openai/sim-model", api_base=sim.openai_base, api_key="sim"),
         data_dir=tempfile.mkdtemp(prefix="bench-obs-"),
@@ -106,7 +112,9 @@ def cached_call_us(sim: SimLM, on: bool, calls: int) -> tuple[float, dict[str, i
     return elapsed / calls * 1e6, counts
 
 
-def throughput(sim: SimLM, on: bool, total: int, in_flight: int) -> tuple[float, dict[str, int]]:
+def throughput(
+    sim: SimLM, on: float | None, total: int, in_flight: int
+) -> tuple[float, dict[str, int]]:
     with dsa.start(
         lm=dsa.LM("openai/sim-model", api_base=sim.openai_base, api_key="sim", cache=False),
         data_dir=tempfile.mkdtemp(prefix="bench-obs-"),
@@ -134,6 +142,117 @@ def throughput(sim: SimLM, on: bool, total: int, in_flight: int) -> tuple[float,
     return rate, counts
 
 
+def part_cpu_us(sim: SimLM, part: str, calls: int) -> float:
+    """CPU (process time, bus thread included) per cached call with one part on alone."""
+    from dspy_actors.console.state import ConsoleState
+    from dspy_actors.metrics import app_metrics
+
+    with dsa.start(
+        lm=dsa.LM("openai/sim-model", api_base=sim.openai_base, api_key="sim"),
+        data_dir=tempfile.mkdtemp(prefix="bench-obs-"),
+    ) as app:
+        qa = app.serve("qa", dsa.Predict("question -> answer"))
+        qa.call(question="What is 2 + 3?")
+        closers: list[Any] = []
+        if part == "events":  # events built, queued and delivered to a no-op subscriber
+            app.subscribe("*", lambda _event: None)
+        elif part == "metrics":
+            app_metrics(app)
+        elif part == "console-state":  # the aggregates, without the server
+            closers.append(ConsoleState(app).close)
+        elif part.startswith("tracing"):
+            ratio = 0.1 if part == "tracing-10%" else 1.0
+            provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
+            provider.add_span_processor(BatchSpanProcessor(_DropSpans(), max_queue_size=65536))
+            closers += [trace_app(app, provider).close, provider.shutdown]
+        for _ in range(200):
+            qa.call(question="What is 2 + 3?")
+        app.events.flush(30.0)
+        cpu = time.process_time()
+        for _ in range(calls):
+            qa.call(question="What is 2 + 3?")
+        app.events.flush(30.0)
+        used = (time.process_time() - cpu) / calls * 1e6
+        for close in closers:
+            close()
+    return used
+
+
+def parts(rounds: int, calls: int) -> None:
+    names = ("off", "events", "metrics", "console-state", "tracing", "tracing-10%")
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    with SimLM() as sim:
+        for _ in range(rounds):
+            for name in names:
+                cpu[name].append(part_cpu_us(sim, name, calls))
+    print(f"CPU per cached call, one part on at a time, us (best of {rounds}; all in brackets)")
+    for name in names:
+        print(f"  {name:14s} {min(cpu[name]):7.1f}  [{_fmt(cpu[name])}]  "
+              f"+{min(cpu[name]) - min(cpu['off']):.1f} over off")  # fmt: skip
+
+
+def pieces(rounds: int, calls: int) -> None:
+    """Each piece of a cached call's observability, timed alone on the events such a call
+    makes (module.start + module.end): steadier on a busy machine than whole calls."""
+    from dspy_actors.console.state import ConsoleState
+    from dspy_actors.metrics import app_metrics
+    from dspy_actors.runtime import events as ev
+
+    def best(work: Any) -> float:  # CPU us per call, best of ``rounds``
+        times = []
+        for _ in range(rounds):
+            cpu = time.process_time()
+            work()
+            times.append((time.process_time() - cpu) / calls * 1e6)
+        return min(times)
+
+    def build() -> None:
+        for i in range(calls):
+            ev.ModuleStart(trace_id=str(i), module_path="qa")
+            ev.ModuleEnd(trace_id=str(i), module_path="qa")
+
+    batch: list[Any] = []
+    for i in range(calls):
+        batch += [ev.ModuleStart(trace_id=f"{i:032x}", module_path="qa"),
+                  ev.ModuleEnd(trace_id=f"{i:032x}", module_path="qa")]  # fmt: skip
+    bus = ev.EventBus.start(max_pending=None)
+    bus.subscribe("*", lambda _event: None)
+
+    def publish() -> None:
+        for event in batch:
+            bus.publish(event)
+        bus.flush(30.0)
+
+    print(f"CPU per cached call's events, us (best of {rounds}, {calls} calls)")
+    print(f"  build 2 events (caller)              {best(build):6.1f}")
+    print(f"  publish + deliver to a no-op (both)  {best(publish):6.1f}")
+    bus.stop()
+    with (
+        SimLM() as sim,
+        dsa.start(
+            lm=dsa.LM("openai/sim-model", api_base=sim.openai_base, api_key="sim"),
+            data_dir=tempfile.mkdtemp(prefix="bench-obs-"),
+        ) as app,
+    ):
+        app.serve("qa", dsa.Predict("question -> answer"))
+        metrics, state = app_metrics(app), ConsoleState(app)
+        used = best(lambda: metrics._module_events(batch))
+        print(f"  metrics' batch subscriber            {used:6.1f}")
+        used = best(lambda: state._module_events(batch))
+        print(f"  console's batch subscriber           {used:6.1f}")
+        state.close()
+        metrics.close()
+        for ratio in (1.0, 0.1):
+            provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
+            exporter = _DropSpans()
+            provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=1 << 20))
+            tracing = trace_app(app, provider)
+            used = best(lambda t=tracing: t._events(batch))
+            tracing.close()
+            provider.shutdown()  # (its export thread's work is not in the number above)
+            print(f"  tracing, {ratio:.0%} sampled{'':17s}{used:6.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -141,36 +260,48 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=2048, help="uncached calls per round")
     parser.add_argument("--in-flight", type=int, default=256)
     parser.add_argument("--latency", type=float, default=0.05, help="the LM's, seconds")
+    parser.add_argument("--parts", action="store_true", help="CPU by part instead")
+    parser.add_argument("--pieces", action="store_true", help="each piece's CPU instead")
     args = parser.parse_args()
-    cached: dict[bool, list[float]] = {False: [], True: []}
-    cpu: dict[bool, list[float]] = {False: [], True: []}
-    rates: dict[bool, list[float]] = {False: [], True: []}
-    seen: dict[str, int] = {}
+    if args.parts:
+        parts(args.rounds, args.calls)
+        return
+    if args.pieces:
+        pieces(args.rounds, args.calls)
+        return
+    configs: dict[str, float | None] = {"off": None, "on": 1.0, "on-10%": 0.1}
+    cached: dict[str, list[float]] = {name: [] for name in configs}
+    cpu: dict[str, list[float]] = {name: [] for name in configs}
+    rates: dict[str, list[float]] = {name: [] for name in configs}
+    seen: dict[str, dict[str, int]] = {name: {} for name in configs}
     with SimLM() as fast, SimLM(latency=args.latency) as slow:
         for _ in range(args.rounds):
-            for on in (False, True):
-                us, counts = cached_call_us(fast, on, args.calls)
-                cached[on].append(us)
-                cpu[on].append(counts.pop("cpu_us"))
-                rate, more = throughput(slow, on, args.total, args.in_flight)
-                rates[on].append(rate)
-                if on:
-                    seen = {k: seen.get(k, 0) + counts[k] + more[k] for k in counts}
-    off_us, on_us = min(cached[False]), min(cached[True])
-    off_rate, on_rate = max(rates[False]), max(rates[True])
-    print(f"cached call, us (best of {args.rounds}; all: off {_fmt(cached[False])}, "
-          f"on {_fmt(cached[True])})")  # fmt: skip
-    print(f"  off {off_us:.1f}  on {on_us:.1f}  on/off {on_us / off_us:.3f}")
-    off_cpu, on_cpu = min(cpu[False]), min(cpu[True])
-    print(f"  CPU per call (process time, bus thread included): off {off_cpu:.0f} us, "
-          f"on {on_cpu:.0f} us, on/off {on_cpu / off_cpu:.3f}")  # fmt: skip
+            for name, sampled in configs.items():
+                us, counts = cached_call_us(fast, sampled, args.calls)
+                cached[name].append(us)
+                cpu[name].append(counts.pop("cpu_us"))
+                rate, more = throughput(slow, sampled, args.total, args.in_flight)
+                rates[name].append(rate)
+                got = seen[name]
+                seen[name] = {k: got.get(k, 0) + counts[k] + more[k] for k in counts}
+    print(f"cached call, us (best of {args.rounds}; every round in brackets)")
+    for name in configs:
+        print(f"  {name:7s} {min(cached[name]):7.1f}  [{_fmt(cached[name])}]  "
+              f"on/off {min(cached[name]) / min(cached['off']):.3f}")  # fmt: skip
+    print("CPU per cached call (process time, bus thread included), us")
+    for name in configs:
+        print(f"  {name:7s} {min(cpu[name]):7.0f}  [{_fmt(cpu[name])}]  "
+              f"on/off {min(cpu[name]) / min(cpu['off']):.3f}")  # fmt: skip
     print(f"{args.in_flight} in flight, {args.latency * 1000:.0f} ms LM, calls/s (best of "
-          f"{args.rounds}; all: off {_fmt(rates[False])}, on {_fmt(rates[True])})")  # fmt: skip
-    print(f"  off {off_rate:.1f}  on {on_rate:.1f}  on/off {on_rate / off_rate:.3f}")
-    print(f"  ideal {args.in_flight / args.latency:.0f}/s; median on/off "
-          f"{statistics.median(rates[True]) / statistics.median(rates[False]):.3f}")  # fmt: skip
-    print(f"with it on: {seen.get('spans', 0)} spans exported, "
-          f"{seen.get('pushes', 0)} console pushes read")  # fmt: skip
+          f"{args.rounds}; ideal {args.in_flight / args.latency:.0f}/s)")  # fmt: skip
+    for name in configs:
+        best = max(rates[name]) / max(rates["off"])
+        median = statistics.median(rates[name]) / statistics.median(rates["off"])
+        print(f"  {name:7s} {max(rates[name]):7.1f}  [{_fmt(rates[name])}]  "
+              f"on/off {best:.3f}  median on/off {median:.3f}")  # fmt: skip
+    for name in ("on", "on-10%"):
+        print(f"{name}: {seen[name].get('spans', 0)} spans exported, "
+              f"{seen[name].get('pushes', 0)} console pushes read")  # fmt: skip
 
 
 def _fmt(values: list[float]) -> str:

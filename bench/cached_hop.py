@@ -4,12 +4,13 @@ whose memory cache holds the answer vs the same Predict in-process, one thread.
     .venv/bin/python bench/cached_hop.py                # as the OS schedules the threads
     taskset -c 0 .venv/bin/python bench/cached_hop.py   # every thread on one CPU
 
-``bench_runtime.py`` measures the same three numbers for issue 4's target (handle.call <=
-raw ask + 40 us). This script exists to show where the hop's cost comes from: on a VM whose
+``bench_runtime.py`` measures the same three numbers for issue 12's target (handle.call
+below a raw ask). This script exists to show where the hop's cost comes from: on a VM whose
 idle vCPUs sleep, a message between threads on two CPUs pays a cross-CPU wake-up each way,
 and the woken side then runs on a cold cache. Pinned to one CPU, the same code answers a
 cached call in much less time. Also printed: the time the module actor spends handling one
-call (from receiving the ``Call`` to answering it), to tell the wake-ups from the work.
+call (from receiving the ``Call`` to answering it), to tell the wake-ups from the work,
+and the process's CPU time per call (all threads), steadier than wall time on a busy machine.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ class Constant(pykka.ThreadingActor):
         return 42
 
 
-def per_call_us(fn: Callable[[], object], n: int) -> float:
-    t0 = time.perf_counter()
+def per_call_us(fn: Callable[[], object], n: int) -> tuple[float, float]:
+    """Wall time and the process's CPU time (every thread) per call, in us. On a busy
+    machine the CPU time is the steadier of the two: waiting for a core adds no CPU."""
+    c0, t0 = time.process_time(), time.perf_counter()
     for _ in range(n):
         fn()
-    return (time.perf_counter() - t0) / n * 1e6
+    return (time.perf_counter() - t0) / n * 1e6, (time.process_time() - c0) / n * 1e6
 
 
 def main() -> int:
@@ -79,19 +82,29 @@ def main() -> int:
                 before = sim.request_count
                 rows = []
                 for _ in range(args.rounds):
-                    r = per_call_us(lambda: raw.ask("x", timeout=10), args.n)
+                    r, r_cpu = per_call_us(lambda: raw.ask("x", timeout=10), args.n)
                     handler_s[:] = [0.0, 0]
-                    a = per_call_us(lambda: handle.call(question=QUESTION), args.n)
+                    a, a_cpu = per_call_us(lambda: handle.call(question=QUESTION), args.n)
                     h = handler_s[0] / max(1, handler_s[1]) * 1e6
-                    p = per_call_us(lambda: inproc(question=QUESTION), args.n)
-                    rows.append((r, a, h, p, a - r))
+                    p, p_cpu = per_call_us(lambda: inproc(question=QUESTION), args.n)
+                    rows.append((r, a, h, p, a - r, r_cpu, a_cpu, p_cpu, a_cpu - r_cpu))
                 assert sim.request_count == before, "the timed loops must be cache hits"
         finally:
             raw.stop(timeout=10)
             lm.close()
     cpus = sorted(os.sched_getaffinity(0))
     print(f"CPUs allowed: {cpus}; medians over {args.rounds} rounds of {args.n} calls, us/call")
-    names = ("raw ask", "handle.call", "actor handling", "Predict in-process", "call - ask")
+    names = (
+        "raw ask",
+        "handle.call",
+        "actor handling",
+        "Predict in-process",
+        "call - ask",
+        "raw ask CPU",
+        "handle.call CPU",
+        "in-process CPU",
+        "call - ask CPU",
+    )
     for i, name in enumerate(names):
         print(f"  {name:<20} {statistics.median(row[i] for row in rows):7.1f}")
     return 0

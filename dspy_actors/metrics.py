@@ -3,21 +3,25 @@
     metrics = dspy_actors.metrics.app_metrics(app)   # starts counting (once per app)
     body, content_type = metrics.exposition()        # what /metrics serves
 
-Counters and histograms are built from the app's events by one subscriber, so a call
-costs nothing more while no metrics are kept; gauges (breaker state, LM requests in flight
-and queued, calls in flight per program) and usage (tokens, cost, retries) are read from
-the app when scraped. The names are listed in docs/observability.md and in ``METRIC_NAMES``.
+Counters and histograms of calls are plain numbers kept per module path and per deployment
+(``_CallCounts``), added to in batches by a batch subscriber of the app's events (one lock
+per batch, no Prometheus object touched per call) and turned into metric families only when
+scraped; gauges (breaker state, LM requests in flight and queued, calls in flight per
+program) and usage (tokens, cost, retries) are read from the app when scraped. The names
+are listed in docs/observability.md and in ``METRIC_NAMES``.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -59,6 +63,38 @@ def _program_of(path: str) -> str:
     return path.split(".", 1)[0]
 
 
+@dataclass
+class _Latencies:
+    """A histogram's counts: per bucket (the last is +Inf), and the sum."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(_LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*_LATENCY_BUCKETS, float("inf")), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+        return out
+
+
+@dataclass
+class _CallCounts:
+    """What the call metrics count, as plain numbers (read under the metrics' lock)."""
+
+    module_calls: dict[str, int] = field(default_factory=dict)
+    module_latency: dict[str, _Latencies] = field(default_factory=dict)
+    module_errors: dict[tuple[str, str], int] = field(default_factory=dict)
+    lm_requests: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    lm_latency: dict[str, _Latencies] = field(default_factory=dict)
+    lm_tokens: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
 class AppMetrics:
     """The metrics of one app (see the module docstring); :meth:`close` stops counting."""
 
@@ -67,31 +103,7 @@ class AppMetrics:
         self.app_name = app.name
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        labels = ("program", "module")
-        self.module_calls = Counter(
-            "dspy_actors_module_calls", "Module calls ended (success or error).", labels,
-            registry=r,
-        )  # fmt: skip
-        self.module_errors = Counter(
-            "dspy_actors_module_errors", "Module calls that failed, by error type.",
-            (*labels, "error_type"), registry=r,
-        )  # fmt: skip
-        self.module_latency = Histogram(
-            "dspy_actors_module_latency_seconds", "Module call latency.", labels,
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.lm_requests = Counter(
-            "dspy_actors_lm_requests", "LM requests ended; outcome: ok, cache_hit or the "
-            "error type.", ("deployment", "model", "outcome"), registry=r,
-        )  # fmt: skip
-        self.lm_latency = Histogram(
-            "dspy_actors_lm_latency_seconds", "LM request latency.", ("deployment",),
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.lm_tokens = Counter(
-            "dspy_actors_lm_tokens", "LM tokens; kind: input or output.",
-            ("deployment", "kind"), registry=r,
-        )  # fmt: skip
+        # Rare events keep prometheus_client's own counters.
         self.breaker_transitions = Counter(
             "dspy_actors_breaker_transitions", "Circuit-breaker state changes.",
             ("deployment", "to_state"), registry=r,
@@ -104,14 +116,15 @@ class AppMetrics:
             "dspy_actors_dead_letters", "Inputs quarantined as dead letters.", ("program",),
             registry=r,
         )  # fmt: skip
+        self._counts = _CallCounts()
+        r.register(_CallCollector(self))
         r.register(_ScrapeTimeCollector(self))
         # Module call starts per (trace, path): the end's latency is measured from them.
         self._starts: dict[tuple[str | None, str], list[float]] = {}
         self._lock = threading.Lock()
-        self._children: dict[str, tuple[Any, Any]] = {}
         self._subscriptions = [
-            app.subscribe("module.*", self._module_event),
-            app.subscribe("lm.end", self._lm_end),
+            app.events.subscribe("module.*", self._module_events, batch=True),
+            app.events.subscribe("lm.end", self._lm_ends, batch=True),
             app.subscribe("breaker.transition", self._breaker),
             app.subscribe("dead_letter", self._dead_letter),
         ]
@@ -136,46 +149,92 @@ class AppMetrics:
 
     # Subscribers (the event bus's thread). -----------------------------------------------
 
-    def _module_event(self, event: ev.Event) -> None:
-        path = getattr(event, "module_path", "")
-        key = (event.trace_id, path)
+    def _module_events(self, events: Sequence[ev.Event]) -> None:
+        counts = self._counts
+        starts = self._starts
         with self._lock:
-            if isinstance(event, ev.ModuleStart):
-                self._starts.setdefault(key, []).append(event.timestamp)
-                return
-            started = self._starts.get(key)
-            begun = started.pop(0) if started else None
-            if started == []:
-                del self._starts[key]
-        children = self._children.get(path)
-        if children is None:
-            # Looked up once per module path: labels() costs more than the increment.
-            program = _program_of(path)
-            children = self._children[path] = (
-                self.module_calls.labels(program, path),
-                self.module_latency.labels(program, path),
-            )
-        calls, latency = children
-        calls.inc()
-        if begun is not None:
-            latency.observe(max(0.0, event.timestamp - begun))
-        if isinstance(event, ev.ModuleError):
-            program = _program_of(path)
-            self.module_errors.labels(program, path, event.error_type or "error").inc()
+            for event in events:
+                path: str = getattr(event, "module_path", "")
+                key = (event.trace_id, path)
+                if isinstance(event, ev.ModuleStart):
+                    starts.setdefault(key, []).append(event.timestamp)
+                    continue
+                started = starts.get(key)
+                if started:
+                    begun = started.pop(0)
+                    if not started:
+                        del starts[key]
+                    latency = counts.module_latency.get(path)
+                    if latency is None:
+                        latency = counts.module_latency[path] = _Latencies()
+                    latency.observe(max(0.0, event.timestamp - begun))
+                counts.module_calls[path] = counts.module_calls.get(path, 0) + 1
+                if isinstance(event, ev.ModuleError):
+                    error = (path, event.error_type or "error")
+                    counts.module_errors[error] = counts.module_errors.get(error, 0) + 1
 
-    def _lm_end(self, event: ev.LMEnd) -> None:
-        if event.error_type is not None:
-            outcome = event.error_type
-        else:
-            outcome = "cache_hit" if event.cache_hit else "ok"
-        self.lm_requests.labels(event.deployment, event.model, outcome).inc()
-        if event.cache_hit:
-            return
-        self.lm_latency.labels(event.deployment).observe(event.latency_s)
-        if event.prompt_tokens:
-            self.lm_tokens.labels(event.deployment, "input").inc(event.prompt_tokens)
-        if event.completion_tokens:
-            self.lm_tokens.labels(event.deployment, "output").inc(event.completion_tokens)
+    def _lm_ends(self, events: Sequence[ev.LMEnd]) -> None:
+        counts = self._counts
+        with self._lock:
+            for event in events:
+                if event.error_type is not None:
+                    outcome = event.error_type
+                else:
+                    outcome = "cache_hit" if event.cache_hit else "ok"
+                key = (event.deployment, event.model, outcome)
+                counts.lm_requests[key] = counts.lm_requests.get(key, 0) + 1
+                if event.cache_hit:
+                    continue
+                latency = counts.lm_latency.get(event.deployment)
+                if latency is None:
+                    latency = counts.lm_latency[event.deployment] = _Latencies()
+                latency.observe(event.latency_s)
+                used = (("input", event.prompt_tokens), ("output", event.completion_tokens))
+                for kind, n in used:
+                    if n:
+                        tokens = (event.deployment, kind)
+                        counts.lm_tokens[tokens] = counts.lm_tokens.get(tokens, 0) + n
+
+    def _call_families(self) -> Iterator[Any]:
+        """The call counters as metric families (a scrape; under the lock, copied)."""
+        calls = CounterMetricFamily(
+            "dspy_actors_module_calls", "Module calls ended (success or error).",
+            labels=["program", "module"],
+        )  # fmt: skip
+        errors = CounterMetricFamily(
+            "dspy_actors_module_errors", "Module calls that failed, by error type.",
+            labels=["program", "module", "error_type"],
+        )  # fmt: skip
+        module_latency = HistogramMetricFamily(
+            "dspy_actors_module_latency_seconds", "Module call latency.",
+            labels=["program", "module"],
+        )  # fmt: skip
+        requests = CounterMetricFamily(
+            "dspy_actors_lm_requests", "LM requests ended; outcome: ok, cache_hit or the "
+            "error type.", labels=["deployment", "model", "outcome"],
+        )  # fmt: skip
+        lm_latency = HistogramMetricFamily(
+            "dspy_actors_lm_latency_seconds", "LM request latency.", labels=["deployment"]
+        )
+        tokens = CounterMetricFamily(
+            "dspy_actors_lm_tokens", "LM tokens; kind: input or output.",
+            labels=["deployment", "kind"],
+        )  # fmt: skip
+        c = self._counts
+        with self._lock:
+            for path, n in c.module_calls.items():
+                calls.add_metric([_program_of(path), path], n)
+            for (path, error_type), n in c.module_errors.items():
+                errors.add_metric([_program_of(path), path, error_type], n)
+            for path, h in c.module_latency.items():
+                module_latency.add_metric([_program_of(path), path], h.buckets(), h.total)
+            for (deployment, model, outcome), n in c.lm_requests.items():
+                requests.add_metric([deployment, model, outcome], n)
+            for deployment, h in c.lm_latency.items():
+                lm_latency.add_metric([deployment], h.buckets(), h.total)
+            for (deployment, kind), n in c.lm_tokens.items():
+                tokens.add_metric([deployment, kind], n)
+        yield from (calls, errors, module_latency, requests, lm_latency, tokens)
 
     def _breaker(self, event: ev.BreakerTransition) -> None:
         self.breaker_transitions.labels(event.deployment, event.to_state).inc()
@@ -188,6 +247,19 @@ class AppMetrics:
         ours = event.supervisor == name or event.supervisor.startswith(name + "/")
         if ours and event.kind == "child_restarted":
             self.restarts.labels(event.supervisor).inc()
+
+
+class _CallCollector(Collector):
+    """The call counters, turned into metric families when scraped."""
+
+    def __init__(self, metrics: AppMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []  # families appear with the first calls
+
+    def collect(self) -> Iterator[Any]:
+        return self._metrics._call_families()
 
 
 class _ScrapeTimeCollector(Collector):

@@ -136,7 +136,14 @@ def current_overrides() -> Mapping[str, Any]:
 
 def sampling_overrides() -> dict[str, Any]:
     """The sampling parameters set by ``configure``/``context``, for an LM to apply."""
-    return {k: v for k, v in current().items() if k in SAMPLING_KEYS}
+    # Without merging every setting first (``current``): this runs on each LM call, and a
+    # served call's overrides always hold its LM and tool runner.
+    defaults, overrides = _defaults, _overrides.get()
+    found = {k: v for k, v in defaults.items() if k in SAMPLING_KEYS} if defaults else {}
+    for key, value in overrides.items():
+        if key in SAMPLING_KEYS:
+            found[key] = value
+    return found
 
 
 def reset() -> None:

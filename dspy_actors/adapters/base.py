@@ -91,8 +91,11 @@ def history_fields(signature: type[Signature]) -> tuple[Field, ...]:
 
 def join_content(segments: Sequence[Content], sep: str = "\n\n") -> Content:
     """Join text and content parts into one message content (text if it is all text)."""
-    if all(isinstance(s, str) for s in segments):
-        return sep.join(s for s in segments if isinstance(s, str))
+    for segment in segments:  # a plain loop: this runs for every part of every prompt
+        if not isinstance(segment, str):
+            break
+    else:
+        return sep.join(segments)  # type: ignore[arg-type]  # (all str: checked above)
     parts: list[ContentPart] = []
     for i, seg in enumerate(segments):
         text_prefix = sep if i else ""
@@ -261,7 +264,11 @@ class Adapter:
         segments: list[Content] = [prefix] if prefix else []
         for f in prompt_inputs(signature):
             if f.name in values:
-                value = _revive_custom(f, values[f.name])
+                value = values[f.name]
+                if type(value) is str and f.format is None:  # most inputs: the same text
+                    segments.append(f"{field_marker(f.name)}\n{value}")
+                    continue
+                value = _revive_custom(f, value)
                 shown = f.format(value) if f.format is not None else format_value(value)
                 segments.append(join_content([field_marker(f.name), shown], "\n"))
         return join_content(segments)
@@ -352,10 +359,12 @@ def _demo_values(demo: Example | Mapping[str, Any]) -> dict[str, Any]:
 def _revive_custom(field: Field, value: Any) -> Any:
     """A custom-type value that went through JSON (a loaded demo's ``{"url": ...}``) back
     as its type, so it is sent as an image/audio part again rather than as JSON text."""
+    if not isinstance(value, dict):
+        return value
     ann = field.annotation
     is_custom_model = (
         isinstance(ann, type) and issubclass(ann, CustomType) and issubclass(ann, BaseModel)
     )
-    if isinstance(value, dict) and is_custom_model:
+    if is_custom_model:
         return ann.model_validate(value)
     return value

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from functools import lru_cache
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -58,10 +60,18 @@ def response_format_for(lm: Any, signature: type[Signature]) -> dict[str, Any]:
     """A ``json_schema`` response format where the LM supports it, else ``json_object``."""
     if not getattr(lm, "supports_json_schema", False):
         return {"type": "json_object"}
+    # A fresh copy each call (the caller may change it); the schema itself is built once.
+    return json.loads(_schema_format_text(signature))  # type: ignore[no-any-return]
+
+
+@lru_cache(maxsize=1024)
+def _schema_format_text(signature: type[Signature]) -> str:
+    """The ``json_schema`` response format of ``signature`` as JSON text: signatures are
+    immutable, and building the schema (a pydantic TypeAdapter per output field) costs
+    far more than decoding it."""
     schema = output_schema(signature)
     strict = _strictify(schema)
     name = re.sub(r"[^A-Za-z0-9_-]", "_", signature.__name__)[:64] or "Output"
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": name, "schema": schema, "strict": strict},
-    }
+    return json.dumps(
+        {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": strict}}
+    )

@@ -8,6 +8,7 @@ import json
 import re
 import secrets
 import types
+from functools import lru_cache
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -194,6 +195,22 @@ def _match_enum(text: str, enum_type: type[enum.Enum]) -> enum.Enum:
     raise ValueParseError(f"{text!r} is not a value of {enum_type.__name__} {values}")
 
 
+@lru_cache(maxsize=1024)
+def _cached_type_adapter(annotation: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(annotation)
+
+
+def type_adapter(annotation: Any) -> TypeAdapter[Any]:
+    """pydantic's ``TypeAdapter`` for ``annotation``, built once per annotation: building
+    one costs far more than a validation, and every typed output field of every parsed
+    completion needs one. (An unhashable annotation, such as one with constraints
+    attached, gets a fresh one.)"""
+    try:
+        return _cached_type_adapter(annotation)
+    except TypeError:  # unhashable
+        return TypeAdapter(annotation)
+
+
 def validate_value(value: Any, annotation: Any) -> Any:
     """Validate an already-decoded value (e.g. from JSON) into ``annotation``."""
     if annotation is str:
@@ -203,7 +220,7 @@ def validate_value(value: Any, annotation: Any) -> Any:
     if isinstance(value, str):
         return parse_text(value, annotation)
     try:
-        return TypeAdapter(annotation).validate_python(value)
+        return type_adapter(annotation).validate_python(value)
     except ValidationError as exc:
         raise ValueParseError(_short(exc)) from exc
 
@@ -221,7 +238,7 @@ def parse_text(text: str, annotation: Any) -> Any:
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return _match_enum(strip_fences(text), annotation)
     body = strip_fences(text)
-    adapter = TypeAdapter(annotation)
+    adapter = type_adapter(annotation)
     first_error: ValidationError | None = None
     try:
         return adapter.validate_json(body)

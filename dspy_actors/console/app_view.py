@@ -2,7 +2,8 @@
 
 Everything the console needs from the app beyond its events: the served programs with
 their versions, usage and calls in flight; the LM deployments' breakers, queue, rate limits
-and retries; dead letters, and discarding one. Kept together so a change in the app's
+and retries; dead letters, discarding one, and the operators' action log (kept in the
+dead-letter store, so it survives a restart). Kept together so a change in the app's
 structure is ported here once.
 """
 
@@ -20,11 +21,13 @@ if TYPE_CHECKING:
     from dspy_actors.runtime.served import ServedProgram
 
 __all__ = [
+    "action_log",
     "call_end_path",
     "dead_letter_detail",
     "dead_letter_summaries",
     "deployments",
     "discard_dead_letter",
+    "record_action",
     "served_programs",
 ]
 
@@ -153,6 +156,55 @@ def discard_dead_letter(app: App, letter_id: str) -> bool:
         return False
     app.poison.release(fingerprint(letter.program, letter.inputs))
     return store.remove(letter_id)
+
+
+def record_action(
+    app: App,
+    *,
+    action: str,
+    target: str,
+    who: str,
+    via: str,
+    client: str,
+    when: float,
+    ok: bool,
+    outcome: str,
+) -> bool:
+    """Keep an operator's action in the app's store; False if the app has no store."""
+    store = app.stores.dead_letters
+    if store is None:
+        return False
+    store.record_action(
+        action=action, target=target, who=who, via=via, client=client, at=when, ok=ok,
+        outcome=outcome,
+    )  # fmt: skip
+    return True
+
+
+def action_log(app: App, limit: int = 100) -> list[dict[str, Any]]:
+    """The last ``limit`` operator actions kept in the app's store, oldest first, as the
+    console's activity entries (kind "action")."""
+    store = app.stores.dead_letters
+    if store is None:
+        return []
+    return [
+        {
+            "kind": "action",
+            "at": a.at,
+            "when": a.at,
+            "text": f"{a.who} ({a.via} from {a.client}): {a.action} {a.target}: "
+            + ("ok" if a.ok else "failed")
+            + f": {a.outcome}",
+            "action": a.action,
+            "target": a.target,
+            "who": a.who,
+            "via": a.via,
+            "client": a.client,
+            "ok": a.ok,
+            "outcome": a.outcome,
+        }
+        for a in store.actions(limit)
+    ]
 
 
 def outcome_text(result: Any) -> str:

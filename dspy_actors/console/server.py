@@ -34,7 +34,7 @@ from starlette.routing import Route
 
 from dspy_actors.console import app_view
 from dspy_actors.console.state import SECTIONS, ConsoleState
-from dspy_actors.redaction import redact_value
+from dspy_actors.redaction import get_logger, redact_value
 
 if TYPE_CHECKING:
     from dspy_actors.runtime.app import App
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["COOKIE", "Hub", "build_asgi_app", "csrf_token_for"]
 
 COOKIE = "dspy_actors_console"
+_log = get_logger("dspy_actors.console")
 _STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
 # How long an SSE stream may stay silent before a comment keeps it open through proxies.
 _KEEPALIVE_S = 15.0
@@ -287,6 +288,13 @@ def build_asgi_app(
             return _json({"error": str(error.args[0] if error.args else error)}, 404)
         except Exception as error:
             outcome, ok = app_view.error_text(error), False
+        try:  # kept in the app's store too: the log survives a restart
+            await asyncio.to_thread(
+                app_view.record_action, app, action=action, target=target, who=who, via=via,
+                client=client, when=started, ok=ok, outcome=outcome,
+            )  # fmt: skip
+        except Exception as error:
+            _log.warning("console.action_not_kept", action=action, error=type(error).__name__)
         entry = state.record(
             "action",
             f"{who} ({via} from {client}): {action} {target}: "
@@ -341,8 +349,7 @@ def build_asgi_app(
     async def actions(request: Request) -> Response:
         if authenticated(request) is None:
             return refused()
-        activity = state.section("activity")
-        return _json([e for e in activity if e.get("kind") == "action"])
+        return _json(await asyncio.to_thread(app_view.action_log, app))
 
     async def metrics(request: Request) -> Response:
         if authenticated(request) is None:

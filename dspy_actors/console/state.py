@@ -8,7 +8,8 @@ bounded log of what happened (crashes, restarts, trips, operator actions). Subsc
 in the event bus's thread; what a page needs is read from here by the server, which is told
 which sections changed (``on_change``) so it pushes only those.
 
-Aggregates cost a dict update per event; the live tree and the figures the app already
+Aggregates cost a dict update per event, under one lock per batch of events (the bus
+delivers them in batches); the live tree and the figures the app already
 keeps (usage, in-flight gates, the LM pool's queue) are read when a section is rendered.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -99,13 +100,27 @@ class ConsoleState:
         self._activity: collections.deque[dict[str, Any]] = collections.deque(maxlen=_ACTIVITY_KEPT)
         self._seq = 0
         self._subscriptions = [
-            app.subscribe("module.*", self._module_event),
-            app.subscribe("lm.*", self._lm_event),
+            app.events.subscribe("module.*", self._module_events, batch=True),
+            app.events.subscribe("lm.*", self._lm_events, batch=True),
             app.subscribe("breaker.transition", self._breaker_event),
             app.subscribe("dead_letter", self._dead_letter_event),
             app.subscribe("run.progress", self._run_event),
         ]
         self._unsubscribe_supervision = supervisors.subscribe(self._supervision_event)
+        self._load_kept_actions()
+
+    def _load_kept_actions(self) -> None:
+        """Start the activity log with the operators' actions kept in the app's store (the
+        ones before this console, or this process, started)."""
+        from dspy_actors.console.app_view import action_log
+
+        try:
+            kept = action_log(self.app, limit=_ACTIVITY_KEPT // 2)
+        except Exception:
+            return  # a store that cannot be read now: the live log still works
+        for entry in kept:
+            del entry["kind"]
+            self.record("action", entry.pop("text"), **entry)
 
     def close(self) -> None:
         for sub in self._subscriptions:
@@ -115,45 +130,48 @@ class ConsoleState:
 
     # Events in (the bus's thread, or a supervisor's). -------------------------------------
 
-    def _module_event(self, event: ev.Event) -> None:
+    def _module_events(self, events: Sequence[ev.Event]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for event in events:
+                self._module_event(event, now)
+        self._on_change("programs")  # once per batch: pushes are coalesced anyway
+
+    def _module_event(self, event: ev.Event, now: float) -> None:
         path = getattr(event, "module_path", "")
         key = (event.trace_id, path)
-        with self._lock:
-            if isinstance(event, ev.ModuleStart):
-                self._starts.setdefault(key, []).append(event.timestamp)
-                return
-            stats = self._modules.get(path)
-            if stats is None:
-                stats = self._modules[path] = _ModuleStats()
-            started = self._starts.get(key)
-            latency = None
-            if started:
-                latency = max(0.0, event.timestamp - started.pop(0))
-                if not started:
-                    del self._starts[key]
-            stats.calls += 1
-            stats.ended_at.append(time.monotonic())
-            if latency is not None:
-                stats.latencies.append(latency)
-            if isinstance(event, ev.ModuleError):
-                stats.errors[event.error_type or "error"] += 1
-        self._on_change("programs")
+        if isinstance(event, ev.ModuleStart):
+            self._starts.setdefault(key, []).append(event.timestamp)
+            return
+        stats = self._modules.get(path)
+        if stats is None:
+            stats = self._modules[path] = _ModuleStats()
+        started = self._starts.get(key)
+        if started:
+            stats.latencies.append(max(0.0, event.timestamp - started.pop(0)))
+            if not started:
+                del self._starts[key]
+        stats.calls += 1
+        stats.ended_at.append(now)
+        if isinstance(event, ev.ModuleError):
+            stats.errors[event.error_type or "error"] += 1
 
-    def _lm_event(self, event: ev.Event) -> None:
-        deployment = getattr(event, "deployment", "?")
+    def _lm_events(self, events: Sequence[ev.Event]) -> None:
         with self._lock:
-            stats = self._deployments.get(deployment)
-            if stats is None:
-                stats = self._deployments[deployment] = _DeploymentStats()
-            if isinstance(event, ev.LMStart):
-                stats.in_flight += 1
-            elif isinstance(event, ev.LMEnd):
-                stats.in_flight = max(0, stats.in_flight - 1)
-                stats.requests += 1
-                if event.cache_hit:
-                    stats.cache_hits += 1
-                if event.error_type is not None:
-                    stats.errors[event.error_type] += 1
+            for event in events:
+                deployment = getattr(event, "deployment", "?")
+                stats = self._deployments.get(deployment)
+                if stats is None:
+                    stats = self._deployments[deployment] = _DeploymentStats()
+                if isinstance(event, ev.LMStart):
+                    stats.in_flight += 1
+                elif isinstance(event, ev.LMEnd):
+                    stats.in_flight = max(0, stats.in_flight - 1)
+                    stats.requests += 1
+                    if event.cache_hit:
+                        stats.cache_hits += 1
+                    if event.error_type is not None:
+                        stats.errors[event.error_type] += 1
         self._on_change("deployments")
 
     def _breaker_event(self, event: ev.BreakerTransition) -> None:

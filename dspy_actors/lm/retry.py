@@ -21,6 +21,7 @@ from typing import TypeVar
 from dspy_actors.lm.errors import LMError
 
 __all__ = [
+    "RetryLoop",
     "RetryPolicy",
     "acall_with_retries",
     "call_with_retries",
@@ -75,6 +76,39 @@ def retry_delay(error: LMError, attempt: int, policy: RetryPolicy, rng: random.R
     return rng.uniform(0.0, min(policy.max_delay, policy.base_delay * (2**attempt)))
 
 
+class RetryLoop:
+    """One request's retries: which attempt failed, and whether (and after what wait) the
+    next is made. The one retry decision of every way an LM sends, whole or streamed, sync
+    or async; each sleeps the wait its own way (``time.sleep``, ``asyncio.sleep``)."""
+
+    __slots__ = ("_attempt", "_deadline", "_on_retry", "_policy", "_rng")
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        rng: random.Random | None = None,
+        on_retry: Callable[[LMError, float], None] | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        """``deadline``: a ``time.monotonic()`` instant; a retry that would start after it
+        is not made."""
+        self._policy = policy
+        self._rng = rng or random.Random()
+        self._on_retry = on_retry
+        self._deadline = deadline
+        self._attempt = 0
+
+    def wait_after(self, exc: LMError) -> float | None:
+        """The wait before the next attempt after ``exc`` (logged, told to ``on_retry``),
+        or None: not retried (not retryable, retries used up, or past the deadline)."""
+        delay = _planned_retry(
+            exc, self._attempt, self._policy, self._rng, self._on_retry, self._deadline
+        )
+        if delay is not None:
+            self._attempt += 1
+        return delay
+
+
 def call_with_retries(
     attempt_fn: Callable[[], T],
     policy: RetryPolicy,
@@ -87,17 +121,15 @@ def call_with_retries(
     """Run ``attempt_fn`` until it succeeds, a non-retryable error occurs, or the retries
     run out (then the last error is raised). With a ``deadline`` (a ``time.monotonic()``
     instant), a retry that would start after it is not made: the last error is raised."""
-    rng = rng or random.Random()
-    attempt = 0
+    retries = RetryLoop(policy, rng, on_retry, deadline)
     while True:
         try:
             return attempt_fn()
         except LMError as exc:
-            delay = _planned_retry(exc, attempt, policy, rng, on_retry, deadline)
+            delay = retries.wait_after(exc)
             if delay is None:
                 raise
             sleep(delay)
-            attempt += 1
 
 
 def _planned_retry(
@@ -134,14 +166,12 @@ async def acall_with_retries(
 ) -> T:
     """:func:`call_with_retries` for a coroutine: the same policy, deadline and logging;
     the wait between attempts is an ``asyncio.sleep`` (the loop serves others meanwhile)."""
-    rng = rng or random.Random()
-    attempt = 0
+    retries = RetryLoop(policy, rng, on_retry, deadline)
     while True:
         try:
             return await attempt_fn()
         except LMError as exc:
-            delay = _planned_retry(exc, attempt, policy, rng, on_retry, deadline)
+            delay = retries.wait_after(exc)
             if delay is None:
                 raise
             await asyncio.sleep(delay)
-            attempt += 1

@@ -70,7 +70,9 @@ class Predict(Module, Predictor):
         """``forward`` as steps that ask for each LM call instead of making it (the actor
         runtime sends those calls to its LM pool as messages); see
         :mod:`dspy_actors.lm.steps`."""
-        call_kwargs = dict(kwargs)
+        # The call's own keyword arguments, for callbacks only (the pops below change them).
+        reporting = active_callbacks(self)
+        call_kwargs = dict(kwargs) if reporting else kwargs
         lm = kwargs.pop("lm", None) or self.lm or settings.get("lm")
         reject_lm_string(lm)
         config = {**self.config, **(kwargs.pop("config", None) or {})}
@@ -87,7 +89,7 @@ class Predict(Module, Predictor):
         inputs = checked_inputs(signature, kwargs, warn_on_type_mismatch=warn_types is not False)
         adapter: Adapter = settings.get("adapter") or _DEFAULT_ADAPTER
         calls = with_history(adapter.steps(lm, config, signature, demos, inputs), self.history)
-        if not active_callbacks(self):  # the common case: nothing to tell
+        if not reporting:  # the common case: nothing to tell
             outputs = yield from calls
             return Prediction.from_completions(outputs)
         # Served, the actor runs these steps without __call__: callbacks are told here.

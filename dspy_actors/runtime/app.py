@@ -274,7 +274,7 @@ class App:
         load_saved_state: bool = True,
         intensity: int = PROGRAM_INTENSITY,
         period: float = PROGRAM_PERIOD,
-        max_crash_retries: int = 3,
+        max_crash_retries: int | None = None,
     ) -> ProgramHandle:
         """Serve any Module as a supervised subtree mirroring its composition.
 
@@ -282,7 +282,8 @@ class App:
         parameter store (by an earlier upgrade or optimization, even in an earlier process)
         is loaded into it: the program comes back optimized. ``intensity``/``period``: the
         restart intensity of the program's subtree; ``max_crash_retries``: how many crashes
-        an idempotent call rides out before it fails.
+        an idempotent call rides out before it fails (None: as many as its deadline
+        allows, at most ``calls.REPEAT_LIMIT``).
         """
         options = ProgramOptions(
             idempotent=idempotent,
@@ -309,7 +310,7 @@ class App:
         max_in_flight: int | None = None,
         intensity: int = PROGRAM_INTENSITY,
         period: float = PROGRAM_PERIOD,
-        max_crash_retries: int = 3,
+        max_crash_retries: int | None = None,
     ) -> ProgramHandle:
         """Serve a pipeline: each ``(id, ModuleClass, kwargs)`` step is a supervised actor
         (or subtree), and each step's outputs are merged into the next step's inputs.

@@ -19,10 +19,8 @@ from dspy_actors.lm.errors import LMTimeout
 from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime.context import CallContext
 from dspy_actors.runtime.errors import DeadlineExceeded, ModuleCrashed, ModuleUnavailable
-from dspy_actors.runtime.lm_pool import lending_this_thread
 from dspy_actors.runtime.messages import Call
 from dspy_actors.runtime.plans import AwaitReply, Pause, Plan, await_reply_blocking, run_plan
-from dspy_actors.waiting import in_forward_greenlet
 
 # A module that is restarting is sent the call again this often, for at most this long: it
 # never ran the call, so resending is safe, while failing would make a retrying caller
@@ -53,8 +51,6 @@ def send_call(
     name: str,
     inputs: Mapping[str, Any],
     ctx: CallContext,
-    *,
-    lend: bool = True,
 ) -> Future[Any]:
     """Send ``Call`` to the actor registered as ``name`` now; its reply future.
 
@@ -64,10 +60,6 @@ def send_call(
     the call is in, this sender drains the inbox itself (whoever drains, each call is
     answered exactly once). That costs one flag read per call, where a monitor per call
     cost a lock round trip on the actor's lifecycle shared by every caller.
-
-    ``lend``: a blocking caller's thread, which would only wait, may run the call's LM
-    request itself (the LM pool's lending). An event loop's thread or a forward greenlet's
-    actor thread must never: they send with ``lend=False`` (a forward greenlet never lends).
     """
     reply: Future[Any] = Future()
     ref = registry.whereis(name)
@@ -77,11 +69,7 @@ def send_call(
     try:
         # An idle module actor's turn is taken by this thread (see tell_inline): a cached
         # call is answered here, an uncached one sent to the LM pool from here.
-        if lend and not in_forward_greenlet():
-            with lending_this_thread():
-                supervisors.tell_inline(ref, Call(inputs, ctx, reply))
-        else:
-            supervisors.tell_inline(ref, Call(inputs, ctx, reply))
+        supervisors.tell_inline(ref, Call(inputs, ctx, reply))
     except pykka.ActorDeadError:
         reject(reply, ModuleUnavailable(name))
         return reply
@@ -127,13 +115,12 @@ def resending_plan(
     timeout: float | None = None,
     what: str = "module",
     stopped: Callable[[], str | None] = never_stopped,
-    lend: bool = True,
 ) -> Plan[Any]:
     """The plan of :func:`call_resending` (see there)."""
     since: float | None = None
     repeats = 0
     while True:
-        reply = send_call(registry, name, inputs, ctx, lend=lend)
+        reply = send_call(registry, name, inputs, ctx)
         try:
             return (yield AwaitReply(reply, ctx, path, timeout))
         except ModuleCrashed as crash:

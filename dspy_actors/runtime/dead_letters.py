@@ -39,7 +39,15 @@ from dspy_actors.runtime.parameter_store import looks_like_secret
 if TYPE_CHECKING:
     from dspy_actors.runtime._postgres import PostgresDatabase
 
-__all__ = ["REDACTED", "REPR_MARKER", "DeadLetter", "DeadLetterStore", "StoreError", "jsonify"]
+__all__ = [
+    "REDACTED",
+    "REPR_MARKER",
+    "DeadLetter",
+    "DeadLetterAction",
+    "DeadLetterStore",
+    "StoreError",
+    "jsonify",
+]
 
 _log = redaction.get_logger("dspy_actors.runtime.store")
 
@@ -70,6 +78,18 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS dead_letters_by_program ON dead_letters (program, created_at)",
     "CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (created_at)",
+    # The operators' actions on letters (the console's action log): who, when, outcome.
+    # Added without a version bump: CREATE ... IF NOT EXISTS gives older files the table.
+    """CREATE TABLE IF NOT EXISTS dead_letter_actions (
+        at REAL NOT NULL,
+        who TEXT NOT NULL,
+        via TEXT NOT NULL,
+        client TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        outcome TEXT NOT NULL
+    )""",
 )
 # PostgreSQL has no rowid: ``seq`` keeps the order letters were added in.
 _PG_SCHEMA = (
@@ -88,6 +108,17 @@ _PG_SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS dead_letters_by_program ON dead_letters (program, created_at)",
     "CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (created_at)",
+    """CREATE TABLE IF NOT EXISTS dead_letter_actions (
+        seq BIGSERIAL PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        who TEXT NOT NULL,
+        via TEXT NOT NULL,
+        client TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        ok BOOLEAN NOT NULL,
+        outcome TEXT NOT NULL
+    )""",
 )
 
 _COLUMNS = (
@@ -119,6 +150,28 @@ class DeadLetter:
     def replayable(self) -> bool:
         """True if every input value was stored as itself (no repr stand-in, no redaction)."""
         return not _has_stand_in(self.inputs)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterAction:
+    """An operator's action on a dead letter (replay, discard, ...), as the action log keeps
+    it: when (epoch seconds), who and how they proved it (``via``: "cookie" or "bearer",
+    from ``client``), what on which ``target``, whether it worked and what came of it."""
+
+    at: float
+    who: str
+    via: str
+    client: str
+    action: str
+    target: str
+    ok: bool
+    outcome: str
+
+
+_ACTION_COLUMNS = "at, who, via, client, action, target, ok, outcome"
+# Kept per store at most (the oldest go first): an action log must not fill the disk.
+MAX_ACTIONS = 10_000
+MAX_FIELD_CHARS = 2_048
 
 
 def _type_name(cls: type[Any]) -> str:
@@ -352,6 +405,76 @@ class DeadLetterStore(Store):
             lambda conn: conn.execute(f"SELECT count(*) FROM dead_letters{where}", args).fetchone(),
         )
         return int(row[0])
+
+    def record_action(
+        self,
+        *,
+        action: str,
+        target: str,
+        ok: bool,
+        outcome: str,
+        who: str = "operator",
+        via: str = "",
+        client: str = "",
+        at: float | None = None,
+    ) -> DeadLetterAction:
+        """Keep an operator's action in the action log (texts redacted and capped); the
+        oldest entries past ``MAX_ACTIONS`` are dropped."""
+
+        def clean(text: str) -> str:
+            return _encodable(_clip(redaction.redact(str(text)), MAX_FIELD_CHARS))
+
+        entry = DeadLetterAction(
+            at=time.time() if at is None else float(at),
+            who=clean(who),
+            via=clean(via),
+            client=clean(client),
+            action=clean(action),
+            target=clean(target),
+            ok=bool(ok),
+            outcome=clean(outcome),
+        )
+        row = (entry.at, entry.who, entry.via, entry.client, entry.action, entry.target)
+        order = "seq" if self._file.is_postgres else "rowid"
+
+        def insert(conn: Connection) -> None:
+            conn.execute(
+                f"INSERT INTO dead_letter_actions ({_ACTION_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row, entry.ok, entry.outcome),
+            )
+            conn.execute(
+                f"DELETE FROM dead_letter_actions WHERE {order} NOT IN (SELECT {order} FROM "
+                f"dead_letter_actions ORDER BY {order} DESC LIMIT ?)",
+                (MAX_ACTIONS,),
+            )
+
+        self._file.write("record_action", insert)
+        return entry
+
+    def actions(self, limit: int = 100) -> builtins.list[DeadLetterAction]:
+        """The action log's last ``limit`` entries, oldest first."""
+        order = "seq" if self._file.is_postgres else "rowid"
+        rows = self._file.read(
+            "actions",
+            lambda conn: conn.execute(
+                f"SELECT {_ACTION_COLUMNS} FROM dead_letter_actions ORDER BY {order} DESC LIMIT ?",
+                (int(limit),),
+            ).fetchall(),
+        )
+        return [
+            DeadLetterAction(
+                at=float(r[0]),
+                who=str(r[1]),
+                via=str(r[2]),
+                client=str(r[3]),
+                action=str(r[4]),
+                target=str(r[5]),
+                ok=bool(r[6]),
+                outcome=str(r[7]),
+            )
+            for r in reversed(rows)
+        ]
 
     def _letter(self, row: tuple[Any, ...]) -> DeadLetter | None:
         try:

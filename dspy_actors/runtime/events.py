@@ -8,11 +8,15 @@ letters, run progress), published as small frozen dataclasses and delivered by t
     bus.flush(timeout=1.0)
     bus.stop()
 
-Delivery: ``publish`` is a non-blocking tell to the bus actor and never raises (an event that
-cannot be delivered -- bus stopped, or too far behind -- is counted in ``dropped``).
-Subscribers run one at a time in the bus actor's thread, in publish order per publishing
-thread; a subscriber that raises is logged and the others still get the event. Keep them
-short: a slow subscriber delays every other one.
+Delivery: ``publish`` never blocks and never raises (an event that cannot be delivered --
+bus stopped, or too far behind -- is counted in ``dropped``; one whose topic no subscriber
+matches is not even queued). It appends the event to a queue the bus actor drains, waking
+the actor only when it is not already awake, so a burst of events costs one wake-up, not one
+actor message each. Subscribers run one at a time in the bus actor's thread, in publish
+order per publishing thread; a subscriber that raises is logged and the others still get
+the event. Keep them short: a slow subscriber delays every other one. A subscriber made with
+``subscribe(..., batch=True)`` gets a list of the events drained together (aggregates then
+take their lock once per batch, not once per event).
 
 Subscriptions belong to the handle, not to the actor: when the bus actor is restarted by its
 supervisor, the new one delivers to the same subscribers.
@@ -23,10 +27,10 @@ with ``"lm."``), or ``"*"`` (everything).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import logging
-import queue
 import sys
 import threading
 import time
@@ -51,6 +55,7 @@ __all__ = [
     "EventBus",
     "EventBusActor",
     "LMEnd",
+    "LMRetry",
     "LMStart",
     "ModuleEnd",
     "ModuleError",
@@ -160,6 +165,19 @@ class LMEnd(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LMRetry(Event):
+    """An LM request's HTTP attempt failed with ``error_type`` and is retried after
+    ``delay_s`` seconds (between its ``lm.start`` and ``lm.end``)."""
+
+    topic: ClassVar[str] = "lm.retry"
+    level: ClassVar[str] = "warning"
+    deployment: str
+    model: str
+    error_type: str = ""
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RuntimeRestart(Event):
     """A supervised actor of the runtime was restarted after exiting with ``reason``."""
 
@@ -266,12 +284,14 @@ def matches(pattern: str, topic: str) -> bool:
 class Subscription:
     """One subscriber and its pattern; ``failures`` counts the exceptions it raised."""
 
-    __slots__ = ("_active", "callback", "failures", "id", "pattern")
+    __slots__ = ("_active", "batch", "callback", "failures", "id", "pattern")
 
-    def __init__(self, pattern: str, callback: Subscriber) -> None:
+    def __init__(self, pattern: str, callback: Subscriber, batch: bool = False) -> None:
         self.id = next(_ids)
         self.pattern = pattern
         self.callback = callback
+        # True: ``callback`` takes a list of events (those drained together), not one.
+        self.batch = batch
         self.failures = 0
         self._active = True
 
@@ -334,6 +354,33 @@ class _Flush:
 _FLUSH = _Flush()
 
 
+class _Drain:
+    __slots__ = ()
+
+
+_DRAIN = _Drain()
+
+# Events drained per batch at most: a subscriber's batch stays bounded under a flood.
+_BATCH = 1024
+
+
+class _Pending:
+    """Events published and not yet delivered, shared by the handle and every incarnation
+    of the bus actor (so a restart loses none).
+
+    ``awake`` is True from the moment a publisher told the actor to drain until the actor
+    starts draining: publishers that find it True only append. The actor clears it *before*
+    draining, so an event appended after its last look finds it False and wakes it again:
+    no event waits unseen (a spare wake-up finds nothing, which is harmless).
+    """
+
+    __slots__ = ("awake", "events")
+
+    def __init__(self) -> None:
+        self.events: collections.deque[Any] = collections.deque()
+        self.awake = False
+
+
 @dataclass
 class BusStats:
     """Counters of one bus (kept in the handle, so they survive actor restarts)."""
@@ -345,48 +392,93 @@ class BusStats:
 
 
 class EventBusActor(SupervisedActor):
-    """Delivers each event to the matching subscribers, in its own thread."""
+    """Delivers the published events to the matching subscribers, in its own thread."""
 
-    def __init__(self, subscriptions: _Subscriptions, stats: BusStats) -> None:
+    def __init__(self, subscriptions: _Subscriptions, stats: BusStats, pending: _Pending) -> None:
         super().__init__()
         self._subscriptions = subscriptions
         self._stats = stats
+        self._pending = pending
 
     def on_start(self) -> None:
         self._subscriptions.delivering_thread = threading.current_thread()
+        if self._pending.events:  # left by an earlier incarnation
+            self._pending.awake = True
+            self.actor_ref.tell(_DRAIN)
+
+    def on_stop(self) -> None:
+        self._drain()  # stop delivers what was published before it
 
     def on_receive(self, message: Any) -> Any:
-        if message is _FLUSH:
-            return True
-        topic = getattr(message, "topic", None)
-        if not isinstance(topic, str):
-            _log.warning("event_bus.not_an_event", type=type(message).__name__)
+        if message is _DRAIN:
+            self._drain()
             return None
-        stats = self._stats
-        message = _scrubbed(message)
-        for sub in self._subscriptions.for_topic(topic):
-            if not sub._active:
-                continue  # Unsubscribed after the table was cached.
-            try:
-                sub.callback(message)
-            except Exception as exc:
-                sub.failures += 1
-                stats.subscriber_failures += 1
-                n = sub.failures
-                # Log the first few failures, then ever more rarely: a subscriber broken on
-                # every event must not flood the log.
-                if n <= 10 or n & (n - 1) == 0:
-                    _log.warning(
-                        "event_bus.subscriber_failed",
-                        subscription=repr(sub),
-                        topic=topic,
-                        error=f"{type(exc).__name__}: {exc}",
-                        failures=n,
-                        exc_info=n == 1,
-                    )
-            else:
-                stats.delivered += 1
+        if message is _FLUSH:
+            self._drain()
+            return True
+        if getattr(message, "topic", None) is not None:  # a told event (not via publish)
+            self._deliver([message])
+            return None
+        _log.warning("event_bus.not_an_event", type=type(message).__name__)
         return None
+
+    def _drain(self) -> None:
+        pending = self._pending
+        pending.awake = False  # before looking: see _Pending
+        events = pending.events
+        while events:
+            batch: list[Any] = []
+            # One at a time, not the whole queue at once: what waits stays counted against
+            # max_pending while a slow subscriber works.
+            while events and len(batch) < _BATCH:
+                try:
+                    batch.append(events.popleft())
+                except IndexError:
+                    break
+            self._deliver(batch)
+
+    def _deliver(self, batch: list[Any]) -> None:
+        stats = self._stats
+        subscriptions = self._subscriptions
+        batched: dict[Subscription, list[Any]] = {}
+        for message in batch:
+            topic = getattr(message, "topic", None)
+            if not isinstance(topic, str):
+                _log.warning("event_bus.not_an_event", type=type(message).__name__)
+                continue
+            message = _scrubbed(message)
+            for sub in subscriptions.for_topic(topic):
+                if not sub._active:
+                    continue  # Unsubscribed after the table was cached.
+                if sub.batch:
+                    batched.setdefault(sub, []).append(message)
+                elif _delivered(sub, message, topic, stats):
+                    stats.delivered += 1
+        for sub, events in batched.items():
+            if sub._active and _delivered(sub, events, events[0].topic, stats):
+                stats.delivered += len(events)
+
+
+def _delivered(sub: Subscription, message: Any, topic: str, stats: BusStats) -> bool:
+    try:
+        sub.callback(message)
+    except Exception as exc:
+        sub.failures += 1
+        stats.subscriber_failures += 1
+        n = sub.failures
+        # Log the first few failures, then ever more rarely: a subscriber broken on
+        # every event must not flood the log.
+        if n <= 10 or n & (n - 1) == 0:
+            _log.warning(
+                "event_bus.subscriber_failed",
+                subscription=repr(sub),
+                topic=topic,
+                error=f"{type(exc).__name__}: {exc}",
+                failures=n,
+                exc_info=n == 1,
+            )
+        return False
+    return True
 
 
 # Free-text fields of events: an error message or exit reason may quote a credential (a
@@ -439,6 +531,7 @@ class EventBus:
         self.max_pending = max_pending
         self.stats = BusStats()
         self._subscriptions = _Subscriptions()
+        self._pending = _Pending()
         self._stats_lock = threading.Lock()
         self._ref: pykka.ActorRef[Any] | None = None
         self._own_ref: pykka.ActorRef[Any] | None = None
@@ -448,7 +541,9 @@ class EventBus:
     def child_spec(self, id: str = "events", **overrides: Any) -> ChildSpec:
         """A ChildSpec for the bus actor, registered under this handle's ``name``."""
         options: dict[str, Any] = {"shutdown": 5.0, "name": self.name, **overrides}
-        return ChildSpec(id, EventBusActor, args=(self._subscriptions, self.stats), **options)
+        return ChildSpec(
+            id, EventBusActor, args=(self._subscriptions, self.stats, self._pending), **options
+        )
 
     @classmethod
     def start(
@@ -460,7 +555,7 @@ class EventBus:
     ) -> Self:
         """Start an unsupervised bus (its actor is stopped by :meth:`stop`)."""
         bus = cls(name=name, registry=registry, max_pending=max_pending)
-        ref = EventBusActor.start(bus._subscriptions, bus.stats)
+        ref = EventBusActor.start(bus._subscriptions, bus.stats, bus._pending)
         try:
             bus.registry.register(bus.name, ref)
         except BaseException:
@@ -507,16 +602,27 @@ class EventBus:
                 if ref is None:
                     self._count_dropped()
                     return
+            if not self._subscriptions.for_topic(event.topic):
+                return  # nobody listens to this kind
+            pending = self._pending
             limit = self.max_pending
-            if limit is not None and _pending(ref) >= limit:
+            if limit is not None and len(pending.events) >= limit:
                 self._count_dropped()
                 return
-            ref.tell(event)
+            pending.events.append(event)
         except Exception:
-            # Dead between the check and the tell, or anything else: the publisher (an LM
-            # call, a module) must never fail because of telemetry.
+            # Anything at all: the publisher (an LM call, a module) must never fail
+            # because of telemetry.
             self._count_dropped()
             return
+        if not pending.awake:
+            pending.awake = True
+            try:
+                ref.tell(_DRAIN)
+            except Exception:
+                # Dead between the check and the tell: the event stays queued, and the
+                # bus's next incarnation drains it when it starts.
+                pending.awake = False
         with self._stats_lock:
             self.stats.published += 1
 
@@ -531,12 +637,18 @@ class EventBus:
 
     # Subscribing. ----------------------------------------------------------------------
 
-    def subscribe(self, pattern: str, callback: Subscriber) -> Subscription:
-        """Call ``callback(event)`` for every event whose topic matches ``pattern``."""
+    def subscribe(self, pattern: str, callback: Subscriber, *, batch: bool = False) -> Subscription:
+        """Call ``callback(event)`` for every event whose topic matches ``pattern``.
+
+        With ``batch=True``, ``callback(events)`` gets a list of the matching events
+        delivered together instead (in publish order; never empty). Batches of different
+        subscriptions are delivered one after the other: a subscriber that needs the order
+        between topics (say ``module.*`` and ``lm.*``) takes them in one subscription.
+        """
         _check_pattern(pattern)
         if not callable(callback):
             raise TypeError(f"a subscriber is callable, got {callback!r}")
-        sub = Subscription(pattern, callback)
+        sub = Subscription(pattern, callback, batch)
         self._subscriptions.add(sub)
         return sub
 
@@ -568,12 +680,6 @@ class EventBus:
 
     def __repr__(self) -> str:
         return f"EventBus({self.name!r}, alive={self.is_alive})"
-
-
-def _pending(ref: pykka.ActorRef[Any]) -> int:
-    inbox = ref.actor_inbox
-    # A threading actor's inbox is a queue.Queue; any other kind is simply not bounded here.
-    return inbox.qsize() if isinstance(inbox, queue.Queue) else 0
 
 
 # ------------------------------------------------------------------------------ subscribers

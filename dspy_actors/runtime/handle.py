@@ -19,8 +19,10 @@ awaits the reply futures on the caller's event loop and holds no thread while in
   in flight on a *predictor* whose actor died is sent to it again (it is safe to repeat:
   ``ModuleCrashed.repeatable``, at most ``calls.REPEAT_LIMIT`` times). A call in flight in
   a user-written ``forward`` when its module crashed fails with ``ModuleCrashed``, or is
-  retried (from the first step) if the call is idempotent. An input that itself crashes the module
-  ``poison_threshold`` times is quarantined as a dead letter (``DeadLettered``).
+  retried (from the first step) if the call is idempotent: until its deadline, at most
+  ``REPEAT_LIMIT`` times (or ``max_crash_retries``, if the program sets it). An input
+  that itself crashes the module ``poison_threshold`` times is quarantined as a dead
+  letter (``DeadLettered``).
 - At most ``max_in_flight`` calls per program: past it, ``Overloaded`` at once. A call
   leaves its slot when it ends, also when an awaiting ``acall`` is cancelled.
 """
@@ -56,6 +58,14 @@ if TYPE_CHECKING:
 # While a module restarts, calls that could not reach it are retried this often.
 _UNAVAILABLE_RETRY_SECONDS = 0.002
 _UNAVAILABLE_RETRY_LIMIT_SECONDS = 5.0
+
+
+def _crash_retry_limit(program: ServedProgram) -> int:
+    """How many crashes an idempotent call of ``program`` rides out. By default as many
+    as its deadline allows, capped at ``REPEAT_LIMIT``: a count alone (it was 3) failed a
+    third of the calls of a composite whose own actor was killed every 200 ms."""
+    limit = program.max_crash_retries
+    return REPEAT_LIMIT if limit is None else limit
 
 
 def _positional_call_error(program: ServedProgram, args: tuple[Any, ...]) -> TypeError:
@@ -169,7 +179,7 @@ class ProgramHandle:
         ``idempotent`` (retry after a crash), ``trace_id``, and settings ``overrides``
         such as ``lm=`` or ``temperature=`` for this call only."""
         ctx = self._context(timeout, trace_id, overrides)
-        return run_plan(self._call_plan(inputs, ctx, idempotent, lend=True))
+        return run_plan(self._call_plan(inputs, ctx, idempotent))
 
     async def acall(self, **inputs: Any) -> Any:
         """``await handle.acall(...)`` from asyncio code: the call holds no thread while
@@ -189,7 +199,7 @@ class ProgramHandle:
     ) -> Any:
         """``acall`` with the options of :meth:`call_with`."""
         ctx = self._context(timeout, trace_id, overrides)
-        return await arun_plan(self._call_plan(inputs, ctx, idempotent, lend=False))
+        return await arun_plan(self._call_plan(inputs, ctx, idempotent))
 
     def stream(self, *args: Any, **inputs: Any) -> Streaming:
         """Run the program on ``inputs``, yielding its answer as it is made: a
@@ -220,7 +230,7 @@ class ProgramHandle:
         channel, ctx = self._streamed_context(
             stream_listeners, status_message_provider, buffer, timeout, trace_id, overrides
         )
-        return Streaming(self._call_plan(inputs, ctx, idempotent, lend=False), channel)
+        return Streaming(self._call_plan(inputs, ctx, idempotent), channel)
 
     def astream(self, **inputs: Any) -> AsyncStreaming:
         """``async for piece in handle.astream(...)``: :meth:`stream` on the running event
@@ -244,7 +254,7 @@ class ProgramHandle:
         channel, ctx = self._streamed_context(
             stream_listeners, status_message_provider, buffer, timeout, trace_id, overrides
         )
-        return AsyncStreaming(self._call_plan(inputs, ctx, idempotent, lend=False), channel)
+        return AsyncStreaming(self._call_plan(inputs, ctx, idempotent), channel)
 
     def _streamed_context(
         self,
@@ -278,8 +288,6 @@ class ProgramHandle:
         inputs: Mapping[str, Any],
         ctx: CallContext,
         idempotent: bool | None,
-        *,
-        lend: bool,
     ) -> Plan[Any]:
         """One call, with its retries, as a plan (runtime/plans.py) for either driver."""
         program = self._program
@@ -313,10 +321,9 @@ class ProgramHandle:
                             inputs,
                             ctx,
                             partial(program.gone, version),
-                            lend=lend,
                         )
                     )
-                reply = send_call(app.registry, entry, inputs, ctx, lend=lend)
+                reply = send_call(app.registry, entry, inputs, ctx)
                 return (yield AwaitReply(reply, ctx, program.name, kind="program"))
             except ModuleUnavailable:
                 # Never reached a module (a pipeline: its first step): safe to retry, until
@@ -340,8 +347,11 @@ class ProgramHandle:
                     repeats += 1
                     continue
                 crashes_seen += 1
-                if not retry_crashes or crashes_seen > program.max_crash_retries:
+                if not retry_crashes or crashes_seen > _crash_retry_limit(program):
                     raise
+                remaining = ctx.remaining()
+                if remaining is not None and remaining <= 0:
+                    raise  # its deadline bounds its retries: the crash says what happened
                 continue
             finally:
                 program.gate.leave(version)

@@ -21,6 +21,11 @@ _MAX_VALUES = 100_000
 def check_encodable(program: str, inputs: Mapping[str, Any]) -> None:
     """Raise :class:`UnencodableInput` if any string in ``inputs`` (keys included, at any
     depth) cannot be encoded as UTF-8."""
+    for value in inputs.values():  # the common case, checked without building a stack
+        if type(value) is not str or not value.isascii():
+            break
+    else:
+        return
     stack: list[tuple[str, Any]] = [(repr(name), value) for name, value in inputs.items()]
     seen = 0
     while stack and seen < _MAX_VALUES:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from functools import partial
@@ -33,6 +34,7 @@ import structlog
 
 import supervisors
 from dspy_actors.lm._aio_transport import close_loop_sessions
+from dspy_actors.lm._retry_listener import retry_listener
 from dspy_actors.lm.errors import LMError
 from dspy_actors.lm.lm import LM, PreparedCall
 from dspy_actors.lm.types import LMResponse
@@ -66,6 +68,12 @@ class EventLoopThread:
         self._running = threading.Event()
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Requests handed over by senders, not yet begun on the loop: a sender appends and
+        # wakes the loop only if no wake-up is pending, so under load one wake-up (one
+        # write to the loop's self-pipe, one thread switch) carries many requests.
+        self._handed: deque[tuple[Slot, LM, LMAttempt, PreparedCall]] = deque()
+        self._wake_pending = False
+        self._thread_id: int | None = None
         # Seconds the loop has run behind schedule so far (see _measure_lag).
         self.lag = 0.0
         self._lag_probe: asyncio.Task[None] | None = None
@@ -77,6 +85,7 @@ class EventLoopThread:
             raise RuntimeError(f"the LM event loop {self.name} did not start")
 
     def _run(self) -> None:
+        self._thread_id = threading.get_ident()
         asyncio.set_event_loop(self._loop)
         self._loop.call_soon(self._running.set)
         self._loop.call_soon(self._start_lag_probe)
@@ -144,8 +153,12 @@ class EventLoopThread:
         if isinstance(prepared, LMResponse):  # a cache hit (a fallback LM's cache)
             self._finished(slot, attempt, attempt.succeeded(prepared))
             return
+        self._handed.append((slot, lm, attempt, prepared))
+        if self._wake_pending:
+            return  # the loop begins it with the others handed over since its last turn
+        self._wake_pending = True
         try:
-            self._loop.call_soon_threadsafe(self._begin, slot, lm, attempt, prepared)
+            self._loop.call_soon_threadsafe(self._begin_handed)
         except RuntimeError:
             # The loop is closed: its actor is ending, and withdraws this slot with its
             # request (retried elsewhere) when it does.
@@ -161,16 +174,25 @@ class EventLoopThread:
 
     # On the loop. -------------------------------------------------------------------------
 
+    def _begin_handed(self) -> None:
+        # The flag is cleared before the deque is read: a sender that appends after this
+        # point sees it cleared and wakes the loop again.
+        self._wake_pending = False
+        handed = self._handed
+        while handed:
+            self._begin(*handed.popleft())
+
     def _begin(self, slot: Slot, lm: LM, attempt: LMAttempt, prepared: PreparedCall) -> None:
         task = self._loop.create_task(self._call(slot, lm, attempt, prepared))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         loop = self._loop
+        loop_thread = self._thread_id
 
         def caller_gave_up(reply: Future[Any]) -> None:
-            # Completed by us (the task is then done) or by the caller's side (a deadline,
-            # a cancel): in the second case, stop waiting for the provider.
-            if not task.done():
+            # Completed by us (on the loop's thread: nothing to stop) or by the caller's
+            # side (a deadline, a cancel): in the second case, stop waiting for the provider.
+            if threading.get_ident() != loop_thread and not task.done():
                 try:
                     loop.call_soon_threadsafe(_cancel_if_pending, task)
                 except RuntimeError:
@@ -180,6 +202,8 @@ class EventLoopThread:
 
     async def _call(self, slot: Slot, lm: LM, attempt: LMAttempt, prepared: PreparedCall) -> None:
         request = attempt.request
+        if attempt.publish is not None:  # (in this task's own context: no reset needed)
+            retry_listener.set(attempt.retried)
         began, lag = time.monotonic(), self._lag_now()
         tap = request.ctx.streaming  # a streamed call: its text goes out as it arrives
         try:
@@ -196,8 +220,7 @@ class EventLoopThread:
                 raise  # unanswered: withdrawn with the slot, retried elsewhere
             self._finished(slot, attempt, "ignore")  # its caller gave up
             return
-        except LMError as error:
-            lm.count_remote(0, 0, failed=True)
+        except LMError as error:  # (counted in lm.stats by arun)
             spent = time.monotonic() - began - (self._lag_now() - lag)
             # The breaker counts it before the caller hears of it (and calls again).
             attempt.failed(error, partial(self._finished, slot, attempt, provider_time=spent))
@@ -238,6 +261,7 @@ class EventLoopThread:
     async def _shutdown(self) -> None:
         if self._lag_probe is not None:
             self._lag_probe.cancel()
+        self._handed.clear()  # never begun: withdrawn with their slots, retried elsewhere
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -27,11 +27,10 @@ fails what was queued. The number of slots is the pool's concurrency; past it an
 breaker is asked. The duration a breaker judges starts when a slot takes the request, so
 time queued here is never a slow call.
 
-With worker threads only (``lm_workers=N``), a caller that would only wait for its
-answer may lend its thread to the pool
-(:class:`lending_this_thread`): the request handed to an idle worker thread on its behalf is
-then run by the caller, on that worker's slot (the worker stays idle, its slot busy), so
-the pool's bound, breakers and rate limits hold, and two thread hand-offs go.
+Every request takes the same path: sender -> ``Dispatcher.submit`` -> a worker's slot ->
+the worker answers the reply future. (A caller's thread running its own request on an
+idle worker thread's slot, "lending", was removed: measured against the event loops it
+was slower, and it made the path depend on thread-local flags read in three files.)
 """
 
 from __future__ import annotations
@@ -49,6 +48,7 @@ import pykka
 
 import supervisors
 from dspy_actors import redaction
+from dspy_actors.lm._retry_listener import retry_listener
 from dspy_actors.lm.breaker import CircuitBreaker, CircuitOpen, Permit
 from dspy_actors.lm.errors import LMError
 from dspy_actors.lm.lm import LM
@@ -56,7 +56,7 @@ from dspy_actors.lm.rate_limit import RateLimiter
 from dspy_actors.runtime._futures import reject, resolve
 from dspy_actors.runtime.context import CallContext, restored
 from dspy_actors.runtime.errors import DeadlineExceeded, ModuleUnavailable, Overloaded
-from dspy_actors.runtime.events import LMEnd, LMStart
+from dspy_actors.runtime.events import LMEnd, LMRetry, LMStart
 from dspy_actors.runtime.messages import LMRequest
 
 if TYPE_CHECKING:
@@ -100,8 +100,6 @@ class LMPoolConfig:
     fallbacks: Mapping[str, Sequence[LM]] = field(default_factory=dict)
     breaker_factory: Callable[[str], CircuitBreaker] | None = None
     rate_limits: Mapping[str, RateLimiter] = field(default_factory=dict)
-    # What a lending caller publishes lm.start/lm.end with (as the workers are given).
-    publisher: Callable[[], Callable[[Any], None] | None] | None = None
 
 
 class PoolWorker(Protocol):
@@ -173,8 +171,6 @@ class Dispatcher:
         self._idle: deque[PoolWorker] = deque()
         self._busy: dict[str, Work] = {}
         self._workers: set[str] = set()
-        # Busy workers whose slot a caller borrowed: the caller runs their request.
-        self._lent: set[str] = set()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._wake: Callable[[float], None] = lambda _delay: None
 
@@ -214,7 +210,6 @@ class Dispatcher:
         first in line, or failed with this message the second time."""
         out = _Handover()
         with self._lock:
-            self._lent.discard(worker.actor_urn)
             work = self._busy.pop(worker.actor_urn, None)
             if work is not None and worker.actor_urn in self._workers:
                 self._idle.append(worker)
@@ -250,9 +245,7 @@ class Dispatcher:
         with self._lock:
             self._workers.discard(urn)
             self._idle = deque(w for w in self._idle if w.actor_urn != urn)
-            # A lent slot's request runs in its caller, not in the dead worker: nothing to
-            # retry; the caller frees the slot when done (the dead worker is not reused).
-            work = None if urn in self._lent else self._busy.pop(urn, None)
+            work = self._busy.pop(urn, None)
             if work is not None:
                 self._retry_or_fail(
                     work, f"the LM worker died twice on this request ({reason})", out
@@ -262,34 +255,16 @@ class Dispatcher:
             work.breaker.release(work.permit)
         out.deliver()
 
-    def run_here(self, worker: PoolWorker, work: Work) -> None:
-        """Run ``work`` in this thread, on ``worker``'s slot (what a lending caller does;
-        see :class:`lending_this_thread`), then free the slot."""
-        try:
-            attempt = LMAttempt.begin(
-                work.pending.request, work.lm, work.key, self.config.publisher
-            )
-        except Exception:  # a bug below us: the slot must still be freed
-            _log.exception("lm_call_failed", lm=repr(work.lm))
-            attempt = None
-        if attempt is None:
-            self.finished(worker, "ignore", 0.0)
-        else:
-            self.run_attempt(worker, attempt, work.lm)
-
     def run_attempt(self, worker: PoolWorker, attempt: LMAttempt, lm: Any) -> None:
         """Make ``attempt``'s call in this thread, on ``worker``'s slot, then free the slot:
-        a lending caller's, or a thread running a call a worker process cannot take.
+        a thread running a call an event loop or a worker process cannot take (an LM-like
+        object with only ``complete``).
 
         A thread torn down meanwhile (KeyboardInterrupt, SystemExit) hands the request
         back to the pool, as a dead worker's, and the exception goes on."""
         outcome = "ignore"
-        _lender.answering = True
         try:
-            try:
-                outcome = attempt.run(lm)
-            finally:
-                _lender.answering = False
+            outcome = attempt.run(lm)
         except Exception:  # a bug below us: the caller has it as its answer
             _log.exception("lm_call_failed", lm=repr(lm))
         except BaseException:
@@ -357,12 +332,7 @@ class Dispatcher:
             worker = self._idle.popleft()
             work = Work(pending, lm, key, breaker, permit)
             self._busy[worker.actor_urn] = work
-            if _lender.active and _lender.taken is None and isinstance(worker, pykka.ActorRef):
-                # A lending caller's own submit: it runs this on the worker's slot.
-                _lender.taken = (self, worker, work)
-                self._lent.add(worker.actor_urn)
-            else:
-                out.handoffs.append((worker, work))
+            out.handoffs.append((worker, work))
 
     def _retry_or_fail(self, work: Work, failure: str, out: _Handover) -> None:
         """Queue an unanswered request again, first in line; fail it the second time."""
@@ -396,55 +366,7 @@ class Dispatcher:
         return None
 
 
-class _Lender(threading.local):
-    """Per thread: whether it is lent to the pool now, and the work it took (if any)."""
-
-    active = False
-    taken: tuple[Dispatcher, PoolWorker, Work] | None = None
-    # While it runs a request outside the workers: LM replies completed here may be
-    # handled here.
-    answering = False
-
-
-_lender = _Lender()
-
-
 _TORN_DOWN_TWICE = "the thread running this LM request was torn down twice"
-
-
-class lending_this_thread:  # lowercase: it reads as a function, ``with lending_this_thread():``
-    """Lend the calling thread to the LM pool for the block, then run what it took.
-
-    The first request that this thread's own ``submit`` hands to an idle worker *thread*
-    inside the block is not told to that worker: after the block, this thread runs it on
-    the worker's slot (deadline, events, breaker outcome as a worker would), then frees
-    the slot. Only for a thread that would wait for the answer anyway (a handle's caller).
-    Worker processes' slots are never taken: sending to them does not block. If the block
-    raises, what it took goes back to the pool. (A class, not a generator: it runs once
-    per call on the runtime's hot path.)
-    """
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        _lender.active = True
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_rest: object) -> None:
-        _lender.active = False
-        taken, _lender.taken = _lender.taken, None
-        if taken is None:
-            return
-        dispatcher, worker, work = taken
-        if exc_type is None:
-            dispatcher.run_here(worker, work)
-        else:  # never run: a worker takes it
-            dispatcher.finished(worker, "ignore", 0.0, unanswered=_TORN_DOWN_TWICE)
-
-
-def lm_reply_may_run_inline() -> bool:
-    """Whether an LM reply completed in this thread may be handled here: yes in a thread
-    that ran the request outside the pool's workers (it holds no lock)."""
-    return _lender.answering
 
 
 _log = redaction.get_logger("dspy_actors.runtime.lm")
@@ -621,16 +543,16 @@ class LMAttempt:
             if remaining <= 0:
                 reject(reply, DeadlineExceeded(ctx.trace_id, f"LM {lm.model}"))
                 return None
-            if not _is_lm(lm):
+            if not _plain_lm(lm):
                 # An LM-like object knows no deadline: its timeout is cut to what is left.
                 # (An LM gets the deadline below and cuts each attempt to the sooner of it
                 # and its own per-attempt timeout: replacing that timeout with what is left
                 # of the call would let one hung attempt eat the whole deadline.)
                 limit = kwargs.get("timeout", getattr(lm, "timeout", None))
                 kwargs["timeout"] = remaining if limit is None else min(limit, remaining)
-        if isinstance(lm, LM):  # (an LM-like object gets neither: it may not know them)
+        if _plain_lm(lm):  # (an LM-like object gets neither: it may not know them)
             if request.known_miss is not None:
-                # complete()/prepare() ignore a miss probed on another LM (a fallback).
+                # prepare() ignores a miss probed on another LM (a fallback).
                 kwargs["known_miss"] = request.known_miss
             if ctx.deadline is not None:
                 kwargs["deadline"] = ctx.deadline  # bounds the retries too
@@ -641,18 +563,30 @@ class LMAttempt:
             ended = partial(LMEnd, trace_id=ctx.trace_id, deployment=key, model=lm.model)
         return cls(request, kwargs, publish, ended, time.monotonic())
 
+    def retried(self, error: LMError, delay: float) -> None:
+        """An HTTP retry of this request: the ``lm.retry`` event (``retry_listener``)."""
+        ended = self.ended  # (a partial holding the request's trace id, deployment, model)
+        if self.publish is not None and isinstance(ended, partial):
+            self.publish(LMRetry(**ended.keywords, error_type=type(error).__name__, delay_s=delay))
+
     def run(self, lm: Any) -> str:
         """Make the call in this thread (it blocks) and answer it; the outcome. Anything but
         an ``LMError`` is a bug below us: the caller's answer, then raised here."""
         request = self.request
+        listening = retry_listener.set(self.retried if self.publish is not None else None)
         try:
             with restored(request.ctx):
-                response = lm.complete(request.messages, **self.kwargs)
+                if _plain_lm(lm):  # look up (with the probe's miss), send, settle
+                    response = lm.send(lm.prepare(request.messages, **self.kwargs))
+                else:  # an LM-like object, or an LM whose complete() is its own
+                    response = lm.complete(request.messages, **self.kwargs)
         except LMError as error:
             return self.failed(error)
         except Exception as error:
             reject(request.reply, error)
             raise
+        finally:
+            retry_listener.reset(listening)
         return self.succeeded(response)
 
     def succeeded(self, response: Any, before_answer: Callable[[str], None] | None = None) -> str:
@@ -690,6 +624,13 @@ class LMAttempt:
             )
         reject(self.request.reply, error)
         return outcome
+
+
+def _plain_lm(lm: object) -> bool:
+    """Whether ``lm`` is an LM whose ``complete`` is LM's own, so the pool may run its
+    phases itself (``prepare`` with the probe's miss and the deadline, ``send``); an LM
+    subclass overriding ``complete`` is called through it, as an LM-like object is."""
+    return isinstance(lm, LM) and type(lm).complete is LM.complete
 
 
 def _is_lm(lm: object) -> bool:

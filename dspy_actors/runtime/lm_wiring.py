@@ -64,7 +64,6 @@ def wire_lm_pool(
             fallbacks=fallbacks,
             breaker_factory=make_breaker,
             rate_limits=limits,
-            publisher=publisher,
         )
     )
     workers = _worker_specs(config, registry, router_name, dispatcher, publisher)

@@ -61,7 +61,7 @@ from dspy_actors.runtime.errors import (
     RuntimeCallError,
 )
 from dspy_actors.runtime.events import Event, ModuleEnd, ModuleError, ModuleStart
-from dspy_actors.runtime.lm_pool import Dispatcher, lm_reply_may_run_inline, submit_lm_request
+from dspy_actors.runtime.lm_pool import Dispatcher, submit_lm_request
 from dspy_actors.runtime.messages import Call
 from dspy_actors.waiting import ForwardGreenlet, Park, timers
 
@@ -133,6 +133,8 @@ class _InFlight:
     lm_reply: Future[Any] | None = None
     # A streamed call's LM call in flight: its answer's last pieces go out on arrival.
     stream_tap: Any = None
+    # Whether a cancel of the call's reply is watched for (see ModuleActor._watch_cancel).
+    watched: bool = False
 
 
 @dataclass(slots=True)
@@ -168,6 +170,7 @@ class ModuleActor(supervisors.SupervisedActor):
         a composite's own actor, whose parameters live in its sub-modules' actors)."""
         super().__init__()
         self.path = path
+        self._where = f"module {path!r}"  # where a call's deadline passed, in its error
         self.state_path = state_path
         self._make_module = make_module
         self.services = services
@@ -223,7 +226,7 @@ class ModuleActor(supervisors.SupervisedActor):
             reject(call.reply, Overloaded(f"module {self.path!r}", self.max_in_flight))
             return
         try:
-            call.ctx.check(f"module {self.path!r}")
+            call.ctx.check(self._where)
         except RuntimeCallError as error:
             reject(call.reply, error)
             return
@@ -236,8 +239,6 @@ class ModuleActor(supervisors.SupervisedActor):
             publish(ModuleStart(trace_id=call.ctx.trace_id, module_path=self.path))
         if call.ctx.streaming is not None:
             call.ctx.streaming.say("module_start_status_message", self.path, dict(call.inputs))
-        # A caller that gives up cancels the reply: drop the call then (frees its slot).
-        call.reply.add_done_callback(partial(_tell_if_cancelled, self.actor_ref, call_id))
         if self._predictor:
             # Making the generator runs none of the steps' code: the call's context is
             # restored where they run (_resume).
@@ -259,6 +260,16 @@ class ModuleActor(supervisors.SupervisedActor):
             )
             record.thread = thread
             thread.start()
+            self._watch_cancel(call_id, record)
+
+    def _watch_cancel(self, call_id: int, record: _InFlight) -> None:
+        """From the first time the call waits (on the LM, a sub-call, its call thread): a
+        caller that gives up cancels the reply, and the call is dropped then (its slot
+        freed). A call answered without waiting (a cache hit) never pays for the watch."""
+        if not record.watched:
+            record.watched = True
+            reply = record.call.reply
+            reply.add_done_callback(partial(_tell_if_cancelled, self.actor_ref, call_id))
 
     # Predictors: steps driven by messages. -------------------------------------------
 
@@ -311,6 +322,7 @@ class ModuleActor(supervisors.SupervisedActor):
                 record.lm_reply = reply
                 record.stream_tap = tap
                 reply.add_done_callback(partial(_tell_lm_done, self.actor_ref, call_id))
+                self._watch_cancel(call_id, record)
                 return
 
     def _lm_done(self, message: _LMDone) -> None:
@@ -343,6 +355,7 @@ class ModuleActor(supervisors.SupervisedActor):
             forward.throw(greenlet.GreenletExit)
             self._fail(call_id, RuntimeError(f"forward switched out with {outcome!r}"))
             return
+        self._watch_cancel(call_id, record)
         park = next(self._ids)
         record.park = park
         wake = partial(_tell_forward_wake, self.actor_ref, call_id, park)
@@ -510,9 +523,6 @@ def _tell_if_cancelled(ref: pykka.ActorRef[Any], call_id: int, reply: Future[Any
 
 def _tell_lm_done(ref: pykka.ActorRef[Any], call_id: int, reply: Future[Any]) -> None:
     try:
-        if lm_reply_may_run_inline():  # a lending caller ran the request: it may resume it
-            supervisors.tell_inline(ref, _LMDone(call_id, reply))
-        else:
-            ref.tell(_LMDone(call_id, reply))
+        ref.tell(_LMDone(call_id, reply))
     except pykka.ActorDeadError:
         pass  # The actor died; its on_failure answered the call already.

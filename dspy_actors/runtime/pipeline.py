@@ -86,10 +86,8 @@ def pipeline_plan(
     inputs: Mapping[str, Any],
     ctx: CallContext,
     stopped: Callable[[], str | None] = never_stopped,
-    *,
-    lend: bool = True,
 ) -> Plan[Any]:
-    """The plan of :func:`run_pipeline`, for either driver (``lend=False`` for asyncio)."""
+    """The plan of :func:`run_pipeline`, for either driver."""
     values = dict(inputs)
     result: Any = None
     last = len(steps) - 1
@@ -101,11 +99,11 @@ def pipeline_plan(
             step_inputs = {k: v for k, v in values.items() if k in accepted}
         name, path = prefix + step.id, f"{program}.{step.id}"
         if index == 0:
-            reply = send_call(registry, name, step_inputs, ctx, lend=lend)
+            reply = send_call(registry, name, step_inputs, ctx)
             result = yield AwaitReply(reply, ctx, path)
         else:
             result = yield from resending_plan(
-                registry, name, step_inputs, ctx, path, what="step", stopped=stopped, lend=lend
+                registry, name, step_inputs, ctx, path, what="step", stopped=stopped
             )
         outputs = prediction_items(result)  # checked for the last step too
         if index < last:

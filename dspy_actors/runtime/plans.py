@@ -27,6 +27,7 @@ import asyncio
 from collections.abc import Generator
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import greenlet
@@ -42,7 +43,9 @@ T = TypeVar("T")
 MAX_WAIT_SLICE_SECONDS = 5.0
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+# Not frozen: one is made per wait, and a frozen dataclass's __init__ costs three times
+# as much (object.__setattr__ per field). Nothing changes one once made.
+@dataclass(slots=True, eq=False)
 class AwaitReply:
     """Wait for ``reply`` until the call's deadline (or ``timeout``, if earlier).
 
@@ -104,6 +107,8 @@ def await_reply_blocking(step: AwaitReply) -> Any:
     """The reply's result, waiting (blocking, or parking a forward greenlet) at most
     until the step's deadline. The module always answers (see ``calls.send_call``)."""
     reply = step.reply
+    if reply.done():  # answered in the send (a cache hit)
+        return _answer(step)
     while True:
         remaining = _remaining(step)
         if remaining is not None and remaining <= 0:
@@ -127,28 +132,46 @@ async def await_reply_async(step: AwaitReply) -> Any:
     module actor to drop the call (module_actor: a cancelled reply frees its slot)."""
     reply = step.reply
     if reply.done():  # answered in the send (a cache hit, an idle actor's quick answer)
-        return reply.result(timeout=0)
-    waiter = asyncio.wrap_future(reply)
-    waiter.add_done_callback(_retrieved)
+        return _answer(step)
+    loop = asyncio.get_running_loop()
+    # One loop future, woken by the reply (from the thread that completes it) or by a
+    # timer: cheaper than wrap_future + asyncio.wait, which chain two futures both ways
+    # and build a set, a waiter and a timeout per wait.
+    woken: asyncio.Future[None] = loop.create_future()
+    reply.add_done_callback(partial(_wake_from_thread, loop, woken))
     try:
-        while not waiter.done():
+        while not reply.done():
             remaining = _remaining(step)
             if remaining is not None and remaining <= 0:
                 return _expired(step)
             wait = MAX_WAIT_SLICE_SECONDS if remaining is None else remaining
-            # (asyncio.wait never cancels what it waits on: a timeout leaves the reply be.)
-            await asyncio.wait({waiter}, timeout=min(wait, MAX_WAIT_SLICE_SECONDS))
+            timer = loop.call_later(min(wait, MAX_WAIT_SLICE_SECONDS), _wake, woken)
+            try:
+                await woken
+            finally:
+                timer.cancel()
+            if not reply.done():  # the timer: wait again, on a fresh future
+                woken = loop.create_future()
+                reply.add_done_callback(partial(_wake_from_thread, loop, woken))
     except asyncio.CancelledError:
         reply.cancel()
         raise
     return _answer(step)
 
 
-def _retrieved(waiter: asyncio.Future[Any]) -> None:
-    """Mark the waiter's outcome as seen (the answer is read from the reply when the
-    deadline passed first), so asyncio does not log a never-retrieved exception."""
-    if not waiter.cancelled():
-        waiter.exception()
+def _wake(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)
+
+
+def _wake_from_thread(
+    loop: asyncio.AbstractEventLoop, woken: asyncio.Future[None], _reply: Future[Any]
+) -> None:
+    """The reply is done (in whatever thread completed it): wake its waiter on its loop."""
+    try:
+        loop.call_soon_threadsafe(_wake, woken)
+    except RuntimeError:
+        pass  # the loop is closed: nobody awaits the reply any more
 
 
 def run_plan(plan: Plan[T]) -> T:

@@ -155,7 +155,7 @@ class Programs:
         self._check_free(name)
         limits = self.limits
         call_timeout = limits.call_timeout if options.timeout is None else options.timeout
-        if options.max_crash_retries < 0:
+        if options.max_crash_retries is not None and options.max_crash_retries < 0:
             raise ValueError(f"max_crash_retries must be >= 0, got {options.max_crash_retries!r}")
         return {
             "name": name,

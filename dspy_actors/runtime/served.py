@@ -41,7 +41,9 @@ class ProgramOptions:
     strategy: supervisors.Strategy = "one_for_one"
     intensity: int = PROGRAM_INTENSITY
     period: float = PROGRAM_PERIOD
-    max_crash_retries: int = 3
+    # None: an idempotent call rides out crashes until its deadline (at most
+    # calls.REPEAT_LIMIT of them); a number caps them lower.
+    max_crash_retries: int | None = None
 
 
 @dataclass(eq=False, kw_only=True)
@@ -59,7 +61,7 @@ class ServedProgram:
     call_timeout: float
     options: TreeOptions
     state_version: int | None = None
-    max_crash_retries: int = 3
+    max_crash_retries: int | None = None
     stopped: bool = False
     # Versions an upgrade stopped (after draining them): a pipeline call still on one of
     # them fails at once instead of resending to a step that will never come back.

@@ -180,6 +180,56 @@ def test_a_killed_user_forward_is_retried_only_when_idempotent(
     lm.close()
 
 
+def test_an_idempotent_call_rides_out_crashes_until_its_deadline_not_a_count_of_three(
+    start_app: StartApp, gated: GatedSim
+) -> None:
+    """The same calls are dropped by four kills of their composite's own actor, each kill
+    once every call is back in flight; with the defaults every call is answered (a count
+    of 3 crash retries answered 64% of such calls under bench/bench_kill_storm.py)."""
+    lm = lm_on(gated.sim)
+    app = start_app(lm=lm)
+    qa = app.serve("qa", HintThenAnswer(), timeout=30.0, idempotent=True)
+    # Few calls: each kill leaves their answer-step requests held at the gate, and the
+    # LM's connections to the server are bounded.
+    calls, kills = 4, 4
+    futures = [qa.submit(question=f"q{i}") for i in range(calls)]
+    for kill in range(1, kills + 1):
+        wanted = kill * calls
+        wait_until(
+            lambda wanted=wanted: gated.count(answer_step=True) >= wanted,
+            timeout=WAIT_S,
+            what=f"the answer sub-module's requests before kill {kill}",
+        )
+        _kill_once(app, "qa@v1/")
+    gated.gate.set()
+    outcomes = _outcomes(futures)
+    assert all(isinstance(o, dsa.Prediction) for o in outcomes), outcomes
+    assert gated.count(answer_step=False) == (kills + 1) * calls  # forward re-ran each time
+    lm.close()
+
+
+def test_an_idempotent_call_rides_out_only_the_crashes_max_crash_retries_allows(
+    start_app: StartApp, gated: GatedSim
+) -> None:
+    lm = lm_on(gated.sim)
+    app = start_app(lm=lm)
+    capped = app.serve(
+        "capped", HintThenAnswer(), timeout=30.0, idempotent=True, max_crash_retries=0
+    )
+    futures = _send(capped)
+    wait_until(
+        lambda: gated.count(answer_step=True) >= CALLS,
+        timeout=WAIT_S,
+        what="the answer sub-module's requests",
+    )
+    _kill_once(app, "capped@v1/")
+    gated.gate.set()
+    outcomes = _outcomes(futures)
+    assert all(isinstance(o, dsa.ModuleCrashed) for o in outcomes), outcomes
+    assert gated.count(answer_step=False) == CALLS  # 0 retries: forward never ran again
+    lm.close()
+
+
 @pytest.mark.parametrize("kind", ["pipeline", "composite"])
 def test_calls_under_a_kill_storm_are_all_answered_with_the_defaults(
     start_app: StartApp, sim_lm: SimLM, kind: str

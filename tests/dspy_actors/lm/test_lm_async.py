@@ -21,11 +21,13 @@ from dspy_actors.lm import (
     AuthenticationError,
     ContextWindowExceeded,
     LMConnectionError,
+    LMResponse,
     LMTimeout,
     RateLimited,
     RetryPolicy,
 )
 from dspy_actors.lm.cache import Cache
+from dspy_actors.lm.lm import PreparedCall
 from dspy_actors.lm.usage import UsageMeter, metering
 from dspy_actors.testing import Fault, SimLM
 from tests.dspy_actors.lm.test_lm_proxy import (  # the proxy-free environment, autouse
@@ -131,12 +133,19 @@ def test_the_lms_own_timeout_applies_without_a_per_call_one(sim_lm: SimLM, make_
         run(lambda: lm.acomplete(MESSAGES), lm)
 
 
+async def _acomplete_by(lm: LM, deadline: float) -> LMResponse:
+    """The runtime's way of making a call with a deadline: prepare, arun, settle."""
+    prepared = lm.prepare(MESSAGES, deadline=deadline)
+    assert isinstance(prepared, PreparedCall)
+    return lm.settle(prepared, await lm.arun(prepared))
+
+
 def test_each_attempt_is_cut_to_the_deadline(sim_lm: SimLM, make_lm: MakeLM) -> None:
     sim_lm.inject(Fault.hang(60.0))
     lm = make_lm(api_base=sim_lm.openai_base, timeout=90.0)
     start = time.monotonic()
     with pytest.raises(LMTimeout):
-        run(lambda: lm.acomplete(MESSAGES, deadline=time.monotonic() + 0.4), lm)
+        run(lambda: _acomplete_by(lm, time.monotonic() + 0.4), lm)
     took = time.monotonic() - start
     assert 0.35 <= took < 20.0  # the deadline: not the 90 s timeout, not the 60 s hang
 
@@ -146,7 +155,7 @@ def test_a_retry_past_the_deadline_is_not_made(sim_lm: SimLM, make_lm: MakeLM) -
     lm = make_lm(api_base=sim_lm.openai_base)
     start = time.monotonic()
     with pytest.raises(RateLimited):
-        run(lambda: lm.acomplete(MESSAGES, deadline=time.monotonic() + 30.0), lm)
+        run(lambda: _acomplete_by(lm, time.monotonic() + 30.0), lm)
     assert time.monotonic() - start < 15.0  # failed at once: no 60 s wait, no 30 s deadline
     assert sim_lm.request_count == 1
 

@@ -321,7 +321,7 @@ def test_a_retry_that_would_start_after_the_deadline_is_not_made(
     lm = make_lm(api_base=sim_lm.openai_base)
     start = time.monotonic()
     with pytest.raises(RateLimited):
-        lm.complete(MESSAGES, deadline=start + 30.0)
+        lm.send(lm.prepare(MESSAGES, deadline=start + 30.0))
     assert time.monotonic() - start < 15.0
     assert sim_lm.request_count == 1
     assert lm.stats.retries == 0
@@ -334,7 +334,7 @@ def test_each_attempt_is_cut_to_what_is_left_of_the_deadline(
     lm = make_lm(api_base=sim_lm.openai_base, timeout=90.0)
     start = time.monotonic()
     with pytest.raises(LMTimeout):
-        lm.complete(MESSAGES, deadline=start + 0.4)
+        lm.send(lm.prepare(MESSAGES, deadline=start + 0.4))
     took = time.monotonic() - start
     # The deadline, not the LM's 90 s timeout nor the 60 s hang: the upper bound leaves a
     # busy machine 20 s of slack and still fails any path that ignores the deadline.
@@ -345,6 +345,6 @@ def test_without_a_deadline_retries_wait_as_the_server_asks(sim_lm: SimLM, make_
     sim_lm.inject(Fault.rate_limited(retry_after=0.3))
     lm = make_lm(api_base=sim_lm.openai_base)
     start = time.monotonic()
-    assert lm.complete(MESSAGES, deadline=start + 5.0).outputs == ["2"]
+    assert lm.send(lm.prepare(MESSAGES, deadline=start + 5.0)).outputs == ["2"]
     assert time.monotonic() - start >= 0.28
     assert lm.stats.retries == 1

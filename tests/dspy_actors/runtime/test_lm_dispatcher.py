@@ -8,14 +8,11 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-import pykka
-import pytest
-
 from dspy_actors.lm.breaker import CircuitBreaker, CircuitOpen
 from dspy_actors.lm.lm import LM
 from dspy_actors.runtime.context import capture
 from dspy_actors.runtime.errors import DeadlineExceeded, Overloaded
-from dspy_actors.runtime.lm_pool import Dispatcher, LMPoolConfig, lending_this_thread
+from dspy_actors.runtime.lm_pool import Dispatcher, LMPoolConfig
 from dspy_actors.runtime.messages import LMRequest
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -87,43 +84,3 @@ def test_a_reply_failed_by_an_open_breaker_or_its_deadline_may_submit_again() ->
     assert isinstance(expired.reply.exception(timeout=0), DeadlineExceeded)
     assert isinstance(again.exception(timeout=5), CircuitOpen)  # the resubmit ran too
     lm.close()
-
-
-class _Keeper(pykka.ThreadingActor):
-    """A worker actor that keeps the work it is told (it never answers)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.got: list[Any] = []
-
-    def on_receive(self, message: Any) -> Any:
-        if message == "got":
-            return list(self.got)
-        self.got.append(message)
-        return None
-
-
-def test_work_a_lending_thread_took_goes_back_to_the_pool_if_the_block_raises() -> None:
-    lm = LM("openai/sim-model", api_base="http://127.0.0.1:9/v1", api_key="k", cache=False)
-    dispatcher = Dispatcher(LMPoolConfig())
-    keeper = _Keeper.start()
-    try:
-        dispatcher.add_worker(keeper)
-        request = _request(lm)
-        seen_inside: list[Any] = []
-
-        def interrupted_caller() -> None:
-            with lending_this_thread():
-                dispatcher.submit(request)  # taken by this thread, not told to the worker
-                seen_inside.extend(keeper.ask("got", timeout=5.0))
-                raise KeyboardInterrupt
-
-        with pytest.raises(KeyboardInterrupt):
-            interrupted_caller()
-        assert seen_inside == []
-        got = keeper.ask("got", timeout=5.0)  # handed back, and on to the idle worker
-        assert [work.pending.request for work in got] == [request]
-        assert not request.reply.done()
-    finally:
-        keeper.stop(timeout=5.0)
-        lm.close()

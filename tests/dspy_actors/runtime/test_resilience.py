@@ -154,41 +154,6 @@ def test_a_worker_dying_without_answering_has_its_request_retried(
         lm.close()
 
 
-def test_a_caller_torn_down_mid_request_hands_it_back_to_the_pool(
-    start_app: StartApp, sim: SimLM
-) -> None:
-    """A caller that runs its own LM request (an idle actor, an idle worker) and is torn
-    down meanwhile: the exception goes on up the caller; a worker answers the request."""
-    DiesOnce.died = 0
-    lm = DiesOnce("openai/sim-model", api_base=sim.openai_base, api_key="k", cache=False)
-    try:
-        app = start_app(lm=lm, lm_workers=2)
-        qa = app.serve("qa", Predict("question -> answer"))
-        raised: list[BaseException] = []
-
-        def caller() -> None:
-            try:
-                qa.call(question="interrupted")
-            except BaseException as exc:
-                raised.append(exc)
-
-        thread = threading.Thread(target=caller)
-        thread.start()
-        thread.join(10.0)
-        assert [type(e) for e in raised] == [SystemExit]
-        wait_until(lambda: sim.requests, timeout=30.0, what="a worker to make the request")
-        assert len(sim.requests) == 1  # a worker made the request the caller gave back
-        router = app.registry.lookup(app.router_name)
-        wait_until(
-            lambda: supervisors.ask(router, PoolStats(), timeout=5.0)["busy"] == 0,
-            timeout=30.0,
-            what="the pool to be idle",
-        )
-        assert qa.call(question="next").answer
-    finally:
-        lm.close()
-
-
 def test_overload_fails_fast_instead_of_queueing(start_app: StartApp, sim: SimLM) -> None:
     held = HeldResponder()
     sim.respond_with(held)

@@ -1,0 +1,76 @@
+"""The event bus's batched delivery: what metrics, console and tracing subscribe with."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from dspy_actors.runtime.events import Event, EventBus, ModuleEnd, ModuleStart, RunProgress
+
+FLUSH_TIMEOUT = 30.0
+
+
+@pytest.fixture
+def bus() -> Iterator[EventBus]:
+    bus = EventBus.start()
+    yield bus
+    assert bus.stop(timeout=10.0)
+
+
+def test_a_batch_subscriber_gets_every_matching_event_in_order_in_lists(bus: EventBus) -> None:
+    batches: list[list[Event]] = []
+    bus.subscribe("module.*", batches.append, batch=True)
+    one_by_one: list[Event] = []
+    bus.subscribe("*", one_by_one.append)
+    published: list[Event] = []
+
+    def publish(t: int) -> None:
+        for i in range(500):
+            event = ModuleStart(module_path=f"p{t}", call_id=str(i))
+            published.append(event)
+            bus.publish(event)
+            bus.publish(RunProgress(run_id=str(t), completed=i))
+
+    threads = [threading.Thread(target=publish, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert bus.flush(FLUSH_TIMEOUT)
+    assert all(batches)
+    assert all(isinstance(b, list) for b in batches)
+    got = [e for batch in batches for e in batch]
+    assert sorted(map(id, got)) == sorted(map(id, published))  # each once, no other topic
+    for t in range(4):  # publish order per publishing thread
+        mine = [int(e.call_id) for e in got if getattr(e, "module_path", "") == f"p{t}"]
+        assert mine == list(range(500))
+    assert len(one_by_one) == 4000
+    assert bus.stats.delivered == 4000 + 2000
+
+
+def test_an_event_nobody_subscribes_to_is_not_queued(bus: EventBus) -> None:
+    ends: list[Event] = []
+    bus.subscribe("module.end", ends.append)
+    bus.publish(ModuleStart(module_path="qa"))  # no subscriber for module.start
+    bus.publish(ModuleEnd(module_path="qa"))
+    assert bus.flush(FLUSH_TIMEOUT)
+    assert [e.topic for e in ends] == ["module.end"]
+    assert bus.stats.published == 1
+    assert bus.stats.dropped == 0
+
+
+def test_a_failing_batch_subscriber_is_isolated(bus: EventBus) -> None:
+    def broken(events: list[Event]) -> None:
+        raise RuntimeError("batch subscriber bug")
+
+    bad = bus.subscribe("run.*", broken, batch=True)
+    got: list[Event] = []
+    bus.subscribe("run.*", got.append)
+    for i in range(3):
+        bus.publish(RunProgress(run_id="r", completed=i))
+    assert bus.flush(FLUSH_TIMEOUT)
+    assert [e.completed for e in got if isinstance(e, RunProgress)] == [0, 1, 2]
+    assert bad.failures >= 1
+    assert bus.is_alive
