@@ -14,6 +14,9 @@ Each store lives in its own file by default (see the runtime docs): a burst of d
 never contends with parameter saves, and a broken dead-letter file never costs the optimized
 parameters. Sharing one file with a ParameterStore works too (their tables are distinct).
 Robustness as in ``_sqlite``: no raw ``sqlite3`` error reaches a caller.
+
+Over 400 lines: one store: its schema, the JSON encoding of any input (stand-ins for what
+JSON cannot hold) and the operator action log kept beside the letters share its row helpers.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ supervisor, the new one delivers to the same subscribers.
 
 Patterns: an exact topic (``"lm.end"``), a prefix wildcard (``"lm.*"``: every topic starting
 with ``"lm."``), or ``"*"`` (everything).
+
+Over 400 lines: the event vocabulary users subscribe to (half the file: the typed events)
+and the bus that delivers it belong together.
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ Every request takes the same path: sender -> ``Dispatcher.submit`` -> a worker's
 the worker answers the reply future. (A caller's thread running its own request on an
 idle worker thread's slot, "lending", was removed: measured against the event loops it
 was slower, and it made the path depend on thread-local flags read in three files.)
+
+Over 400 lines: the dispatcher, its slots and the worker kinds (loop slots, LMWorker threads,
+processes) share Work and Slot; LMWorker leaves with ``lm_workers`` (issue 12), and with it
+about 50 lines.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ other exception is a bug: the caller gets :class:`ModuleCrashed` (with the excep
 its cause), then the actor crashes and its supervisor restarts it, fresh, with its learned
 parameters reloaded. Calls still in flight on a crashed actor get ``ModuleCrashed`` too;
 a predictor's are marked ``repeatable`` (safe to send again: its callers do, by themselves).
+
+Over 400 lines: the actor's messages and the states of a call in flight (LM done, forward
+parked and woken, cancelled) are one state machine; split, its transitions would scatter.
 """
 
 from __future__ import annotations
