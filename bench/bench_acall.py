@@ -107,7 +107,7 @@ async def _closed_loop(call: Any, in_flight: int, total: int) -> dict[str, Any]:
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     import dspy_actors as dsa
     from dspy_actors.lm.cache import Cache
-    from dspy_actors.modules.predict import Predict
+    from dspy_actors.modules._predict import Predict
     from dspy_actors.primitives.module import Module
     from dspy_actors.primitives.prediction import Prediction
 

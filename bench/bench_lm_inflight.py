@@ -127,8 +127,8 @@ def one_case(
         result.update(threads_idle=threads_idle)
     else:
         import dspy_actors as dsa
-        from dspy_actors.runtime.context import capture
-        from dspy_actors.runtime.lm_pool import submit_lm_request
+        from dspy_actors.runtime._context import capture
+        from dspy_actors.runtime._lm_pool import submit_lm_request
 
         lm = dsa.LM("openai/bench", api_base=base_url, api_key="k", cache=False, timeout=600)
         options: dict[str, Any] = {

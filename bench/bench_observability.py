@@ -144,7 +144,7 @@ def throughput(
 
 def part_cpu_us(sim: SimLM, part: str, calls: int) -> float:
     """CPU (process time, bus thread included) per cached call with one part on alone."""
-    from dspy_actors.console.state import ConsoleState
+    from dspy_actors.console._state import ConsoleState
     from dspy_actors.metrics import app_metrics
 
     with dsa.start(
@@ -194,9 +194,9 @@ def parts(rounds: int, calls: int) -> None:
 def pieces(rounds: int, calls: int) -> None:
     """Each piece of a cached call's observability, timed alone on the events such a call
     makes (module.start + module.end): steadier on a busy machine than whole calls."""
-    from dspy_actors.console.state import ConsoleState
+    from dspy_actors.console._state import ConsoleState
     from dspy_actors.metrics import app_metrics
-    from dspy_actors.runtime import events as ev
+    from dspy_actors.runtime import _events as ev
 
     def best(work: Any) -> float:  # CPU us per call, best of ``rounds``
         times = []

@@ -88,9 +88,9 @@ def _requested(text: str) -> list[str]:
 
 
 def responder(request: Any) -> Any:
+    from dspy_actors.testing._sim_wire import message_text
     from dspy_actors.testing.sim_lm import SimReply
     from dspy_actors.testing.sim_responder import default_responder
-    from dspy_actors.testing.sim_wire import message_text
 
     text = request.last_user_text
     names = _requested(text)

@@ -36,8 +36,8 @@ from _common import configure_logging, machine_info, summarize_ms, write_results
 import dspy_actors as dsa
 from dspy_actors.lm import LM
 from dspy_actors.lm.cache import Cache
+from dspy_actors.runtime._parameter_store import ParameterStore
 from dspy_actors.runtime.app import program_state
-from dspy_actors.runtime.parameter_store import ParameterStore
 from dspy_actors.testing.postgres import PostgresCluster
 from dspy_actors.testing.sim_lm import SimLM
 

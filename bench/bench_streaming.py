@@ -38,8 +38,8 @@ from loopback_server import raise_open_files_limit
 
 import dspy_actors as dsa
 import supervisors
+from dspy_actors.runtime._lm_pool import PoolStats
 from dspy_actors.runtime.app import App
-from dspy_actors.runtime.lm_pool import PoolStats
 from dspy_actors.streaming import StreamResponse
 
 SHORT_WORDS = 60  # an ordinary answer: ~60 deltas

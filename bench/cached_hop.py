@@ -27,7 +27,7 @@ import pykka
 
 import dspy_actors as dsa
 from dspy_actors.lm.cache import Cache
-from dspy_actors.runtime import module_actor
+from dspy_actors.runtime import _module_actor as module_actor
 from dspy_actors.testing import SimLM
 
 QUESTION = "What is 2 + 3?"

@@ -1,5 +1,5 @@
 """Experiment: does moving LM HTTP work into worker processes free the GIL? (It sized what
-is now ``dsa.start(lm_processes=N)``, see ``dspy_actors/runtime/lm_process.py``; kept to
+is now ``dsa.start(lm_processes=N)``, see ``dspy_actors/runtime/_lm_process.py``; kept to
 compare the bare transport question.)
 
     .venv/bin/python bench/exp_process_offload.py [--threads 256] [--per-thread 6] [--procs 2]

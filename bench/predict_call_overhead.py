@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import dspy_actors as dsa
 from dspy_actors.adapters import ChatAdapter
-from dspy_actors.lm.steps import run_steps
+from dspy_actors.lm._steps import run_steps
 from dspy_actors.testing import SimLM
 
 

@@ -15,6 +15,10 @@ Served by the supervised runtime, from many threads, across crashes::
         print(app.tree().render())
 """
 
+from dspy_actors._asyncify import asyncify
+from dspy_actors._callbacks import BaseCallback
+from dspy_actors._embedder import Embedder, EmbeddingError
+from dspy_actors._settings import configure, context
 from dspy_actors.adapters import (
     Adapter,
     AdapterParseError,
@@ -23,12 +27,11 @@ from dspy_actors.adapters import (
     TwoStepAdapter,
     XMLAdapter,
 )
-from dspy_actors.asyncify import asyncify
-from dspy_actors.callbacks import BaseCallback
-from dspy_actors.embedder import Embedder, EmbeddingError
 from dspy_actors.evaluate import Evaluate, EvaluationError, EvaluationResult, answer_exact_match
 from dspy_actors.lm import LM, LMError, LMResponse, RetryPolicy, Usage
-from dspy_actors.lm.breaker import CircuitOpen
+from dspy_actors.lm._breaker import CircuitOpen
+from dspy_actors.lm._history import inspect_history
+from dspy_actors.lm._track_usage import track_usage
 from dspy_actors.lm.errors import (
     AuthenticationError,
     BadRequest,
@@ -38,8 +41,6 @@ from dspy_actors.lm.errors import (
     RateLimited,
     ServerError,
 )
-from dspy_actors.lm.history import inspect_history
-from dspy_actors.lm.track_usage import track_usage
 from dspy_actors.modules import (
     BestOfN,
     ChainOfThought,
@@ -51,7 +52,7 @@ from dspy_actors.modules import (
     Refine,
 )
 from dspy_actors.modules._fan_out import FanOutTimeout
-from dspy_actors.modules.react import TrajectoryTooLong
+from dspy_actors.modules._react import TrajectoryTooLong
 from dspy_actors.modules.tool_runner import ToolTimeout
 from dspy_actors.optimizers import (
     COPRO,
@@ -63,14 +64,12 @@ from dspy_actors.optimizers import (
     MIPROv2,
     majority,
 )
-from dspy_actors.optimizers.bootstrap import BootstrapError
-from dspy_actors.optimizers.gepa import GEPA
-from dspy_actors.optimizers.simba import SIMBA
+from dspy_actors.optimizers._bootstrap import BootstrapError
+from dspy_actors.optimizers._gepa import GEPA
+from dspy_actors.optimizers._simba import SIMBA
 from dspy_actors.primitives import Example, Module, Prediction, StateError
-from dspy_actors.primitives.program_file import load, register_module, register_type
-from dspy_actors.runtime._sqlite import StoreError
-from dspy_actors.runtime.app import App, start
-from dspy_actors.runtime.errors import (
+from dspy_actors.primitives._program_file import load, register_module, register_type
+from dspy_actors.runtime._errors import (
     AppStopped,
     DeadLettered,
     DeadlineExceeded,
@@ -80,13 +79,14 @@ from dspy_actors.runtime.errors import (
     RuntimeCallError,
     UnencodableInput,
 )
-from dspy_actors.runtime.events import Callback
+from dspy_actors.runtime._events import Callback
+from dspy_actors.runtime._lm_pool import LMOverloaded, LMWorkerCrashed
+from dspy_actors.runtime._lm_process import LMProcessExited
+from dspy_actors.runtime._sqlite import StoreError
+from dspy_actors.runtime._stream import Stream
+from dspy_actors.runtime.app import App, start
 from dspy_actors.runtime.handle import ProgramHandle
-from dspy_actors.runtime.lm_pool import LMOverloaded, LMWorkerCrashed
-from dspy_actors.runtime.lm_process import LMProcessExited
 from dspy_actors.runtime.runs import RunCancelled, RunFailed, RunHandle
-from dspy_actors.runtime.stream import Stream
-from dspy_actors.settings import configure, context
 from dspy_actors.signatures import (
     Audio,
     Citations,
@@ -180,9 +180,9 @@ __all__ = [
 ]
 
 # Agents and tools (issue 13).
-from dspy_actors.modules.react import ReAct
+from dspy_actors.modules._react import ReAct
 from dspy_actors.modules.tool_runner import ToolRunner
-from dspy_actors.signatures.custom_types.tool import ToolArgumentError, ToolCall, ToolCalls
+from dspy_actors.signatures.custom_types._tool import ToolArgumentError, ToolCall, ToolCalls
 
 __all__ += ["ReAct", "ToolArgumentError", "ToolCall", "ToolCalls", "ToolRunner"]
 

@@ -26,9 +26,9 @@ from typing import Any, TextIO
 import dspy_actors as dsa
 import supervisors
 from dspy_actors._demo_display import Display, display_for
-from dspy_actors.testing.chaos import ChaosMonkey
-from dspy_actors.testing.faults import Fault, FaultPlan, FaultRule
-from dspy_actors.testing.invariants import CallLedger
+from dspy_actors.testing._chaos import ChaosMonkey
+from dspy_actors.testing._faults import Fault, FaultPlan, FaultRule
+from dspy_actors.testing._invariants import CallLedger
 from dspy_actors.testing.sim_lm import SimLM
 
 TOPICS = ("the moon", "volcanoes", "honey bees", "the Roman empire", "prime numbers", "tides")

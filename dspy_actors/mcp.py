@@ -27,7 +27,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AsyncExitStack
 from typing import Any, TextIO
 
-from dspy_actors.signatures.custom_types.tool import Tool
+from dspy_actors.signatures.custom_types._tool import Tool
 
 __all__ = ["MCPClient", "MCPError", "MCPToolError", "tool_from_mcp"]
 

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 import supervisors
 from dspy_actors._stop_hooks import forget_stop_hook, on_stop
-from dspy_actors.runtime import events as ev
+from dspy_actors.runtime import _events as ev
 
 if TYPE_CHECKING:
     from dspy_actors.runtime.app import App
@@ -272,7 +272,7 @@ class _ScrapeTimeCollector(Collector):
         return []  # no fixed set: families depend on the app's programs and deployments
 
     def collect(self) -> Iterator[Any]:
-        from dspy_actors.console.app_view import deployments, served_programs
+        from dspy_actors.console._app_view import deployments, served_programs
 
         app = self._metrics._app()
         if app is None:

@@ -1,7 +1,7 @@
 """Waiting on a future from a served composite's ``forward()`` without holding a thread.
 
 A served composite runs its user-written ``forward`` on a *forward greenlet* inside its
-module actor (runtime/module_actor.py). When that code waits (a sub-module call, a tool
+module actor (runtime/_module_actor.py). When that code waits (a sub-module call, a tool
 result, any :class:`concurrent.futures.Future`), :func:`wait_future` switches the greenlet
 out and hands the future back to the actor, which goes on serving other calls; when the
 future completes (or the wait's timeout passes) the actor switches the greenlet back in,

@@ -20,23 +20,23 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 # The layers of dspy_actors, bottom first: a part may import its own layer and those below.
-# Top-level modules are parts too ("settings" is dspy_actors/settings.py).
+# Top-level modules are parts too ("_settings" is dspy_actors/_settings.py).
 LAYERS: tuple[frozenset[str], ...] = (
     # _sqlite_file and _postgres_url: the store files' and URLs' helpers shared by the LM
     # cache (lm) and the runtime's stores; they import no part of dspy_actors.
     frozenset(
         {
             "redaction",
-            "settings",
-            "callbacks",
+            "_settings",
+            "_callbacks",
             "waiting",
             "_sqlite_file",
             "_postgres_url",
-            "asyncify",
+            "_asyncify",
             "_stop_hooks",
         }
     ),
-    frozenset({"lm", "signatures", "mcp", "embedder"}),
+    frozenset({"lm", "signatures", "mcp", "_embedder"}),
     frozenset({"primitives", "streaming"}),
     frozenset({"adapters"}),
     frozenset({"modules"}),

@@ -10,18 +10,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
-from dspy_actors.adapters.type_hints import structure_note
-from dspy_actors.adapters.values import Content, format_value
-from dspy_actors.callbacks import reporting_lm_call
-from dspy_actors.lm.steps import LMCall, Steps, run_steps
+from dspy_actors._callbacks import reporting_lm_call
+from dspy_actors.adapters._type_hints import structure_note
+from dspy_actors.adapters._values import Content, format_value
+from dspy_actors.lm._steps import LMCall, Steps, run_steps
 from dspy_actors.primitives.example import Example
+from dspy_actors.signatures._type_names import annotation_name, is_optional
 from dspy_actors.signatures.custom_types import ContentPart, CustomType, History
 from dspy_actors.signatures.field import Field
 from dspy_actors.signatures.signature import Signature
-from dspy_actors.signatures.type_names import annotation_name, is_optional
 
 if TYPE_CHECKING:
-    from dspy_actors.lm.types import LMResponse
+    from dspy_actors.lm._types import LMResponse
 
 __all__ = [
     "INCOMPLETE_DEMO_PREFIX",
@@ -133,7 +133,7 @@ class Adapter:
 
     name = "Adapter"
     # Send a signature's ``list[Tool]`` input as the provider's tools and fill its
-    # ``ToolCalls`` output from the response's tool calls (adapters/native_tools.py).
+    # ``ToolCalls`` output from the response's tool calls (adapters/_native_tools.py).
     use_native_function_calling: bool = False
 
     def __call__(
@@ -155,9 +155,9 @@ class Adapter:
         inputs: Mapping[str, Any],
     ) -> Steps[list[dict[str, Any]]]:
         """The same work as ``__call__``, as steps that ask for the LM call (see
-        :mod:`dspy_actors.lm.steps`): the actor runtime drives these without blocking."""
+        :mod:`dspy_actors.lm._steps`): the actor runtime drives these without blocking."""
         if self.use_native_function_calling:
-            from dspy_actors.adapters.native_tools import plan_native_tools
+            from dspy_actors.adapters._native_tools import plan_native_tools
 
             plan = plan_native_tools(signature, inputs, lm_kwargs)
             if plan is not None:

@@ -19,16 +19,16 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dspy_actors.adapters._errors import AdapterParseError
+from dspy_actors.adapters._type_hints import output_requirement
+from dspy_actors.adapters._values import ValueParseError, constrained, format_value, parse_text
 from dspy_actors.adapters.base import (
     Adapter,
     fallback_for_missing,
     field_marker,
     is_missing_required,
 )
-from dspy_actors.adapters.errors import AdapterParseError
-from dspy_actors.adapters.type_hints import output_requirement
-from dspy_actors.adapters.values import ValueParseError, constrained, format_value, parse_text
-from dspy_actors.lm.steps import Steps
+from dspy_actors.lm._steps import Steps
 from dspy_actors.primitives.example import Example
 from dspy_actors.signatures.signature import Signature
 

@@ -8,17 +8,17 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from dspy_actors.adapters.base import Adapter, fallback_for_missing, is_missing_required
-from dspy_actors.adapters.errors import AdapterParseError
-from dspy_actors.adapters.json_schema import response_format_for
-from dspy_actors.adapters.type_hints import output_requirement
-from dspy_actors.adapters.values import (
+from dspy_actors.adapters._errors import AdapterParseError
+from dspy_actors.adapters._json_schema import response_format_for
+from dspy_actors.adapters._type_hints import output_requirement
+from dspy_actors.adapters._values import (
     ValueParseError,
     constrained,
     strip_fences,
     validate_value,
 )
-from dspy_actors.primitives.jsonable import to_jsonable
+from dspy_actors.adapters.base import Adapter, fallback_for_missing, is_missing_required
+from dspy_actors.primitives._jsonable import to_jsonable
 from dspy_actors.signatures.signature import Signature
 
 __all__ = ["JSONAdapter"]

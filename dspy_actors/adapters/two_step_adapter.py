@@ -5,7 +5,7 @@ Step one asks the main LM in plain words: a system message describing the task, 
 and outputs, then ``name: value`` inputs; its answer is free text. Step two gives each
 completion's text to ``extraction_model`` through :class:`ChatAdapter` with a signature of
 one ``text`` input and the task's output fields, which extracts the typed outputs. Both are
-steps (:mod:`dspy_actors.lm.steps`), so served, neither LM call blocks an actor.
+steps (:mod:`dspy_actors.lm._steps`), so served, neither LM call blocks an actor.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dspy_actors._callbacks import reporting_lm_call
+from dspy_actors.adapters._errors import AdapterParseError
+from dspy_actors.adapters._values import format_value
 from dspy_actors.adapters.base import Adapter, Message, describe_fields, prompt_inputs
 from dspy_actors.adapters.chat_adapter import ChatAdapter
-from dspy_actors.adapters.errors import AdapterParseError
-from dspy_actors.adapters.values import format_value
-from dspy_actors.callbacks import reporting_lm_call
-from dspy_actors.lm.steps import LMCall, Steps
+from dspy_actors.lm._steps import LMCall, Steps
 from dspy_actors.primitives.example import Example
 from dspy_actors.signatures.field import InputField
 from dspy_actors.signatures.signature import Signature

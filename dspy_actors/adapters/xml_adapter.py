@@ -25,11 +25,11 @@ from functools import lru_cache
 from typing import Any
 from xml.sax.saxutils import escape, unescape
 
+from dspy_actors.adapters._errors import AdapterParseError
+from dspy_actors.adapters._type_hints import output_requirement
+from dspy_actors.adapters._values import Content, ValueParseError, format_value, parse_text
 from dspy_actors.adapters.base import join_content, prompt_inputs
 from dspy_actors.adapters.chat_adapter import ChatAdapter
-from dspy_actors.adapters.errors import AdapterParseError
-from dspy_actors.adapters.type_hints import output_requirement
-from dspy_actors.adapters.values import Content, ValueParseError, format_value, parse_text
 from dspy_actors.signatures.signature import Signature
 
 __all__ = ["XMLAdapter"]

@@ -15,8 +15,8 @@ import threading
 from typing import TYPE_CHECKING, Self, TextIO
 
 from dspy_actors._stop_hooks import forget_stop_hook, on_stop
-from dspy_actors.console.server import COOKIE, Hub, build_asgi_app, csrf_token_for
-from dspy_actors.console.state import SECTIONS, ConsoleState
+from dspy_actors.console._server import COOKIE, Hub, build_asgi_app, csrf_token_for
+from dspy_actors.console._state import SECTIONS, ConsoleState
 
 if TYPE_CHECKING:
     from dspy_actors.metrics import AppMetrics

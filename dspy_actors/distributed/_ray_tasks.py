@@ -11,11 +11,11 @@ from typing import Any
 
 import ray
 
-from dspy_actors import settings
-from dspy_actors.distributed.rate_limit import ClusterRateLimitedLM
-from dspy_actors.evaluate.executor import Outcome
-from dspy_actors.evaluate.parallel import parallel_map
-from dspy_actors.lm.lm import LM
+from dspy_actors import _settings as settings
+from dspy_actors.distributed._rate_limit import ClusterRateLimitedLM
+from dspy_actors.evaluate._executor import Outcome
+from dspy_actors.evaluate._parallel import parallel_map
+from dspy_actors.lm._lm import LM
 
 __all__ = ["run_chunk"]
 

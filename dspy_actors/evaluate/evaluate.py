@@ -17,12 +17,12 @@ finished. Ctrl-C stops the run cleanly and raises ``KeyboardInterrupt`` as DSPy 
 run inline in the calling thread, as in DSPy.
 
 With an executor (``executor=``, or an enclosing ``use_executor(...)``, see
-evaluate/executor.py), a Module's examples run wherever the executor sends them (a Ray
+evaluate/_executor.py), a Module's examples run wherever the executor sends them (a Ray
 cluster: ``dspy_actors.distributed.RayExecutor``); a served handle, or a ``timeout``
 (stragglers are a local thread's matter), keeps them on local threads.
 
 Over 400 lines: ``Evaluate`` and its result carry DSPy's many options (threads, stragglers,
-errors, Ctrl-C, executors, CSV/JSON); the fan-out itself is parallel.py.
+errors, Ctrl-C, executors, CSV/JSON); the fan-out itself is _parallel.py.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from dspy_actors.evaluate.executor import Executor, Outcome, current_executor
+from dspy_actors.evaluate._executor import Executor, Outcome, current_executor
+from dspy_actors.evaluate._parallel import Cancelled
+from dspy_actors.evaluate._result import EvaluationResult, ExampleResult
 from dspy_actors.evaluate.metrics import Metric, call_metric, metric_name, metric_score
-from dspy_actors.evaluate.parallel import Cancelled
-from dspy_actors.evaluate.result import EvaluationResult, ExampleResult
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.module import Module
 

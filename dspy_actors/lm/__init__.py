@@ -1,5 +1,9 @@
 """LM clients over httpx: providers, errors, retries, cache, usage."""
 
+from dspy_actors.lm._lm import LM, LMStats
+from dspy_actors.lm._retry import RetryPolicy
+from dspy_actors.lm._types import LMResponse, StreamEvent
+from dspy_actors.lm._usage import Usage, UsageMeter, metering, record_usage
 from dspy_actors.lm.errors import (
     AuthenticationError,
     BadRequest,
@@ -11,10 +15,6 @@ from dspy_actors.lm.errors import (
     RateLimited,
     ServerError,
 )
-from dspy_actors.lm.lm import LM, LMStats
-from dspy_actors.lm.retry import RetryPolicy
-from dspy_actors.lm.types import LMResponse, StreamEvent
-from dspy_actors.lm.usage import Usage, UsageMeter, metering, record_usage
 
 __all__ = [
     "LM",

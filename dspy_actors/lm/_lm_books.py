@@ -12,11 +12,11 @@ from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from dspy_actors import settings
+from dspy_actors import _settings as settings
+from dspy_actors.lm._history import record_history
+from dspy_actors.lm._types import Completion, LMResponse
+from dspy_actors.lm._usage import ZERO_USAGE, Usage, UsageMeter, record_usage
 from dspy_actors.lm.cache import Cache, cache_key, default_cache
-from dspy_actors.lm.history import record_history
-from dspy_actors.lm.types import Completion, LMResponse
-from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter, record_usage
 
 
 class _Books:

@@ -1,7 +1,7 @@
 """How an :class:`~dspy_actors.lm.LM` sends a prepared request: the body, the HTTP post
 (sync over ``transport``, async over ``_aio_transport``), whole or streamed, with one retry
 loop (``retry.RetryLoop``) for all four, and the mapping of HTTP and transport failures to
-``LMError``\\ s. No cache, usage or history here: ``lm.py`` looks up and settles around it.
+``LMError``\\ s. No cache, usage or history here: ``_lm.py`` looks up and settles around it.
 
 ``_Sending`` is a mixin of ``LM`` (the attributes it declares are set by ``LM.__init__``).
 """
@@ -21,7 +21,9 @@ import aiohttp
 import httpx
 
 from dspy_actors.lm._aio_transport import AioClients, aiter_sse
+from dspy_actors.lm._retry import RetryLoop, RetryPolicy, acall_with_retries, call_with_retries
 from dspy_actors.lm._retry_listener import note_retry
+from dspy_actors.lm._types import Completion, StreamEvent
 from dspy_actors.lm.errors import (
     BadRequest,
     LMConnectionError,
@@ -29,10 +31,8 @@ from dspy_actors.lm.errors import (
     LMTimeout,
     MalformedResponse,
 )
-from dspy_actors.lm.providers.base import Provider, StreamAccumulator, iter_sse
-from dspy_actors.lm.retry import RetryLoop, RetryPolicy, acall_with_retries, call_with_retries
+from dspy_actors.lm.providers._base import Provider, StreamAccumulator, iter_sse
 from dspy_actors.lm.transport import ClientPool
-from dspy_actors.lm.types import Completion, StreamEvent
 from dspy_actors.redaction import redact
 
 # Built once: json.dumps with options builds a new encoder on every call.

@@ -6,7 +6,7 @@ than half of a worker's start-up time, paid again at every restart after a crash
 worker is started with :data:`BOOTSTRAP`, which registers a bare ``dspy_actors`` package
 (its ``__path__`` only) before importing ``dspy_actors.lm._worker_process``: the
 submodules load as usual, the package's ``__init__`` never runs. Code in the worker must
-therefore import submodules (``from dspy_actors.lm.lm import LM``), never names that only
+therefore import submodules (``from dspy_actors.lm._lm import LM``), never names that only
 the package's ``__init__`` defines (``dspy_actors.LM``).
 """
 

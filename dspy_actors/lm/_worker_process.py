@@ -4,7 +4,7 @@ Why processes: with a few hundred LM calls in flight, the HTTP client's own CPU 
 building, socket I/O, response parsing: about 300 us a call on one thread, 500 once hundreds
 of threads share the GIL) is what limits a Python process. A worker process does that work
 under its own GIL; the parent only resolves parameters, checks the cache, and accounts the
-answer (see ``dspy_actors.runtime.lm_process``, which owns these processes).
+answer (see ``dspy_actors.runtime._lm_process``, which owns these processes).
 
 Started by ``_worker_main.worker_command()``. The protocol is length-prefixed
 pickles (``write_frame``/``read_frame``) over the child's stdin and stdout, between two
@@ -71,7 +71,7 @@ class _Tally(threading.local):
 
 def _counting_lm_class() -> Any:
     # Imported here: the parent imports this module for the framing only.
-    from dspy_actors.lm.lm import LM
+    from dspy_actors.lm._lm import LM
 
     tally = _Tally()
 
@@ -97,7 +97,7 @@ def _picklable(error: BaseException) -> BaseException:
 
 def serve(source: IO[bytes], sink: IO[bytes]) -> None:
     """Answer calls read from ``source`` on ``sink`` until ``source`` ends."""
-    from dspy_actors.lm.lm import PreparedCall
+    from dspy_actors.lm._lm import PreparedCall
 
     counting_lm, tally = _counting_lm_class()
     hello = read_frame(source)

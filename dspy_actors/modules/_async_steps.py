@@ -12,10 +12,10 @@ import asyncio
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dspy_actors.lm.steps import LMCall
+from dspy_actors.lm._steps import LMCall
 
 if TYPE_CHECKING:
-    from dspy_actors.lm.types import LMResponse
+    from dspy_actors.lm._types import LMResponse
 
 T = TypeVar("T")
 

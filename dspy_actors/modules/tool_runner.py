@@ -10,7 +10,7 @@ arguments is quarantined: later calls with those arguments are refused at once, 
 ``on_quarantine`` hook (the runtime writes a dead letter) is told once.
 
 The runtime gives served agents a runner wired to its event bus and dead-letter store
-(:mod:`dspy_actors.runtime.tools`); in-process, an agent uses a plain one.
+(:mod:`dspy_actors.runtime._tools`); in-process, an agent uses a plain one.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dspy_actors.signatures.custom_types.tool import Tool, ToolArgumentError
+from dspy_actors.signatures.custom_types._tool import Tool, ToolArgumentError
 from dspy_actors.waiting import wait_future
 
 __all__ = ["ToolOutcome", "ToolRunner", "ToolTimeout"]

@@ -1,6 +1,6 @@
 """Optimizers: compile a program against a metric (DSPy's names), as resumable step plans."""
 
-from dspy_actors.optimizers.base import (
+from dspy_actors.optimizers._base import (
     Cancelled,
     Checkpointer,
     MemoryCheckpointer,
@@ -14,14 +14,14 @@ from dspy_actors.optimizers.base import (
     execute,
     step_rng,
 )
-from dspy_actors.optimizers.bootstrap import BootstrapFewShot, LabeledFewShot
-from dspy_actors.optimizers.copro import COPRO
-from dspy_actors.optimizers.ensemble import Ensemble, EnsembledProgram, majority
-from dspy_actors.optimizers.gepa import GEPA
-from dspy_actors.optimizers.knn import Embedder, KNNFewShot, KNNFewShotProgram
-from dspy_actors.optimizers.mipro import MIPROv2
-from dspy_actors.optimizers.random_search import BootstrapFewShotWithRandomSearch
-from dspy_actors.optimizers.simba import SIMBA
+from dspy_actors.optimizers._bootstrap import BootstrapFewShot, LabeledFewShot
+from dspy_actors.optimizers._copro import COPRO
+from dspy_actors.optimizers._ensemble import Ensemble, EnsembledProgram, majority
+from dspy_actors.optimizers._gepa import GEPA
+from dspy_actors.optimizers._knn import Embedder, KNNFewShot, KNNFewShotProgram
+from dspy_actors.optimizers._mipro import MIPROv2
+from dspy_actors.optimizers._random_search import BootstrapFewShotWithRandomSearch
+from dspy_actors.optimizers._simba import SIMBA
 
 __all__ = [
     "COPRO",

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from dspy_actors.evaluate.metrics import Metric, call_metric, metric_score
-from dspy_actors.modules.predict import Predict
+from dspy_actors.modules._predict import Predict
+from dspy_actors.primitives._jsonable import to_jsonable
 from dspy_actors.primitives.example import Example
-from dspy_actors.primitives.jsonable import to_jsonable
 from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.prediction import Prediction
 
@@ -131,8 +131,8 @@ def score_program(
 ) -> tuple[float, list[float]]:
     """The program's score (percent) on ``devset`` and each example's score, evaluated in
     parallel; a cancelled run raises instead of returning a partial score."""
+    from dspy_actors.evaluate._parallel import Cancelled
     from dspy_actors.evaluate.evaluate import Evaluate
-    from dspy_actors.evaluate.parallel import Cancelled
 
     result = Evaluate(
         devset=devset,

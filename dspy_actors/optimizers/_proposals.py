@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dspy_actors.modules.predict import Predict
+from dspy_actors.modules._predict import Predict
+from dspy_actors.primitives._predictor import Predictor
 from dspy_actors.primitives.example import Example
-from dspy_actors.primitives.predictor import Predictor
 from dspy_actors.signatures.field import InputField, OutputField
 from dspy_actors.signatures.signature import Signature
 

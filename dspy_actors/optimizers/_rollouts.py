@@ -9,12 +9,12 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from dspy_actors.evaluate._parallel import parallel_map
 from dspy_actors.evaluate.metrics import Metric, call_metric, metric_score
-from dspy_actors.evaluate.parallel import parallel_map
+from dspy_actors.optimizers._base import RunContext
 from dspy_actors.optimizers._program import instrument, traced
-from dspy_actors.optimizers.base import RunContext
+from dspy_actors.primitives._jsonable import to_jsonable
 from dspy_actors.primitives.example import Example
-from dspy_actors.primitives.jsonable import to_jsonable
 from dspy_actors.primitives.module import Module
 
 __all__ = ["Rollout", "feedback_metric", "rollouts", "score_and_feedback"]

@@ -22,14 +22,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from dspy_actors.callbacks import reporting_module_call
-from dspy_actors.lm.usage import Usage, UsageMeter, metering
-from dspy_actors.primitives.call_history import ModuleHistory, start_recording, stop_recording
-from dspy_actors.primitives.dspy_state import from_dspy_state, is_dspy_state
-from dspy_actors.primitives.parameter import Parameter, StateError
-from dspy_actors.primitives.positional_inputs import inputs_by_keyword
-from dspy_actors.primitives.predictor import Predictor
-from dspy_actors.primitives.state_file import read_json_file, state_of_payload
+from dspy_actors._callbacks import reporting_module_call
+from dspy_actors.lm._usage import Usage, UsageMeter, metering
+from dspy_actors.primitives._call_history import ModuleHistory, start_recording, stop_recording
+from dspy_actors.primitives._dspy_state import from_dspy_state, is_dspy_state
+from dspy_actors.primitives._parameter import Parameter, StateError
+from dspy_actors.primitives._positional_inputs import inputs_by_keyword
+from dspy_actors.primitives._predictor import Predictor
+from dspy_actors.primitives._state_file import read_json_file, state_of_payload
 
 if TYPE_CHECKING:
     from dspy_actors.primitives.example import Example
@@ -55,7 +55,7 @@ _entering: contextvars.ContextVar[Module | None] = contextvars.ContextVar(
 BatchRunner = Callable[..., Any]
 """``runner(module, examples, **options)``: what ``Module.batch`` hands its work to."""
 
-# Set by dspy_actors.modules.parallel when it is imported (dspy_actors/__init__ does): the
+# Set by dspy_actors.modules._parallel when it is imported (dspy_actors/__init__ does): the
 # fan-out lives with Parallel in the modules built on this class, not beneath them.
 _batch_runner: BatchRunner | None = None
 
@@ -173,7 +173,7 @@ class Module:
         straggler_limit: int = 3,
     ) -> Any:
         """This module on each example's inputs, ``num_threads`` at a time (DSPy's
-        ``Module.batch``, through :class:`~dspy_actors.modules.parallel.Parallel`): the
+        ``Module.batch``, through :class:`~dspy_actors.modules._parallel.Parallel`): the
         results in order, None for a failed one; with ``return_failed_examples``,
         ``(results, failed_examples, exceptions)``. To run a served program over many
         inputs, ``handle.batch`` is the actor runtime's own (bounded, streaming) way."""
@@ -383,7 +383,7 @@ class Module:
         registered module classes and never executes code from the file."""
         _refuse_pickle(path, "save")
         if save_program:
-            from dspy_actors.primitives.program_file import save_program as save_whole
+            from dspy_actors.primitives._program_file import save_program as save_whole
 
             save_whole(self, path)
             return
@@ -403,7 +403,7 @@ class Module:
     def load(self, path: str | os.PathLike[str]) -> Self:
         """Load state saved by ``save``, or a JSON state file saved by DSPy 3.x for the same
         program (``dspy_program.save("x.json")``: demos, instructions, field texts; see
-        :mod:`dspy_actors.primitives.dspy_state`). Only JSON is read: nothing is executed."""
+        :mod:`dspy_actors.primitives._dspy_state`). Only JSON is read: nothing is executed."""
         _refuse_pickle(path, "load")
         if Path(path).is_dir():
             raise StateError(

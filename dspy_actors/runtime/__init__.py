@@ -1,9 +1,8 @@
 """dspy_actors.runtime: the actor layer (application tree, module actors, handles, context,
 event bus, parameter store, dead letters, streams)."""
 
-from dspy_actors.runtime._sqlite import StoreError, StoreHealth
-from dspy_actors.runtime.dead_letters import DeadLetter, DeadLetterStore
-from dspy_actors.runtime.events import (
+from dspy_actors.runtime._dead_letters import DeadLetter, DeadLetterStore
+from dspy_actors.runtime._events import (
     BreakerTransition,
     Callback,
     DeadLetterEvent,
@@ -20,7 +19,8 @@ from dspy_actors.runtime.events import (
     callback_subscriber,
     structlog_subscriber,
 )
-from dspy_actors.runtime.parameter_store import ParameterStore, VersionInfo
+from dspy_actors.runtime._parameter_store import ParameterStore, VersionInfo
+from dspy_actors.runtime._sqlite import StoreError, StoreHealth
 
 __all__ = [
     "BreakerTransition",

@@ -1,7 +1,7 @@
 """Replicas sharing one PostgreSQL database follow each other's upgrades.
 
 Every save to a PostgreSQL parameter store sends a notification on
-:data:`~dspy_actors.runtime.parameter_store.SAVED_CHANNEL` in the saving transaction (so it
+:data:`~dspy_actors.runtime._parameter_store.SAVED_CHANNEL` in the saving transaction (so it
 is delivered once the state is committed, never before). Each app on that database runs one
 :class:`SavedStateListener`: a thread with a connection of its own that LISTENs and, for a
 program the app serves, upgrades it to the saved version (blue/green, draining the calls in
@@ -20,7 +20,7 @@ import psycopg
 
 from dspy_actors import redaction
 from dspy_actors._postgres_url import display_url
-from dspy_actors.runtime.parameter_store import SAVED_CHANNEL
+from dspy_actors.runtime._parameter_store import SAVED_CHANNEL
 
 __all__ = ["SavedStateListener"]
 

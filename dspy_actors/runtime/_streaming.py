@@ -23,8 +23,8 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import Any
 
-from dspy_actors.runtime.errors import ModuleCrashed
-from dspy_actors.runtime.plans import (
+from dspy_actors.runtime._errors import ModuleCrashed
+from dspy_actors.runtime._plans import (
     MAX_WAIT_SLICE_SECONDS,
     AwaitReply,
     Plan,

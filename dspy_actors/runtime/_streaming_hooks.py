@@ -1,6 +1,6 @@
 """Where the runtime's actors meet a streamed call (see dspy_actors/streaming/_tap.py).
 
-Kept apart from module_actor.py and lm_loop.py so that their streaming is a few lines
+Kept apart from _module_actor.py and _lm_loop.py so that their streaming is a few lines
 each: a module actor makes a predictor's tap for each LM call of a streamed call; an LM
 event loop streams such a call's HTTP response into it instead of reading it whole.
 """
@@ -11,11 +11,11 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from dspy_actors.runtime.context import CallContext
+from dspy_actors.runtime._context import CallContext
 
 if TYPE_CHECKING:
-    from dspy_actors.lm.lm import LM, PreparedCall
-    from dspy_actors.lm.types import Completion
+    from dspy_actors.lm._lm import LM, PreparedCall
+    from dspy_actors.lm._types import Completion
 
 __all__ = ["StreamEnded", "predictor_tap", "run_streamed"]
 
@@ -42,7 +42,7 @@ async def run_streamed(lm: LM, prepared: PreparedCall, tap: Any, trace_id: str) 
 
     Raises ``StreamingInterrupted`` if an earlier attempt (on a loop that died) had
     streamed part of the answer already: repeating it would repeat text."""
-    from dspy_actors.runtime.errors import DeadlineExceeded
+    from dspy_actors.runtime._errors import DeadlineExceeded
     from dspy_actors.streaming._channel import ChannelClosed
     from dspy_actors.streaming.messages import StreamingInterrupted
 

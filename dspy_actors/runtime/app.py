@@ -12,14 +12,14 @@ Children start in that order (each one's dependencies first) and stop in reverse
 ``App`` is a facade: it owns the tree's lifecycle (start, self-restart, stop) and hands
 every other job to a service of its own, each in its own module:
 
-- ``programs``   runtime/programs.py: serve, look up, upgrade, stop programs (records:
-                 runtime/served.py)
-- LM pool        runtime/lm_wiring.py: the ``lm`` node and its dispatcher, per tree
-- ``stores``     runtime/stores.py: the stores (SQLite files, or a PostgreSQL database
+- ``programs``   runtime/_programs.py: serve, look up, upgrade, stop programs (records:
+                 runtime/_served.py)
+- LM pool        runtime/_lm_wiring.py: the ``lm`` node and its dispatcher, per tree
+- ``stores``     runtime/_stores.py: the stores (SQLite files, or a PostgreSQL database
                  shared by replicas) and the ``store`` node
-- ``quarantine`` runtime/quarantine.py: dead letters
-- ``bridge``     runtime/event_bridge.py: module, breaker and supervision reports as events
-- ``config``     runtime/app_config.py: the settings ``start`` checked
+- ``quarantine`` runtime/_quarantine.py: dead letters
+- ``bridge``     runtime/_event_bridge.py: module, breaker and supervision reports as events
+- ``config``     runtime/_app_config.py: the settings ``start`` checked
 
 Over 400 lines: the facade: ``start``'s documented, checked arguments and one short
 delegating method per public ``App`` operation; the work is in the services above.
@@ -39,32 +39,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import supervisors
-from dspy_actors import redaction, settings
+from dspy_actors import _settings as settings
+from dspy_actors import redaction
 from dspy_actors._stop_hooks import run_stop_hooks
 from dspy_actors.primitives.module import Module
-from dspy_actors.runtime import events as ev
-from dspy_actors.runtime.app_config import AppConfig, data_dir_for
-from dspy_actors.runtime.dead_letters import DeadLetter
-from dspy_actors.runtime.errors import AppStopped, ModuleCrashed
-from dspy_actors.runtime.event_bridge import EventBridge
+from dspy_actors.runtime import _events as ev
+from dspy_actors.runtime._app_config import AppConfig, data_dir_for
+from dspy_actors.runtime._dead_letters import DeadLetter
+from dspy_actors.runtime._errors import AppStopped, ModuleCrashed
+from dspy_actors.runtime._event_bridge import EventBridge
+from dspy_actors.runtime._lm_pool import PooledLM
+from dspy_actors.runtime._lm_wiring import PROCESS_SLOTS, wire_lm_pool
+from dspy_actors.runtime._parameter_store import ParameterStore
+from dspy_actors.runtime._poison import PoisonTracker
+from dspy_actors.runtime._programs import ProgramLimits, Programs
+from dspy_actors.runtime._quarantine import Quarantine
+from dspy_actors.runtime._run_plan import RunnableOptimizer
+from dspy_actors.runtime._served import ProgramOptions, ServedProgram
+from dspy_actors.runtime._served import program_state as program_state  # re-exported
+from dspy_actors.runtime._served import substate as substate  # re-exported
+from dspy_actors.runtime._stores import StoreOwner, Stores, check_store_url
+from dspy_actors.runtime._tools import served_tool_runner
+from dspy_actors.runtime._tree_build import PROGRAM_INTENSITY, PROGRAM_PERIOD
 from dspy_actors.runtime.handle import ProgramHandle
-from dspy_actors.runtime.lm_pool import PooledLM
-from dspy_actors.runtime.lm_wiring import PROCESS_SLOTS, wire_lm_pool
-from dspy_actors.runtime.parameter_store import ParameterStore
-from dspy_actors.runtime.poison import PoisonTracker
-from dspy_actors.runtime.programs import ProgramLimits, Programs
-from dspy_actors.runtime.quarantine import Quarantine
-from dspy_actors.runtime.run_plan import RunnableOptimizer
 from dspy_actors.runtime.runs import RunHandle, cancel_all, start_run
-from dspy_actors.runtime.served import ProgramOptions, ServedProgram
-from dspy_actors.runtime.served import program_state as program_state  # re-exported
-from dspy_actors.runtime.served import substate as substate  # re-exported
-from dspy_actors.runtime.stores import StoreOwner, Stores, check_store_url
-from dspy_actors.runtime.tools import served_tool_runner
-from dspy_actors.runtime.tree_build import PROGRAM_INTENSITY, PROGRAM_PERIOD
 
 if TYPE_CHECKING:
-    from dspy_actors.lm.lm import LM
+    from dspy_actors.lm._lm import LM
 
 __all__ = ["App", "AppConfig", "ServedProgram", "start"]
 
@@ -82,7 +83,7 @@ class App:
         self.name = config.name
         self.lm = config.lm
         self.registry = supervisors.Registry()
-        # With a shared store, crashes of one input on every replica add up (stores.py).
+        # With a shared store, crashes of one input on every replica add up (_stores.py).
         self.poison = PoisonTracker(config.poison_threshold, lambda: self.stores.poison_counts)
         self.stores = Stores(
             config.data_dir,
@@ -113,7 +114,7 @@ class App:
             lambda: self.dispatcher,
             self.bridge.publisher_if_wanted,
         )
-        # Served agents' tool calls: events and quarantine to dead letters (runtime/tools.py).
+        # Served agents' tool calls: events and quarantine to dead letters (runtime/_tools.py).
         self.tools = served_tool_runner(
             self.events.publish,
             lambda: bool(self.events.subscriptions()),
@@ -260,7 +261,7 @@ class App:
         """The live supervision tree of the whole app (served programs show their version)."""
         return self.root.tree()
 
-    # Serving (runtime/programs.py). --------------------------------------------------------
+    # Serving (runtime/_programs.py). --------------------------------------------------------
 
     def serve(
         self,
@@ -316,7 +317,7 @@ class App:
         (or subtree), and each step's outputs are merged into the next step's inputs.
 
         The steps sit side by side under the program's supervisor; a call goes from the
-        caller to each step's actor in turn and back (see runtime/pipeline.py)."""
+        caller to each step's actor in turn and back (see runtime/_pipeline.py)."""
         options = ProgramOptions(
             idempotent=idempotent,
             timeout=timeout,
@@ -366,7 +367,7 @@ class App:
         """Stop serving ``name`` (KeyError if it is not served)."""
         self.programs.stop(name)
 
-    # State and dead letters (runtime/stores.py, runtime/quarantine.py). --------------------
+    # State and dead letters (runtime/_stores.py, runtime/_quarantine.py). --------------------
 
     @property
     def parameters(self) -> ParameterStore:
@@ -516,7 +517,7 @@ def start(
       blocking worker threads instead (N calls in flight), as before the loops.
     - ``lm_processes``: N > 0 runs LM calls' HTTP in N worker processes (``lm_workers``
       calls in flight, 64 if 0, spread over them).
-      Each process costs ~0.6 s to start and ~40 MB. See ``dspy_actors.runtime.lm_process``.
+      Each process costs ~0.6 s to start and ~40 MB. See ``dspy_actors.runtime._lm_process``.
     - ``breaker``: CircuitBreaker options (``failure_rate_threshold``, ``wait_in_open``, ...);
       ``rate_limit``: RateLimiter options per deployment.
     - ``max_in_flight`` per program and ``module_max_in_flight`` per module actor: past

@@ -5,9 +5,9 @@ current entry actor, so handles keep working across restarts and upgrades.
 
 The caller does the work of a call: it sends the ``Call`` to the module's entry actor and
 waits for the reply; for a pipeline (``app.program``) it drives the call through the steps'
-actors itself, one after the other (runtime/pipeline.py), all on the version current when
+actors itself, one after the other (runtime/_pipeline.py), all on the version current when
 the attempt started. No actor sits between the caller and the modules. That logic is one
-plan (runtime/plans.py) with two drivers: ``call`` blocks the calling thread; ``acall``
+plan (runtime/_plans.py) with two drivers: ``call`` blocks the calling thread; ``acall``
 awaits the reply futures on the caller's event loop and holds no thread while in flight.
 
 - ``call(**inputs)`` blocks for the Prediction; ``acall`` is awaitable (no thread per
@@ -35,25 +35,25 @@ from concurrent.futures import Executor, Future
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dspy_actors.lm.usage import Usage
+from dspy_actors.lm._usage import Usage
+from dspy_actors.runtime._calls import REPEAT_LIMIT, send_call
+from dspy_actors.runtime._context import CallContext, capture
+from dspy_actors.runtime._errors import DeadLettered, ModuleCrashed, ModuleUnavailable, Overloaded
+from dspy_actors.runtime._input_check import check_encodable
+from dspy_actors.runtime._pipeline import pipeline_plan
+from dspy_actors.runtime._plans import AwaitReply, Pause, Plan, arun_plan, run_plan
+from dspy_actors.runtime._poison import fingerprint
 from dspy_actors.runtime._streaming import AsyncStreaming, Streaming
-from dspy_actors.runtime.calls import REPEAT_LIMIT, send_call
-from dspy_actors.runtime.context import CallContext, capture
-from dspy_actors.runtime.errors import DeadLettered, ModuleCrashed, ModuleUnavailable, Overloaded
-from dspy_actors.runtime.input_check import check_encodable
-from dspy_actors.runtime.pipeline import pipeline_plan
-from dspy_actors.runtime.plans import AwaitReply, Pause, Plan, arun_plan, run_plan
-from dspy_actors.runtime.poison import fingerprint
 from dspy_actors.streaming._channel import DEFAULT_CAPACITY, StreamingChannel
+from dspy_actors.streaming._listener import StreamListener
 from dspy_actors.streaming._tap import StreamTap
-from dspy_actors.streaming.listener import StreamListener
 from dspy_actors.streaming.messages import ModuleStatusMessages, StatusMessageProvider
 
 if TYPE_CHECKING:
     import supervisors
-    from dspy_actors.runtime.errors import ModuleCrashed as _Crash
-    from dspy_actors.runtime.poison import PoisonTracker
-    from dspy_actors.runtime.served import ServedProgram
+    from dspy_actors.runtime._errors import ModuleCrashed as _Crash
+    from dspy_actors.runtime._poison import PoisonTracker
+    from dspy_actors.runtime._served import ServedProgram
 
 # While a module restarts, calls that could not reach it are retried this often.
 _UNAVAILABLE_RETRY_SECONDS = 0.002
@@ -70,7 +70,7 @@ def _crash_retry_limit(program: ServedProgram) -> int:
 
 def _positional_call_error(program: ServedProgram, args: tuple[Any, ...]) -> TypeError:
     """A served program takes its inputs by keyword: name the ones its entry takes."""
-    from dspy_actors.primitives.positional_inputs import input_names, keyword_only_error
+    from dspy_actors.primitives._positional_inputs import input_names, keyword_only_error
 
     return keyword_only_error(
         f"program {program.name!r}",
@@ -88,7 +88,7 @@ _CALL_OPTIONS = frozenset({"timeout", "idempotent", "trace_id"})
 def _option_as_input_error(program: ServedProgram, inputs: Mapping[str, Any]) -> TypeError | None:
     """The error for a call option passed to ``call``/``acall`` as if it were an input (None
     if every such name is an input of the program's entry module)."""
-    from dspy_actors.primitives.positional_inputs import input_names
+    from dspy_actors.primitives._positional_inputs import input_names
 
     names = set(input_names(program.entry_module()))
     mistaken = sorted(key for key in _CALL_OPTIONS.intersection(inputs) if key not in names)
@@ -289,7 +289,7 @@ class ProgramHandle:
         ctx: CallContext,
         idempotent: bool | None,
     ) -> Plan[Any]:
-        """One call, with its retries, as a plan (runtime/plans.py) for either driver."""
+        """One call, with its retries, as a plan (runtime/_plans.py) for either driver."""
         program = self._program
         app = self._app
         retry_crashes = program.idempotent if idempotent is None else idempotent
@@ -369,7 +369,7 @@ class ProgramHandle:
         With ``return_exceptions=True`` a failed input's slot holds its exception;
         otherwise the first failure (in input order) is raised after all have finished.
         """
-        from dspy_actors.runtime.stream import Stream
+        from dspy_actors.runtime._stream import Stream
 
         results = (
             Stream.from_iterable(list(inputs))

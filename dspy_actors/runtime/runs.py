@@ -12,19 +12,19 @@ A run is a subtree under the app's ``runs`` DynamicSupervisor::
     └── run-<run_id>        supervisor (temporary: a finished or failed run is not restarted)
         └── driver          RunActor (transient: restarted after a crash or a kill)
 
-On each start the driver asks the optimizer for an attempt of the run (run_plan.py: the
+On each start the driver asks the optimizer for an attempt of the run (_run_plan.py: the
 runtime's side of the contract; ``dspy_actors.optimizers.Optimizer`` fills it in) and
 advances it one step per message (so a cancel, or a supervisor's stop, is handled between
-steps); each step's JSON result is saved to ``<data_dir>/runs.sqlite3`` (run_store.py)
+steps); each step's JSON result is saved to ``<data_dir>/runs.sqlite3`` (_run_store.py)
 before the next. A restarted driver, or a
 new ``start_run`` with the same ``run_id`` (even in another process, after ``kill -9``),
 builds the plan again and replays the saved steps without running them: the same seed
 gives the same program, and the finished steps' LM calls are not made again. Inside the
 step it resumes, every LM call that finished before the kill is answered from the run's LM
-journal (run_journal.py): only the calls in flight at the kill are made again. Inside a
+journal (_run_journal.py): only the calls in flight at the kill are made again. Inside a
 step, bootstrapping and candidate evaluation run in parallel on bounded threads, or, with
 an ``executor`` (``start_run(..., executor=RayExecutor(...))``, or the app's
-``ray_address``), as that executor's work on other machines (evaluate/executor.py: the
+``ray_address``), as that executor's work on other machines (evaluate/_executor.py: the
 optimizer's attempt sends them; the run only hands its executor on); the driver still
 runs the plan and checkpoints here. The LM journal covers the driver's own
 calls only: a step resumed mid-way redoes its remote examples.
@@ -32,7 +32,7 @@ Progress is published on the app's event bus as ``RunProgress`` events (topic
 ``run.progress``).
 
 Over 400 lines: a run's driver, handle, start and cancel share the run's ``_Shared`` state
-and its lock; its store (run_store.py) and the optimizer contract (run_plan.py) are apart.
+and its lock; its store (_run_store.py) and the optimizer contract (_run_plan.py) are apart.
 """
 
 from __future__ import annotations
@@ -47,26 +47,27 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import supervisors
-from dspy_actors import redaction, settings
-from dspy_actors.lm.usage import ZERO_USAGE, Usage, UsageMeter, metering
+from dspy_actors import _settings as settings
+from dspy_actors import redaction
+from dspy_actors.lm._usage import ZERO_USAGE, Usage, UsageMeter, metering
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.module import Module
-from dspy_actors.runtime.events import RunProgress
-from dspy_actors.runtime.run_journal import JournaledLM, LMJournal
-from dspy_actors.runtime.run_plan import (
+from dspy_actors.runtime._events import RunProgress
+from dspy_actors.runtime._run_journal import JournaledLM, LMJournal
+from dspy_actors.runtime._run_plan import (
     AttemptState,
     RunAttempt,
     RunnableOptimizer,
     RunSetup,
     StepReport,
 )
-from dspy_actors.runtime.run_store import RunStore, SqliteCheckpointer
+from dspy_actors.runtime._run_store import RunStore, SqliteCheckpointer
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor as ThreadExecutor
 
-    from dspy_actors.runtime.app_config import AppConfig
-    from dspy_actors.runtime.events import EventBus
+    from dspy_actors.runtime._app_config import AppConfig
+    from dspy_actors.runtime._events import EventBus
 
 __all__ = [
     "RunCancelled",
@@ -350,11 +351,11 @@ def start_run(
     supervised subtree of ``app``'s ``runs`` supervisor. See the module docstring.
     ``executor`` runs the steps' examples elsewhere (default: the app's Ray cluster if it
     was started with ``ray_address``, else local threads): the optimizer uses it (see
-    run_plan.py); the run only hands it on."""
+    _run_plan.py); the run only hands it on."""
     if not callable(getattr(optimizer, "start_attempt", None)):
         raise TypeError(
             f"app.optimize takes an optimizer (dspy_actors.optimizers: BootstrapFewShot, "
-            f"MIPROv2, ...; or anything with start_attempt(setup), see runtime/run_plan.py), "
+            f"MIPROv2, ...; or anything with start_attempt(setup), see runtime/_run_plan.py), "
             f"not {type(optimizer).__name__}"
         )
     run_id = run_id or uuid.uuid4().hex[:12]

@@ -1,5 +1,7 @@
 """Signatures: typed input/output declarations of LM tasks, and custom field types."""
 
+from dspy_actors.signatures._string_form import SignatureSyntaxError
+from dspy_actors.signatures._type_names import annotation_name
 from dspy_actors.signatures.custom_types import (
     Audio,
     Citations,
@@ -18,8 +20,6 @@ from dspy_actors.signatures.signature import (
     ensure_signature,
     make_signature,
 )
-from dspy_actors.signatures.string_form import SignatureSyntaxError
-from dspy_actors.signatures.type_names import annotation_name
 
 __all__ = [
     "Audio",

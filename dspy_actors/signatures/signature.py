@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from dspy_actors.signatures._string_form import caller_scope_lookup, parse_signature_string
+from dspy_actors.signatures._type_names import annotation_name
 from dspy_actors.signatures.field import Field, FieldKind
-from dspy_actors.signatures.string_form import caller_scope_lookup, parse_signature_string
-from dspy_actors.signatures.type_names import annotation_name
 
 __all__ = ["Signature", "SignatureMeta", "ensure_signature", "make_signature"]
 

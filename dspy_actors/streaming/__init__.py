@@ -3,7 +3,7 @@
 bounded buffer per stream: a reader that stops reading stops the LM's HTTP read).
 See docs/streaming.md."""
 
-from dspy_actors.streaming.listener import StreamListener
+from dspy_actors.streaming._listener import StreamListener
 from dspy_actors.streaming.messages import (
     ModuleStatusMessages,
     StatusMessage,

@@ -17,7 +17,7 @@ from typing import Any
 
 from dspy_actors.streaming._channel import StreamingChannel
 from dspy_actors.streaming._fields import FieldPiece, FieldSplitter
-from dspy_actors.streaming.listener import StreamListener
+from dspy_actors.streaming._listener import StreamListener
 from dspy_actors.streaming.messages import (
     StatusMessage,
     StatusMessageProvider,

@@ -21,12 +21,12 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
-from dspy_actors import settings
-from dspy_actors.callbacks import BaseCallback
-from dspy_actors.lm.steps import LMCall, lm_call_hook
+from dspy_actors import _settings as settings
+from dspy_actors._callbacks import BaseCallback
+from dspy_actors.lm._steps import LMCall, lm_call_hook
 from dspy_actors.streaming._channel import DEFAULT_CAPACITY, ChannelClosed, StreamingChannel
+from dspy_actors.streaming._listener import StreamListener
 from dspy_actors.streaming._tap import PredictorTap, StreamTap
-from dspy_actors.streaming.listener import StreamListener
 from dspy_actors.streaming.messages import StatusMessageProvider
 
 __all__ = ["streamify"]

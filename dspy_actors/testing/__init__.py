@@ -7,10 +7,10 @@ package) gives tests the ``sim_lm``, ``make_lm``, ``app`` and ``chaos`` fixtures
 ``lm_on(sim)`` is the LM they use (uncached, fast retries).
 """
 
-from dspy_actors.testing.chaos import ChaosMonkey, ChaosRun, CrashRule, Kill
-from dspy_actors.testing.faults import Fault, FaultPlan, FaultRule
-from dspy_actors.testing.held_responder import HeldResponder, slow_responder
-from dspy_actors.testing.invariants import (
+from dspy_actors.testing._chaos import ChaosMonkey, ChaosRun, CrashRule, Kill
+from dspy_actors.testing._faults import Fault, FaultPlan, FaultRule
+from dspy_actors.testing._held_responder import HeldResponder, slow_responder
+from dspy_actors.testing._invariants import (
     CLEAR_ERRORS,
     CallLedger,
     CallOutcome,
@@ -19,8 +19,8 @@ from dspy_actors.testing.invariants import (
     assert_tree_healthy,
     thread_snapshot,
 )
-from dspy_actors.testing.polling import wait_until
-from dspy_actors.testing.sim_clients import FAST_RETRIES, lm_on
+from dspy_actors.testing._polling import wait_until
+from dspy_actors.testing._sim_clients import FAST_RETRIES, lm_on
 from dspy_actors.testing.sim_lm import SimLM, SimReply, SimRequest, SimStats
 from dspy_actors.testing.sim_responder import default_responder, scripted
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     # Imported lazily in the fixtures: loading the plugin must stay cheap for every suite.
     from dspy_actors.lm import LM
     from dspy_actors.runtime.app import App
-    from dspy_actors.testing.chaos import ChaosMonkey
+    from dspy_actors.testing._chaos import ChaosMonkey
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def make_lm(sim_lm: SimLM) -> Iterator[Callable[..., LM]]:
     closed when the test ends. The test then fails if a responder it gave ``sim_lm``
     raised (the server answered those requests with a 500, which may have been retried
     into a pass)."""
-    from dspy_actors.testing.sim_clients import lm_on
+    from dspy_actors.testing._sim_clients import lm_on
 
     made: list[LM] = []
 
@@ -122,7 +122,7 @@ def app(make_app: Callable[..., App]) -> App:
 def chaos(app: App) -> Iterator[ChaosMonkey]:
     """A :class:`~dspy_actors.testing.ChaosMonkey` on this test's ``app`` (seed 0), stopped
     (its threads joined, its event subscriptions removed) when the test ends."""
-    from dspy_actors.testing.chaos import ChaosMonkey
+    from dspy_actors.testing._chaos import ChaosMonkey
 
     monkey = ChaosMonkey(app, seed=0)
     try:

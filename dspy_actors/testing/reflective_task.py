@@ -39,9 +39,9 @@ from typing import Any
 from dspy_actors.lm import LM, RetryPolicy
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.prediction import Prediction
+from dspy_actors.testing._sim_wire import message_text
 from dspy_actors.testing.sim_lm import SimLM, SimReply, SimRequest
 from dspy_actors.testing.sim_responder import requested_fields
-from dspy_actors.testing.sim_wire import message_text
 
 __all__ = [
     "BASE_INSTRUCTION",

@@ -14,7 +14,7 @@ agents may run at once against one server and each gets the same script.
     ))
 
 A step may also be a function of the :class:`AgentContext` (rules), or a
-:class:`~dspy_actors.testing.faults.Fault` / raw completion text, to play an LM that fails
+:class:`~dspy_actors.testing._faults.Fault` / raw completion text, to play an LM that fails
 mid-trajectory, names a tool that does not exist or sends malformed arguments.
 """
 
@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspy_actors.testing.faults import Fault
+from dspy_actors.testing._faults import Fault
 from dspy_actors.testing.sim_lm import SimReply, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
 

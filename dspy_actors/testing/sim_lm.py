@@ -4,7 +4,7 @@ A real HTTP/1.1 server (keep-alive, one thread per connection) on ``127.0.0.1:<e
 that speaks OpenAI chat completions (``POST /v1/chat/completions``) and Anthropic messages
 (``POST /v1/messages``), streaming over SSE included. What it answers comes from a
 *responder* (a function of the :class:`SimRequest`); what goes wrong comes from a
-:class:`~dspy_actors.testing.faults.FaultPlan`. Counters say what it served and injected.
+:class:`~dspy_actors.testing._faults.FaultPlan`. Counters say what it served and injected.
 
     with SimLM(latency=0.01) as sim:
         sim.inject(Fault.rate_limited(retry_after=1))          # the next request gets a 429
@@ -16,7 +16,7 @@ Every thread it starts is named with ``thread_name_prefix`` ("sim-lm" by default
 short, and joins its threads (bounded by a timeout).
 
 Over 400 lines: one HTTP server: request parsing, responders, faults and counters share its
-connection threads; the wire formats are in sim_wire.py.
+connection threads; the wire formats are in _sim_wire.py.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dspy_actors.testing import sim_wire as wire
-from dspy_actors.testing.faults import Fault, FaultPlan, FaultRule
+from dspy_actors.testing import _sim_wire as wire
+from dspy_actors.testing._faults import Fault, FaultPlan, FaultRule
 from dspy_actors.testing.sim_responder import default_responder
 
 __all__ = [

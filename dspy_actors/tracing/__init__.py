@@ -46,7 +46,7 @@ from opentelemetry.trace import (
 )
 
 from dspy_actors._stop_hooks import forget_stop_hook, on_stop
-from dspy_actors.runtime import events as ev
+from dspy_actors.runtime import _events as ev
 from dspy_actors.tracing._spans import OpenSpan, Spans
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ class AppTracing:
         app = self._app()
         end = program
         if app is not None:
-            from dspy_actors.console.app_view import call_end_path
+            from dspy_actors.console._app_view import call_end_path
 
             end = call_end_path(app, program)
         self._shapes[program] = end

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 import dspy_actors as dsa
-from dspy_actors.runtime.dead_letters import MAX_FIELD_CHARS, DeadLetterStore
-from dspy_actors.runtime.errors import DeadLettered
+from dspy_actors.runtime._dead_letters import MAX_FIELD_CHARS, DeadLetterStore
+from dspy_actors.runtime._errors import DeadLettered
 from dspy_actors.testing import SimLM
 from tests.console.conftest import API_KEY, Fragile
 

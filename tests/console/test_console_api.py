@@ -12,7 +12,7 @@ import pytest
 
 import dspy_actors as dsa
 from dspy_actors.console import Console
-from dspy_actors.runtime.errors import DeadLettered
+from dspy_actors.runtime._errors import DeadLettered
 from tests.console.conftest import API_KEY, Fragile
 
 
@@ -233,7 +233,7 @@ def test_no_api_key_on_any_page_or_response(app: Any, console: Console) -> None:
 
 
 def test_runs_are_listed_with_scores_and_can_be_cancelled(app: Any, console: Console) -> None:
-    from dspy_actors.runtime import events as ev
+    from dspy_actors.runtime import _events as ev
 
     app.events.publish(ev.RunProgress(run_id="r1", kind="optimize", completed=1, score=0.25))
     app.events.publish(ev.RunProgress(run_id="r1", kind="optimize", completed=2, score=0.5))

@@ -14,7 +14,7 @@ import pytest
 import dspy_actors as dsa
 import supervisors
 from dspy_actors.console import Console
-from dspy_actors.runtime.errors import DeadLettered
+from dspy_actors.runtime._errors import DeadLettered
 from tests.console.conftest import Fragile
 
 CHROMIUM = os.environ.get("DSPY_ACTORS_CHROMIUM", "/usr/bin/chromium")

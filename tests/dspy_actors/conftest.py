@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from dspy_actors import settings
+from dspy_actors import _settings as settings
 from dspy_actors.lm import LM
 
 # The type of the plugin's ``make_lm`` fixture.

@@ -10,7 +10,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import pytest
 
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.waiting import Timers, in_forward_greenlet, wait_future
 
 

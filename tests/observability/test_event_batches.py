@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dspy_actors.runtime.events import Event, EventBus, ModuleEnd, ModuleStart, RunProgress
+from dspy_actors.runtime._events import Event, EventBus, ModuleEnd, ModuleStart, RunProgress
 
 FLUSH_TIMEOUT = 30.0
 

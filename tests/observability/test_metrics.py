@@ -11,13 +11,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import dspy_actors as dsa
 import supervisors
-from dspy_actors.lm.breaker import CircuitOpen
+from dspy_actors.lm._breaker import CircuitOpen
 from dspy_actors.lm.errors import LMError
 from dspy_actors.metrics import METRIC_NAMES, app_metrics
-from dspy_actors.runtime.errors import ModuleCrashed
-from dspy_actors.runtime.lm_pool import deployment_key
+from dspy_actors.runtime._errors import ModuleCrashed
+from dspy_actors.runtime._lm_pool import deployment_key
 from dspy_actors.testing import SimLM
-from dspy_actors.testing.faults import Fault
+from dspy_actors.testing._faults import Fault
 from tests.supervisors.actors import wait_until
 
 

@@ -152,7 +152,7 @@ def test_retries_and_restarts_are_span_events_and_errors_have_status(traced: Any
 
 
 def test_an_lm_error_is_an_error_span(traced: Any, sim: SimLM) -> None:
-    from dspy_actors.testing.faults import Fault
+    from dspy_actors.testing._faults import Fault
 
     app, exporter = traced
     sim.inject(Fault.bad_request("no such thing"), times=1)

@@ -88,8 +88,8 @@ def test_another_provider_gets_live_spans_with_the_same_shape(app: Any) -> None:
 
 @pytest.mark.parametrize("lm_workers", [None, 1], ids=["event-loop", "worker-thread"])
 def test_lm_http_retries_are_events_on_the_chat_span(tmp_path: Path, lm_workers: Any) -> None:
-    from dspy_actors.lm.retry import RetryPolicy
-    from dspy_actors.testing.faults import Fault
+    from dspy_actors.lm._retry import RetryPolicy
+    from dspy_actors.testing._faults import Fault
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

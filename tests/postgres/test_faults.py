@@ -14,9 +14,9 @@ import pytest
 
 import dspy_actors as dsa
 from dspy_actors.lm import LM
+from dspy_actors.runtime._parameter_store import ParameterStore, StoreError
 from dspy_actors.runtime.app import program_state
-from dspy_actors.runtime.parameter_store import ParameterStore, StoreError
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.postgres import PostgresCluster
 from dspy_actors.testing.sim_lm import SimLM
 

@@ -17,7 +17,7 @@ import pytest
 
 import dspy_actors as dsa
 from dspy_actors.evaluate import Evaluate
-from dspy_actors.evaluate.executor import Outcome, use_executor
+from dspy_actors.evaluate._executor import Outcome, use_executor
 from dspy_actors.lm import LM
 from dspy_actors.optimizers import BootstrapFewShotWithRandomSearch
 from dspy_actors.primitives.example import Example

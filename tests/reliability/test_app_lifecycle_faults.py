@@ -13,11 +13,11 @@ import pytest
 
 import dspy_actors as dsa
 import supervisors
-from dspy_actors.primitives.parameter import StateError
+from dspy_actors.primitives._parameter import StateError
 from dspy_actors.runtime import app as app_module
-from dspy_actors.runtime.errors import AppStopped
+from dspy_actors.runtime._errors import AppStopped
 from dspy_actors.testing import SimLM, lm_on
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 from tests.reliability.programs import StartApp
 
 

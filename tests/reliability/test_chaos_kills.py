@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from dspy_actors.lm.cache import Cache
+from dspy_actors.runtime._errors import ModuleCrashed, ModuleUnavailable
 from dspy_actors.runtime.app import App
-from dspy_actors.runtime.errors import ModuleCrashed, ModuleUnavailable
 from dspy_actors.testing import (
     CallLedger,
     ChaosMonkey,

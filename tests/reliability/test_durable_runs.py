@@ -18,7 +18,7 @@ import dspy_actors as dsa
 from dspy_actors.lm import LM
 from dspy_actors.optimizers import BootstrapFewShot, BootstrapFewShotWithRandomSearch
 from dspy_actors.runtime.runs import RunStore, start_run
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.optimizers.task import dataset, metric, task_lm_client, task_sim  # noqa: F401 - fixtures
 

@@ -11,7 +11,7 @@ import pytest
 
 import dspy_actors as dsa
 import supervisors
-from dspy_actors.runtime.errors import DeadlineExceeded, ModuleUnavailable
+from dspy_actors.runtime._errors import DeadlineExceeded, ModuleUnavailable
 from dspy_actors.testing import CallLedger, assert_all_accounted, assert_tree_healthy, wait_until
 from tests.reliability.programs import Poison, StartApp
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 import dspy_actors as dsa
-from dspy_actors.runtime.dead_letters import DeadLetterStore
-from dspy_actors.runtime.errors import ModuleCrashed, RuntimeCallError, UnencodableInput
-from dspy_actors.runtime.poison import fingerprint
+from dspy_actors.runtime._dead_letters import DeadLetterStore
+from dspy_actors.runtime._errors import ModuleCrashed, RuntimeCallError, UnencodableInput
+from dspy_actors.runtime._poison import fingerprint
 from dspy_actors.testing import SimLM
 from tests.reliability.programs import StartApp
 

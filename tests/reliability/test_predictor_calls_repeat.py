@@ -23,7 +23,7 @@ from dspy_actors.testing import (
     assert_tree_healthy,
     lm_on,
 )
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 from tests.reliability.programs import StartApp
 
 CALLS = 8

@@ -10,11 +10,11 @@ import pytest
 import dspy_actors as dsa
 import supervisors
 from dspy_actors.lm.errors import LMError
+from dspy_actors.runtime._lm_pool import LMWorkerCrashed, PoolStats
 from dspy_actors.runtime.app import App
-from dspy_actors.runtime.lm_pool import LMWorkerCrashed, PoolStats
 from dspy_actors.streaming import StreamingInterrupted, StreamResponse
-from dspy_actors.testing.faults import Fault
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._faults import Fault
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM
 from tests.streaming.conftest import StartApp
 from tests.streaming.test_handle_stream import chat_answer

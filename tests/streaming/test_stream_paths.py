@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 import dspy_actors as dsa
-from dspy_actors.lm.breaker import CircuitOpen
-from dspy_actors.runtime.errors import DeadlineExceeded
-from dspy_actors.runtime.events import Event
+from dspy_actors.lm._breaker import CircuitOpen
+from dspy_actors.runtime._errors import DeadlineExceeded
+from dspy_actors.runtime._events import Event
 from dspy_actors.streaming import StatusMessage
 from dspy_actors.testing import FAST_RETRIES
-from dspy_actors.testing.faults import Fault
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._faults import Fault
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.sim_agent import AgentStep, react_responder
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.runtime.programs import Retriever

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 import dspy_actors as dsa
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM
 from tests.streaming.conftest import StartApp
 from tests.streaming.test_stream_flow import busy

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import supervisors as sup
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 
 
 class Journal:

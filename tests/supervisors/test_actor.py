@@ -11,7 +11,7 @@ from pykka import ThreadingFuture
 from pykka._envelope import Envelope
 
 import supervisors as sup
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 from tests.supervisors.actors import Journal, Worker
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import supervisors as sup
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 from tests.supervisors.actors import Journal, Worker, crash, new_ref, spec
 
 

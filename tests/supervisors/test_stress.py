@@ -21,7 +21,7 @@ import pykka
 import pytest
 
 import supervisors as sup
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 
 CHILDREN = 1000
 CHAOS_SECONDS = 3.0

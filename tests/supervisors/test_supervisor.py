@@ -12,7 +12,7 @@ import pykka
 import pytest
 
 import supervisors as sup
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 from tests.supervisors.actors import (
     EventLog,
     FakeClock,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dspy_actors.lm.providers.anthropic import AnthropicProvider
-from dspy_actors.lm.providers.azure import AzureOpenAIProvider
-from dspy_actors.lm.providers.base import Provider
-from dspy_actors.lm.providers.gemini import GeminiProvider
-from dspy_actors.lm.providers.openai import OpenAIProvider
+from dspy_actors.lm.providers._anthropic import AnthropicProvider
+from dspy_actors.lm.providers._azure import AzureOpenAIProvider
+from dspy_actors.lm.providers._base import Provider
+from dspy_actors.lm.providers._gemini import GeminiProvider
+from dspy_actors.lm.providers._openai import OpenAIProvider
 
 __all__ = [
     "AnthropicProvider",

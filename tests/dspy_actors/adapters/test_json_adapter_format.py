@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from dspy_actors.adapters import AdapterParseError, JSONAdapter
-from dspy_actors.lm.lm import LM
+from dspy_actors.lm._lm import LM
 from dspy_actors.primitives import Example
 from dspy_actors.signatures import Signature
 

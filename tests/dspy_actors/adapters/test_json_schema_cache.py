@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dspy_actors.adapters.json_schema import response_format_for
+from dspy_actors.adapters._json_schema import response_format_for
 from dspy_actors.signatures.signature import ensure_signature
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import dspy_actors as dsa
 from dspy_actors.adapters.chat_adapter import ChatAdapter
-from dspy_actors.lm.providers.tool_wire import parse_arguments
+from dspy_actors.lm.providers._tool_wire import parse_arguments
 from dspy_actors.runtime.app import App
 from dspy_actors.testing.sim_agent import AgentContext, AgentStep, react_responder
 from dspy_actors.testing.sim_lm import SimLM, SimReply, SimRequest

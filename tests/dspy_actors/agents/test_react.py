@@ -11,8 +11,8 @@ import pytest
 
 import dspy_actors as dsa
 from dspy_actors.lm.errors import LMError
-from dspy_actors.modules.react import TrajectoryTooLong, truncate_trajectory
-from dspy_actors.testing.faults import Fault
+from dspy_actors.modules._react import TrajectoryTooLong, truncate_trajectory
+from dspy_actors.testing._faults import Fault
 from dspy_actors.testing.sim_agent import AgentContext, AgentStep, react_responder
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from tests.dspy_actors.agents.conftest import WAIT

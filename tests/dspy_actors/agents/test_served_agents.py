@@ -9,10 +9,10 @@ from typing import Any
 
 import dspy_actors as dsa
 from dspy_actors.lm.errors import LMError
+from dspy_actors.runtime._events import DeadLetterEvent, Event
+from dspy_actors.runtime._tools import ToolEnd, ToolStart
 from dspy_actors.runtime.app import App
-from dspy_actors.runtime.events import DeadLetterEvent, Event
-from dspy_actors.runtime.tools import ToolEnd, ToolStart
-from dspy_actors.testing.faults import Fault
+from dspy_actors.testing._faults import Fault
 from dspy_actors.testing.sim_agent import AgentContext, AgentStep, react_responder
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.agents.conftest import WAIT
@@ -149,8 +149,8 @@ def test_served_context_window_overflow_truncates(app: App, sim_lm: SimLM) -> No
 
 
 def test_a_served_tool_call_ends_by_the_calls_deadline(gate: threading.Event) -> None:
-    from dspy_actors.runtime.context import capture, restored
-    from dspy_actors.runtime.tools import served_tool_runner
+    from dspy_actors.runtime._context import capture, restored
+    from dspy_actors.runtime._tools import served_tool_runner
 
     def stall() -> str:
         gate.wait(WAIT)

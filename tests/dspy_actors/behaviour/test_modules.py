@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from dspy_actors import settings
+from dspy_actors import _settings as settings
 from dspy_actors.lm import LM
 from dspy_actors.modules import ChainOfThought, Predict
 from dspy_actors.primitives import Example, Module, Prediction

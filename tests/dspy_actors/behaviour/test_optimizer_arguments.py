@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 import dspy_actors as dsa
-from dspy_actors.embedder import EmbeddingError
+from dspy_actors._embedder import EmbeddingError
 from dspy_actors.optimizers import COPRO, BootstrapFewShot, KNNFewShot, LabeledFewShot
-from dspy_actors.optimizers.bootstrap import BootstrapError
+from dspy_actors.optimizers._bootstrap import BootstrapError
 from tests.dspy_actors.optimizers.task import WORDS, dataset, metric, task_lm
 
 TRAIN = dataset(0, 6)

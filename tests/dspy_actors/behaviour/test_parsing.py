@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from dspy_actors import settings
+from dspy_actors import _settings as settings
 from dspy_actors.adapters import AdapterParseError, ChatAdapter, JSONAdapter
 from dspy_actors.lm import LM
 from dspy_actors.modules import Predict

@@ -11,7 +11,7 @@ from typing import Optional, Union
 import pytest
 from pydantic import BaseModel
 
-from dspy_actors import settings
+from dspy_actors import _settings as settings
 from dspy_actors.adapters import ChatAdapter
 from dspy_actors.lm import LM
 from dspy_actors.modules import Predict

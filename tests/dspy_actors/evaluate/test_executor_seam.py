@@ -1,4 +1,4 @@
-"""The executor seam (evaluate/executor.py) without Ray: parallel_map and Evaluate hand
+"""The executor seam (evaluate/_executor.py) without Ray: parallel_map and Evaluate hand
 their items to the current executor; a plan's steps stay local; RunContext and an
 instrumented program pickle (what a remote executor needs)."""
 
@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 import dspy_actors as dsa
-from dspy_actors.evaluate.executor import Outcome, OutcomeCallback, use_executor
-from dspy_actors.evaluate.parallel import parallel_map
+from dspy_actors.evaluate._executor import Outcome, OutcomeCallback, use_executor
+from dspy_actors.evaluate._parallel import parallel_map
+from dspy_actors.optimizers._base import RunContext
 from dspy_actors.optimizers._program import instrument
-from dspy_actors.optimizers.base import RunContext
 
 
 class PicklingExecutor:

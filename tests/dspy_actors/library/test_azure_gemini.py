@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import dspy_actors as dsa
-from dspy_actors import settings
+from dspy_actors import _settings as settings
 from dspy_actors.lm import LM, RetryPolicy
 from dspy_actors.lm.errors import (
     AuthenticationError,
@@ -19,8 +19,8 @@ from dspy_actors.lm.errors import (
     ServerError,
 )
 from dspy_actors.testing import SimLM
-from dspy_actors.testing.faults import Fault
-from dspy_actors.testing.sim_wire import error_body
+from dspy_actors.testing._faults import Fault
+from dspy_actors.testing._sim_wire import error_body
 
 KEY = "sk-test-secret-4242"
 FAST = RetryPolicy(max_retries=2, base_delay=0.001, max_delay=0.005)

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 import dspy_actors as dsa
-from dspy_actors import settings
+from dspy_actors import _settings as settings
 from dspy_actors.lm import LM
 from dspy_actors.lm.cache import Cache
 from dspy_actors.lm.errors import LMError
 from dspy_actors.testing import SimLM, SimRequest
-from dspy_actors.testing.faults import Fault
+from dspy_actors.testing._faults import Fault
 from tests.dspy_actors.library.conftest import StartApp
 
 MakeLM = Callable[..., LM]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import dspy_actors as dsa
-from dspy_actors import settings
+from dspy_actors import _settings as settings
 from dspy_actors.lm import LM
 from dspy_actors.testing import SimLM
 

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 import dspy_actors as dsa
-from dspy_actors import settings
+from dspy_actors import _settings as settings
 from dspy_actors.lm import LM
-from dspy_actors.lm.history import clear_history
+from dspy_actors.lm._history import clear_history
 from dspy_actors.testing import SimLM
-from dspy_actors.testing.faults import Fault
+from dspy_actors.testing._faults import Fault
 from tests.dspy_actors.library.conftest import StartApp
 
 MakeLM = Callable[..., LM]

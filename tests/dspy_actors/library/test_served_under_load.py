@@ -7,9 +7,9 @@ from typing import Any
 
 import dspy_actors as dsa
 from dspy_actors.testing import SimLM
-from dspy_actors.testing.chaos import ChaosMonkey
-from dspy_actors.testing.faults import Fault
-from dspy_actors.testing.invariants import CallLedger, assert_all_accounted, assert_tree_healthy
+from dspy_actors.testing._chaos import ChaosMonkey
+from dspy_actors.testing._faults import Fault
+from dspy_actors.testing._invariants import CallLedger, assert_all_accounted, assert_tree_healthy
 from tests.dspy_actors.library.conftest import StartApp
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 import dspy_actors as dsa
-from dspy_actors import settings
+from dspy_actors import _settings as settings
 from dspy_actors.lm import LM
 from dspy_actors.testing import SimLM, SimRequest
 from tests.dspy_actors.library.conftest import StartApp

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dspy_actors.lm.breaker import (
+from dspy_actors.lm._breaker import (
     BreakerState,
     BreakerTransition,
     CircuitBreaker,

@@ -26,9 +26,9 @@ from dspy_actors.lm import (
     RateLimited,
     RetryPolicy,
 )
+from dspy_actors.lm._lm import PreparedCall
+from dspy_actors.lm._usage import UsageMeter, metering
 from dspy_actors.lm.cache import Cache
-from dspy_actors.lm.lm import PreparedCall
-from dspy_actors.lm.usage import UsageMeter, metering
 from dspy_actors.testing import Fault, SimLM
 from tests.dspy_actors.lm.test_lm_proxy import (  # the proxy-free environment, autouse
     _ProxyServer,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dspy_actors import settings
+from dspy_actors import _settings as settings
 from dspy_actors.lm import LM, UsageMeter, metering
 from dspy_actors.lm.cache import Cache
 from dspy_actors.testing import SimLM

@@ -19,9 +19,9 @@ from dspy_actors.lm import (
     RetryPolicy,
     ServerError,
 )
+from dspy_actors.lm._retry import call_with_retries, parse_retry_after, retry_delay
 from dspy_actors.lm.providers import AnthropicProvider, OpenAIProvider
-from dspy_actors.lm.providers.base import http_error, iter_sse
-from dspy_actors.lm.retry import call_with_retries, parse_retry_after, retry_delay
+from dspy_actors.lm.providers._base import http_error, iter_sse
 
 KW = {"endpoint": "http://h/v1/chat/completions", "model": "openai/m"}
 

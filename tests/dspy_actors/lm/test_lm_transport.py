@@ -22,10 +22,10 @@ import httpx
 import pytest
 
 from dspy_actors.lm import LM
-from dspy_actors.lm.providers.openai import OpenAIProvider
+from dspy_actors.lm.providers._openai import OpenAIProvider
 from dspy_actors.lm.transport import BACKENDS, Backend, ClientPool
 from dspy_actors.testing import SimLM
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 
 MakeLM = Callable[..., LM]
 

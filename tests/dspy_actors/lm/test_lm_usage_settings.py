@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from dspy_actors import settings
+from dspy_actors import _settings as settings
 from dspy_actors.lm import LM, RetryPolicy, UsageMeter, metering
 from dspy_actors.testing import Fault, SimLM, SimRequest
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from dspy_actors.lm.rate_limit import RateLimiter
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.lm._rate_limit import RateLimiter
+from dspy_actors.testing._polling import wait_until
 
 JOIN_TIMEOUT = 30.0
 

@@ -7,13 +7,13 @@ import asyncio
 
 import pytest
 
-from dspy_actors import settings
+from dspy_actors import _settings as settings
 from dspy_actors.lm.errors import ServerError
-from dspy_actors.modules.chain_of_thought import ChainOfThought
-from dspy_actors.modules.predict import NoLMConfiguredError, Predict
+from dspy_actors.modules._chain_of_thought import ChainOfThought
+from dspy_actors.modules._predict import NoLMConfiguredError, Predict
 from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.prediction import Prediction
-from dspy_actors.testing.faults import Fault
+from dspy_actors.testing._faults import Fault
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.conftest import MakeLM
 

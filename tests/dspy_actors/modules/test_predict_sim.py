@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 from pydantic import BaseModel
 
-from dspy_actors import settings
+from dspy_actors import _settings as settings
 from dspy_actors.adapters import ChatAdapter, JSONAdapter
 from dspy_actors.lm import LM
 from dspy_actors.modules import ChainOfThought, NoLMConfiguredError, Predict

@@ -15,10 +15,10 @@ import pytest
 
 from dspy_actors.lm import LM
 from dspy_actors.primitives.example import Example
-from dspy_actors.testing.sim_clients import lm_on
+from dspy_actors.testing._sim_clients import lm_on
+from dspy_actors.testing._sim_wire import message_text
 from dspy_actors.testing.sim_lm import SimLM, SimReply, SimRequest
 from dspy_actors.testing.sim_responder import requested_fields
-from dspy_actors.testing.sim_wire import message_text
 
 WORDS = [
     "apple", "river", "stone", "cloud", "tiger", "maple", "ocean", "piano", "lemon", "candle",

@@ -16,10 +16,10 @@ import supervisors
 from dspy_actors.evaluate import Evaluate
 from dspy_actors.lm import LM
 from dspy_actors.optimizers import GEPA, MemoryCheckpointer
-from dspy_actors.optimizers.gepa import _Pool, auto_budget
+from dspy_actors.optimizers._gepa import _Pool, auto_budget
 from dspy_actors.runtime.app import start
 from dspy_actors.runtime.runs import start_run
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.reflective_task import (
     BASE_INSTRUCTION,
     RULES,
@@ -226,7 +226,7 @@ def test_a_merge_is_scored_on_a_subsample_then_joins_the_pool(
     """The plan's merge branch, end to end: the pool proposes one merge (here a candidate
     carrying every rule), the plan scores it on the subsample, accepts it as at least as
     good as the better parent there, scores it on the validation set and keeps it."""
-    from dspy_actors.optimizers import gepa as gepa_module
+    from dspy_actors.optimizers import _gepa as gepa_module
 
     _sim, lm = task
     merged = {"self": " ".join([BASE_INSTRUCTION, *RULES.values()])}

@@ -19,9 +19,9 @@ import dspy_actors as dsa
 from dspy_actors.evaluate import Evaluate
 from dspy_actors.lm import LM
 from dspy_actors.optimizers import SIMBA, MemoryCheckpointer
-from dspy_actors.optimizers.simba import _percentile, _poisson
+from dspy_actors.optimizers._simba import _percentile, _poisson
 from dspy_actors.runtime.app import start
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.reflective_task import BASE_INSTRUCTION, dataset, metric, reflective_lm
 
 TRAIN = dataset(0, 24)

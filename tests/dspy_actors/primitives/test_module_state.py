@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dspy_actors.lm.lm import LM
+from dspy_actors.lm._lm import LM
 from dspy_actors.modules import ChainOfThought, Predict
 from dspy_actors.primitives import Example, Module, Prediction, StateError
 from dspy_actors.signatures import Image

@@ -6,9 +6,9 @@ import threading
 import time
 from typing import Any
 
-from dspy_actors.lm.lm import LM
-from dspy_actors.modules.chain_of_thought import ChainOfThought
-from dspy_actors.modules.predict import Predict
+from dspy_actors.lm._lm import LM
+from dspy_actors.modules._chain_of_thought import ChainOfThought
+from dspy_actors.modules._predict import Predict
 from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.prediction import Prediction
 

@@ -13,15 +13,15 @@ import pytest
 
 import supervisors
 from dspy_actors.lm.errors import LMError
-from dspy_actors.modules.chain_of_thought import ChainOfThought
-from dspy_actors.modules.predict import Predict
+from dspy_actors.modules._chain_of_thought import ChainOfThought
+from dspy_actors.modules._predict import Predict
 from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.prediction import Prediction
+from dspy_actors.runtime._errors import RuntimeCallError
 from dspy_actors.runtime.app import App
-from dspy_actors.runtime.errors import RuntimeCallError
 from dspy_actors.runtime.handle import ProgramHandle
-from dspy_actors.testing.faults import Fault
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._faults import Fault
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
 from tests.dspy_actors.runtime.conftest import StartApp
@@ -286,7 +286,7 @@ def test_thousands_of_acalls_with_faults_and_kills_each_get_an_answer_or_a_clear
 
 
 def test_acall_honours_its_deadline(start_app: StartApp, sim: SimLM) -> None:
-    from dspy_actors.runtime.errors import DeadlineExceeded
+    from dspy_actors.runtime._errors import DeadlineExceeded
 
     gate = Gate()
     sim.respond_with(gate)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from dspy_actors import settings
-from dspy_actors.modules.chain_of_thought import ChainOfThought
-from dspy_actors.modules.predict import Predict
+from dspy_actors import _settings as settings
+from dspy_actors.modules._chain_of_thought import ChainOfThought
+from dspy_actors.modules._predict import Predict
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
 from tests.dspy_actors.runtime.conftest import StartApp

@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from dspy_actors.modules.predict import Predict
+from dspy_actors.modules._predict import Predict
 from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.prediction import Prediction
-from dspy_actors.runtime.gate import CallGate
+from dspy_actors.runtime._gate import CallGate
 from tests.dspy_actors.runtime.conftest import StartApp
 
 

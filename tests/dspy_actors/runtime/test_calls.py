@@ -10,11 +10,11 @@ import pytest
 from pykka._envelope import Envelope
 
 import supervisors
+from dspy_actors.runtime._calls import send_call, wait_reply
+from dspy_actors.runtime._context import capture
+from dspy_actors.runtime._errors import DeadlineExceeded, ModuleUnavailable
 from dspy_actors.runtime._futures import reject
-from dspy_actors.runtime.calls import send_call, wait_reply
-from dspy_actors.runtime.context import capture
-from dspy_actors.runtime.errors import DeadlineExceeded, ModuleUnavailable
-from dspy_actors.runtime.messages import Call
+from dspy_actors.runtime._messages import Call
 
 
 class Silent(supervisors.SupervisedActor):

@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
-from dspy_actors.runtime.dead_letters import (
+from dspy_actors.runtime._dead_letters import (
     MAX_MESSAGE_CHARS,
     REDACTED,
     REPR_MARKER,
@@ -20,7 +20,7 @@ from dspy_actors.runtime.dead_letters import (
     DeadLetterStore,
     jsonify,
 )
-from dspy_actors.runtime.parameter_store import ParameterStore, StoreError
+from dspy_actors.runtime._parameter_store import ParameterStore, StoreError
 
 
 class PoisonError(Exception):

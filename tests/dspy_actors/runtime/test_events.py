@@ -15,7 +15,7 @@ import structlog
 from structlog.testing import capture_logs
 
 import supervisors
-from dspy_actors.runtime.events import (
+from dspy_actors.runtime._events import (
     BreakerTransition,
     Callback,
     DeadLetterEvent,

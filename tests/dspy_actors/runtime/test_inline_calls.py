@@ -12,9 +12,9 @@ import pytest
 
 import supervisors
 from dspy_actors.lm.cache import Cache
-from dspy_actors.modules.predict import Predict
-from dspy_actors.runtime.errors import DeadLettered, ModuleCrashed, ModuleUnavailable
-from dspy_actors.runtime.lm_pool import PoolStats
+from dspy_actors.modules._predict import Predict
+from dspy_actors.runtime._errors import DeadLettered, ModuleCrashed, ModuleUnavailable
+from dspy_actors.runtime._lm_pool import PoolStats
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.runtime.conftest import StartApp, run_in_threads
 from tests.dspy_actors.runtime.programs import RecordingLM, TracedPredict

@@ -8,12 +8,12 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-from dspy_actors.lm.breaker import CircuitBreaker, CircuitOpen
-from dspy_actors.lm.lm import LM
-from dspy_actors.runtime.context import capture
-from dspy_actors.runtime.errors import DeadlineExceeded, Overloaded
-from dspy_actors.runtime.lm_pool import Dispatcher, LMPoolConfig
-from dspy_actors.runtime.messages import LMRequest
+from dspy_actors.lm._breaker import CircuitBreaker, CircuitOpen
+from dspy_actors.lm._lm import LM
+from dspy_actors.runtime._context import capture
+from dspy_actors.runtime._errors import DeadlineExceeded, Overloaded
+from dspy_actors.runtime._lm_pool import Dispatcher, LMPoolConfig
+from dspy_actors.runtime._messages import LMRequest
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -14,19 +14,19 @@ import pytest
 
 import supervisors
 from dspy_actors.lm import LM, LMError, LMTimeout, RetryPolicy, ServerError
-from dspy_actors.lm.breaker import CircuitBreaker, CircuitOpen
-from dspy_actors.modules.predict import Predict
-from dspy_actors.runtime.context import capture
-from dspy_actors.runtime.errors import Overloaded
-from dspy_actors.runtime.lm_loop import LMLoop
-from dspy_actors.runtime.lm_pool import (
+from dspy_actors.lm._breaker import CircuitBreaker, CircuitOpen
+from dspy_actors.modules._predict import Predict
+from dspy_actors.runtime._context import capture
+from dspy_actors.runtime._errors import Overloaded
+from dspy_actors.runtime._lm_loop import LMLoop
+from dspy_actors.runtime._lm_pool import (
     Dispatcher,
     LMOverloaded,
     LMPoolConfig,
     submit_lm_request,
 )
-from dspy_actors.testing.faults import Fault
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._faults import Fault
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.runtime.conftest import StartApp
 

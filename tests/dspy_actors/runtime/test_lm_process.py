@@ -22,21 +22,21 @@ import pytest
 
 import dspy_actors as dsa
 from dspy_actors.lm import LM, _worker_main
+from dspy_actors.lm._breaker import CircuitOpen
 from dspy_actors.lm._worker_process import encode_frame, read_frame
-from dspy_actors.lm.breaker import CircuitOpen
 from dspy_actors.lm.cache import Cache
 from dspy_actors.lm.errors import BadRequest, LMTimeout, ServerError
-from dspy_actors.modules.predict import Predict
-from dspy_actors.runtime import lm_process
+from dspy_actors.modules._predict import Predict
+from dspy_actors.runtime import _lm_process as lm_process
+from dspy_actors.runtime._context import capture
+from dspy_actors.runtime._errors import DeadlineExceeded, RuntimeCallError
+from dspy_actors.runtime._lm_pool import Dispatcher, LMPoolConfig, LMWorkerCrashed
+from dspy_actors.runtime._lm_process import LMProcessExited, WorkerProcess
+from dspy_actors.runtime._messages import LMRequest
 from dspy_actors.runtime.app import App
-from dspy_actors.runtime.context import capture
-from dspy_actors.runtime.errors import DeadlineExceeded, RuntimeCallError
-from dspy_actors.runtime.lm_pool import Dispatcher, LMPoolConfig, LMWorkerCrashed
-from dspy_actors.runtime.lm_process import LMProcessExited, WorkerProcess
-from dspy_actors.runtime.messages import LMRequest
-from dspy_actors.testing.faults import Fault
-from dspy_actors.testing.held_responder import HeldResponder, slow_responder
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._faults import Fault
+from dspy_actors.testing._held_responder import HeldResponder, slow_responder
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.runtime.conftest import StartApp, run_in_threads
 from tests.dspy_actors.runtime.programs import RecordingLM
@@ -325,8 +325,8 @@ class _EchoLM:
         self.threads: list[int] = []
 
     def complete(self, messages: list[dict[str, Any]], **_kw: Any) -> Any:
-        from dspy_actors.lm.types import LMResponse
-        from dspy_actors.lm.usage import ZERO_USAGE
+        from dspy_actors.lm._types import LMResponse
+        from dspy_actors.lm._usage import ZERO_USAGE
 
         self.threads.append(threading.get_ident())
         return LMResponse(["[[ ## answer ## ]]\necho"], ZERO_USAGE, "echo", ["stop"], False, 0.0)
@@ -570,7 +570,7 @@ def test_a_worker_process_imports_only_the_lm_layer() -> None:
         check=True,
     ).stdout
     loaded = ast.literal_eval(out)
-    assert "dspy_actors.lm.lm" in loaded
+    assert "dspy_actors.lm._lm" in loaded
     assert not [
         m for m in loaded if m.startswith(("dspy_actors.runtime", "dspy_actors.optimizers"))
     ]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from dspy_actors.runtime.parameter_store import ParameterStore, StoreError, looks_like_secret
+from dspy_actors.runtime._parameter_store import ParameterStore, StoreError, looks_like_secret
 
 STATE: dict[str, Any] = {
     "retrieve": {"k": 5},
@@ -192,7 +192,7 @@ def test_many_threads_save_and_load(store: ParameterStore) -> None:
 
 _WORKER = """
 import sys
-from dspy_actors.runtime.parameter_store import ParameterStore
+from dspy_actors.runtime._parameter_store import ParameterStore
 store = ParameterStore(sys.argv[1], busy_timeout=30)
 versions = [store.save("shared", {"proc": sys.argv[2], "i": i}) for i in range(int(sys.argv[3]))]
 store.close()

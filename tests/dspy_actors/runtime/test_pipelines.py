@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 
 import supervisors
-from dspy_actors.modules.predict import Predict
+from dspy_actors.modules._predict import Predict
 from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.prediction import Prediction
-from dspy_actors.runtime import calls, pipeline
-from dspy_actors.runtime.errors import DeadlineExceeded, ModuleCrashed, ModuleUnavailable
-from dspy_actors.testing.held_responder import slow_responder
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.runtime import _calls as calls
+from dspy_actors.runtime import _pipeline as pipeline
+from dspy_actors.runtime._errors import DeadlineExceeded, ModuleCrashed, ModuleUnavailable
+from dspy_actors.testing._held_responder import slow_responder
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
 from tests.dspy_actors.runtime.conftest import StartApp

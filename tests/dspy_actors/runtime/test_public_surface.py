@@ -16,9 +16,9 @@ import pytest
 import dspy_actors as dsa
 import supervisors
 from dspy_actors.evaluate import Evaluate, answer_exact_match
+from dspy_actors.runtime._errors import RuntimeCallError
+from dspy_actors.runtime._lm_pool import LMOverloaded
 from dspy_actors.runtime.app import start
-from dspy_actors.runtime.errors import RuntimeCallError
-from dspy_actors.runtime.lm_pool import LMOverloaded
 from dspy_actors.testing import HeldResponder, SimLM, SimRequest, default_responder, wait_until
 from tests.dspy_actors.runtime.conftest import StartApp
 from tests.dspy_actors.runtime.programs import Poisonable

@@ -12,12 +12,12 @@ import pytest
 import supervisors
 from dspy_actors.lm import LM
 from dspy_actors.lm.errors import ServerError
-from dspy_actors.modules.predict import Predict
-from dspy_actors.runtime.errors import DeadlineExceeded, ModuleCrashed, Overloaded
-from dspy_actors.runtime.lm_pool import PoolStats
-from dspy_actors.testing.faults import Fault
-from dspy_actors.testing.held_responder import HeldResponder
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.modules._predict import Predict
+from dspy_actors.runtime._errors import DeadlineExceeded, ModuleCrashed, Overloaded
+from dspy_actors.runtime._lm_pool import PoolStats
+from dspy_actors.testing._faults import Fault
+from dspy_actors.testing._held_responder import HeldResponder
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM, SimRequest
 from dspy_actors.testing.sim_responder import default_responder
 from tests.dspy_actors.runtime.conftest import StartApp

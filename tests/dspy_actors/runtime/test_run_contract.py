@@ -1,4 +1,4 @@
-"""The runs' side of the runs/optimizers contract (runtime/run_plan.py): a run drives any
+"""The runs' side of the runs/optimizers contract (runtime/_run_plan.py): a run drives any
 ``RunnableOptimizer``, not only ``dspy_actors.optimizers.Optimizer``. A hand-written one
 here makes real LM calls through the app, checkpoints through the run's store, is resumed
 by a second run with the same id, and stops when it reports ``"cancelled"``."""
@@ -15,12 +15,12 @@ import pytest
 
 import dspy_actors as dsa
 from dspy_actors.primitives.module import Module
+from dspy_actors.runtime._events import RunProgress
+from dspy_actors.runtime._run_plan import AttemptState, RunSetup
 from dspy_actors.runtime.app import App, start
-from dspy_actors.runtime.events import RunProgress
-from dspy_actors.runtime.run_plan import AttemptState, RunSetup
 from dspy_actors.runtime.runs import RunCancelled
-from dspy_actors.testing.polling import wait_until
-from dspy_actors.testing.sim_clients import lm_on
+from dspy_actors.testing._polling import wait_until
+from dspy_actors.testing._sim_clients import lm_on
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.optimizers.task import dataset, responder
 

@@ -20,7 +20,7 @@ from dspy_actors.lm import LM
 from dspy_actors.optimizers import BootstrapFewShotWithRandomSearch
 from dspy_actors.runtime.app import App, start
 from dspy_actors.runtime.runs import RunCancelled, RunFailed, RunStore, cancel_all, start_run
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.sim_lm import Fault, SimLM
 from tests.dspy_actors.optimizers.task import dataset, metric, task_lm_client, task_sim  # noqa: F401 - fixtures
 

@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from dspy_actors.modules.predict import Predict
+from dspy_actors.modules._predict import Predict
 from dspy_actors.runtime.app import start
 from dspy_actors.runtime.handle import ProgramHandle
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.runtime.conftest import StartApp
 

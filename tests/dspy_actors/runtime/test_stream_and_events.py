@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from dspy_actors.modules.predict import Predict
-from dspy_actors.runtime.events import Callback, LMEnd, LMStart, ModuleEnd, ModuleStart
-from dspy_actors.runtime.stream import Stream
+from dspy_actors.modules._predict import Predict
+from dspy_actors.runtime._events import Callback, LMEnd, LMStart, ModuleEnd, ModuleStart
+from dspy_actors.runtime._stream import Stream
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.runtime.conftest import StartApp
 

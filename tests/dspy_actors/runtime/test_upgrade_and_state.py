@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import supervisors
-from dspy_actors.modules.chain_of_thought import ChainOfThought
-from dspy_actors.modules.predict import Predict
+from dspy_actors.modules._chain_of_thought import ChainOfThought
+from dspy_actors.modules._predict import Predict
 from dspy_actors.primitives.example import Example
 from dspy_actors.primitives.module import Module
 from dspy_actors.primitives.prediction import Prediction

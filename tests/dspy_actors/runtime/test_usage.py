@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 import supervisors
-from dspy_actors.lm.usage import UsageMeter, metering
-from dspy_actors.modules.predict import Predict
+from dspy_actors.lm._usage import UsageMeter, metering
+from dspy_actors.modules._predict import Predict
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.runtime.conftest import StartApp, run_in_threads
 from tests.dspy_actors.runtime.programs import RAG

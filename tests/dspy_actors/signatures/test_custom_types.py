@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from dspy_actors.signatures import Audio, History, Image, Tool
-from dspy_actors.signatures.custom_types.tool import ToolArgumentError
+from dspy_actors.signatures.custom_types._tool import ToolArgumentError
 
 PNG = b"\x89PNG\r\n\x1a\nfake-image-bytes"
 

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 import dspy_actors as dsa
+from dspy_actors.runtime._lm_pool import LMWorkerCrashed
 from dspy_actors.runtime.app import App
-from dspy_actors.runtime.lm_pool import LMWorkerCrashed
 from dspy_actors.testing import ChaosMonkey, SimLM, assert_tree_healthy
-from dspy_actors.testing.invariants import CallLedger, assert_all_accounted
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._invariants import CallLedger, assert_all_accounted
+from dspy_actors.testing._polling import wait_until
 
 STEPS: list[tuple[str, Any, dict[str, Any]]] = [
     ("first", dsa.Predict, {"signature": "question -> draft"}),

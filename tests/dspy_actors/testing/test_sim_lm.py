@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from dspy_actors.testing import Fault, SimLM, SimReply, SimRequest
-from dspy_actors.testing.polling import wait_until
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.sim_responder import default_responder
 
 CHAT_SENTENCE = (

@@ -1,0 +1,67 @@
+"""EventBridge: what the app's parts report, published as typed events on its bus.
+
+Module actors and the LM pool publish typed events themselves (through
+``publisher_if_wanted``, which is None while nobody listens, keeping the hot path free).
+Circuit breakers and the supervision tree report in their own terms (the ``lm`` and
+``supervisors`` layers know no runtime events); this turns those reports into the events
+users subscribe to (docs/runtime.md lists them). It also remembers the root's last crash
+reasons, which an app that exited reports.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+import supervisors
+from dspy_actors.lm._breaker import BreakerTransition as BreakerChange
+from dspy_actors.runtime import _events as ev
+
+
+class EventBridge:
+    """Publishes an app's breaker and supervision reports on its ``EventBus``."""
+
+    def __init__(
+        self, app_name: str, events: ev.EventBus, on_modules_restarted: Callable[[], object]
+    ) -> None:
+        self.app_name = app_name
+        self.events = events
+        self._on_modules_restarted = on_modules_restarted
+        # The last crash reasons of the root's children: what an exited app reports.
+        self.recent_crashes: collections.deque[str] = collections.deque(maxlen=5)
+
+    def publisher_if_wanted(self) -> Callable[[ev.Event], None] | None:
+        """How to publish, or None while nobody listens (then no event is even built)."""
+        return self.events.publish if self.events.subscriptions() else None
+
+    def breaker_transition(self, transition: BreakerChange) -> None:
+        """A circuit breaker changed state (its ``on_transition`` hook)."""
+        self.events.publish(ev.BreakerTransition.of(transition))
+
+    def supervision_event(self, event: supervisors.SupervisorEvent) -> None:
+        """A supervision event of any tree: this app's become runtime events."""
+        name = self.app_name
+        if not (event.supervisor == name or event.supervisor.startswith(name + "/")):
+            return
+        if event.kind == "child_exited" and event.reason and event.supervisor == name:
+            self.recent_crashes.append(f"{event.child_id}: {event.reason}")
+        if event.kind == "child_restarted":
+            if event.supervisor == name and event.child_id == "modules":
+                # A DynamicSupervisor comes back empty: serve every program again.
+                self._on_modules_restarted()
+            if self.events.subscriptions():
+                self.events.publish(
+                    ev.RuntimeRestart(
+                        supervisor=event.supervisor,
+                        child_id=event.child_id or "",
+                        restart_count=event.restart_count,
+                    )
+                )
+        elif event.kind == "escalated":
+            self.events.publish(
+                ev.RuntimeEscalation(
+                    supervisor=event.supervisor,
+                    child_id=event.child_id or "",
+                    reason=event.reason or "",
+                )
+            )
