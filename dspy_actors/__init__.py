@@ -212,3 +212,19 @@ from dspy_actors import streaming  # noqa: E402
 from dspy_actors.streaming import StatusMessage, StreamListener, StreamResponse, streamify  # noqa: E402
 
 __all__ += ["StatusMessage", "StreamListener", "StreamResponse", "streamify", "streaming"]
+
+
+from typing import Any as _Any  # noqa: E402
+
+
+def _open_console(app: App, port: int, **options: _Any) -> _Any:
+    # Imported on first use: the console pulls in Starlette and uvicorn.
+    from dspy_actors.console import start_console
+
+    return start_console(app, port, **options)
+
+
+# App.console opens the console through this: the runtime never imports the views above it.
+from dspy_actors.runtime.app import set_console_opener as _set_console_opener  # noqa: E402
+
+_set_console_opener(_open_console)

@@ -51,11 +51,7 @@ LAYERS: tuple[frozenset[str], ...] = (
 RUNTIME_LAYER = 5  # the index of runtime in LAYERS: below it, no Pykka
 
 # (importing file, imported module): rules broken on purpose for now, with the reason.
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # App.console() is the console's front door on the facade (a lazy import: the console
-    # is an optional view above the runtime; it would move to a console entry point).
-    ("dspy_actors/runtime/app.py", "dspy_actors.console"): "issue 16",
-}
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

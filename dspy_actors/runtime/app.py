@@ -75,6 +75,17 @@ supervisors_log = redaction.get_logger("dspy_actors.runtime")
 redaction.install()
 
 
+# The console is a view above the runtime (docs/ARCHITECTURE.md), so this module does not
+# import it: the package's __init__ (run before any of its submodules) sets the opener.
+_console_opener: Callable[..., Any] | None = None
+
+
+def set_console_opener(opener: Callable[..., Any]) -> None:
+    """Set what ``App.console`` calls (``opener(app, port, **options)``)."""
+    global _console_opener
+    _console_opener = opener
+
+
 class App:
     """A running application tree. Create it with :func:`dspy_actors.start`."""
 
@@ -420,9 +431,12 @@ class App:
     def console(self, port: int = 0, **options: Any) -> Any:
         """Serve the live console of this app on 127.0.0.1:``port`` and return it (a
         ``dspy_actors.console.Console``); see ``dspy_actors.console.start_console``."""
-        from dspy_actors.console import start_console
-
-        return start_console(self, port, **options)
+        if _console_opener is None:
+            raise RuntimeError(
+                "App.console: no console opener is set; import dspy_actors (the package "
+                "sets it) or call dspy_actors.console.start_console(app, port) directly"
+            )
+        return _console_opener(self, port, **options)
 
     # Stopping. ------------------------------------------------------------------------------
 
