@@ -98,6 +98,21 @@ def _kill_once(app: Any, name: str) -> None:
     assert killed == [f"{app.name}/{name}"], killed
 
 
+def _kill_when_held_then_release(
+    app: Any, gated: GatedSim, futures: list[Future[Any]], name: str, held: int = CALLS
+) -> list[Any]:
+    """Once ``held`` answer-step requests wait at the gate, kill ``name`` once, open the
+    gate and return every call's outcome."""
+    wait_until(
+        lambda: gated.count(answer_step=True) >= held,
+        timeout=WAIT_S,
+        what=f"{held} answer-step requests held before killing {name}",
+    )
+    _kill_once(app, name)
+    gated.gate.set()
+    return _outcomes(futures)
+
+
 def test_a_pipeline_step_killed_with_calls_in_flight_answers_them_all(
     start_app: StartApp, gated: GatedSim
 ) -> None:
@@ -105,14 +120,7 @@ def test_a_pipeline_step_killed_with_calls_in_flight_answers_them_all(
     app = start_app(lm=lm)
     qa = app.program("qa", STEPS, timeout=30.0)  # not idempotent: the default
     futures = _send(qa)
-    wait_until(
-        lambda: gated.count(answer_step=True) >= CALLS,
-        timeout=WAIT_S,
-        what="the answer step's requests",
-    )
-    _kill_once(app, "qa@v1/answer")
-    gated.gate.set()
-    outcomes = _outcomes(futures)
+    outcomes = _kill_when_held_then_release(app, gated, futures, "qa@v1/answer")
     assert all(isinstance(o, dsa.Prediction) for o in outcomes), outcomes
     assert gated.count(answer_step=True) >= 2 * CALLS  # each dropped call was sent again
     assert gated.count(answer_step=False) == CALLS  # to its step only: the first ran once
@@ -127,14 +135,7 @@ def test_a_killed_sub_module_leaves_its_composite_serving(
     qa = app.serve("qa", HintThenAnswer(), timeout=30.0)
     entry = app.registry.whereis(f"{app.name}/qa@v1/")
     futures = _send(qa)
-    wait_until(
-        lambda: gated.count(answer_step=True) >= CALLS,
-        timeout=WAIT_S,
-        what="the answer sub-module's requests",
-    )
-    _kill_once(app, "qa@v1/answer")
-    gated.gate.set()
-    outcomes = _outcomes(futures)
+    outcomes = _kill_when_held_then_release(app, gated, futures, "qa@v1/answer")
     assert all(isinstance(o, dsa.Prediction) for o in outcomes), outcomes
     assert gated.count(answer_step=True) >= 2 * CALLS
     assert gated.count(answer_step=False) == CALLS  # forward was not re-run
@@ -151,14 +152,8 @@ def test_a_killed_user_forward_is_retried_only_when_idempotent(
     app = start_app(lm=lm)
     plain = app.serve("plain", HintThenAnswer(), timeout=30.0)
     futures = _send(plain)
-    wait_until(
-        lambda: gated.count(answer_step=True) >= CALLS,
-        timeout=WAIT_S,
-        what="the answer sub-module's requests",
-    )
-    _kill_once(app, "plain@v1/")  # the composite's own actor: its forwards are dropped
-    gated.gate.set()
-    outcomes = _outcomes(futures)
+    # The composite's own actor: its forwards are dropped.
+    outcomes = _kill_when_held_then_release(app, gated, futures, "plain@v1/")
     assert all(isinstance(o, dsa.ModuleCrashed) for o in outcomes), outcomes
     assert not any(o.repeatable for o in outcomes)
     assert gated.count(answer_step=False) == CALLS  # nothing re-ran the user's forward
@@ -167,14 +162,7 @@ def test_a_killed_user_forward_is_retried_only_when_idempotent(
     before = gated.count(answer_step=False)
     opted_in = app.serve("opted", HintThenAnswer(), timeout=30.0, idempotent=True)
     futures = _send(opted_in)
-    wait_until(
-        lambda: gated.count(answer_step=True) >= 2 * CALLS,
-        timeout=WAIT_S,
-        what="the answer sub-module's requests",
-    )
-    _kill_once(app, "opted@v1/")
-    gated.gate.set()
-    outcomes = _outcomes(futures)
+    outcomes = _kill_when_held_then_release(app, gated, futures, "opted@v1/", held=2 * CALLS)
     assert all(isinstance(o, dsa.Prediction) for o in outcomes), outcomes
     assert gated.count(answer_step=False) - before == 2 * CALLS  # forward ran again
     lm.close()
@@ -217,14 +205,7 @@ def test_an_idempotent_call_rides_out_only_the_crashes_max_crash_retries_allows(
         "capped", HintThenAnswer(), timeout=30.0, idempotent=True, max_crash_retries=0
     )
     futures = _send(capped)
-    wait_until(
-        lambda: gated.count(answer_step=True) >= CALLS,
-        timeout=WAIT_S,
-        what="the answer sub-module's requests",
-    )
-    _kill_once(app, "capped@v1/")
-    gated.gate.set()
-    outcomes = _outcomes(futures)
+    outcomes = _kill_when_held_then_release(app, gated, futures, "capped@v1/")
     assert all(isinstance(o, dsa.ModuleCrashed) for o in outcomes), outcomes
     assert gated.count(answer_step=False) == CALLS  # 0 retries: forward never ran again
     lm.close()
