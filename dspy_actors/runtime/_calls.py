@@ -15,9 +15,8 @@ from typing import Any
 import pykka
 
 import supervisors
-from dspy_actors.lm.errors import LMTimeout
 from dspy_actors.runtime._context import CallContext
-from dspy_actors.runtime._errors import DeadlineExceeded, ModuleCrashed, ModuleUnavailable
+from dspy_actors.runtime._errors import ModuleCrashed, ModuleUnavailable
 from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime._messages import Call
 from dspy_actors.runtime._plans import AwaitReply, Pause, Plan, await_reply_blocking, run_plan
@@ -96,13 +95,6 @@ def wait_reply(
     greenlet is parked) until then or until the deadline, whichever comes first.
     """
     return await_reply_blocking(AwaitReply(reply, ctx, path, timeout, kind))
-
-
-def timed_out_beneath(reply: Future[Any]) -> bool:
-    """Whether ``reply`` (done) failed because something beneath the call timed out."""
-    if reply.cancelled():
-        return False
-    return isinstance(reply.exception(), LMTimeout | DeadlineExceeded)
 
 
 def resending_plan(

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import greenlet
 
+from dspy_actors.lm.errors import LMTimeout
 from dspy_actors.runtime._context import CallContext
 from dspy_actors.runtime._errors import DeadlineExceeded
 from dspy_actors.runtime._futures import reject
@@ -77,14 +78,19 @@ def _remaining(step: AwaitReply) -> float | None:
     return step.timeout if remaining is None else min(remaining, step.timeout)
 
 
+def _timed_out_beneath(reply: Future[Any]) -> bool:
+    """Whether ``reply`` (done) failed because something beneath the call timed out."""
+    if reply.cancelled():
+        return False
+    return isinstance(reply.exception(), LMTimeout | DeadlineExceeded)
+
+
 def _expired(step: AwaitReply) -> Any:
     """The outcome of a wait whose time ran out: ``DeadlineExceeded``, unless the reply
     came meanwhile (its answer stands)."""
-    from dspy_actors.runtime._calls import timed_out_beneath
-
     expired = DeadlineExceeded(step.ctx.trace_id, f"{step.kind} {step.path!r}")
     reply = step.reply
-    if not reject(reply, expired) and timed_out_beneath(reply):
+    if not reject(reply, expired) and _timed_out_beneath(reply):
         # What timed out beneath it was this deadline: the call's own error says so.
         raise expired from reply.exception()
     return reply.result(timeout=0)
@@ -95,10 +101,8 @@ def _answer(step: AwaitReply) -> Any:
     had passed was the deadline's (the LM's limit was the time left): ``DeadlineExceeded``
     naming the step, as when this wait's own timeout wakes it first. On a busy machine
     either can wake it first; the caller sees the same error."""
-    from dspy_actors.runtime._calls import timed_out_beneath
-
     remaining = step.ctx.remaining()
-    if remaining is not None and remaining <= 0 and timed_out_beneath(step.reply):
+    if remaining is not None and remaining <= 0 and _timed_out_beneath(step.reply):
         return _expired(step)
     return step.reply.result(timeout=0)
 
