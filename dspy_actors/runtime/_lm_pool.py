@@ -57,7 +57,7 @@ from dspy_actors.lm._lm import LM
 from dspy_actors.lm._rate_limit import RateLimiter
 from dspy_actors.lm._retry_listener import retry_listener
 from dspy_actors.lm.errors import LMError
-from dspy_actors.runtime._context import CallContext, restored
+from dspy_actors.runtime._context import CallContext, capture, restored
 from dspy_actors.runtime._errors import DeadlineExceeded, ModuleUnavailable, Overloaded
 from dspy_actors.runtime._events import LMEnd, LMRetry, LMStart
 from dspy_actors.runtime._futures import reject, resolve
@@ -674,8 +674,6 @@ class PooledLM:
         return getattr(self._lm, name)
 
     def complete(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
-        from dspy_actors.runtime._context import capture
-
         hit = self._lm.cached(messages, **kwargs)
         if hit is not None:
             return hit
