@@ -21,7 +21,7 @@ def start_app(tmp_path: Path, make_lm: Callable[..., LM]) -> Iterator[StartApp]:
     def make(**kw: Any) -> App:
         kw.setdefault("lm", make_lm())
         kw.setdefault("data_dir", tmp_path / f"app{len(apps)}")
-        kw.setdefault("lm_workers", 8)
+        kw.setdefault("lm_max_in_flight", 8)
         app = start(**kw)
         apps.append(app)
         return app

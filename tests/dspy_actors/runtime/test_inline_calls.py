@@ -130,7 +130,7 @@ def recording(start_app: StartApp, sim: SimLM) -> Iterator[tuple[Any, RecordingL
     """An app with 2 LM worker threads, serving "qa" with an LM that records its calls."""
     lm = RecordingLM("openai/sim-model", api_base=sim.openai_base, api_key="k", cache=False)
     try:
-        app = start_app(lm=lm, lm_workers=2)
+        app = start_app(lm=lm, lm_max_in_flight=2)
         yield app, lm
     finally:
         lm.close()

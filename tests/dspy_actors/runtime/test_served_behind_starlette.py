@@ -82,7 +82,7 @@ def test_two_thousand_concurrent_requests_are_all_answered_with_defaults(
     sim.latency = 0.3  # so that the requests really are in flight together
     defaults = inspect.signature(start).parameters
     # The test fixture narrows the LM pool for speed; here the newcomer's defaults hold.
-    app = start_app(lm_workers=defaults["lm_workers"].default)
+    app = start_app(lm_max_in_flight=defaults["lm_max_in_flight"].default)
     handle = app.serve("qa", Predict("question -> answer"))
     with _Uvicorn(_asgi_app(handle)) as port:
         peak = 0
