@@ -19,8 +19,9 @@ from dspy_actors.runtime._lm_pool import Dispatcher, Slot
 
 __all__ = ["Publisher", "SlotHost", "SlotHostActor"]
 
-# How a host publishes lm.* events: asked once per request, None while nobody listens.
-Publisher = Callable[[], Callable[[Any], None] | None]
+# How a host publishes lm.* events: asked once per request, None while nobody listens. Its
+# arguments are the host's business (this actor only hands it over).
+Publisher = Callable[..., Callable[[Any], None] | None]
 
 
 class SlotHost(Protocol):

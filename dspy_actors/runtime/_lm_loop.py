@@ -25,6 +25,7 @@ import asyncio
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from functools import partial
 from typing import Any
@@ -38,7 +39,7 @@ from dspy_actors.lm._types import LMResponse
 from dspy_actors.lm.errors import LMError
 from dspy_actors.runtime._context import restored
 from dspy_actors.runtime._futures import reject
-from dspy_actors.runtime._lm_host import Publisher, SlotHostActor
+from dspy_actors.runtime._lm_host import SlotHostActor
 from dspy_actors.runtime._lm_pool import Dispatcher, LMAttempt, Slot, Work, _is_lm
 from dspy_actors.runtime._streaming_hooks import StreamEnded, run_streamed
 
@@ -46,6 +47,8 @@ __all__ = ["EventLoopThread", "LMLoop"]
 
 _START_SECONDS = 10.0
 _STOP_SECONDS = 5.0
+
+Publisher = Callable[[], Callable[[Any], None] | None]
 
 _log = structlog.get_logger("dspy_actors.runtime.lm")
 

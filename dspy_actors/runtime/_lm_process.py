@@ -54,7 +54,7 @@ from dspy_actors.lm._worker_process import encode_frame, read_frame
 from dspy_actors.lm.errors import LMError
 from dspy_actors.runtime._context import restored
 from dspy_actors.runtime._futures import reject
-from dspy_actors.runtime._lm_host import Publisher, SlotHostActor
+from dspy_actors.runtime._lm_host import SlotHostActor
 from dspy_actors.runtime._lm_pool import Dispatcher, LMAttempt, Slot, Work
 
 __all__ = ["LMProcess", "LMProcessExited", "WorkerProcess"]
@@ -66,6 +66,8 @@ _WRITE_SECONDS = 5.0
 # _HEARTBEAT_TIMEOUT_SECONDS is hung (stopped, or stuck holding its GIL) and is killed.
 _HEARTBEAT_SECONDS = 1.0
 _HEARTBEAT_TIMEOUT_SECONDS = 10.0
+
+Publisher = Callable[[], Callable[[Any], None] | None]
 
 # Per thread: requests handed over while this thread is already sending (see ``send``).
 _sending = threading.local()
