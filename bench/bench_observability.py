@@ -192,11 +192,13 @@ def parts(rounds: int, calls: int) -> None:
 
 
 def pieces(rounds: int, calls: int) -> None:
-    """Each piece of a cached call's observability, timed alone on the events such a call
-    makes (module.start + module.end): steadier on a busy machine than whole calls."""
-    from dspy_actors.console._state import ConsoleState
-    from dspy_actors.metrics import app_metrics
+    """Each piece of a cached call's observability, timed alone: counting the call (what
+    metrics and the console read), the sampler's decision, and for a call that publishes
+    events, the events such a call makes (module.start + module.end): steadier on a busy
+    machine than whole calls."""
     from dspy_actors.runtime import _events as ev
+    from dspy_actors.runtime._call_stats import CallCell
+    from dspy_actors.tracing._sampling import CallSampler
 
     def best(work: Any) -> float:  # CPU us per call, best of ``rounds``
         times = []
@@ -223,8 +225,24 @@ def pieces(rounds: int, calls: int) -> None:
             bus.publish(event)
         bus.flush(30.0)
 
-    print(f"CPU per cached call's events, us (best of {rounds}, {calls} calls)")
-    print(f"  build 2 events (caller)              {best(build):6.1f}")
+    cell = CallCell()
+
+    def count() -> None:
+        for _ in range(calls):
+            cell.ended(0.0001)
+
+    ids = [f"{i:x}-{i}" for i in range(calls)]
+    sampler = CallSampler(TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.1))))
+
+    def decide() -> None:
+        for trace_id in ids:  # asked twice per call: at its start and at its end
+            sampler(trace_id)
+            sampler(trace_id)
+
+    print(f"CPU per cached call, us (best of {rounds}, {calls} calls)")
+    print(f"  count the call (every call)          {best(count):6.1f}")
+    print(f"  sampler's decision x2 (every call)   {best(decide):6.1f}")
+    print(f"  build 2 events (a sampled call)      {best(build):6.1f}")
     print(f"  publish + deliver to a no-op (both)  {best(publish):6.1f}")
     bus.stop()
     with (
@@ -235,22 +253,13 @@ def pieces(rounds: int, calls: int) -> None:
         ) as app,
     ):
         app.serve("qa", dsa.Predict("question -> answer"))
-        metrics, state = app_metrics(app), ConsoleState(app)
-        used = best(lambda: metrics._module_events(batch))
-        print(f"  metrics' batch subscriber            {used:6.1f}")
-        used = best(lambda: state._module_events(batch))
-        print(f"  console's batch subscriber           {used:6.1f}")
-        state.close()
-        metrics.close()
-        for ratio in (1.0, 0.1):
-            provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
-            exporter = _DropSpans()
-            provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=1 << 20))
-            tracing = trace_app(app, provider)
-            used = best(lambda t=tracing: t._events(batch))
-            tracing.close()
-            provider.shutdown()  # (its export thread's work is not in the number above)
-            print(f"  tracing, {ratio:.0%} sampled{'':17s}{used:6.1f}")
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(_DropSpans(), max_queue_size=1 << 20))
+        tracing = trace_app(app, provider)
+        used = best(lambda t=tracing: t._events(batch))
+        tracing.close()
+        provider.shutdown()  # (its export thread's work is not in the number above)
+        print(f"  spans of a sampled call (bus thread) {used:6.1f}")
 
 
 def main() -> None:
