@@ -31,10 +31,6 @@ class EventBridge:
         # The last crash reasons of the root's children: what an exited app reports.
         self.recent_crashes: collections.deque[str] = collections.deque(maxlen=5)
 
-    def publisher_if_wanted(self) -> Callable[[ev.Event], None] | None:
-        """How to publish, or None while nobody listens (then no event is even built)."""
-        return self.events.publish if self.events.subscriptions() else None
-
     def module_publisher(self, trace_id: str | None) -> Callable[[ev.Event], None] | None:
         """How to publish the module events of the call ``trace_id``, or None when nobody
         needs them (``EventBus.call_publisher``)."""
