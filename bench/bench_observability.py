@@ -293,24 +293,34 @@ def main() -> None:
                 rates[name].append(rate)
                 got = seen[name]
                 seen[name] = {k: got.get(k, 0) + counts[k] + more[k] for k in counts}
-    print(f"cached call, us (best of {args.rounds}; every round in brackets)")
+    print(f"cached call, us (best of {args.rounds}; every round in brackets; 'paired': the "
+          "median of each round's on/off, steadier under load)")  # fmt: skip
     for name in configs:
         print(f"  {name:7s} {min(cached[name]):7.1f}  [{_fmt(cached[name])}]  "
-              f"on/off {min(cached[name]) / min(cached['off']):.3f}")  # fmt: skip
+              f"on/off {min(cached[name]) / min(cached['off']):.3f}  "
+              f"paired {_paired(cached[name], cached['off']):.3f}")  # fmt: skip
     print("CPU per cached call (process time, bus thread included), us")
     for name in configs:
         print(f"  {name:7s} {min(cpu[name]):7.0f}  [{_fmt(cpu[name])}]  "
-              f"on/off {min(cpu[name]) / min(cpu['off']):.3f}")  # fmt: skip
+              f"on/off {min(cpu[name]) / min(cpu['off']):.3f}  "
+              f"paired {_paired(cpu[name], cpu['off']):.3f}")  # fmt: skip
     print(f"{args.in_flight} in flight, {args.latency * 1000:.0f} ms LM, calls/s (best of "
           f"{args.rounds}; ideal {args.in_flight / args.latency:.0f}/s)")  # fmt: skip
     for name in configs:
         best = max(rates[name]) / max(rates["off"])
         median = statistics.median(rates[name]) / statistics.median(rates["off"])
         print(f"  {name:7s} {max(rates[name]):7.1f}  [{_fmt(rates[name])}]  "
-              f"on/off {best:.3f}  median on/off {median:.3f}")  # fmt: skip
+              f"on/off {best:.3f}  median on/off {median:.3f}  "
+              f"paired {_paired(rates[name], rates['off']):.3f}")  # fmt: skip
     for name in ("on", "on-10%"):
         print(f"{name}: {seen[name].get('spans', 0)} spans exported, "
               f"{seen[name].get('pushes', 0)} console pushes read")  # fmt: skip
+
+
+def _paired(on: list[float], off: list[float]) -> float:
+    """The median of each round's on/off ratio (rounds run back to back, so a burst of
+    load elsewhere slows both sides of a round alike)."""
+    return statistics.median(a / b for a, b in zip(on, off, strict=True))
 
 
 def _fmt(values: list[float]) -> str:
