@@ -144,6 +144,9 @@ class _InFlight:
     watched: bool = False
     # When the actor accepted the call (time.monotonic()): its latency in the call counts.
     started: float = 0.0
+    # How to publish this call's module events, decided once when it is accepted (None:
+    # nobody needs them), so its end is published if and only if its start was.
+    publish: Callable[[Event], None] | None = None
 
 
 @dataclass(slots=True)
@@ -243,9 +246,9 @@ class ModuleActor(supervisors.SupervisedActor):
             return
         call_id = next(self._ids)
         self.counters.calls += 1
-        record = _InFlight(call, started=time.monotonic())
-        self._inflight[call_id] = record
         publish = self.services.publisher(call.ctx.trace_id)
+        record = _InFlight(call, started=time.monotonic(), publish=publish)
+        self._inflight[call_id] = record
         if publish is not None:
             publish(ModuleStart(trace_id=call.ctx.trace_id, module_path=self.path))
         if call.ctx.streaming is not None:
@@ -411,7 +414,7 @@ class ModuleActor(supervisors.SupervisedActor):
             return
         # Every module.start has its end: a cancelled call ends as an error, "CancelledError".
         self._cell.ended(time.monotonic() - record.started, "CancelledError")
-        publish = self.services.publisher(record.call.ctx.trace_id)
+        publish = record.publish
         if publish is not None:
             publish(
                 ModuleError(
@@ -448,7 +451,7 @@ class ModuleActor(supervisors.SupervisedActor):
             record.call.ctx.streaming.say("module_end_status_message", prediction)
         resolve(record.call.reply, prediction)
         self._cell.ended(time.monotonic() - record.started)
-        publish = self.services.publisher(record.call.ctx.trace_id)
+        publish = record.publish
         if publish is not None:
             publish(ModuleEnd(trace_id=record.call.ctx.trace_id, module_path=self.path))
 
@@ -458,7 +461,7 @@ class ModuleActor(supervisors.SupervisedActor):
             return
         self.counters.errors += 1
         self._cell.ended(time.monotonic() - record.started, type(error).__name__)
-        publish = self.services.publisher(record.call.ctx.trace_id)
+        publish = record.publish
         if publish is not None:
             publish(
                 ModuleError(
