@@ -5,6 +5,7 @@
     .venv/bin/python bench/bench_observability.py --rounds 5 --calls 3000 --total 4096
     .venv/bin/python bench/bench_observability.py --parts     # CPU per cached call, by part
     .venv/bin/python bench/bench_observability.py --pieces    # each piece's CPU, in isolation
+    .venv/bin/python bench/bench_observability.py --threads --calls 20000  # CPU by thread
 
 "on" is what a service would run: ``app.console()`` (which keeps ``/metrics`` too) with one
 browser-like client reading its event stream, and ``trace_app`` with a batch span processor
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import tempfile
 import threading
@@ -262,6 +264,52 @@ def pieces(rounds: int, calls: int) -> None:
         print(f"  spans of a sampled call (bus thread) {used:6.1f}")
 
 
+def _thread_cpu_s() -> dict[str, float]:
+    """CPU seconds (user + system) of each of this process's threads, by thread name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # ended meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        name = names.get(int(tid), stat[stat.index("(") + 1 : stat.rindex(")")])
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def threads(rounds: int, calls: int) -> None:
+    """CPU per cached call by thread (from /proc, 10 ms ticks: use many calls): the
+    caller's thread is as noisy as the machine, the others' (the event bus's, the
+    console's, the span exporter's) are what observability adds there."""
+    configs: dict[str, float | None] = {"off": None, "on-1%": 0.01, "on-10%": 0.1, "on": 1.0}
+    with SimLM() as sim:
+        for _ in range(rounds):
+            for name, sampled in configs.items():
+                with dsa.start(
+                    lm=dsa.LM("openai/sim-model", api_base=sim.openai_base, api_key="sim"),
+                    data_dir=tempfile.mkdtemp(prefix="bench-obs-"),
+                ) as app:
+                    qa = app.serve("qa", dsa.Predict("question -> answer"))
+                    qa.call(question="What is 2 + 3?")
+                    with observed(app, sampled):
+                        for _ in range(500):
+                            qa.call(question="What is 2 + 3?")
+                        app.events.flush(30.0)
+                        before, cpu = _thread_cpu_s(), time.process_time()
+                        for _ in range(calls):
+                            qa.call(question="What is 2 + 3?")
+                        app.events.flush(30.0)
+                        used, after = time.process_time() - cpu, _thread_cpu_s()
+                by_thread = {n: after[n] - before.get(n, 0.0) for n in after}
+                top = sorted(by_thread.items(), key=lambda item: -item[1])[:4]
+                shares = ", ".join(f"{n} {s / calls * 1e6:.1f}" for n, s in top if s > 0)
+                print(f"  {name:7s} process {used / calls * 1e6:6.1f} us/call;  {shares}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -271,7 +319,11 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.05, help="the LM's, seconds")
     parser.add_argument("--parts", action="store_true", help="CPU by part instead")
     parser.add_argument("--pieces", action="store_true", help="each piece's CPU instead")
+    parser.add_argument("--threads", action="store_true", help="CPU by thread instead")
     args = parser.parse_args()
+    if args.threads:
+        threads(args.rounds, args.calls)
+        return
     if args.parts:
         parts(args.rounds, args.calls)
         return
