@@ -42,7 +42,7 @@ def wire_lm_pool(
     config: AppConfig,
     registry: supervisors.Registry,
     router_name: str,
-    publisher: Callable[[], Callable[[ev.Event], None] | None],
+    publisher: Callable[[str | None], Callable[[ev.Event], None] | None],
     on_breaker_transition: Callable[[BreakerTransition], None],
 ) -> LMWiring:
     """The ``lm`` node (rest_for_one: the router, then its workers) for ``config``.
@@ -92,7 +92,7 @@ def wire_lm_pool(
 def _host_specs(
     config: AppConfig,
     dispatcher: Dispatcher,
-    publisher: Callable[[], Callable[[ev.Event], None] | None],
+    publisher: Callable[[str | None], Callable[[ev.Event], None] | None],
 ) -> list[supervisors.ChildSpec]:
     """The slot hosts: ``lm_max_in_flight`` slots spread over the worker processes
     (``lm_processes``), else over the event loops (``lm_loops``)."""
