@@ -194,6 +194,7 @@ class Programs:
             load_state=partial(self._load_state, program.name, program.state_version),
             publisher=self._publisher,
             meter_for=program.meter_for,
+            gone=partial(program.gone, version),
         )
         spec = program.subtree(
             child_id,
