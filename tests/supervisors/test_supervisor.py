@@ -12,10 +12,10 @@ import pykka
 import pytest
 
 import supervisors as sup
+from dspy_actors.testing._clock import FakeClock
 from dspy_actors.testing._polling import wait_until
 from tests.supervisors.actors import (
     EventLog,
-    FakeClock,
     Journal,
     Worker,
     crash,
