@@ -70,7 +70,7 @@ def react_round(sim: SimLM, agents: int, served_first: bool) -> dict[str, float]
 
     def served() -> float:
         with tempfile.TemporaryDirectory() as data:
-            app = dsa.start(lm=lm, data_dir=data, lm_workers=agents)
+            app = dsa.start(lm=lm, data_dir=data, lm_max_in_flight=agents)
             try:
                 handle = app.serve("agent", agent)
                 handle.batch(questions[:2])  # warm the subtree

@@ -69,7 +69,7 @@ def main() -> None:
         )
         with dsa.context(lm=lm):
             results["in-process (sequential)"] = timed(best, args.calls)
-        with dsa.start(lm=lm, data_dir=tempfile.mkdtemp(), lm_workers=max(8, args.n)) as app:
+        with dsa.start(lm=lm, data_dir=tempfile.mkdtemp(), lm_max_in_flight=max(8, args.n)) as app:
             served = app.serve("best", best)
             results["served (fan-out)"] = timed(served.call, args.calls)
         if DSPY_PYTHON.exists():

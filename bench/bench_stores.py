@@ -97,7 +97,7 @@ from dspy_actors.lm import LM
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 base, url, data_dir, upgrades = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 lm = LM("openai/sim-model", api_base=base, api_key="k", cache=False)
-with dsa.start(lm=lm, data_dir=data_dir, store=url, lm_workers=1) as app:
+with dsa.start(lm=lm, data_dir=data_dir, store=url, lm_max_in_flight=1) as app:
     qa = app.serve("qa", dsa.Predict("question -> answer"))
     while not app.stores.listening():
         time.sleep(0.001)

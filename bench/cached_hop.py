@@ -74,7 +74,7 @@ def main() -> int:
         )
         raw = Constant.start()
         try:
-            with dsa.start(lm=lm, data_dir=tempfile.mkdtemp(), lm_workers=2) as app:
+            with dsa.start(lm=lm, data_dir=tempfile.mkdtemp(), lm_max_in_flight=2) as app:
                 handle = app.serve("cached", dsa.Predict("question -> answer"))
                 inproc = dsa.Predict("question -> answer")
                 inproc.lm = lm

@@ -34,7 +34,9 @@ def main(argv: list[str]) -> int:
     processes = int(argv[3]) if len(argv) > 3 else 0
     server = Server("sim-slow", 0.1, dict(os.environ), Path(tempfile.mkdtemp()))
     lm = dsa.LM("openai/gpt-4o-mini", api_base=server.url + "/v1", api_key="k", cache=False)
-    app = dsa.start(lm=lm, data_dir=tempfile.mkdtemp(), lm_workers=threads, lm_processes=processes)
+    app = dsa.start(
+        lm=lm, data_dir=tempfile.mkdtemp(), lm_max_in_flight=threads, lm_processes=processes
+    )
     try:
         call: Callable[[str], Any]
         if mode == "program":

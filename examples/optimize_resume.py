@@ -75,7 +75,7 @@ def score(program: dsa.Module, lm: dsa.LM) -> str:
 
 def run_in_child(api_base: str, data_dir: str) -> None:
     """What the child process runs (until it is killed)."""
-    with dsa.start(lm=lm_for(api_base), data_dir=data_dir, lm_workers=4) as app:
+    with dsa.start(lm=lm_for(api_base), data_dir=data_dir, lm_max_in_flight=4) as app:
         run = app.optimize(
             optimizer(), dsa.Predict("question -> answer"), trainset=TRAIN, valset=DEV,
             run_id=RUN_ID, seed=0,
@@ -120,7 +120,7 @@ def main() -> None:
 
         # 2. The same run_id and data_dir: the run resumes from its checkpoints.
         before = sim.request_count
-        with dsa.start(lm=lm, data_dir=data_dir, lm_workers=4) as app:
+        with dsa.start(lm=lm, data_dir=data_dir, lm_max_in_flight=4) as app:
             run = app.optimize(
                 optimizer(), dsa.Predict("question -> answer"), trainset=TRAIN, valset=DEV,
                 run_id=RUN_ID, seed=0,

@@ -479,7 +479,7 @@ def runtime_ops(
 ) -> tuple[dict[str, Op], Callable[[], None]]:
     """The ops of ``bench/bench_runtime.py``: calls through ``dsa.start(...)`` handles.
 
-    - ``rt_throughput``: a fresh app (fresh LM, ``lm_workers`` = in flight, cache off) on the
+    - ``rt_throughput``: a fresh app (fresh LM, ``lm_max_in_flight`` = in flight, cache off) on the
       100 ms server, ``kind`` ``program`` (a one-step ``app.program`` of a Predict) or
       ``serve`` (``app.serve`` of a Predict); threads calling ``handle.call``.
     - ``rt_warm``: one call per cached path, so that the LM cache holds the answer.
@@ -512,7 +512,7 @@ def runtime_ops(
         dirs.append(data_dir)
         if not processes:  # the default: the LM's HTTP on an event loop, no worker threads
             return dsa.start(lm=lm, data_dir=data_dir)
-        return dsa.start(lm=lm, data_dir=data_dir, lm_workers=workers, lm_processes=processes)
+        return dsa.start(lm=lm, data_dir=data_dir, lm_max_in_flight=workers, lm_processes=processes)
 
     def worker_process_cpu_s(app: Any) -> float:
         """CPU seconds used so far by the app's LM worker processes (from /proc)."""

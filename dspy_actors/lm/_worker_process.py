@@ -10,10 +10,11 @@ Started by ``_worker_main.worker_command()``. The protocol is length-prefixed
 pickles (``write_frame``/``read_frame``) over the child's stdin and stdout, between two
 processes of the same program (so pickle is safe here: nothing else writes to these pipes):
 
-- parent -> child: ``("hello", threads)`` once, then ``("lm", lm_id, WorkerSpec)`` before the
-  first call of each LM, and per call ``("call", call_id, lm_id, messages, params,
-  response_format, timeout, deadline)`` (a ``PreparedCall``'s fields; ``deadline`` is a
-  ``time.monotonic()`` instant, a clock both processes share on Linux);
+- parent -> child: ``("hello", threads)`` once (``threads``: the most calls it sends at
+  once), then ``("lm", lm_id, WorkerSpec)`` before the first call of each LM, and per
+  call ``("call", call_id, lm_id, messages, params, response_format, timeout, deadline)``
+  (a ``PreparedCall``'s fields; ``deadline`` is a ``time.monotonic()`` instant, a clock
+  both processes share on Linux);
 - both ways, the heartbeat: ``("ping",)`` from the parent every second, ``("pong",)`` back
   from the child's main thread (the parent kills a child that stops answering);
 - child -> parent: ``("ready", pid)`` once, then per call ``("done", call_id, ok, value,
@@ -128,16 +129,34 @@ def serve(source: IO[bytes], sink: IO[bytes]) -> None:
         )
         answer(("done", call_id, True, fields, tally.requests, tally.retries))
 
-    # Fixed threads on one SimpleQueue rather than a ThreadPoolExecutor: no Future and no
-    # work-item object per call, and a C queue between the reader and the threads.
+    # Threads on one SimpleQueue rather than a ThreadPoolExecutor: no Future and no
+    # work-item object per call, and a C queue between the reader and the threads. A
+    # thread starts when a call arrives and none is free, up to ``threads`` (the parent's
+    # slots, which bound the calls it sends): the process holds as many threads as it
+    # ever had calls at once, not one per slot (the parent's slots default to thousands).
     work: queue.SimpleQueue[tuple[int, Any, PreparedCall]] = queue.SimpleQueue()
+    free = 0  # threads waiting for a call no other call has claimed (under count_lock)
+    started = 0
+    count_lock = threading.Lock()
 
     def http_thread() -> None:
+        nonlocal free
         while True:
             run(*work.get())
+            with count_lock:
+                free += 1
 
-    for i in range(threads):
-        threading.Thread(target=http_thread, name=f"lm-http-{i}", daemon=True).start()
+    def hand(item: tuple[int, Any, PreparedCall]) -> None:
+        nonlocal free, started
+        with count_lock:
+            if free > 0:
+                free -= 1
+            elif started < threads:
+                started += 1
+                name = f"lm-http-{started}"
+                threading.Thread(target=http_thread, name=name, daemon=True).start()
+        work.put(item)
+
     answer(("ready", os.getpid()))
     while (frame := read_frame(source)) is not None:
         if frame[0] == "lm":
@@ -148,7 +167,7 @@ def serve(source: IO[bytes], sink: IO[bytes]) -> None:
         elif frame[0] == "call":
             _, call_id, lm_id, messages, params, response_format, timeout, deadline = frame
             prepared = PreparedCall(messages, params, response_format, timeout, None, 0.0, deadline)
-            work.put((call_id, lms[lm_id], prepared))
+            hand((call_id, lms[lm_id], prepared))
     # The parent is gone or stopping: nobody waits for the calls still running, so do not
     # wait for them either.
     os._exit(0)

@@ -25,7 +25,6 @@ class AppConfig:
     data_dir: Path
     lm: LM | None
     fallbacks: tuple[LM, ...]
-    lm_workers: int
     lm_max_queue: int
     lm_processes: int
     breaker: Mapping[str, Any]

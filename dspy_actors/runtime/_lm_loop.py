@@ -32,7 +32,6 @@ from typing import Any
 
 import structlog
 
-import supervisors
 from dspy_actors.lm._aio_transport import close_loop_sessions
 from dspy_actors.lm._lm import LM, PreparedCall
 from dspy_actors.lm._retry_listener import retry_listener
@@ -40,6 +39,7 @@ from dspy_actors.lm._types import LMResponse
 from dspy_actors.lm.errors import LMError
 from dspy_actors.runtime._context import restored
 from dspy_actors.runtime._futures import reject
+from dspy_actors.runtime._lm_host import SlotHostActor
 from dspy_actors.runtime._lm_pool import Dispatcher, LMAttempt, Slot, Work, _is_lm
 from dspy_actors.runtime._streaming_hooks import StreamEnded, run_streamed
 
@@ -282,39 +282,20 @@ def _cancel_if_pending(task: asyncio.Task[None]) -> None:
         task.cancel()
 
 
-class LMLoop(supervisors.SupervisedActor):
-    """Owns one :class:`EventLoopThread`: starts it, offers its slots to the pool, and on
-    any exit (crash or stop) cancels its requests, which the pool retries elsewhere."""
+class LMLoop(SlotHostActor[EventLoopThread]):
+    """Owns one :class:`EventLoopThread` (the shared shape: ``_lm_host``); on any exit its
+    requests are cancelled and retried elsewhere."""
 
-    def __init__(
-        self, name: str, dispatcher: Dispatcher, slots: int, publisher: Publisher | None = None
-    ) -> None:
-        super().__init__()
-        self._name = name
-        self._dispatcher = dispatcher
-        self._slots = slots
-        self._publisher = publisher
-        self.loop: EventLoopThread | None = None
+    what = "the LM event loop"
 
-    def on_start(self) -> None:
+    def _open(self) -> EventLoopThread:
         loop = EventLoopThread(self._name, self._dispatcher, self._slots, self._publisher)
         loop.start()
-        self.loop = loop
-        for slot in loop.slots:
-            self._dispatcher.add_worker(slot)
+        return loop
 
-    def describe(self) -> dict[str, Any]:
-        loop = self.loop
-        return {"slots": self._slots, "in_flight": 0 if loop is None else loop.in_flight}
+    def _details(self, host: EventLoopThread) -> dict[str, Any]:
+        return {"in_flight": host.in_flight}
 
-    def _end(self, reason: str) -> None:
-        loop, self.loop = self.loop, None
-        if loop is not None:
-            loop.stop()
-            loop.abandon_requests(reason)
-
-    def on_stop(self) -> None:
-        self._end("the LM event loop was stopped")
-
-    def on_failure(self, _type: Any, value: Any, _tb: Any) -> None:
-        self._end(f"the LM event loop crashed: {value}")
+    @property
+    def loop(self) -> EventLoopThread | None:
+        return self.host

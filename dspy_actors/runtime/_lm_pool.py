@@ -1,40 +1,39 @@
-"""The LM pool: the workers that make LM requests, and the dispatch between them.
+"""The LM pool: the slots that make LM requests, and the dispatch between them.
 
-A worker is a *slot*: one request at a time. By default the slots are an event loop's
-(``runtime.lm_loop``: ``lm_max_in_flight`` slots over ``lm_loops`` loops, a request in
-flight costing a socket and a task, not a thread); with ``lm_workers=N`` each is an
-:class:`LMWorker` thread making one blocking call; with ``lm_processes=N`` a worker
-process's (``runtime.lm_process``). The dispatcher below treats them all alike.
+A slot runs one request at a time. Its host is either an event loop (``runtime._lm_loop``,
+the default: ``lm_max_in_flight`` slots over ``lm_loops`` loops, a request in flight
+costing a socket and a task, not a thread) or, with ``lm_processes=N``, a worker process
+(``runtime._lm_process``); both are supervised actors of one shape (``runtime._lm_host``).
+The dispatcher below treats every slot alike.
 
 Module actors never wait on the LM: they hand an :class:`LMRequest` to the pool and go on
-serving; the request's future is completed by a worker, later. Flow control is per
+serving; the request's future is completed by a slot's host, later. Flow control is per
 deployment (an LM's provider + endpoint + model):
 
 - a bounded queue: past ``max_queue`` waiting requests, new ones fail fast (``Overloaded``);
 - a circuit breaker per deployment: while it is open, requests go to the next fallback
   deployment, or fail fast with ``CircuitOpen``;
 - an optional rate limiter per deployment;
-- a worker that dies without answering is replaced by its supervisor, and its request is
-  retried once on another worker (an LM completion is safe to repeat), then failed clearly.
+- a host that ends without answering (its actor crashed or stopped) withdraws its slots;
+  their requests are retried once on another slot (an LM completion is safe to repeat),
+  then failed clearly (:class:`LMWorkerCrashed`).
 
-The hot path (hand a request to an idle worker; a worker takes the next queued request
-when it finishes) is a short critical section in :class:`Dispatcher`, run by the sending
-and the finishing threads themselves: it costs no extra message hop. The :class:`LMRouter`
-actor owns the dispatcher's lifetime: it registers workers, monitors them (a dead worker's
-request is retried), wakes the queue when a rate limit allows, and, when it restarts,
-fails what was queued. The number of slots is the pool's concurrency; past it and
+The hot path (hand a request to an idle slot; a slot takes the next queued request when it
+finishes) is a short critical section in :class:`Dispatcher`, run by the sending and the
+finishing threads themselves: it costs no extra message hop. The :class:`LMRouter` actor
+owns the dispatcher's lifetime: it wakes the queue when a rate limit allows and, when it
+restarts, fails what was queued. The number of slots is the pool's concurrency; past it and
 ``max_queue`` waiting, a request fails at once with :class:`LMOverloaded`, before any
 breaker is asked. The duration a breaker judges starts when a slot takes the request, so
 time queued here is never a slow call.
 
-Every request takes the same path: sender -> ``Dispatcher.submit`` -> a worker's slot ->
-the worker answers the reply future. (A caller's thread running its own request on an
-idle worker thread's slot, "lending", was removed: measured against the event loops it
-was slower, and it made the path depend on thread-local flags read in three files.)
+Every request takes the same path: sender -> ``Dispatcher.submit`` -> a slot -> its host
+answers the reply future. (LM worker threads, ``lm_workers=N``, and a caller's thread
+running its own request on an idle worker thread's slot, "lending", were removed: measured
+against the event loops both were slower; docs/ARCHITECTURE.md says more.)
 
-Over 400 lines: the dispatcher, its slots and the worker kinds (loop slots, LMWorker threads,
-processes) share Work and Slot; LMWorker leaves with ``lm_workers`` (issue 12), and with it
-about 50 lines.
+Over 400 lines: the dispatcher, its slots, the attempt a slot runs (``LMAttempt``) and
+``PooledLM`` share Work and Slot and change together.
 """
 
 from __future__ import annotations
@@ -77,7 +76,8 @@ def deployment_key(lm: LM) -> str:
 
 
 class LMWorkerCrashed(LMError):
-    """The LM worker running the request died twice; the request was not completed."""
+    """What ran the request (an LM event loop, or a worker process with ``lm_processes``)
+    ended twice before answering it: retried once on another slot, then failed with this."""
 
 
 class LMOverloaded(Overloaded):
@@ -99,7 +99,6 @@ class LMOverloaded(Overloaded):
 class LMPoolConfig:
     """How the LM pool behaves. ``fallbacks`` maps a deployment key to LMs to try instead."""
 
-    workers: int = 64
     max_queue: int = 4096
     fallbacks: Mapping[str, Sequence[LM]] = field(default_factory=dict)
     breaker_factory: Callable[[str], CircuitBreaker] | None = None
@@ -107,13 +106,12 @@ class LMPoolConfig:
 
 
 class PoolWorker(Protocol):
-    """What the dispatcher hands a request to (one at a time): an :class:`LMWorker`'s
-    actor ref, or a slot of an LM worker process (``runtime.lm_process``)."""
+    """What the dispatcher hands a request to (one at a time): a :class:`Slot`."""
 
     @property
     def actor_urn(self) -> str: ...
 
-    def tell(self, message: Any) -> None: ...
+    def send(self, work: Work) -> None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -135,7 +133,7 @@ class Work:
 
 class SlotOwner(Protocol):
     """What runs the requests of its :class:`Slot`s: an LM event loop
-    (``runtime.lm_loop``) or an LM worker process (``runtime.lm_process``)."""
+    (``runtime._lm_loop``) or an LM worker process (``runtime._lm_process``)."""
 
     @property
     def name(self) -> str: ...
@@ -154,8 +152,9 @@ class Slot:
         self._kind = kind
         self.actor_urn = f"{owner.name}/slot-{index}"
 
-    def tell(self, message: Any) -> None:
-        self._owner.send(self, message)
+    def send(self, work: Work) -> None:
+        """Hand ``work`` to this slot's host (the dispatcher's hand-off, after its lock)."""
+        self._owner.send(self, work)
 
     def __repr__(self) -> str:
         return f"<LM {self._kind} slot {self.actor_urn}>"
@@ -165,7 +164,7 @@ class Dispatcher:
     """The pool's shared state: queue, idle workers, busy workers, breakers. Thread-safe.
 
     ``submit`` runs in the sender's thread, ``finished`` in the worker's: each hands work
-    straight to a worker (a tell) while holding the lock only for bookkeeping.
+    straight to a slot (``Slot.send``) after holding the lock only for bookkeeping.
     """
 
     def __init__(self, config: LMPoolConfig) -> None:
@@ -392,10 +391,7 @@ class _Handover:
         for reply, error in self.failures:
             reject(reply, error)
         for worker, work in self.handoffs:
-            try:
-                worker.tell(work)
-            except pykka.ActorDeadError:
-                pass  # Died just now: the router's monitor retries its request.
+            worker.send(work)
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,17 +400,13 @@ class PoolStats:
 
 
 @dataclass(frozen=True, slots=True)
-class _WorkerReady:
-    worker: pykka.ActorRef[Any]
-
-
-@dataclass(frozen=True, slots=True)
 class _Wake:
     pass
 
 
 class LMRouter(supervisors.SupervisedActor):
-    """Owns the dispatcher: registers and monitors workers, wakes rate-limited queues."""
+    """Owns the dispatcher's lifetime: wakes rate-limited queues, fails what is queued when
+    it restarts or stops. (Slot hosts add and withdraw their slots themselves.)"""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         super().__init__()
@@ -424,17 +416,12 @@ class LMRouter(supervisors.SupervisedActor):
 
     def on_start(self) -> None:
         # A restarted router starts over: whatever was queued before is failed clearly
-        # (the workers restart after us, rest_for_one, and register again).
+        # (the slot hosts restart after us, rest_for_one, and add their slots again).
         self.dispatcher.fail_all(ModuleUnavailable("lm pool (restarted)"))
         self.dispatcher.set_waker(self._schedule_wake)
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, _WorkerReady):
-            if self.dispatcher.add_worker(message.worker):
-                supervisors.monitor(message.worker, self.actor_ref)
-        elif isinstance(message, supervisors.Down):
-            self.dispatcher.worker_died(message.actor, message.reason)
-        elif isinstance(message, _Wake):
+        if isinstance(message, _Wake):
             self.dispatcher.wake()
         elif isinstance(message, PoolStats):
             return self.dispatcher.stats()
@@ -473,52 +460,9 @@ class LMRouter(supervisors.SupervisedActor):
         self._shutdown()
 
 
-class LMWorker(supervisors.SupervisedActor):
-    """Runs one LM request at a time (the blocking HTTP call), then takes the next."""
-
-    def __init__(
-        self,
-        router_name: str,
-        registry: supervisors.Registry,
-        dispatcher: Dispatcher,
-        publisher: Callable[[str | None], Callable[[Any], None] | None] | None = None,
-    ) -> None:
-        """``publisher(trace_id)`` gives what to publish ``lm.start``/``lm.end`` events with,
-        asked once per request; None (or a None answer): no events are built."""
-        super().__init__()
-        self._router_name = router_name
-        self._registry = registry
-        self._dispatcher = dispatcher
-        self._publisher = publisher
-
-    def on_start(self) -> None:
-        self._registry.lookup(self._router_name).tell(_WorkerReady(self.actor_ref))
-
-    def on_receive(self, message: Any) -> Any:
-        if not isinstance(message, Work):
-            return super().on_receive(message)
-        started = time.monotonic()
-        try:
-            outcome = self._run(message.pending.request, message.lm, message.key)
-        except Exception:
-            # The caller has its error; we crash next (a bug below us), our slot is freed.
-            self._dispatcher.finished(self.actor_ref, "ignore", time.monotonic() - started)
-            raise
-        # A BaseException (the thread torn down) skips this on purpose: the router then
-        # learns of our death from its monitor and retries the unanswered request.
-        self._dispatcher.finished(self.actor_ref, outcome, time.monotonic() - started)
-        return None
-
-    def _run(self, request: LMRequest, lm: LM, key: str) -> str:
-        attempt = LMAttempt.begin(request, lm, key, self._publisher)
-        if attempt is None:
-            return "ignore"
-        return attempt.run(lm)
-
-
 @dataclass(slots=True, eq=False)
 class LMAttempt:
-    """One request run by a worker (a thread or a process slot): the deadline check and
+    """One request run on a slot (of a loop or a process): the deadline check and
     timeout before it, the ``lm.start``/``lm.end`` events around it, the answer after it,
     and the outcome the breaker counts."""
 

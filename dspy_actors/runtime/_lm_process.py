@@ -8,16 +8,18 @@ actor hands its request to the LM pool and resumes when the reply arrives as a m
 Only the pool's workers differ:
 
 - Each worker process is owned by an :class:`LMProcess` actor under the pool's
-  supervisor, as an Erlang port is owned by the process that opened it. The process
-  offers ``slots`` workers to the pool's dispatcher, each running one request at a time,
-  so the pool's bounds, breakers, rate limits and fallbacks work as with threads.
+  supervisor (the shape every slot host shares: ``_lm_host``). The process offers
+  ``slots`` slots to the pool's dispatcher (``lm_max_in_flight`` spread over the
+  processes), each running one request at a time, so the pool's bounds, breakers, rate
+  limits and fallbacks work as with the event loops. In the process a slot's call holds
+  a thread (``LM.run`` is blocking HTTP); threads start as calls arrive, up to the slots.
 - A request handed to a slot is prepared in the sending thread (parameters resolved in
   the caller's context, cache checked: ``LM.prepare``) and written to the process's pipe;
   the process's reader thread settles the answer (usage, cache, history: ``LM.settle``)
   in the caller's context and completes the reply. No thread waits on the request.
 - If the process dies, its owner crashes and is restarted with a new process; requests the
-  dead process held are retried once on another worker (an LM completion is safe to
-  repeat), as when an LM worker thread dies.
+  dead process held are retried once on another slot (an LM completion is safe to
+  repeat), as when an event loop's actor crashes.
 
 Only a plain :class:`~dspy_actors.lm.LM` can be sent. A call for anything else (an
 LM-like object, an ``LM`` subclass whose overrides a plain LM in the process would skip,
@@ -45,7 +47,6 @@ from typing import IO, Any
 
 import pykka
 
-import supervisors
 from dspy_actors.lm._lm import LM, PreparedCall, WorkerSpec
 from dspy_actors.lm._types import Completion, LMResponse
 from dspy_actors.lm._worker_main import worker_command
@@ -53,6 +54,7 @@ from dspy_actors.lm._worker_process import encode_frame, read_frame
 from dspy_actors.lm.errors import LMError
 from dspy_actors.runtime._context import restored
 from dspy_actors.runtime._futures import reject
+from dspy_actors.runtime._lm_host import SlotHostActor
 from dspy_actors.runtime._lm_pool import Dispatcher, LMAttempt, Slot, Work
 
 __all__ = ["LMProcess", "LMProcessExited", "WorkerProcess"]
@@ -289,8 +291,8 @@ class WorkerProcess:
         return None
 
     def _run_here(self, slot: Slot, lm: Any, attempt: LMAttempt) -> None:
-        """Run a call that cannot go to the process in a thread of this process, as an LM
-        worker thread would. It holds its slot until it ends, so the pool's bound holds."""
+        """Run a call that cannot go to the process in a thread of this process. It holds
+        its slot until it ends, so the pool's bound holds."""
         threading.Thread(
             target=self._dispatcher.run_attempt,
             args=(slot, attempt, lm),
@@ -418,25 +420,14 @@ class _Exited:
     code: int | None
 
 
-class LMProcess(supervisors.SupervisedActor):
-    """Owns one :class:`WorkerProcess`: starts it, offers its slots to the pool, and
-    crashes (to be restarted with a new process) when the process dies."""
+class LMProcess(SlotHostActor[WorkerProcess]):
+    """Owns one :class:`WorkerProcess` (the shared shape: ``_lm_host``), and crashes (to be
+    restarted with a new process) when the process dies."""
 
-    def __init__(
-        self,
-        name: str,
-        dispatcher: Dispatcher,
-        slots: int,
-        publisher: Publisher | None = None,
-    ) -> None:
-        super().__init__()
-        self._name = name
-        self._dispatcher = dispatcher
-        self._slots = slots
-        self._publisher = publisher
-        self.process: WorkerProcess | None = None
+    what = "the LM worker process"
+    ended_by_crash = "died"
 
-    def on_start(self) -> None:
+    def _open(self) -> WorkerProcess:
         ref = self.actor_ref
 
         def exited(code: int | None) -> None:
@@ -449,9 +440,7 @@ class LMProcess(supervisors.SupervisedActor):
             self._name, self._dispatcher, self._slots, self._publisher, on_exit=exited
         )
         process.start()
-        self.process = process
-        for slot in process.slots:
-            self._dispatcher.add_worker(slot)
+        return process
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, _Exited):
@@ -460,18 +449,9 @@ class LMProcess(supervisors.SupervisedActor):
             )
         return super().on_receive(message)
 
-    def describe(self) -> dict[str, Any]:
-        process = self.process
-        return {"pid": None if process is None else process.pid, "slots": self._slots}
+    def _details(self, host: WorkerProcess) -> dict[str, Any]:
+        return {"pid": host.pid}
 
-    def _end(self, reason: str) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            process.stop()
-            process.abandon_requests(reason)
-
-    def on_stop(self) -> None:
-        self._end("the LM worker process was stopped")
-
-    def on_failure(self, _type: Any, value: Any, _tb: Any) -> None:
-        self._end(f"the LM worker process died: {value}")
+    @property
+    def process(self) -> WorkerProcess | None:
+        return self.host

@@ -1,6 +1,7 @@
 """The app's ``lm`` node: the dispatcher (breakers, fallbacks, rate limits) and the
-supervised workers that send its requests (event loops, threads or processes), built from
-the app's settings. Each tree the app starts gets a fresh ``LMWiring``."""
+supervised slot hosts that send its requests (event loops, or worker processes with
+``lm_processes``), built from the app's settings. Each tree the app starts gets a fresh
+``LMWiring``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from dspy_actors.runtime._lm_pool import (
     Dispatcher,
     LMPoolConfig,
     LMRouter,
-    LMWorker,
     deployment_key,
 )
 from dspy_actors.runtime._lm_process import LMProcess
@@ -28,9 +28,6 @@ if TYPE_CHECKING:
 
 # How long an LM worker process may take to start before its start counts as failed.
 _PROCESS_START_SECONDS = 75.0  # beyond the process's own 60 s readiness wait
-
-# LM calls in flight over worker processes when lm_workers does not say.
-PROCESS_SLOTS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +62,13 @@ def wire_lm_pool(
 
     dispatcher = Dispatcher(
         LMPoolConfig(
-            workers=config.lm_workers,
             max_queue=config.lm_max_queue,
             fallbacks=fallbacks,
             breaker_factory=make_breaker,
             rate_limits=limits,
         )
     )
-    workers = _worker_specs(config, registry, router_name, dispatcher, publisher)
+    workers = _host_specs(config, dispatcher, publisher)
     spec = supervisors.Supervisor.child_spec(
         "lm",
         [
@@ -93,16 +89,15 @@ def wire_lm_pool(
     return LMWiring(dispatcher, spec)
 
 
-def _worker_specs(
+def _host_specs(
     config: AppConfig,
-    registry: supervisors.Registry,
-    router_name: str,
     dispatcher: Dispatcher,
     publisher: Callable[[str | None], Callable[[ev.Event], None] | None],
 ) -> list[supervisors.ChildSpec]:
+    """The slot hosts: ``lm_max_in_flight`` slots spread over the worker processes
+    (``lm_processes``), else over the event loops (``lm_loops``)."""
     if config.lm_processes > 0:
-        # The same concurrency, spread over the processes' slots.
-        slots = -(-(config.lm_workers or PROCESS_SLOTS) // config.lm_processes)
+        slots = -(-config.lm_max_in_flight // config.lm_processes)
         return [
             supervisors.ChildSpec(
                 f"process-{i}",
@@ -115,24 +110,13 @@ def _worker_specs(
             )
             for i in range(config.lm_processes)
         ]
-    if config.lm_workers == 0:
-        # The default: event loops, lm_max_in_flight requests spread over them.
-        slots = -(-config.lm_max_in_flight // config.lm_loops)
-        return [
-            supervisors.ChildSpec(
-                f"loop-{i}",
-                LMLoop,
-                args=(f"{config.name}-lm-loop-{i}", dispatcher, slots, publisher),
-                shutdown=10.0,
-            )
-            for i in range(config.lm_loops)
-        ]
+    slots = -(-config.lm_max_in_flight // config.lm_loops)
     return [
         supervisors.ChildSpec(
-            f"worker-{i}",
-            LMWorker,
-            args=(router_name, registry, dispatcher, publisher),
-            shutdown=2.0,
+            f"loop-{i}",
+            LMLoop,
+            args=(f"{config.name}-lm-loop-{i}", dispatcher, slots, publisher),
+            shutdown=10.0,
         )
-        for i in range(config.lm_workers)
+        for i in range(config.lm_loops)
     ]

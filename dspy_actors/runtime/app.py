@@ -50,7 +50,7 @@ from dspy_actors.runtime._dead_letters import DeadLetter
 from dspy_actors.runtime._errors import AppStopped, ModuleCrashed
 from dspy_actors.runtime._event_bridge import EventBridge
 from dspy_actors.runtime._lm_pool import PooledLM
-from dspy_actors.runtime._lm_wiring import PROCESS_SLOTS, wire_lm_pool
+from dspy_actors.runtime._lm_wiring import wire_lm_pool
 from dspy_actors.runtime._parameter_store import ParameterStore
 from dspy_actors.runtime._poison import PoisonTracker
 from dspy_actors.runtime._programs import ProgramLimits, Programs
@@ -487,13 +487,21 @@ def _stop_if_alive(app_ref: weakref.ref[App]) -> None:
         app.stop(timeout=30.0)
 
 
+_LM_WORKERS_REMOVED = (
+    "dsa.start(lm_workers={!r}): lm_workers was removed, LM worker threads are gone (LM "
+    "calls run on event loops, where a call in flight costs a socket, not a thread). "
+    "Bound the LM calls in flight with lm_max_in_flight=N (default 4096) and those waiting "
+    "behind them with lm_max_queue=N; to run LM HTTP off this process, use lm_processes=N"
+)
+
+
 def start(
     *,
     lm: LM | None = None,
     fallbacks: Sequence[LM] = (),
     name: str | None = None,
     data_dir: str | Path | None = None,
-    lm_workers: int = 0,
+    lm_workers: None = None,
     lm_max_queue: int = 4096,
     lm_processes: int = 0,
     breaker: Mapping[str, Any] | None = None,
@@ -531,11 +539,12 @@ def start(
       request in flight costs a socket, not a thread. ``lm_max_queue``: LM requests
       waiting beyond that before ``LMOverloaded`` (an ``Overloaded`` naming both bounds;
       never counted against a circuit breaker).
-    - ``lm_workers``: 0 (the default) uses the event loops; N > 0 runs LM calls in N
-      blocking worker threads instead (N calls in flight), as before the loops.
-    - ``lm_processes``: N > 0 runs LM calls' HTTP in N worker processes (``lm_workers``
-      calls in flight, 64 if 0, spread over them).
-      Each process costs ~0.6 s to start and ~40 MB. See ``dspy_actors.runtime._lm_process``.
+    - ``lm_processes``: N > 0 runs LM calls' HTTP in N worker processes instead of the
+      event loops, off this process's GIL (``lm_max_in_flight`` spread over them; in a
+      process a call in flight holds a thread). Each process costs ~0.6 s to start and
+      ~40 MB. See ``dspy_actors.runtime._lm_process``.
+    - ``lm_workers``: removed (LM worker threads lost every measurement to the event
+      loops); passing it raises TypeError naming what replaces it.
     - ``breaker``: CircuitBreaker options (``failure_rate_threshold``, ``wait_in_open``, ...);
       ``rate_limit``: RateLimiter options per deployment.
     - ``max_in_flight`` per program and ``module_max_in_flight`` per module actor: past
@@ -566,8 +575,8 @@ def start(
         )
     if self_restarts < 0:
         raise ValueError(f"dsa.start(self_restarts=...) must be >= 0, got {self_restarts!r}")
-    if lm_workers < 0:
-        raise ValueError(f"dsa.start(lm_workers=...) must be >= 0, got {lm_workers!r}")
+    if lm_workers is not None:
+        raise TypeError(_LM_WORKERS_REMOVED.format(lm_workers))
     if lm_max_in_flight < 1:
         raise ValueError(f"dsa.start(lm_max_in_flight=...) must be >= 1, got {lm_max_in_flight!r}")
     if not 1 <= lm_loops <= lm_max_in_flight:
@@ -575,10 +584,10 @@ def start(
             f"dsa.start(lm_loops=...) must be between 1 and lm_max_in_flight "
             f"({lm_max_in_flight}), got {lm_loops!r}"
         )
-    if not 0 <= lm_processes <= (lm_workers or PROCESS_SLOTS):
+    if not 0 <= lm_processes <= lm_max_in_flight:
         raise ValueError(
-            f"dsa.start(lm_processes=...) must be between 0 and lm_workers "
-            f"({lm_workers or PROCESS_SLOTS}), got {lm_processes!r}"
+            f"dsa.start(lm_processes=...) must be between 0 and lm_max_in_flight "
+            f"({lm_max_in_flight}: each process takes at least one call), got {lm_processes!r}"
         )
     if lm_processes:
         for each in (lm, *fallbacks):
@@ -594,7 +603,6 @@ def start(
         data_dir=directory,
         lm=lm,
         fallbacks=tuple(fallbacks),
-        lm_workers=lm_workers,
         lm_max_queue=lm_max_queue,
         lm_processes=lm_processes,
         breaker=dict(breaker or {}),

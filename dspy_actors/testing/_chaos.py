@@ -110,7 +110,7 @@ class ChaosMonkey:
 
     Patterns are ``fnmatch`` globs (``*`` also matches ``/``). With ``by="name"`` they match
     registry names (``app1/qa@v1/answer``; ``app1/qa@v1/`` is an ``app.serve``d module's own actor);
-    with ``by="tree"`` they match tree paths from the root (``app1/lm/workers/worker-3``,
+    with ``by="tree"`` they match tree paths from the root (``app1/lm/workers/loop-0``,
     ``app1/modules/qa@v1/answer``), which reaches unnamed actors and supervisors too.
 
     Kills are ``supervisors.kill`` (exit reason ``killed``): the actor finishes the message

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def test_a_module_whose_forward_takes_positions_still_takes_them(sim: SimLM) -> 
 
 def test_a_served_program_called_by_position_names_its_inputs(sim: SimLM, tmp_path: Path) -> None:
     lm = dsa.LM("openai/m", api_base=sim.openai_base, api_key="k", cache=False)
-    with dsa.start(lm=lm, data_dir=tmp_path, lm_workers=2) as app:
+    with dsa.start(lm=lm, data_dir=tmp_path, lm_max_in_flight=2) as app:
         qa = app.serve("qa", dsa.ChainOfThought("question -> answer"))
         steps = app.program("steps", [("intent", dsa.Predict, {"signature": "message -> intent"})])
         before = sim.request_count
@@ -181,7 +182,7 @@ def test_a_state_file_of_another_program_says_what_it_holds(tmp_path: Path) -> N
 
 def test_serving_a_class_instead_of_an_instance_says_so(sim: SimLM, tmp_path: Path) -> None:
     lm = dsa.LM("openai/m", api_base=sim.openai_base, api_key="k", cache=False)
-    with dsa.start(lm=lm, data_dir=tmp_path, lm_workers=2) as app:
+    with dsa.start(lm=lm, data_dir=tmp_path, lm_max_in_flight=2) as app:
         with pytest.raises(TypeError, match=r"got the class ChainOfThought: pass an instance"):
             app.serve("qa", dsa.ChainOfThought)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match=r"step 'answer': Predict\(\) failed: .*"
@@ -194,12 +195,12 @@ def test_a_changed_program_under_a_saved_name_says_how_to_start_afresh(
     sim: SimLM, tmp_path: Path
 ) -> None:
     lm = dsa.LM("openai/m", api_base=sim.openai_base, api_key="k", cache=False)
-    with dsa.start(lm=lm, data_dir=tmp_path, lm_workers=2) as app:
+    with dsa.start(lm=lm, data_dir=tmp_path, lm_max_in_flight=2) as app:
         app.serve("qa", dsa.Predict("question -> answer"))
         with pytest.raises(ValueError, match="a program named 'qa' is already served"):
             app.serve("qa", dsa.ChainOfThought("question -> answer"))
     # A later process, same data_dir, a changed program under the same name:
-    with dsa.start(lm=lm, data_dir=tmp_path, lm_workers=2) as app:
+    with dsa.start(lm=lm, data_dir=tmp_path, lm_max_in_flight=2) as app:
         with pytest.raises(StateError) as caught:
             app.serve("qa", DraftThenAnswer())
         message = str(caught.value)
@@ -214,7 +215,7 @@ def test_a_changed_program_under_a_saved_name_says_how_to_start_afresh(
 
 def test_a_pipeline_upgrade_with_misplaced_state_names_the_step(sim: SimLM, tmp_path: Path) -> None:
     lm = dsa.LM("openai/m", api_base=sim.openai_base, api_key="k", cache=False)
-    with dsa.start(lm=lm, data_dir=tmp_path, lm_workers=2) as app:
+    with dsa.start(lm=lm, data_dir=tmp_path, lm_max_in_flight=2) as app:
         steps = app.program(
             "p", [("answer", dsa.ChainOfThought, {"signature": "question -> answer"})]
         )
@@ -225,3 +226,29 @@ def test_a_pipeline_upgrade_with_misplaced_state_names_the_step(sim: SimLM, tmp_
         good = dsa.ChainOfThought("question -> answer").dump_state()["predict"]
         assert steps.upgrade({"answer.predict": good}) == 2
     lm.close()
+
+
+# -- a removed option -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [0, 8, 64])
+def test_lm_workers_was_removed_and_the_error_names_what_replaces_it(
+    tmp_path: Path, workers: int
+) -> None:
+    threads_before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(TypeError) as caught:
+        dsa.start(data_dir=tmp_path, lm_workers=workers)  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert f"dsa.start(lm_workers={workers})" in message
+    assert "lm_max_in_flight=N" in message  # bounds the calls in flight now
+    assert "lm_max_queue=N" in message
+    assert "lm_processes=N" in message  # LM HTTP off this process
+    # Refused before anything started: no app, no thread left behind.
+    assert {t.ident for t in threading.enumerate()} <= threads_before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lm_processes_takes_its_slots_from_lm_max_in_flight(tmp_path: Path) -> None:
+    expected = r"between 0 and lm_max_in_flight \(2: each process takes at least one call\), got 3"
+    with pytest.raises(ValueError, match=expected):
+        dsa.start(data_dir=tmp_path, lm_processes=3, lm_max_in_flight=2)

@@ -86,21 +86,19 @@ def test_another_provider_gets_live_spans_with_the_same_shape(app: Any) -> None:
     assert chat.attributes["gen_ai.usage.input_tokens"] > 0
 
 
-@pytest.mark.parametrize("lm_workers", [None, 1], ids=["event-loop", "worker-thread"])
-def test_lm_http_retries_are_events_on_the_chat_span(tmp_path: Path, lm_workers: Any) -> None:
+def test_lm_http_retries_are_events_on_the_chat_span(tmp_path: Path) -> None:
     from dspy_actors.lm._retry import RetryPolicy
     from dspy_actors.testing._faults import Fault
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    options: dict[str, Any] = {} if lm_workers is None else {"lm_workers": lm_workers}
     with SimLM() as sim:
         lm = dsa.LM(
             "openai/sim-model", api_base=sim.openai_base, api_key="sim", cache=False,
             retry_policy=RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05),
         )  # fmt: skip
-        with dsa.start(lm=lm, data_dir=tmp_path, **options) as app:
+        with dsa.start(lm=lm, data_dir=tmp_path) as app:
             tracing = trace_app(app, provider)
             qa = app.serve("qa", dsa.Predict("question -> answer"))
             sim.inject(Fault.server_error(), times=2)

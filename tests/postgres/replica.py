@@ -42,7 +42,7 @@ def main(sim_base: str, store: str, data_dir: str) -> None:
     # stdout carries the replies: logs go to stderr.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     lm = LM("openai/sim-model", api_base=sim_base, api_key="test-key", cache=False)
-    app = dsa.start(lm=lm, data_dir=data_dir, store=store, poison_threshold=1, lm_workers=2)
+    app = dsa.start(lm=lm, data_dir=data_dir, store=store, poison_threshold=1, lm_max_in_flight=2)
     try:
         qa = app.serve("qa", dsa.Predict("question -> answer"))
         flaky = app.serve("flaky", Flaky())

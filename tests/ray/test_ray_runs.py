@@ -172,7 +172,7 @@ def test_run_on_cluster_survives_a_worker_node_killed_mid_run(
     optimizer.metric = logged_metric
     executor = RayExecutor(chunk_size=2, threads_per_task=1)
     try:
-        with start(lm=lm, data_dir=tmp_path / "data", lm_workers=4) as app:
+        with start(lm=lm, data_dir=tmp_path / "data", lm_max_in_flight=4) as app:
             run = app.optimize(optimizer, student(), trainset=TRAIN, valset=DEV, seed=SEED,
                                run_id="w1", executor=executor)  # fmt: skip
             wait_until(
@@ -200,7 +200,7 @@ from tests.ray.test_ray_runs import DEV, SEED, TRAIN, make_optimizer, student
 
 url, data_dir, address = sys.argv[1], sys.argv[2], sys.argv[3]
 lm = LM("openai/sim-task", api_base=url, api_key="k", cache=False)
-app = dsa.start(lm=lm, data_dir=data_dir, lm_workers=4, ray_address=address)
+app = dsa.start(lm=lm, data_dir=data_dir, lm_max_in_flight=4, ray_address=address)
 run = app.optimize(make_optimizer(), student(), trainset=TRAIN, valset=DEV, seed=SEED,
                    run_id="d1")
 run.result(120)
@@ -243,7 +243,7 @@ def test_driver_killed_then_the_run_resumes_from_its_checkpoint_elsewhere(
     saved = _saved_steps(db)
     assert 2 <= saved < STEPS
 
-    with start(lm=lm, data_dir=data_dir, lm_workers=4, ray_address=cluster.address) as app:
+    with start(lm=lm, data_dir=data_dir, lm_max_in_flight=4, ray_address=cluster.address) as app:
         run = app.optimize(make_optimizer(), student(), trainset=TRAIN, valset=DEV, seed=SEED,
                            run_id="d1")  # fmt: skip
         program = run.result(120)

@@ -71,7 +71,7 @@ def start_app(make_app: StartApp) -> StartApp:
     stopped after), with 16 LM worker threads unless told otherwise."""
 
     def make(**kw: Any) -> App:
-        kw.setdefault("lm_workers", 16)
+        kw.setdefault("lm_max_in_flight", 16)
         return make_app(**kw)
 
     return make

@@ -130,7 +130,7 @@ def test_apps_without_name_or_data_dir_never_share_state(
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "user-data"))
     lm = lm_on(sim_lm)
     try:
-        first = dsa.start(lm=lm, lm_workers=2)
+        first = dsa.start(lm=lm, lm_max_in_flight=2)
         try:
             qa = first.serve("probe_qa", dsa.Predict("question -> answer"))
             learned = dsa.Predict("question -> answer")
@@ -143,7 +143,7 @@ def test_apps_without_name_or_data_dir_never_share_state(
         assert not private.exists()  # a private data dir goes with its app
         # The next script's default app has the same default name.
         monkeypatch.setattr(app_module, "_app_ids", itertools.count(int(first.name[3:])))
-        second = dsa.start(lm=lm, lm_workers=2)
+        second = dsa.start(lm=lm, lm_max_in_flight=2)
         try:
             assert second.name == first.name
             fresh = second.serve("probe_qa", dsa.Predict("question -> answer"))

@@ -58,7 +58,7 @@ from tests.reliability.test_durable_runs import DEV, OPTIMIZERS, SEED, TRAIN, st
 
 url, data_dir, kind = sys.argv[1], sys.argv[2], sys.argv[3]
 lm = LM("openai/sim-task", api_base=url, api_key="k", cache=False)
-app = dsa.start(lm=lm, data_dir=data_dir, lm_workers=4)
+app = dsa.start(lm=lm, data_dir=data_dir, lm_max_in_flight=4)
 run = start_run(app, OPTIMIZERS[kind](), student(), trainset=TRAIN, valset=DEV, seed=SEED,
                 run_id="d1")
 run.result(300)
@@ -88,7 +88,7 @@ def test_a_run_killed_mid_step_redoes_only_the_calls_in_flight(
 ) -> None:
     # The uninterrupted run: its program and how many LM requests it takes.
     before = sim.request_count
-    with dsa.start(lm=lm, data_dir=tmp_path / "reference", lm_workers=4) as app:
+    with dsa.start(lm=lm, data_dir=tmp_path / "reference", lm_max_in_flight=4) as app:
         reference = start_run(app, OPTIMIZERS[kind](), student(), trainset=TRAIN, valset=DEV,
                               seed=SEED, run_id="d1").result(120)  # fmt: skip
     total = sim.request_count - before
@@ -113,7 +113,7 @@ def test_a_run_killed_mid_step_redoes_only_the_calls_in_flight(
     sim.latency = 0.01
 
     before = sim.request_count
-    with dsa.start(lm=lm, data_dir=data_dir, lm_workers=4) as app:
+    with dsa.start(lm=lm, data_dir=data_dir, lm_max_in_flight=4) as app:
         run = start_run(app, OPTIMIZERS[kind](), student(), trainset=TRAIN, valset=DEV,
                         seed=SEED, run_id="d1")  # fmt: skip
         program = run.result(120)

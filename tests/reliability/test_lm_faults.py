@@ -44,7 +44,7 @@ def test_faulty_provider_every_call_succeeds_through_retries(
 ) -> None:
     sim_lm.faults = _faulty_plan()
     lm = lm_on(sim_lm, retry_policy=PATIENT, timeout=0.25)
-    app = start_app(lm=lm, breaker=BREAKER, lm_workers=32)
+    app = start_app(lm=lm, breaker=BREAKER, lm_max_in_flight=32)
     qa = app.serve("qa", dsa.Predict("question -> answer"))
     ledger = CallLedger(qa, hang_after_s=60.0)
     ledger.run(({"question": f"what is {i} + 1?"} for i in range(300)), concurrency=32)

@@ -105,7 +105,7 @@ def test_nothing_the_app_writes_holds_the_key(
             lm=lm,
             name="secrets",
             data_dir=tmp_path / "data",
-            lm_workers=2,
+            lm_max_in_flight=2,
             log="json",
             poison_threshold=2,
         )

@@ -42,7 +42,7 @@ def test_evaluates_a_served_handle(tmp_path: Path) -> None:
     with task_lm() as (_sim, lm):
         student = dsa.Predict("question -> answer")
         student.demos = [dataset(10, 1)[0]]
-        with start(lm=lm, data_dir=tmp_path, lm_workers=4) as app:
+        with start(lm=lm, data_dir=tmp_path, lm_max_in_flight=4) as app:
             handle = app.serve("reverse", student)
             result = Evaluate(devset=dev, metric=metric, concurrency=4, progress=False)(handle)
     assert result.score == 100.0

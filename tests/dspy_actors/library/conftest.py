@@ -1,5 +1,5 @@
 """Apps for the library tests: the plugin's ``make_app`` (on the test's SimLM, stopped
-after) with 8 LM worker threads unless told otherwise."""
+after) with at most 8 LM calls in flight unless told otherwise."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ StartApp = Callable[..., App]
 @pytest.fixture
 def start_app(make_app: StartApp) -> StartApp:
     def make(**kw: Any) -> App:
-        kw.setdefault("lm_workers", 8)
+        kw.setdefault("lm_max_in_flight", 8)
         return make_app(**kw)
 
     return make

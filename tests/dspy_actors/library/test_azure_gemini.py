@@ -133,7 +133,7 @@ def test_a_worker_process_copy_keeps_the_api_version(sim: SimLM, lms: list[LM]) 
 
 
 def test_served_programs_run_on_azure(sim: SimLM, lms: list[LM], tmp_path: Any) -> None:
-    with dsa.start(lm=_azure(sim, lms), data_dir=tmp_path, lm_workers=2) as app:
+    with dsa.start(lm=_azure(sim, lms), data_dir=tmp_path, lm_max_in_flight=2) as app:
         qa = app.serve("qa", dsa.Predict("question -> answer"))
         assert qa.call(question="What is 3 + 4?").answer == "7"
 

@@ -37,7 +37,7 @@ def test_many_callers_with_faults_and_kills_all_get_an_answer_or_a_clear_error(
 ) -> None:
     sim_lm.latency = 0.01
     sim_lm.inject_rate(Fault.server_error(), rate=0.1)  # retried by the LM
-    app = start_app(lm_workers=16)
+    app = start_app(lm_max_in_flight=16)
     fan = app.serve("fan", Fan())
     ledger = CallLedger(fan, hang_after_s=60)
     with ChaosMonkey(app, seed=7) as monkey:

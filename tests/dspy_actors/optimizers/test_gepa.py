@@ -160,7 +160,7 @@ def test_gepa_under_app_optimize_survives_a_killed_driver(
     with dsa.context(lm=lm):
         reference = optimizer.compile(student(), trainset=TRAIN, valset=VAL)
     calls = sim.request_count - before
-    with start(lm=lm, data_dir=tmp_path / "data", lm_workers=4) as app:
+    with start(lm=lm, data_dir=tmp_path / "data", lm_max_in_flight=4) as app:
         events: list[Any] = []
         app.subscribe("run.progress", events.append)
         before = sim.request_count

@@ -100,7 +100,7 @@ from tests.dspy_actors.optimizers.test_simba import SEED, TRAIN, make_optimizer,
 
 url, data_dir = sys.argv[1], sys.argv[2]
 lm = LM("openai/sim-reflective", api_base=url, api_key="k", cache=False)
-app = dsa.start(lm=lm, data_dir=data_dir, lm_workers=4)
+app = dsa.start(lm=lm, data_dir=data_dir, lm_max_in_flight=4)
 run = app.optimize(make_optimizer(), student(), trainset=TRAIN, seed=SEED, run_id="s9")
 run.result(300)
 """
@@ -145,7 +145,7 @@ def test_kill_9_mid_run_then_app_optimize_resumes_it(task: tuple[Any, LM], tmp_p
     first_process = sim.request_count - before
 
     before = sim.request_count
-    with start(lm=lm, data_dir=data_dir, lm_workers=4) as app:
+    with start(lm=lm, data_dir=data_dir, lm_max_in_flight=4) as app:
         run = app.optimize(make_optimizer(), student(), trainset=TRAIN, seed=SEED, run_id="s9")
         assert isinstance(run, dsa.RunHandle)
         program = run.result(120)

@@ -87,7 +87,7 @@ def test_many_acalls_in_flight_hold_no_thread_each(
     """With 400 acalls in flight the process has no more threads than before them plus
     the LM pool's (bounded) connections: a thread per call would add 400."""
     calls = 400
-    app = start_app(lm_workers=4)
+    app = start_app(lm_max_in_flight=4)
     handle = _serve(app, kind)
     asyncio.run(handle.acall(question="warm up"))  # every actor and LM worker started
     gate = Gate()
@@ -117,7 +117,7 @@ def test_many_acalls_in_flight_hold_no_thread_each(
 def test_cancelling_an_awaiting_caller_frees_its_slots(
     start_app: StartApp, sim: SimLM, kind: str
 ) -> None:
-    app = start_app(lm_workers=2)
+    app = start_app(lm_max_in_flight=2)
     handle = _serve(app, kind)
     gate = Gate()
     sim.respond_with(gate)
@@ -243,7 +243,7 @@ def test_thousands_of_acalls_with_faults_and_kills_each_get_an_answer_or_a_clear
     start_app: StartApp, sim: SimLM, kind: str
 ) -> None:
     calls = 2000
-    app = start_app(lm_workers=16, breaker={"failure_rate_threshold": 1.0})
+    app = start_app(lm_max_in_flight=16, breaker={"failure_rate_threshold": 1.0})
     handle = _serve(app, kind)
     sim.inject_rate(Fault.server_error(500), 0.05)
     sim.inject_rate(Fault.reset(), 0.02)
@@ -316,7 +316,7 @@ class Outer(Module):
 def test_nested_composites_answer_many_acalls_with_few_threads(
     start_app: StartApp, sim: SimLM
 ) -> None:
-    app = start_app(lm_workers=4)
+    app = start_app(lm_max_in_flight=4)
     outer = app.serve("outer", Outer())
     asyncio.run(outer.acall(question="warm up"))
     before = threading.active_count()

@@ -18,7 +18,7 @@ from tests.dspy_actors.runtime.programs import RAG, Retriever
 
 
 def test_start_builds_the_designed_tree_and_stop_leaves_nothing(start_app: StartApp) -> None:
-    app = start_app(name="svc", lm_workers=3)
+    app = start_app(name="svc", lm_max_in_flight=3, lm_loops=2)
     top = [(n.id, n.kind) for n in app.tree().children]
     assert top == [
         ("store", "worker"),
@@ -29,7 +29,7 @@ def test_start_builds_the_designed_tree_and_stop_leaves_nothing(start_app: Start
     ]
     lm = app.tree().children[2]
     assert [c.id for c in lm.children] == ["router", "workers"]
-    assert [c.id for c in lm.children[1].children] == ["worker-0", "worker-1", "worker-2"]
+    assert [c.id for c in lm.children[1].children] == ["loop-0", "loop-1"]
     app.stop()
     assert not app.root.is_alive
 
@@ -70,7 +70,7 @@ def test_served_composite_mirrors_its_composition_and_forward_runs_unchanged(
 
 
 def test_many_callers_at_once_all_get_answers(start_app: StartApp) -> None:
-    app = start_app(lm_workers=16)
+    app = start_app(lm_max_in_flight=16)
     rag = app.serve("rag", RAG())
     results: list[Any] = []
     lock = threading.Lock()
@@ -111,7 +111,7 @@ def test_one_predictor_actor_serves_many_calls_in_flight(start_app: StartApp, si
         return default_responder(request)
 
     sim.respond_with(held_until_ten_in_flight)
-    app = start_app(lm_workers=16)
+    app = start_app(lm_max_in_flight=16)
     qa = app.serve("qa", Predict("question -> answer"))
     futures = [qa.submit(question=f"q{i}") for i in range(12)]
     assert all(f.result(timeout=60.0).answer for f in futures)

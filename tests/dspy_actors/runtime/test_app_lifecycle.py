@@ -29,7 +29,7 @@ def test_an_app_left_running_is_stopped_at_interpreter_exit(sim: SimLM, tmp_path
     script = f"""
 import dspy_actors as dsa
 lm = dsa.LM("openai/sim-model", api_base={sim.openai_base!r}, api_key="k", cache=False)
-app = dsa.start(lm=lm, data_dir={str(tmp_path)!r}, lm_workers=2, lm_processes=1,
+app = dsa.start(lm=lm, data_dir={str(tmp_path)!r}, lm_max_in_flight=2, lm_processes=1,
                 on_exit=lambda reason: print("exited:", reason.kind, flush=True))
 qa = app.serve("qa", dsa.Predict("question -> answer"))
 print("answer:", qa.call(question="hi").answer, flush=True)

@@ -127,10 +127,12 @@ def test_a_call_to_a_busy_actor_waits_its_turn(start_app: StartApp, sim: SimLM) 
 
 @pytest.fixture
 def recording(start_app: StartApp, sim: SimLM) -> Iterator[tuple[Any, RecordingLM]]:
-    """An app with 2 LM worker threads, serving "qa" with an LM that records its calls."""
+    """An app with 2 LM slots and an LM subclass that records its calls' threads. The slots
+    are a worker process's: an LM subclass overriding ``complete`` runs there in a thread of
+    this process holding its slot, through its override (the event loop would skip it)."""
     lm = RecordingLM("openai/sim-model", api_base=sim.openai_base, api_key="k", cache=False)
     try:
-        app = start_app(lm=lm, lm_workers=2)
+        app = start_app(lm=lm, lm_max_in_flight=2, lm_processes=1)
         yield app, lm
     finally:
         lm.close()

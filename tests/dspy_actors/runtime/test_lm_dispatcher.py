@@ -26,8 +26,8 @@ class _Worker:
     def __init__(self) -> None:
         self.got: list[Any] = []
 
-    def tell(self, message: Any) -> None:
-        self.got.append(message)
+    def send(self, work: Any) -> None:
+        self.got.append(work)
 
 
 def _request(lm: LM, timeout: float = 60.0) -> LMRequest:

@@ -83,7 +83,7 @@ def test_calls_from_many_threads_are_answered_through_worker_processes(
     start_app: StartApp, sim: SimLM
 ) -> None:
     sim.respond_with(slow_responder(0.05))
-    app = start_app(lm_processes=2, lm_workers=16)
+    app = start_app(lm_processes=2, lm_max_in_flight=16)
     assert len(_process_pids(app)) == 2
     qa = app.program("qa", [("answer", Predict, {"signature": "question -> answer"})])
     answers: dict[int, Any] = {}
@@ -110,7 +110,7 @@ def test_the_cache_and_settings_stay_in_the_calling_process(
     start_app: StartApp, make_lm: Callable[..., LM], sim: SimLM
 ) -> None:
     lm = make_lm(cache=True, cache_store=Cache(disk_path=None))
-    app = start_app(lm=lm, lm_processes=1, lm_workers=4)
+    app = start_app(lm=lm, lm_processes=1, lm_max_in_flight=4)
     qa = app.serve("qa", Predict("question -> answer"))
     with dsa.context(temperature=0.25):
         first = qa.call(question="What is 2 + 3?").answer
@@ -123,7 +123,7 @@ def test_the_cache_and_settings_stay_in_the_calling_process(
 
 
 def test_errors_keep_their_type_and_retries_are_counted(start_app: StartApp, sim: SimLM) -> None:
-    app = start_app(lm_processes=1, lm_workers=4)
+    app = start_app(lm_processes=1, lm_max_in_flight=4)
     qa = app.serve("qa", Predict("question -> answer"))
     sim.inject(Fault.bad_request("no such parameter: frobnicate"))
     with pytest.raises(BadRequest, match="frobnicate") as caught:
@@ -142,7 +142,7 @@ def test_a_deadline_shorter_than_the_server_fails_the_call_clearly(
     start_app: StartApp, sim: SimLM
 ) -> None:
     sim.respond_with(slow_responder(1.0))
-    app = start_app(lm_processes=1, lm_workers=4)
+    app = start_app(lm_processes=1, lm_max_in_flight=4)
     qa = app.serve("qa", Predict("question -> answer"))
     started = time.monotonic()
     with pytest.raises((DeadlineExceeded, LMTimeout)):
@@ -154,7 +154,7 @@ def test_a_killed_worker_process_is_replaced_and_its_calls_retried(
     start_app: StartApp, sim: SimLM
 ) -> None:
     sim.respond_with(slow_responder(0.4))
-    app = start_app(lm_processes=2, lm_workers=32)
+    app = start_app(lm_processes=2, lm_max_in_flight=32)
     qa = app.serve("qa", Predict("question -> answer"))
     before = _process_pids(app)
     futures = [qa.submit(question=f"q{i}") for i in range(32)]
@@ -178,7 +178,7 @@ def test_a_killed_worker_process_is_replaced_and_its_calls_retried(
 
 
 def test_stopping_the_app_ends_its_worker_processes(start_app: StartApp) -> None:
-    app = start_app(lm_processes=2, lm_workers=4)
+    app = start_app(lm_processes=2, lm_max_in_flight=4)
     pids = _process_pids(app)
     app.stop()
     assert not any(_alive(pid) for pid in pids)
@@ -191,13 +191,13 @@ def test_an_lm_with_an_ssl_context_and_bad_sizes_are_refused_at_start(
     with pytest.raises(ValueError, match="cannot be sent to an LM worker process"):
         start_app(lm=pinned, lm_processes=1)
     with pytest.raises(ValueError, match="lm_processes"):
-        start_app(lm_processes=5, lm_workers=4)
+        start_app(lm_processes=5, lm_max_in_flight=4)
 
 
 def test_calls_that_cannot_be_sent_run_in_this_process_holding_their_slot(
     start_app: StartApp, make_lm: Callable[..., LM], sim: SimLM
 ) -> None:
-    app = start_app(lm_processes=1, lm_workers=2)
+    app = start_app(lm_processes=1, lm_max_in_flight=2)
     qa = app.serve("qa", Predict("question -> answer"))
 
     # An LM-like object: nothing to send; its complete() runs here.
@@ -229,7 +229,7 @@ def test_calls_that_cannot_be_sent_run_in_this_process_holding_their_slot(
 
 
 def test_the_tree_shows_the_worker_processes(start_app: StartApp) -> None:
-    app = start_app(lm_processes=2, lm_workers=4)
+    app = start_app(lm_processes=2, lm_max_in_flight=4)
     tree = str(app.tree())
     assert "process-0 (worker) running" in tree
     assert "process-1 (worker) running" in tree
@@ -244,7 +244,7 @@ def test_under_load_with_processes_killed_repeatedly_no_call_hangs(
     """48 callers; a worker process is SIGKILLed every 0.3 s, four times. Every call ends
     with an answer or with a clear LM error; none is lost or hangs."""
     sim.respond_with(slow_responder(0.1))
-    app = start_app(lm_processes=2, lm_workers=32)
+    app = start_app(lm_processes=2, lm_max_in_flight=32)
     qa = app.serve("qa", Predict("question -> answer"))
     outcomes: list[str] = []
     lock = threading.Lock()
@@ -302,7 +302,7 @@ def test_under_load_with_processes_killed_repeatedly_no_call_hangs(
 
 def test_stopping_the_app_mid_flight_answers_every_call(start_app: StartApp, sim: SimLM) -> None:
     sim.respond_with(slow_responder(0.5))
-    app = start_app(lm_processes=2, lm_workers=8)
+    app = start_app(lm_processes=2, lm_max_in_flight=8)
     qa = app.serve("qa", Predict("question -> answer"))
     pids = _process_pids(app)
     futures = [qa.submit(question=f"q{i}") for i in range(16)]  # 8 running, 8 queued
@@ -380,7 +380,7 @@ def test_thousands_of_queued_requests_answered_at_once_do_not_recurse(sim: SimLM
 def test_lm_events_and_the_breaker_work_as_with_threads(start_app: StartApp, sim: SimLM) -> None:
     app = start_app(
         lm_processes=1,
-        lm_workers=2,
+        lm_max_in_flight=2,
         breaker={
             "window_size": 4,
             "minimum_calls": 3,
@@ -413,7 +413,7 @@ def test_worker_processes_exit_when_their_parent_is_killed(tmp_path: Any, sim: S
 import sys, time
 import dspy_actors as dsa
 lm = dsa.LM("openai/sim-model", api_base={sim.openai_base!r}, api_key="k", cache=False)
-app = dsa.start(lm=lm, data_dir={str(tmp_path)!r}, lm_workers=2, lm_processes=2)
+app = dsa.start(lm=lm, data_dir={str(tmp_path)!r}, lm_max_in_flight=2, lm_processes=2)
 workers = app.root.supervisor("lm").supervisor("workers").which_children()
 print("PIDS", " ".join(str(c.ref.proxy().describe().get(timeout=10)["pid"]) for c in workers))
 sys.stdout.flush()
@@ -445,7 +445,7 @@ time.sleep(120)
 
 
 def test_a_prompt_larger_than_a_pipe_buffer_goes_through(start_app: StartApp, sim: SimLM) -> None:
-    app = start_app(lm_processes=1, lm_workers=4)
+    app = start_app(lm_processes=1, lm_max_in_flight=4)
     qa = app.serve("qa", Predict("question -> answer"))
     question = "What is 2 + 3? " + "padding " * 150_000  # ~1.2 MB, far past 64 KB
     futures = [qa.submit(question=question) for _ in range(4)]
@@ -536,7 +536,7 @@ def test_a_stopped_worker_misses_its_heartbeats_and_is_replaced(
     assert lm_process._HEARTBEAT_TIMEOUT_SECONDS == 10.0
     held = HeldResponder()
     sim.respond_with(held)
-    app = start_app(lm_processes=2, lm_workers=8)
+    app = start_app(lm_processes=2, lm_max_in_flight=8)
     qa = app.serve("qa", Predict("question -> answer"))
     stopped = _process_pids(app)[0]
     futures = [qa.submit(question=f"q{i}") for i in range(8)]
@@ -574,3 +574,31 @@ def test_a_worker_process_imports_only_the_lm_layer() -> None:
     assert not [
         m for m in loaded if m.startswith(("dspy_actors.runtime", "dspy_actors.optimizers"))
     ]
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_a_process_takes_its_slots_from_lm_max_in_flight_and_starts_threads_as_calls_come(
+    start_app: StartApp, sim: SimLM
+) -> None:
+    held = HeldResponder()
+    sim.respond_with(held)
+    app = start_app(lm_processes=2, lm_max_in_flight=200)
+    workers = app.root.supervisor("lm").supervisor("workers").which_children()
+    described = [w.ref.proxy().describe().get(timeout=10) for w in workers if w.ref is not None]
+    assert [d["slots"] for d in described] == [100, 100]  # 200 spread over the two
+    pids = [d["pid"] for d in described]
+    before = sum(_threads(pid) for pid in pids)
+    assert before <= 4  # its main threads only: no thread per slot
+    qa = app.serve("qa", Predict("question -> answer"))
+    futures = [qa.submit(question=f"q{i}") for i in range(6)]
+    try:
+        held.wait_for_arrivals(6)
+        # A thread per call in flight, started as the calls came.
+        assert sum(_threads(pid) for pid in pids) == before + 6
+    finally:
+        held.open()
+    assert all(f.result(timeout=30.0).answer for f in futures)
+    assert sum(_threads(pid) for pid in pids) == before + 6  # kept for the next calls

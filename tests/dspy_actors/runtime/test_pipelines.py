@@ -240,7 +240,7 @@ def test_many_callers_while_a_step_is_killed_all_get_an_answer_or_a_clear_error(
     start_app: StartApp, sim: SimLM, idempotent: bool
 ) -> None:
     sim.respond_with(slow_responder(0.05))
-    app = start_app(lm_workers=16)
+    app = start_app(lm_max_in_flight=16)
     qa = app.program(
         "qa", [("retrieve", Retriever, {"k": 2}), ANSWER], idempotent=idempotent, timeout=30.0
     )

@@ -54,7 +54,7 @@ def test_every_start_option_and_public_name_is_named_by_a_test() -> None:
 def test_rate_limit_paces_lm_requests_in_real_time(start_app: StartApp, sim: SimLM) -> None:
     """20 requests a second, a burst of 1: eleven calls cannot all be sent within 0.5 s
     (a lower bound: a busy machine only makes it later)."""
-    app = start_app(rate_limit={"requests_per_second": 20.0, "burst": 1.0}, lm_workers=4)
+    app = start_app(rate_limit={"requests_per_second": 20.0, "burst": 1.0}, lm_max_in_flight=4)
     qa = app.serve("qa", dsa.Predict("question -> answer"))
     began = time.monotonic()
     futures = [qa.submit(question=f"q{i}") for i in range(11)]
@@ -84,10 +84,10 @@ def test_module_max_in_flight_refuses_a_call_past_it_with_overloaded(
 def test_lm_max_queue_fails_a_request_past_the_queue_at_once(
     start_app: StartApp, sim: SimLM
 ) -> None:
-    """One LM worker busy, one request queued: the next fails fast, naming the bounds."""
+    """One LM slot busy, one request queued: the next fails fast, naming the bounds."""
     held = HeldResponder()
     sim.respond_with(held)
-    app = start_app(lm_workers=1, lm_max_queue=1)
+    app = start_app(lm_max_in_flight=1, lm_max_queue=1)
     qa = app.serve("qa", dsa.Predict("question -> answer"))
     busy = qa.submit(question="busy")
     held.wait_for_arrivals(1)

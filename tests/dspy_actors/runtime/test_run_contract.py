@@ -90,7 +90,7 @@ def sim() -> Iterator[SimLM]:
 @pytest.fixture
 def app(sim: SimLM, tmp_path: Path) -> Iterator[App]:
     lm = lm_on(sim, "openai/sim-task")
-    with start(lm=lm, data_dir=tmp_path / "data", lm_workers=2) as running:
+    with start(lm=lm, data_dir=tmp_path / "data", lm_max_in_flight=2) as running:
         yield running
     lm.close()
 

@@ -56,7 +56,7 @@ def reference(sim: SimLM, lm: LM) -> tuple[dict[str, Any], int]:
 
 @pytest.fixture
 def app(lm: LM, tmp_path: Path, make_app: Callable[..., App]) -> App:
-    return make_app(lm=lm, data_dir=tmp_path / "data", lm_workers=4)
+    return make_app(lm=lm, data_dir=tmp_path / "data", lm_max_in_flight=4)
 
 
 def test_run_reports_progress_checkpoints_and_matches_compile(
@@ -167,7 +167,7 @@ from tests.dspy_actors.runtime.test_runs import DEV, SEED, TRAIN, make_optimizer
 
 url, data_dir, store = sys.argv[1], sys.argv[2], sys.argv[3] or None
 lm = LM("openai/sim-task", api_base=url, api_key="k", cache=False)
-app = dsa.start(lm=lm, data_dir=data_dir, lm_workers=4, store=store)
+app = dsa.start(lm=lm, data_dir=data_dir, lm_max_in_flight=4, store=store)
 run = start_run(app, make_optimizer(), student(), trainset=TRAIN, valset=DEV, seed=SEED,
                 run_id="p1")
 run.result(120)
@@ -232,7 +232,7 @@ def test_kill_9_of_the_process_then_resume_in_another(
 
     before = sim.request_count
     resumer_dir = data_dir if store is None else tmp_path / "other-replica"
-    with start(lm=lm, data_dir=resumer_dir, lm_workers=4, store=store) as app:
+    with start(lm=lm, data_dir=resumer_dir, lm_max_in_flight=4, store=store) as app:
         run = start_run(app, make_optimizer(), student(), trainset=TRAIN, valset=DEV,
                         seed=SEED, run_id="p1")  # fmt: skip
         program = run.result(60)

@@ -87,7 +87,7 @@ def test_hot_upgrade_under_load_fails_no_call(start_app: StartApp, sim: SimLM) -
         return default_responder(request)
 
     sim.respond_with(slowish)
-    app = start_app(lm_workers=16)
+    app = start_app(lm_max_in_flight=16)
     rag = app.serve("rag", RAG())
     stop = threading.Event()
     errors: list[BaseException] = []

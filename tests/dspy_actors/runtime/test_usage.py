@@ -19,7 +19,7 @@ from tests.dspy_actors.runtime.programs import RAG
 def test_each_callers_meter_counts_exactly_its_own_calls(
     start_app: StartApp, sim: SimLM, lm_processes: int
 ) -> None:
-    app = start_app(lm_processes=lm_processes, lm_workers=8)
+    app = start_app(lm_processes=lm_processes, lm_max_in_flight=8)
     qa = app.serve("qa", Predict("question -> answer"))
     meters = [UsageMeter() for _ in range(12)]
 
@@ -92,7 +92,7 @@ def test_cache_hits_cost_no_tokens_through_the_runtime(
 def test_a_served_composite_reports_its_usage_and_each_modules(
     start_app: StartApp, sim: SimLM, lm_processes: int
 ) -> None:
-    app = start_app(lm_processes=lm_processes, lm_workers=8)
+    app = start_app(lm_processes=lm_processes, lm_max_in_flight=8)
     rag = app.serve("rag", RAG())
     run_in_threads(lambda i: rag.call(question=f"question {i}"), 16)
     lm = app.lm

@@ -179,7 +179,7 @@ def test_kill_lm_process_sigkills_a_worker_process_and_no_call_is_lost(
 ) -> None:
     sim_lm.latency = 0.1
     lm = dsa.LM("openai/sim-model", api_base=sim_lm.openai_base, api_key="sim", cache=False)
-    with dsa.start(lm=lm, data_dir=tmp_path, lm_workers=16, lm_processes=2) as app:
+    with dsa.start(lm=lm, data_dir=tmp_path, lm_max_in_flight=16, lm_processes=2) as app:
         monkey = ChaosMonkey(app, seed=3)
         qa = app.serve("qa", dsa.Predict("question -> answer"))
         ledger = CallLedger(qa, hang_after_s=30)
