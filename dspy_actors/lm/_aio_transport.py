@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -31,8 +30,6 @@ from typing import Any
 
 import aiohttp
 import httpx
-from multidict import CIMultiDict
-from yarl import URL
 
 from dspy_actors.lm.transport import ClientPool
 
@@ -53,8 +50,8 @@ _STREAM_READ_BUFSIZE = 16 * 1024
 class AioTarget:
     """Where one URL's requests go: the URL, headers, and proxy (with its credentials)."""
 
-    url: URL  # parsed once, not per request
-    headers: CIMultiDict[str]  # in aiohttp's own form: not converted per request
+    url: str
+    headers: Mapping[str, str]
     proxy: str | None
     proxy_headers: Mapping[str, str] | None  # Proxy-Authorization, from the proxy URL
     needs_thread: bool  # a SOCKS proxy: aiohttp cannot reach it
@@ -93,8 +90,7 @@ class AioClients:
                 # Sent to the proxy itself (absolute form): aiohttp adds proxy_headers only
                 # to a CONNECT. Never to an https:// origin: those headers go in the tunnel.
                 headers.update(auth)
-            origin = URL(str(_without_userinfo(sync.url)))
-            found = AioTarget(origin, CIMultiDict(headers), proxy_url, auth, socks)
+            found = AioTarget(str(_without_userinfo(sync.url)), headers, proxy_url, auth, socks)
             if len(self._targets) >= 16:
                 self._targets.clear()  # an LM posts to one URL: a bound, not a policy
             self._targets[url] = found
@@ -129,7 +125,7 @@ class AioClients:
             headers=target.headers,
             proxy=target.proxy,
             proxy_headers=target.proxy_headers,
-            timeout=_total_timeout(timeout),
+            timeout=aiohttp.ClientTimeout(total=timeout),
         ) as response:
             body = await response.read()
             return response.status, response.headers, body
@@ -161,12 +157,6 @@ class AioClients:
         if session is not None:
             _loop_sessions.get(loop, set()).discard(session)
             await session.close()
-
-
-@functools.lru_cache(maxsize=64)
-def _total_timeout(seconds: float) -> aiohttp.ClientTimeout:
-    # Most requests carry the LM's own timeout: one immutable object for each value.
-    return aiohttp.ClientTimeout(total=seconds)
 
 
 async def close_loop_sessions() -> None:
