@@ -28,6 +28,9 @@ from tests.dspy_actors.optimizers.task import dataset, metric, responder
 from tests.ray.conftest import NODE, REPO
 
 ray = pytest.importorskip("ray")
+
+# One worker runs this whole module: its Ray cluster (module fixture) then starts once.
+pytestmark = pytest.mark.xdist_group("ray-cluster")
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 from dspy_actors.distributed import RayExecutor  # noqa: E402
