@@ -11,8 +11,6 @@ call) runs in its own process (bench_core.Server). Each peer runs in its own pro
     - ours, ``dsa.start()`` defaults: ``await handle.acall`` of a served Predict, of a
       three-step ``app.program`` (pure-Python retrieve, Predict, Predict: two LM calls)
       and of a served composite whose ``forward`` calls two sub-modules (two LM calls);
-    - ours with ``lm_workers`` = in flight (the LM pool's worker count, today's bound on
-      LM calls in flight; issue-12lm replaces those threads with event loops);
     - DSPy 3.4.1: ``await dspy.Predict(...).acall`` from the same number of tasks;
     - the server's ceiling: a raw asyncio HTTP/1.1 client (a keep-alive connection per
       task) posting a prebuilt request to the same server;
@@ -127,11 +125,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     if args.shape == "cached":
         return _ours_cached(args, dsa, Cache, Predict)
     lm = dsa.LM(f"openai/{MODEL}", api_base=args.url + "/v1", api_key=KEY, cache=False)
-    kwargs: dict[str, Any] = {}
-    if args.lm_workers:
-        kwargs["lm_workers"] = args.lm_workers
-        kwargs["lm_max_queue"] = max(4096, args.in_flight * 2)
-    with tempfile.TemporaryDirectory() as data, dsa.start(lm=lm, data_dir=data, **kwargs) as app:
+    with tempfile.TemporaryDirectory() as data, dsa.start(lm=lm, data_dir=data) as app:
         if args.shape == "predict":
             handle = app.serve("p", Predict("question -> answer"))
         elif args.shape == "pipeline":
@@ -315,14 +309,6 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
                 (f"ours {shape}", OURS_PY, ["--ours", "--shape", shape], lm_calls[shape])
                 for shape in ("predict", "pipeline", "composite")
             ]
-            peers.append(
-                (
-                    "ours predict lm_workers=in_flight",
-                    OURS_PY,
-                    ["--ours", "--shape", "predict", "--lm-workers", str(k)],
-                    1,
-                )
-            )
             if not args.no_dspy and DSPY_PY.exists():
                 peers.append(("dspy 3.4.1 Predict.acall", DSPY_PY, ["--dspy"], 1))
             peers.append(("raw asyncio client (server ceiling)", OURS_PY, ["--raw"], 1))
@@ -369,7 +355,6 @@ def main() -> None:
     parser.add_argument("--url", default="")
     parser.add_argument("--in-flight", type=int, default=256)
     parser.add_argument("--total", type=int, default=1024)
-    parser.add_argument("--lm-workers", type=int, default=0)
     args = parser.parse_args()
     if args.ours or args.dspy or args.raw:
         result = run_ours(args) if args.ours else run_dspy(args) if args.dspy else run_raw(args)

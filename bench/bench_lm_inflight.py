@@ -19,7 +19,7 @@ count and peak RSS (VmHWM), and RSS per call in flight above an idle app.
     .venv/bin/python bench/bench_lm_inflight.py --latency 10 --in-flight 8192 --rounds 1 \
         --cases raw pool
     .venv/bin/python bench/bench_lm_inflight.py --latency 0.1 --in-flight 64 256 --rounds 20 \
-        --cases raw call --lm-workers 256      # the opt-in worker threads (and lending)
+        --cases raw call --lm-processes 2      # the LM's HTTP in 2 worker processes
 """
 
 from __future__ import annotations
@@ -96,7 +96,6 @@ def one_case(
     in_flight: int,
     calls: int,
     acall_threads: bool,
-    lm_workers: int = 0,
     lm_processes: int = 0,
 ) -> dict[str, Any]:
     raise_open_files_limit(40_000)
@@ -138,9 +137,6 @@ def one_case(
         }
         if case == "acall" and acall_threads:
             options["submit_threads"] = in_flight
-        if lm_workers:  # the opt-in LM worker threads instead of the event loop
-            options["lm_workers"] = lm_workers
-            result["lm_workers"] = lm_workers
         if lm_processes:  # the opt-in LM worker processes
             options["lm_processes"] = lm_processes
             result["lm_processes"] = lm_processes
@@ -230,7 +226,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cases", nargs="+", default=["raw", "pool", "acall", "call"])
     parser.add_argument("--acall-threads", action="store_true")
-    parser.add_argument("--lm-workers", type=int, default=0, help="dsa.start(lm_workers=N)")
     parser.add_argument("--lm-processes", type=int, default=0, help="dsa.start(lm_processes=N)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -242,7 +237,6 @@ def main(argv: list[str] | None = None) -> int:
             args.in_flight[0],
             args.in_flight[0] * args.rounds,
             args.acall_threads,
-            args.lm_workers,
             args.lm_processes,
         )
         print(json.dumps(row), flush=True)
@@ -266,7 +260,6 @@ def main(argv: list[str] | None = None) -> int:
                 if args.acall_threads:
                     argv_child.append("--acall-threads")
                 if case != "raw":
-                    argv_child += ["--lm-workers", str(args.lm_workers)]
                     argv_child += ["--lm-processes", str(args.lm_processes)]
                 done = subprocess.run(argv_child, capture_output=True, text=True, timeout=1800)
                 lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]

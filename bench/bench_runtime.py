@@ -9,13 +9,13 @@ own process (one with no latency, one with 100 ms), each peer is a long-lived su
 interleaved and rotated, and the numbers reported are medians over rounds.
 
 (1) throughput at 100 ms latency, 16, 64 and 256 calls in flight from threads, uncached:
-    ours through ``handle.call`` of a one-step ``app.program`` of a Predict (LM HTTP in
-    worker threads, the default, and in 2 worker processes: ``lm_processes=2``, whose CPU
-    is added to the client's) and of an ``app.serve`` of a Predict (a fresh app per run,
-    ``lm_workers`` = in flight); for
+    ours through ``handle.call`` of a one-step ``app.program`` of a Predict (LM HTTP on
+    the LM event loop, the default, and in 2 worker processes: ``lm_processes=2``, whose
+    CPU is added to the client's) and of an ``app.serve`` of a Predict (a fresh app per
+    run, the defaults); for
     reference our Predict called from the same threads without the runtime; DSPy: threads
     calling ``dspy.Predict``; the server ceiling: a minimal keep-alive socket client. The
-    runtime's threads' CPU per call (LM workers, module and pipeline actors) is read from
+    runtime's threads' CPU per call (the LM loop, module and pipeline actors) is read from
     /proc/self/task/*/schedstat.
     examples/s against the ideal ``in_flight / 0.1 s``, steady and end to end (see
     ``bench_core.py``; the targets use the steady throughput, DSPy's included).

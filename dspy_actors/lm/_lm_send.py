@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import orjson
 
 from dspy_actors.lm._aio_transport import AioClients, aiter_sse
 from dspy_actors.lm._retry import RetryLoop, RetryPolicy, acall_with_retries, call_with_retries
@@ -35,8 +36,30 @@ from dspy_actors.lm.providers._base import Provider, StreamAccumulator, iter_sse
 from dspy_actors.lm.transport import ClientPool
 from dspy_actors.redaction import redact
 
-# Built once: json.dumps with options builds a new encoder on every call.
+# The fallback for a body orjson refuses (a non-str dict key, an int beyond 64 bits):
+# built once, as json.dumps with options builds a new encoder on every call.
 _BODY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_body(body: Any) -> bytes:
+    """``body`` as compact UTF-8 JSON. orjson first: it runs on the LM loop's thread for
+    every request and takes ~1 us where the stdlib encoder takes ~10 (measured on a
+    Predict's body); the stdlib keeps the cases orjson refuses working as before. (A NaN,
+    which no JSON reader accepts, goes out as ``null``.)"""
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return _BODY_ENCODER.encode(body).encode()
+
+
+def decode_answer(body: bytes) -> Any:
+    """A JSON answer's value: orjson (~3 us where json.loads takes ~10 on a completion),
+    json.loads for what orjson rejects (NaN and Infinity literals); ValueError if neither
+    reads it."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:  # (a ValueError)
+        return json.loads(body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +136,7 @@ class _Sending:
             if exc.endpoint is None:
                 raise BadRequest(str(exc), endpoint=self.endpoint, model=self.model) from exc
             raise
-        return _BODY_ENCODER.encode(body).encode()
+        return encode_body(body)
 
     def _requests(self, prepared: PreparedCall, stream: bool) -> tuple[bytes, int]:
         """The body to send and how many times: once, or ``n`` times with ``n=1`` for a
@@ -194,7 +217,7 @@ class _Sending:
         if status >= 300:
             raise self._http_error(status, headers, body)
         try:
-            data = json.loads(body)
+            data = decode_answer(body)
         except ValueError as exc:
             raise MalformedResponse(
                 f"HTTP {status} with a body that is not JSON: {body[:200]!r}",
