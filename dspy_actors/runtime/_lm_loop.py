@@ -45,27 +45,12 @@ from dspy_actors.runtime._streaming_hooks import StreamEnded, run_streamed
 
 __all__ = ["EventLoopThread", "LMLoop"]
 
-try:  # uvloop where it exists (not on Windows): see new_event_loop
-    from uvloop import new_event_loop as _uvloop_new_event_loop
-except ImportError:  # pragma: no cover - the platforms uvloop has no wheels for
-    _new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
-else:
-    _new_loop = _uvloop_new_event_loop
-
 _START_SECONDS = 10.0
 _STOP_SECONDS = 5.0
 
 Publisher = Callable[[str | None], Callable[[Any], None] | None]
 
 _log = structlog.get_logger("dspy_actors.runtime.lm")
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """The LM loop's event loop: uvloop's where it is installed, asyncio's otherwise.
-    The loop's one thread carries every LM request's HTTP, so its CPU per request bounds
-    the process's LM throughput under the GIL; uvloop's loop and socket transports cost
-    less of it than asyncio's pure-Python ones (measured in docs/benchmarks.md)."""
-    return _new_loop()
 
 
 class EventLoopThread:
@@ -78,7 +63,7 @@ class EventLoopThread:
         self._dispatcher = dispatcher
         self._publisher = publisher
         self.slots = [Slot(self, i, "loop") for i in range(slots)]
-        self._loop = new_event_loop()
+        self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=f"{name}-loop", daemon=True)
         self._running = threading.Event()
         self._closing = False
