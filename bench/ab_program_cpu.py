@@ -1,7 +1,7 @@
 """Two builds of the runtime, same run: CPU per call by thread of a one-step ``app.program``.
 
     .venv/bin/python bench/ab_program_cpu.py --base-tree /tmp/base 256 2 --rounds 6
-    .venv/bin/python bench/ab_program_cpu.py --base-env NO_UVLOOP=1 256 2   # one option off
+    .venv/bin/python bench/ab_program_cpu.py --base-env SOME_SWITCH=1 256 2   # an env switch off
 
 "base" runs the package from ``--base-tree`` (a copy of another commit's tree, e.g.
 ``git archive <commit> dspy_actors | tar -x -C /tmp/base``) or this tree with
@@ -12,8 +12,6 @@ least CPU per call, the highest rate: on a shared machine the best trial is the 
 disturbed). Reported per build, medians over rounds: calls/s, process CPU per call, and
 the CPU per call of the LM loop's thread and of the module actor's (from
 /proc/self/task/*/schedstat). Compare the two builds of one run, not runs.
-
-``NO_UVLOOP=1`` in a child's environment runs the LM loop on asyncio's loop.
 """
 
 from __future__ import annotations
@@ -58,12 +56,6 @@ def _cpu_ns_by_role() -> dict[str, int]:
 def child(url: str, threads: int, per_thread: int, trials: int) -> dict[str, float]:
     import dspy_actors as dsa
 
-    if os.environ.get("NO_UVLOOP"):
-        import asyncio
-
-        import dspy_actors.runtime._lm_loop as lm_loop
-
-        lm_loop._new_loop = asyncio.new_event_loop
     lm = dsa.LM("openai/gpt-4o-mini", api_base=url + "/v1", api_key="k", cache=False)
     app = dsa.start(lm=lm, data_dir=tempfile.mkdtemp(prefix="bench-ab-"))
     try:
