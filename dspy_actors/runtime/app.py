@@ -52,6 +52,7 @@ from dspy_actors.runtime._lm_pool import PooledLM
 from dspy_actors.runtime._lm_wiring import PROCESS_SLOTS, wire_lm_pool
 from dspy_actors.runtime._parameter_store import ParameterStore
 from dspy_actors.runtime._poison import PoisonTracker
+from dspy_actors.runtime._pool_options import check_breaker, check_rate_limit
 from dspy_actors.runtime._programs import ProgramLimits, Programs
 from dspy_actors.runtime._quarantine import Quarantine
 from dspy_actors.runtime._run_plan import RunnableOptimizer
@@ -581,6 +582,8 @@ def start(
             if each is not None:
                 each.worker_spec()  # fails now, not on the first call, for an LM it cannot send
     check_store_url(store)
+    breaker = check_breaker({} if breaker is None else breaker)  # here, not in a crash loop
+    rate_limit = None if rate_limit is None else check_rate_limit(rate_limit)
     if store_retry_for < 0:
         raise ValueError(f"dsa.start(store_retry_for=...) must be >= 0, got {store_retry_for!r}")
     app_name = name or f"app{next(_app_ids)}"
