@@ -49,6 +49,7 @@ from dspy_actors.runtime._dead_letters import DeadLetter
 from dspy_actors.runtime._errors import AppStopped, ModuleCrashed
 from dspy_actors.runtime._event_bridge import EventBridge
 from dspy_actors.runtime._lm_pool import PooledLM
+from dspy_actors.runtime._lm_user_calls import check_served_lm
 from dspy_actors.runtime._lm_wiring import PROCESS_SLOTS, wire_lm_pool
 from dspy_actors.runtime._parameter_store import ParameterStore
 from dspy_actors.runtime._poison import PoisonTracker
@@ -577,10 +578,13 @@ def start(
             f"dsa.start(lm_processes=...) must be between 0 and lm_workers "
             f"({lm_workers or PROCESS_SLOTS}), got {lm_processes!r}"
         )
+    for each in (lm, *fallbacks):
+        check_served_lm(each, "dsa.start(lm=..., fallbacks=...)")
     if lm_processes:
         for each in (lm, *fallbacks):
-            if each is not None:
-                each.worker_spec()  # fails now, not on the first call, for an LM it cannot send
+            worker_spec = getattr(each, "worker_spec", None)  # (a custom LM runs in threads)
+            if worker_spec is not None:
+                worker_spec()  # fails now, not on the first call, for an LM it cannot send
     check_store_url(store)
     breaker = check_breaker({} if breaker is None else breaker)  # here, not in a crash loop
     rate_limit = None if rate_limit is None else check_rate_limit(rate_limit)
