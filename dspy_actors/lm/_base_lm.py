@@ -167,6 +167,11 @@ class BaseLM:
             raise self._forward_error("aforward", error) from error
         return self._settle(raw, messages, sent, start)
 
+    def cached(self, messages: list[dict[str, Any]], **kwargs: Any) -> None:
+        """The cached answer to this call: never one (a custom LM's answers are not cached,
+        as in DSPy). Asked by the runtime's pooled LM before it sends a call."""
+        return None
+
     def _forward_error(self, method: str, error: Exception) -> LMForwardError:
         text = redact(f"{type(error).__name__}: {error}")
         return LMForwardError(f"{type(self).__name__}.{method} raised {text}", model=self.model)

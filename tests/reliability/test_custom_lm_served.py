@@ -134,3 +134,24 @@ def test_an_lm_subclass_defining_forward_is_refused_at_start(
     ):
         make_app(lm=lm)
     lm.close()
+
+
+def test_an_optimization_run_calls_the_custom_lm_through_the_pool(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app(lm=ComputingLM(), lm_max_in_flight=4)
+    starts: list[Any] = []
+    app.subscribe("lm.start", starts.append)
+    train = [
+        dsa.Example(question=q, answer=q.upper()).with_inputs("question")
+        for q in ("ab", "cd", "ef", "gh")
+    ]
+    optimizer = dsa.BootstrapFewShot(
+        metric=lambda example, pred, trace=None: example.answer == pred.answer,
+        max_bootstrapped_demos=2,
+        max_labeled_demos=0,
+    )
+    program = app.optimize(optimizer, dsa.Predict(QA), trainset=train).result(60)
+    assert len(program.demos) == 2
+    assert app.events.flush(30.0)
+    assert {e.model for e in starts} == {"computing"}  # the run's calls went through the pool
