@@ -155,3 +155,18 @@ def test_an_optimization_run_calls_the_custom_lm_through_the_pool(
     assert len(program.demos) == 2
     assert app.events.flush(30.0)
     assert {e.model for e in starts} == {"computing"}  # the run's calls went through the pool
+
+
+@pytest.mark.parametrize("workers", [{"lm_workers": 3}, {"lm_processes": 1}])
+def test_every_worker_kind_runs_the_custom_forward(
+    make_app: Callable[..., App], workers: dict[str, int]
+) -> None:
+    """Worker threads call it in place; worker processes cannot take a custom LM (only a
+    plain LM's HTTP goes there), so its calls run in threads of this process."""
+    app = make_app(lm=ComputingLM(), **workers)
+    qa = app.serve("qa", dsa.Predict(QA))
+    assert [p.answer for p in qa.batch([{"question": f"x{i}"} for i in range(5)])] == [
+        f"X{i}" for i in range(5)
+    ]
+    with pytest.raises(dsa.LMForwardError, match="cannot answer 'crash'"):
+        qa.call(question="crash")
