@@ -27,6 +27,7 @@ from dspy_actors.testing import lm_on, wait_until
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.optimizers.task import dataset, metric, responder
 from tests.ray.conftest import NODE, REPO
+from tests.reliability.custom_lms import ComputingLM
 
 ray = pytest.importorskip("ray")
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
@@ -314,3 +315,22 @@ def test_app_stop_disconnects_the_ray_driver_its_runs_connected(cluster: Any, si
     assert child.returncode == 0, child.stderr[-3000:]
     assert "values [1, 2, 3] connected True" in child.stdout
     assert "after stop connected False" in child.stdout
+
+
+def upper_matches(example: Example, prediction: Any, trace: Any = None) -> bool:
+    return bool(example.answer == prediction.answer)
+
+
+def test_a_custom_lm_is_rebuilt_on_every_node(cluster: Any) -> None:
+    """A ``dsa.BaseLM`` subclass crosses to the workers by its ``dump_state`` (its class
+    by import path), and its ``forward`` answers there."""
+    devset = [
+        Example(question=f"word{i}", answer=f"WORD{i}").with_inputs("question") for i in range(8)
+    ]
+    executor = RayExecutor(chunk_size=2, threads_per_task=2)
+    with dsa.context(lm=ComputingLM(temperature=0.0)):
+        result = Evaluate(devset=devset, metric=upper_matches, progress=False,
+                          executor=executor)(student())  # fmt: skip
+    assert result.score == 100.0
+    assert executor.stats.chunks == 4
+    assert len(executor.stats.chunks_by_node) >= 2

@@ -65,8 +65,8 @@ class ComputingLM(dsa.BaseLM):
     """Answers in ChatAdapter's format without any server: the question upper-cased.
     A question containing "crash" makes ``forward`` raise (a bug in the user's LM)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__("computing", **kwargs)
+    def __init__(self, model: str = "computing", **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
 
     def forward(self, prompt: Any = None, messages: Any = None, **kwargs: Any) -> Any:
         text = str(messages[-1]["content"])

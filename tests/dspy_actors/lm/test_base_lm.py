@@ -109,7 +109,6 @@ def test_copy_and_state_follow_dspy() -> None:
     assert state["_dspy_lm_class"].endswith("custom_lms.ComputingLM")
     with pytest.raises(ValueError, match="allow_custom_lm_class=True"):
         dsa.BaseLM.load_state(state)
-    state.pop("model")  # ComputingLM names its own model
-    rebuilt = dsa.BaseLM.load_state({**state}, allow_custom_lm_class=True)
+    rebuilt = dsa.BaseLM.load_state(state, allow_custom_lm_class=True)
     assert isinstance(rebuilt, ComputingLM)
     assert rebuilt.kwargs["temperature"] == 0.5
