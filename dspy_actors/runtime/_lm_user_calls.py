@@ -103,7 +103,12 @@ class UserCalls:
         """Start ``attempt``'s call (from the sender's thread); the slot frees when it ends."""
         acomplete = async_entry(lm)
         if acomplete is not None:
-            self._loop.call_soon_threadsafe(self._begin, slot, attempt, acomplete)
+            try:
+                self._loop.call_soon_threadsafe(self._begin, slot, attempt, acomplete)
+            except RuntimeError:
+                # The loop is closed: its actor is ending, and withdraws this slot with its
+                # request (retried elsewhere) when it does.
+                pass
             return
         with self._lock:
             if self._stopped:
