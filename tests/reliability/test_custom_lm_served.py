@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 import dspy_actors as dsa
+import supervisors
 from dspy_actors.lm import LM
 from dspy_actors.runtime._lm_user_calls import MAX_THREADS
 from dspy_actors.runtime.app import App
 from dspy_actors.testing import SimLM
+from dspy_actors.testing._polling import wait_until
 from tests.reliability.custom_lms import ComputingLM, HttpAforwardLM, HttpForwardLM
 
 QA = "question -> answer"
@@ -152,6 +154,7 @@ def test_an_optimization_run_calls_the_custom_lm_through_the_pool(
         max_labeled_demos=0,
     )
     program = app.optimize(optimizer, dsa.Predict(QA), trainset=train).result(60)
+    assert isinstance(program, dsa.Predict)
     assert len(program.demos) == 2
     assert app.events.flush(30.0)
     assert {e.model for e in starts} == {"computing"}  # the run's calls went through the pool
@@ -170,3 +173,27 @@ def test_every_worker_kind_runs_the_custom_forward(
     ]
     with pytest.raises(dsa.LMForwardError, match="cannot answer 'crash'"):
         qa.call(question="crash")
+
+
+@pytest.mark.parametrize("kind", [HttpForwardLM, HttpAforwardLM], ids=["forward", "aforward"])
+def test_a_loop_killed_mid_flight_loses_no_custom_lm_call(
+    make_app: Callable[..., App], kind: type[dsa.BaseLM]
+) -> None:
+    """Killing one of two LM loops while its custom-LM calls are in flight: a running
+    forward answers its caller (the request is not sent twice), an aforward task is
+    cancelled and its request retried on the other loop; every call gets its answer."""
+    with SimLM(latency=0.5) as sim:
+        lm = kind(sim.openai_base)
+        app = make_app(lm=lm, lm_loops=2, lm_max_in_flight=64)
+        qa = app.serve("qa", dsa.Predict(QA))
+        futures = [qa.submit(question=f"q{i}") for i in range(40)]
+        wait_until(lambda: sim.request_count >= 20)
+        loops = app.root.supervisor("lm").supervisor("workers")
+        before = [info.ref for info in loops.which_children()]
+        assert before[0] is not None
+        supervisors.kill(before[0])
+        answers = [f.result(timeout=60.0) for f in futures]
+        assert all(a.answer for a in answers)
+        wait_until(lambda: loops.which_children()[0].ref not in (None, before[0]))
+        assert qa.call(question="after").answer
+        app.stop()
