@@ -32,7 +32,7 @@ import importlib
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TextIO
 
 from dspy_actors._callbacks import reporting_lm_call
 from dspy_actors.lm._history import format_history, record_history
@@ -247,11 +247,11 @@ class BaseLM:
         self.history.append(entry)
         record_history(entry)
 
-    def inspect_history(self, n: int = 1) -> str:
-        """Print this LM's last ``n`` calls (messages by role, then outputs); return the
-        text too."""
+    def inspect_history(self, n: int = 1, file: TextIO | None = None) -> str:
+        """Print this LM's last ``n`` calls (messages by role, then outputs) to ``file``
+        (default: stdout), as DSPy does; return the text too."""
         text = format_history(self.history[-n:] if n > 0 else [])
-        print(text)
+        print(text, file=file)
         return text
 
     # ------------------------------------------------------------------ state

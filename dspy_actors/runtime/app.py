@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, cast
 
 import supervisors
 from dspy_actors import _settings as settings
@@ -67,6 +67,7 @@ from dspy_actors.runtime.handle import ProgramHandle
 from dspy_actors.runtime.runs import RunHandle, cancel_all, start_run
 
 if TYPE_CHECKING:
+    from dspy_actors.lm._base_lm import BaseLM
     from dspy_actors.lm._lm import LM
 
 __all__ = ["App", "AppConfig", "ServedProgram", "start"]
@@ -487,8 +488,8 @@ def _stop_if_alive(app_ref: weakref.ref[App]) -> None:
 
 def start(
     *,
-    lm: LM | None = None,
-    fallbacks: Sequence[LM] = (),
+    lm: LM | BaseLM | None = None,
+    fallbacks: Sequence[LM | BaseLM] = (),
     name: str | None = None,
     data_dir: str | Path | None = None,
     lm_workers: int = 0,
@@ -595,8 +596,10 @@ def start(
     config = AppConfig(
         name=app_name,
         data_dir=directory,
-        lm=lm,
-        fallbacks=tuple(fallbacks),
+        # A custom LM (BaseLM) stands where an LM does: the pool runs its own code for it
+        # (runtime/_lm_user_calls.py) and reads only what both have (model, api_base...).
+        lm=cast("LM | None", lm),
+        fallbacks=cast("tuple[LM, ...]", tuple(fallbacks)),
         lm_workers=lm_workers,
         lm_max_queue=lm_max_queue,
         lm_processes=lm_processes,

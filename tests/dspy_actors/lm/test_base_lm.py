@@ -4,6 +4,7 @@ the LM called directly, its state and history)."""
 from __future__ import annotations
 
 import asyncio
+import io
 
 import pytest
 
@@ -29,7 +30,9 @@ def test_called_directly_returns_outputs_and_keeps_dspy_history(sim_lm: SimLM) -
     assert entry["model_type"] == "chat"
     assert entry["response"]["choices"]  # the raw OpenAI-shaped response, as in DSPy
     assert sim_lm.requests[-1].body["temperature"] == 0.3  # forward merged self.kwargs
-    assert "Say hi" in lm.inspect_history(1)
+    printed = io.StringIO()
+    assert "Say hi" in lm.inspect_history(1, file=printed)
+    assert "Say hi" in printed.getvalue()
 
 
 def test_predict_chain_of_thought_and_react_run_on_it(sim_lm: SimLM) -> None:
