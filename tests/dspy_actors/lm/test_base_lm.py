@@ -115,3 +115,24 @@ def test_copy_and_state_follow_dspy() -> None:
     rebuilt = dsa.BaseLM.load_state(state, allow_custom_lm_class=True)
     assert isinstance(rebuilt, ComputingLM)
     assert rebuilt.kwargs["temperature"] == 0.5
+
+
+def test_its_own_callbacks_hear_a_direct_call_and_its_crash() -> None:
+    heard: list[tuple[str, object]] = []
+
+    class Recorder(dsa.BaseCallback):
+        def on_lm_start(self, call_id: str, instance: object, inputs: dict[str, object]) -> None:
+            heard.append(("start", inputs["messages"]))
+
+        def on_lm_end(
+            self, call_id: str, outputs: object, exception: BaseException | None = None
+        ) -> None:
+            heard.append(("end", outputs if exception is None else type(exception).__name__))
+
+    lm = ComputingLM(callbacks=[Recorder()])
+    assert lm("[[ ## question ## ]]\nab") == ["[[ ## answer ## ]]\nAB\n\n[[ ## completed ## ]]"]
+    with pytest.raises(dsa.LMForwardError):
+        lm("[[ ## question ## ]]\ncrash")
+    assert [kind for kind, _ in heard] == ["start", "end", "start", "end"]
+    assert heard[1][1] == ["[[ ## answer ## ]]\nAB\n\n[[ ## completed ## ]]"]
+    assert heard[3][1] == "LMForwardError"
