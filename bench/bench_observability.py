@@ -5,6 +5,7 @@
     .venv/bin/python bench/bench_observability.py --rounds 5 --calls 3000 --total 4096
     .venv/bin/python bench/bench_observability.py --parts     # CPU per cached call, by part
     .venv/bin/python bench/bench_observability.py --pieces    # each piece's CPU, in isolation
+    .venv/bin/python bench/bench_observability.py --threads --calls 20000  # CPU by thread
 
 "on" is what a service would run: ``app.console()`` (which keeps ``/metrics`` too) with one
 browser-like client reading its event stream, and ``trace_app`` with a batch span processor
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import tempfile
 import threading
@@ -192,11 +194,13 @@ def parts(rounds: int, calls: int) -> None:
 
 
 def pieces(rounds: int, calls: int) -> None:
-    """Each piece of a cached call's observability, timed alone on the events such a call
-    makes (module.start + module.end): steadier on a busy machine than whole calls."""
-    from dspy_actors.console._state import ConsoleState
-    from dspy_actors.metrics import app_metrics
+    """Each piece of a cached call's observability, timed alone: counting the call (what
+    metrics and the console read), the sampler's decision, and for a call that publishes
+    events, the events such a call makes (module.start + module.end): steadier on a busy
+    machine than whole calls."""
     from dspy_actors.runtime import _events as ev
+    from dspy_actors.runtime._call_stats import CallCell
+    from dspy_actors.tracing._sampling import CallSampler
 
     def best(work: Any) -> float:  # CPU us per call, best of ``rounds``
         times = []
@@ -223,8 +227,24 @@ def pieces(rounds: int, calls: int) -> None:
             bus.publish(event)
         bus.flush(30.0)
 
-    print(f"CPU per cached call's events, us (best of {rounds}, {calls} calls)")
-    print(f"  build 2 events (caller)              {best(build):6.1f}")
+    cell = CallCell()
+
+    def count() -> None:
+        for _ in range(calls):
+            cell.ended(0.0001)
+
+    ids = [f"{i:x}-{i}" for i in range(calls)]
+    sampler = CallSampler(TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.1))))
+
+    def decide() -> None:
+        for trace_id in ids:  # asked twice per call: at its start and at its end
+            sampler(trace_id)
+            sampler(trace_id)
+
+    print(f"CPU per cached call, us (best of {rounds}, {calls} calls)")
+    print(f"  count the call (every call)          {best(count):6.1f}")
+    print(f"  sampler's decision x2 (every call)   {best(decide):6.1f}")
+    print(f"  build 2 events (a sampled call)      {best(build):6.1f}")
     print(f"  publish + deliver to a no-op (both)  {best(publish):6.1f}")
     bus.stop()
     with (
@@ -235,22 +255,59 @@ def pieces(rounds: int, calls: int) -> None:
         ) as app,
     ):
         app.serve("qa", dsa.Predict("question -> answer"))
-        metrics, state = app_metrics(app), ConsoleState(app)
-        used = best(lambda: metrics._module_events(batch))
-        print(f"  metrics' batch subscriber            {used:6.1f}")
-        used = best(lambda: state._module_events(batch))
-        print(f"  console's batch subscriber           {used:6.1f}")
-        state.close()
-        metrics.close()
-        for ratio in (1.0, 0.1):
-            provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
-            exporter = _DropSpans()
-            provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=1 << 20))
-            tracing = trace_app(app, provider)
-            used = best(lambda t=tracing: t._events(batch))
-            tracing.close()
-            provider.shutdown()  # (its export thread's work is not in the number above)
-            print(f"  tracing, {ratio:.0%} sampled{'':17s}{used:6.1f}")
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(_DropSpans(), max_queue_size=1 << 20))
+        tracing = trace_app(app, provider)
+        used = best(lambda t=tracing: t._events(batch))
+        tracing.close()
+        provider.shutdown()  # (its export thread's work is not in the number above)
+        print(f"  spans of a sampled call (bus thread) {used:6.1f}")
+
+
+def _thread_cpu_s() -> dict[str, float]:
+    """CPU seconds (user + system) of each of this process's threads, by thread name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # ended meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        name = names.get(int(tid), stat[stat.index("(") + 1 : stat.rindex(")")])
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def threads(rounds: int, calls: int) -> None:
+    """CPU per cached call by thread (from /proc, 10 ms ticks: use many calls): the
+    caller's thread is as noisy as the machine, the others' (the event bus's, the
+    console's, the span exporter's) are what observability adds there."""
+    configs: dict[str, float | None] = {"off": None, "on-1%": 0.01, "on-10%": 0.1, "on": 1.0}
+    with SimLM() as sim:
+        for _ in range(rounds):
+            for name, sampled in configs.items():
+                with dsa.start(
+                    lm=dsa.LM("openai/sim-model", api_base=sim.openai_base, api_key="sim"),
+                    data_dir=tempfile.mkdtemp(prefix="bench-obs-"),
+                ) as app:
+                    qa = app.serve("qa", dsa.Predict("question -> answer"))
+                    qa.call(question="What is 2 + 3?")
+                    with observed(app, sampled):
+                        for _ in range(500):
+                            qa.call(question="What is 2 + 3?")
+                        app.events.flush(30.0)
+                        before, cpu = _thread_cpu_s(), time.process_time()
+                        for _ in range(calls):
+                            qa.call(question="What is 2 + 3?")
+                        app.events.flush(30.0)
+                        used, after = time.process_time() - cpu, _thread_cpu_s()
+                by_thread = {n: after[n] - before.get(n, 0.0) for n in after}
+                top = sorted(by_thread.items(), key=lambda item: -item[1])[:4]
+                shares = ", ".join(f"{n} {s / calls * 1e6:.1f}" for n, s in top if s > 0)
+                print(f"  {name:7s} process {used / calls * 1e6:6.1f} us/call;  {shares}")
 
 
 def main() -> None:
@@ -262,7 +319,11 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.05, help="the LM's, seconds")
     parser.add_argument("--parts", action="store_true", help="CPU by part instead")
     parser.add_argument("--pieces", action="store_true", help="each piece's CPU instead")
+    parser.add_argument("--threads", action="store_true", help="CPU by thread instead")
     args = parser.parse_args()
+    if args.threads:
+        threads(args.rounds, args.calls)
+        return
     if args.parts:
         parts(args.rounds, args.calls)
         return
@@ -284,24 +345,34 @@ def main() -> None:
                 rates[name].append(rate)
                 got = seen[name]
                 seen[name] = {k: got.get(k, 0) + counts[k] + more[k] for k in counts}
-    print(f"cached call, us (best of {args.rounds}; every round in brackets)")
+    print(f"cached call, us (best of {args.rounds}; every round in brackets; 'paired': the "
+          "median of each round's on/off, steadier under load)")  # fmt: skip
     for name in configs:
         print(f"  {name:7s} {min(cached[name]):7.1f}  [{_fmt(cached[name])}]  "
-              f"on/off {min(cached[name]) / min(cached['off']):.3f}")  # fmt: skip
+              f"on/off {min(cached[name]) / min(cached['off']):.3f}  "
+              f"paired {_paired(cached[name], cached['off']):.3f}")  # fmt: skip
     print("CPU per cached call (process time, bus thread included), us")
     for name in configs:
         print(f"  {name:7s} {min(cpu[name]):7.0f}  [{_fmt(cpu[name])}]  "
-              f"on/off {min(cpu[name]) / min(cpu['off']):.3f}")  # fmt: skip
+              f"on/off {min(cpu[name]) / min(cpu['off']):.3f}  "
+              f"paired {_paired(cpu[name], cpu['off']):.3f}")  # fmt: skip
     print(f"{args.in_flight} in flight, {args.latency * 1000:.0f} ms LM, calls/s (best of "
           f"{args.rounds}; ideal {args.in_flight / args.latency:.0f}/s)")  # fmt: skip
     for name in configs:
         best = max(rates[name]) / max(rates["off"])
         median = statistics.median(rates[name]) / statistics.median(rates["off"])
         print(f"  {name:7s} {max(rates[name]):7.1f}  [{_fmt(rates[name])}]  "
-              f"on/off {best:.3f}  median on/off {median:.3f}")  # fmt: skip
+              f"on/off {best:.3f}  median on/off {median:.3f}  "
+              f"paired {_paired(rates[name], rates['off']):.3f}")  # fmt: skip
     for name in ("on", "on-10%"):
         print(f"{name}: {seen[name].get('spans', 0)} spans exported, "
               f"{seen[name].get('pushes', 0)} console pushes read")  # fmt: skip
+
+
+def _paired(on: list[float], off: list[float]) -> float:
+    """The median of each round's on/off ratio (rounds run back to back, so a burst of
+    load elsewhere slows both sides of a round alike)."""
+    return statistics.median(a / b for a, b in zip(on, off, strict=True))
 
 
 def _fmt(values: list[float]) -> str:

@@ -3,12 +3,14 @@
     metrics = dspy_actors.metrics.app_metrics(app)   # starts counting (once per app)
     body, content_type = metrics.exposition()        # what /metrics serves
 
-Counters and histograms of calls are plain numbers kept per module path and per deployment
-(``_CallCounts``), added to in batches by a batch subscriber of the app's events (one lock
-per batch, no Prometheus object touched per call) and turned into metric families only when
-scraped; gauges (breaker state, LM requests in flight and queued, calls in flight per
-program) and usage (tokens, cost, retries) are read from the app when scraped. The names
-are listed in docs/observability.md and in ``METRIC_NAMES``.
+Module calls are counted where they are answered, with no event per call (the app's
+``call_stats``: per module path calls, errors by type and latency buckets) and read when
+scraped. LM requests are plain numbers per deployment (``_CallCounts``), added to in batches
+by a batch subscriber of the app's ``lm.end`` events (one lock per batch, no Prometheus
+object touched per request); both become metric families only when scraped. Gauges
+(breaker state, LM requests in flight and queued, calls in flight per program) and usage
+(tokens, cost, retries) are read from the app when scraped. The names are listed in
+docs/observability.md and in ``METRIC_NAMES``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from prometheus_client.registry import Collector
 import supervisors
 from dspy_actors._stop_hooks import forget_stop_hook, on_stop
 from dspy_actors.runtime import _events as ev
+from dspy_actors.runtime._call_stats import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from dspy_actors.runtime.app import App
@@ -55,7 +58,7 @@ METRIC_NAMES = (
     "dspy_actors_events_dropped_total",
 )
 
-_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_LATENCY_BUCKETS = LATENCY_BUCKETS  # the same buckets for module calls and LM requests
 _BREAKER_STATES = ("closed", "open", "half_open")
 
 
@@ -85,11 +88,8 @@ class _Latencies:
 
 @dataclass
 class _CallCounts:
-    """What the call metrics count, as plain numbers (read under the metrics' lock)."""
+    """What the LM metrics count, as plain numbers (read under the metrics' lock)."""
 
-    module_calls: dict[str, int] = field(default_factory=dict)
-    module_latency: dict[str, _Latencies] = field(default_factory=dict)
-    module_errors: dict[tuple[str, str], int] = field(default_factory=dict)
     lm_requests: dict[tuple[str, str, str], int] = field(default_factory=dict)
     lm_latency: dict[str, _Latencies] = field(default_factory=dict)
     lm_tokens: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -119,11 +119,9 @@ class AppMetrics:
         self._counts = _CallCounts()
         r.register(_CallCollector(self))
         r.register(_ScrapeTimeCollector(self))
-        # Module call starts per (trace, path): the end's latency is measured from them.
-        self._starts: dict[tuple[str | None, str], list[float]] = {}
+        self._call_stats = app.call_stats
         self._lock = threading.Lock()
         self._subscriptions = [
-            app.events.subscribe("module.*", self._module_events, batch=True),
             app.events.subscribe("lm.end", self._lm_ends, batch=True),
             app.subscribe("breaker.transition", self._breaker),
             app.subscribe("dead_letter", self._dead_letter),
@@ -148,30 +146,6 @@ class AppMetrics:
             forget_stop_hook(app, self.close)
 
     # Subscribers (the event bus's thread). -----------------------------------------------
-
-    def _module_events(self, events: Sequence[ev.Event]) -> None:
-        counts = self._counts
-        starts = self._starts
-        with self._lock:
-            for event in events:
-                path: str = getattr(event, "module_path", "")
-                key = (event.trace_id, path)
-                if isinstance(event, ev.ModuleStart):
-                    starts.setdefault(key, []).append(event.timestamp)
-                    continue
-                started = starts.get(key)
-                if started:
-                    begun = started.pop(0)
-                    if not started:
-                        del starts[key]
-                    latency = counts.module_latency.get(path)
-                    if latency is None:
-                        latency = counts.module_latency[path] = _Latencies()
-                    latency.observe(max(0.0, event.timestamp - begun))
-                counts.module_calls[path] = counts.module_calls.get(path, 0) + 1
-                if isinstance(event, ev.ModuleError):
-                    error = (path, event.error_type or "error")
-                    counts.module_errors[error] = counts.module_errors.get(error, 0) + 1
 
     def _lm_ends(self, events: Sequence[ev.LMEnd]) -> None:
         counts = self._counts
@@ -220,14 +194,18 @@ class AppMetrics:
             "dspy_actors_lm_tokens", "LM tokens; kind: input or output.",
             labels=["deployment", "kind"],
         )  # fmt: skip
+        for path, totals in sorted(self._call_stats.totals().items()):
+            if not totals.calls:
+                continue  # families appear with the first calls
+            program = _program_of(path)
+            calls.add_metric([program, path], totals.calls)
+            for error_type, n in totals.errors.items():
+                errors.add_metric([program, path, error_type], n)
+            module_latency.add_metric(
+                [program, path], totals.cumulative_buckets(), totals.latency_sum
+            )
         c = self._counts
         with self._lock:
-            for path, n in c.module_calls.items():
-                calls.add_metric([_program_of(path), path], n)
-            for (path, error_type), n in c.module_errors.items():
-                errors.add_metric([_program_of(path), path, error_type], n)
-            for path, h in c.module_latency.items():
-                module_latency.add_metric([_program_of(path), path], h.buckets(), h.total)
             for (deployment, model, outcome), n in c.lm_requests.items():
                 requests.add_metric([deployment, model, outcome], n)
             for deployment, h in c.lm_latency.items():

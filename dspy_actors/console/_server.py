@@ -48,6 +48,8 @@ _STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
 _KEEPALIVE_S = 15.0
 # Changes are gathered this long before one push: many calls a second make one message.
 _COALESCE_S = 0.1
+# How often the server looks whether module calls ended (they are counted, not evented).
+_CALLS_EVERY_S = 1.0
 
 
 def csrf_token_for(token: str) -> str:
@@ -95,10 +97,18 @@ class Hub:
         """The broadcaster: started with the server, ends when it stops."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        looked = time.monotonic()
         while not self.closing:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                await asyncio.wait_for(self._wake.wait(), timeout=_CALLS_EVERY_S)
             except TimeoutError:
+                pass
+            if time.monotonic() - looked >= _CALLS_EVERY_S:
+                # Module calls send no event: look whether any ended, at this rate.
+                looked = time.monotonic()
+                if self._clients and self._state_ref().calls_changed():
+                    self.mark("programs")
+            if not self._wake.is_set():
                 continue
             if self._closing.is_set():
                 break

@@ -1,16 +1,19 @@
 """What the console shows, kept up to date from the app's events (no polling of the app).
 
-A :class:`ConsoleState` subscribes to the app's event bus (module calls, LM requests,
-breaker transitions, dead letters, run progress) and to supervision events, and keeps small
-aggregates: per module path the calls, errors by type and recent latencies; per deployment
-the requests in flight and the breaker's transitions; per run its progress and scores; a
-bounded log of what happened (crashes, restarts, trips, operator actions). Subscribers run
-in the event bus's thread; what a page needs is read from here by the server, which is told
-which sections changed (``on_change``) so it pushes only those.
+A :class:`ConsoleState` subscribes to the app's event bus (LM requests, breaker
+transitions, dead letters, run progress) and to supervision events, and keeps small
+aggregates: per deployment the requests in flight and the breaker's transitions; per run
+its progress and scores; a bounded log of what happened (crashes, restarts, trips, operator
+actions). Subscribers run in the event bus's thread; what a page needs is read from here by
+the server, which is told which sections changed (``on_change``) so it pushes only those.
 
+Module calls need no event: the app counts them where they are answered (its
+``call_stats``: calls, errors by type, recent latencies per module path), read when the
+programs section is rendered; the server looks once a second whether calls ended
+(:meth:`ConsoleState.calls_changed`) and pushes the section then, at its own rate.
 Aggregates cost a dict update per event, under one lock per batch of events (the bus
-delivers them in batches); the live tree and the figures the app already
-keeps (usage, in-flight gates, the LM pool's queue) are read when a section is rendered.
+delivers them in batches); the live tree and the figures the app already keeps (usage,
+in-flight gates, the LM pool's queue) are read when a section is rendered.
 """
 
 from __future__ import annotations
@@ -33,8 +36,7 @@ __all__ = ["SECTIONS", "ConsoleState"]
 
 SECTIONS = ("tree", "programs", "deployments", "runs", "dead_letters", "activity")
 
-# Latencies kept per module path for p50/p99, and the window calls/s is measured over.
-_LATENCY_SAMPLES = 2048
+# The window calls/s is measured over (from the call counts seen at each render).
 _RATE_WINDOW_S = 10.0
 _ACTIVITY_KEPT = 200
 
@@ -45,24 +47,6 @@ def _percentile(values: list[float], q: float) -> float | None:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
-
-
-@dataclass
-class _ModuleStats:
-    calls: int = 0
-    errors: collections.Counter[str] = field(default_factory=collections.Counter)
-    latencies: collections.deque[float] = field(
-        default_factory=lambda: collections.deque(maxlen=_LATENCY_SAMPLES)
-    )
-    ended_at: collections.deque[float] = field(
-        default_factory=lambda: collections.deque(maxlen=100_000)
-    )
-
-    def rate(self, now: float) -> float:
-        ended = self.ended_at
-        while ended and ended[0] < now - _RATE_WINDOW_S:
-            ended.popleft()
-        return len(ended) / _RATE_WINDOW_S
 
 
 @dataclass
@@ -92,15 +76,14 @@ class ConsoleState:
         self.app = app
         self._on_change = on_change or (lambda _section: None)
         self._lock = threading.Lock()
-        self._modules: dict[str, _ModuleStats] = {}
-        # Start times of module calls in flight, per (trace id, path): paired with their end.
-        self._starts: dict[tuple[str | None, str], list[float]] = {}
+        # (when, calls ended) per module path, at each render within the rate's window.
+        self._seen_calls: dict[str, collections.deque[tuple[float, int]]] = {}
+        self._calls_pushed = 0
         self._deployments: dict[str, _DeploymentStats] = {}
         self._runs: dict[str, _RunStats] = {}
         self._activity: collections.deque[dict[str, Any]] = collections.deque(maxlen=_ACTIVITY_KEPT)
         self._seq = 0
         self._subscriptions = [
-            app.events.subscribe("module.*", self._module_events, batch=True),
             app.events.subscribe("lm.*", self._lm_events, batch=True),
             app.subscribe("breaker.transition", self._breaker_event),
             app.subscribe("dead_letter", self._dead_letter_event),
@@ -130,31 +113,26 @@ class ConsoleState:
 
     # Events in (the bus's thread, or a supervisor's). -------------------------------------
 
-    def _module_events(self, events: Sequence[ev.Event]) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for event in events:
-                self._module_event(event, now)
-        self._on_change("programs")  # once per batch: pushes are coalesced anyway
+    def calls_changed(self) -> bool:
+        """True if module calls ended since the last time this said so (the server asks
+        at its own rate, then pushes the programs section)."""
+        ended = self.app.call_stats.calls_ended()
+        if ended == self._calls_pushed:
+            return False
+        self._calls_pushed = ended
+        return True
 
-    def _module_event(self, event: ev.Event, now: float) -> None:
-        path = getattr(event, "module_path", "")
-        key = (event.trace_id, path)
-        if isinstance(event, ev.ModuleStart):
-            self._starts.setdefault(key, []).append(event.timestamp)
-            return
-        stats = self._modules.get(path)
-        if stats is None:
-            stats = self._modules[path] = _ModuleStats()
-        started = self._starts.get(key)
-        if started:
-            stats.latencies.append(max(0.0, event.timestamp - started.pop(0)))
-            if not started:
-                del self._starts[key]
-        stats.calls += 1
-        stats.ended_at.append(now)
-        if isinstance(event, ev.ModuleError):
-            stats.errors[event.error_type or "error"] += 1
+    def _rate(self, path: str, calls: int, now: float) -> float:
+        """Calls/s of ``path`` over the window, from the counts seen at earlier renders."""
+        seen = self._seen_calls.get(path)
+        if seen is None:
+            seen = self._seen_calls[path] = collections.deque()
+        while len(seen) > 1 and seen[1][0] <= now - _RATE_WINDOW_S:
+            seen.popleft()
+        seen.append((now, calls))
+        first_at, first_calls = seen[0]
+        elapsed = now - first_at
+        return (calls - first_calls) / elapsed if elapsed > 0 else 0.0
 
     def _lm_events(self, events: Sequence[ev.Event]) -> None:
         with self._lock:
@@ -267,16 +245,18 @@ class ConsoleState:
         from dspy_actors.console._app_view import served_programs
 
         now = time.monotonic()
+        totals = self.app.call_stats.totals()
         with self._lock:
             modules: dict[str, dict[str, Any]] = {
                 path: {
-                    "calls": s.calls,
-                    "calls_per_s": round(s.rate(now), 3),
-                    "p50_s": _percentile(list(s.latencies), 0.5),
-                    "p99_s": _percentile(list(s.latencies), 0.99),
-                    "errors": dict(s.errors),
+                    "calls": t.calls,
+                    "calls_per_s": round(self._rate(path, t.calls, now), 3),
+                    "p50_s": _percentile(t.recent, 0.5),
+                    "p99_s": _percentile(t.recent, 0.99),
+                    "errors": dict(t.errors),
                 }
-                for path, s in self._modules.items()
+                for path, t in totals.items()
+                if t.calls
             }
         out = []
         for program in served_programs(self.app):

@@ -1,7 +1,8 @@
 """EventBridge: what the app's parts report, published as typed events on its bus.
 
 Module actors and the LM pool publish typed events themselves (through
-``publisher_if_wanted``, which is None while nobody listens, keeping the hot path free).
+``module_publisher``/``lm_publisher``, None while nobody needs the call's events, keeping
+the hot path free: calls are counted without events, runtime/_call_stats.py).
 Circuit breakers and the supervision tree report in their own terms (the ``lm`` and
 ``supervisors`` layers know no runtime events); this turns those reports into the events
 users subscribe to (docs/runtime.md lists them). It also remembers the root's last crash
@@ -30,9 +31,14 @@ class EventBridge:
         # The last crash reasons of the root's children: what an exited app reports.
         self.recent_crashes: collections.deque[str] = collections.deque(maxlen=5)
 
-    def publisher_if_wanted(self) -> Callable[[ev.Event], None] | None:
-        """How to publish, or None while nobody listens (then no event is even built)."""
-        return self.events.publish if self.events.subscriptions() else None
+    def module_publisher(self, trace_id: str | None) -> Callable[[ev.Event], None] | None:
+        """How to publish the module events of the call ``trace_id``, or None when nobody
+        needs them (``EventBus.call_publisher``)."""
+        return self.events.call_publisher("module", trace_id)
+
+    def lm_publisher(self, trace_id: str | None) -> Callable[[ev.Event], None] | None:
+        """How to publish the LM events of a request of the call ``trace_id``, or None."""
+        return self.events.call_publisher("lm", trace_id)
 
     def breaker_transition(self, transition: BreakerChange) -> None:
         """A circuit breaker changed state (its ``on_transition`` hook)."""

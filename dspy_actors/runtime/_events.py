@@ -21,6 +21,12 @@ take their lock once per batch, not once per event).
 Subscriptions belong to the handle, not to the actor: when the bus actor is restarted by its
 supervisor, the new one delivers to the same subscribers.
 
+Call events (``module.*``, ``lm.*``) are built only for calls someone needs: while a
+subscriber takes them for every call, every call publishes them; a subscription made with
+``sampled_calls=True`` (tracing's) gets those of the calls the bus's ``call_sampler`` picks,
+and no event at all is built for the others. Counts of every call do not need events: the
+runtime keeps them where calls are answered (``runtime/_call_stats.py``).
+
 Patterns: an exact topic (``"lm.end"``), a prefix wildcard (``"lm.*"``: every topic starting
 with ``"lm."``), or ``"*"`` (everything).
 
@@ -261,6 +267,12 @@ class RunProgress(Event):
 Subscriber = Callable[[Any], None]
 """A subscriber gets each matching event (an :class:`Event`), in the bus actor's thread."""
 
+# The topics of call events, by kind: built per call only when someone needs them.
+CALL_TOPICS = {
+    "module": ("module.start", "module.end", "module.error"),
+    "lm": ("lm.start", "lm.end", "lm.retry"),
+}
+
 _ids = itertools.count(1)
 
 
@@ -287,14 +299,18 @@ def matches(pattern: str, topic: str) -> bool:
 class Subscription:
     """One subscriber and its pattern; ``failures`` counts the exceptions it raised."""
 
-    __slots__ = ("_active", "batch", "callback", "failures", "id", "pattern")
+    __slots__ = ("_active", "batch", "callback", "failures", "id", "pattern", "sampled_calls")
 
-    def __init__(self, pattern: str, callback: Subscriber, batch: bool = False) -> None:
+    def __init__(
+        self, pattern: str, callback: Subscriber, batch: bool = False, sampled_calls: bool = False
+    ) -> None:
         self.id = next(_ids)
         self.pattern = pattern
         self.callback = callback
         # True: ``callback`` takes a list of events (those drained together), not one.
         self.batch = batch
+        # True: it needs the call events of sampled calls only (see the module docstring).
+        self.sampled_calls = sampled_calls
         self.failures = 0
         self._active = True
 
@@ -318,6 +334,8 @@ class _Subscriptions:
         self._lock = threading.Lock()
         self._subs: tuple[Subscription, ...] = ()
         self._by_topic: dict[str, tuple[Subscription, ...]] = {}
+        # The kinds of call events (CALL_TOPICS' keys) some subscriber takes for every call.
+        self.every_call: frozenset[str] = frozenset()
         # The thread of the live bus actor (for flush's self-deadlock check).
         self.delivering_thread: threading.Thread | None = None
 
@@ -325,6 +343,7 @@ class _Subscriptions:
         with self._lock:
             self._subs = (*self._subs, sub)
             self._by_topic = {}
+            self._changed()
 
     def remove(self, sub: Subscription) -> bool:
         with self._lock:
@@ -333,7 +352,17 @@ class _Subscriptions:
             sub._active = False
             self._subs = tuple(s for s in self._subs if s is not sub)
             self._by_topic = {}
+            self._changed()
             return True
+
+    def _changed(self) -> None:
+        self.every_call = frozenset(
+            kind
+            for kind, topics in CALL_TOPICS.items()
+            if any(
+                not s.sampled_calls and matches(s.pattern, t) for s in self._subs for t in topics
+            )
+        )
 
     def for_topic(self, topic: str) -> tuple[Subscription, ...]:
         cache = self._by_topic
@@ -536,6 +565,9 @@ class EventBus:
         self._subscriptions = _Subscriptions()
         self._pending = _Pending()
         self._stats_lock = threading.Lock()
+        # Which calls' events ``sampled_calls`` subscriptions get (tracing sets it): a
+        # trace id's yes or no, the same every time it is asked; None: no call's.
+        self.call_sampler: Callable[[str | None], bool] | None = None
         self._ref: pykka.ActorRef[Any] | None = None
         self._own_ref: pykka.ActorRef[Any] | None = None
 
@@ -640,18 +672,29 @@ class EventBus:
 
     # Subscribing. ----------------------------------------------------------------------
 
-    def subscribe(self, pattern: str, callback: Subscriber, *, batch: bool = False) -> Subscription:
+    def subscribe(
+        self,
+        pattern: str,
+        callback: Subscriber,
+        *,
+        batch: bool = False,
+        sampled_calls: bool = False,
+    ) -> Subscription:
         """Call ``callback(event)`` for every event whose topic matches ``pattern``.
 
         With ``batch=True``, ``callback(events)`` gets a list of the matching events
         delivered together instead (in publish order; never empty). Batches of different
         subscriptions are delivered one after the other: a subscriber that needs the order
         between topics (say ``module.*`` and ``lm.*``) takes them in one subscription.
+
+        With ``sampled_calls=True`` the subscription does not make every call publish its
+        ``module.*``/``lm.*`` events, only the calls ``call_sampler`` picks (it may still
+        get others' when another subscriber takes every call's: check the trace id).
         """
         _check_pattern(pattern)
         if not callable(callback):
             raise TypeError(f"a subscriber is callable, got {callback!r}")
-        sub = Subscription(pattern, callback, batch)
+        sub = Subscription(pattern, callback, batch, sampled_calls)
         self._subscriptions.add(sub)
         return sub
 
@@ -665,6 +708,17 @@ class EventBus:
 
     def subscriptions(self) -> tuple[Subscription, ...]:
         return self._subscriptions.all()
+
+    def call_publisher(self, kind: str, trace_id: str | None) -> Callable[[Event], None] | None:
+        """How to publish the ``kind`` (``"module"``, ``"lm"``) events of the call
+        ``trace_id``, or None when nobody needs them (then none is built): no subscriber
+        takes every call's, and the call sampler (if any) does not pick this call."""
+        if kind in self._subscriptions.every_call:
+            return self.publish
+        sampled = self.call_sampler
+        if sampled is None or not self._subscriptions.all():
+            return None
+        return self.publish if sampled(trace_id) else None
 
     def flush(self, timeout: float) -> bool:
         """Wait until every event published (by any thread) before this call was delivered.

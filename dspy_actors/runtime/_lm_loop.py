@@ -51,7 +51,7 @@ __all__ = ["EventLoopThread", "LMLoop"]
 _START_SECONDS = 10.0
 _STOP_SECONDS = 5.0
 
-Publisher = Callable[[], Callable[[Any], None] | None]
+Publisher = Callable[[str | None], Callable[[Any], None] | None]
 
 _log = structlog.get_logger("dspy_actors.runtime.lm")
 

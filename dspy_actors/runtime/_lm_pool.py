@@ -488,10 +488,10 @@ class LMWorker(supervisors.SupervisedActor):
         router_name: str,
         registry: supervisors.Registry,
         dispatcher: Dispatcher,
-        publisher: Callable[[], Callable[[Any], None] | None] | None = None,
+        publisher: Callable[[str | None], Callable[[Any], None] | None] | None = None,
     ) -> None:
-        """``publisher()`` gives what to publish ``lm.start``/``lm.end`` events with, asked
-        once per request; None (or a None answer): no events are built."""
+        """``publisher(trace_id)`` gives what to publish ``lm.start``/``lm.end`` events with,
+        asked once per request; None (or a None answer): no events are built."""
         super().__init__()
         self._router_name = router_name
         self._registry = registry
@@ -541,7 +541,7 @@ class LMAttempt:
         request: LMRequest,
         lm: LM,
         key: str,
-        publisher: Callable[[], Callable[[Any], None] | None] | None,
+        publisher: Callable[[str | None], Callable[[Any], None] | None] | None,
     ) -> LMAttempt | None:
         """None: the request is answered already (cancelled, or past its deadline)."""
         reply = request.reply
@@ -567,7 +567,7 @@ class LMAttempt:
                 kwargs["known_miss"] = request.known_miss
             if ctx.deadline is not None:
                 kwargs["deadline"] = ctx.deadline  # bounds the retries too
-        publish = publisher() if publisher is not None else None
+        publish = publisher(ctx.trace_id) if publisher is not None else None
         ended = None  # what builds the lm.end event, while someone listens
         if publish is not None:
             publish(LMStart(trace_id=ctx.trace_id, deployment=key, model=lm.model))

@@ -65,7 +65,7 @@ _WRITE_SECONDS = 5.0
 _HEARTBEAT_SECONDS = 1.0
 _HEARTBEAT_TIMEOUT_SECONDS = 10.0
 
-Publisher = Callable[[], Callable[[Any], None] | None]
+Publisher = Callable[[str | None], Callable[[Any], None] | None]
 
 # Per thread: requests handed over while this thread is already sending (see ``send``).
 _sending = threading.local()

@@ -45,7 +45,7 @@ def wire_lm_pool(
     config: AppConfig,
     registry: supervisors.Registry,
     router_name: str,
-    publisher: Callable[[], Callable[[ev.Event], None] | None],
+    publisher: Callable[[str | None], Callable[[ev.Event], None] | None],
     on_breaker_transition: Callable[[BreakerTransition], None],
 ) -> LMWiring:
     """The ``lm`` node (rest_for_one: the router, then its workers) for ``config``.
@@ -98,7 +98,7 @@ def _worker_specs(
     registry: supervisors.Registry,
     router_name: str,
     dispatcher: Dispatcher,
-    publisher: Callable[[], Callable[[ev.Event], None] | None],
+    publisher: Callable[[str | None], Callable[[ev.Event], None] | None],
 ) -> list[supervisors.ChildSpec]:
     if config.lm_processes > 0:
         # The same concurrency, spread over the processes' slots.

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from dspy_actors.lm._usage import UsageMeter
 from dspy_actors.lm.errors import LMError
 from dspy_actors.primitives.module import Module
 from dspy_actors.redaction import scrub_exception
+from dspy_actors.runtime._call_stats import CallCell, CallStats
 from dspy_actors.runtime._context import restored
 from dspy_actors.runtime._errors import (
     ModuleCrashed,
@@ -88,9 +90,11 @@ class ModuleServices:
     registry: supervisors.Registry
     dispatcher: Dispatcher
     load_state: Callable[[str], dict[str, Any] | None] = lambda _path: None
-    # How to publish the module's typed events, or None while nobody listens (then no
-    # event is even built): module.start, module.end, module.error.
-    publisher: Callable[[], Callable[[Event], None] | None] = lambda: None
+    # How to publish the typed events of a call (by its trace id), or None while nobody
+    # needs this call's events (then none is even built): module.start, .end, .error.
+    publisher: Callable[[str | None], Callable[[Event], None] | None] = lambda _trace: None
+    # Where each actor counts the calls it ends (metrics and the console read it).
+    call_stats: CallStats = field(default_factory=CallStats)
     # The usage meter of the module at a path: the same one across the actor's restarts
     # and the program's upgrades, so a module's usage adds up over its whole service.
     meter_for: Callable[[str], UsageMeter] = lambda _path: UsageMeter()
@@ -138,6 +142,11 @@ class _InFlight:
     stream_tap: Any = None
     # Whether a cancel of the call's reply is watched for (see ModuleActor._watch_cancel).
     watched: bool = False
+    # When the actor accepted the call (time.monotonic()): its latency in the call counts.
+    started: float = 0.0
+    # How to publish this call's module events, decided once when it is accepted (None:
+    # nobody needs them), so its end is published if and only if its start was.
+    publish: Callable[[Event], None] | None = None
 
 
 @dataclass(slots=True)
@@ -184,6 +193,7 @@ class ModuleActor(supervisors.SupervisedActor):
         self._inflight: dict[int, _InFlight] = {}
         self._ids = itertools.count(1)
         self.counters = _Counters()
+        self._cell = CallCell()  # replaced by one of the app's call stats at start
 
     def on_start(self) -> None:
         self.meter = self.services.meter_for(self.path)
@@ -203,6 +213,7 @@ class ModuleActor(supervisors.SupervisedActor):
                 f"module {self.path!r} runs its forward on greenlets: serve it with a "
                 "ForwardActor (a greenlet cannot move between threads)"
             )
+        self._cell = self.services.call_stats.cell(self.path)
 
     # Messages. ------------------------------------------------------------------------
 
@@ -235,9 +246,9 @@ class ModuleActor(supervisors.SupervisedActor):
             return
         call_id = next(self._ids)
         self.counters.calls += 1
-        record = _InFlight(call)
+        publish = self.services.publisher(call.ctx.trace_id)
+        record = _InFlight(call, started=time.monotonic(), publish=publish)
         self._inflight[call_id] = record
-        publish = self.services.publisher()
         if publish is not None:
             publish(ModuleStart(trace_id=call.ctx.trace_id, module_path=self.path))
         if call.ctx.streaming is not None:
@@ -402,7 +413,8 @@ class ModuleActor(supervisors.SupervisedActor):
         if record is None:
             return
         # Every module.start has its end: a cancelled call ends as an error, "CancelledError".
-        publish = self.services.publisher()
+        self._cell.ended(time.monotonic() - record.started, "CancelledError")
+        publish = record.publish
         if publish is not None:
             publish(
                 ModuleError(
@@ -438,7 +450,8 @@ class ModuleActor(supervisors.SupervisedActor):
         if record.call.ctx.streaming is not None:  # (before the answer: it comes last)
             record.call.ctx.streaming.say("module_end_status_message", prediction)
         resolve(record.call.reply, prediction)
-        publish = self.services.publisher()
+        self._cell.ended(time.monotonic() - record.started)
+        publish = record.publish
         if publish is not None:
             publish(ModuleEnd(trace_id=record.call.ctx.trace_id, module_path=self.path))
 
@@ -447,7 +460,8 @@ class ModuleActor(supervisors.SupervisedActor):
         if record is None:
             return
         self.counters.errors += 1
-        publish = self.services.publisher()
+        self._cell.ended(time.monotonic() - record.started, type(error).__name__)
+        publish = record.publish
         if publish is not None:
             publish(
                 ModuleError(
@@ -489,9 +503,11 @@ class ModuleActor(supervisors.SupervisedActor):
         requested = self._lifecycle.exit_requested
         how = "killed" if requested is not None and requested.kind == "killed" else "stopped"
         self._abandon_inflight(f"the module actor was {how}")
+        self.services.call_stats.retire(self.path, self._cell)
 
     def on_failure(self, _type: Any, value: Any, _tb: Any) -> None:
         self._abandon_inflight(f"the module actor crashed: {value!r}")
+        self.services.call_stats.retire(self.path, self._cell)
 
 
 class ForwardActor(ModuleActor):

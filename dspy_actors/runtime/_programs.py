@@ -23,6 +23,7 @@ import supervisors
 from dspy_actors import redaction
 from dspy_actors.primitives._parameter import StateError
 from dspy_actors.primitives.module import Module
+from dspy_actors.runtime._call_stats import CallStats
 from dspy_actors.runtime._events import Event
 from dspy_actors.runtime._gate import CallGate
 from dspy_actors.runtime._lm_pool import Dispatcher
@@ -66,7 +67,8 @@ class Programs:
         stores: Stores,
         modules: Callable[[], supervisors.DynamicSupervisor],
         dispatcher: Callable[[], Dispatcher],
-        publisher: Callable[[], Callable[[Event], None] | None],
+        publisher: Callable[[str | None], Callable[[Event], None] | None],
+        call_stats: CallStats | None = None,
     ) -> None:
         self.app_name = app_name
         self.registry = registry
@@ -75,6 +77,7 @@ class Programs:
         self._modules = modules
         self._dispatcher = dispatcher
         self._publisher = publisher
+        self.call_stats = call_stats if call_stats is not None else CallStats()
         self._programs: dict[str, ServedProgram] = {}
         self._lock = threading.Lock()
 
@@ -193,6 +196,7 @@ class Programs:
             dispatcher=self._dispatcher(),
             load_state=partial(self._load_state, program.name, program.state_version),
             publisher=self._publisher,
+            call_stats=self.call_stats,
             meter_for=program.meter_for,
         )
         spec = program.subtree(

@@ -45,6 +45,7 @@ from dspy_actors._stop_hooks import run_stop_hooks
 from dspy_actors.primitives.module import Module
 from dspy_actors.runtime import _events as ev
 from dspy_actors.runtime._app_config import AppConfig, data_dir_for
+from dspy_actors.runtime._call_stats import CallStats
 from dspy_actors.runtime._dead_letters import DeadLetter
 from dspy_actors.runtime._errors import AppStopped, ModuleCrashed
 from dspy_actors.runtime._event_bridge import EventBridge
@@ -112,6 +113,8 @@ class App:
         self.executor = ThreadPoolExecutor(
             max_workers=config.submit_threads, thread_name_prefix=f"{self.name}-submit"
         )
+        # Module calls counted where they are answered (read by metrics and the console).
+        self.call_stats = CallStats()
         self.bridge = EventBridge(
             self.name, self.events, lambda: self.executor.submit(self.programs.relaunch)
         )
@@ -126,7 +129,8 @@ class App:
             self.stores,
             self._modules,
             lambda: self.dispatcher,
-            self.bridge.publisher_if_wanted,
+            self.bridge.module_publisher,
+            call_stats=self.call_stats,
         )
         # Served agents' tool calls: events and quarantine to dead letters (runtime/_tools.py).
         self.tools = served_tool_runner(
@@ -173,7 +177,7 @@ class App:
             self.config,
             self.registry,
             self.router_name,
-            self.bridge.publisher_if_wanted,
+            self.bridge.lm_publisher,
             self.bridge.breaker_transition,
         )
         self.dispatcher = lm_pool.dispatcher

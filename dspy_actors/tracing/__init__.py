@@ -2,12 +2,14 @@
 
 Off unless configured: ``trace_app(app, tracer_provider)`` subscribes to the app's events
 (in batches, on the event bus's thread) and turns them into spans started and ended at the
-events' own timestamps, so the runtime's hot path is the same with tracing on or off, apart
-from publishing the events. With the SDK's ``TracerProvider`` the provider's sampler decides
-once per call (a call not sampled gets no module or LM spans either), and each span is
-handed to the provider's span processors as a finished ``ReadableSpan`` built from the
-recorded times, ids and attributes: about a tenth of the CPU of a live SDK span (no locks,
-no per-attribute checks). Any other provider gets live spans through its tracer.
+events' own timestamps. Sampling is decided on the call path (``_sampling.py``): with the
+SDK's ``TracerProvider`` the provider's sampler decides once per call, from its trace id,
+and a call not sampled builds and publishes no event for tracing (nor gets any span); a
+sampled call publishes its module and LM events, and its spans are built off the path.
+Each span is handed to the provider's span processors as a finished ``ReadableSpan`` built
+from the recorded times, ids and attributes: about a tenth of the CPU of a live SDK span (no
+locks, no per-attribute checks). Any other provider gets every call's events, and live
+spans through its tracer (which samples them).
 
 - ``call <program>``: a call of a served program (the span a caller's trace continues);
 - ``module <path>``: each module (or pipeline step) that handled it, nested by path;
@@ -47,6 +49,7 @@ from opentelemetry.trace import (
 
 from dspy_actors._stop_hooks import forget_stop_hook, on_stop
 from dspy_actors.runtime import _events as ev
+from dspy_actors.tracing._sampling import CallSampler, remote_parent_of
 from dspy_actors.tracing._spans import OpenSpan, Spans
 
 if TYPE_CHECKING:
@@ -55,9 +58,7 @@ if TYPE_CHECKING:
 __all__ = ["AppTracing", "trace_app", "trace_id_from_traceparent", "traceparent_of"]
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-# The runtime trace id of a call that continues a W3C trace: "<trace-id>-<parent-span-id>".
-# (A caller that did not sample its trace adds its flags: "<trace-id>-<span-id>-00".)
-_W3C_TRACE_ID = re.compile(r"([0-9a-f]{32})-([0-9a-f]{16})(?:-([0-9a-f]{2}))?")
+_CALL_TOPICS = frozenset(t for topics in ev.CALL_TOPICS.values() for t in topics)
 _PROGRAM_IN_NODE = re.compile(r"(?:^|/)([^/@]+)@v\d+")
 # Open spans kept per app at most: events that lost their end (dropped) must not grow memory.
 _MAX_OPEN = 100_000
@@ -85,19 +86,6 @@ def traceparent_of(span: Span) -> str:
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
 
 
-def _remote_parent_of(trace_id: str | None) -> SpanContext | None:
-    """The caller's span, for a trace id from a ``traceparent``; None for our own trace."""
-    match = _W3C_TRACE_ID.fullmatch(trace_id or "")
-    if match is None:
-        return None
-    return SpanContext(
-        trace_id=int(match.group(1), 16),
-        span_id=int(match.group(2), 16),
-        is_remote=True,
-        trace_flags=TraceFlags(int(match.group(3) or "01", 16)),
-    )
-
-
 def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
@@ -117,6 +105,7 @@ class AppTracing:
     def __init__(self, app: App, tracer_provider: TracerProvider | None = None) -> None:
         provider = tracer_provider or trace.get_tracer_provider()
         self._spans = Spans(provider)
+        self._sampled = CallSampler(provider)
         self.tracer = self._spans.tracer
         self._app = weakref.ref(app)
         self._lock = threading.Lock()
@@ -130,12 +119,18 @@ class AppTracing:
         self._restarts: dict[str, list[tuple[dict[str, Any], int]]] = {}
         # One subscription for every topic: spans depend on the order of module, LM and
         # restart events, which separate batches (one per subscription) would not keep.
-        self._subscriptions = [app.events.subscribe("*", self._events, batch=True)]
+        # sampled_calls: calls the sampler does not pick publish no module or LM events.
+        self._subscriptions = [
+            app.events.subscribe("*", self._events, batch=True, sampled_calls=True)
+        ]
+        app.events.call_sampler = self._sampled
 
     def close(self) -> None:
         """Stop making spans; spans still open are ended now."""
         app = self._app()
         if app is not None:
+            if app.events.call_sampler is self._sampled:
+                app.events.call_sampler = None
             for sub in self._subscriptions:
                 app.events.unsubscribe(sub)
             forget_stop_hook(app, self.close)
@@ -154,6 +149,13 @@ class AppTracing:
                 if span is not None:
                     self._spans.end(span, now)
 
+    def _decided(self, trace_id: str | None) -> tuple[int | None, bool]:
+        """A root span's trace id and "sampled already" for a call the sampler picked on
+        its path (every call event that reaches the spans was)."""
+        if trace_id is None:
+            return None, False
+        return self._sampled.otel_trace_id(trace_id), True
+
     # Which module path ends a call of a program: its root, or a pipeline's last step.
     def _end_path(self, program: str) -> str:
         known = self._shapes.get(program)
@@ -171,8 +173,11 @@ class AppTracing:
     # Subscribers (the event bus's thread). -----------------------------------------------
 
     def _events(self, events: Sequence[ev.Event]) -> None:
+        sampled = self._sampled
         with self._lock:
             for event in events:
+                if event.topic in _CALL_TOPICS and not sampled(event.trace_id):
+                    continue  # published for another subscriber: no span for it
                 if isinstance(event, ev.ModuleStart):
                     self._module_started(event)
                 elif isinstance(event, ev.ModuleEnd | ev.ModuleError):
@@ -228,9 +233,10 @@ class AppTracing:
             span = self._spans.start(
                 f"call {program}",
                 SpanKind.SERVER,
-                _remote_parent_of(trace_id),
+                remote_parent_of(trace_id),
                 {"dspy_actors.program": program, "dspy_actors.trace_id": trace_id or ""},
                 at,
+                *self._decided(trace_id),
             )
             retried = self._failed.pop((trace_id, program), 0)
             if retried and span is not None:
@@ -272,7 +278,7 @@ class AppTracing:
                     parent = module_span
                     break
         else:
-            parent = _remote_parent_of(event.trace_id)
+            parent = remote_parent_of(event.trace_id)
         span = self._spans.start(
             f"chat {event.model}",
             SpanKind.CLIENT,
@@ -284,6 +290,7 @@ class AppTracing:
                 "dspy_actors.deployment": event.deployment,
             },
             _ns(event.timestamp),
+            *(self._decided(event.trace_id) if call is None else (None, False)),
         )
         if span is None:
             return

@@ -77,9 +77,12 @@ class Spans:
         parent: OpenSpan | SpanContext | None,
         attributes: dict[str, Any],
         start: int,
+        trace_id: int | None = None,
+        sampled: bool = False,
     ) -> OpenSpan | None:
         """A new span under ``parent`` (an open span, a remote caller's span, or None for a
-        root); None when the sampler drops it (only asked for roots and remote parents)."""
+        root: in trace ``trace_id``, or a new one); None when the sampler drops it (asked
+        for roots and remote parents, unless ``sampled``: the call was decided already)."""
         if self.disabled:
             return None
         if self._sdk is None or self._processor is None:
@@ -91,24 +94,34 @@ class Spans:
                 ctx.trace_id, sdk.id_generator.generate_span_id(), False, ctx.trace_flags
             )
             return OpenSpan(name, kind, context, ctx, attributes, start)
-        trace_id = parent.trace_id if parent is not None else sdk.id_generator.generate_trace_id()
+        if parent is not None:
+            trace_id = parent.trace_id
+        elif trace_id is None:
+            trace_id = sdk.id_generator.generate_trace_id()
+        if sampled:
+            flags = TraceFlags(TraceFlags.SAMPLED)
+            trace_state = parent.trace_state if parent is not None else None
+            context = SpanContext(
+                trace_id, sdk.id_generator.generate_span_id(), False, flags, trace_state
+            )
+            return OpenSpan(name, kind, context, parent, attributes, start)
         parent_context = (
             trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None
         )
-        sampled = sdk.sampler.should_sample(parent_context, trace_id, name, kind, attributes)
-        if sampled.decision is Decision.DROP:
+        result = sdk.sampler.should_sample(parent_context, trace_id, name, kind, attributes)
+        if result.decision is Decision.DROP:
             return None
-        keep = sampled.decision is Decision.RECORD_AND_SAMPLE
+        keep = result.decision is Decision.RECORD_AND_SAMPLE
         flags = TraceFlags(TraceFlags.SAMPLED if keep else TraceFlags.DEFAULT)
         context = SpanContext(
             trace_id,
             sdk.id_generator.generate_span_id(),
             False,
             flags,
-            sampled.trace_state,
+            result.trace_state,
         )
-        if sampled.attributes:
-            attributes = {**attributes, **sampled.attributes}
+        if result.attributes:
+            attributes = {**attributes, **result.attributes}
         return OpenSpan(name, kind, context, parent, attributes, start)
 
     def _start_live(
