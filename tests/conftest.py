@@ -40,6 +40,31 @@ def _live_threads() -> set[threading.Thread]:
     }
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep ``xdist_group`` working on pytest 9 (``--dist loadgroup``, see pyproject).
+
+    pytest-xdist 3.8 marks a grouped test by appending ``@group`` to ``item._nodeid``,
+    which pytest 9 no longer reads (the id lives in ``item._id``): the groups were
+    silently ignored, and a module's Ray cluster started once per worker it reached. A
+    worker appends the suffix the same way here; where xdist's own suffix took (pytest
+    8), this does nothing.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import NodeId  # pytest 9's structured id (no public setter)
+
+    for item in items:
+        groups = sorted(
+            {
+                str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                for mark in item.iter_markers("xdist_group")
+            }
+        )
+        if groups and not item.nodeid.endswith("@" + "_".join(groups)):
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")  # type: ignore[attr-defined]
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_actors_or_threads() -> Iterator[None]:
     """Fail the test if it leaves running Pykka actors or extra threads behind."""

@@ -98,6 +98,10 @@ class ModuleServices:
     # The usage meter of the module at a path: the same one across the actor's restarts
     # and the program's upgrades, so a module's usage adds up over its whole service.
     meter_for: Callable[[str], UsageMeter] = lambda _path: UsageMeter()
+    # Why the program's actors will not come back (the app or program stopped, its version
+    # retired), or None while they may: a composite's sub-module call then stops resending
+    # to a restarting sub-module at once, so no thread waits out the resend limit after stop.
+    gone: Callable[[], str | None] = lambda: None
 
 
 @dataclass(frozen=True, slots=True, eq=False)

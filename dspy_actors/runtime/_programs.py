@@ -198,6 +198,7 @@ class Programs:
             publisher=self._publisher,
             call_stats=self.call_stats,
             meter_for=program.meter_for,
+            gone=partial(program.gone, version),
         )
         spec = program.subtree(
             child_id,

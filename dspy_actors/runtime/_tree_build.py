@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import supervisors
 from dspy_actors.primitives.module import Module
-from dspy_actors.runtime._calls import call_resending
+from dspy_actors.runtime._calls import call_resending, never_stopped
 from dspy_actors.runtime._context import capture
 from dspy_actors.runtime._module_actor import (
     ForwardActor,
@@ -68,11 +68,19 @@ class ModuleProxy:
     # so several may be made at once (dspy_actors.modules._fan_out.is_served).
     is_actor_proxy = True
 
-    def __init__(self, registry: supervisors.Registry, name: str, path: str, timeout: float):
+    def __init__(
+        self,
+        registry: supervisors.Registry,
+        name: str,
+        path: str,
+        timeout: float,
+        gone: Callable[[], str | None] = never_stopped,
+    ):
         self._registry = registry
         self._name = name
         self.path = path
         self._timeout = timeout
+        self._gone = gone
 
     def __call__(self, **inputs: Any) -> Any:
         return call_resending(
@@ -83,6 +91,7 @@ class ModuleProxy:
             self.path,
             timeout=self._timeout,
             what="sub-module",
+            stopped=self._gone,
         )
 
     forward = __call__
@@ -181,7 +190,9 @@ def module_subtree(
         children.append(
             module_subtree(sub_path, full, sub, name_prefix, services, options, program)
         )
-        proxies[sub_path] = ModuleProxy(registry, name_prefix + full, full, options.call_timeout)
+        proxies[sub_path] = ModuleProxy(
+            registry, name_prefix + full, full, options.call_timeout, services.gone
+        )
     shell = _shell(template, proxies)
     children.append(
         supervisors.ChildSpec(

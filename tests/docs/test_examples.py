@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,21 @@ def _blocks() -> list[tuple[str, str]]:
     return found
 
 
-@pytest.mark.parametrize(("where", "code"), _blocks(), ids=[w for w, _ in _blocks()])
+def _cases() -> list[Any]:
+    """Each block as a test case; one that starts Ray runs on the worker that runs the Ray
+    tests (pytest-xdist group "ray-cluster"), so two Ray instances never start at once."""
+    return [
+        pytest.param(
+            where,
+            code,
+            id=where,
+            marks=[pytest.mark.xdist_group("ray-cluster")] if "import ray" in code else [],
+        )
+        for where, code in _blocks()
+    ]
+
+
+@pytest.mark.parametrize(("where", "code"), _cases())
 def test_documented_example_runs(where: str, code: str, tmp_path: Path) -> None:
     # A block that starts Ray (docs/deploying.md) keeps its session files under a private
     # directory removed here, not in /tmp/ray where every run would leave one behind (a

@@ -21,6 +21,9 @@ from dspy_actors.runtime.app import program_state
 from dspy_actors.testing.sim_lm import SimLM
 from tests.postgres.replica import Flaky
 
+# One worker runs this whole module: its module-scoped servers then start once.
+pytestmark = pytest.mark.xdist_group("postgres-replicas")
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO = "What colour is the sky on a clear day?"
 

@@ -30,6 +30,9 @@ from tests.ray.conftest import NODE, REPO
 from tests.reliability.custom_lms import ComputingLM
 
 ray = pytest.importorskip("ray")
+
+# One worker runs this whole module: its Ray cluster (module fixture) then starts once.
+pytestmark = pytest.mark.xdist_group("ray-cluster")
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 from dspy_actors.distributed import RayExecutor  # noqa: E402

@@ -114,22 +114,6 @@ def new_ref(handle: sup.Supervisor, child_id: str, old: Any) -> Any:
     return found[-1]
 
 
-class FakeClock:
-    """A controllable monotonic clock for restart-intensity tests."""
-
-    def __init__(self) -> None:
-        self._now = 1000.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
-
-
 class EventLog:
     """Collects supervision events while subscribed (use as a context manager)."""
 

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import supervisors as sup
-from tests.supervisors.actors import FakeClock, crash, new_ref, spec
+from dspy_actors.testing._clock import FakeClock
+from tests.supervisors.actors import crash, new_ref, spec
 
 
 def allowed_by_model(times: list[float], intensity: int, period: float) -> list[bool]:

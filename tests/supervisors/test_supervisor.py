@@ -12,10 +12,10 @@ import pykka
 import pytest
 
 import supervisors as sup
+from dspy_actors.testing._clock import FakeClock
 from dspy_actors.testing._polling import wait_until
 from tests.supervisors.actors import (
     EventLog,
-    FakeClock,
     Journal,
     Worker,
     crash,
@@ -493,17 +493,29 @@ def _safe_worker(get: Any) -> Any:
 
 
 def test_a_child_that_fails_while_being_restarted_is_retried_within_intensity() -> None:
-    failing = threading.Event()
+    # The next two starts fail, then starts succeed: counted, not timed, so a slow test
+    # thread cannot let the failures run on into the intensity limit.
+    failures_left = [0]
+    lock = threading.Lock()
+
+    def fail_start() -> bool:
+        with lock:
+            if failures_left[0] > 0:
+                failures_left[0] -= 1
+                return True
+            return False
+
     root = sup.Supervisor.start(
-        [spec("w", fail_start=failing.is_set)], intensity=10, period=60.0, name="retry"
+        [spec("w", fail_start=fail_start)], intensity=10, period=60.0, name="retry"
     )
     try:
         with EventLog() as events:
-            failing.set()
+            with lock:
+                failures_left[0] = 2
             crash(root.child("w"))
             wait_until(lambda: len(events.of("restart_failed")) >= 2)
-            failing.clear()
             wait_until(lambda: root.child("w") is not None)
+        assert len(events.of("restart_failed")) == 2
         assert root.is_alive
         assert root.which_children()[0].restart_count == 1
     finally:

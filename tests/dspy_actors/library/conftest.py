@@ -1,31 +1,22 @@
-"""Apps for the library tests: started on the test's SimLM (``sim_lm``), stopped after."""
+"""Apps for the library tests: the plugin's ``make_app`` (on the test's SimLM, stopped
+after) with 8 LM worker threads unless told otherwise."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from dspy_actors.lm import LM
-from dspy_actors.runtime.app import App, start
+from dspy_actors.runtime.app import App
 
 StartApp = Callable[..., App]
 
 
 @pytest.fixture
-def start_app(tmp_path: Path, make_lm: Callable[..., LM]) -> Iterator[StartApp]:
-    apps: list[App] = []
-
+def start_app(make_app: StartApp) -> StartApp:
     def make(**kw: Any) -> App:
-        kw.setdefault("lm", make_lm())
-        kw.setdefault("data_dir", tmp_path / f"app{len(apps)}")
         kw.setdefault("lm_workers", 8)
-        app = start(**kw)
-        apps.append(app)
-        return app
+        return make_app(**kw)
 
-    yield make
-    for app in apps:
-        app.stop()
+    return make

@@ -23,24 +23,9 @@ from dspy_actors.lm._breaker import (
     Permit,
 )
 from dspy_actors.lm.errors import LMError
+from dspy_actors.testing._clock import FakeClock
 
 JOIN_TIMEOUT = 30.0
-
-
-class FakeClock:
-    """A thread-safe clock that only moves when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self._lock = threading.Lock()
-        self._now = start
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
 
 
 def make(clock: FakeClock, **kw: Any) -> tuple[CircuitBreaker, list[BreakerTransition]]:

@@ -9,25 +9,10 @@ from typing import Any
 import pytest
 
 from dspy_actors.lm._rate_limit import RateLimiter
+from dspy_actors.testing._clock import FakeClock
 from dspy_actors.testing._polling import wait_until
 
 JOIN_TIMEOUT = 30.0
-
-
-class FakeClock:
-    """A thread-safe clock that only moves when told to."""
-
-    def __init__(self, start: float = 100.0) -> None:
-        self._lock = threading.Lock()
-        self._now = start
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
 
 
 class RecordingSleep:
@@ -69,7 +54,7 @@ def test_bad_parameters_are_rejected_clearly(kw: dict[str, Any], message: str) -
 
 
 def test_bad_call_arguments_are_rejected_clearly() -> None:
-    rl = limiter(FakeClock(), requests_per_second=1, tokens_per_minute=60)
+    rl = limiter(FakeClock(100.0), requests_per_second=1, tokens_per_minute=60)
     with pytest.raises(ValueError, match="timeout must be a finite number >= 0"):
         rl.acquire(-1)
     with pytest.raises(ValueError, match="timeout must be"):
@@ -99,9 +84,9 @@ def test_burst_then_the_rate() -> None:
 
 
 def test_default_burst_is_one_second_of_requests() -> None:
-    rl = limiter(FakeClock(), requests_per_second=4)
+    rl = limiter(FakeClock(100.0), requests_per_second=4)
     assert sum(rl.try_acquire() for _ in range(10)) == 4
-    slow = limiter(FakeClock(), requests_per_second=0.5)
+    slow = limiter(FakeClock(100.0), requests_per_second=0.5)
     assert sum(slow.try_acquire() for _ in range(10)) == 1
     assert (rl.requests_per_second, rl.tokens_per_minute) == (4.0, None)
 
@@ -126,7 +111,7 @@ def test_the_rate_holds_over_simulated_time() -> None:
 
 
 def test_acquire_waits_for_its_slot() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     sleep = RecordingSleep()
     rl = limiter(clock, sleep, requests_per_second=10, burst=1)
     assert rl.acquire(timeout=1.0)
@@ -136,7 +121,7 @@ def test_acquire_waits_for_its_slot() -> None:
 
 
 def test_timeout_returns_false_without_waiting_or_taking() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     sleep = RecordingSleep()
     rl = limiter(clock, sleep, requests_per_second=2, burst=1)
     assert rl.try_acquire()
@@ -149,7 +134,7 @@ def test_timeout_returns_false_without_waiting_or_taking() -> None:
 
 
 def test_waiters_reserve_in_order_and_try_acquire_cannot_overtake_them() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     sleep = RecordingSleep()
     rl = limiter(clock, sleep, requests_per_second=4, burst=1)
     assert rl.try_acquire()
@@ -164,7 +149,7 @@ def test_waiters_reserve_in_order_and_try_acquire_cannot_overtake_them() -> None
 
 
 def test_tokens_per_minute_budget() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     sleep = RecordingSleep()
     rl = limiter(clock, sleep, tokens_per_minute=600, token_burst=100)  # 10 tokens/s
     assert rl.tokens_per_minute == pytest.approx(600)
@@ -180,7 +165,7 @@ def test_tokens_per_minute_budget() -> None:
 
 
 def test_requests_and_tokens_must_both_allow_the_call() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     rl = limiter(clock, requests_per_second=100, tokens_per_minute=60, token_burst=10)
     assert rl.try_acquire(cost_tokens=10)
     assert not rl.try_acquire(cost_tokens=1)  # requests left, tokens not
@@ -191,7 +176,7 @@ def test_requests_and_tokens_must_both_allow_the_call() -> None:
 
 
 def test_a_request_larger_than_the_token_burst_waits_for_a_full_bucket_then_owes() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     rl = limiter(clock, tokens_per_minute=60, token_burst=10)  # 1 token/s
     assert rl.try_acquire(cost_tokens=4)
     assert rl.time_until_available(cost_tokens=25) == pytest.approx(4.0)
@@ -202,7 +187,7 @@ def test_a_request_larger_than_the_token_burst_waits_for_a_full_bucket_then_owes
 
 
 def test_charge_tokens_corrects_an_estimate() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     rl = limiter(clock, tokens_per_minute=60, token_burst=10)
     assert rl.try_acquire(cost_tokens=5)
     rl.charge_tokens(8)  # the answer was longer than estimated: 3 tokens of debt
@@ -214,7 +199,7 @@ def test_charge_tokens_corrects_an_estimate() -> None:
 
 
 def test_a_clock_stepping_back_does_not_drain_the_bucket() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     rl = limiter(clock, requests_per_second=1, burst=2)
     clock.advance(-50)
     assert rl.try_acquire()
@@ -225,7 +210,7 @@ def test_a_clock_stepping_back_does_not_drain_the_bucket() -> None:
 def test_16_threads_reserving_never_exceed_the_rate() -> None:
     # The clock stands still, so each grant's wait is exactly its slot after "now":
     # the k-th slot (0-based) must be no earlier than (k + 1 - burst) / rate.
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     sleep = RecordingSleep()
     rate, burst, per_thread = 50.0, 3.0, 25
     rl = limiter(clock, sleep, requests_per_second=rate, burst=burst)

@@ -5,7 +5,6 @@ and survives a killed driver."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import pytest
 
 import dspy_actors as dsa
 import supervisors
-from dspy_actors.evaluate import Evaluate
 from dspy_actors.lm import LM
 from dspy_actors.optimizers import GEPA, MemoryCheckpointer
 from dspy_actors.optimizers._gepa import _Pool, auto_budget
@@ -25,31 +23,11 @@ from dspy_actors.testing.reflective_task import (
     RULES,
     dataset,
     metric,
-    reflective_lm,
 )
+from tests.dspy_actors.optimizers.reflective import score, student
 
 TRAIN = dataset(0, 12)
 VAL = dataset(12, 12)
-TEST = dataset(24, 12)
-
-
-def student() -> dsa.Predict:
-    program = dsa.Predict("word -> answer")
-    program.signature = program.signature.with_instructions(BASE_INSTRUCTION)
-    return program
-
-
-def score(program: Any) -> float:
-    def plain(example: Any, prediction: Any, trace: Any = None) -> float:
-        return float(metric(example, prediction).score)
-
-    return Evaluate(devset=TEST, metric=plain, concurrency=4, progress=False)(program).score
-
-
-@pytest.fixture
-def task() -> Iterator[tuple[Any, LM]]:
-    with reflective_lm() as (sim, lm):
-        yield sim, lm
 
 
 def test_gepa_carries_what_feedback_taught_into_the_instruction(task: tuple[Any, LM]) -> None:

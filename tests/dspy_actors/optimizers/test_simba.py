@@ -9,48 +9,27 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import dspy_actors as dsa
-from dspy_actors.evaluate import Evaluate
 from dspy_actors.lm import LM
 from dspy_actors.optimizers import SIMBA, MemoryCheckpointer
 from dspy_actors.optimizers._simba import _percentile, _poisson
 from dspy_actors.runtime.app import start
 from dspy_actors.testing._polling import wait_until
-from dspy_actors.testing.reflective_task import BASE_INSTRUCTION, dataset, metric, reflective_lm
+from dspy_actors.testing.reflective_task import BASE_INSTRUCTION, dataset, metric
+from tests.dspy_actors.optimizers.reflective import score, student
 
 TRAIN = dataset(0, 24)
-TEST = dataset(24, 12)
 SEED = 3
 REPO = Path(__file__).resolve().parents[3]
 
 
-def student() -> dsa.Predict:
-    program = dsa.Predict("word -> answer")
-    program.signature = program.signature.with_instructions(BASE_INSTRUCTION)
-    return program
-
-
 def make_optimizer(lm: Any = None) -> SIMBA:
     return SIMBA(metric=metric, prompt_model=lm, bsize=8, num_candidates=4, max_steps=8)
-
-
-def score(program: Any) -> float:
-    def plain(example: Any, prediction: Any, trace: Any = None) -> float:
-        return float(metric(example, prediction).score)
-
-    return Evaluate(devset=TEST, metric=plain, concurrency=4, progress=False)(program).score
-
-
-@pytest.fixture
-def task() -> Iterator[tuple[Any, LM]]:
-    with reflective_lm() as (sim, lm):
-        yield sim, lm
 
 
 def test_simba_improves_the_task_with_rules_and_demos(task: tuple[Any, LM]) -> None:

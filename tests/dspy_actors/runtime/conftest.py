@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,3 +54,14 @@ def run_in_threads(target: Callable[[int], object], count: int, timeout: float =
     assert not any(thread.is_alive() for thread in threads), "a caller thread hung"
     if errors:
         raise errors[0]
+
+
+def store_location(request: pytest.FixtureRequest, sqlite_path: Path) -> Any:
+    """Where a store test's store lives for its ``sqlite``/``postgres`` param: the SQLite
+    file, or a fresh database on the session's PostgreSQL (skipped for a test marked
+    ``sqlite_only``: a test of the SQLite file itself)."""
+    if request.param == "postgres":
+        if request.node.get_closest_marker("sqlite_only"):
+            pytest.skip("a test of the SQLite file itself")
+        return request.getfixturevalue("postgres_url")
+    return sqlite_path

@@ -21,6 +21,7 @@ from dspy_actors.runtime._dead_letters import (
     jsonify,
 )
 from dspy_actors.runtime._parameter_store import ParameterStore, StoreError
+from tests.dspy_actors.runtime.conftest import store_location
 
 
 class PoisonError(Exception):
@@ -45,13 +46,7 @@ def path(tmp_path: Path) -> Path:
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, path: Path) -> Iterator[DeadLetterStore]:
     """The store on each backend; tests of the SQLite file itself are marked sqlite_only."""
-    if request.param == "postgres":
-        if request.node.get_closest_marker("sqlite_only"):
-            pytest.skip("a test of the SQLite file itself")
-        where: Any = request.getfixturevalue("postgres_url")
-    else:
-        where = path
-    s = DeadLetterStore(where)
+    s = DeadLetterStore(store_location(request, path))
     yield s
     s.close()
 

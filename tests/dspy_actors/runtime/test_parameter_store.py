@@ -16,6 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from dspy_actors.runtime._parameter_store import ParameterStore, StoreError, looks_like_secret
+from tests.dspy_actors.runtime.conftest import store_location
 
 STATE: dict[str, Any] = {
     "retrieve": {"k": 5},
@@ -35,13 +36,7 @@ def path(tmp_path: Path) -> Path:
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, path: Path) -> Iterator[ParameterStore]:
     """The store on each backend; tests of the SQLite file itself are marked sqlite_only."""
-    if request.param == "postgres":
-        if request.node.get_closest_marker("sqlite_only"):
-            pytest.skip("a test of the SQLite file itself")
-        where: Any = request.getfixturevalue("postgres_url")
-    else:
-        where = path
-    s = ParameterStore(where)
+    s = ParameterStore(store_location(request, path))
     yield s
     s.close()
 

@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,8 @@ def reference(sim: SimLM, lm: LM) -> tuple[dict[str, Any], int]:
 
 
 @pytest.fixture
-def app(lm: LM, tmp_path: Path) -> Iterator[App]:
-    with start(lm=lm, data_dir=tmp_path / "data", lm_workers=4) as running:
-        yield running
+def app(lm: LM, tmp_path: Path, make_app: Callable[..., App]) -> App:
+    return make_app(lm=lm, data_dir=tmp_path / "data", lm_workers=4)
 
 
 def test_run_reports_progress_checkpoints_and_matches_compile(

@@ -81,8 +81,12 @@ def test_two_thousand_concurrent_requests_are_all_answered_with_defaults(
 ) -> None:
     sim.latency = 0.3  # so that the requests really are in flight together
     defaults = inspect.signature(start).parameters
-    # The test fixture narrows the LM pool for speed; here the newcomer's defaults hold.
-    app = start_app(lm_workers=defaults["lm_workers"].default)
+    # The test fixture narrows the LM pool (8 in flight); here the newcomer's defaults
+    # hold. (Left at 8, the 2,000 requests queued for the LM 8 at a time: 75 s of waits.)
+    app = start_app(
+        lm_workers=defaults["lm_workers"].default,
+        lm_max_in_flight=defaults["lm_max_in_flight"].default,
+    )
     handle = app.serve("qa", Predict("question -> answer"))
     with _Uvicorn(_asgi_app(handle)) as port:
         peak = 0
