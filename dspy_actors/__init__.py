@@ -228,3 +228,8 @@ def _open_console(app: App, port: int, **options: _Any) -> _Any:
 from dspy_actors.runtime.app import set_console_opener as _set_console_opener  # noqa: E402
 
 _set_console_opener(_open_console)
+
+# A custom LM, as DSPy users write one: subclass BaseLM, implement forward (docs/providers.md).
+from dspy_actors.lm import BaseLM, LMForwardError  # noqa: E402
+
+__all__ += ["BaseLM", "LMForwardError"]

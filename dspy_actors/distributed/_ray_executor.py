@@ -52,14 +52,16 @@ class RayExecutorStats:
 
 
 def _base_lm(lm: Any) -> Any:
-    """The LM under wrappers (a run's journal, the app's pool): what a worker rebuilds."""
+    """The LM under wrappers (a run's journal, the app's pool): what a worker rebuilds (an
+    ``LM``, or a custom ``BaseLM`` whose ``dump_state`` names its importable class)."""
+    from dspy_actors.lm._base_lm import BaseLM
     from dspy_actors.lm._lm import LM
 
     seen = 0
-    while lm is not None and not isinstance(lm, LM) and seen < 8:
+    while lm is not None and not isinstance(lm, LM | BaseLM) and seen < 8:
         lm = getattr(lm, "_lm", None)
         seen += 1
-    return lm if isinstance(lm, LM) else None
+    return lm if isinstance(lm, LM | BaseLM) else None
 
 
 class RayExecutor:

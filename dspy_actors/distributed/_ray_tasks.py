@@ -15,23 +15,31 @@ from dspy_actors import _settings as settings
 from dspy_actors.distributed._rate_limit import ClusterRateLimitedLM
 from dspy_actors.evaluate._executor import Outcome
 from dspy_actors.evaluate._parallel import parallel_map
+from dspy_actors.lm._base_lm import LM_CLASS_STATE_KEY, BaseLM
 from dspy_actors.lm._lm import LM
 
 __all__ = ["run_chunk"]
 
 # One LM client per configuration per worker process: its connections and cache outlive
 # a chunk, as they would in one process.
-_lms: dict[str, LM] = {}
+_lms: dict[str, LM | BaseLM] = {}
 _lms_lock = threading.Lock()
 
 
-def _worker_lm(state: Mapping[str, Any]) -> LM:
+def _worker_lm(state: Mapping[str, Any]) -> LM | BaseLM:
     key = json.dumps(state, sort_keys=True, default=repr)
     with _lms_lock:
         lm = _lms.get(key)
         if lm is None:
             fields = dict(state)
-            lm = _lms[key] = LM(fields.pop("model"), **fields)
+            if LM_CLASS_STATE_KEY in fields:
+                # A custom LM: its class, by the import path the driver's own dump_state
+                # recorded (the driver's state, so trusted), importable on every node
+                # as the task's functions are.
+                lm = BaseLM.load_state(fields, allow_custom_lm_class=True)
+            else:
+                lm = LM(fields.pop("model"), **fields)
+            _lms[key] = lm
         return lm
 
 

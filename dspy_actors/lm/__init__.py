@@ -36,3 +36,8 @@ __all__ = [
     "metering",
     "record_usage",
 ]
+
+# DSPy's base class for an LM of your own (forward/aforward).
+from dspy_actors.lm._base_lm import BaseLM, LMForwardError
+
+__all__ += ["BaseLM", "LMForwardError"]

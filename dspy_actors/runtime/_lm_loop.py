@@ -15,8 +15,10 @@ socket and a task, never a thread: 4,096 in flight is one loop thread.
   slots withdrawn: the dispatcher retries each unanswered request once on another worker
   (an LM completion is safe to repeat), then fails it clearly (``LMWorkerCrashed``); the
   supervisor restarts the actor with a new loop.
-- An LM-like object that is not an :class:`~dspy_actors.lm.LM` (it has only ``complete``)
-  runs in a thread of its own, holding its slot, so the pool's bound holds.
+- A custom LM (a ``BaseLM``, an LM subclass overriding ``complete``/``acomplete``, an
+  LM-like object) runs its own code: ``aforward``/``acomplete`` on the loop, a blocking
+  ``forward``/``complete`` in a bounded thread pool, holding its slot
+  (``runtime/_lm_user_calls.py``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from dspy_actors.lm.errors import LMError
 from dspy_actors.runtime._context import restored
 from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime._lm_host import SlotHostActor
-from dspy_actors.runtime._lm_pool import Dispatcher, LMAttempt, Slot, Work, _is_lm
+from dspy_actors.runtime._lm_pool import Dispatcher, LMAttempt, Slot, Work, _plain_lm
+from dspy_actors.runtime._lm_user_calls import UserCalls
 from dspy_actors.runtime._streaming_hooks import StreamEnded, run_streamed
 
 __all__ = ["EventLoopThread", "LMLoop"]
@@ -78,6 +81,10 @@ class EventLoopThread:
         self.lag = 0.0
         self._lag_probe: asyncio.Task[None] | None = None
         self._probe_due = float("inf")  # when the probe's current sleep should end
+        # Custom LMs' own code (runtime/_lm_user_calls.py): aforward here, forward in threads.
+        self._user_calls = UserCalls(
+            name, self._loop, dispatcher, slots, self._tasks, lambda: self._closing
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -136,13 +143,8 @@ class EventLoopThread:
         if attempt is None:
             self._dispatcher.finished(slot, "ignore", 0.0)
             return
-        if not _is_lm(lm):  # an LM-like object: only complete(), in a thread
-            threading.Thread(
-                target=self._dispatcher.run_attempt,
-                args=(slot, attempt, lm),
-                name=f"{self.name}-here",
-                daemon=True,
-            ).start()
+        if not _plain_lm(lm):  # the user's own code (forward, complete): as written
+            self._user_calls.send(slot, attempt, lm)
             return
         try:
             with restored(request.ctx):
@@ -246,6 +248,7 @@ class EventLoopThread:
         """Cancel every request in flight (unanswered), close the loop's connections, stop
         the loop and join its thread."""
         self._closing = True
+        self._user_calls.stop(timeout)
         if self._thread.is_alive():
             try:
                 done = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)

@@ -67,7 +67,14 @@ if TYPE_CHECKING:
 
 # Errors that say the deployment is unhealthy (the breaker counts them); others, such as a
 # bad request, are the caller's problem and must not open the breaker.
-_UNHEALTHY = ("ServerError", "LMTimeout", "LMConnectionError", "MalformedResponse", "RateLimited")
+_UNHEALTHY = (
+    "ServerError",
+    "LMTimeout",
+    "LMConnectionError",
+    "MalformedResponse",
+    "RateLimited",
+    "LMForwardError",  # a custom LM's forward crashed (lm/_base_lm.py)
+)
 
 
 def deployment_key(lm: LM) -> str:
@@ -577,13 +584,13 @@ class LMAttempt:
 def _plain_lm(lm: object) -> bool:
     """Whether ``lm`` is an LM whose ``complete`` is LM's own, so the pool may run its
     phases itself (``prepare`` with the probe's miss and the deadline, ``send``); an LM
-    subclass overriding ``complete`` is called through it, as an LM-like object is."""
-    return isinstance(lm, LM) and type(lm).complete is LM.complete
-
-
-def _is_lm(lm: object) -> bool:
-    """Whether ``lm`` is an LM (typed as one, but an LM-like object may stand in)."""
-    return isinstance(lm, LM)
+    subclass overriding ``complete`` (or ``acomplete``) is called through it, as an
+    LM-like object is."""
+    return (
+        isinstance(lm, LM)
+        and type(lm).complete is LM.complete
+        and type(lm).acomplete is LM.acomplete
+    )
 
 
 def submit_lm_request(

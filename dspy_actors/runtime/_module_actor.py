@@ -49,7 +49,7 @@ import greenlet
 import pykka
 
 import supervisors
-from dspy_actors.lm._lm import CacheMiss
+from dspy_actors.lm._lm import LM, CacheMiss
 from dspy_actors.lm._steps import LMCall
 from dspy_actors.lm._usage import UsageMeter
 from dspy_actors.lm.errors import LMError
@@ -65,7 +65,7 @@ from dspy_actors.runtime._errors import (
 )
 from dspy_actors.runtime._events import Event, ModuleEnd, ModuleError, ModuleStart
 from dspy_actors.runtime._futures import reject, resolve
-from dspy_actors.runtime._lm_pool import Dispatcher, submit_lm_request
+from dspy_actors.runtime._lm_pool import Dispatcher, _plain_lm, submit_lm_request
 from dspy_actors.runtime._messages import Call
 from dspy_actors.runtime._streaming_hooks import predictor_tap
 from dspy_actors.waiting import ForwardGreenlet, Park, timers
@@ -525,7 +525,9 @@ def _probe(lm_call: LMCall) -> Any:
     """The cached response for this LM call if the LM can answer it without I/O; else a
     ``CacheMiss`` to send along (the worker then skips the lookup), or None (uncached)."""
     probe = getattr(lm_call.lm, "probe", None)  # an LM-like object without a cache: None
-    return None if probe is None else probe(lm_call.messages, **lm_call.kwargs)
+    if probe is None or (isinstance(lm_call.lm, LM) and not _plain_lm(lm_call.lm)):
+        return None  # (an LM subclass's own complete() decides about its cache)
+    return probe(lm_call.messages, **lm_call.kwargs)
 
 
 def _tell_forward_wake(ref: pykka.ActorRef[Any], call_id: int, park: int) -> None:

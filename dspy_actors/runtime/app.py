@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, cast
 
 import supervisors
 from dspy_actors import _settings as settings
@@ -50,9 +50,11 @@ from dspy_actors.runtime._dead_letters import DeadLetter
 from dspy_actors.runtime._errors import AppStopped, ModuleCrashed
 from dspy_actors.runtime._event_bridge import EventBridge
 from dspy_actors.runtime._lm_pool import PooledLM
+from dspy_actors.runtime._lm_user_calls import check_served_lm
 from dspy_actors.runtime._lm_wiring import wire_lm_pool
 from dspy_actors.runtime._parameter_store import ParameterStore
 from dspy_actors.runtime._poison import PoisonTracker
+from dspy_actors.runtime._pool_options import check_breaker, check_rate_limit
 from dspy_actors.runtime._programs import ProgramLimits, Programs
 from dspy_actors.runtime._quarantine import Quarantine
 from dspy_actors.runtime._run_plan import RunnableOptimizer
@@ -66,6 +68,7 @@ from dspy_actors.runtime.handle import ProgramHandle
 from dspy_actors.runtime.runs import RunHandle, cancel_all, start_run
 
 if TYPE_CHECKING:
+    from dspy_actors.lm._base_lm import BaseLM
     from dspy_actors.lm._lm import LM
 
 __all__ = ["App", "AppConfig", "ServedProgram", "start"]
@@ -497,8 +500,8 @@ _LM_WORKERS_REMOVED = (
 
 def start(
     *,
-    lm: LM | None = None,
-    fallbacks: Sequence[LM] = (),
+    lm: LM | BaseLM | None = None,
+    fallbacks: Sequence[LM | BaseLM] = (),
     name: str | None = None,
     data_dir: str | Path | None = None,
     lm_workers: None = None,
@@ -589,11 +592,16 @@ def start(
             f"dsa.start(lm_processes=...) must be between 0 and lm_max_in_flight "
             f"({lm_max_in_flight}: each process takes at least one call), got {lm_processes!r}"
         )
+    for each in (lm, *fallbacks):
+        check_served_lm(each, "dsa.start(lm=..., fallbacks=...)")
     if lm_processes:
         for each in (lm, *fallbacks):
-            if each is not None:
-                each.worker_spec()  # fails now, not on the first call, for an LM it cannot send
+            worker_spec = getattr(each, "worker_spec", None)  # (a custom LM runs in threads)
+            if worker_spec is not None:
+                worker_spec()  # fails now, not on the first call, for an LM it cannot send
     check_store_url(store)
+    breaker = check_breaker({} if breaker is None else breaker)  # here, not in a crash loop
+    rate_limit = None if rate_limit is None else check_rate_limit(rate_limit)
     if store_retry_for < 0:
         raise ValueError(f"dsa.start(store_retry_for=...) must be >= 0, got {store_retry_for!r}")
     app_name = name or f"app{next(_app_ids)}"
@@ -601,8 +609,10 @@ def start(
     config = AppConfig(
         name=app_name,
         data_dir=directory,
-        lm=lm,
-        fallbacks=tuple(fallbacks),
+        # A custom LM (BaseLM) stands where an LM does: the pool runs its own code for it
+        # (runtime/_lm_user_calls.py) and reads only what both have (model, api_base...).
+        lm=cast("LM | None", lm),
+        fallbacks=cast("tuple[LM, ...]", tuple(fallbacks)),
         lm_max_queue=lm_max_queue,
         lm_processes=lm_processes,
         breaker=dict(breaker or {}),

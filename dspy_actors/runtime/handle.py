@@ -29,6 +29,7 @@ awaits the reply futures on the caller's event loop and holds no thread while in
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
@@ -270,9 +271,15 @@ class ProgramHandle:
         return channel, self._context(timeout, trace_id, overrides).streamed_by(tap)
 
     def submit(self, **inputs: Any) -> Future[Any]:
-        """Start a call; the future gets its Prediction or error."""
+        """Start a call; the future gets its Prediction or error.
+
+        The call runs as if made here, like :meth:`call`: with this thread's (or task's)
+        ``dsa.context(...)`` overrides, the trace and deadline of the call being handled,
+        and the usage meters in force (the executor's thread runs it in a copy of this
+        context)."""
         _reject_options_as_inputs(self._program, inputs)
-        return self._app.executor.submit(self.call_with, inputs)
+        caller = contextvars.copy_context()
+        return self._app.executor.submit(caller.run, self.call_with, inputs)
 
     def _context(
         self, timeout: float | None, trace_id: str | None, overrides: Mapping[str, Any]

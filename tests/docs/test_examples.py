@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +42,22 @@ def _cases() -> list[Any]:
 
 @pytest.mark.parametrize(("where", "code"), _cases())
 def test_documented_example_runs(where: str, code: str, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    # A block that starts Ray (docs/deploying.md) keeps its session files under a private
+    # directory removed here, not in /tmp/ray where every run would leave one behind (a
+    # short path: Ray's Unix socket paths are limited to 108 bytes).
+    ray_tmp = tempfile.mkdtemp(prefix="dsaray-", dir="/tmp")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            env={**os.environ, "RAY_TMPDIR": ray_tmp},
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert result.returncode == 0, f"{where} failed:\n{result.stderr[-3000:]}"
 
 

@@ -4,6 +4,7 @@ process killed and the run resumed in another, one LM rate limit across the clus
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
@@ -26,6 +27,7 @@ from dspy_actors.testing import lm_on, wait_until
 from dspy_actors.testing.sim_lm import SimLM
 from tests.dspy_actors.optimizers.task import dataset, metric, responder
 from tests.ray.conftest import NODE, REPO
+from tests.reliability.custom_lms import ComputingLM
 
 ray = pytest.importorskip("ray")
 
@@ -39,6 +41,9 @@ TRAIN = dataset(0, 8)
 DEV = dataset(12, 6)
 SEED = 3
 STEPS = 6  # candidates -3..2
+# Bounds of waits on conditions (not margins): generous, for a loaded machine.
+HOLD_BOUND_SECONDS = 900.0
+REACH_BOUND_SECONDS = 300.0
 
 
 def make_optimizer() -> BootstrapFewShotWithRandomSearch:
@@ -87,25 +92,32 @@ def reference(sim: SimLM) -> dict[str, Any]:
 
 @ray.remote(num_cpus=0)
 class NodeLog:
-    """Which nodes reached the metric; the doomed node's work is held there until the node
-    is killed, so the kill provably lands on work in flight."""
+    """Which nodes reached the metric; the doomed node's work is held there (``hold``, an
+    async actor method nothing releases) until the node is killed, so the kill provably
+    lands on work in flight, however long the machine takes to get there."""
 
     def __init__(self, doomed: str) -> None:
         self.doomed = doomed
         self.nodes: list[str] = []
+        self.never = asyncio.Event()
 
-    def note(self, node: str) -> bool:
+    async def note(self, node: str) -> bool:
         self.nodes.append(node)
         return node == self.doomed
 
-    def seen(self) -> list[str]:
+    async def seen(self) -> list[str]:
         return list(self.nodes)
+
+    async def hold(self) -> None:
+        await self.never.wait()
 
 
 def logged_metric(example: Example, prediction: Any, trace: Any = None) -> bool:
     log = ray.get_actor("dsa-test-node-log", namespace="dspy-actors")
     if ray.get(log.note.remote(ray.get_runtime_context().get_node_id()), timeout=30):
-        time.sleep(60)  # on the doomed node: held until the node dies (well before this)
+        # On the doomed node: held until the node dies (or, if the test fails first, its
+        # log actor is killed); the timeout only bounds a wait that should never end.
+        ray.get(log.hold.remote(), timeout=HOLD_BOUND_SECONDS)
     return metric(example, prediction, trace)
 
 
@@ -177,7 +189,7 @@ def test_run_on_cluster_survives_a_worker_node_killed_mid_run(
                                run_id="w1", executor=executor)  # fmt: skip
             wait_until(
                 lambda: victim.node_id in ray.get(log.seen.remote(), timeout=30),
-                timeout=60.0,
+                timeout=REACH_BOUND_SECONDS,
                 what="the doomed node to reach the metric",
             )
             cluster.remove_node(victim, allow_graceful=False)  # its raylet and workers die
@@ -274,3 +286,54 @@ def test_one_rate_limit_holds_across_the_cluster(cluster: Any, lm: LM, sim: SimL
     assert len(executor.stats.chunks_by_node) >= 2
     with pytest.raises(ValueError, match="requests_per_second"):
         RayExecutor(rate_limit={"requests_per_second": 0})
+
+
+_STOP_CHILD = """
+import sys
+import ray
+import dspy_actors as dsa
+from dspy_actors.distributed._cluster import app_cluster_executor
+from dspy_actors.lm import LM
+
+url, address = sys.argv[1], sys.argv[2]
+lm = LM("openai/sim-task", api_base=url, api_key="k", cache=False)
+app = dsa.start(lm=lm, lm_max_in_flight=2, ray_address=address)
+executor = app_cluster_executor(app, app.config)  # what every run of the app uses
+with dsa.context(lm=lm):
+    outcomes = executor.map_outcomes(abs, [-1, -2, 3])
+print("values", [o.value for o in outcomes], "connected", ray.is_initialized())
+app.stop()
+print("after stop connected", ray.is_initialized())
+"""
+
+
+def test_app_stop_disconnects_the_ray_driver_its_runs_connected(cluster: Any, sim: SimLM) -> None:
+    """An app started with ``ray_address`` connects its process to the cluster on its
+    first run; ``app.stop()`` ends that connection (the cluster stays up)."""
+    child = subprocess.run(
+        [sys.executable, "-c", _STOP_CHILD, sim.openai_base, cluster.address],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+        text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "values [1, 2, 3] connected True" in child.stdout
+    assert "after stop connected False" in child.stdout
+
+
+def upper_matches(example: Example, prediction: Any, trace: Any = None) -> bool:
+    return bool(example.answer == prediction.answer)
+
+
+def test_a_custom_lm_is_rebuilt_on_every_node(cluster: Any) -> None:
+    """A ``dsa.BaseLM`` subclass crosses to the workers by its ``dump_state`` (its class
+    by import path), and its ``forward`` answers there."""
+    devset = [
+        Example(question=f"word{i}", answer=f"WORD{i}").with_inputs("question") for i in range(8)
+    ]
+    executor = RayExecutor(chunk_size=2, threads_per_task=2)
+    with dsa.context(lm=ComputingLM(temperature=0.0)):
+        result = Evaluate(devset=devset, metric=upper_matches, progress=False,
+                          executor=executor)(student())  # fmt: skip
+    assert result.score == 100.0
+    assert executor.stats.chunks == 4
+    assert len(executor.stats.chunks_by_node) >= 2
