@@ -276,8 +276,7 @@ class EventLoopThread:
     def abandon_requests(self, reason: str) -> None:
         """Withdraw this loop's slots from the pool: the dispatcher retries each request
         they held, unanswered, once on another worker."""
-        for slot in self.slots:
-            self._dispatcher.worker_died(slot, reason)
+        self._dispatcher.workers_died(self.slots, reason)
 
 
 def _cancel_if_pending(task: asyncio.Task[None]) -> None:

@@ -248,20 +248,26 @@ class Dispatcher:
         out.deliver()
         return True
 
-    def worker_died(self, worker: PoolWorker, reason: object) -> None:
-        """Forget a dead worker; retry its request once (it may never have been answered)."""
-        urn = worker.actor_urn
+    def workers_died(self, workers: Sequence[PoolWorker], reason: object) -> None:
+        """Forget dead workers (one host's slots); retry each of their requests once (it
+        may never have been answered).
+
+        All of them are withdrawn before any request is retried: withdrawn one at a time,
+        a request retried from the first could be handed to a sibling slot of the same
+        dead host, and die there a second time (``LMWorkerCrashed``) without ever having
+        had a live worker."""
+        urns = {worker.actor_urn for worker in workers}
         out = _Handover()
         with self._lock:
-            self._workers.discard(urn)
-            self._idle = deque(w for w in self._idle if w.actor_urn != urn)
-            work = self._busy.pop(urn, None)
-            if work is not None:
+            self._workers -= urns
+            self._idle = deque(w for w in self._idle if w.actor_urn not in urns)
+            works = [work for urn in urns if (work := self._busy.pop(urn, None)) is not None]
+            for work in works:
                 self._retry_or_fail(
                     work, f"the LM worker died twice on this request ({reason})", out
                 )
             self._assign(out)
-        if work is not None:
+        for work in works:
             work.breaker.release(work.permit)
         out.deliver()
 

@@ -202,8 +202,7 @@ class WorkerProcess:
         the dispatcher retries each unanswered request once on another worker."""
         with self._pending_lock:
             self._pending.clear()
-        for slot in self.slots:
-            self._dispatcher.worker_died(slot, reason)
+        self._dispatcher.workers_died(self.slots, reason)
 
     # Sending (any thread). ----------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from dspy_actors.lm._breaker import CircuitBreaker, CircuitOpen
 from dspy_actors.lm._lm import LM
 from dspy_actors.runtime._context import capture
 from dspy_actors.runtime._errors import DeadlineExceeded, Overloaded
-from dspy_actors.runtime._lm_pool import Dispatcher, LMPoolConfig
+from dspy_actors.runtime._lm_pool import Dispatcher, LMPoolConfig, Slot
 from dspy_actors.runtime._messages import LMRequest
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -83,4 +83,39 @@ def test_a_reply_failed_by_an_open_breaker_or_its_deadline_may_submit_again() ->
     assert isinstance(blocked.reply.exception(timeout=0), CircuitOpen)
     assert isinstance(expired.reply.exception(timeout=0), DeadlineExceeded)
     assert isinstance(again.exception(timeout=5), CircuitOpen)  # the resubmit ran too
+    lm.close()
+
+
+class _Host:
+    """A slot host that keeps what its slots are given (it never answers)."""
+
+    name = "test-host"
+
+    def __init__(self) -> None:
+        self.got: list[tuple[Slot, Any]] = []
+
+    def send(self, slot: Slot, work: Any) -> None:
+        self.got.append((slot, work))
+
+
+def test_a_dead_hosts_requests_wait_for_a_live_slot_not_a_sibling_of_the_dead_one() -> None:
+    """A host dies with one slot busy and one idle. Its request is retried once; it must
+    not be handed to the idle sibling (as dead as the busy one) and so die "twice" without
+    ever reaching a live worker: it waits in the queue for the next live slot."""
+    lm = LM("openai/sim-model", api_base="http://127.0.0.1:9/v1", api_key="k", cache=False)
+    dispatcher = Dispatcher(LMPoolConfig())
+    dead = _Host()
+    busy, idle = Slot(dead, 0, "test"), Slot(dead, 1, "test")
+    dispatcher.add_worker(busy)
+    request = _request(lm)
+    dispatcher.submit(request)  # taken by the first idle slot
+    dispatcher.add_worker(idle)
+    assert [slot for slot, _ in dead.got] == [busy]
+    dispatcher.workers_died([busy, idle], "the host crashed")
+    assert not request.reply.done()  # retried, not failed as dying twice
+    assert [slot for slot, _ in dead.got] == [busy]  # and not sent to the dead sibling
+    live = _Host()
+    dispatcher.add_worker(Slot(live, 0, "test"))
+    assert len(live.got) == 1
+    assert live.got[0][1].pending.request is request
     lm.close()
