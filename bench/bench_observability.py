@@ -9,9 +9,10 @@
 
 "on" is what a service would run: ``app.console()`` (which keeps ``/metrics`` too) with one
 browser-like client reading its event stream, and ``trace_app`` with a batch span processor
-(spans exported to a sink that drops them), measured twice: every call traced ("on"), and
+(spans exported to a sink that drops them), measured three ways: every call traced ("on"),
 with the head sampling a service at this rate runs, ``ParentBased(TraceIdRatioBased(0.1))``
-("on-10%"). Rounds alternate off/on/on-10%, each on a fresh app; the best round of each is
+("on-10%"), and ``ParentBased(TraceIdRatioBased(0.01))`` ("on-1%"). Rounds alternate
+off/on/on-10%/on-1%, each on a fresh app; the best round of each is
 reported (the least disturbed by other load on the machine), with every round's numbers
 beside it.
 """
@@ -330,7 +331,7 @@ def main() -> None:
     if args.pieces:
         pieces(args.rounds, args.calls)
         return
-    configs: dict[str, float | None] = {"off": None, "on": 1.0, "on-10%": 0.1}
+    configs: dict[str, float | None] = {"off": None, "on": 1.0, "on-10%": 0.1, "on-1%": 0.01}
     cached: dict[str, list[float]] = {name: [] for name in configs}
     cpu: dict[str, list[float]] = {name: [] for name in configs}
     rates: dict[str, list[float]] = {name: [] for name in configs}
@@ -364,7 +365,7 @@ def main() -> None:
         print(f"  {name:7s} {max(rates[name]):7.1f}  [{_fmt(rates[name])}]  "
               f"on/off {best:.3f}  median on/off {median:.3f}  "
               f"paired {_paired(rates[name], rates['off']):.3f}")  # fmt: skip
-    for name in ("on", "on-10%"):
+    for name in ("on", "on-10%", "on-1%"):
         print(f"{name}: {seen[name].get('spans', 0)} spans exported, "
               f"{seen[name].get('pushes', 0)} console pushes read")  # fmt: skip
 
