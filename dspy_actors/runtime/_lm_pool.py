@@ -285,7 +285,7 @@ class Dispatcher:
             _log.exception("lm_call_failed", lm=repr(lm))
         except BaseException:
             duration = time.monotonic() - attempt.started
-            self.finished(worker, "ignore", duration, unanswered=_TORN_DOWN_TWICE)
+            self.finished(worker, "ignore", duration, unanswered=TORN_DOWN_TWICE)
             raise
         self.finished(worker, outcome, time.monotonic() - attempt.started)
 
@@ -382,7 +382,7 @@ class Dispatcher:
         return None
 
 
-_TORN_DOWN_TWICE = "the thread running this LM request was torn down twice"
+TORN_DOWN_TWICE = "the thread running this LM request was torn down twice"
 
 
 _log = redaction.get_logger("dspy_actors.runtime.lm")

@@ -36,7 +36,7 @@ from dspy_actors.lm._lm import LM
 from dspy_actors.lm.errors import LMError
 from dspy_actors.runtime._context import restored
 from dspy_actors.runtime._futures import reject
-from dspy_actors.runtime._lm_pool import Dispatcher, LMAttempt, Slot
+from dspy_actors.runtime._lm_pool import TORN_DOWN_TWICE, Dispatcher, LMAttempt, Slot
 
 __all__ = ["MAX_THREADS", "UserCalls", "async_entry", "check_served_lm"]
 
@@ -57,8 +57,13 @@ def async_entry(lm: object) -> AsyncComplete | None:
     if isinstance(lm, LM):
         own = type(lm).acomplete is not LM.acomplete
         return lm.acomplete if own else None  # an overridden complete() alone: a thread
-    acomplete = getattr(lm, "acomplete", None)
-    return acomplete if inspect.iscoroutinefunction(acomplete) else None
+    # An LM-like object's own class must define acomplete: one that forwards unknown
+    # names to a wrapped LM (__getattr__) would otherwise have its own complete() skipped
+    # for the wrapped LM's acomplete.
+    if not inspect.iscoroutinefunction(getattr(type(lm), "acomplete", None)):
+        return None
+    acomplete: AsyncComplete = getattr(lm, "acomplete")  # noqa: B009 (bound, typed)
+    return acomplete
 
 
 def check_served_lm(lm: object, where: str) -> None:
@@ -169,6 +174,14 @@ class UserCalls:
             outcome = attempt.run(lm)  # answers the reply (and logs nothing)
         except Exception:  # a bug below us: the caller has it as its answer
             _log.exception("lm_call_failed", lm=repr(lm))
+        except BaseException:
+            # The user's code tore its thread down (SystemExit, KeyboardInterrupt) without
+            # answering: the request goes back to the pool, as a dead worker's, and the
+            # exception goes on.
+            if not self._stopped:
+                duration = max(0.0, time.monotonic() - began)
+                self._dispatcher.finished(slot, "ignore", duration, unanswered=TORN_DOWN_TWICE)
+            raise
         self._finished(slot, outcome, began)
 
     # Either. --------------------------------------------------------------------------
