@@ -645,6 +645,12 @@ def test_32_threads_racing_keep_the_invariants() -> None:
                 except CircuitOpen as exc:
                     counts[f"rejected-{exc.state}"] += 1
                     continue
+                # Failures come in waves, so the breaker keeps opening and closing. The wave
+                # is read when the permit is taken: read after a trial's hold, it would
+                # depend on how far the other threads moved the clock meanwhile (on a busy
+                # machine, a whole wave), and no trial might ever fail.
+                bad_phase = int(clock() * 4) % 2 == 0
+                kind = rng.choices(["ok", "fail", "release"], [1, 3 if bad_phase else 0.05, 0.3])[0]
                 if permit.state == "half_open":
                     with books:
                         trials_in_flight[permit.epoch] += 1
@@ -653,9 +659,6 @@ def test_32_threads_racing_keep_the_invariants() -> None:
                             violations.append(f"{trials_in_flight[permit.epoch]} trials")
                     # Hold the trial a moment so that others race for the remaining permits.
                     time.sleep(0.001)
-                # Failures come in waves, so the breaker keeps opening and closing.
-                bad_phase = int(clock() * 4) % 2 == 0
-                kind = rng.choices(["ok", "fail", "release"], [1, 3 if bad_phase else 0.05, 0.3])[0]
                 duration = rng.choice([0.1, 0.1, 0.1, 2.0])
                 if permit.state == "half_open":
                     with books:
