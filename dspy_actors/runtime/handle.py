@@ -141,7 +141,15 @@ class ProgramHandle:
 
     @property
     def version(self) -> int:
+        """This app's version of the program: 1 when served, one more at each upgrade (its
+        own or one followed from another replica). A count kept per app, not shared."""
         return self._program.version
+
+    @property
+    def state_version(self) -> int | None:
+        """The parameter-store version of the state this program serves (the same number
+        on every replica sharing the store), or None if it was never saved."""
+        return self._program.state_version
 
     @property
     def usage(self) -> Usage:

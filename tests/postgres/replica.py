@@ -5,7 +5,8 @@ It serves ``qa`` (a Predict) and ``flaky`` (crashes on the input "poison" while
 ``Flaky.fixed`` is False) against the shared store, prints ``ready``, then answers commands
 on stdin, one per line, with one line on stdout:
 
-- ``version <n>``: wait (up to 30 s) until ``qa`` serves version >= n: ``version <v> <state>``
+- ``version <n>``: wait (up to 30 s) until ``qa`` serves the store's version >= n:
+  ``version <its store version> <state>``
 - ``call <question>``: ``answer <answer>``
 - ``poison``: call ``flaky`` with the poison input: ``dead <letter id>``
 - ``quit``: stop the app and exit.
@@ -51,10 +52,10 @@ def main(sim_base: str, store: str, data_dir: str) -> None:
             command, _, arg = line.strip().partition(" ")
             if command == "version":
                 deadline = time.monotonic() + 30
-                while qa.version < int(arg) and time.monotonic() < deadline:
+                while (qa.state_version or 0) < int(arg) and time.monotonic() < deadline:
                     time.sleep(0.01)
                 state: Any = app.parameters.load("qa")
-                print("version", qa.version, json.dumps(state), flush=True)
+                print("version", qa.state_version, json.dumps(state), flush=True)
             elif command == "call":
                 print("answer", qa.call(question=arg).answer, flush=True)
             elif command == "poison":
