@@ -124,7 +124,7 @@ class Programs:
         else:
             state_version = params.save(name, program_state(template))
         program = ModuleProgram(template=template, **self._record_fields(name, options))
-        program.state_version = state_version
+        program.state_version = program.served_state_version = state_version
         self._launch(program)
         return program
 
@@ -262,6 +262,7 @@ class Programs:
             program.entry_name = f"{self.app_name}/{spec.id}/"
             program.child_id = spec.id
             program.version = new_version
+            program.served_state_version = program.state_version
             program.gate.wait_drained(old_version, drain_timeout)
             program.retired.add(old_version)
             self._modules().terminate_child(old_child)

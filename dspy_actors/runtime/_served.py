@@ -60,7 +60,10 @@ class ServedProgram:
     idempotent: bool
     call_timeout: float
     options: TreeOptions
+    # The store's version of the newest state (set when an upgrade begins: the new
+    # version's actors load it) and of the state new calls reach (set at the switch).
     state_version: int | None = None
+    served_state_version: int | None = None
     max_crash_retries: int | None = None
     stopped: bool = False
     # Versions an upgrade stopped (after draining them): a pipeline call still on one of

@@ -147,9 +147,10 @@ class ProgramHandle:
 
     @property
     def state_version(self) -> int | None:
-        """The parameter-store version of the state this program serves (the same number
-        on every replica sharing the store), or None if it was never saved."""
-        return self._program.state_version
+        """The parameter-store version of the state new calls reach (the same number on
+        every replica sharing the store; it changes at an upgrade's switch, with
+        ``version``), or None if it was never saved."""
+        return self._program.served_state_version
 
     @property
     def usage(self) -> Usage:
