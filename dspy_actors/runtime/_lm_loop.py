@@ -28,7 +28,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
@@ -44,6 +43,7 @@ from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime._lm_host import SlotHostActor
 from dspy_actors.runtime._lm_pool import Dispatcher, LMAttempt, Slot, Work, _plain_lm
 from dspy_actors.runtime._lm_user_calls import UserCalls
+from dspy_actors.runtime._loop_tasks import start_request_task
 from dspy_actors.runtime._streaming_hooks import StreamEnded, run_streamed
 
 __all__ = ["EventLoopThread", "LMLoop"]
@@ -76,7 +76,6 @@ class EventLoopThread:
         # write to the loop's self-pipe, one thread switch) carries many requests.
         self._handed: deque[tuple[Slot, LM, LMAttempt, PreparedCall]] = deque()
         self._wake_pending = False
-        self._thread_id: int | None = None
         # Seconds the loop has run behind schedule so far (see _measure_lag).
         self.lag = 0.0
         self._lag_probe: asyncio.Task[None] | None = None
@@ -92,7 +91,6 @@ class EventLoopThread:
             raise RuntimeError(f"the LM event loop {self.name} did not start")
 
     def _run(self) -> None:
-        self._thread_id = threading.get_ident()
         asyncio.set_event_loop(self._loop)
         self._loop.call_soon(self._running.set)
         self._loop.call_soon(self._start_lag_probe)
@@ -185,22 +183,9 @@ class EventLoopThread:
             self._begin(*handed.popleft())
 
     def _begin(self, slot: Slot, lm: LM, attempt: LMAttempt, prepared: PreparedCall) -> None:
-        task = self._loop.create_task(self._call(slot, lm, attempt, prepared))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        loop = self._loop
-        loop_thread = self._thread_id
-
-        def caller_gave_up(reply: Future[Any]) -> None:
-            # Completed by us (on the loop's thread: nothing to stop) or by the caller's
-            # side (a deadline, a cancel): in the second case, stop waiting for the provider.
-            if threading.get_ident() != loop_thread and not task.done():
-                try:
-                    loop.call_soon_threadsafe(_cancel_if_pending, task)
-                except RuntimeError:
-                    pass  # the loop closed meanwhile
-
-        attempt.request.reply.add_done_callback(caller_gave_up)
+        start_request_task(
+            self._loop, self._tasks, self._call(slot, lm, attempt, prepared), attempt.request.reply
+        )
 
     async def _call(self, slot: Slot, lm: LM, attempt: LMAttempt, prepared: PreparedCall) -> None:
         request = attempt.request
@@ -277,11 +262,6 @@ class EventLoopThread:
         """Withdraw this loop's slots from the pool: the dispatcher retries each request
         they held, unanswered, once on another worker."""
         self._dispatcher.workers_died(self.slots, reason)
-
-
-def _cancel_if_pending(task: asyncio.Task[None]) -> None:
-    if not task.done():
-        task.cancel()
 
 
 class LMLoop(SlotHostActor[EventLoopThread]):

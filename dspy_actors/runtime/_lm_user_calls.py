@@ -26,7 +26,7 @@ import inspect
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -37,6 +37,7 @@ from dspy_actors.lm.errors import LMError
 from dspy_actors.runtime._context import restored
 from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime._lm_pool import TORN_DOWN_TWICE, Dispatcher, LMAttempt, Slot
+from dspy_actors.runtime._loop_tasks import start_request_task
 
 __all__ = ["MAX_THREADS", "UserCalls", "async_entry", "check_served_lm"]
 
@@ -127,19 +128,9 @@ class UserCalls:
     # On the loop. ---------------------------------------------------------------------
 
     def _begin(self, slot: Slot, attempt: LMAttempt, acomplete: AsyncComplete) -> None:
-        task = self._loop.create_task(self._call(slot, attempt, acomplete))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        loop, loop_thread = self._loop, threading.get_ident()
-
-        def caller_gave_up(reply: Future[Any]) -> None:
-            if threading.get_ident() != loop_thread and not task.done():
-                try:
-                    loop.call_soon_threadsafe(_cancel_if_pending, task)
-                except RuntimeError:
-                    pass  # the loop closed meanwhile
-
-        attempt.request.reply.add_done_callback(caller_gave_up)
+        start_request_task(
+            self._loop, self._tasks, self._call(slot, attempt, acomplete), attempt.request.reply
+        )
 
     async def _call(self, slot: Slot, attempt: LMAttempt, acomplete: AsyncComplete) -> None:
         request = attempt.request
@@ -208,8 +199,3 @@ class UserCalls:
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-
-
-def _cancel_if_pending(task: asyncio.Task[None]) -> None:
-    if not task.done():
-        task.cancel()
