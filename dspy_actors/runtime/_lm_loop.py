@@ -179,6 +179,11 @@ class EventLoopThread:
         # point sees it cleared and wakes the loop again.
         self._wake_pending = False
         handed = self._handed
+        if self._closing:
+            # Handed over after _shutdown cancelled the tasks: a task begun now would never
+            # run. Like those _shutdown clears, they go with their slots, retried elsewhere.
+            handed.clear()
+            return
         while handed:
             self._begin(*handed.popleft())
 
