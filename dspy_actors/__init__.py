@@ -15,6 +15,8 @@ Served by the supervised runtime, from many threads, across crashes::
         print(app.tree().render())
 """
 
+# First: httpx (imported by the LM layer) without its command-line client (click...).
+from dspy_actors import _deferred_imports  # noqa: F401
 from dspy_actors._asyncify import asyncify
 from dspy_actors._callbacks import BaseCallback
 from dspy_actors._embedder import Embedder, EmbeddingError

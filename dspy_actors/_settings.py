@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any
@@ -63,6 +63,18 @@ DSPY_SETTINGS_INSTEAD: Mapping[str, str] = MappingProxyType(
 )
 
 
+# Checks an ``lm=`` value once the LM layer is imported (it sets this: a layer above this
+# module's, it knows what an LM must not be; see lm/_misplaced_forward.py).
+_lm_check: Callable[[object, str], None] | None = None
+
+
+def set_lm_check(check: Callable[[object, str], None]) -> None:
+    """Set what ``configure``/``context`` call with an ``lm=`` value and where it was given
+    (``check(lm, "dsa.configure(lm=...)")``); it raises to refuse the value."""
+    global _lm_check
+    _lm_check = check
+
+
 def _check_keys(where: str, values: Mapping[str, Any]) -> None:
     unknown = sorted(set(values) - SETTING_KEYS)
     if unknown:
@@ -78,6 +90,8 @@ def _check_keys(where: str, values: Mapping[str, Any]) -> None:
             f"{where}(lm=...) needs an LM object, not the string {name!r}: use "
             f"{where}(lm=dspy_actors.LM({name!r}))"
         )
+    if "lm" in values and _lm_check is not None:
+        _lm_check(values["lm"], f"dsa.{where}(lm=...)")
 
 
 def configure(**values: Any) -> None:

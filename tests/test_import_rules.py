@@ -34,6 +34,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "_postgres_url",
             "_asyncify",
             "_stop_hooks",
+            "_deferred_imports",
         }
     ),
     frozenset({"lm", "signatures", "mcp", "_embedder"}),

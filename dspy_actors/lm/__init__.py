@@ -41,3 +41,10 @@ __all__ = [
 from dspy_actors.lm._base_lm import BaseLM, LMForwardError
 
 __all__ += ["BaseLM", "LMForwardError"]
+
+# dsa.configure(lm=...) / dsa.context(lm=...) refuse an LM subclass whose forward() dsa.LM
+# would skip: _settings, below this layer, is handed the check.
+from dspy_actors import _settings  # noqa: E402
+from dspy_actors.lm._misplaced_forward import refuse_misplaced_forward  # noqa: E402
+
+_settings.set_lm_check(refuse_misplaced_forward)

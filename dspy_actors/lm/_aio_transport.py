@@ -26,12 +26,18 @@ import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import httpx
 
+from dspy_actors._deferred_imports import lazy_module
 from dspy_actors.lm.transport import ClientPool
+
+# aiohttp is imported when an LM first sends on an event loop, not with the package.
+if TYPE_CHECKING:
+    import aiohttp
+else:
+    aiohttp = lazy_module("aiohttp", globals())
 
 __all__ = ["AioClients", "AioTarget", "aiter_sse", "close_loop_sessions"]
 

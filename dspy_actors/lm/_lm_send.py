@@ -15,12 +15,12 @@ import threading
 import time
 from collections.abc import AsyncIterator, Generator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import httpx
 import orjson
 
+from dspy_actors._deferred_imports import lazy_module
 from dspy_actors.lm._aio_transport import AioClients, aiter_sse
 from dspy_actors.lm._retry import RetryLoop, RetryPolicy, acall_with_retries, call_with_retries
 from dspy_actors.lm._retry_listener import note_retry
@@ -35,6 +35,12 @@ from dspy_actors.lm.errors import (
 from dspy_actors.lm.providers._base import Provider, StreamAccumulator, iter_sse
 from dspy_actors.lm.transport import ClientPool
 from dspy_actors.redaction import redact
+
+# aiohttp is imported when an LM first sends on an event loop, not with the package.
+if TYPE_CHECKING:
+    import aiohttp
+else:
+    aiohttp = lazy_module("aiohttp", globals())
 
 # The fallback for a body orjson refuses (a non-str dict key, an int beyond 64 bits):
 # built once, as json.dumps with options builds a new encoder on every call.

@@ -26,7 +26,12 @@ BARE_PACKAGE = (
     "package.__path__ = [sys.argv[1]]\n"
     "sys.modules['dspy_actors'] = package\n"
 )
-BOOTSTRAP = BARE_PACKAGE + "from dspy_actors.lm._worker_process import main\nmain()\n"
+# _deferred_imports first: httpx without its command-line client (as the package does).
+BOOTSTRAP = (
+    BARE_PACKAGE
+    + "import dspy_actors._deferred_imports\n"
+    + "from dspy_actors.lm._worker_process import main\nmain()\n"
+)
 
 
 def worker_command() -> list[str]:

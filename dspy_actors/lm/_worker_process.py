@@ -15,8 +15,10 @@ processes of the same program (so pickle is safe here: nothing else writes to th
   call ``("call", call_id, lm_id, messages, params, response_format, timeout, deadline)``
   (a ``PreparedCall``'s fields; ``deadline`` is a ``time.monotonic()`` instant, a clock
   both processes share on Linux);
-- both ways, the heartbeat: ``("ping",)`` from the parent every second, ``("pong",)`` back
-  from the child's main thread (the parent kills a child that stops answering);
+- the heartbeat is not a frame: a byte a second on a pipe of its own (its number the
+  command line's second-last argument), answered by a byte on another (the last), from a
+  thread that does nothing else, so that no call or answer in the frame pipes can delay
+  it (the parent kills a child that stops answering);
 - child -> parent: ``("ready", pid)`` once, then per call ``("done", call_id, ok, value,
   requests, retries)``: ``value`` is the ``Completion``'s fields as a tuple, or the
   exception; ``requests`` and ``retries`` the HTTP attempts the call made (``LM.stats``).
@@ -162,8 +164,6 @@ def serve(source: IO[bytes], sink: IO[bytes]) -> None:
         if frame[0] == "lm":
             _, lm_id, spec = frame
             lms[lm_id] = counting_lm.from_worker_spec(spec)
-        elif frame[0] == "ping":  # the parent's heartbeat: answered by this main thread
-            answer(("pong",))
         elif frame[0] == "call":
             _, call_id, lm_id, messages, params, response_format, timeout, deadline = frame
             prepared = PreparedCall(messages, params, response_format, timeout, None, 0.0, deadline)
@@ -173,7 +173,26 @@ def serve(source: IO[bytes], sink: IO[bytes]) -> None:
     os._exit(0)
 
 
+def answer_heartbeat(pings: int, pongs: int) -> None:
+    """A pong byte on ``pongs`` for every read of ping bytes on ``pings``, until either
+    pipe closes. Run in a thread of its own: the answers' write lock, a full answer pipe or
+    thousands of busy call threads never stand between a ping and its pong, only the
+    interpreter itself (stopped, or stuck holding its GIL: what the heartbeat looks for)."""
+    try:
+        while os.read(pings, 64):
+            os.write(pongs, b"p")
+    except OSError:
+        pass  # the parent is gone: stdin closes too, and serve() ends the process
+    finally:
+        os.close(pings)
+        os.close(pongs)
+
+
 def main() -> None:
     sink = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt frames
+    pings, pongs = int(sys.argv[-2]), int(sys.argv[-1])  # the heartbeat's pipes
+    threading.Thread(
+        target=answer_heartbeat, args=(pings, pongs), name="heartbeat", daemon=True
+    ).start()
     serve(sys.stdin.buffer, sink)

@@ -59,8 +59,6 @@ from typing import Literal
 
 import httpx
 
-from dspy_actors.lm._urllib3_transport import Urllib3Transport
-
 __all__ = ["ClientPool", "HTTPShard"]
 
 DEFAULT_SHARDS = 32
@@ -419,6 +417,10 @@ class ClientPool:
         # PySocks, httpx's needs socksio (``httpx[socks]``), and raises the ImportError an
         # httpx user would see without it.
         if self.backend == "urllib3" and (proxy is None or proxy.url.scheme in ("http", "https")):
+            # Imported with the first shard, not with the package: an LM that only sends on
+            # an event loop never loads urllib3.
+            from dspy_actors.lm._urllib3_transport import Urllib3Transport
+
             # urllib3 sets TCP_NODELAY on its sockets by default.
             return Urllib3Transport(ssl_context=context, maxsize=_LIMITS_KEEPALIVE, proxy=proxy)
         return httpx.HTTPTransport(

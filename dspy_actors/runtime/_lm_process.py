@@ -64,6 +64,11 @@ _STOP_SECONDS = 2.0
 _WRITE_SECONDS = 5.0
 # The heartbeat: a ping every _HEARTBEAT_SECONDS; a worker that has not answered one for
 # _HEARTBEAT_TIMEOUT_SECONDS is hung (stopped, or stuck holding its GIL) and is killed.
+# Pings and pongs are single bytes on a pipe pair of their own, not frames among the calls
+# and answers: a ping never waits on the write lock senders share, a pong never waits
+# behind the worker's answers (its write lock, a full pipe, this process's reader settling
+# a backlog). Those waits starved a healthy worker holding thousands of calls under load,
+# and it was killed as hung; the heartbeat asks only whether the worker's interpreter runs.
 _HEARTBEAT_SECONDS = 1.0
 _HEARTBEAT_TIMEOUT_SECONDS = 10.0
 
@@ -126,18 +131,44 @@ class WorkerProcess:
         self._last_pong = time.monotonic()
         self._heart_stop = threading.Event()
         self._heart: threading.Thread | None = None
+        # This process's ends of the heartbeat pipes (-1: none open): pings out, pongs in.
+        self._ping_fd = -1
+        self._pong_fd = -1
 
     @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
+    @property
+    def last_pong(self) -> float:
+        """When (``time.monotonic()``) the process last answered a heartbeat ping, as seen
+        by the heart thread (at most ``heartbeat_interval`` late)."""
+        return self._last_pong
+
     # Life. ------------------------------------------------------------------------------
 
     def start(self, timeout: float = _READY_SECONDS) -> None:
         """Start the process and wait until it is ready to take calls."""
-        proc = self._proc = subprocess.Popen(
-            self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
+        # The heartbeat's pipes; the process is told their numbers after its command.
+        ping_read, self._ping_fd = os.pipe()
+        self._pong_fd, pong_write = os.pipe()
+        try:
+            proc = self._proc = subprocess.Popen(
+                [*self._command, str(ping_read), str(pong_write)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                pass_fds=(ping_read, pong_write),
+            )
+        except BaseException:
+            self._close_heartbeat_pipes()
+            raise
+        finally:
+            os.close(ping_read)
+            os.close(pong_write)
+        # Neither end ever blocks the heart: a ping into a full pipe is one the process
+        # does not read (the timeout decides); a drained pong pipe is an answer not given.
+        os.set_blocking(self._ping_fd, False)
+        os.set_blocking(self._pong_fd, False)
         assert proc.stdin is not None
         assert proc.stdout is not None
         self._reader = threading.Thread(
@@ -196,6 +227,14 @@ class WorkerProcess:
             self._reader.join(timeout=timeout)
         if proc is not None and proc.stdout is not None:
             proc.stdout.close()
+        if self._heart is None or not self._heart.is_alive():
+            self._close_heartbeat_pipes()  # (else the heart, still running, owns them)
+
+    def _close_heartbeat_pipes(self) -> None:
+        fds, self._ping_fd, self._pong_fd = (self._ping_fd, self._pong_fd), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
 
     def abandon_requests(self, reason: str) -> None:
         """Forget the requests this process held and withdraw its slots from the pool:
@@ -346,9 +385,7 @@ class WorkerProcess:
     def _read(self, stream: IO[bytes]) -> None:
         try:
             while (frame := read_frame(stream)) is not None:
-                if frame[0] == "pong":
-                    self._last_pong = time.monotonic()
-                elif frame[0] == "ready":
+                if frame[0] == "ready":
                     self._ready_seen = True
                     self._ready.set()
                 elif frame[0] == "done":
@@ -375,15 +412,28 @@ class WorkerProcess:
 
     def _beat(self) -> None:
         """Ping the process; kill it if it has not answered for ``heartbeat_timeout``. Its
-        pipe may have room, so a write alone would not notice that it stopped reading."""
+        pipe may have room, so a write alone would not notice that it stopped reading.
+        Pings and pongs go over the heartbeat pipes, so nothing the calls do delays them."""
         proc = self._proc
         assert proc is not None
+        ping_fd, pong_fd = self._ping_fd, self._pong_fd
         while not self._heart_stop.wait(self.heartbeat_interval):
-            if time.monotonic() - self._last_pong > self.heartbeat_timeout:
+            try:
+                answered = _drain(pong_fd)
+            except EOFError:
+                return  # it exited (the reader reports it)
+            now = time.monotonic()
+            if answered:
+                self._last_pong = now
+            elif now - self._last_pong > self.heartbeat_timeout:
                 proc.kill()  # the reader sees the end and reports the exit
                 return
-            if not self._post(encode_frame(("ping",))):
-                return  # it died, was killed as hung, or is stopping: the reader reports it
+            try:
+                os.write(ping_fd, b"p")
+            except BlockingIOError:
+                pass  # its ping pipe is full: it reads no pings (the timeout decides)
+            except OSError:
+                return  # it exited (the reader reports it)
 
     def _exit_code(self) -> int | None:
         proc = self._proc
@@ -412,6 +462,20 @@ class WorkerProcess:
             reject(attempt.request.reply, value)
             outcome = "ignore"
         self._dispatcher.finished(sent.slot, outcome, time.monotonic() - attempt.started)
+
+
+def _drain(fd: int) -> bool:
+    """Read every pong waiting on the non-blocking ``fd``: whether there was one. Raises
+    EOFError once the process has closed its end (it exited)."""
+    answered = False
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return answered
+        if not data:
+            raise EOFError
+        answered = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime._lm_pool import TORN_DOWN_TWICE, Dispatcher, LMAttempt, Slot
 from dspy_actors.runtime._loop_tasks import start_request_task
 
-__all__ = ["MAX_THREADS", "UserCalls", "async_entry", "check_served_lm"]
+__all__ = ["MAX_THREADS", "UserCalls", "async_entry"]
 
 # Threads per LM event loop for sync-only custom LMs (each blocks one while it runs).
 MAX_THREADS = 64
@@ -65,22 +65,6 @@ def async_entry(lm: object) -> AsyncComplete | None:
         return None
     acomplete: AsyncComplete = getattr(lm, "acomplete")  # noqa: B009 (bound, typed)
     return acomplete
-
-
-def check_served_lm(lm: object, where: str) -> None:
-    """Refuse, when an app starts, an ``LM`` subclass with a DSPy-style ``forward`` or
-    ``aforward``: ``dsa.LM`` never calls them (its requests are its own HTTP), so the
-    override would be skipped silently."""
-    if not isinstance(lm, LM):
-        return
-    for name in ("forward", "aforward"):
-        if hasattr(type(lm), name):  # (dsa.LM has neither: the subclass defined it)
-            raise TypeError(
-                f"{where}: {type(lm).__name__} subclasses dsa.LM and defines {name}(), "
-                "which dsa.LM never calls; subclass dsa.BaseLM to implement forward/"
-                "aforward (DSPy's custom-LM contract), or override complete/acomplete "
-                "of dsa.LM"
-            )
 
 
 class UserCalls:

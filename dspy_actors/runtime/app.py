@@ -42,6 +42,7 @@ import supervisors
 from dspy_actors import _settings as settings
 from dspy_actors import redaction
 from dspy_actors._stop_hooks import run_stop_hooks
+from dspy_actors.lm._misplaced_forward import refuse_misplaced_forward
 from dspy_actors.primitives.module import Module
 from dspy_actors.runtime import _events as ev
 from dspy_actors.runtime._app_config import AppConfig, data_dir_for
@@ -50,7 +51,6 @@ from dspy_actors.runtime._dead_letters import DeadLetter
 from dspy_actors.runtime._errors import AppStopped, ModuleCrashed
 from dspy_actors.runtime._event_bridge import EventBridge
 from dspy_actors.runtime._lm_pool import PooledLM
-from dspy_actors.runtime._lm_user_calls import check_served_lm
 from dspy_actors.runtime._lm_wiring import wire_lm_pool
 from dspy_actors.runtime._parameter_store import ParameterStore
 from dspy_actors.runtime._poison import PoisonTracker
@@ -593,7 +593,7 @@ def start(
             f"({lm_max_in_flight}: each process takes at least one call), got {lm_processes!r}"
         )
     for each in (lm, *fallbacks):
-        check_served_lm(each, "dsa.start(lm=..., fallbacks=...)")
+        refuse_misplaced_forward(each, "dsa.start(lm=..., fallbacks=...)")
     if lm_processes:
         for each in (lm, *fallbacks):
             worker_spec = getattr(each, "worker_spec", None)  # (a custom LM runs in threads)

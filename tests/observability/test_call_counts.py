@@ -4,8 +4,6 @@ decides on the call path, and a call it does not pick publishes nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,25 +18,17 @@ from dspy_actors.console._state import ConsoleState
 from dspy_actors.lm.errors import LMError
 from dspy_actors.metrics import app_metrics
 from dspy_actors.runtime._call_stats import RECENT, CallStats
+from dspy_actors.runtime.app import App
 from dspy_actors.testing import SimLM
 from dspy_actors.testing._faults import Fault
 from dspy_actors.tracing import trace_app
 from dspy_actors.tracing._sampling import CallSampler
+from tests.observability.conftest import StartApp
 
 
 @pytest.fixture
-def sim() -> Iterator[SimLM]:
-    with SimLM() as sim:
-        yield sim
-
-
-@pytest.fixture
-def app(sim: SimLM, tmp_path: Path) -> Iterator[Any]:
-    with dsa.start(
-        lm=dsa.LM("openai/sim-model", api_base=sim.openai_base, api_key="sim", num_retries=0),
-        data_dir=tmp_path,
-    ) as app:
-        yield app
+def app(start_app: StartApp) -> App:
+    return start_app(cache=True)  # a repeated question is answered from the cache
 
 
 def _metric(app: Any, name: str, **labels: str) -> float:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,27 +14,19 @@ from dspy_actors.lm.errors import LMError
 from dspy_actors.metrics import METRIC_NAMES, app_metrics
 from dspy_actors.runtime._errors import ModuleCrashed
 from dspy_actors.runtime._lm_pool import deployment_key
+from dspy_actors.runtime.app import App
 from dspy_actors.testing import SimLM
 from dspy_actors.testing._faults import Fault
+from tests.observability.conftest import StartApp
 from tests.supervisors.actors import wait_until
 
 
 @pytest.fixture
-def sim() -> Iterator[SimLM]:
-    with SimLM() as sim:
-        yield sim
-
-
-@pytest.fixture
-def app(sim: SimLM, tmp_path: Path) -> Iterator[Any]:
-    with dsa.start(
-        lm=dsa.LM("openai/sim-model", api_base=sim.openai_base, api_key="sim", cache=False,
-                  num_retries=0),
-        data_dir=tmp_path,
+def app(start_app: StartApp) -> App:
+    return start_app(
         breaker={"minimum_calls": 4, "window_size": 4, "failure_rate_threshold": 0.5,
                  "wait_in_open": 60.0},
-    ) as app:  # fmt: skip
-        yield app
+    )  # fmt: skip
 
 
 def _answered(qa: Any) -> bool:

@@ -12,12 +12,11 @@ from typing import Any
 import pytest
 
 import dspy_actors as dsa
-import supervisors
 from dspy_actors.lm import LM
 from dspy_actors.runtime._lm_user_calls import MAX_THREADS
 from dspy_actors.runtime.app import App
 from dspy_actors.testing import SimLM
-from dspy_actors.testing._polling import wait_until
+from tests.dspy_actors.runtime.conftest import kill_a_loop_mid_flight
 from tests.reliability.custom_lms import ComputingLM, HttpAforwardLM, HttpForwardLM
 
 QA = "question -> answer"
@@ -183,17 +182,6 @@ def test_a_loop_killed_mid_flight_loses_no_custom_lm_call(
     forward answers its caller (the request is not sent twice), an aforward task is
     cancelled and its request retried on the other loop; every call gets its answer."""
     with SimLM(latency=0.5) as sim:
-        lm = kind(sim.openai_base)
-        app = make_app(lm=lm, lm_loops=2, lm_max_in_flight=64)
-        qa = app.serve("qa", dsa.Predict(QA))
-        futures = [qa.submit(question=f"q{i}") for i in range(40)]
-        wait_until(lambda: sim.request_count >= 20)
-        loops = app.root.supervisor("lm").supervisor("workers")
-        before = [info.ref for info in loops.which_children()]
-        assert before[0] is not None
-        supervisors.kill(before[0])
-        answers = [f.result(timeout=60.0) for f in futures]
-        assert all(a.answer for a in answers)
-        wait_until(lambda: loops.which_children()[0].ref not in (None, before[0]))
-        assert qa.call(question="after").answer
+        app = make_app(lm=kind(sim.openai_base), lm_loops=2, lm_max_in_flight=64)
+        kill_a_loop_mid_flight(app, sim)
         app.stop()

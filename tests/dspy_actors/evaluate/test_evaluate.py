@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,10 @@ import pytest
 
 import dspy_actors as dsa
 from dspy_actors.evaluate import Evaluate, EvaluationError, answer_exact_match
+from dspy_actors.lm import LM
 from dspy_actors.primitives.example import Example
-from dspy_actors.runtime.app import start
-from tests.dspy_actors.optimizers.task import dataset, metric, task_lm
+from dspy_actors.runtime.app import App
+from tests.dspy_actors.optimizers.task import dataset, metric, task_lm, task_lm_client, task_sim  # noqa: F401 - fixtures
 
 
 def test_scores_a_module_in_percent_and_keeps_devset_order() -> None:
@@ -37,14 +39,13 @@ def test_scores_a_module_in_percent_and_keeps_devset_order() -> None:
     assert len(rows) == 6
 
 
-def test_evaluates_a_served_handle(tmp_path: Path) -> None:
+def test_evaluates_a_served_handle(lm: LM, make_app: Callable[..., App]) -> None:
     dev = dataset(0, 4)
-    with task_lm() as (_sim, lm):
-        student = dsa.Predict("question -> answer")
-        student.demos = [dataset(10, 1)[0]]
-        with start(lm=lm, data_dir=tmp_path, lm_max_in_flight=4) as app:
-            handle = app.serve("reverse", student)
-            result = Evaluate(devset=dev, metric=metric, concurrency=4, progress=False)(handle)
+    student = dsa.Predict("question -> answer")
+    student.demos = [dataset(10, 1)[0]]
+    app = make_app(lm=lm, lm_max_in_flight=4)
+    handle = app.serve("reverse", student)
+    result = Evaluate(devset=dev, metric=metric, concurrency=4, progress=False)(handle)
     assert result.score == 100.0
     assert len(result.results) == 4
 

@@ -9,6 +9,7 @@ import io
 import pytest
 
 import dspy_actors as dsa
+from dspy_actors import _settings
 from dspy_actors.lm import UsageMeter, metering
 from dspy_actors.testing import SimLM
 from tests.reliability.custom_lms import ComputingLM, HttpAforwardLM, HttpForwardLM
@@ -136,3 +137,27 @@ def test_its_own_callbacks_hear_a_direct_call_and_its_crash() -> None:
     assert [kind for kind, _ in heard] == ["start", "end", "start", "end"]
     assert heard[1][1] == ["[[ ## answer ## ]]\nAB\n\n[[ ## completed ## ]]"]
     assert heard[3][1] == "LMForwardError"
+
+
+@pytest.mark.parametrize("method", ["forward", "aforward"])
+def test_configure_and_context_refuse_an_lm_subclass_defining_forward(method: str) -> None:
+    """As ``dsa.start`` does (tests/reliability/test_custom_lm_served.py): dsa.LM never
+    calls forward/aforward, so in-process the override would be skipped silently."""
+
+    def never_called(self: dsa.LM, *args: object, **kwargs: object) -> object:
+        raise AssertionError("never called")
+
+    misplaced = type("Misplaced", (dsa.LM,), {method: never_called})
+    lm = misplaced("openai/sim-model", api_base="http://127.0.0.1:9/v1", api_key="k")
+    message = rf"Misplaced subclasses dsa.LM and defines {method}\(\).*dsa.BaseLM"
+    try:
+        with pytest.raises(TypeError, match=rf"^dsa.configure\(lm=\.\.\.\): {message}"):
+            dsa.configure(lm=lm)
+        with (
+            pytest.raises(TypeError, match=rf"^dsa.context\(lm=\.\.\.\): {message}"),
+            dsa.context(lm=lm),
+        ):
+            pass
+        assert _settings.get("lm") is not lm, "a refused LM is not configured"
+    finally:
+        lm.close()

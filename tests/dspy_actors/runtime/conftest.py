@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 
+import supervisors
+from dspy_actors.modules._predict import Predict
 from dspy_actors.runtime.app import App
+from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM
 
 StartApp = Callable[..., App]
@@ -54,6 +57,24 @@ def run_in_threads(target: Callable[[int], object], count: int, timeout: float =
     assert not any(thread.is_alive() for thread in threads), "a caller thread hung"
     if errors:
         raise errors[0]
+
+
+def kill_a_loop_mid_flight(app: App, sim: SimLM) -> None:
+    """Serve a Predict on ``app`` (two LM loops; ``sim`` slow enough, ~0.5 s, that calls
+    stay in flight), send 40 calls and kill the first loop once half of them reached the
+    server: every call is answered, the loop is replaced, and the program answers after.
+    Shared by the plain LM's test (test_lm_loops) and the custom LMs' (reliability)."""
+    qa = app.serve("qa", Predict("question -> answer"))
+    futures = [qa.submit(question=f"q{i}") for i in range(40)]
+    wait_until(lambda: sim.request_count >= 20)
+    loops = app.root.supervisor("lm").supervisor("workers")
+    before = [info.ref for info in loops.which_children()]
+    assert before[0] is not None
+    supervisors.kill(before[0])
+    answers = [f.result(timeout=60.0) for f in futures]
+    assert all(a.answer for a in answers)
+    wait_until(lambda: loops.which_children()[0].ref not in (None, before[0]))
+    assert qa.call(question="after").answer
 
 
 def store_location(request: pytest.FixtureRequest, sqlite_path: Path) -> Any:

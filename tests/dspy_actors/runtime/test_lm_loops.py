@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-import supervisors
 from dspy_actors.lm import LM, LMError, LMTimeout, RetryPolicy, ServerError
 from dspy_actors.lm._breaker import CircuitBreaker, CircuitOpen
 from dspy_actors.modules._predict import Predict
@@ -28,7 +27,7 @@ from dspy_actors.runtime._lm_pool import (
 from dspy_actors.testing._faults import Fault
 from dspy_actors.testing._polling import wait_until
 from dspy_actors.testing.sim_lm import SimLM
-from tests.dspy_actors.runtime.conftest import StartApp
+from tests.dspy_actors.runtime.conftest import StartApp, kill_a_loop_mid_flight
 
 MESSAGES = [{"role": "user", "content": "question: hi"}]
 
@@ -131,23 +130,12 @@ def test_thousands_of_concurrent_calls_with_faults_all_get_answers(
     assert len(errors) <= 20
 
 
-def test_a_loop_killed_mid_flight_loses_no_call(
-    start_app: StartApp, make_lm: Callable[..., LM]
-) -> None:
+def test_a_loop_killed_mid_flight_loses_no_call(start_app: StartApp) -> None:
     with SimLM(latency=0.5) as sim:
         lm = LM("openai/sim-model", api_base=sim.openai_base, api_key="k", cache=False)
         app = start_app(lm=lm, lm_loops=2, lm_max_in_flight=64)
-        qa = app.serve("qa", Predict("question -> answer"))
-        futures = [qa.submit(question=f"q{i}") for i in range(40)]
-        wait_until(lambda: sim.request_count >= 20)
-        loops = app.root.supervisor("lm").supervisor("workers")
-        before = [info.ref for info in loops.which_children()]
-        assert before[0] is not None
-        supervisors.kill(before[0])
-        answers = [f.result(timeout=60.0) for f in futures]
-        assert all(a.answer for a in answers)
-        wait_until(lambda: loops.which_children()[0].ref not in (None, before[0]))
-        assert qa.call(question="after").answer
+        kill_a_loop_mid_flight(app, sim)
+        app.stop()
         lm.close()
 
 

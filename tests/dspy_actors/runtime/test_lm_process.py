@@ -561,6 +561,66 @@ def test_a_stopped_worker_misses_its_heartbeats_and_is_replaced(
     wait_until(replaced, timeout=60.0, what="the stopped worker replaced by a new process")
 
 
+def test_pings_are_answered_while_a_sender_holds_the_write_path() -> None:
+    """A sender writing a call holds the lock on the worker's stdin (for up to
+    ``write_timeout`` on a full pipe; thousands of senders take turns on it under load).
+    The heartbeat does not queue for it: pongs keep coming while it is held."""
+    process = WorkerProcess("beat", Dispatcher(LMPoolConfig()), slots=1)
+    process.heartbeat_interval = 0.05
+    process.start()
+    try:
+        with process._write_lock:
+            held_at = time.monotonic()
+            wait_until(lambda: process.last_pong > held_at, what="a pong while the lock is held")
+        assert process.pid is not None
+        assert _alive(process.pid)
+    finally:
+        process.stop()
+
+
+def test_pings_are_answered_while_the_workers_answers_are_held_up(sim: SimLM) -> None:
+    """This process's reader stops (here: a reply callback that blocks; under load: a
+    backlog of answers to settle), so the worker's answers fill its stdout pipe and its
+    call threads block writing them, holding its write lock. The worker is still alive
+    and says so: pongs keep coming, and every call is answered once the reader goes on."""
+    big = "[[ ## answer ## ]]\n" + "x" * 40_000 + "\n\n[[ ## completed ## ]]"
+    sim.respond_with(lambda _request: big)  # 8 answers: ~320 KB, far past a 64 KB pipe
+    lm = LM("openai/sim-model", api_base=sim.openai_base, api_key="k", cache=False)
+    dispatcher = Dispatcher(LMPoolConfig())
+    process = WorkerProcess("jammed", dispatcher, slots=8)
+    process.heartbeat_interval = 0.05
+    reader_held = threading.Event()
+    release = threading.Event()
+
+    def hold_the_reader(_reply: Future[Any]) -> None:
+        reader_held.set()
+        release.wait(60)
+
+    replies: list[Future[Any]] = []
+    process.start()
+    try:
+        for slot in process.slots:
+            dispatcher.add_worker(slot)
+        for i in range(8):
+            reply: Future[Any] = Future()
+            reply.add_done_callback(hold_the_reader)
+            messages = [{"role": "user", "content": f"q{i}"}]
+            dispatcher.submit(LMRequest(lm, messages, {}, capture(timeout=60), reply))
+            replies.append(reply)
+        assert reader_held.wait(30)
+        wait_until(lambda: sim.request_count == 8, what="every call sent by the worker")
+        held_at = time.monotonic()
+        wait_until(lambda: process.last_pong > held_at, what="a pong while the answers are held up")
+        release.set()
+        assert all(r.result(timeout=30).outputs[0].endswith("completed ## ]]") for r in replies)
+        assert process.pid is not None
+        assert _alive(process.pid)
+    finally:
+        release.set()
+        process.stop()
+        lm.close()
+
+
 def test_a_worker_process_imports_only_the_lm_layer() -> None:
     # The bootstrap skips the package's __init__ (runtime, optimizers, ...): a worker starts
     # in well under half the time, and so restarts faster after a crash.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -63,10 +63,10 @@ def test_kill_every_stops_after_its_duration_and_on_stop(app: App, chaos: ChaosM
     assert endless.idle_ticks >= 1
 
 
-def test_same_seed_same_victims(sim_lm: SimLM, tmp_path: Path) -> None:
-    def victims(seed: int, run_index: int) -> list[str]:
-        lm = dsa.LM("openai/sim-model", api_base=sim_lm.openai_base, api_key="k", cache=False)
-        with dsa.start(lm=lm, name="repro", data_dir=tmp_path / f"r{run_index}") as app:
+def test_same_seed_same_victims(make_app: Callable[..., App]) -> None:
+    def victims(seed: int) -> list[str]:
+        app = make_app(name="repro")  # (its own data dir: nothing carries over)
+        try:
             app.program("qa", STEPS)
             with ChaosMonkey(app, seed=seed) as monkey:
                 # The victims a tick picks from are the live ones: on a busy machine the
@@ -87,11 +87,13 @@ def test_same_seed_same_victims(sim_lm: SimLM, tmp_path: Path) -> None:
                 run.thread.join(60.0)
                 assert run.kills == 6
                 return [k.target for k in monkey.log]
+        finally:
+            app.stop()  # one app at a time, as a rerun of a script would be
 
-    first, again, other = victims(3, 0), victims(3, 1), victims(4, 2)
+    first, again, other = victims(3), victims(3), victims(4)
     assert first == again
     assert len(set(first)) == 2  # it did pick among both steps
-    assert first != other or victims(5, 3) != first
+    assert first != other or victims(5) != first
 
 
 def test_crash_on_message_kills_the_module_on_its_kth_call(app: App, chaos: ChaosMonkey) -> None:
@@ -175,49 +177,47 @@ def _finished(ledger: CallLedger) -> int:
 
 
 def test_kill_lm_process_sigkills_a_worker_process_and_no_call_is_lost(
-    sim_lm: SimLM, tmp_path: Path
+    make_app: Callable[..., App], sim_lm: SimLM
 ) -> None:
     sim_lm.latency = 0.1
-    lm = dsa.LM("openai/sim-model", api_base=sim_lm.openai_base, api_key="sim", cache=False)
-    with dsa.start(lm=lm, data_dir=tmp_path, lm_max_in_flight=16, lm_processes=2) as app:
-        monkey = ChaosMonkey(app, seed=3)
-        qa = app.serve("qa", dsa.Predict("question -> answer"))
-        ledger = CallLedger(qa, hang_after_s=30)
-        sender = threading.Thread(
-            target=ledger.run,
-            args=([{"question": f"q{i}"} for i in range(96)],),
-            kwargs={"concurrency": 32},
+    app = make_app(lm_max_in_flight=16, lm_processes=2)
+    monkey = ChaosMonkey(app, seed=3)
+    qa = app.serve("qa", dsa.Predict("question -> answer"))
+    ledger = CallLedger(qa, hang_after_s=30)
+    sender = threading.Thread(
+        target=ledger.run,
+        args=([{"question": f"q{i}"} for i in range(96)],),
+        kwargs={"concurrency": 32},
+    )
+    sender.start()
+    # Three kills while calls are in flight, paced by the calls' progress (the k-th
+    # once 1 + 16k calls have finished): conditions, not sleeps, so a busy machine only
+    # makes the test slower.
+    pids: list[int] = []
+    for k in range(3):
+        wait_until(
+            lambda k=k: _finished(ledger) >= 1 + 16 * k or not sender.is_alive(),
+            timeout=120.0,
+            what=f"{1 + 16 * k} calls finished",
         )
-        sender.start()
-        # Three kills while calls are in flight, paced by the calls' progress (the k-th
-        # once 1 + 16k calls have finished): conditions, not sleeps, so a busy machine only
-        # makes the test slower.
-        pids: list[int] = []
-        for k in range(3):
-            wait_until(
-                lambda k=k: _finished(ledger) >= 1 + 16 * k or not sender.is_alive(),
-                timeout=120.0,
-                what=f"{1 + 16 * k} calls finished",
-            )
-            if not sender.is_alive():
-                break
-            # A process being replaced is not a victim: wait for a live one.
-            pid = wait_until(monkey.kill_lm_process, timeout=60.0, what="a live LM process")
-            pids.append(pid)
-        sender.join(timeout=120)
-        assert not sender.is_alive()
-        assert pids, "a worker process must have been found and killed"
-        assert monkey.kills == len(pids)
-        assert {k.by for k in monkey.log} == {"kill_lm_process"}
-        assert all("/lm/workers/process-" in k.target for k in monkey.log)
-        assert_all_accounted(ledger)
-        assert_tree_healthy(app, within_s=60)
-        # A request dies for good only if both processes it ran on were killed under it
-        # (LMWorkerCrashed, a clear error): at most a process's 8 slots per kill.
-        failed = [o for o in ledger.outcomes if o.status == "failed"]
-        assert all(isinstance(o.error, LMWorkerCrashed) for o in failed), failed[:3]
-        assert len(failed) <= 8 * len(pids)
-    lm.close()
+        if not sender.is_alive():
+            break
+        # A process being replaced is not a victim: wait for a live one.
+        pid = wait_until(monkey.kill_lm_process, timeout=60.0, what="a live LM process")
+        pids.append(pid)
+    sender.join(timeout=120)
+    assert not sender.is_alive()
+    assert pids, "a worker process must have been found and killed"
+    assert monkey.kills == len(pids)
+    assert {k.by for k in monkey.log} == {"kill_lm_process"}
+    assert all("/lm/workers/process-" in k.target for k in monkey.log)
+    assert_all_accounted(ledger)
+    assert_tree_healthy(app, within_s=60)
+    # A request dies for good only if both processes it ran on were killed under it
+    # (LMWorkerCrashed, a clear error): at most a process's 8 slots per kill.
+    failed = [o for o in ledger.outcomes if o.status == "failed"]
+    assert all(isinstance(o.error, LMWorkerCrashed) for o in failed), failed[:3]
+    assert len(failed) <= 8 * len(pids)
 
 
 def test_kill_lm_process_without_worker_processes_finds_nothing(
