@@ -74,3 +74,37 @@ def test_a_failing_batch_subscriber_is_isolated(bus: EventBus) -> None:
     assert [e.completed for e in got if isinstance(e, RunProgress)] == [0, 1, 2]
     assert bad.failures >= 1
     assert bus.is_alive
+
+
+def test_a_woken_bus_lingers_so_later_events_join_the_drain_and_flush_cuts_it_short() -> None:
+    # A linger far longer than the test: nothing is delivered until a flush asks.
+    bus = EventBus.start(linger_s=600.0)
+    try:
+        batches: list[list[Event]] = []
+        bus.subscribe("module.*", batches.append, batch=True)
+
+        def publish(t: int) -> None:
+            for i in range(100):
+                bus.publish(ModuleStart(module_path=f"p{t}", call_id=str(i)))
+
+        threads = [threading.Thread(target=publish, args=(t,)) for t in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert bus.stats.delivered == 0  # the first event woke the bus; it lingers
+        assert bus.flush(FLUSH_TIMEOUT)  # (returns at once, not after 600 s)
+        assert len(batches) == 1  # one wake-up, one drain, for 300 events
+        (batch,) = batches
+        for t in range(3):
+            mine = [int(e.call_id) for e in batch if getattr(e, "module_path", "") == f"p{t}"]
+            assert mine == list(range(100))
+        bus.publish(ModuleStart(module_path="after the flush"))
+    finally:
+        assert bus.stop(timeout=10.0)  # stop delivers what is queued without lingering
+    assert bus.stats.delivered == 301
+
+
+def test_a_negative_linger_is_refused() -> None:
+    with pytest.raises(ValueError, match="linger_s"):
+        EventBus(linger_s=-1.0)
