@@ -12,14 +12,16 @@ Delivery: ``publish`` never blocks and never raises (an event that cannot be del
 bus stopped, or too far behind -- is counted in ``dropped``; one whose topic no subscriber
 matches is not even queued). It appends the event to a queue the bus actor drains, waking
 the actor only when it is not already awake, so a burst of events costs one wake-up, not one
-actor message each. Woken, the actor lingers ``linger_s`` (5 ms) before it drains, so the
-events published meanwhile (the next sampled calls', say) join the same drain: the bus
-wakes at most ~200 times a second however many events arrive, and an event waits at most
-that long (``flush`` and ``stop`` cut the linger short). Subscribers run one at a time in
-the bus actor's thread, in publish order per publishing thread; a subscriber that raises is
-logged and the others still get the event. Keep them short: a slow subscriber delays every
-other one. A subscriber made with ``subscribe(..., batch=True)`` gets a list of the events
-drained together (aggregates then take their lock once per batch, not once per event).
+actor message each. While events come fast (the bus is woken within ``linger_s``, 5 ms, of
+its last drain), it lingers that long before draining, so the events published meanwhile
+(the next sampled calls', say) join the same drain: it drains at most ~200 times a second
+however many events arrive, and an event waits at most that long (``flush`` and ``stop``
+cut the linger short); an event that comes alone is delivered at once. Subscribers run one
+at a time in the bus actor's thread, in publish order per publishing thread; a subscriber
+that raises is logged and the others still get the event. Keep them short: a slow
+subscriber delays every other one. A subscriber made with ``subscribe(..., batch=True)``
+gets a list of the events drained together (aggregates then take their lock once per
+batch, not once per event).
 
 Subscriptions belong to the handle, not to the actor: when the bus actor is restarted by its
 supervisor, the new one delivers to the same subscribers.
@@ -408,18 +410,23 @@ class _Pending:
     draining, so an event appended after its last look finds it False and wakes it again:
     no event waits unseen (a spare wake-up finds nothing, which is harmless).
 
-    Woken, the actor waits up to ``linger_s`` on ``hurry`` before draining (``awake`` still
-    True, so what is published meanwhile only appends); ``flush`` and ``stop`` set
-    ``hurry`` so they never wait for a linger, and the actor clears it once flushed.
+    Woken less than ``linger_s`` after its last drain (events are coming fast), the actor
+    waits up to ``linger_s`` on ``hurry`` before draining (``awake`` still True, so what is
+    published meanwhile only appends): at most one drain per ``linger_s`` then. Woken
+    later than that, it drains at once (lingering would only add a second wake-up, the
+    timed wait's, to an event that has no company). ``flush`` and ``stop`` set ``hurry`` so
+    they never wait for a linger, and the actor clears it once flushed.
     """
 
-    __slots__ = ("awake", "events", "hurry", "linger_s")
+    __slots__ = ("awake", "drained_at", "events", "hurry", "linger_s")
 
     def __init__(self, linger_s: float = 0.0) -> None:
         self.events: collections.deque[Any] = collections.deque()
         self.awake = False
         self.hurry = threading.Event()
         self.linger_s = linger_s
+        # When the last drain ended (time.monotonic()); -inf: none yet.
+        self.drained_at = float("-inf")
 
 
 @dataclass
@@ -453,10 +460,16 @@ class EventBusActor(SupervisedActor):
     def on_receive(self, message: Any) -> Any:
         if message is _DRAIN:
             pending = self._pending
-            if pending.linger_s > 0 and len(pending.events) < _BATCH:
-                # Let the events of the next few ms join this drain (see _Pending).
-                pending.hurry.wait(pending.linger_s)
+            linger = pending.linger_s
+            if (
+                linger > 0
+                and len(pending.events) < _BATCH
+                and time.monotonic() - pending.drained_at < linger
+            ):
+                # Events come fast: let those of the next few ms join this drain (_Pending).
+                pending.hurry.wait(linger)
             self._drain()
+            pending.drained_at = time.monotonic()
             return None
         if message is _FLUSH:
             self._drain()
