@@ -254,6 +254,8 @@ def build_asgi_app(
     async def api_events(request: Request) -> Response:
         if authenticated(request) is None:
             return refused()
+        if hub.closing:  # (no snapshot to render for a stream that would end at once)
+            return PlainTextResponse("503: the console is stopping", status_code=503)
         queue = hub.open_stream()
         first = await asyncio.to_thread(state.snapshot)
 
