@@ -102,7 +102,8 @@ def observe(base_url: str, token: str, scrape_every: float) -> None:
                             elif line == "event: section":
                                 counts["sections"] += 1
                 except httpx.HTTPError:
-                    done.wait(0.05)  # the console is down: try again soon
+                    pass  # the console is down
+                done.wait(0.1)  # then try again (a browser's EventSource waits longer)
 
     def scrape() -> None:
         with httpx.Client(base_url=base_url, headers=headers, timeout=60.0) as client:
