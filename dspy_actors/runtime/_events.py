@@ -29,8 +29,11 @@ supervisor, the new one delivers to the same subscribers.
 Call events (``module.*``, ``lm.*``) are built only for calls someone needs: while a
 subscriber takes them for every call, every call publishes them; a subscription made with
 ``sampled_calls=True`` (tracing's) gets those of the calls the bus's ``call_sampler`` picks,
-and no event at all is built for the others. Counts of every call do not need events: the
-runtime keeps them where calls are answered (``runtime/_call_stats.py``).
+and no event at all is built for the others. A sampled call's events are queued without
+waking the bus (nothing but an append on the call's path): a timer wakes it every 20 ms
+while they come, so they are delivered in batches, at most that much later. Counts of every
+call do not need events: the runtime keeps them where calls are answered
+(``runtime/_call_stats.py``).
 
 Patterns: an exact topic (``"lm.end"``), a prefix wildcard (``"lm.*"``: every topic starting
 with ``"lm."``), or ``"*"`` (everything).
@@ -59,6 +62,7 @@ import supervisors
 from dspy_actors import redaction
 from dspy_actors.lm import _breaker as breaker
 from dspy_actors.lm._breaker import BreakerState
+from dspy_actors.waiting import timers
 from supervisors import ChildSpec, Registry, SupervisedActor
 
 __all__ = [
@@ -568,6 +572,9 @@ DEFAULT_MAX_PENDING = 100_000
 # How long the bus, once woken, waits for more events before delivering (see _Pending):
 # it then wakes at most ~200 times a second, whatever the rate of sampled calls.
 DEFAULT_LINGER_S = 0.005
+# How often the timer wakes the bus for sampled calls' events while they come: they are
+# queued with no wake-up on the call's path, and reach tracing at most this much later.
+_SAMPLED_TICK_S = 0.02
 
 
 class EventBus:
@@ -599,6 +606,9 @@ class EventBus:
         self.stats = BusStats()
         self._subscriptions = _Subscriptions()
         self._pending = _Pending(linger_s)
+        # True while the timer ticks for sampled calls' events (_publish_sampled).
+        self._ticking = False
+        self._tick_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         # Which calls' events ``sampled_calls`` subscriptions get (tracing sets it): a
         # trace id's yes or no, the same every time it is asked; None: no call's.
@@ -667,6 +677,15 @@ class EventBus:
 
     def publish(self, event: Event) -> None:
         """Send ``event`` to the subscribers. Never blocks and never raises."""
+        self._publish(event, True)
+
+    def _publish_sampled(self, event: Event) -> None:
+        """``publish`` for the events of a call the sampler picked (``call_publisher``):
+        queued without waking the bus, which a timer wakes every ``_SAMPLED_TICK_S`` while
+        such events come (no wake-up, no thread switch, on the call's path)."""
+        self._publish(event, False)
+
+    def _publish(self, event: Event, wake: bool) -> None:
         ref = self._ref
         try:
             if ref is None or ref.actor_stopped.is_set():
@@ -687,7 +706,10 @@ class EventBus:
             # because of telemetry.
             self._count_dropped()
             return
-        if not pending.awake:
+        if not wake and len(pending.events) < _BATCH:
+            if not self._ticking:
+                self._start_ticking()
+        elif not pending.awake:
             pending.awake = True
             try:
                 ref.tell(_DRAIN)
@@ -697,6 +719,43 @@ class EventBus:
                 pending.awake = False
         with self._stats_lock:
             self.stats.published += 1
+
+    def _start_ticking(self) -> None:
+        with self._tick_lock:
+            if self._ticking:
+                return
+            self._ticking = True
+        timers.schedule(time.monotonic() + _SAMPLED_TICK_S, self._tick)
+
+    def _tick(self) -> None:
+        """In the timer thread, every ``_SAMPLED_TICK_S`` while sampled calls' events come:
+        wake the bus for those queued; stop ticking at the first tick that finds none."""
+        pending = self._pending
+        if pending.events:
+            if not pending.awake:
+                ref = self._ref
+                if ref is None or ref.actor_stopped.is_set():
+                    ref = self._resolve()
+                try:
+                    if ref is None:
+                        raise pykka.ActorDeadError(self.name)
+                    pending.awake = True
+                    ref.tell(_DRAIN)
+                except Exception:
+                    # No bus now: what is queued waits for its next incarnation (drained
+                    # when it starts); the next sampled event starts the ticks again.
+                    pending.awake = False
+                    with self._tick_lock:
+                        self._ticking = False
+                    return
+            timers.schedule(time.monotonic() + _SAMPLED_TICK_S, self._tick)
+            return
+        with self._tick_lock:
+            self._ticking = False
+            if not pending.events:
+                return
+            self._ticking = True  # one came after the look above
+        timers.schedule(time.monotonic() + _SAMPLED_TICK_S, self._tick)
 
     def _count_dropped(self) -> None:
         with self._stats_lock:
@@ -755,7 +814,7 @@ class EventBus:
         sampled = self.call_sampler
         if sampled is None or not self._subscriptions.all():
             return None
-        return self.publish if sampled(trace_id) else None
+        return self._publish_sampled if sampled(trace_id) else None
 
     def flush(self, timeout: float) -> bool:
         """Wait until every event published (by any thread) before this call was delivered.

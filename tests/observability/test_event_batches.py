@@ -114,3 +114,24 @@ def test_a_bus_woken_soon_after_a_drain_lingers_so_later_events_join_the_next() 
 def test_a_negative_linger_is_refused() -> None:
     with pytest.raises(ValueError, match="linger_s"):
         EventBus(linger_s=-1.0)
+
+
+def test_sampled_calls_events_wake_nobody_and_a_timer_delivers_them_in_batches() -> None:
+    bus = EventBus.start(linger_s=0.0)
+    try:
+        batches: list[list[Event]] = []
+        bus.subscribe("module.*", batches.append, batch=True, sampled_calls=True)
+        bus.call_sampler = lambda trace_id: trace_id is not None and trace_id.startswith("s")
+        assert bus.call_publisher("module", "not picked") is None
+        publish = bus.call_publisher("module", "s-1")
+        assert publish is not None
+        for i in range(200):
+            publish(ModuleStart(trace_id="s-1", module_path="qa", call_id=str(i)))
+        # No flush: the timer's tick wakes the bus for them, in few drains.
+        wait_until(lambda: bus.stats.delivered == 200, timeout=30.0, what="200 delivered")
+        assert [int(e.call_id) for b in batches for e in b] == list(range(200))
+        assert len(batches) < 200
+        # Nothing more comes: the ticks stop (no timer left pending for this bus).
+        wait_until(lambda: not bus._ticking, timeout=30.0, what="the ticks to stop")
+    finally:
+        assert bus.stop(timeout=10.0)
