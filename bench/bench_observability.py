@@ -370,7 +370,8 @@ def _spread(values: list[float]) -> str:
 
 def _verdict(ratio: float, higher_is_better: bool) -> str:
     cost = 1.0 - ratio if higher_is_better else ratio - 1.0
-    return f"{'MET' if cost <= TARGET else 'NOT MET'} ({cost * 100:+.1f}%)"
+    met = "MET" if cost <= TARGET else "NOT MET"
+    return f"{met} (median on/off {ratio:.3f}: observability costs {cost * 100:+.1f}%)"
 
 
 def report(
