@@ -3,23 +3,21 @@
     metrics = dspy_actors.metrics.app_metrics(app)   # starts counting (once per app)
     body, content_type = metrics.exposition()        # what /metrics serves
 
-Module calls are counted where they are answered, with no event per call (the app's
-``call_stats``: per module path calls, errors by type and latency buckets) and read when
-scraped. LM requests are plain numbers per deployment (``_CallCounts``), added to in batches
-by a batch subscriber of the app's ``lm.end`` events (one lock per batch, no Prometheus
-object touched per request); both become metric families only when scraped. Gauges
-(breaker state, LM requests in flight and queued, calls in flight per program) and usage
-(tokens, cost, retries) are read from the app when scraped. The names are listed in
+Module calls and LM requests are counted where they are answered, with no event per call
+or request (the app's ``call_stats``: per module path calls, errors by type and latency
+buckets; its ``lm_counts``: per deployment requests by model and outcome, latency buckets
+and tokens), and become metric families only when scraped. Gauges (breaker state, LM
+requests in flight and queued, calls in flight per program) and usage (tokens, cost,
+retries) are read from the app when scraped too; only what is rare (breaker transitions,
+restarts, dead letters) is counted from events. The names are listed in
 docs/observability.md and in ``METRIC_NAMES``.
 """
 
 from __future__ import annotations
 
-import bisect
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -30,7 +28,7 @@ from prometheus_client.registry import Collector
 import supervisors
 from dspy_actors._stop_hooks import forget_stop_hook, on_stop
 from dspy_actors.runtime import _events as ev
-from dspy_actors.runtime._call_stats import LATENCY_BUCKETS
+from dspy_actors.runtime._call_stats import cumulative
 
 if TYPE_CHECKING:
     from dspy_actors.runtime.app import App
@@ -58,41 +56,11 @@ METRIC_NAMES = (
     "dspy_actors_events_dropped_total",
 )
 
-_LATENCY_BUCKETS = LATENCY_BUCKETS  # the same buckets for module calls and LM requests
 _BREAKER_STATES = ("closed", "open", "half_open")
 
 
 def _program_of(path: str) -> str:
     return path.split(".", 1)[0]
-
-
-@dataclass
-class _Latencies:
-    """A histogram's counts: per bucket (the last is +Inf), and the sum."""
-
-    counts: list[int] = field(default_factory=lambda: [0] * (len(_LATENCY_BUCKETS) + 1))
-    total: float = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
-        self.total += seconds
-
-    def buckets(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip((*_LATENCY_BUCKETS, float("inf")), self.counts, strict=True):
-            running += count
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
-        return out
-
-
-@dataclass
-class _CallCounts:
-    """What the LM metrics count, as plain numbers (read under the metrics' lock)."""
-
-    lm_requests: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    lm_latency: dict[str, _Latencies] = field(default_factory=dict)
-    lm_tokens: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class AppMetrics:
@@ -116,13 +84,11 @@ class AppMetrics:
             "dspy_actors_dead_letters", "Inputs quarantined as dead letters.", ("program",),
             registry=r,
         )  # fmt: skip
-        self._counts = _CallCounts()
         r.register(_CallCollector(self))
         r.register(_ScrapeTimeCollector(self))
         self._call_stats = app.call_stats
-        self._lock = threading.Lock()
+        self._lm_counts = app.lm_counts
         self._subscriptions = [
-            app.events.subscribe("lm.end", self._lm_ends, batch=True),
             app.subscribe("breaker.transition", self._breaker),
             app.subscribe("dead_letter", self._dead_letter),
         ]
@@ -147,30 +113,8 @@ class AppMetrics:
 
     # Subscribers (the event bus's thread). -----------------------------------------------
 
-    def _lm_ends(self, events: Sequence[ev.LMEnd]) -> None:
-        counts = self._counts
-        with self._lock:
-            for event in events:
-                if event.error_type is not None:
-                    outcome = event.error_type
-                else:
-                    outcome = "cache_hit" if event.cache_hit else "ok"
-                key = (event.deployment, event.model, outcome)
-                counts.lm_requests[key] = counts.lm_requests.get(key, 0) + 1
-                if event.cache_hit:
-                    continue
-                latency = counts.lm_latency.get(event.deployment)
-                if latency is None:
-                    latency = counts.lm_latency[event.deployment] = _Latencies()
-                latency.observe(event.latency_s)
-                used = (("input", event.prompt_tokens), ("output", event.completion_tokens))
-                for kind, n in used:
-                    if n:
-                        tokens = (event.deployment, kind)
-                        counts.lm_tokens[tokens] = counts.lm_tokens.get(tokens, 0) + n
-
     def _call_families(self) -> Iterator[Any]:
-        """The call counters as metric families (a scrape; under the lock, copied)."""
+        """The call and request counters as metric families (a scrape: copies)."""
         calls = CounterMetricFamily(
             "dspy_actors_module_calls", "Module calls ended (success or error).",
             labels=["program", "module"],
@@ -204,14 +148,14 @@ class AppMetrics:
             module_latency.add_metric(
                 [program, path], totals.cumulative_buckets(), totals.latency_sum
             )
-        c = self._counts
-        with self._lock:
-            for (deployment, model, outcome), n in c.lm_requests.items():
+        for deployment, lm in sorted(self._lm_counts.totals().items()):
+            for (model, outcome), n in lm.outcomes.items():
                 requests.add_metric([deployment, model, outcome], n)
-            for deployment, h in c.lm_latency.items():
-                lm_latency.add_metric([deployment], h.buckets(), h.total)
-            for (deployment, kind), n in c.lm_tokens.items():
-                tokens.add_metric([deployment, kind], n)
+            if lm.requests > lm.cache_hits:  # (cache hits have no latency)
+                lm_latency.add_metric([deployment], cumulative(lm.buckets), lm.latency_sum)
+            for kind, n in (("input", lm.prompt_tokens), ("output", lm.completion_tokens)):
+                if n:
+                    tokens.add_metric([deployment, kind], n)
         yield from (calls, errors, module_latency, requests, lm_latency, tokens)
 
     def _breaker(self, event: ev.BreakerTransition) -> None:

@@ -73,20 +73,25 @@ def _lms(app: App) -> list[Any]:
     return [lm for lm in (app.lm, *app.config.fallbacks) if lm is not None]
 
 
-def deployments(app: App, seen: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each LM deployment (the app's LM, its fallbacks, any other seen in events) with its
-    breaker, rate limit, retries and whether it is a fallback; ``seen``: what events said
-    (requests, in flight, errors, transitions) per deployment key."""
+def deployments(app: App, transitions: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each LM deployment (the app's LM, its fallbacks, any other that had requests or
+    breaker transitions) with its breaker, rate limit, retries, whether it is a fallback,
+    and its requests (ended, errors by type, cache hits: the app's ``lm_counts``) and
+    requests in flight (the dispatcher's); ``transitions``: its breaker's recent state
+    changes, as events told them, per deployment key."""
     dispatcher = app.dispatcher
     pool = dispatcher.stats()
+    busy: dict[str, int] = pool["busy_by_deployment"]
+    counted = app.lm_counts.totals()
     lms = {deployment_key(lm): lm for lm in _lms(app)}
     fallback_keys = {deployment_key(lm) for lm in app.config.fallbacks}
     out = []
-    for key in sorted({*lms, *seen}):
+    for key in sorted({*lms, *counted, *transitions}):
         breaker = dispatcher.breaker(key).snapshot()
         limiter = dispatcher.config.rate_limits.get(key)
         lm = lms.get(key)
         stats = lm.stats if lm is not None else None
+        requests = counted.get(key)
         out.append(
             {
                 "deployment": key,
@@ -108,7 +113,11 @@ def deployments(app: App, seen: dict[str, dict[str, Any]]) -> list[dict[str, Any
                 },
                 "retries": None if stats is None else stats.retries,
                 "http_requests": None if stats is None else stats.requests,
-                **seen.get(key, {"requests": 0, "in_flight": 0, "errors": {}, "transitions": []}),
+                "requests": 0 if requests is None else requests.requests,
+                "in_flight": busy.get(key, 0),
+                "cache_hits": 0 if requests is None else requests.cache_hits,
+                "errors": {} if requests is None else requests.errors,
+                "transitions": transitions.get(key, []),
                 "pool_queue": pool["queued"],
                 "pool_in_flight": pool["busy"],
             }

@@ -48,7 +48,8 @@ _STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
 _KEEPALIVE_S = 15.0
 # Changes are gathered this long before one push: many calls a second make one message.
 _COALESCE_S = 0.1
-# How often the server looks whether module calls ended (they are counted, not evented).
+# How often the server looks whether module calls or LM requests ended (they are counted,
+# not evented).
 _CALLS_EVERY_S = 1.0
 
 
@@ -104,10 +105,15 @@ class Hub:
             except TimeoutError:
                 pass
             if time.monotonic() - looked >= _CALLS_EVERY_S:
-                # Module calls send no event: look whether any ended, at this rate.
+                # Module calls and LM requests send no event: look whether any ended, at
+                # this rate (and only while someone watches).
                 looked = time.monotonic()
-                if self._clients and self._state_ref().calls_changed():
-                    self.mark("programs")
+                if self._clients:
+                    state = self._state_ref()
+                    if state.calls_changed():
+                        self.mark("programs")
+                    if state.requests_changed():
+                        self.mark("deployments")
             if not self._wake.is_set():
                 continue
             if self._closing.is_set():
@@ -248,6 +254,8 @@ def build_asgi_app(
     async def api_events(request: Request) -> Response:
         if authenticated(request) is None:
             return refused()
+        if hub.closing:  # (no snapshot to render for a stream that would end at once)
+            return PlainTextResponse("503: the console is stopping", status_code=503)
         queue = hub.open_stream()
         first = await asyncio.to_thread(state.snapshot)
 

@@ -1,19 +1,20 @@
 """What the console shows, kept up to date from the app's events (no polling of the app).
 
-A :class:`ConsoleState` subscribes to the app's event bus (LM requests, breaker
+A :class:`ConsoleState` subscribes to the app's event bus for what is rare (breaker
 transitions, dead letters, run progress) and to supervision events, and keeps small
-aggregates: per deployment the requests in flight and the breaker's transitions; per run
-its progress and scores; a bounded log of what happened (crashes, restarts, trips, operator
-actions). Subscribers run in the event bus's thread; what a page needs is read from here by
-the server, which is told which sections changed (``on_change``) so it pushes only those.
+aggregates: per deployment the breaker's transitions; per run its progress and scores; a
+bounded log of what happened (crashes, restarts, trips, operator actions). Subscribers run
+in the event bus's thread; what a page needs is read from here by the server, which is
+told which sections changed (``on_change``) so it pushes only those.
 
-Module calls need no event: the app counts them where they are answered (its
-``call_stats``: calls, errors by type, recent latencies per module path), read when the
-programs section is rendered; the server looks once a second whether calls ended
-(:meth:`ConsoleState.calls_changed`) and pushes the section then, at its own rate.
-Aggregates cost a dict update per event, under one lock per batch of events (the bus
-delivers them in batches); the live tree and the figures the app already keeps (usage,
-in-flight gates, the LM pool's queue) are read when a section is rendered.
+Module calls and LM requests need no event: the app counts them where they are answered
+(its ``call_stats``: calls, errors by type, recent latencies per module path; its
+``lm_counts``: requests, errors, cache hits per deployment), read when the programs and
+deployments sections are rendered; the server looks once a second whether calls or
+requests ended (:meth:`ConsoleState.calls_changed`, :meth:`ConsoleState.requests_changed`)
+and pushes those sections then, at its own rate. The live tree and the figures the app
+already keeps (usage, in-flight gates, the LM pool's queue and requests in flight) are
+read when a section is rendered.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,15 +51,6 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 @dataclass
-class _DeploymentStats:
-    requests: int = 0
-    in_flight: int = 0
-    errors: collections.Counter[str] = field(default_factory=collections.Counter)
-    cache_hits: int = 0
-    transitions: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
 class _RunStats:
     kind: str = "run"
     completed: int = 0
@@ -79,12 +71,13 @@ class ConsoleState:
         # (when, calls ended) per module path, at each render within the rate's window.
         self._seen_calls: dict[str, collections.deque[tuple[float, int]]] = {}
         self._calls_pushed = 0
-        self._deployments: dict[str, _DeploymentStats] = {}
+        self._requests_pushed: tuple[int, dict[str, int]] = (0, {})
+        # Each deployment's recent breaker transitions (from events: they are rare).
+        self._transitions: dict[str, list[dict[str, Any]]] = {}
         self._runs: dict[str, _RunStats] = {}
         self._activity: collections.deque[dict[str, Any]] = collections.deque(maxlen=_ACTIVITY_KEPT)
         self._seq = 0
         self._subscriptions = [
-            app.events.subscribe("lm.*", self._lm_events, batch=True),
             app.subscribe("breaker.transition", self._breaker_event),
             app.subscribe("dead_letter", self._dead_letter_event),
             app.subscribe("run.progress", self._run_event),
@@ -122,6 +115,15 @@ class ConsoleState:
         self._calls_pushed = ended
         return True
 
+    def requests_changed(self) -> bool:
+        """True if LM requests ended, or those in flight changed, since the last time this
+        said so (the server asks at its own rate, then pushes the deployments section)."""
+        now = (self.app.lm_counts.ended_so_far, self.app.dispatcher.stats()["busy_by_deployment"])
+        if now == self._requests_pushed:
+            return False
+        self._requests_pushed = now
+        return True
+
     def _rate(self, path: str, calls: int, now: float) -> float:
         """Calls/s of ``path`` over the window, from the counts seen at earlier renders."""
         seen = self._seen_calls.get(path)
@@ -134,31 +136,13 @@ class ConsoleState:
         elapsed = now - first_at
         return (calls - first_calls) / elapsed if elapsed > 0 else 0.0
 
-    def _lm_events(self, events: Sequence[ev.Event]) -> None:
-        with self._lock:
-            for event in events:
-                deployment = getattr(event, "deployment", "?")
-                stats = self._deployments.get(deployment)
-                if stats is None:
-                    stats = self._deployments[deployment] = _DeploymentStats()
-                if isinstance(event, ev.LMStart):
-                    stats.in_flight += 1
-                elif isinstance(event, ev.LMEnd):
-                    stats.in_flight = max(0, stats.in_flight - 1)
-                    stats.requests += 1
-                    if event.cache_hit:
-                        stats.cache_hits += 1
-                    if event.error_type is not None:
-                        stats.errors[event.error_type] += 1
-        self._on_change("deployments")
-
     def _breaker_event(self, event: ev.BreakerTransition) -> None:
         with self._lock:
-            stats = self._deployments.setdefault(event.deployment, _DeploymentStats())
-            stats.transitions.append(
+            transitions = self._transitions.setdefault(event.deployment, [])
+            transitions.append(
                 {"at": event.timestamp, "from": event.from_state, "to": event.to_state}
             )
-            del stats.transitions[:-20]
+            del transitions[:-20]
         self.record(
             "breaker",
             f"breaker of {event.deployment}: {event.from_state} -> {event.to_state}",
@@ -288,17 +272,8 @@ class ConsoleState:
         from dspy_actors.console._app_view import deployments
 
         with self._lock:
-            seen = {
-                key: {
-                    "requests": s.requests,
-                    "in_flight": s.in_flight,
-                    "cache_hits": s.cache_hits,
-                    "errors": dict(s.errors),
-                    "transitions": list(s.transitions),
-                }
-                for key, s in self._deployments.items()
-            }
-        return deployments(self.app, seen)
+            transitions = {key: list(t) for key, t in self._transitions.items()}
+        return deployments(self.app, transitions)
 
     def _runs_view(self) -> list[dict[str, Any]]:
         from dspy_actors.runtime.runs import active_run_status

@@ -1,17 +1,27 @@
-"""Module call counts kept where the calls are answered, read when someone looks.
+"""Module calls and LM requests counted where they are answered, read when someone looks.
 
 A module actor counts each call it ends (success or error) in its own :class:`CallCell`:
 a few plain numbers, written only by the actor's turn (one thread at a time), so no lock
 and no event per call. Metrics (``/metrics``) and the console read the cells when scraped
-or when they push, summed per module path by :class:`CallStats`. Events stay for what is
-rare (restarts, breaker transitions, dead letters) and for subscribers that asked for every
-call (``app.subscribe("module.*", ...)``) or calls tracing samples.
+or when they push, summed per module path by :class:`CallStats`.
+
+The LM pool counts each request where it ends in the app's :class:`LMCounts`
+(per deployment: requests by model and outcome, errors, cache hits, latency buckets,
+tokens), in whichever thread ends it, under one lock held for a few dict updates: a
+fraction of what the two events per request it replaces cost metrics and the console.
+
+Events stay for what is rare (restarts, breaker transitions, dead letters) and for
+subscribers that asked for every call's (``app.subscribe("module.*", ...)``, ``"lm.*"``)
+or for the calls tracing samples.
 
     stats = CallStats()
     cell = stats.cell("qa")                 # a module actor's, at its start
     cell.ended(0.002)                       # one call answered in 2 ms
     cell.ended(0.5, "LMError")              # one failed
     stats.totals()["qa"].calls              # 2
+    lm = LMCounts()
+    lm.ended("openai:...:gpt", "openai/gpt", 0.8, prompt_tokens=12, completion_tokens=3)
+    lm.totals()["openai:...:gpt"].requests  # 1
 """
 
 from __future__ import annotations
@@ -20,7 +30,15 @@ import bisect
 import threading
 from dataclasses import dataclass, field
 
-__all__ = ["LATENCY_BUCKETS", "CallCell", "CallStats", "CallTotals"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "CallCell",
+    "CallStats",
+    "CallTotals",
+    "LMCounts",
+    "LMTotals",
+    "cumulative",
+]
 
 # Upper bounds (seconds) of the latency histogram's buckets; one more bucket for +Inf.
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -66,12 +84,18 @@ class CallTotals:
 
     def cumulative_buckets(self) -> list[tuple[str, float]]:
         """The histogram as Prometheus wants it: (upper bound, calls at or under it)."""
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.buckets, strict=True):
-            running += count
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
-        return out
+        return cumulative(self.buckets)
+
+
+def cumulative(buckets: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts (``LATENCY_BUCKETS``, then +Inf) as Prometheus wants a histogram:
+    (upper bound, observations at or under it)."""
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), buckets, strict=True):
+        running += count
+        out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+    return out
 
 
 class CallStats:
@@ -142,3 +166,78 @@ def _summed(cells: tuple[CallCell, ...]) -> CallTotals:
         totals.latency_sum += cell.latency_sum
         totals.recent.extend(cell.recent[: min(cell.recent_n, RECENT)])
     return totals
+
+
+@dataclass
+class LMTotals:
+    """The LM requests of one deployment so far (a copy: :meth:`LMCounts.totals`)."""
+
+    # Requests ended (answered, a cache hit included, or failed).
+    requests: int = 0
+    # Ended requests by (model, outcome): "ok", "cache_hit" or the error type.
+    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    cache_hits: int = 0
+    # Latency of the requests that were sent (cache hits excluded).
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def copy(self) -> LMTotals:
+        return LMTotals(
+            self.requests, dict(self.outcomes), dict(self.errors),
+            self.cache_hits, list(self.buckets), self.latency_sum, self.prompt_tokens,
+            self.completion_tokens,
+        )  # fmt: skip
+
+
+class LMCounts:
+    """An app's LM requests, per deployment key, counted by the LM pool where each ends
+    (in whichever thread ends it: one lock, held for a few dict updates). Requests in
+    flight are the dispatcher's to say (``Dispatcher.stats``), exactly."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_key: dict[str, LMTotals] = {}
+        # Requests ended so far, every deployment: a cheap "did anything change".
+        self.ended_so_far = 0
+
+    def ended(
+        self,
+        deployment: str,
+        model: str,
+        latency_s: float,
+        *,
+        error_type: str | None = None,
+        cache_hit: bool = False,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+    ) -> None:
+        """A request of ``deployment`` ended: answered (a cache hit, or sent and answered
+        with the tokens given) or failed with ``error_type``."""
+        outcome = error_type or ("cache_hit" if cache_hit else "ok")
+        with self._lock:
+            totals = self._by_key.get(deployment)
+            if totals is None:
+                totals = self._by_key[deployment] = LMTotals()
+            totals.requests += 1
+            self.ended_so_far += 1
+            key = (model, outcome)
+            totals.outcomes[key] = totals.outcomes.get(key, 0) + 1
+            if error_type is not None:
+                totals.errors[error_type] = totals.errors.get(error_type, 0) + 1
+            if cache_hit:
+                totals.cache_hits += 1
+                return
+            totals.buckets[bisect.bisect_left(LATENCY_BUCKETS, latency_s)] += 1
+            totals.latency_sum += latency_s
+            if prompt_tokens:
+                totals.prompt_tokens += prompt_tokens
+            if completion_tokens:
+                totals.completion_tokens += completion_tokens
+
+    def totals(self) -> dict[str, LMTotals]:
+        """Each deployment's counts now (copies)."""
+        with self._lock:
+            return {key: totals.copy() for key, totals in self._by_key.items()}

@@ -12,11 +12,16 @@ Delivery: ``publish`` never blocks and never raises (an event that cannot be del
 bus stopped, or too far behind -- is counted in ``dropped``; one whose topic no subscriber
 matches is not even queued). It appends the event to a queue the bus actor drains, waking
 the actor only when it is not already awake, so a burst of events costs one wake-up, not one
-actor message each. Subscribers run one at a time in the bus actor's thread, in publish
-order per publishing thread; a subscriber that raises is logged and the others still get
-the event. Keep them short: a slow subscriber delays every other one. A subscriber made with
-``subscribe(..., batch=True)`` gets a list of the events drained together (aggregates then
-take their lock once per batch, not once per event).
+actor message each. While events come fast (the bus is woken within ``linger_s``, 5 ms, of
+its last drain), it lingers that long before draining, so the events published meanwhile
+(the next sampled calls', say) join the same drain: it drains at most ~200 times a second
+however many events arrive, and an event waits at most that long (``flush`` and ``stop``
+cut the linger short); an event that comes alone is delivered at once. Subscribers run one
+at a time in the bus actor's thread, in publish order per publishing thread; a subscriber
+that raises is logged and the others still get the event. Keep them short: a slow
+subscriber delays every other one. A subscriber made with ``subscribe(..., batch=True)``
+gets a list of the events drained together (aggregates then take their lock once per
+batch, not once per event).
 
 Subscriptions belong to the handle, not to the actor: when the bus actor is restarted by its
 supervisor, the new one delivers to the same subscribers.
@@ -24,8 +29,11 @@ supervisor, the new one delivers to the same subscribers.
 Call events (``module.*``, ``lm.*``) are built only for calls someone needs: while a
 subscriber takes them for every call, every call publishes them; a subscription made with
 ``sampled_calls=True`` (tracing's) gets those of the calls the bus's ``call_sampler`` picks,
-and no event at all is built for the others. Counts of every call do not need events: the
-runtime keeps them where calls are answered (``runtime/_call_stats.py``).
+and no event at all is built for the others. A sampled call's events are queued without
+waking the bus (nothing but an append on the call's path): a timer wakes it every 20 ms
+while they come, so they are delivered in batches, at most that much later. Counts of every
+call do not need events: the runtime keeps them where calls are answered
+(``runtime/_call_stats.py``).
 
 Patterns: an exact topic (``"lm.end"``), a prefix wildcard (``"lm.*"``: every topic starting
 with ``"lm."``), or ``"*"`` (everything).
@@ -54,6 +62,7 @@ import supervisors
 from dspy_actors import redaction
 from dspy_actors.lm import _breaker as breaker
 from dspy_actors.lm._breaker import BreakerState
+from dspy_actors.waiting import timers
 from supervisors import ChildSpec, Registry, SupervisedActor
 
 __all__ = [
@@ -404,13 +413,24 @@ class _Pending:
     starts draining: publishers that find it True only append. The actor clears it *before*
     draining, so an event appended after its last look finds it False and wakes it again:
     no event waits unseen (a spare wake-up finds nothing, which is harmless).
+
+    Woken less than ``linger_s`` after its last drain (events are coming fast), the actor
+    waits up to ``linger_s`` on ``hurry`` before draining (``awake`` still True, so what is
+    published meanwhile only appends): at most one drain per ``linger_s`` then. Woken
+    later than that, it drains at once (lingering would only add a second wake-up, the
+    timed wait's, to an event that has no company). ``flush`` and ``stop`` set ``hurry`` so
+    they never wait for a linger, and the actor clears it once flushed.
     """
 
-    __slots__ = ("awake", "events")
+    __slots__ = ("awake", "drained_at", "events", "hurry", "linger_s")
 
-    def __init__(self) -> None:
+    def __init__(self, linger_s: float = 0.0) -> None:
         self.events: collections.deque[Any] = collections.deque()
         self.awake = False
+        self.hurry = threading.Event()
+        self.linger_s = linger_s
+        # When the last drain ended (time.monotonic()); -inf: none yet.
+        self.drained_at = float("-inf")
 
 
 @dataclass
@@ -443,10 +463,21 @@ class EventBusActor(SupervisedActor):
 
     def on_receive(self, message: Any) -> Any:
         if message is _DRAIN:
+            pending = self._pending
+            linger = pending.linger_s
+            if (
+                linger > 0
+                and len(pending.events) < _BATCH
+                and time.monotonic() - pending.drained_at < linger
+            ):
+                # Events come fast: let those of the next few ms join this drain (_Pending).
+                pending.hurry.wait(linger)
             self._drain()
+            pending.drained_at = time.monotonic()
             return None
         if message is _FLUSH:
             self._drain()
+            self._pending.hurry.clear()
             return True
         if getattr(message, "topic", None) is not None:  # a told event (not via publish)
             self._deliver([message])
@@ -538,6 +569,12 @@ def _scrubbed(event: Any) -> Any:
 # ----------------------------------------------------------------------------- the handle
 
 DEFAULT_MAX_PENDING = 100_000
+# How long the bus, once woken, waits for more events before delivering (see _Pending):
+# it then wakes at most ~200 times a second, whatever the rate of sampled calls.
+DEFAULT_LINGER_S = 0.005
+# How often the timer wakes the bus for sampled calls' events while they come: they are
+# queued with no wake-up on the call's path, and reach tracing at most this much later.
+_SAMPLED_TICK_S = 0.02
 
 
 class EventBus:
@@ -549,6 +586,8 @@ class EventBus:
 
     ``max_pending``: events waiting for delivery beyond which ``publish`` drops (and counts)
     rather than let a stuck subscriber grow memory without end. None: no bound.
+    ``linger_s``: how long the bus, woken by an event, waits for more before delivering
+    (0: delivers at once; ``flush`` never waits for it).
     """
 
     def __init__(
@@ -557,13 +596,19 @@ class EventBus:
         name: str | None = None,
         registry: Registry | None = None,
         max_pending: int | None = DEFAULT_MAX_PENDING,
+        linger_s: float = DEFAULT_LINGER_S,
     ) -> None:
+        if linger_s < 0:
+            raise ValueError(f"linger_s is 0 or more seconds, got {linger_s!r}")
         self.name = name if name is not None else f"dspy_actors.events.{next(_ids)}"
         self.registry = supervisors.registry if registry is None else registry
         self.max_pending = max_pending
         self.stats = BusStats()
         self._subscriptions = _Subscriptions()
-        self._pending = _Pending()
+        self._pending = _Pending(linger_s)
+        # True while the timer ticks for sampled calls' events (_publish_sampled).
+        self._ticking = False
+        self._tick_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         # Which calls' events ``sampled_calls`` subscriptions get (tracing sets it): a
         # trace id's yes or no, the same every time it is asked; None: no call's.
@@ -587,9 +632,10 @@ class EventBus:
         name: str | None = None,
         registry: Registry | None = None,
         max_pending: int | None = DEFAULT_MAX_PENDING,
+        linger_s: float = DEFAULT_LINGER_S,
     ) -> Self:
         """Start an unsupervised bus (its actor is stopped by :meth:`stop`)."""
-        bus = cls(name=name, registry=registry, max_pending=max_pending)
+        bus = cls(name=name, registry=registry, max_pending=max_pending, linger_s=linger_s)
         ref = EventBusActor.start(bus._subscriptions, bus.stats, bus._pending)
         try:
             bus.registry.register(bus.name, ref)
@@ -608,6 +654,7 @@ class EventBus:
         ref = self._own_ref
         if ref is None:
             return True
+        self._pending.hurry.set()  # no linger: stop delivers what is queued, now
         try:
             ref.stop(block=True, timeout=timeout)
         except pykka.Timeout:
@@ -630,6 +677,15 @@ class EventBus:
 
     def publish(self, event: Event) -> None:
         """Send ``event`` to the subscribers. Never blocks and never raises."""
+        self._publish(event, True)
+
+    def _publish_sampled(self, event: Event) -> None:
+        """``publish`` for the events of a call the sampler picked (``call_publisher``):
+        queued without waking the bus, which a timer wakes every ``_SAMPLED_TICK_S`` while
+        such events come (no wake-up, no thread switch, on the call's path)."""
+        self._publish(event, False)
+
+    def _publish(self, event: Event, wake: bool) -> None:
         ref = self._ref
         try:
             if ref is None or ref.actor_stopped.is_set():
@@ -650,7 +706,10 @@ class EventBus:
             # because of telemetry.
             self._count_dropped()
             return
-        if not pending.awake:
+        if not wake and len(pending.events) < _BATCH:
+            if not self._ticking:
+                self._start_ticking()
+        elif not pending.awake:
             pending.awake = True
             try:
                 ref.tell(_DRAIN)
@@ -660,6 +719,43 @@ class EventBus:
                 pending.awake = False
         with self._stats_lock:
             self.stats.published += 1
+
+    def _start_ticking(self) -> None:
+        with self._tick_lock:
+            if self._ticking:
+                return
+            self._ticking = True
+        timers.schedule(time.monotonic() + _SAMPLED_TICK_S, self._tick)
+
+    def _tick(self) -> None:
+        """In the timer thread, every ``_SAMPLED_TICK_S`` while sampled calls' events come:
+        wake the bus for those queued; stop ticking at the first tick that finds none."""
+        pending = self._pending
+        if pending.events:
+            if not pending.awake:
+                ref = self._ref
+                if ref is None or ref.actor_stopped.is_set():
+                    ref = self._resolve()
+                try:
+                    if ref is None:
+                        raise pykka.ActorDeadError(self.name)
+                    pending.awake = True
+                    ref.tell(_DRAIN)
+                except Exception:
+                    # No bus now: what is queued waits for its next incarnation (drained
+                    # when it starts); the next sampled event starts the ticks again.
+                    pending.awake = False
+                    with self._tick_lock:
+                        self._ticking = False
+                    return
+            timers.schedule(time.monotonic() + _SAMPLED_TICK_S, self._tick)
+            return
+        with self._tick_lock:
+            self._ticking = False
+            if not pending.events:
+                return
+            self._ticking = True  # one came after the look above
+        timers.schedule(time.monotonic() + _SAMPLED_TICK_S, self._tick)
 
     def _count_dropped(self) -> None:
         with self._stats_lock:
@@ -718,7 +814,7 @@ class EventBus:
         sampled = self.call_sampler
         if sampled is None or not self._subscriptions.all():
             return None
-        return self.publish if sampled(trace_id) else None
+        return self._publish_sampled if sampled(trace_id) else None
 
     def flush(self, timeout: float) -> bool:
         """Wait until every event published (by any thread) before this call was delivered.
@@ -730,6 +826,7 @@ class EventBus:
             return False
         if self._subscriptions.delivering_thread is threading.current_thread():
             raise RuntimeError("flush() from a subscriber would wait for itself forever")
+        self._pending.hurry.set()  # a drain lingering now delivers at once
         try:
             return bool(supervisors.ask(ref, _FLUSH, timeout=timeout))
         except (pykka.Timeout, pykka.ActorDeadError):

@@ -11,17 +11,16 @@ unanswered, are retried once on another slot (then failed with ``LMWorkerCrashed
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import supervisors
-from dspy_actors.runtime._lm_pool import Dispatcher, Slot
+from dspy_actors.runtime._lm_pool import Dispatcher, LMPublisher, Slot
 
 __all__ = ["Publisher", "SlotHost", "SlotHostActor"]
 
-# How a host publishes lm.* events: asked once per request, None while nobody listens. Its
-# arguments are the host's business (this actor only hands it over).
-Publisher = Callable[..., Callable[[Any], None] | None]
+# Where a host reports its requests (counts; lm.* events while someone listens): this
+# actor only hands it over.
+Publisher = LMPublisher
 
 
 class SlotHost(Protocol):

@@ -27,7 +27,6 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -41,7 +40,7 @@ from dspy_actors.lm.errors import LMError
 from dspy_actors.runtime._context import restored
 from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime._lm_host import SlotHostActor
-from dspy_actors.runtime._lm_pool import Dispatcher, LMAttempt, Slot, Work, _plain_lm
+from dspy_actors.runtime._lm_pool import Dispatcher, LMAttempt, LMPublisher, Slot, Work, _plain_lm
 from dspy_actors.runtime._lm_user_calls import UserCalls
 from dspy_actors.runtime._loop_tasks import start_request_task
 from dspy_actors.runtime._streaming_hooks import StreamEnded, run_streamed
@@ -51,7 +50,7 @@ __all__ = ["EventLoopThread", "LMLoop"]
 _START_SECONDS = 10.0
 _STOP_SECONDS = 5.0
 
-Publisher = Callable[[str | None], Callable[[Any], None] | None]
+Publisher = LMPublisher  # where requests are counted and their lm.* events published
 
 _log = structlog.get_logger("dspy_actors.runtime.lm")
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -56,6 +56,7 @@ from dspy_actors.lm._lm import LM
 from dspy_actors.lm._rate_limit import RateLimiter
 from dspy_actors.lm._retry_listener import retry_listener
 from dspy_actors.lm.errors import LMError
+from dspy_actors.runtime._call_stats import LMCounts
 from dspy_actors.runtime._context import CallContext, capture, restored
 from dspy_actors.runtime._errors import DeadlineExceeded, ModuleUnavailable, Overloaded
 from dspy_actors.runtime._events import LMEnd, LMRetry, LMStart
@@ -110,6 +111,17 @@ class LMPoolConfig:
     fallbacks: Mapping[str, Sequence[LM]] = field(default_factory=dict)
     breaker_factory: Callable[[str], CircuitBreaker] | None = None
     rate_limits: Mapping[str, RateLimiter] = field(default_factory=dict)
+
+
+class LMPublisher(Protocol):
+    """What the pool reports its requests to (the app's ``EventBridge.lm_publisher``):
+    every request is counted in ``counts`` where it ends, and ``publisher(trace_id)`` says
+    how to publish its ``lm.*`` events, or None while nobody needs them (none is built)."""
+
+    @property
+    def counts(self) -> LMCounts: ...
+
+    def __call__(self, trace_id: str | None) -> Callable[[Any], None] | None: ...
 
 
 class PoolWorker(Protocol):
@@ -205,6 +217,7 @@ class Dispatcher:
             return {
                 "queued": len(self._queue),
                 "busy": len(self._busy),
+                "busy_by_deployment": _count_by_key(self._busy.values()),
                 "idle": len(self._idle),
                 "workers": len(self._workers),
                 "breakers": {k: b.state for k, b in self._breakers.items()},
@@ -385,6 +398,13 @@ class Dispatcher:
 TORN_DOWN_TWICE = "the thread running this LM request was torn down twice"
 
 
+def _count_by_key(works: Iterable[Work]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for work in works:
+        out[work.key] = out.get(work.key, 0) + 1
+    return out
+
+
 _log = redaction.get_logger("dspy_actors.runtime.lm")
 
 
@@ -476,14 +496,18 @@ class LMRouter(supervisors.SupervisedActor):
 @dataclass(slots=True, eq=False)
 class LMAttempt:
     """One request run on a slot (of a loop or a process): the deadline check and
-    timeout before it, the ``lm.start``/``lm.end`` events around it, the answer after it,
-    and the outcome the breaker counts."""
+    timeout before it, the ``lm.start``/``lm.end`` events around it (while someone needs
+    them), its count where it ends, the answer after it, and the outcome the breaker
+    counts."""
 
     request: LMRequest
     kwargs: dict[str, Any]
     publish: Callable[[Any], None] | None
     ended: Callable[..., LMEnd] | None
     started: float
+    counts: LMCounts | None = None
+    key: str = ""
+    model: str = ""
 
     @classmethod
     def begin(
@@ -491,7 +515,7 @@ class LMAttempt:
         request: LMRequest,
         lm: LM,
         key: str,
-        publisher: Callable[[str | None], Callable[[Any], None] | None] | None,
+        publisher: LMPublisher | None,
     ) -> LMAttempt | None:
         """None: the request is answered already (cancelled, or past its deadline)."""
         reply = request.reply
@@ -517,12 +541,15 @@ class LMAttempt:
                 kwargs["known_miss"] = request.known_miss
             if ctx.deadline is not None:
                 kwargs["deadline"] = ctx.deadline  # bounds the retries too
-        publish = publisher(ctx.trace_id) if publisher is not None else None
-        ended = None  # what builds the lm.end event, while someone listens
+        counts: LMCounts | None = None
+        publish: Callable[[Any], None] | None = None
+        ended: Callable[..., LMEnd] | None = None  # what builds lm.end, while someone listens
+        if publisher is not None:
+            counts, publish = publisher.counts, publisher(ctx.trace_id)
         if publish is not None:
             publish(LMStart(trace_id=ctx.trace_id, deployment=key, model=lm.model))
             ended = partial(LMEnd, trace_id=ctx.trace_id, deployment=key, model=lm.model)
-        return cls(request, kwargs, publish, ended, time.monotonic())
+        return cls(request, kwargs, publish, ended, time.monotonic(), counts, key, lm.model)
 
     def retried(self, error: LMError, delay: float) -> None:
         """An HTTP retry of this request: the ``lm.retry`` event (``retry_listener``)."""
@@ -555,20 +582,31 @@ class LMAttempt:
         counts the outcome before the caller can make its next call)."""
         if before_answer is not None:
             before_answer("success")
-        # lm.end is published before the caller is answered, so a caller that flushes the
-        # event bus after its reply always finds it there.
-        if self.publish is not None and self.ended is not None:
-            self.publish(
-                self.ended(
-                    latency_s=time.monotonic() - self.started,
-                    prompt_tokens=response.usage.prompt_tokens,
-                    completion_tokens=response.usage.completion_tokens,
-                    cache_hit=response.cache_hit,
-                    finish_reasons=tuple(
-                        r for r in getattr(response, "finish_reasons", ()) or () if r
-                    ),
+        # Counted, and lm.end published, before the caller is answered: a caller that
+        # reads the counts (or flushes the event bus) after its reply finds it there.
+        if self.counts is not None or self.publish is not None:
+            latency = time.monotonic() - self.started
+            usage = getattr(response, "usage", None)  # (an LM-like object's answer may lack it)
+            prompt_tokens = getattr(usage, "prompt_tokens", None)
+            completion_tokens = getattr(usage, "completion_tokens", None)
+            cache_hit = bool(getattr(response, "cache_hit", False))
+            if self.counts is not None:
+                self.counts.ended(
+                    self.key, self.model, latency, cache_hit=cache_hit,
+                    prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                )  # fmt: skip
+            if self.publish is not None and self.ended is not None:
+                self.publish(
+                    self.ended(
+                        latency_s=latency,
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        cache_hit=cache_hit,
+                        finish_reasons=tuple(
+                            r for r in getattr(response, "finish_reasons", ()) or () if r
+                        ),
+                    )
                 )
-            )
         resolve(self.request.reply, response)
         return "success"
 
@@ -577,12 +615,11 @@ class LMAttempt:
         outcome = "failure" if type(error).__name__ in _UNHEALTHY else "ignore"
         if before_answer is not None:
             before_answer(outcome)
+        latency = time.monotonic() - self.started
+        if self.counts is not None:
+            self.counts.ended(self.key, self.model, latency, error_type=type(error).__name__)
         if self.publish is not None and self.ended is not None:
-            self.publish(
-                self.ended(
-                    latency_s=time.monotonic() - self.started, error_type=type(error).__name__
-                )
-            )
+            self.publish(self.ended(latency_s=latency, error_type=type(error).__name__))
         reject(self.request.reply, error)
         return outcome
 

@@ -55,7 +55,7 @@ from dspy_actors.lm.errors import LMError
 from dspy_actors.runtime._context import restored
 from dspy_actors.runtime._futures import reject
 from dspy_actors.runtime._lm_host import SlotHostActor
-from dspy_actors.runtime._lm_pool import Dispatcher, LMAttempt, Slot, Work
+from dspy_actors.runtime._lm_pool import Dispatcher, LMAttempt, LMPublisher, Slot, Work
 
 __all__ = ["LMProcess", "LMProcessExited", "WorkerProcess"]
 
@@ -72,7 +72,7 @@ _WRITE_SECONDS = 5.0
 _HEARTBEAT_SECONDS = 1.0
 _HEARTBEAT_TIMEOUT_SECONDS = 10.0
 
-Publisher = Callable[[str | None], Callable[[Any], None] | None]
+Publisher = LMPublisher  # where requests are counted and their lm.* events published
 
 # Per thread: requests handed over while this thread is already sending (see ``send``).
 _sending = threading.local()

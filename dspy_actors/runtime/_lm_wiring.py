@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 import supervisors
 from dspy_actors.lm._breaker import BreakerTransition, CircuitBreaker
 from dspy_actors.lm._rate_limit import RateLimiter
-from dspy_actors.runtime import _events as ev
 from dspy_actors.runtime._lm_loop import LMLoop
 from dspy_actors.runtime._lm_pool import (
     Dispatcher,
     LMPoolConfig,
+    LMPublisher,
     LMRouter,
     deployment_key,
 )
@@ -42,11 +42,12 @@ def wire_lm_pool(
     config: AppConfig,
     registry: supervisors.Registry,
     router_name: str,
-    publisher: Callable[[str | None], Callable[[ev.Event], None] | None],
+    publisher: LMPublisher,
     on_breaker_transition: Callable[[BreakerTransition], None],
 ) -> LMWiring:
     """The ``lm`` node (rest_for_one: the router, then its workers) for ``config``.
-    ``publisher`` says how to publish pool events (None while nobody listens)."""
+    ``publisher``: where the pool counts its requests and publishes their events (while
+    someone listens)."""
     fallbacks: dict[str, Sequence[LM]] = {}
     if config.lm is not None and config.fallbacks:
         fallbacks[deployment_key(config.lm)] = config.fallbacks
@@ -92,7 +93,7 @@ def wire_lm_pool(
 def _host_specs(
     config: AppConfig,
     dispatcher: Dispatcher,
-    publisher: Callable[[str | None], Callable[[ev.Event], None] | None],
+    publisher: LMPublisher,
 ) -> list[supervisors.ChildSpec]:
     """The slot hosts: ``lm_max_in_flight`` slots spread over the worker processes
     (``lm_processes``), else over the event loops (``lm_loops``)."""

@@ -46,7 +46,7 @@ from dspy_actors.lm._misplaced_forward import refuse_misplaced_forward
 from dspy_actors.primitives.module import Module
 from dspy_actors.runtime import _events as ev
 from dspy_actors.runtime._app_config import AppConfig, data_dir_for
-from dspy_actors.runtime._call_stats import CallStats
+from dspy_actors.runtime._call_stats import CallStats, LMCounts
 from dspy_actors.runtime._dead_letters import DeadLetter
 from dspy_actors.runtime._errors import AppStopped, ModuleCrashed
 from dspy_actors.runtime._event_bridge import EventBridge
@@ -113,10 +113,15 @@ class App:
         self.executor = ThreadPoolExecutor(
             max_workers=config.submit_threads, thread_name_prefix=f"{self.name}-submit"
         )
-        # Module calls counted where they are answered (read by metrics and the console).
+        # Module calls and LM requests counted where they are answered (read by metrics and
+        # the console).
         self.call_stats = CallStats()
+        self.lm_counts = LMCounts()
         self.bridge = EventBridge(
-            self.name, self.events, lambda: self.executor.submit(self.programs.relaunch)
+            self.name,
+            self.events,
+            lambda: self.executor.submit(self.programs.relaunch),
+            self.lm_counts,
         )
         self.programs = Programs(
             self.name,

@@ -245,3 +245,26 @@ def test_runs_are_listed_with_scores_and_can_be_cancelled(app: Any, console: Con
         missing = client.post("/api/runs/r1/cancel")
     assert missing.status_code == 404
     assert "no running run" in missing.text
+
+
+def test_lm_requests_are_pushed_live_without_an_event_per_request(
+    app: Any, console: Console
+) -> None:
+    qa = app.serve("qa", dsa.Predict("question -> answer"))
+    with _client(console) as client, client.stream("GET", "/api/events") as response:
+        events = _read_sse(response)
+        kind, _snapshot = next(events)
+        assert kind == "snapshot"
+        assert app.events.flush(10.0)
+        published = app.events.stats.published
+        for i in range(3):
+            qa.call(question=f"{i} + 2?")
+        for kind, data in events:  # the server looks once a second, then pushes
+            if kind == "section" and data["name"] == "deployments":
+                (deployment,) = data["data"]
+                if deployment["requests"] == 3:
+                    break
+        assert deployment["in_flight"] == 0
+        assert deployment["errors"] == {}
+    assert app.events.flush(10.0)
+    assert app.events.stats.published == published  # no lm.* (nor module.*) event

@@ -52,7 +52,7 @@ def test_metrics_and_console_count_calls_without_an_event_per_call(app: Any, sim
             qa.call(question="fill the cache")  # cached: answered by the module actor
         assert app.events.flush(10.0)
         # No event was published for them (metrics and the console subscribe only to what
-        # is rare, or to LM requests, which a cached call does not make)...
+        # is rare)...
         assert app.events.stats.published == published
         # ...and every one is counted.
         assert _metric(app, "dspy_actors_module_calls_total", module="qa") == 51
