@@ -15,7 +15,6 @@ from typing import Any
 import pykka
 
 import supervisors
-from dspy_actors.runtime._call_reply import CallReply
 from dspy_actors.runtime._context import CallContext
 from dspy_actors.runtime._errors import ModuleCrashed, ModuleUnavailable
 from dspy_actors.runtime._futures import reject
@@ -61,7 +60,7 @@ def send_call(
     answered exactly once). That costs one flag read per call, where a monitor per call
     cost a lock round trip on the actor's lifecycle shared by every caller.
     """
-    reply: Future[Any] = CallReply()  # (its blocking caller may run the call's rest)
+    reply: Future[Any] = Future()
     ref = registry.whereis(name)
     if ref is None:
         reject(reply, ModuleUnavailable(name))

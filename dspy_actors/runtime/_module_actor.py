@@ -55,7 +55,6 @@ from dspy_actors.lm._usage import UsageMeter
 from dspy_actors.lm.errors import LMError
 from dspy_actors.primitives.module import Module
 from dspy_actors.redaction import scrub_exception
-from dspy_actors.runtime._call_reply import CallReply
 from dspy_actors.runtime._call_stats import CallCell, CallStats
 from dspy_actors.runtime._context import restored
 from dspy_actors.runtime._errors import (
@@ -340,9 +339,7 @@ class ModuleActor(supervisors.SupervisedActor):
                 )
                 record.lm_reply = reply
                 record.stream_tap = tap
-                reply.add_done_callback(
-                    partial(_tell_lm_done, self.actor_ref, call_id, record.call.reply)
-                )
+                reply.add_done_callback(partial(_tell_lm_done, self.actor_ref, call_id))
                 self._watch_cancel(call_id, record)
                 return
 
@@ -549,27 +546,8 @@ def _tell_if_cancelled(ref: pykka.ActorRef[Any], call_id: int, reply: Future[Any
         pass
 
 
-def _tell_lm_done(
-    ref: pykka.ActorRef[Any], call_id: int, call_reply: Future[Any], reply: Future[Any]
-) -> None:
-    """The LM answered (in whatever thread completed ``reply``): resume the call's steps.
-    A caller blocked on the call's reply does it (see runtime/_call_reply.py), taking the
-    actor's turn if it is idle; otherwise the actor is told."""
-    message = _LMDone(call_id, reply)
-    if isinstance(call_reply, CallReply) and call_reply.hand_back(
-        partial(_resume_from_caller, ref, message)
-    ):
-        return
+def _tell_lm_done(ref: pykka.ActorRef[Any], call_id: int, reply: Future[Any]) -> None:
     try:
-        ref.tell(message)
-    except pykka.ActorDeadError:
-        pass  # The actor died; its on_failure answered the call already.
-
-
-def _resume_from_caller(ref: pykka.ActorRef[Any], message: _LMDone) -> None:
-    """In the caller's thread: handle ``message`` in the actor's turn if it is idle, else
-    queue it for the actor's own thread."""
-    try:
-        supervisors.tell_inline(ref, message)
+        ref.tell(_LMDone(call_id, reply))
     except pykka.ActorDeadError:
         pass  # The actor died; its on_failure answered the call already.

@@ -33,11 +33,10 @@ from typing import Any, TypeVar
 import greenlet
 
 from dspy_actors.lm.errors import LMTimeout
-from dspy_actors.runtime._call_reply import CallReply
 from dspy_actors.runtime._context import CallContext
 from dspy_actors.runtime._errors import DeadlineExceeded
 from dspy_actors.runtime._futures import reject
-from dspy_actors.waiting import in_forward_greenlet, pause, wait_done
+from dspy_actors.waiting import pause, wait_done
 
 T = TypeVar("T")
 
@@ -114,18 +113,13 @@ def await_reply_blocking(step: AwaitReply) -> Any:
     reply = step.reply
     if reply.done():  # answered in the send (a cache hit)
         return _answer(step)
-    # A user's thread waits in the reply itself, taking the call's rest when the LM
-    # answers (runtime/_call_reply.py); a forward greenlet parks.
-    here = reply if isinstance(reply, CallReply) and not in_forward_greenlet() else None
     while True:
         remaining = _remaining(step)
         if remaining is not None and remaining <= 0:
             return _expired(step)
-        wait = min(
-            MAX_WAIT_SLICE_SECONDS if remaining is None else remaining, MAX_WAIT_SLICE_SECONDS
-        )
+        wait = MAX_WAIT_SLICE_SECONDS if remaining is None else remaining
         try:
-            done = here.wait_here(wait) if here is not None else wait_done(reply, wait)
+            done = wait_done(reply, min(wait, MAX_WAIT_SLICE_SECONDS))
         except greenlet.GreenletExit:
             # The forward waiting here was dropped (its own caller cancelled, its actor
             # stopped): the sub-call is not wanted either, so its module drops it too.

@@ -56,20 +56,15 @@ class Poisonable(Module):
 
 
 class TracedPredict(Predict):
-    """A Predict that records the thread its steps ran in (``threads``: where they began;
-    ``resumed``: where they went on once the LM answered, parsing its answer), and
-    crashes (a bug, in the steps themselves: no call thread involved) on the question
-    "boom"."""
+    """A Predict that records the thread its steps ran in, and crashes (a bug, in the
+    steps themselves: no call thread involved) on the question "boom"."""
 
     def __init__(self, signature: str = "question -> answer") -> None:
         super().__init__(signature)
         self.threads: list[int] = []
-        self.resumed: list[int] = []
-        self.holder: int | None = None
 
     def hold(self, held: threading.Event, release: threading.Event) -> None:
         """Run by the actor (a ProxyCall): keeps its turn until ``release``."""
-        self.holder = threading.get_ident()
         held.set()
         release.wait(10.0)
 
@@ -77,9 +72,7 @@ class TracedPredict(Predict):
         self.threads.append(threading.get_ident())
         if kwargs.get("question") == "boom":
             raise RuntimeError("a bug in the predictor")
-        result = yield from super().steps(**kwargs)
-        self.resumed.append(threading.get_ident())
-        return result
+        return (yield from super().steps(**kwargs))
 
 
 class RecordingLM(LM):
