@@ -3,6 +3,7 @@
     .venv/bin/python bench/call_hops.py                      # 64 in flight, 100 ms SimLM
     .venv/bin/python bench/call_hops.py --in-flight 256 --per-thread 3
     .venv/bin/python bench/call_hops.py --no-hooks           # the same run, unobserved
+    .venv/bin/python bench/call_hops.py --stagger 0.1        # first calls spread over 100 ms
 
 A one-step ``app.program`` of a Predict (the shape of ``bench_runtime.py``'s 64-in-flight
 target), ``in_flight`` threads calling ``handle.call`` back to back against a SimLM server
@@ -207,7 +208,9 @@ def install_hooks() -> None:
     _plans.await_reply_blocking = await_stamped
 
 
-def run(url: str, in_flight: int, per_thread: int, hooks: bool) -> dict[str, Any]:
+def run(
+    url: str, in_flight: int, per_thread: int, hooks: bool, stagger: float = 0.0
+) -> dict[str, Any]:
     if hooks:
         install_hooks()
     import dspy_actors as dsa
@@ -224,6 +227,8 @@ def run(url: str, in_flight: int, per_thread: int, hooks: bool) -> dict[str, Any
         def worker(w: int) -> None:
             handle.call(question=f"warm {w}")
             barrier.wait(timeout=120)
+            if stagger:  # thread w starts w/in_flight of the way through ``stagger`` s
+                time.sleep(stagger * w / in_flight)
             for i in range(per_thread):
                 handle.call(question=f"w{w} q{i}")
                 if hooks:
@@ -310,11 +315,17 @@ def main() -> int:
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--per-thread", type=int, default=6)
     parser.add_argument("--no-hooks", action="store_true")
+    parser.add_argument(
+        "--stagger",
+        type=float,
+        default=0.0,
+        help="spread the threads' first calls evenly over this many seconds (0: all at once)",
+    )
     args = parser.parse_args()
     server = Server("sim-slow", 0.1, dict(os.environ), Path(tempfile.mkdtemp()))
     try:
         load = os.getloadavg()
-        result = run(server.url, args.in_flight, args.per_thread, not args.no_hooks)
+        result = run(server.url, args.in_flight, args.per_thread, not args.no_hooks, args.stagger)
     finally:
         server.stop()
     print(
