@@ -495,6 +495,11 @@ class PostPool:
             self._sweep = asyncio.get_running_loop().call_later(delay, self._close_expired)
 
     @property
+    def closed(self) -> bool:
+        """Closed by :meth:`close` (its owner makes a new pool for later requests)."""
+        return self._closed
+
+    @property
     def idle_connections(self) -> int:
         return sum(not c.closed for c in self._idle)
 

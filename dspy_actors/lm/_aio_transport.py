@@ -151,7 +151,7 @@ class AioClients:
         if pools is None:
             pools = self._posts[loop] = {}
         pool = pools.get(target.url)
-        if pool is None:
+        if pool is None or pool.closed:  # (closed by close_loop_sessions: the loop goes on)
             headers = list(target.headers.items())
             pool = pools[target.url] = PostPool(
                 target.url, headers, target.host, self._verify_context

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from dspy_actors.lm import LM, LMConnectionError, LMTimeout, RetryPolicy, _aio_posts
+from dspy_actors.lm._aio_transport import close_loop_sessions
 from dspy_actors.testing._polling import wait_until
 from tests.dspy_actors.lm.test_lm_async import MESSAGES, run
 from tests.dspy_actors.lm.test_lm_proxy import no_proxy_environment  # noqa: F401 (autouse)
@@ -296,7 +297,7 @@ def test_a_malformed_answer_is_a_connection_error_and_retried(make_lm: MakeLM) -
         assert run(_calls(lm, 1), lm) == [["ok"]]
         lm_once = _lm(make_lm, server)
         server.requests.clear()
-        with pytest.raises(LMConnectionError, match="ClientPayloadError"):
+        with pytest.raises(LMConnectionError, match="connection failed"):
             run(_calls(lm_once, 1), lm_once)
     assert lm.stats.retries == 1
 
@@ -330,3 +331,19 @@ def test_aclose_closes_the_kept_connections(make_lm: MakeLM) -> None:
         lm = _lm(make_lm, server)
         run(_calls(lm, 1), lm)  # (run closes the LM's connections of its loop)
         wait_until(lambda: server.closed == 1, 10.0, "the kept connection closed")
+
+
+def test_after_the_loops_connections_are_closed_new_ones_are_kept_alive(
+    make_lm: MakeLM,
+) -> None:
+    with _serving(lambda n: (_ok(_completion(f"a{n}")), False)) as server:
+        lm = _lm(make_lm, server)
+
+        async def calls() -> None:
+            await lm.acomplete(MESSAGES)
+            await close_loop_sessions()  # what an LM loop's owner does before it stops
+            await lm.acomplete(MESSAGES)
+            await lm.acomplete(MESSAGES)
+
+        run(calls, lm)
+    assert [number for number, _ in server.requests] == [1, 2, 2]
