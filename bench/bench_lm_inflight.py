@@ -143,6 +143,15 @@ def one_case(
         app = dsa.start(lm=lm, data_dir=tempfile.mkdtemp(prefix="bench-inflight-"), **options)
         qa = app.serve("qa", dsa.Predict("question -> answer"))
         qa.call(question="warm-up")
+        # Why a breaker opened, if one did: failures, or calls it judged slow.
+        transitions: list[str] = []
+        app.subscribe(
+            "breaker.transition",
+            lambda e: transitions.append(
+                f"{e.from_state}->{e.to_state} failure_rate={e.failure_rate} "
+                f"slow_call_rate={e.slow_call_rate}"
+            ),
+        )
         rss_idle = _vm("VmRSS")
         threads_idle = threading.active_count()
         messages = [{"role": "user", "content": "question: q"}]
@@ -195,6 +204,10 @@ def one_case(
                     ok, failed, errors = call_from_threads()
                 wall = time.perf_counter() - t0
             result["actors"] = len(supervisors_actors())
+            app.events.flush(10.0)
+            result["breaker"] = transitions[:4] + (
+                [f"... {len(transitions)}"] if transitions else []
+            )
         finally:
             app.stop()
             lm.close()

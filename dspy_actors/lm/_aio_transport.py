@@ -1,4 +1,6 @@
-"""The LM's HTTP on asyncio: one ``aiohttp`` session per event loop, per LM.
+"""The LM's HTTP on asyncio: per event loop and LM, one ``aiohttp`` session (streamed
+answers, proxies) and one :class:`~dspy_actors.lm._aio_posts.PostPool` per URL (whole
+answers from a server reached directly: the hot path, see ``_aio_posts``).
 
 Why aiohttp: measured on 2 cores against a loopback server with 2 s latency
 (``bench/bench_async_clients.py``, both clients in the same run), aiohttp kept 256 requests
@@ -29,8 +31,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from multidict import CIMultiDict
 
 from dspy_actors._deferred_imports import lazy_module
+from dspy_actors.lm._aio_posts import PostPool
 from dspy_actors.lm.transport import ClientPool
 
 # aiohttp is imported when an LM first sends on an event loop, not with the package.
@@ -44,9 +48,11 @@ __all__ = ["AioClients", "AioTarget", "aiter_sse", "close_loop_sessions"]
 # Headers aiohttp sets itself per request, or that would promise encodings it cannot decode.
 _DROPPED = frozenset({"host", "content-length", "connection", "accept-encoding"})
 
-# Every session made on a loop, to close before the loop stops.
+# Every session and post pool made on a loop, to close before the loop stops.
 _loop_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[aiohttp.ClientSession]]
 _loop_sessions = weakref.WeakKeyDictionary()
+_loop_posts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[PostPool]]
+_loop_posts = weakref.WeakKeyDictionary()
 
 # (See AioClients.stream.)
 _STREAM_READ_BUFSIZE = 16 * 1024
@@ -61,6 +67,7 @@ class AioTarget:
     proxy: str | None
     proxy_headers: Mapping[str, str] | None  # Proxy-Authorization, from the proxy URL
     needs_thread: bool  # a SOCKS proxy: aiohttp cannot reach it
+    host: str  # the Host header (the sync transport's)
 
 
 class AioClients:
@@ -75,6 +82,8 @@ class AioClients:
             asyncio.AbstractEventLoop, aiohttp.ClientSession
         ] = weakref.WeakKeyDictionary()
         self._targets: dict[str, AioTarget] = {}
+        self._posts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, PostPool]]
+        self._posts = weakref.WeakKeyDictionary()
 
     def target(self, url: str) -> AioTarget:
         found = self._targets.get(url)
@@ -96,7 +105,9 @@ class AioClients:
                 # Sent to the proxy itself (absolute form): aiohttp adds proxy_headers only
                 # to a CONNECT. Never to an https:// origin: those headers go in the tunnel.
                 headers.update(auth)
-            found = AioTarget(str(_without_userinfo(sync.url)), headers, proxy_url, auth, socks)
+            origin = str(_without_userinfo(sync.url))
+            host = sync.headers.get("host") or sync.url.netloc.decode("ascii")
+            found = AioTarget(origin, headers, proxy_url, auth, socks, host)
             if len(self._targets) >= 16:
                 self._targets.clear()  # an LM posts to one URL: a bound, not a policy
             self._targets[url] = found
@@ -122,9 +133,12 @@ class AioClients:
         return session
 
     async def post(self, url: str, content: bytes, timeout: float) -> tuple[int, Any, bytes]:
-        """POST ``content``; (status, headers, body). Raises TimeoutError or
-        aiohttp.ClientError."""
+        """POST ``content``; (status, headers, body). Raises TimeoutError,
+        aiohttp.ClientError or (a connect's) OSError."""
         target = self.target(url)
+        if target.proxy is None:  # the hot path: straight to the server (_aio_posts)
+            status, raw, body = await self._post_pool(target).post(content, timeout)
+            return status, CIMultiDict(raw), body
         async with self.session().post(
             target.url,
             data=content,
@@ -135,6 +149,21 @@ class AioClients:
         ) as response:
             body = await response.read()
             return response.status, response.headers, body
+
+    def _post_pool(self, target: AioTarget) -> PostPool:
+        """The running loop's connections for ``target`` (made on first use)."""
+        loop = asyncio.get_running_loop()
+        pools = self._posts.get(loop)
+        if pools is None:
+            pools = self._posts[loop] = {}
+        pool = pools.get(target.url)
+        if pool is None or pool.closed:  # (closed by close_loop_sessions: the loop goes on)
+            headers = list(target.headers.items())
+            pool = pools[target.url] = PostPool(
+                target.url, headers, target.host, self._verify_context
+            )
+            _loop_posts.setdefault(loop, set()).add(pool)
+        return pool
 
     @asynccontextmanager
     async def stream(
@@ -157,20 +186,28 @@ class AioClients:
             yield response
 
     async def aclose(self) -> None:
-        """Close the running loop's session of this LM."""
+        """Close the running loop's session and connections of this LM."""
         loop = asyncio.get_running_loop()
+        for pool in (self._posts.pop(loop, None) or {}).values():
+            _loop_posts.get(loop, set()).discard(pool)
+            pool.close()
         session = self._sessions.pop(loop, None)
         if session is not None:
             _loop_sessions.get(loop, set()).discard(session)
             await session.close()
+        await asyncio.sleep(0)  # (closed transports let go of their sockets on the next turn)
 
 
 async def close_loop_sessions() -> None:
-    """Close every LM session made on the running loop (its owner calls this before it
-    stops the loop, so that no connection is left unclosed)."""
-    sessions = _loop_sessions.pop(asyncio.get_running_loop(), set())
+    """Close every LM session and connection made on the running loop (its owner calls
+    this before it stops the loop, so that no connection is left unclosed)."""
+    loop = asyncio.get_running_loop()
+    for pool in _loop_posts.pop(loop, set()):
+        pool.close()
+    sessions = _loop_sessions.pop(loop, set())
     for session in sessions:
         await session.close()
+    await asyncio.sleep(0)
 
 
 def _without_userinfo(url: httpx.URL) -> httpx.URL:

@@ -186,7 +186,9 @@ class CircuitBreaker:
         window_size: int = 20,
         minimum_calls: int = 10,
         failure_rate_threshold: float = 0.5,
-        slow_call_duration: float = 10.0,
+        # An LM answers in 1-30 s, a reasoning model longer: a provider whose every call
+        # takes 10 s is slow, not down (Resilience4j's default too; an LM's timeout is 60 s).
+        slow_call_duration: float = 60.0,
         slow_call_rate_threshold: float = 1.0,
         wait_in_open: float = 5.0,
         half_open_permitted_calls: int = 3,

@@ -231,7 +231,8 @@ class LM(_Books, _Sending):
     ) -> LMResponse:
         """:meth:`complete` on the running asyncio event loop: the same cache, retries
         (``Retry-After`` honoured), per-attempt ``timeout``, usage and history, with the
-        HTTP over aiohttp; no thread waits while the request is out.
+        HTTP on the loop (kept-alive connections of the LM's, ``_aio_posts``; aiohttp for
+        a proxy); no thread waits while the request is out.
 
         Raises an :class:`~dspy_actors.lm.errors.LMError` subclass when it cannot succeed."""
         prepared = self.prepare(

@@ -22,7 +22,7 @@ import orjson
 
 from dspy_actors._deferred_imports import lazy_module
 from dspy_actors.lm._aio_transport import AioClients, aiter_sse
-from dspy_actors.lm._retry import RetryLoop, RetryPolicy, acall_with_retries, call_with_retries
+from dspy_actors.lm._retry import RetryLoop, RetryPolicy, call_with_retries
 from dspy_actors.lm._retry_listener import note_retry
 from dspy_actors.lm._types import Completion, StreamEvent
 from dspy_actors.lm.errors import (
@@ -185,22 +185,11 @@ class _Sending:
 
     async def _asend(self, prepared: PreparedCall) -> Completion:
         content, times = self._requests(prepared, stream=False)
-        timeout, deadline = prepared.timeout, prepared.deadline
-
-        async def attempt() -> Completion:
-            return await self._apost(content, self._limit(timeout, deadline))
-
-        parts = [
-            await acall_with_retries(
-                attempt,
-                self.retry_policy,
-                rng=self._rng,
-                on_retry=self._on_retry,
-                deadline=deadline,
-            )
-            for _ in range(times)
-        ]
-        return parts[0] if times == 1 else merge_completions(parts)
+        if times == 1:
+            return await self._apost(content, prepared.timeout, prepared.deadline)
+        return merge_completions(
+            [await self._apost(content, prepared.timeout, prepared.deadline) for _ in range(times)]
+        )
 
     def _post(self, content: bytes, limit: float) -> Completion:
         self._count("requests")
@@ -210,13 +199,31 @@ class _Sending:
             raise self._transport_error(exc, limit) from exc
         return self._answer(r.status_code, r.headers, r.content)
 
-    async def _apost(self, content: bytes, limit: float) -> Completion:
-        self._count("requests")
-        try:
-            status, headers, body = await self._aio.post(self.endpoint, content, limit)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._transport_error(exc, limit) from exc
-        return self._answer(status, headers, body)
+    async def _apost(
+        self, content: bytes, timeout: float | None, deadline: float | None
+    ) -> Completion:
+        """POST ``content`` until answered, retried as :meth:`_send` retries (one
+        ``RetryLoop``, made only after a failure): one coroutine frame per attempt, as the
+        LM loop's thread runs this for every request."""
+        retries: RetryLoop | None = None
+        counters = self._counters
+        while True:
+            limit = self._limit(timeout, deadline)
+            with counters.lock:
+                counters.requests += 1
+            try:
+                try:
+                    status, headers, body = await self._aio.post(self.endpoint, content, limit)
+                except (OSError, aiohttp.ClientError) as exc:  # (TimeoutError is an OSError)
+                    raise self._transport_error(exc, limit) from exc
+                return self._answer(status, headers, body)
+            except LMError as exc:
+                if retries is None:
+                    retries = self._retries(deadline)
+                delay = retries.wait_after(exc)
+                if delay is None:
+                    raise
+            await asyncio.sleep(delay)
 
     def _answer(self, status: int, headers: Mapping[str, str], body: bytes) -> Completion:
         """The completion in an HTTP answer, or the error it says (either transport's)."""

@@ -9,11 +9,10 @@ server says how long to wait (``Retry-After`` in seconds or as an HTTP date, or
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
@@ -23,7 +22,6 @@ from dspy_actors.lm.errors import LMError
 __all__ = [
     "RetryLoop",
     "RetryPolicy",
-    "acall_with_retries",
     "call_with_retries",
     "parse_retry_after",
     "retry_delay",
@@ -154,24 +152,3 @@ def _planned_retry(
     if on_retry is not None:
         on_retry(exc, delay)
     return delay
-
-
-async def acall_with_retries(
-    attempt_fn: Callable[[], Awaitable[T]],
-    policy: RetryPolicy,
-    *,
-    rng: random.Random | None = None,
-    on_retry: Callable[[LMError, float], None] | None = None,
-    deadline: float | None = None,
-) -> T:
-    """:func:`call_with_retries` for a coroutine: the same policy, deadline and logging;
-    the wait between attempts is an ``asyncio.sleep`` (the loop serves others meanwhile)."""
-    retries = RetryLoop(policy, rng, on_retry, deadline)
-    while True:
-        try:
-            return await attempt_fn()
-        except LMError as exc:
-            delay = retries.wait_after(exc)
-            if delay is None:
-                raise
-            await asyncio.sleep(delay)

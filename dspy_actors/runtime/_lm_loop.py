@@ -5,7 +5,7 @@ event loop, as an Erlang port is owned by the process that opened it. It offers 
 workers to the pool's dispatcher (``lm_max_in_flight`` spread over the loops); a request
 handed to a slot is prepared in the sending thread (``LM.prepare``: parameters resolved in
 the caller's context, the deadline and the LM's own timeout carried), then handed to the
-loop with ``call_soon_threadsafe``, where ``LM.arun`` posts it with aiohttp and
+loop with ``call_soon_threadsafe``, where ``LM.arun`` posts it (``lm/_aio_posts.py``) and
 ``LM.settle`` accounts the answer in the caller's context. A request in flight costs a
 socket and a task, never a thread: 4,096 in flight is one loop thread.
 
@@ -151,6 +151,11 @@ class EventLoopThread:
             return
         if isinstance(prepared, LMResponse):  # a cache hit (a fallback LM's cache)
             self._finished(slot, attempt, attempt.succeeded(prepared))
+            return
+        if threading.get_ident() == self._thread.ident:
+            # On the loop itself: a slot freed by an answer took a queued request. Begun
+            # now, with no wake-up through the loop's self-pipe.
+            self._begin(slot, lm, attempt, prepared)
             return
         self._handed.append((slot, lm, attempt, prepared))
         if self._wake_pending:

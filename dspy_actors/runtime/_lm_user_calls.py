@@ -1,7 +1,7 @@
 """LM calls an event loop cannot make with ``LM.arun``: the user's own code.
 
 An LM event loop (``runtime/_lm_loop.py``) runs a plain :class:`~dspy_actors.lm.LM`'s
-request phase by phase (prepare, ``arun`` over aiohttp, settle). Anything else is the
+request phase by phase (prepare, ``arun`` on the loop, settle). Anything else is the
 user's code, which the loop must call as written, never skip:
 
 - a :class:`~dspy_actors.lm.BaseLM` with ``aforward``, or any LM whose ``acomplete`` is

@@ -88,9 +88,22 @@ def test_bad_parameters_are_rejected_clearly(kw: dict[str, Any], message: str) -
 def test_defaults() -> None:
     b = CircuitBreaker(name="d")
     assert (b.window_size, b.minimum_calls, b.failure_rate_threshold) == (20, 10, 0.5)
-    assert (b.slow_call_duration, b.slow_call_rate_threshold, b.wait_in_open) == (10.0, 1.0, 5.0)
+    assert (b.slow_call_duration, b.slow_call_rate_threshold, b.wait_in_open) == (60.0, 1.0, 5.0)
     assert b.half_open_permitted_calls == 3
     assert state_of(b) == "closed"
+
+
+def test_a_provider_answering_every_call_in_tens_of_seconds_is_not_cut_off_by_default() -> None:
+    # LM calls of 10-30 s are normal (a long answer, a reasoning model): with the defaults
+    # they never open the breaker; only calls as long as an LM's own 60 s timeout are slow.
+    b, seen = make(FakeClock())
+    for duration in (10.0, 30.0, 59.9) * 10:
+        settle(b, "ok", duration)
+    assert state_of(b) == "closed"
+    assert seen == []
+    for _ in range(20):
+        settle(b, "ok", 60.0)
+    assert [(t.to_state, t.slow_call_rate) for t in seen] == [("open", 1.0)]
 
 
 # -- closed ----------------------------------------------------------------------------
