@@ -17,6 +17,13 @@ answers decoded, chunked and until-close bodies, failures as ``TimeoutError`` an
 ``aiohttp.ClientError`` subclasses (a connect's own ``OSError`` as it is, where aiohttp
 wrapped it: the LM maps both to ``LMConnectionError``).
 
+The answer's framing is read by ``httptools.HttpResponseParser`` (llhttp, the C parser of
+Node.js and of aiohttp's own C parser): status line, headers, Content-Length, chunked
+bodies with their extensions and trailers, 1xx heads, keep-alive. Its errors are a
+malformed answer (``aiohttp.ClientPayloadError``). This module only collects what the
+parser's callbacks give, and ends an until-close body at the connection's end (httptools
+does not expose llhttp's ``llhttp_finish``).
+
 What stays on aiohttp (``_aio_transport.AioClients``): streamed answers (read as they
 arrive, with back-pressure) and requests through a proxy.
 
@@ -39,6 +46,7 @@ from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Any
 
+import httptools
 from yarl import URL
 
 from dspy_actors._deferred_imports import lazy_module
@@ -52,7 +60,8 @@ __all__ = ["KEEPALIVE_SECONDS", "PostPool", "RawHeaders"]
 
 # Idle connections older than this are closed (aiohttp's connector: keepalive_timeout=30).
 KEEPALIVE_SECONDS = 30.0
-# A response head larger than this is refused (aiohttp's parser: 8190 per line).
+# An answer whose head is not whole within its first this many bytes is refused (llhttp
+# sets no limit of its own; aiohttp's parser: 8190 per line). 1xx heads before it count.
 _MAX_HEAD = 64 * 1024
 # How long a host name's addresses are reused (aiohttp's connector: ttl_dns_cache=10).
 _DNS_SECONDS = 10.0
@@ -60,35 +69,9 @@ _DNS_SECONDS = 10.0
 RawHeaders = list[tuple[str, str]]
 
 
-class _Answer:
-    """The head of the answer being read, and how its body is framed."""
-
-    __slots__ = (
-        "chunk_left",
-        "chunks",
-        "cookies",
-        "encoding",
-        "headers",
-        "keep_alive",
-        "length",
-        "status",
-    )
-
-    def __init__(self, status: int, headers: RawHeaders) -> None:
-        self.status = status
-        self.headers = headers
-        self.keep_alive = True
-        self.encoding = ""
-        # The body's framing: a length, -1 chunked, -2 until the connection closes.
-        self.length = -2
-        self.chunk_left = -1  # chunked: bytes left of the current chunk (-1: a size line next)
-        self.chunks: list[bytes] = []
-        self.cookies: list[str] | None = None  # Set-Cookie values, if any
-
-
 class _Connection(asyncio.Protocol):
     """One kept-alive connection: writes a request, completes its waiter with
-    (status, raw headers, body) once the answer is whole."""
+    (status, raw headers, body) once httptools' parser has read the answer whole."""
 
     def __init__(self, pool: PostPool) -> None:
         self._pool = pool
@@ -96,8 +79,17 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._waiter: asyncio.Future[tuple[int, RawHeaders, bytes]] | None = None
-        self._buf = bytearray()
-        self._answer: _Answer | None = None
+        # llhttp keeps its state between answers: one parser for the connection's life.
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_bytes = 0  # read since the request was sent, while no final head is whole
+        # The answer being read (reset by on_message_begin, for each 1xx head too).
+        self._status = 0
+        self._headers: RawHeaders = []
+        self._body: list[bytes] = []
+        self._head_done = False  # the final (not 1xx) head is whole: later headers are trailers
+        self._sized = False  # a Content-Length or a chunked Transfer-Encoding frames the body
+        self._encoding = ""
+        self._cookies: list[str] | None = None  # Set-Cookie values, if any
 
     # asyncio's callbacks. -------------------------------------------------------------
 
@@ -108,20 +100,37 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None:  # nothing asked: a server talking out of turn
             self.close()
             return
-        self._buf += data
+        parser = self._parser
         try:
-            self._parse()
-        except _ProtocolError as exc:
-            self._fail(aiohttp.ClientPayloadError(str(exc)))
+            if self._head_done:
+                parser.feed_data(data)
+                return
+            room = _MAX_HEAD - self._head_bytes
+            self._head_bytes += len(data)
+            if len(data) <= room:
+                parser.feed_data(data)
+                return
+            # The final head must be whole within the answer's first _MAX_HEAD bytes.
+            view = memoryview(data)
+            parser.feed_data(view[:room])
+            if not self._head_whole() and self._waiter is not None:
+                self._fail(aiohttp.ClientPayloadError("the response head is too large"))
+                return
+            parser.feed_data(view[room:])
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            # (After an answer read whole: bytes nobody asked for; the connection closes.)
+            self._fail(aiohttp.ClientPayloadError(f"a malformed answer: {exc!r}"))
+
+    def _head_whole(self) -> bool:
+        """The final head has been read whole (a method: feed_data's callbacks set it)."""
+        return self._head_done
 
     def eof_received(self) -> bool | None:
         self.closed = True  # never reused after the server's end, whatever comes next
-        answer = self._answer
-        if self._waiter is not None and answer is not None and answer.length == -2:
-            body = bytes(self._buf)
-            self._buf.clear()
-            answer.keep_alive = False
-            self._complete(answer, body)
+        if self._waiter is not None and self._head_done and not self._sized:
+            # A body read until the connection closes ends here. (llhttp ends it in
+            # llhttp_finish, which httptools does not expose: hence self._sized.)
+            self._complete(keep_alive=False)
         return False  # (the transport closes itself)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -134,12 +143,54 @@ class _Connection(asyncio.Protocol):
                 error = aiohttp.ClientOSError(*exc.args) if isinstance(exc, OSError) else exc
             self._fail(error)
 
+    # httptools' callbacks (from feed_data). -------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._waiter is None:  # an answer after the answer: bytes nobody asked for
+            self.close()
+        self._headers = []  # (new lists: the last answer's went to its caller)
+        self._body = []
+        self._head_done = False
+        self._sized = False
+        self._encoding = ""
+        self._cookies = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_done:  # a chunked body's trailer: ignored, as aiohttp does
+            return
+        key = name.decode("latin-1")
+        text = value.decode("latin-1").rstrip(" \t")  # (llhttp keeps trailing whitespace)
+        self._headers.append((key, text))
+        lowered = key.lower()
+        if lowered == "content-encoding":
+            self._encoding = text.lower()
+        elif lowered == "set-cookie":
+            if self._cookies is None:
+                self._cookies = []
+            self._cookies.append(text)
+        elif lowered == "content-length":
+            self._sized = True
+        elif lowered == "transfer-encoding":
+            self._sized = text.rsplit(",", 1)[-1].strip(" \t").lower() == "chunked"
+
+    def on_headers_complete(self) -> None:
+        self._status = self._parser.get_status_code()
+        self._head_done = self._status >= 200  # a 1xx head: the answer's comes next
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._head_done and self._waiter is not None:
+            self._complete(self._parser.should_keep_alive())
+
     # The pool's side. -----------------------------------------------------------------
 
     def send(self, request: bytes, waiter: asyncio.Future[tuple[int, RawHeaders, bytes]]) -> None:
         assert self.transport is not None
         self._waiter = waiter
-        self._answer = None
+        self._head_bytes = 0
+        self._head_done = False  # (the last answer's head was whole: this one's is not yet)
         self.transport.write(request)
 
     def reusable(self, now: float) -> bool:
@@ -165,105 +216,29 @@ class _Connection(asyncio.Protocol):
         if transport is not None:
             transport.abort()  # an idle or abandoned connection: nothing to flush
 
-    # Reading the answer. --------------------------------------------------------------
+    # The answer, read whole. ----------------------------------------------------------
 
-    def _parse(self) -> None:
-        answer = self._answer
-        buf = self._buf
-        while answer is None:  # the head (1xx heads are skipped)
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > _MAX_HEAD:
-                    raise _ProtocolError("the response head is too large")
-                return
-            head = bytes(buf[:end])
-            del buf[: end + 4]
-            answer = _read_head(head)
-            if 100 <= answer.status < 200:
-                answer = None
-        self._answer = answer
-        length = answer.length
-        if length >= 0:
-            if len(buf) < length:
-                return
-            if len(buf) > length:
-                answer.keep_alive = False  # bytes nobody asked for: do not reuse
-            body = bytes(buf[:length])
-            buf.clear()
-            self._complete(answer, body)
-        elif length == -1:
-            self._read_chunks(answer)
-        # (-2: the body is whatever comes before the connection closes: eof_received)
-
-    def _read_chunks(self, answer: _Answer) -> None:
-        buf = self._buf
-        while True:
-            left = answer.chunk_left
-            if left > 0:
-                take = min(left, len(buf))
-                if take == 0:
-                    return
-                answer.chunks.append(bytes(buf[:take]))
-                del buf[:take]
-                answer.chunk_left = left - take
-                if answer.chunk_left > 0:
-                    return
-                answer.chunk_left = -3  # the CRLF after a chunk's data
-            if answer.chunk_left == -3:
-                if len(buf) < 2:
-                    return
-                if buf[:2] != b"\r\n":
-                    raise _ProtocolError("a chunk is not followed by CRLF")
-                del buf[:2]
-                answer.chunk_left = -1
-            if answer.chunk_left == -1:
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > _MAX_HEAD:
-                        raise _ProtocolError("a chunk size line is too long")
-                    return
-                line = bytes(buf[:end]).split(b";", 1)[0].strip()
-                try:
-                    size = int(line, 16)
-                except ValueError:
-                    raise _ProtocolError(f"a chunk size that is not hex: {line[:40]!r}") from None
-                if size < 0:
-                    raise _ProtocolError("a negative chunk size")
-                if size == 0:  # the last chunk: then trailers (ignored) and an empty line
-                    rest = buf.find(b"\r\n\r\n", end)
-                    if rest < 0:
-                        if len(buf) > _MAX_HEAD:
-                            raise _ProtocolError("the trailers are too large")
-                        return
-                    if len(buf) > rest + 4:
-                        answer.keep_alive = False  # bytes nobody asked for: do not reuse
-                    buf.clear()
-                    self._complete(answer, b"".join(answer.chunks))
-                    return
-                del buf[: end + 2]
-                answer.chunk_left = size
-
-    def _complete(self, answer: _Answer, body: bytes) -> None:
+    def _complete(self, keep_alive: bool) -> None:
         waiter = self._waiter
         self._waiter = None
-        self._answer = None
-        if answer.encoding:
+        body = b"".join(self._body)
+        if self._encoding:
             try:
-                body = _decoded(body, answer.encoding)
+                body = _decoded(body, self._encoding)
             except zlib.error as exc:
                 if waiter is not None and not waiter.done():
-                    problem = f"cannot decode the {answer.encoding} body: {exc}"
+                    problem = f"cannot decode the {self._encoding} body: {exc}"
                     waiter.set_exception(aiohttp.ClientPayloadError(problem))
                 self.close()
                 return
-        if answer.cookies:
-            self._pool.keep_cookies(answer.cookies)
-        if answer.keep_alive and not self.closed:
+        if self._cookies:
+            self._pool.keep_cookies(self._cookies)
+        if keep_alive and not self.closed:
             self._pool.release(self)
         else:
             self.close()
         if waiter is not None and not waiter.done():
-            waiter.set_result((answer.status, answer.headers, body))
+            waiter.set_result((self._status, self._headers, body))
 
     def _fail(self, error: BaseException) -> None:
         waiter = self._waiter
@@ -271,68 +246,6 @@ class _Connection(asyncio.Protocol):
         self.close()
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
-
-
-class _ProtocolError(Exception):
-    """An answer that is not HTTP/1.1 as this reader takes it."""
-
-
-def _read_head(head: bytes) -> _Answer:
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
-        raise _ProtocolError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-    try:
-        status = int(parts[1])
-    except ValueError:
-        raise _ProtocolError(f"not a status code: {parts[1][:20]!r}") from None
-    headers: RawHeaders = []
-    answer = _Answer(status, headers)
-    answer.keep_alive = parts[0] != "HTTP/1.0"
-    chunked = False
-    close_delimited = False
-    length: int | None = None
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name[0] in " \t" or name[-1] in " \t":
-            raise _ProtocolError(f"not a header line: {line[:80]!r}")
-        value = value.strip(" \t")
-        headers.append((name, value))
-        key = name.lower()
-        if key == "content-length":
-            try:
-                found = int(value)
-            except ValueError:
-                raise _ProtocolError(f"a Content-Length that is not a number: {value!r}") from None
-            if found < 0 or (length is not None and found != length):
-                raise _ProtocolError("a negative or conflicting Content-Length")
-            length = found
-        elif key == "transfer-encoding":
-            codings = [c.strip().lower() for c in value.split(",")]
-            chunked = codings[-1] == "chunked"
-            close_delimited = not chunked
-        elif key == "connection":
-            tokens = {t.strip().lower() for t in value.split(",")}
-            if "close" in tokens:
-                answer.keep_alive = False
-            elif "keep-alive" in tokens:
-                answer.keep_alive = True
-        elif key == "content-encoding":
-            answer.encoding = value.lower()
-        elif key == "set-cookie":
-            if answer.cookies is None:
-                answer.cookies = []
-            answer.cookies.append(value)
-    if status in (204, 304) or 100 <= status < 200:
-        answer.length = 0
-    elif chunked:
-        answer.length = -1
-    elif close_delimited or length is None:
-        answer.length = -2
-        answer.keep_alive = False
-    else:
-        answer.length = length
-    return answer
 
 
 def _decoded(body: bytes, encoding: str) -> bytes:

@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import json
 import re
+import socket
 import socketserver
 import threading
 import zlib
@@ -25,8 +26,9 @@ from tests.dspy_actors.lm.test_lm_async import MESSAGES, run
 from tests.dspy_actors.lm.test_lm_proxy import no_proxy_environment  # noqa: F401 (autouse)
 
 MakeLM = Callable[..., LM]
-# What an answer is: the bytes to send, and whether the server closes the connection after.
-Answer = tuple[bytes, bool]
+# What an answer is: the bytes to send (or pieces of them, each sent on its own), and
+# whether the server closes the connection after.
+Answer = tuple[bytes | list[bytes], bool]
 
 
 def _completion(text: str) -> bytes:
@@ -78,6 +80,7 @@ class _RawHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         server = self.server
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # (pieces apart)
         with server.lock:
             server.connections += 1
             number = server.connections
@@ -102,7 +105,8 @@ class _RawHandler(socketserver.BaseRequestHandler):
                     server.requests.append((number, head + b"\r\n\r\n" + body))
                     n = len(server.requests)
                 reply, close = server.answer(n)
-                self.request.sendall(reply)
+                for piece in reply if isinstance(reply, list) else [reply]:
+                    self.request.sendall(piece)
                 if close:
                     return
         except OSError:
@@ -347,3 +351,112 @@ def test_after_the_loops_connections_are_closed_new_ones_are_kept_alive(
 
         run(calls, lm)
     assert [number for number, _ in server.requests] == [1, 2, 2]
+
+
+def _pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[at : at + size] for at in range(0, len(data), size)]
+
+
+def test_an_answer_sent_in_many_small_pieces_is_read_whole(make_lm: MakeLM) -> None:
+    # The parser keeps its place between reads: in a status line, a header, a chunk size,
+    # a chunk's data, its CRLF, the trailers.
+    body = _completion("pieces")
+    answers: list[Answer] = [
+        (_pieces(_ok(body), 3), False),
+        (
+            _pieces(
+                b"HTTP/1.1 100 Continue\r\n\r\n"
+                + b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + _chunked(body, (5, len(body) - 5), trailers="X-Checksum: 1\r\n"),
+                1,
+            ),
+            False,
+        ),
+    ]
+    with _serving(lambda n: answers[n - 1]) as server:
+        lm = _lm(make_lm, server)
+        assert run(_calls(lm, 2), lm) == [["pieces"]] * 2
+    assert [number for number, _ in server.requests] == [1, 1]
+
+
+def test_the_answers_headers_are_its_final_heads_without_1xx_heads_or_trailers(
+    make_lm: MakeLM,
+) -> None:
+    body = _completion("x")
+    answer = (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
+        + b"HTTP/1.1 200 OK\r\nX-Final:  yes \t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + _chunked(body, (len(body),), trailers="X-Trailer: t\r\n")
+    )
+    with _serving(lambda n: (answer, False)) as server:
+        lm = _lm(make_lm, server)
+
+        async def post() -> tuple[int, list[tuple[str, str]], bytes]:
+            status, headers, got = await lm._aio.post(lm.endpoint, b"{}", 5.0)
+            return status, list(headers.items()), got
+
+        status, headers, got = run(post, lm)
+    assert (status, got) == (200, body)
+    assert headers == [("X-Final", "yes"), ("Transfer-Encoding", "chunked")]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        _ok(_completion("cut"))[:-5],  # a Content-Length body cut short
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",  # in a chunk
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",  # before the first chunk
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n",  # in the head
+    ],
+    ids=["length", "chunk", "no-chunk", "head"],
+)
+def test_an_answer_cut_short_by_the_servers_close_is_a_connection_error(
+    make_lm: MakeLM, answer: bytes
+) -> None:
+    # Not a short body taken whole: only an answer framed by neither a length nor chunks
+    # ends at the close.
+    with _serving(lambda n: (answer, True)) as server:
+        lm = _lm(make_lm, server)
+        with pytest.raises(LMConnectionError, match="connection failed: ServerDisconnectedError"):
+            run(_calls(lm, 1), lm)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXX0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n0123456789",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (70 * 1024) + b"\r\nContent-Length: 0\r\n\r\n",
+        b"SMTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ],
+    ids=[
+        "chunk-size",
+        "chunk-crlf",
+        "length",
+        "two-lengths",
+        "head-too-large",
+        "not-http",
+    ],
+)
+def test_a_malformed_answer_is_a_payload_error_and_its_connection_closed(
+    make_lm: MakeLM, answer: bytes
+) -> None:
+    with _serving(lambda n: (answer, False)) as server:
+        lm = _lm(make_lm, server)
+        with pytest.raises(LMConnectionError, match="connection failed: ClientPayloadError"):
+            run(_calls(lm, 1), lm)
+        # The server's thread reads on until the client closes the connection.
+        wait_until(lambda: server.closed == 1, 10.0, "the malformed answer's connection closed")
+
+
+@pytest.mark.parametrize(
+    "after", [b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"junk"], ids=["answer", "junk"]
+)
+def test_bytes_after_the_answer_close_its_connection(make_lm: MakeLM, after: bytes) -> None:
+    answers = [(_ok(_completion("a1")) + after, False), (_ok(_completion("a2")), False)]
+    with _serving(lambda n: answers[n - 1]) as server:
+        lm = _lm(make_lm, server)
+        assert run(_calls(lm, 2), lm) == [["a1"], ["a2"]]
+    assert [number for number, _ in server.requests] == [1, 2]
